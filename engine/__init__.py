@@ -1,0 +1,82 @@
+"""engine: a hybrid asyncio + process-pool execution engine for agent graphs.
+
+I/O-bound nodes run as tasks on the event loop, CPU-bound nodes in a process
+pool, joined in one super-step scheduler. This module only re-exports the
+public API; ``tests/test_api.py`` checks the exported surface.
+"""
+
+from .app import CompiledGraph as CompiledGraph
+from .app import Explanation as Explanation
+from .app import run_sync as run_sync
+from .classify import LaneDecision as LaneDecision
+from .classify import cpu as cpu
+from .classify import inline as inline
+from .classify import io as io
+from .classify import thread as thread
+from .errors import CheckpointError as CheckpointError
+from .errors import EngineError as EngineError
+from .errors import GraphError as GraphError
+from .errors import InvalidUpdateError as InvalidUpdateError
+from .errors import NodeError as NodeError
+from .errors import NodeTimeoutError as NodeTimeoutError
+from .errors import RecursionLimitError as RecursionLimitError
+from .errors import WorkerCrashedError as WorkerCrashedError
+from .events import Event as Event
+from .events import LoopBlocked as LoopBlocked
+from .events import NodeFailed as NodeFailed
+from .events import NodeFinished as NodeFinished
+from .events import NodeStarted as NodeStarted
+from .events import RunFinished as RunFinished
+from .events import RunStarted as RunStarted
+from .events import StepFinished as StepFinished
+from .events import StepStarted as StepStarted
+from .graph import END as END
+from .graph import START as START
+from .graph import Graph as Graph
+from .graph import Send as Send
+from .lanes.pool import default_executor as default_executor
+from .policy import RetryPolicy as RetryPolicy
+from .scheduler import RunResult as RunResult
+from .trace import Metrics as Metrics
+from .trace import NodeCall as NodeCall
+from .trace import Trace as Trace
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "END",
+    "START",
+    "CheckpointError",
+    "CompiledGraph",
+    "EngineError",
+    "Event",
+    "Explanation",
+    "Graph",
+    "GraphError",
+    "InvalidUpdateError",
+    "LaneDecision",
+    "LoopBlocked",
+    "Metrics",
+    "NodeCall",
+    "NodeError",
+    "NodeFailed",
+    "NodeFinished",
+    "NodeStarted",
+    "NodeTimeoutError",
+    "RecursionLimitError",
+    "RetryPolicy",
+    "RunFinished",
+    "RunResult",
+    "RunStarted",
+    "Send",
+    "StepFinished",
+    "StepStarted",
+    "Trace",
+    "WorkerCrashedError",
+    "cpu",
+    "default_executor",
+    "inline",
+    "io",
+    "run_sync",
+    "thread",
+]

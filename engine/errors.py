@@ -1,0 +1,129 @@
+"""One exception hierarchy for the engine, rooted at :class:`EngineError`.
+
+Where the standard library has a matching type we subclass it too, so that an
+existing ``except TimeoutError`` or ``except ValueError`` keeps working.
+Every message names the node, the step and the lane where they apply, and says
+what to do.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures.process import BrokenProcessPool
+
+
+class EngineError(Exception):
+    """Base class of every error the engine raises on purpose."""
+
+
+class GraphError(EngineError, ValueError):
+    """The graph is invalid; raised by ``Graph.add_*`` and ``Graph.compile``."""
+
+
+class InvalidUpdateError(EngineError, ValueError):
+    """A node returned an update the state schema cannot take."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        node: str | None = None,
+        step: int | None = None,
+        field: str | None = None,
+        nodes: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(message)
+        self.node = node
+        self.step = step
+        self.field = field
+        self.nodes = nodes
+
+
+class NodeError(EngineError):
+    """A node failed (after its retries).
+
+    Carries where it failed (``node``, ``step``, ``lane``, ``attempt``), what the
+    original error was (``error_type``, ``error_message``), and the traceback
+    text of the process that ran it (``traceback_text``), which for the cpu lane
+    is the worker's. The original exception, when it could be brought back, is
+    ``__cause__``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        node: str,
+        step: int,
+        lane: str,
+        attempt: int,
+        error_type: str = "",
+        error_message: str = "",
+        traceback_text: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.node = node
+        self.step = step
+        self.lane = lane
+        self.attempt = attempt
+        self.error_type = error_type
+        self.error_message = error_message
+        self.traceback_text = traceback_text
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        if self.traceback_text:
+            text += "\n\nTraceback in the process that ran the node:\n" + self.traceback_text
+        return text
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Keyword-only constructor: rebuild through a helper so the error can
+        # cross a process boundary (dask, loky) intact.
+        return (
+            _rebuild_error,
+            (type(self), self.args[0] if self.args else "", self.__dict__.copy()),
+        )
+
+
+def _rebuild_error(cls: type[NodeError], message: str, attrs: dict[str, object]) -> NodeError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, message)
+    err.__dict__.update(attrs)
+    return err
+
+
+class NodeTimeoutError(NodeError, TimeoutError):
+    """A node call ran past its ``timeout``."""
+
+
+class WorkerCrashedError(NodeError, BrokenProcessPool):
+    """The worker process running a node died (exit code or signal)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        exitcode: int | None = None,
+        **kwargs: object,
+    ) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.exitcode = exitcode
+
+
+class RecursionLimitError(EngineError, RecursionError):
+    """The run took more super-steps than ``recursion_limit``."""
+
+
+class CheckpointError(EngineError):
+    """A checkpoint could not be saved or loaded (corrupt, foreign, or busy)."""
+
+
+__all__ = [
+    "CheckpointError",
+    "EngineError",
+    "GraphError",
+    "InvalidUpdateError",
+    "NodeError",
+    "NodeTimeoutError",
+    "RecursionLimitError",
+    "WorkerCrashedError",
+]

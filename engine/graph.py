@@ -1,0 +1,187 @@
+"""The ``Graph`` builder. It records nodes and edges; ``compile()`` validates them
+into an immutable plan. Nothing here runs a node.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .classify import LANES, Lane, is_coroutine_function, pickle_problem
+from .errors import GraphError
+from .policy import RetryPolicy
+from .state import StateSchema
+
+if TYPE_CHECKING:
+    from .app import CompiledGraph
+    from .checkpoint import Checkpointer
+
+START = "__start__"
+END = "__end__"
+_RESERVED = {START, END}
+
+
+@dataclass(frozen=True)
+class Send:
+    """Run ``node`` in the next step with ``arg`` as its input (instead of the state).
+
+    Returned by a conditional edge's router, one per task, e.g. one per document
+    in a map step. Every ``Send`` is its own task with its own index.
+    """
+
+    node: str
+    arg: Any
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """A node as added to the graph (before the lane is decided)."""
+
+    name: str
+    fn: Callable[..., Any]
+    lane: Lane | None  # declared with lane=...; None means decide (auto)
+    retry: RetryPolicy | None
+    timeout: float | None
+    is_coroutine: bool
+    reads: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Branch:
+    """A conditional edge: ``route(state)`` picks the next node(s)."""
+
+    source: str
+    route: Callable[..., Any]
+    path_map: Mapping[Hashable, str] | None
+
+
+@dataclass
+class Graph:
+    """Builder for an agent graph over a pydantic state model.
+
+    Invariant: ``nodes`` holds only validly named, distinct nodes; edges may
+    name nodes not added yet (checked at ``compile``).
+    """
+
+    state: type[Any]
+    nodes: dict[str, NodeSpec] = field(default_factory=dict, init=False)
+    edges: list[tuple[tuple[str, ...], str]] = field(default_factory=list, init=False)
+    branches: list[Branch] = field(default_factory=list, init=False)
+
+    def __post_init__(self) -> None:
+        self.schema = StateSchema.of(self.state)
+
+    def add_node(
+        self,
+        name: str | Callable[..., Any],
+        fn: Callable[..., Any] | None = None,
+        *,
+        lane: Lane | str | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+        reads: Sequence[str] | None = None,
+    ) -> Graph:
+        """Add a node; ``add_node(fn)`` names it after the function."""
+        if fn is None:
+            if not callable(name):
+                raise GraphError(f"add_node({name!r}) needs a function: add_node(name, fn)")
+            fn, name = name, getattr(name, "__name__", repr(name))
+        if not isinstance(name, str) or not name:
+            raise GraphError(f"node name must be a non-empty string, got {name!r}")
+        if name in _RESERVED:
+            raise GraphError(f"node name {name!r} is reserved; choose another name")
+        if name in self.nodes:
+            raise GraphError(f"node {name!r} is already in the graph; node names must be unique")
+        if not callable(fn):
+            raise GraphError(f"node {name!r}: {fn!r} is not callable")
+        if lane == "auto":
+            lane = None
+        if lane is not None and lane not in LANES:
+            raise GraphError(
+                f"node {name!r}: unknown lane {lane!r}; use one of {', '.join(LANES)} or 'auto'"
+            )
+        coroutine = is_coroutine_function(fn)
+        if coroutine and lane in ("thread", "inline"):
+            raise GraphError(
+                f"node {name!r} is an async def, which lane {lane!r} cannot run; "
+                "use lane='io' (the event loop) or lane='cpu' (a worker's own loop)"
+            )
+        if lane == "cpu":
+            problem = pickle_problem(fn)
+            if problem is not None:
+                raise GraphError(
+                    f"node {name!r} has lane='cpu' but cloudpickle cannot serialize its "
+                    f"function, so it cannot reach a worker process: {problem}. "
+                    "Move what it closes over (locks, clients, open files) into the node, "
+                    "or use lane='thread'"
+                )
+        if timeout is not None and timeout <= 0:
+            raise GraphError(f"node {name!r}: timeout must be > 0 seconds, got {timeout!r}")
+        if reads is not None:
+            unknown = [r for r in reads if r not in self.schema.reducers]
+            if unknown:
+                raise GraphError(f"node {name!r}: reads= names unknown fields {unknown}")
+        self.nodes[name] = NodeSpec(
+            name=name,
+            fn=fn,
+            lane=lane,  # type: ignore[arg-type]
+            retry=retry,
+            timeout=timeout,
+            is_coroutine=coroutine,
+            reads=tuple(reads) if reads is not None else None,
+        )
+        return self
+
+    def add_edge(self, source: str | Sequence[str], target: str) -> Graph:
+        """Static edge; a list of sources is a fan-in that waits for all of them."""
+        sources = (source,) if isinstance(source, str) else tuple(source)
+        if not sources:
+            raise GraphError("add_edge needs at least one source")
+        if END in sources:
+            raise GraphError(f"an edge cannot start at END (edge {list(sources)} -> {target!r})")
+        if target == START:
+            raise GraphError(f"an edge cannot end at START (edge {list(sources)} -> START)")
+        if len(sources) > 1 and START in sources:
+            raise GraphError("START cannot be one of several fan-in sources")
+        if len(set(sources)) != len(sources):
+            raise GraphError(f"fan-in sources repeat a node: {list(sources)}")
+        self.edges.append((sources, target))
+        return self
+
+    def add_conditional_edges(
+        self,
+        source: str,
+        route: Callable[..., Any],
+        path_map: Mapping[Hashable, str] | Sequence[str] | None = None,
+    ) -> Graph:
+        """After ``source`` runs, ``route(state)`` picks the next node(s).
+
+        ``route`` returns a node name, a list of names, a list of ``Send``, or
+        ``END``. ``path_map`` (optional) maps its return values to node names and
+        lets compile check reachability.
+        """
+        if source == END:
+            raise GraphError("conditional edges cannot start at END")
+        if not callable(route):
+            raise GraphError(f"conditional edge from {source!r}: route {route!r} is not callable")
+        mapping: Mapping[Hashable, str] | None
+        if path_map is None:
+            mapping = None
+        elif isinstance(path_map, Mapping):
+            mapping = dict(path_map)
+        else:
+            mapping = {name: name for name in path_map}
+        self.branches.append(Branch(source=source, route=route, path_map=mapping))
+        return self
+
+    def compile(
+        self,
+        checkpointer: Checkpointer | None = None,
+    ) -> CompiledGraph:
+        """Validate the graph and freeze it into a runnable ``CompiledGraph``."""
+        from .app import CompiledGraph
+        from .plan import build_plan
+
+        plan = build_plan(self)
+        return CompiledGraph(plan, checkpointer=checkpointer)

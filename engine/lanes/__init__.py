@@ -1,0 +1,228 @@
+"""Running one node call on its lane, per the run's mode.
+
+==========  ============  =====================  ============================
+lane        sequential    concurrent             parallel
+==========  ============  =====================  ============================
+io          awaited       task on the loop       task on the loop
+thread      called        thread pool            thread pool
+cpu         called        thread pool (GIL)      process pool (run_in_executor)
+inline      on the loop   on the loop            on the loop
+==========  ============  =====================  ============================
+
+The scheduler decides *how many* calls run at once (one at a time in
+``sequential``); a ``LaneRunner`` decides *where* one call runs and measures it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import os
+import threading
+import time
+from collections.abc import Callable, MutableMapping
+from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import Any, Literal
+
+import cloudpickle
+
+from .pool import default_executor, default_workers, executor_workers
+from .worker import CallOutcome, _hostname, run_pickled, timed_call
+
+Mode = Literal["sequential", "concurrent", "parallel"]
+MODES: tuple[Mode, ...] = ("sequential", "concurrent", "parallel")
+
+
+class _State(enum.Enum):
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class LaneRunner:
+    """Runs node calls for one run.
+
+    Invariant: the thread pool exists only while OPEN and is shut down by
+    ``aclose``; the process executor is borrowed (the default pool or the
+    user's) and never shut down here.
+    """
+
+    def __init__(
+        self,
+        mode: Mode,
+        executor: Executor | None = None,
+        *,
+        fn_cache: MutableMapping[str, bytes] | None = None,
+        thread_workers: int = 32,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
+        self.mode: Mode = mode
+        self._user_executor = executor
+        self._process: Executor | None = None
+        self._threads: ThreadPoolExecutor | None = None
+        self._thread_workers = thread_workers
+        self._fn_cache: MutableMapping[str, bytes] = fn_cache if fn_cache is not None else {}
+        self._state = _State.OPEN
+
+    def __repr__(self) -> str:
+        return f"<LaneRunner mode={self.mode} state={self._state.value}>"
+
+    @property
+    def process_executor(self) -> Executor:
+        """The executor of the cpu lane in ``parallel`` mode (created on first use)."""
+        if self._process is None:
+            self._process = self._user_executor or default_executor()
+        return self._process
+
+    @property
+    def cpu_workers(self) -> int:
+        """Workers the parallel cpu lane can use: the bound the metrics divide by.
+
+        Asked without creating the default pool, so sequential runs start no process.
+        """
+        if self._user_executor is not None:
+            return executor_workers(self._user_executor)
+        if self._process is not None:
+            return executor_workers(self._process)
+        return default_workers()
+
+    def crosses_process(self, lane: str) -> bool:
+        """True when a call on ``lane`` is pickled to another process (no copy needed)."""
+        return lane == "cpu" and self.mode == "parallel"
+
+    def _thread_pool(self) -> ThreadPoolExecutor:
+        if self._state is _State.CLOSED:
+            raise RuntimeError(f"{self!r} is closed; start a new run")
+        if self._threads is None:
+            self._threads = ThreadPoolExecutor(
+                max_workers=self._thread_workers, thread_name_prefix="engine-thread"
+            )
+        return self._threads
+
+    def fn_bytes(self, node: str, fn: Callable[..., Any]) -> bytes:
+        """The node function pickled once and reused for every call."""
+        data = self._fn_cache.get(node)
+        if data is None:
+            data = cloudpickle.dumps(fn)
+            self._fn_cache[node] = data
+        return data
+
+    async def call(
+        self,
+        node: str,
+        lane: str,
+        fn: Callable[..., Any],
+        arg: Any,
+        *,
+        is_coroutine: bool,
+        timeout: float | None = None,
+    ) -> CallOutcome:
+        """Run ``fn(arg)`` on ``lane``; raises TimeoutError past ``timeout``."""
+        if lane == "io" and is_coroutine:
+            return await self._on_loop_async(fn, arg, timeout)
+        if lane == "cpu" and self.mode == "parallel":
+            return await self._in_process_pool(node, fn, arg, timeout)
+        if lane == "inline" or (self.mode == "sequential" and not is_coroutine):
+            return timed_call(fn, arg)
+        # thread lane, sync io, cpu in concurrent mode, or a coroutine that
+        # must run outside this loop: a thread of the pool.
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(self._thread_pool(), timed_call, fn, arg)
+        return await _bounded(fut, timeout)
+
+    async def _on_loop_async(
+        self, fn: Callable[..., Any], arg: Any, timeout: float | None
+    ) -> CallOutcome:
+        start = time.time()
+        try:
+            async with asyncio.timeout(timeout):
+                value = await fn(arg)
+        except (TimeoutError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            return _local_failure(exc, start)
+        return CallOutcome(
+            ok=True,
+            value=value,
+            pid=os.getpid(),
+            thread=threading.get_native_id(),
+            host=_hostname(),
+            start=start,
+            end=time.time(),
+            cpu_s=0.0,  # not attributable: other tasks interleave on this thread
+        )
+
+    async def _in_process_pool(
+        self, node: str, fn: Callable[..., Any], arg: Any, timeout: float | None
+    ) -> CallOutcome:
+        try:
+            payload = cloudpickle.dumps((self.fn_bytes(node, fn), arg))
+        except Exception as exc:
+            # Check the process boundary before anything is submitted.
+            raise PayloadError(
+                f"the input of node {node!r} cannot be pickled for a worker process: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(self.process_executor, run_pickled, payload)
+        data = await _bounded(fut, timeout)
+        try:
+            outcome: CallOutcome = cloudpickle.loads(data)
+        except Exception as exc:
+            raise PayloadError(
+                f"the result of node {node!r} came back from the worker but cannot be "
+                f"unpickled in the driver: {type(exc).__name__}: {exc}"
+            ) from exc
+        return _with_bytes_out(outcome, len(data))
+
+    async def aclose(self) -> None:
+        """Shut the run's thread pool down; idempotent."""
+        if self._state is _State.CLOSED:
+            return
+        self._state = _State.CLOSED
+        if self._threads is not None:
+            threads, self._threads = self._threads, None
+            # Never block the loop on a thread that is still running a node.
+            await asyncio.to_thread(threads.shutdown, wait=True, cancel_futures=True)
+
+
+class PayloadError(Exception):
+    """A payload could not cross the process boundary (before or after the call).
+
+    The scheduler turns it into a NodeError naming node, step and lane; it is
+    never retried, since pickling the same objects fails the same way.
+    """
+
+
+async def _bounded(fut: asyncio.Future[Any], timeout: float | None) -> Any:
+    if timeout is None:
+        return await fut
+    return await asyncio.wait_for(fut, timeout)
+
+
+def _with_bytes_out(outcome: CallOutcome, n: int) -> CallOutcome:
+    from dataclasses import replace
+
+    return replace(outcome, bytes_out=n)
+
+
+def _local_failure(exc: BaseException, start: float) -> CallOutcome:
+    import traceback
+
+    return CallOutcome(
+        ok=False,
+        value=None,
+        pid=os.getpid(),
+        thread=threading.get_native_id(),
+        host=_hostname(),
+        start=start,
+        end=time.time(),
+        cpu_s=0.0,
+        error=exc,
+        error_type=type(exc).__qualname__,
+        error_message=str(exc),
+        traceback_text="".join(traceback.format_exception(exc)),
+    )
+
+
+__all__ = ["MODES", "CallOutcome", "LaneRunner", "Mode", "PayloadError"]

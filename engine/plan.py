@@ -1,0 +1,174 @@
+"""Validation and the immutable compiled plan.
+
+``build_plan(graph)`` checks the graph once and freezes it: nodes with their
+lane decisions, static edges by source, fan-in edges, conditional branches and
+the entry nodes. The scheduler only ever reads a ``Plan``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import TYPE_CHECKING
+
+from .classify import LaneDecision, ProfilePolicy, classify
+from .errors import GraphError
+from .graph import END, START, Branch, NodeSpec
+from .state import StateSchema
+
+if TYPE_CHECKING:
+    from .graph import Graph
+
+
+@dataclass(frozen=True)
+class FanIn:
+    """A fan-in edge: ``target`` runs once every source finished since it last ran."""
+
+    key: str
+    sources: frozenset[str]
+    target: str
+
+
+@dataclass(frozen=True)
+class PlanNode:
+    """A node with its lane decided."""
+
+    spec: NodeSpec
+    decision: LaneDecision
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def lane(self) -> str:
+        return self.decision.lane
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The validated, frozen graph the scheduler runs."""
+
+    schema: StateSchema
+    nodes: Mapping[str, PlanNode]
+    edges: Mapping[str, tuple[str, ...]]  # source -> static single-source targets
+    fanins: tuple[FanIn, ...]
+    fanins_by_source: Mapping[str, tuple[FanIn, ...]]
+    branches: Mapping[str, tuple[Branch, ...]]  # source -> conditional edges
+
+    def with_decisions(self, decisions: Mapping[str, LaneDecision]) -> Plan:
+        """A copy of this plan with some lane decisions replaced."""
+        nodes = {
+            name: PlanNode(node.spec, decisions.get(name, node.decision))
+            for name, node in self.nodes.items()
+        }
+        return Plan(
+            schema=self.schema,
+            nodes=MappingProxyType(nodes),
+            edges=self.edges,
+            fanins=self.fanins,
+            fanins_by_source=self.fanins_by_source,
+            branches=self.branches,
+        )
+
+
+def _check_names(graph: Graph) -> None:
+    known = set(graph.nodes)
+    for sources, target in graph.edges:
+        for name in sources:
+            if name != START and name not in known:
+                raise GraphError(
+                    f"edge {list(sources)} -> {target!r} starts at unknown node {name!r}; "
+                    f"add it with add_node first (known: {sorted(known)})"
+                )
+        if target != END and target not in known:
+            raise GraphError(
+                f"edge {list(sources)} -> {target!r} ends at unknown node {target!r}; "
+                f"add it with add_node first (known: {sorted(known)})"
+            )
+    for branch in graph.branches:
+        if branch.source != START and branch.source not in known:
+            raise GraphError(
+                f"conditional edge starts at unknown node {branch.source!r} "
+                f"(known: {sorted(known)})"
+            )
+        for value, target in (branch.path_map or {}).items():
+            if target != END and target not in known:
+                raise GraphError(
+                    f"conditional edge from {branch.source!r}: path_map[{value!r}] names "
+                    f"unknown node {target!r} (known: {sorted(known)})"
+                )
+
+
+def _reachable(graph: Graph) -> set[str]:
+    """Nodes some path from START reaches. A branch without a path_map may reach any node."""
+    succ: dict[str, set[str]] = {}
+    for sources, target in graph.edges:
+        for s in sources:
+            succ.setdefault(s, set()).add(target)
+    for branch in graph.branches:
+        targets = set(branch.path_map.values()) if branch.path_map is not None else set(graph.nodes)
+        succ.setdefault(branch.source, set()).update(targets)
+    seen: set[str] = set()
+    todo = [START]
+    while todo:
+        for nxt in succ.get(todo.pop(), ()):
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen
+
+
+def build_plan(graph: Graph, policy: ProfilePolicy | None = None) -> Plan:
+    """Validate ``graph`` and freeze it; raises GraphError naming the culprit."""
+    if not graph.nodes:
+        raise GraphError("the graph has no nodes; add_node at least one")
+    _check_names(graph)
+    has_entry = any(START in sources for sources, _ in graph.edges) or any(
+        b.source == START for b in graph.branches
+    )
+    if not has_entry:
+        raise GraphError(
+            "no entry: nothing starts from START; add_edge(START, 'first_node') "
+            "or add_conditional_edges(START, route)"
+        )
+    unreachable = sorted(set(graph.nodes) - _reachable(graph))
+    if unreachable:
+        raise GraphError(
+            f"node(s) {unreachable} cannot be reached from START; add an edge to them "
+            "or remove them"
+        )
+
+    edges: dict[str, list[str]] = {}
+    fanins: list[FanIn] = []
+    for sources, target in graph.edges:
+        if len(sources) == 1:
+            bucket = edges.setdefault(sources[0], [])
+            if target not in bucket:
+                bucket.append(target)
+        else:
+            key = f"{'+'.join(sorted(sources))}->{target}"
+            if any(f.key == key for f in fanins):
+                raise GraphError(f"fan-in edge {sorted(sources)} -> {target!r} is added twice")
+            fanins.append(FanIn(key=key, sources=frozenset(sources), target=target))
+    by_source: dict[str, list[FanIn]] = {}
+    for fanin in fanins:
+        for s in fanin.sources:
+            by_source.setdefault(s, []).append(fanin)
+    branches: dict[str, list[Branch]] = {}
+    for branch in graph.branches:
+        branches.setdefault(branch.source, []).append(branch)
+
+    nodes = {
+        name: PlanNode(spec, classify(name, spec.fn, spec.lane, policy))
+        for name, spec in graph.nodes.items()
+    }
+    return Plan(
+        schema=graph.schema,
+        nodes=MappingProxyType(nodes),
+        edges=MappingProxyType({k: tuple(v) for k, v in edges.items()}),
+        fanins=tuple(fanins),
+        fanins_by_source=MappingProxyType({k: tuple(v) for k, v in by_source.items()}),
+        branches=MappingProxyType({k: tuple(v) for k, v in branches.items()}),
+    )

@@ -1,0 +1,638 @@
+"""The super-step loop.
+
+::
+
+    tasks(step) --dispatch--> lanes (all at once; one at a time in sequential)
+         ^                         |
+         |                    barrier: every call finished (or failed)
+         |                         v
+    route: edges, fan-ins,   merge writes in (node, Send index) order
+    branches, Sends  <------ through reducers, then checkpoint
+                                   |
+                            no task triggered -> run ends
+
+A step's failures are collected at the barrier: the writes of the calls that
+succeeded are saved as pending writes, so a resume re-runs only what failed.
+Only this module changes run state; lanes run calls, trace measures them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import inspect
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from pydantic import BaseModel
+
+from .errors import (
+    CheckpointError,
+    GraphError,
+    InvalidUpdateError,
+    NodeError,
+    NodeTimeoutError,
+    RecursionLimitError,
+    WorkerCrashedError,
+)
+from .events import (
+    NodeFailed,
+    NodeFinished,
+    NodeStarted,
+    RunFinished,
+    RunStarted,
+    StepFinished,
+    StepStarted,
+)
+from .graph import END, START, Send
+from .lanes import CallOutcome, LaneRunner, Mode, PayloadError
+from .lanes.worker import _hostname
+from .plan import Plan, PlanNode
+from .policy import NO_RETRY
+from .state import Write
+from .trace import Metrics, NodeCall, Trace, compute_metrics
+
+if TYPE_CHECKING:
+    from .checkpoint import Checkpoint, Checkpointer
+
+Emit = Callable[[Any], None]
+log = structlog.get_logger("engine")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One call to make in a step: a node, and its Send payload if it has one."""
+
+    node: str
+    index: int = -1  # Send index within the step; -1 when triggered by an edge
+    payload: Any = None
+    has_payload: bool = False
+
+    @property
+    def order(self) -> tuple[str, int]:
+        return (self.node, self.index)
+
+
+@dataclass
+class _TaskResult:
+    task: Task
+    updates: Mapping[str, Any] | None = None
+    error: NodeError | InvalidUpdateError | None = None
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What ``arun`` returns: the final state, the trace, and the metrics."""
+
+    state: BaseModel
+    trace: Trace
+    metrics: Metrics
+    run_id: str
+    thread_id: str | None
+    mode: str
+
+
+@dataclass
+class RunCursor:
+    """Where a run stands between steps (what a checkpoint saves).
+
+    Invariant: ``tasks`` are the tasks of step ``step``, sorted by order;
+    ``pending`` holds writes already made in step ``step`` by a previous,
+    failed attempt at it.
+    """
+
+    state: BaseModel
+    step: int
+    tasks: list[Task]
+    fanin: dict[str, set[str]] = field(default_factory=dict)
+    pending: dict[tuple[str, int], Mapping[str, Any]] = field(default_factory=dict)
+
+
+class Scheduler:
+    """Runs a plan's super-steps for one ``arun`` call.
+
+    Invariant: ``cursor`` is only replaced at a barrier, after the step's
+    writes merged; ``calls`` only grows.
+    """
+
+    def __init__(
+        self,
+        plan: Plan,
+        runner: LaneRunner,
+        *,
+        run_id: str | None = None,
+        thread_id: str | None = None,
+        recursion_limit: int = 100,
+        checkpointer: Checkpointer | None = None,
+        emit: Emit | None = None,
+    ) -> None:
+        self.plan = plan
+        self.runner = runner
+        self.mode: Mode = runner.mode
+        self.run_id = run_id or uuid.uuid4().hex[:12]
+        self.thread_id = thread_id
+        self.recursion_limit = recursion_limit
+        self.checkpointer = checkpointer
+        self._emit = emit or (lambda event: None)
+        self.calls: list[NodeCall] = []
+        self.log = log.bind(run_id=self.run_id, thread_id=thread_id, mode=self.mode)
+
+    def __repr__(self) -> str:
+        return f"<Scheduler run={self.run_id} mode={self.mode} calls={len(self.calls)}>"
+
+    # -- entry ------------------------------------------------------------
+
+    def start_cursor(self, state: BaseModel, step: int = 0) -> RunCursor:
+        """The cursor of a fresh run: START's edges and branches on the input."""
+        tasks = self._route([START], state, step=-1, fanin={})
+        return RunCursor(state=state, step=step, tasks=tasks)
+
+    async def run(self, cursor: RunCursor, *, resumed: bool = False) -> RunResult:
+        t0 = time.perf_counter()
+        first_step = cursor.step
+        self._emit(
+            RunStarted(
+                run_id=self.run_id,
+                time=time.time(),
+                thread_id=self.thread_id,
+                mode=self.mode,
+                resumed_from_step=first_step if resumed else None,
+            )
+        )
+        self.log.info("run_started", step=first_step)
+        status = "failed"
+        error: BaseException | None = None
+        try:
+            if not resumed:
+                await self._save(cursor, "running")
+            while cursor.tasks:
+                if cursor.step - first_step >= self.recursion_limit:
+                    raise RecursionLimitError(
+                        f"the run took more than recursion_limit={self.recursion_limit} "
+                        f"steps (next step {cursor.step} would run "
+                        f"{[t.node for t in cursor.tasks]}); check the graph's cycles for a "
+                        "missing exit, or raise recursion_limit"
+                    )
+                cursor = await self._step(cursor)
+            status = "done"
+        except asyncio.CancelledError:
+            status = "cancelled"
+            raise
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            wall = time.perf_counter() - t0
+            self._emit(
+                RunFinished(
+                    run_id=self.run_id,
+                    time=time.time(),
+                    status=status,  # type: ignore[arg-type]
+                    steps=cursor.step - first_step,
+                    wall_s=wall,
+                    error=f"{type(error).__name__}: {error}" if error else None,
+                )
+            )
+            self.log.info("run_finished", status=status, steps=cursor.step, wall_s=round(wall, 4))
+        metrics = compute_metrics(
+            self.calls, wall, cursor.step - first_step, self.runner.cpu_workers
+        )
+        return RunResult(
+            state=cursor.state,
+            trace=Trace(calls=tuple(self.calls), run_id=self.run_id, driver_pid=os.getpid()),
+            metrics=metrics,
+            run_id=self.run_id,
+            thread_id=self.thread_id,
+            mode=self.mode,
+        )
+
+    # -- one super-step ---------------------------------------------------
+
+    async def _step(self, cursor: RunCursor) -> RunCursor:
+        step = cursor.step
+        t0 = time.perf_counter()
+        todo = [t for t in cursor.tasks if t.order not in cursor.pending]
+        self._emit(
+            StepStarted(
+                run_id=self.run_id, time=time.time(), step=step, nodes=[t.node for t in todo]
+            )
+        )
+        done: dict[tuple[str, int], _TaskResult] = {}
+        try:
+            if self.mode == "sequential":
+                for task in todo:
+                    done[task.order] = await self._run_task(cursor.state, step, task)
+            else:
+                await asyncio.gather(
+                    *(self._collect(cursor.state, step, task, done) for task in todo)
+                )
+        except asyncio.CancelledError:
+            # Keep what finished: a resume re-runs only the rest.
+            await asyncio.shield(self._save_interrupted(cursor, done))
+            raise
+        failures = sorted(
+            (r for r in done.values() if r.error is not None), key=lambda r: r.task.order
+        )
+        writes = {order: r.updates or {} for order, r in done.items() if r.error is None}
+        writes.update(cursor.pending)
+        ok = not failures
+        self._emit(
+            StepFinished(
+                run_id=self.run_id,
+                time=time.time(),
+                step=step,
+                duration_s=time.perf_counter() - t0,
+                ok=ok,
+            )
+        )
+        if failures:
+            failed = RunCursor(
+                state=cursor.state,
+                step=step,
+                tasks=cursor.tasks,
+                fanin=cursor.fanin,
+                pending=writes,
+            )
+            await self._save(failed, "failed")
+            first = failures[0].error
+            assert first is not None
+            if len(failures) > 1:
+                others = ", ".join(repr(f.task.node) for f in failures[1:])
+                first.add_note(f"in the same step {others} also failed")
+            raise first
+        state = self.plan.schema.merge(
+            cursor.state, [Write(node, index, upd) for (node, index), upd in writes.items()], step
+        )
+        fanin = {k: set(v) for k, v in cursor.fanin.items()}
+        ran = sorted({t.node for t in cursor.tasks})
+        tasks = self._route(ran, state, step, fanin)
+        nxt = RunCursor(state=state, step=step + 1, tasks=tasks, fanin=fanin)
+        await self._save(nxt, "running" if tasks else "done")
+        return nxt
+
+    async def _collect(
+        self, state: BaseModel, step: int, task: Task, done: dict[tuple[str, int], _TaskResult]
+    ) -> None:
+        done[task.order] = await self._run_task(state, step, task)
+
+    async def _run_task(self, state: BaseModel, step: int, task: Task) -> _TaskResult:
+        """Call one task with its retry policy; never raises but for cancellation."""
+        node = self.plan.nodes[task.node]
+        policy = node.spec.retry or NO_RETRY
+        attempt = 1
+        while True:
+            err = await self._attempt(node, state, step, task, attempt)
+            if isinstance(err, _TaskResult):
+                return err
+            cause = err.__cause__ if err.__cause__ is not None else err
+            retry = not isinstance(err, InvalidUpdateError) and (
+                policy.should_retry(cause, attempt) or policy.should_retry(err, attempt)
+            )
+            self._emit(
+                NodeFailed(
+                    run_id=self.run_id,
+                    time=time.time(),
+                    step=step,
+                    node=task.node,
+                    index=task.index,
+                    lane=node.lane,
+                    attempt=attempt,
+                    error=f"{getattr(err, 'error_type', '') or type(err).__name__}: {err}",
+                    will_retry=retry,
+                )
+            )
+            self.log.warning(
+                "node_failed", node=task.node, step=step, attempt=attempt, will_retry=retry
+            )
+            if not retry:
+                return _TaskResult(task=task, error=err)
+            await asyncio.sleep(policy.delay(attempt))
+            attempt += 1
+
+    async def _attempt(
+        self, node: PlanNode, state: BaseModel, step: int, task: Task, attempt: int
+    ) -> _TaskResult | NodeError | InvalidUpdateError:
+        lane = node.lane
+        spec = node.spec
+        arg: Any = task.payload if task.has_payload else state
+        if not self.runner.crosses_process(lane):
+            # In-process calls get a private copy; pickling copies for the process lane.
+            arg = self.plan.schema.copy(arg) if not task.has_payload else copy.deepcopy(arg)
+        self._emit(
+            NodeStarted(
+                run_id=self.run_id,
+                time=time.time(),
+                step=step,
+                node=task.node,
+                index=task.index,
+                lane=lane,
+                attempt=attempt,
+            )
+        )
+        where = f"node {task.node!r} (step {step}, lane {lane!r}, attempt {attempt})"
+        started = time.time()
+        try:
+            outcome = await self.runner.call(
+                task.node, lane, spec.fn, arg, is_coroutine=spec.is_coroutine, timeout=spec.timeout
+            )
+        except TimeoutError as exc:
+            err: NodeError = NodeTimeoutError(
+                f"{where} ran past its timeout of {spec.timeout} s; make it faster, "
+                "raise timeout=, or add a RetryPolicy",
+                node=task.node,
+                step=step,
+                lane=lane,
+                attempt=attempt,
+                error_type="TimeoutError",
+                error_message=f"timed out after {spec.timeout} s",
+            )
+            err.__cause__ = exc
+            self._record_lost(task, step, lane, attempt, started, "timeout")
+            return err
+        except PayloadError as exc:
+            err = NodeError(
+                f"{where}: {exc}",
+                node=task.node,
+                step=step,
+                lane=lane,
+                attempt=attempt,
+                error_type=type(exc.__cause__ or exc).__name__,
+                error_message=str(exc),
+            )
+            err.__cause__ = exc.__cause__ or exc
+            self._record_lost(task, step, lane, attempt, started, "payload")
+            return err
+        except BrokenProcessPool as exc:
+            code = getattr(exc, "exitcode", None)
+            err = WorkerCrashedError(
+                f"{where}: the worker process running it died ({exc}); if it was killed "
+                "(SIGKILL) it may have run out of memory",
+                node=task.node,
+                step=step,
+                lane=lane,
+                attempt=attempt,
+                error_type=type(exc).__name__,
+                error_message=str(exc),
+                exitcode=code,
+            )
+            err.__cause__ = exc
+            self._record_lost(task, step, lane, attempt, started, "crash")
+            return err
+        self._record(task, step, lane, attempt, outcome)
+        if not outcome.ok:
+            err = NodeError(
+                f"{where} raised {outcome.error_type}: {outcome.error_message}",
+                node=task.node,
+                step=step,
+                lane=lane,
+                attempt=attempt,
+                error_type=outcome.error_type,
+                error_message=outcome.error_message,
+                traceback_text=outcome.traceback_text,
+            )
+            if outcome.error is not None:
+                err.__cause__ = outcome.error
+            return err
+        try:
+            updates = self.plan.schema.check_update(task.node, step, outcome.value)
+        except InvalidUpdateError as exc:
+            return exc
+        self._emit(
+            NodeFinished(
+                run_id=self.run_id,
+                time=time.time(),
+                step=step,
+                node=task.node,
+                index=task.index,
+                lane=lane,
+                attempt=attempt,
+                duration_s=outcome.end - outcome.start,
+                pid=outcome.pid,
+            )
+        )
+        return _TaskResult(task=task, updates=updates)
+
+    def _record(self, task: Task, step: int, lane: str, attempt: int, outcome: CallOutcome) -> None:
+        self.calls.append(
+            NodeCall(
+                node=task.node,
+                step=step,
+                lane=lane,
+                attempt=attempt,
+                pid=outcome.pid,
+                thread=outcome.thread,
+                host=outcome.host,
+                start=outcome.start,
+                end=outcome.end,
+                cpu_s=outcome.cpu_s,
+                bytes_in=outcome.bytes_in,
+                bytes_out=outcome.bytes_out,
+                ok=outcome.ok,
+                index=task.index,
+                error=None if outcome.ok else outcome.error_type,
+            )
+        )
+
+    def _record_lost(
+        self, task: Task, step: int, lane: str, attempt: int, started: float, why: str
+    ) -> None:
+        """A call whose worker-side record never came back: timed from the driver."""
+        self.calls.append(
+            NodeCall(
+                node=task.node,
+                step=step,
+                lane=lane,
+                attempt=attempt,
+                pid=-1,
+                thread=-1,
+                host=_hostname(),
+                start=started,
+                end=time.time(),
+                cpu_s=0.0,
+                ok=False,
+                index=task.index,
+                error=why,
+            )
+        )
+
+    # -- routing ----------------------------------------------------------
+
+    def _route(
+        self, ran: Sequence[str], state: BaseModel, step: int, fanin: dict[str, set[str]]
+    ) -> list[Task]:
+        """The tasks of the next step, from what ran in this one (sorted)."""
+        triggered: set[str] = set()
+        sends: list[Send] = []
+        for name in ran:
+            triggered.update(t for t in self.plan.edges.get(name, ()) if t != END)
+            for fan in self.plan.fanins_by_source.get(name, ()):
+                fanin.setdefault(fan.key, set()).add(name)
+            for branch in self.plan.branches.get(name, ()):
+                result = branch.route(self.plan.schema.copy(state))
+                if inspect.isawaitable(result):
+                    raise GraphError(
+                        f"the router of the conditional edge from {name!r} is async; "
+                        "routers must be plain functions of the state"
+                    )
+                self._interpret(name, branch.path_map, result, triggered, sends)
+        for fan in self.plan.fanins:
+            if fanin.get(fan.key, set()) >= fan.sources:
+                triggered.add(fan.target)
+        for fan in self.plan.fanins:
+            # A fan-in target that runs starts counting its sources afresh.
+            if fan.target in triggered:
+                fanin.pop(fan.key, None)
+        tasks = [Task(node=n) for n in triggered]
+        tasks += [
+            Task(node=s.node, index=i, payload=s.arg, has_payload=True) for i, s in enumerate(sends)
+        ]
+        return sorted(tasks, key=lambda t: t.order)
+
+    def _interpret(
+        self,
+        source: str,
+        path_map: Mapping[Any, str] | None,
+        result: Any,
+        triggered: set[str],
+        sends: list[Send],
+    ) -> None:
+        items: Iterable[Any] = result if isinstance(result, list | tuple) else [result]
+        for item in items:
+            if isinstance(item, Send):
+                if item.node not in self.plan.nodes:
+                    raise GraphError(f"the router of {source!r} sent to unknown node {item.node!r}")
+                sends.append(item)
+                continue
+            if item is None or item == END:
+                continue
+            target = item
+            if path_map is not None:
+                if item not in path_map:
+                    raise GraphError(
+                        f"the router of {source!r} returned {item!r}, which is not in its "
+                        f"path_map {sorted(map(str, path_map))}"
+                    )
+                target = path_map[item]
+                if target == END:
+                    continue
+            if target not in self.plan.nodes:
+                raise GraphError(
+                    f"the router of {source!r} returned {target!r}, which is not a node "
+                    f"(known: {sorted(self.plan.nodes)})"
+                )
+            triggered.add(target)
+
+    # -- checkpoints ------------------------------------------------------
+
+    async def _save(self, cursor: RunCursor, status: str) -> None:
+        if self.checkpointer is None or self.thread_id is None:
+            return
+        await self.checkpointer.put(self.to_checkpoint(cursor, status))
+
+    async def _save_interrupted(
+        self, cursor: RunCursor, done: Mapping[tuple[str, int], _TaskResult]
+    ) -> None:
+        writes = dict(cursor.pending)
+        writes.update({o: r.updates or {} for o, r in done.items() if r.error is None})
+        interrupted = RunCursor(
+            state=cursor.state,
+            step=cursor.step,
+            tasks=cursor.tasks,
+            fanin=cursor.fanin,
+            pending=writes,
+        )
+        try:
+            await self._save(interrupted, "interrupted")
+        except Exception:
+            self.log.exception("checkpoint_on_cancel_failed", step=cursor.step)
+
+    def to_checkpoint(self, cursor: RunCursor, status: str) -> Checkpoint:
+        from pydantic_core import to_jsonable_python
+
+        from .checkpoint import Checkpoint, PendingWrite, TaskRef
+
+        def ref(task: Task) -> TaskRef:
+            if not task.has_payload:
+                return TaskRef(node=task.node, index=task.index)
+            if isinstance(task.payload, self.plan.schema.model):
+                return TaskRef(
+                    node=task.node,
+                    index=task.index,
+                    payload=task.payload.model_dump(mode="json"),
+                    payload_kind="state",
+                )
+            return TaskRef(
+                node=task.node,
+                index=task.index,
+                payload=to_jsonable_python(task.payload),
+                payload_kind="json",
+            )
+
+        try:
+            return Checkpoint(
+                thread_id=self.thread_id or "",
+                run_id=self.run_id,
+                step=cursor.step,
+                state=cursor.state.model_dump(mode="json"),
+                next_tasks=[ref(t) for t in cursor.tasks],
+                fanin={k: sorted(v) for k, v in cursor.fanin.items()},
+                pending_writes=[
+                    PendingWrite(node=n, index=i, updates=to_jsonable_python(dict(u)))
+                    for (n, i), u in sorted(cursor.pending.items())
+                ],
+                status=status,  # type: ignore[arg-type]
+                created_at=time.time(),
+            )
+        except Exception as exc:
+            raise CheckpointError(
+                f"step {cursor.step} of thread {self.thread_id!r} cannot be saved as JSON: "
+                f"{type(exc).__name__}: {exc}; keep state fields and Send payloads "
+                "JSON-compatible (or pydantic models)"
+            ) from exc
+
+    def from_checkpoint(self, cp: Checkpoint) -> RunCursor:
+        """The cursor a checkpoint describes; validated, never executes stored code."""
+        schema = self.plan.schema
+        try:
+            state = schema.model.model_validate(cp.state)
+            tasks = []
+            for ref in cp.next_tasks:
+                if ref.node not in self.plan.nodes:
+                    raise CheckpointError(f"checkpoint names unknown node {ref.node!r}")
+                payload: Any = ref.payload
+                if ref.payload_kind == "state":
+                    payload = schema.model.model_validate(ref.payload)
+                tasks.append(
+                    Task(
+                        node=ref.node,
+                        index=ref.index,
+                        payload=payload,
+                        has_payload=ref.payload_kind != "none",
+                    )
+                )
+            pending: dict[tuple[str, int], Mapping[str, Any]] = {}
+            if cp.status in ("failed", "interrupted"):
+                for w in cp.pending_writes:
+                    pending[(w.node, w.index)] = dict(
+                        schema.check_update(w.node, cp.step, w.updates)
+                    )
+        except CheckpointError:
+            raise
+        except Exception as exc:
+            raise CheckpointError(
+                f"checkpoint of thread {cp.thread_id!r} at step {cp.step} does not fit this "
+                f"graph: {type(exc).__name__}: {exc}"
+            ) from exc
+        return RunCursor(
+            state=state,
+            step=cp.step,
+            tasks=sorted(tasks, key=lambda t: t.order),
+            fanin={k: set(v) for k, v in cp.fanin.items()},
+            pending=pending,
+        )

@@ -1,0 +1,186 @@
+"""Trace records, metrics, and Chrome trace-event export.
+
+Every node call (retries included) leaves one frozen ``NodeCall``, timed where
+it ran: ``start``/``end`` are ``time.time()`` in the worker, so records from
+several processes (and machines) line up on one clock. Metrics are derived
+from the records alone, so a run proves its own parallelism.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class NodeCall:
+    """One call of one node, as measured by the process that ran it."""
+
+    node: str
+    step: int
+    lane: str
+    attempt: int
+    pid: int
+    thread: int
+    host: str
+    start: float
+    end: float
+    cpu_s: float
+    bytes_in: int = 0
+    bytes_out: int = 0
+    ok: bool = True
+    index: int = -1
+    error: str | None = None
+
+    @property
+    def wall_s(self) -> float:
+        return max(0.0, self.end - self.start)
+
+    @property
+    def effort_s(self) -> float:
+        """The least time this call needs: CPU seconds for a cpu-lane call (its
+        wall time stretches when it shares a core), wall time otherwise."""
+        if self.lane == "cpu":
+            return min(self.cpu_s, self.wall_s) if self.cpu_s > 0 else self.wall_s
+        return self.wall_s
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Run statistics, all derived from the trace and the wall clock.
+
+    ``lower_bound_s`` sums, over steps, the larger of the longest call's
+    effort and the step's cpu-lane CPU seconds spread over ``cpu_workers``
+    (the process pool the ``parallel`` mode would use). It is the same work
+    bound in every mode, so ``efficiency`` shows how close each mode came to
+    what the machine allows.
+    """
+
+    wall_s: float
+    busy_s: float
+    cpu_s: float
+    parallelism: float
+    lower_bound_s: float
+    efficiency: float
+    steps: int
+    calls: int
+    cpu_workers: int
+    by_lane: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def compute_metrics(
+    calls: Sequence[NodeCall], wall_s: float, steps: int, cpu_workers: int
+) -> Metrics:
+    busy = sum(c.wall_s for c in calls)
+    cpu = sum(c.cpu_s for c in calls)
+    by_lane: dict[str, float] = defaultdict(float)
+    per_step: dict[int, list[NodeCall]] = defaultdict(list)
+    for c in calls:
+        by_lane[c.lane] += c.wall_s
+        per_step[c.step].append(c)
+    workers = max(1, cpu_workers)
+    lower = 0.0
+    for step_calls in per_step.values():
+        longest = max(c.effort_s for c in step_calls)
+        cpu_lane = sum(c.cpu_s for c in step_calls if c.lane == "cpu")
+        lower += max(longest, cpu_lane / workers)
+    wall = max(wall_s, 1e-9)
+    return Metrics(
+        wall_s=wall_s,
+        busy_s=busy,
+        cpu_s=cpu,
+        parallelism=busy / wall,
+        lower_bound_s=lower,
+        efficiency=min(lower / wall, 1.0) if lower else 1.0,
+        steps=steps,
+        calls=len(calls),
+        cpu_workers=workers,
+        by_lane=dict(sorted(by_lane.items())),
+    )
+
+
+@dataclass(frozen=True)
+class Trace:
+    """All node calls of a run, in the order they finished."""
+
+    calls: tuple[NodeCall, ...]
+    run_id: str = ""
+    driver_pid: int = field(default_factory=os.getpid)
+
+    def for_node(self, node: str) -> list[NodeCall]:
+        return [c for c in self.calls if c.node == node]
+
+    def pids(self, lane: str | None = None) -> set[int]:
+        return {c.pid for c in self.calls if lane is None or c.lane == lane}
+
+    def to_chrome_events(self) -> list[dict[str, Any]]:
+        """Chrome trace-event dicts: one row per (host, process, thread)."""
+        if not self.calls:
+            return []
+        t0 = min(c.start for c in self.calls)
+        events: list[dict[str, Any]] = []
+        named: set[tuple[int, int]] = set()
+        pid_ids: dict[tuple[str, int], int] = {}
+        for c in sorted(self.calls, key=lambda c: (c.start, c.node)):
+            # Chrome needs integer pids; keep (host, pid) distinct across machines.
+            pid = pid_ids.setdefault((c.host, c.pid), len(pid_ids) + 1)
+            if (pid, -1) not in named:
+                named.add((pid, -1))
+                who = "driver" if c.pid == self.driver_pid else "worker"
+                events.append(
+                    {
+                        "name": "process_name",
+                        "ph": "M",
+                        "pid": pid,
+                        "tid": 0,
+                        "args": {"name": f"{who} {c.host}:{c.pid}"},
+                    }
+                )
+            if (pid, c.thread) not in named:
+                named.add((pid, c.thread))
+                events.append(
+                    {
+                        "name": "thread_name",
+                        "ph": "M",
+                        "pid": pid,
+                        "tid": c.thread,
+                        "args": {"name": f"thread {c.thread}"},
+                    }
+                )
+            events.append(
+                {
+                    "name": c.node if c.index < 0 else f"{c.node}[{c.index}]",
+                    "cat": c.lane,
+                    "ph": "X",
+                    "ts": (c.start - t0) * 1e6,
+                    "dur": c.wall_s * 1e6,
+                    "pid": pid,
+                    "tid": c.thread,
+                    "args": {
+                        "step": c.step,
+                        "lane": c.lane,
+                        "attempt": c.attempt,
+                        "cpu_s": round(c.cpu_s, 6),
+                        "bytes_in": c.bytes_in,
+                        "bytes_out": c.bytes_out,
+                        "ok": c.ok,
+                        "error": c.error,
+                    },
+                }
+            )
+        return events
+
+    def to_chrome(self, path: str | os.PathLike[str], extra: Iterable[dict[str, Any]] = ()) -> Path:
+        """Write Chrome trace-event JSON that Perfetto and chrome://tracing open."""
+        out = Path(path)
+        doc = {"traceEvents": [*self.to_chrome_events(), *extra], "displayTimeUnit": "ms"}
+        out.write_text(json.dumps(doc, indent=None))
+        return out
