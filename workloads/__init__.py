@@ -1,0 +1,1 @@
+"""Real workloads for the engine: GenAI CPU processing, a local LLM server, graphs."""
