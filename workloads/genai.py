@@ -12,6 +12,7 @@ workload can ask for "0.5 s of CPU" and get it (``units_for``).
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
@@ -66,13 +67,13 @@ def _words(text: str) -> list[str]:
 def train_bpe(text: str, n_merges: int) -> list[tuple[str, str]]:
     """Learn ``n_merges`` byte-pair merges from ``text`` (character-level start)."""
     freq = Counter(_words(text))
-    splits = {w: list(w) + ["</w>"] for w in freq}
+    splits = {w: [*list(w), "</w>"] for w in freq}
     merges: list[tuple[str, str]] = []
     for _ in range(n_merges):
         pairs: Counter[tuple[str, str]] = Counter()
         for word, count in freq.items():
             sym = splits[word]
-            for a, b in zip(sym, sym[1:], strict=False):
+            for a, b in itertools.pairwise(sym):
                 pairs[(a, b)] += count
         if not pairs:
             break
@@ -100,7 +101,7 @@ def tokenize(text: str, merges: list[tuple[str, str]]) -> list[str]:
     rank = {pair: i for i, pair in enumerate(merges)}
     tokens: list[str] = []
     for word in _words(text):
-        sym = list(word) + ["</w>"]
+        sym = [*list(word), "</w>"]
         while len(sym) > 1:
             best_i, best_r = -1, len(rank)
             for i in range(len(sym) - 1):
