@@ -1,0 +1,67 @@
+"""Module-level node functions for tests: importable (and picklable) in workers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from typing import Any
+
+
+def burn(seconds: float) -> int:
+    """Real pure-Python CPU work for about ``seconds`` of CPU time."""
+    end = time.thread_time() + seconds
+    x = 0
+    while time.thread_time() < end:
+        for i in range(2000):
+            x = (x + i * i) % 1_000_003
+    return x
+
+
+def whoami() -> dict[str, Any]:
+    return {
+        "pid": os.getpid(),
+        "thread": threading.get_ident(),
+        "main_thread": threading.current_thread() is threading.main_thread(),
+        "start": time.time(),
+    }
+
+
+def cpu_probe(name: str, seconds: float, state: Any) -> dict[str, Any]:
+    """Burns CPU and reports where and when it ran, in its own words."""
+    me = whoami()
+    burn(seconds)
+    me["end"] = time.time()
+    return {"probes": {name: me}}
+
+
+async def io_probe(name: str, seconds: float, state: Any) -> dict[str, Any]:
+    me = whoami()
+    me["loop"] = type(asyncio.get_running_loop()).__module__
+    await asyncio.sleep(seconds)
+    me["end"] = time.time()
+    return {"probes": {name: me}}
+
+
+def thread_probe(name: str, state: Any) -> dict[str, Any]:
+    me = whoami()
+    me["end"] = time.time()
+    return {"probes": {name: me}}
+
+
+def append(field: str, value: Any, state: Any) -> dict[str, Any]:
+    return {field: [value]}
+
+
+async def async_append(field: str, value: Any, delay: float, state: Any) -> dict[str, Any]:
+    await asyncio.sleep(delay)
+    return {field: [value]}
+
+
+def fail(message: str, state: Any) -> dict[str, Any]:
+    raise RuntimeError(message)
+
+
+def merge_dicts(left: dict[str, Any], right: dict[str, Any]) -> dict[str, Any]:
+    return {**left, **right}
