@@ -258,5 +258,5 @@ class TestErrors:
         g = Graph(State)
         g.add_node("slow", functools.partial(async_append, "items", "x", 5.0), timeout=0.1)
         g.add_edge(START, "slow")
-        with pytest.raises(NodeTimeoutError, match="timeout of 0.1 s"):
+        with pytest.raises(NodeTimeoutError, match=r"timeout of 0\.1 s"):
             await g.compile().arun({}, mode=mode)

@@ -21,6 +21,7 @@ import functools
 import inspect
 import os
 import socket
+import sys
 import threading
 import time
 import traceback
@@ -51,8 +52,27 @@ class CallOutcome:
     traceback_text: str = ""
 
 
-@functools.cache
 def _hostname() -> str:
+    """Where a call runs: the Dask worker's address inside a Dask task, else the machine.
+
+    A worker address (``tcp://10.0.0.7:38211``) names one worker process, so
+    the trace shows one row per Dask worker. Dask is never imported here: a
+    process that is running a Dask task has imported ``distributed`` already,
+    so any other process pays one dict lookup. The address is looked up per
+    call, not cached per process: it is a context-variable read, and one
+    process may host several in-process workers (``LocalCluster(processes=False)``).
+    """
+    dask_worker = sys.modules.get("distributed.worker")
+    if dask_worker is not None:
+        try:
+            return str(dask_worker.get_worker().address)
+        except Exception:  # not inside a Dask task (ValueError), or an older API
+            pass
+    return _machine_name()
+
+
+@functools.cache
+def _machine_name() -> str:
     return socket.gethostname()
 
 
