@@ -65,3 +65,40 @@ def fail(message: str, state: Any) -> dict[str, Any]:
 
 def merge_dicts(left: dict[str, Any], right: dict[str, Any]) -> dict[str, Any]:
     return {**left, **right}
+
+
+# -- generated-graph nodes (tests/test_modes_property.py) ------------------
+
+
+def gen_update(name: str, weight: int, writes_last: bool, arg: Any) -> dict[str, Any]:
+    """A generated node's update: deterministic in its name, weight and input."""
+    tag = f"{name}:{arg['v']}" if isinstance(arg, dict) else name
+    update: dict[str, Any] = {"log": [tag], "total": weight}
+    if writes_last:
+        update["last"] = tag
+    return update
+
+
+def gen_sync(name: str, weight: int, writes_last: bool, arg: Any) -> dict[str, Any]:
+    return gen_update(name, weight, writes_last, arg)
+
+
+async def gen_async(name: str, weight: int, writes_last: bool, arg: Any) -> dict[str, Any]:
+    await asyncio.sleep(0)
+    return gen_update(name, weight, writes_last, arg)
+
+
+def route_parity(even: list[str], odd: list[str], state: Any) -> list[str]:
+    return list(even if state.total % 2 == 0 else odd)
+
+
+def route_sends(target: str, n: int, state: Any) -> list[Any]:
+    from engine import Send
+
+    return [Send(target, {"v": state.total * 10 + i}) for i in range(n)]
+
+
+def route_loop(target: str, limit: int, state: Any) -> str:
+    from engine import END
+
+    return target if state.total < limit else END

@@ -40,6 +40,7 @@ class TestPrecedence:
 
     def test_decorator(self) -> None:
         """A decorator declares the lane."""
+
         def marked(state: Any) -> None:
             return None
 
