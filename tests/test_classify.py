@@ -8,7 +8,7 @@ from typing import Any
 import engine
 from engine import START, Graph
 from engine.classify import classify
-from tests.conftest import State
+from tests.support import State
 
 LOCK = threading.Lock()
 

@@ -19,8 +19,7 @@ from engine import (
     StepFinished,
     StepStarted,
 )
-from tests.conftest import State
-from tests.nodes import append, fail
+from tests.support import State, append, fail
 
 
 def chain() -> Graph:

@@ -10,8 +10,7 @@ from pydantic import BaseModel
 
 import engine
 from engine import END, START, Graph, GraphError
-from tests.conftest import State
-from tests.nodes import append
+from tests.support import State, append
 
 
 def noop(state: State) -> None:

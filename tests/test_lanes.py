@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from engine import START, Graph
-from tests.conftest import State
-from tests.nodes import cpu_probe, io_probe, thread_probe
+from tests.support import State, cpu_probe, io_probe, thread_probe
 
 
 def two_cpu_nodes(seconds: float = 0.3) -> Graph:

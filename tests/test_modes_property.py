@@ -14,7 +14,14 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from engine import END, START, Graph
-from tests.nodes import gen_async, gen_sync, gen_update, route_loop, route_parity, route_sends
+from tests.support import (
+    gen_async,
+    gen_sync,
+    gen_update,
+    route_loop,
+    route_parity,
+    route_sends,
+)
 
 
 class GenState(BaseModel):

@@ -19,8 +19,7 @@ from engine import (
     RetryPolicy,
     Send,
 )
-from tests.conftest import State
-from tests.nodes import append, async_append, fail
+from tests.support import State, append, async_append, fail
 
 
 def add(g: Graph, name: str, value: str | None = None, lane: str = "cpu", **kw: Any) -> None:

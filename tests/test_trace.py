@@ -8,8 +8,7 @@ from pathlib import Path
 
 from engine import START, Graph, NodeCall
 from engine.trace import compute_metrics
-from tests.conftest import State
-from tests.nodes import cpu_probe, io_probe
+from tests.support import State, cpu_probe, io_probe
 
 
 def call(node: str, step: int, lane: str, start: float, end: float, cpu: float) -> NodeCall:

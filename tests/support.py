@@ -1,12 +1,20 @@
-"""Module-level node functions for tests: importable (and picklable) in workers."""
+"""Shared test support: the state model and module-level node functions.
+
+Worker processes cannot import the tests package, so the root conftest.py
+registers this module with cloudpickle to travel by value, as a user's
+``__main__`` code would.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import operator
 import os
 import threading
 import time
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BaseModel
 
 
 def burn(seconds: float) -> int:
@@ -65,6 +73,14 @@ def fail(message: str, state: Any) -> dict[str, Any]:
 
 def merge_dicts(left: dict[str, Any], right: dict[str, Any]) -> dict[str, Any]:
     return {**left, **right}
+
+
+class State(BaseModel):
+    topic: str = ""
+    items: Annotated[list[str], operator.add] = []
+    probes: Annotated[dict[str, Any], merge_dicts] = {}
+    report: str = ""
+    count: int = 0
 
 
 # -- generated-graph nodes (tests/test_modes_property.py) ------------------
