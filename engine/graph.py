@@ -125,7 +125,7 @@ class Graph:
         self.nodes[name] = NodeSpec(
             name=name,
             fn=fn,
-            lane=lane,  # type: ignore[arg-type]
+            lane=lane,
             retry=retry,
             timeout=timeout,
             is_coroutine=coroutine,
