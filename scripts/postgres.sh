@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# A throwaway PostgreSQL for the tests, on 127.0.0.1 with trust auth.
+#
+#   eval "$(bash scripts/postgres.sh | tail -n1)"   # start (idempotent), export the DSN
+#   bash scripts/postgres.sh stop                   # stop it
+#
+# Installs the Debian `postgresql` package when no server binaries are found
+# (needs root), keeps the cluster under $ENGINE_PG_DIR (default <repo>/.pg),
+# listens on ${ENGINE_PG_PORT:-55432}, creates database engine_test, and
+# prints `export ENGINE_TEST_PG_DSN=...` as its last line. Everything else
+# goes to stderr. As root the server runs as the `postgres` user (initdb
+# refuses root).
+set -euo pipefail
+
+REPO="$(cd "$(dirname "$0")/.." && pwd)"
+PG_DIR="${ENGINE_PG_DIR:-$REPO/.pg}"
+PORT="${ENGINE_PG_PORT:-55432}"
+DB=engine_test
+DATA="$PG_DIR/data"
+DSN="postgresql://postgres@127.0.0.1:$PORT/$DB"
+
+say() { echo "postgres.sh: $*" >&2; }
+
+find_bin() {
+  ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1
+}
+
+BIN="$(find_bin)"
+if [ -z "$BIN" ] || [ ! -x "$BIN/initdb" ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    say "no PostgreSQL server binaries in /usr/lib/postgresql/*/bin; run as root to install them"
+    exit 1
+  fi
+  say "installing the postgresql package"
+  apt-get update >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql >&2
+  BIN="$(find_bin)"
+fi
+
+# Run a server binary as the cluster's owner: `postgres` when we are root.
+as_owner() {
+  if [ "$(id -u)" -eq 0 ]; then
+    runuser -u postgres -- "$@"
+  else
+    "$@"
+  fi
+}
+
+if [ "${1:-}" = "stop" ]; then
+  if [ -f "$DATA/PG_VERSION" ] && as_owner "$BIN/pg_ctl" -D "$DATA" status >/dev/null 2>&1; then
+    as_owner "$BIN/pg_ctl" -D "$DATA" -m fast -w stop >&2
+  else
+    say "not running"
+  fi
+  exit 0
+fi
+
+ready() { "$BIN/pg_isready" -q -h 127.0.0.1 -p "$PORT"; }
+
+if ! ready; then
+  mkdir -p "$PG_DIR"
+  if [ "$(id -u)" -eq 0 ]; then
+    id postgres >/dev/null 2>&1 || useradd --system --home-dir "$PG_DIR" postgres
+    chown -R postgres: "$PG_DIR"
+  fi
+  if [ ! -f "$DATA/PG_VERSION" ]; then
+    say "creating a cluster in $DATA"
+    as_owner "$BIN/initdb" -D "$DATA" -U postgres --auth=trust -E UTF8 --locale=C >&2
+  fi
+  say "starting on 127.0.0.1:$PORT"
+  as_owner "$BIN/pg_ctl" -D "$DATA" -l "$PG_DIR/server.log" -w -t 60 start \
+    -o "-c listen_addresses=127.0.0.1 -p $PORT -k $PG_DIR -c max_connections=200" >&2 || {
+    say "the server did not start; its log ($PG_DIR/server.log) ends with:"
+    tail -n 20 "$PG_DIR/server.log" >&2 || true
+    exit 1
+  }
+  for _ in $(seq 1 60); do
+    ready && break
+    sleep 0.5
+  done
+  ready || { say "the server does not accept connections on port $PORT"; exit 1; }
+fi
+
+psql_() { "$BIN/psql" -X -q -h 127.0.0.1 -p "$PORT" -U postgres "$@"; }
+if [ "$(psql_ -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$DB'")" != "1" ]; then
+  say "creating database $DB"
+  "$BIN/createdb" -h 127.0.0.1 -p "$PORT" -U postgres "$DB" >&2
+fi
+
+echo "export ENGINE_TEST_PG_DSN=$DSN"

@@ -1,0 +1,482 @@
+"""Checkpointers: one conformance suite run on memory, SQLite and PostgreSQL.
+
+The PostgreSQL runs need ``ENGINE_TEST_PG_DSN`` (``scripts/postgres.sh``
+starts a throwaway server and prints it); without a reachable server they
+skip and say why. Every test uses its own thread-id prefix, so runs against
+a long-lived database never collide.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pickle
+import signal
+import sqlite3
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.checkpoint import (
+    Checkpoint,
+    Checkpointer,
+    MemoryCheckpointer,
+    PendingWrite,
+    PostgresCheckpointer,
+    SqliteCheckpointer,
+    TaskRef,
+)
+from engine.errors import CheckpointError
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Corrupt: (table, thread_id, step, raw data) -> None; writes raw text/bytes
+# straight into the stored row(s), under the checkpointer's feet.
+Corrupt = Callable[[str, str, int, "str | bytes"], Awaitable[None]]
+
+
+@dataclass
+class Backend:
+    """A checkpointer factory on one store, plus ways to reach under it."""
+
+    name: str
+    make: Callable[[], Checkpointer]
+    corrupt: Corrupt
+    #: Where a child process finds the same store (None: in-process only).
+    child_args: list[str] | None = None
+    opened: list[Checkpointer] = field(default_factory=list)
+
+    def new(self) -> Checkpointer:
+        cp = self.make()
+        self.opened.append(cp)
+        return cp
+
+
+def _pg_dsn() -> str:
+    dsn = os.environ.get("ENGINE_TEST_PG_DSN")
+    if not dsn:
+        pytest.skip(
+            "ENGINE_TEST_PG_DSN is not set; start a server with: "
+            'eval "$(bash scripts/postgres.sh | tail -n1)"'
+        )
+    try:
+        import psycopg
+    except ImportError:
+        pytest.skip("psycopg is not installed (pip install 'engine[postgres]')")
+    try:
+        psycopg.connect(dsn, connect_timeout=3).close()
+    except psycopg.Error as exc:
+        pytest.skip(f"PostgreSQL at ENGINE_TEST_PG_DSN is unreachable: {exc}")
+    return dsn
+
+
+def _memory_backend() -> Backend:
+    shared = MemoryCheckpointer()  # a memory store is its instance: peers share it
+
+    async def corrupt(table: str, thread_id: str, step: int, raw: str | bytes) -> None:
+        if table == "checkpoints":
+            shared._rows[thread_id][step] = raw  # type: ignore[assignment]
+        else:
+            writes = shared._writes[thread_id][step]
+            for key in writes:
+                writes[key] = raw  # type: ignore[assignment]
+
+    return Backend("memory", lambda: shared, corrupt)
+
+
+def _sqlite_backend(path: Path) -> Backend:
+    async def corrupt(table: str, thread_id: str, step: int, raw: str | bytes) -> None:
+        with sqlite3.connect(path) as conn:
+            conn.execute(
+                f"UPDATE {table} SET data = ? WHERE thread_id = ? AND step = ?",
+                (raw, thread_id, step),
+            )
+        conn.close()
+
+    return Backend(
+        "sqlite", lambda: SqliteCheckpointer(path), corrupt, child_args=["sqlite", str(path)]
+    )
+
+
+def _postgres_backend(dsn: str) -> Backend:
+    async def corrupt(table: str, thread_id: str, step: int, raw: str | bytes) -> None:
+        if isinstance(raw, bytes):
+            pytest.skip("a jsonb column refuses anything but valid JSON at write time")
+        import psycopg
+
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            try:
+                await conn.execute(
+                    f"UPDATE {table} SET data = %s::jsonb WHERE thread_id = %s AND step = %s",
+                    (raw, thread_id, step),
+                )
+            except psycopg.errors.InvalidTextRepresentation:
+                pytest.skip("a jsonb column refuses anything but valid JSON at write time")
+
+    return Backend(
+        "postgres",
+        lambda: PostgresCheckpointer(dsn, pool_size=2),
+        corrupt,
+        child_args=["postgres", dsn],
+    )
+
+
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    """Each conformance test runs once per backend; checkpointers are closed after."""
+    if request.param == "memory":
+        b = _memory_backend()
+    elif request.param == "sqlite":
+        b = _sqlite_backend(tmp_path / "checkpoints.sqlite")
+    else:
+        b = _postgres_backend(_pg_dsn())
+    yield b
+    for cp in b.opened:
+        await cp.aclose()
+
+
+@pytest.fixture
+def tid() -> Callable[[str], str]:
+    """Thread ids unique to this test (a long-lived database keeps old ones)."""
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    return lambda name: f"{prefix}-{name}"
+
+
+def make_cp(
+    thread_id: str,
+    step: int,
+    status: str = "running",
+    *,
+    writes: list[PendingWrite] | None = None,
+    state: dict[str, Any] | None = None,
+) -> Checkpoint:
+    return Checkpoint(
+        thread_id=thread_id,
+        run_id="run-1",
+        step=step,
+        state=state if state is not None else {"notes": [f"step {step}"]},
+        next_tasks=[TaskRef(node="work")] if status != "done" else [],
+        pending_writes=writes or [],
+        status=status,  # type: ignore[arg-type]
+        created_at=1_700_000_000.0 + step,
+    )
+
+
+class _Bomb:
+    """Unpickling this would create a file: proof that loading runs no code."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (self.path.touch, ())
+
+
+CHILD = """
+import asyncio, sys
+from engine.checkpoint import PostgresCheckpointer, SqliteCheckpointer
+
+async def main() -> None:
+    kind, where, thread_id = sys.argv[1:4]
+    cp = SqliteCheckpointer(where) if kind == "sqlite" else PostgresCheckpointer(where)
+    await cp.acquire(thread_id, "child-run")
+    print("locked", flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+class TestCheckpointer:
+    """The contract every checkpointer keeps."""
+
+    async def test_round_trip_keeps_every_field(self, backend: Backend, tid: Any) -> None:
+        """A stored checkpoint comes back equal, field by field."""
+        cp = backend.new()
+        assert isinstance(cp, Checkpointer)
+        saved = Checkpoint(
+            thread_id=tid("rt"),
+            run_id="abc123",
+            step=3,
+            state={
+                "topic": "ünïcode ✓",
+                "notes": ["a", "b"],
+                "score": 0.1,
+                "big": 2**53 + 1,
+                "nested": {"x": [1, None, True, {"y": "z"}]},
+            },
+            next_tasks=[
+                TaskRef(node="edge"),
+                TaskRef(node="sent", index=0, payload={"q": 1}, payload_kind="json"),
+                TaskRef(node="sent", index=1, payload={"topic": "t"}, payload_kind="state"),
+            ],
+            fanin={"join": ["a", "b"]},
+            pending_writes=[
+                PendingWrite(node="a", updates={"notes": ["from a"]}),
+                PendingWrite(node="sent", index=0, updates={"score": 2.5}),
+            ],
+            status="failed",
+            created_at=1_700_000_123.456789,
+        )
+        await cp.put(saved)
+        assert await cp.get_latest(tid("rt")) == saved
+        assert await cp.list(tid("rt")) == [saved]
+        assert await cp.get_latest(tid("absent")) is None
+        assert await cp.list(tid("absent")) == []
+
+    async def test_stored_data_is_a_copy(self, backend: Backend, tid: Any) -> None:
+        """Mutating a checkpoint after put, or one that was loaded, changes nothing stored."""
+        cp = backend.new()
+        saved = make_cp(tid("copy"), 0, state={"notes": ["a"]})
+        await cp.put(saved)
+        saved.state["notes"].append("mutated")
+        loaded = await cp.get_latest(tid("copy"))
+        assert loaded is not None and loaded.state == {"notes": ["a"]}
+        loaded.state["notes"].append("again")
+        again = await cp.get_latest(tid("copy"))
+        assert again is not None and again.state == {"notes": ["a"]}
+
+    async def test_latest_is_highest_step_and_list_is_oldest_first(
+        self, backend: Backend, tid: Any
+    ) -> None:
+        """A step saved as failed, then the resumed run's next step: latest and list agree."""
+        cp, t = backend.new(), tid("order")
+        for step in (0, 1, 2):
+            await cp.put(make_cp(t, step))
+        failed = make_cp(t, 2, "failed", writes=[PendingWrite(node="ok", updates={"n": 1})])
+        await cp.put(failed)  # same step, most recent put wins
+        assert await cp.get_latest(t) == failed
+        resumed = make_cp(t, 3)
+        await cp.put(resumed)
+        assert await cp.get_latest(t) == resumed
+        listed = await cp.list(t)
+        assert [(c.step, c.status) for c in listed] == [
+            (0, "running"),
+            (1, "running"),
+            (2, "failed"),
+            (3, "running"),
+        ]
+        assert listed[2].pending_writes == failed.pending_writes
+        interrupted = make_cp(t, 3, "interrupted")
+        await cp.put(interrupted)
+        assert await cp.get_latest(t) == interrupted
+
+    async def test_put_is_idempotent(self, backend: Backend, tid: Any) -> None:
+        """Putting the same step twice stores it once."""
+        cp, t = backend.new(), tid("idem")
+        saved = make_cp(t, 0, "failed", writes=[PendingWrite(node="a", updates={"n": 1})])
+        await cp.put(saved)
+        await cp.put(saved)
+        assert await cp.list(t) == [saved]
+
+    async def test_writes_are_keyed_by_node_and_index(self, backend: Backend, tid: Any) -> None:
+        """One write per (node, index), last one wins; a re-put of the step replaces them."""
+        cp, t = backend.new(), tid("writes")
+        first = make_cp(
+            t,
+            1,
+            "failed",
+            writes=[
+                PendingWrite(node="a", updates={"n": 1}),
+                PendingWrite(node="a", updates={"n": 2}),
+                PendingWrite(node="s", index=0, updates={"n": 3}),
+                PendingWrite(node="s", index=1, updates={"n": 4}),
+            ],
+        )
+        await cp.put(first)
+        loaded = await cp.get_latest(t)
+        assert loaded is not None
+        assert [(w.node, w.index, w.updates) for w in loaded.pending_writes] == [
+            ("a", -1, {"n": 2}),
+            ("s", 0, {"n": 3}),
+            ("s", 1, {"n": 4}),
+        ]
+        fewer = make_cp(t, 1, "interrupted", writes=[PendingWrite(node="s", index=1, updates={})])
+        await cp.put(fewer)
+        assert await cp.get_latest(t) == fewer
+
+    async def test_second_run_on_a_thread_is_refused(self, backend: Backend, tid: Any) -> None:
+        """A live holder blocks other runs, named in the error; release lets the next in."""
+        cp, peer, t = backend.new(), backend.new(), tid("lock")
+        await cp.acquire(t, "run-a")
+        await cp.acquire(t, "run-a")  # the holder re-acquiring is a no-op
+        for other in (cp, peer):
+            with pytest.raises(CheckpointError, match=r"already being run by run run-a \(pid "):
+                await other.acquire(t, "run-b")
+        await peer.release(t, "run-b")  # not the holder: changes nothing
+        with pytest.raises(CheckpointError, match="wait for it or use another thread_id"):
+            await peer.acquire(t, "run-b")
+        await cp.release(t, "run-a")
+        await peer.acquire(t, "run-b")
+        await peer.acquire(tid("other"), "run-c")  # other threads are independent
+        await peer.release(t, "run-b")
+        await peer.release(tid("other"), "run-c")
+
+    async def test_lock_of_a_killed_driver_is_taken_over(self, backend: Backend, tid: Any) -> None:
+        """A driver SIGKILLed while holding a thread does not block the next run."""
+        if backend.child_args is None:
+            pytest.skip(f"{backend.name} locks live in one process")
+        t = tid("stale")
+        child = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            CHILD,
+            *backend.child_args,
+            t,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+        )
+        try:
+            assert child.stdout is not None
+            line = await asyncio.wait_for(child.stdout.readline(), timeout=60)
+            assert line.strip() == b"locked", line
+            cp = backend.new()
+            with pytest.raises(CheckpointError, match=rf"run child-run \(pid {child.pid} on"):
+                await cp.acquire(t, "parent-run")
+        finally:
+            if child.returncode is None:
+                child.send_signal(signal.SIGKILL)
+            await child.wait()
+        # The server notices the dropped session within moments; SQLite at once.
+        deadline = asyncio.get_running_loop().time() + 15
+        while True:
+            try:
+                await cp.acquire(t, "parent-run")
+                break
+            except CheckpointError:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
+        with pytest.raises(CheckpointError, match="run parent-run"):
+            await backend.new().acquire(t, "third-run")
+        await cp.release(t, "parent-run")
+
+    @pytest.mark.parametrize("kind", ["garbage", "pickle"])
+    async def test_unparsable_row_is_a_checkpoint_error(
+        self, backend: Backend, tid: Any, tmp_path: Path, kind: str
+    ) -> None:
+        """Bytes that are not JSON (even a pickle) raise CheckpointError and run nothing."""
+        cp, t = backend.new(), tid("garbage")
+        await cp.put(make_cp(t, 4))
+        sentinel = tmp_path / "pickle-ran"
+        raw = pickle.dumps(_Bomb(sentinel)) if kind == "pickle" else "{not json"
+        await backend.corrupt("checkpoints", t, 4, raw)
+        for load in (cp.get_latest, cp.list):
+            with pytest.raises(CheckpointError, match=rf"thread '{t}' at step 4") as info:
+                await load(t)
+            assert info.value.__cause__ is not None
+        assert not sentinel.exists()
+
+    @pytest.mark.parametrize(
+        ("table", "raw", "cause"),
+        [
+            ("checkpoints", "[1, 2]", "expected a JSON object"),
+            ("checkpoints", '{"schema_version": 1, "step": "x"}', "ValidationError"),
+            ("checkpoints", '{"schema_version": 99}', "schema_version 99"),
+            ("writes", '["not", "a", "dict"]', "ValidationError"),
+        ],
+    )
+    async def test_row_failing_validation_is_a_checkpoint_error(
+        self, backend: Backend, tid: Any, table: str, raw: str, cause: str
+    ) -> None:
+        """Valid JSON that is not a checkpoint of this version raises CheckpointError."""
+        cp, t = backend.new(), tid("invalid")
+        await cp.put(make_cp(t, 2, "failed", writes=[PendingWrite(node="a", updates={})]))
+        await backend.corrupt(table, t, 2, raw)
+        with pytest.raises(CheckpointError, match=rf"thread '{t}' at step 2") as info:
+            await cp.get_latest(t)
+        assert cause in str(info.value)
+
+    async def test_fifty_concurrent_runs_on_one_store(self, backend: Backend, tid: Any) -> None:
+        """50 runs at once (10 checkpointers on one store): every step saved and loadable."""
+        peers = [backend.new() for _ in range(10)]
+        steps = 5
+
+        async def run(i: int) -> None:
+            cp, t, run_id = peers[i % len(peers)], tid(f"c{i}"), f"run-{i}"
+            await cp.acquire(t, run_id)
+            try:
+                for step in range(steps):
+                    status = "done" if step == steps - 1 else "running"
+                    await cp.put(make_cp(t, step, status, state={"i": i, "step": step}))
+            finally:
+                await cp.release(t, run_id)
+
+        await asyncio.gather(*(run(i) for i in range(50)))
+        reader = backend.new()
+        for i in range(50):
+            listed = await reader.list(tid(f"c{i}"))
+            assert [c.step for c in listed] == list(range(steps))
+            assert all(c.state == {"i": i, "step": c.step} for c in listed)
+            latest = await reader.get_latest(tid(f"c{i}"))
+            assert latest is not None and latest.status == "done"
+
+    async def test_use_after_aclose_is_a_runtime_error(self, backend: Backend, tid: Any) -> None:
+        """A closed checkpointer says so in its repr and refuses every call; aclose repeats."""
+        cp, t = backend.new(), tid("closed")
+        await cp.put(make_cp(t, 0))
+        assert "open" in repr(cp)
+        await cp.aclose()
+        await cp.aclose()
+        assert "closed" in repr(cp)
+        calls: list[Callable[[], Awaitable[object]]] = [
+            cp.setup,
+            lambda: cp.put(make_cp(t, 1)),
+            lambda: cp.get_latest(t),
+            lambda: cp.list(t),
+            lambda: cp.acquire(t, "r"),
+            lambda: cp.release(t, "r"),
+        ]
+        for call in calls:
+            with pytest.raises(RuntimeError, match="is closed"):
+                await call()
+
+    async def test_async_context_manager(self, backend: Backend, tid: Any) -> None:
+        """``async with`` sets the checkpointer up and closes it."""
+        async with backend.new() as cp:
+            assert "open" in repr(cp)
+            await cp.put(make_cp(tid("ctx"), 0))
+            assert await cp.get_latest(tid("ctx")) is not None
+        assert "closed" in repr(cp)
+
+
+class TestBackendDetails:
+    """What only one backend promises."""
+
+    async def test_sqlite_file_is_wal(self, tmp_path: Path) -> None:
+        """The SQLite file is in WAL mode and its repr names the path."""
+        path = tmp_path / "cp.sqlite"
+        async with SqliteCheckpointer(path, durable=False) as cp:
+            assert str(path) in repr(cp)
+            with sqlite3.connect(path) as conn:
+                assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+            conn.close()
+
+    def test_postgres_without_psycopg_names_the_extra(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Constructing PostgresCheckpointer without psycopg says which extra to install."""
+        monkeypatch.setitem(sys.modules, "psycopg", None)
+        with pytest.raises(ImportError, match=r"engine\[postgres\]"):
+            PostgresCheckpointer("postgresql://nowhere/db")
+
+    def test_package_imports_without_psycopg(self) -> None:
+        """``engine.checkpoint`` imports when psycopg is missing."""
+        code = (
+            "import sys; sys.modules['psycopg'] = None; sys.modules['psycopg_pool'] = None\n"
+            "import engine.checkpoint"
+        )
+        subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)
+
+    async def test_postgres_repr_hides_the_password(self) -> None:
+        """The repr names host, port and database, never the password."""
+        pytest.importorskip("psycopg")
+        cp = PostgresCheckpointer("postgresql://u:s3cret@db.example:6543/app")
+        assert "db.example:6543/app" in repr(cp) and "s3cret" not in repr(cp)
+        await cp.aclose()
