@@ -3,11 +3,17 @@
 Precedence, highest first:
 
 1. declared: ``add_node(..., lane=...)`` or an ``@engine.io/thread/cpu/inline`` decorator;
-2. coroutine: an ``async def`` runs on the event loop (``io``);
+2. coroutine: an ``async def`` runs on the event loop (``io``), unless the
+   profile caught it blocking the loop with CPU work: then it runs whole on an
+   event loop inside a worker (``cpu``), if it can be pickled;
 3. picklability: a sync function cloudpickle cannot serialize cannot reach a
    worker process, so it runs on a thread (``thread``), and the reason says why;
-4. profile: measured behaviour from earlier runs (a policy may be passed in);
+4. profile: measured behaviour from earlier runs (a policy may be passed in,
+   see ``engine.profile.MeasuredPolicy``);
 5. default: a sync function is presumed CPU-bound (``cpu``).
+
+A policy is only ever consulted for nodes without a declared lane: a
+declaration always wins over a measurement.
 """
 
 from __future__ import annotations
@@ -100,6 +106,10 @@ def classify(
     if marked is not None:
         return LaneDecision(marked, f"declared by @engine.{marked}", "declared")
     if is_coroutine_function(fn):
+        if policy is not None:
+            measured = policy.decide(node, fn)
+            if measured is not None and measured.lane == "cpu" and pickle_problem(fn) is None:
+                return measured
         return LaneDecision("io", "async def: runs as a task on the event loop", "coroutine")
     problem = pickle_problem(fn)
     if problem is not None:

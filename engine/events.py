@@ -75,6 +75,27 @@ class LoopBlocked(_Event):
     nodes: list[str]
 
 
+class BudgetWaited(_Event):
+    """A node call waited for a resource budget (limits, rates, lane caps) before running."""
+
+    type: Literal["budget_waited"] = "budget_waited"
+    step: int
+    node: str
+    index: int
+    resources: list[str]
+    wait_s: float
+
+
+class WorkerLoaded(_Event):
+    """A worker built a node's per-worker resource (``worker_init``) for the first time."""
+
+    type: Literal["worker_loaded"] = "worker_loaded"
+    node: str
+    resource: str
+    pid: int
+    load_s: float
+
+
 class RunFinished(_Event):
     type: Literal["run_finished"] = "run_finished"
     status: Literal["done", "failed", "cancelled"]
@@ -91,6 +112,8 @@ Event = Annotated[
     | NodeFailed
     | StepFinished
     | LoopBlocked
+    | BudgetWaited
+    | WorkerLoaded
     | RunFinished,
     Field(discriminator="type"),
 ]

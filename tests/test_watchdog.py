@@ -1,0 +1,283 @@
+"""The event-loop guard: lag measured during a run, and the blocking node named."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import cloudpickle
+import pytest
+from structlog.testing import capture_logs
+
+from engine import START, Graph, LoopBlocked
+from engine.classify import classify
+from engine.marks import chrome_events, simple_pid_of
+from engine.profile import Profile
+from engine.watchdog import LoopWatchdog, runs_on_loop
+from tests.support import State, burn
+
+# Worker processes cannot import the tests package: node functions travel by value.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+async def hog(seconds: float, state: Any) -> dict[str, Any]:
+    """A naive async node: CPU work inline, never awaiting."""
+    burn(seconds)
+    return {}
+
+
+async def sleepy_hog(seconds: float, state: Any) -> dict[str, Any]:
+    """A naive async node that blocks the loop with a synchronous sleep."""
+    time.sleep(seconds)
+    return {}
+
+
+def unregistered_sleep(seconds: float) -> None:
+    """Blocking code on the loop that is no node (the driver's own work)."""
+    time.sleep(seconds)
+
+
+async def polite(seconds: float, state: Any) -> dict[str, Any]:
+    await asyncio.sleep(seconds)
+    return {}
+
+
+async def call_as_scheduler(wd: LoopWatchdog, node: str, fn: Any) -> Any:
+    """What the scheduler does for a call on the loop: register it, then await it."""
+    with wd.running(node, fn=fn):
+        return await fn(None)
+
+
+async def watch(*calls: tuple[str, Any], sampler: bool = True) -> tuple[LoopWatchdog, list[Any]]:
+    events: list[Any] = []
+    async with LoopWatchdog(emit=events.append, run_id="r1", sampler=sampler) as wd:
+        await asyncio.sleep(0.03)  # let the monitor and the sampler settle
+        await asyncio.gather(*(call_as_scheduler(wd, n, fn) for n, fn in calls))
+        await asyncio.sleep(0.03)
+    return wd, events
+
+
+class TestDetection:
+    async def test_cpu_burning_async_def_is_named(self) -> None:
+        """An async def burning CPU for 300 ms is named in a LoopBlocked event and a warning."""
+        with capture_logs() as logs:
+            wd, events = await watch(
+                ("hog", functools.partial(hog, 0.3)), ("polite", functools.partial(polite, 0.4))
+            )
+        blocked = [e for e in events if isinstance(e, LoopBlocked)]
+        assert len(blocked) == 1
+        assert blocked[0].nodes == ["hog"] and blocked[0].lag_s >= 0.25
+        assert blocked[0].run_id == "r1"
+        (report,) = wd.reports
+        assert report.culprit == "task" and report.cpu_s >= 0.2
+        assert "burn" in report.where or "hog" in report.where
+        warnings = [e for e in logs if e["event"] == "loop_blocked"]
+        assert len(warnings) == 1 and warnings[0]["log_level"] == "warning"
+        assert warnings[0]["nodes"] == ["hog"] and "'hog'" in warnings[0]["hint"]
+        assert "CPU work" in warnings[0]["hint"]
+
+    async def test_culprit_named_even_after_it_returned(self) -> None:
+        """The hog has left the registry when the loop wakes; the sampler saw it anyway."""
+        wd, _ = await watch(("hog", functools.partial(hog, 0.2)))
+        assert wd.on_loop() == []
+        assert [r.nodes for r in wd.reports] == [("hog",)]
+
+    async def test_without_the_sampler_only_the_window_is_known(self) -> None:
+        """Loop-side measurement alone can only list every node on the loop in the window."""
+        wd, _ = await watch(
+            ("hog", functools.partial(hog, 0.3)),
+            ("polite", functools.partial(polite, 0.4)),
+            sampler=False,
+        )
+        (report,) = wd.reports
+        assert report.culprit == "on_loop" and report.nodes == ("hog", "polite")
+        assert wd.blamed() == {}  # imprecise reports are not evidence against anyone
+
+    async def test_blocking_sleep_is_reported_as_a_wait(self) -> None:
+        """A synchronous sleep blocks the loop with almost no CPU, and the report says so."""
+        wd, _ = await watch(("sleeper", functools.partial(sleepy_hog, 0.2)))
+        (report,) = wd.reports
+        assert report.nodes == ("sleeper",) and report.cpu_s < 0.05
+        assert "a blocking wait" in report.message()
+
+    async def test_short_blocks_are_not_reported(self) -> None:
+        """Blocks under the threshold (20 ms each, threshold 50 ms) leave no report, no mark."""
+        events: list[Any] = []
+        async with LoopWatchdog(emit=events.append) as wd:
+            for i in range(3):
+                await call_as_scheduler(wd, f"n{i}", functools.partial(hog, 0.02))
+                await asyncio.sleep(0.02)  # the loop runs in between
+        assert wd.reports == [] and events == [] and wd.marks() == []
+
+    async def test_short_blocks_in_one_loop_iteration_add_up(self) -> None:
+        """Three 20 ms hogs started together run back to back: one 60 ms block."""
+        wd, _ = await watch(*((f"n{i}", functools.partial(hog, 0.02)) for i in range(3)))
+        (report,) = wd.reports
+        assert report.lag_s >= 0.05 and 1 <= len(report.nodes) <= 3
+        assert set(report.nodes) <= {"n0", "n1", "n2"}
+
+    async def test_one_block_is_split_between_its_parts(self) -> None:
+        """A node burning 200 ms, then other code sleeping 200 ms: one block, two shares."""
+        async with LoopWatchdog() as wd:
+            await asyncio.sleep(0.03)
+            with wd.running("hog", fn=burn):
+                burn(0.2)
+            unregistered_sleep(0.2)  # e.g. a process pool starting workers on the loop
+            await asyncio.sleep(0.03)
+        (report,) = wd.reports
+        by = {sh.node: sh for sh in report.shares}
+        assert set(by) == {"hog", None} and report.nodes == ("hog",)
+        assert by["hog"].blocked_s == pytest.approx(0.2, abs=0.07)
+        assert by[None].blocked_s == pytest.approx(0.2, abs=0.07)
+        if by["hog"].cpu_s is not None:  # the loop thread's CPU clock is readable (Linux)
+            assert by["hog"].cpu_s >= 0.1 and by[None].cpu_s is not None
+            assert by[None].cpu_s < 0.05
+            assert "'hog' " in report.message() and "CPU work" in report.message()
+            assert "a blocking wait, at unregistered_sleep" in report.message()
+        blame = wd.blamed()
+        assert set(blame) == {"hog"} and blame["hog"].blocked_s == pytest.approx(0.2, abs=0.07)
+
+    async def test_threshold_is_configurable(self) -> None:
+        """A lower threshold catches shorter blocks."""
+        events: list[Any] = []
+        async with LoopWatchdog(threshold_s=0.01, interval_s=0.005, emit=events.append) as wd:
+            await asyncio.sleep(0.02)
+            await call_as_scheduler(wd, "n", functools.partial(hog, 0.04))
+            await asyncio.sleep(0.02)
+        assert [e.nodes for e in events] == [["n"]]
+
+
+class TestEvidence:
+    async def test_chrome_counter_track(self) -> None:
+        """The lag becomes a counter track: a plateau at the lag, back to zero after."""
+        wd, _ = await watch(("hog", functools.partial(hog, 0.2)))
+        (report,) = wd.reports
+        marks = wd.marks()
+        assert all(m.pid == os.getpid() for m in marks)  # the driver's track
+        events = chrome_events(marks, t0=report.start - 1.0, pid_of=simple_pid_of())
+        counters = [e for e in events if e["ph"] == "C"]
+        values = [e["args"]["lag_ms"] for e in counters]
+        assert values[0] == 0.0 and values[-1] == 0.0 and max(values) >= 150
+        assert all(e["name"] == "loop lag (ms)" for e in counters)
+        assert counters == sorted(counters, key=lambda e: e["ts"])
+        instants = [e for e in events if e["ph"] == "i"]
+        assert instants[0]["args"]["nodes"] == ["hog"]
+        json.dumps(events)  # serializable as Chrome trace JSON
+
+    async def test_blame_moves_an_auto_async_node_to_a_worker(self) -> None:
+        """Next run, the auto async def caught burning CPU is decided cpu, with the numbers."""
+        wd, _ = await watch(("hog", functools.partial(hog, 0.3)))
+        blame = wd.blamed()
+        assert set(blame) == {"hog"} and blame["hog"].cpu_s >= 0.2
+        from engine import NodeCall
+
+        now = time.time()
+        call = NodeCall("hog", 0, "io", 1, os.getpid(), 1, "h", now - 0.31, now, 0.0)
+        profile = Profile()
+        profile.observe_run([call], blamed=blame)
+        decision = classify("hog", functools.partial(hog, 0.3), None, profile.policy())
+        assert decision.lane == "cpu" and "blocked the event loop" in decision.reason
+
+
+class TestLifecycle:
+    async def test_start_twice_is_a_clear_error(self) -> None:
+        """A watchdog watches one run; reusing it says so, showing its state."""
+        wd = LoopWatchdog()
+        async with wd:
+            with pytest.raises(RuntimeError, match="already started"):
+                wd.start()
+        with pytest.raises(RuntimeError, match="closed"):
+            wd.start()
+        await wd.aclose()  # idempotent
+        assert "closed" in repr(wd)
+
+    async def test_registry_tracks_calls_on_the_loop(self) -> None:
+        """running() registers a call for exactly its duration, even when it raises."""
+        async with LoopWatchdog() as wd:
+            with wd.running("a"), wd.running("b"):
+                assert wd.on_loop() == ["a", "b"]
+            with pytest.raises(ValueError), wd.running("c"):
+                raise ValueError("boom")
+            assert wd.on_loop() == []
+
+    async def test_outer_cancellation_propagates_through_aclose(self) -> None:
+        """Cancelling the task that closes the watchdog is not swallowed."""
+        started = asyncio.Event()
+
+        async def body() -> None:
+            async with LoopWatchdog():
+                started.set()
+                await asyncio.sleep(10)
+
+        task = asyncio.create_task(body())
+        await started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    def test_interval_must_sample_twice_per_threshold(self) -> None:
+        """A sampling interval too coarse for the threshold is refused with the fix."""
+        with pytest.raises(ValueError, match="at least twice"):
+            LoopWatchdog(threshold_s=0.05, interval_s=0.04)
+
+
+@pytest.mark.parametrize(
+    ("lane", "mode", "coro", "expected"),
+    [
+        ("io", "parallel", True, True),
+        ("inline", "parallel", False, True),
+        ("cpu", "parallel", False, False),
+        ("cpu", "parallel", True, False),
+        ("thread", "concurrent", False, False),
+        ("cpu", "concurrent", False, False),
+        ("cpu", "sequential", False, True),
+        ("thread", "sequential", False, True),
+        ("cpu", "sequential", True, False),
+    ],
+)
+def test_runs_on_loop(lane: str, mode: str, coro: bool, expected: bool) -> None:
+    """Which calls execute on the loop's thread (and so can block it), per lane and mode."""
+    assert runs_on_loop(lane, mode, is_coroutine=coro) is expected
+
+
+async def test_async_def_on_the_cpu_lane_runs_on_a_worker_loop() -> None:
+    """lane='cpu' on an async def runs it whole on an event loop inside a worker, in parallel."""
+    g = Graph(State)
+    for name in ("h1", "h2"):
+        g.add_node(name, functools.partial(_hog_probe, name, 0.3), lane="cpu")
+        g.add_edge(START, name)
+    r = await g.compile().arun({}, mode="parallel")
+    p1, p2 = r.state.probes["h1"], r.state.probes["h2"]
+    assert os.getpid() not in (p1["pid"], p2["pid"]) and p1["pid"] != p2["pid"]
+    assert p1["loop"] and p2["loop"]  # a running loop in the worker
+    assert min(p1["end"], p2["end"]) > max(p1["start"], p2["start"])  # they overlapped
+    assert {c.lane for c in r.trace.calls} == {"cpu"}
+
+
+async def _hog_probe(name: str, seconds: float, state: Any) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    start = time.time()
+    await asyncio.sleep(0)
+    burn(seconds)
+    return {
+        "probes": {
+            name: {"pid": os.getpid(), "loop": type(loop).__name__, "start": start,
+                   "end": time.time()}
+        }
+    }  # fmt: skip
+
+
+def test_culprit_named_on_uvloop() -> None:
+    """The sampler names the culprit on uvloop, the loop run_sync uses, too."""
+    uvloop = pytest.importorskip("uvloop")
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        wd, events = runner.run(
+            watch(("hog", functools.partial(hog, 0.2)), ("polite", functools.partial(polite, 0.3)))
+        )
+        assert "uvloop" in type(runner.get_loop()).__module__
+    assert [e.nodes for e in events] == [["hog"]] and wd.reports[0].culprit == "task"
