@@ -16,6 +16,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .marks import Mark
+from .marks import chrome_events as mark_events
+
 
 @dataclass(frozen=True)
 class NodeCall:
@@ -109,11 +112,16 @@ def compute_metrics(
 
 @dataclass(frozen=True)
 class Trace:
-    """All node calls of a run, in the order they finished."""
+    """All node calls of a run, in the order they finished, and the run's other marks.
+
+    ``marks`` (``engine.marks``) are what is not a call: the loop-lag counter
+    track, waits for resource budgets, per-worker resource loads.
+    """
 
     calls: tuple[NodeCall, ...]
     run_id: str = ""
     driver_pid: int = field(default_factory=os.getpid)
+    marks: tuple[Mark, ...] = ()
 
     def for_node(self, node: str) -> list[NodeCall]:
         return [c for c in self.calls if c.node == node]
@@ -122,28 +130,33 @@ class Trace:
         return {c.pid for c in self.calls if lane is None or c.lane == lane}
 
     def to_chrome_events(self) -> list[dict[str, Any]]:
-        """Chrome trace-event dicts: one row per (host, process, thread)."""
-        if not self.calls:
+        """Chrome trace-event dicts: one row per (host, process, thread), plus the marks."""
+        if not self.calls and not self.marks:
             return []
-        t0 = min(c.start for c in self.calls)
+        t0 = min([c.start for c in self.calls] + [m.start for m in self.marks])
         events: list[dict[str, Any]] = []
         named: set[tuple[int, int]] = set()
         pid_ids: dict[tuple[str, int], int] = {}
-        for c in sorted(self.calls, key=lambda c: (c.start, c.node)):
+
+        def pid_of(host: str, os_pid: int) -> int:
             # Chrome needs integer pids; keep (host, pid) distinct across machines.
-            pid = pid_ids.setdefault((c.host, c.pid), len(pid_ids) + 1)
+            pid = pid_ids.setdefault((host, os_pid), len(pid_ids) + 1)
             if (pid, -1) not in named:
                 named.add((pid, -1))
-                who = "driver" if c.pid == self.driver_pid else "worker"
+                who = "driver" if os_pid == self.driver_pid else "worker"
                 events.append(
                     {
                         "name": "process_name",
                         "ph": "M",
                         "pid": pid,
                         "tid": 0,
-                        "args": {"name": f"{who} {c.host}:{c.pid}"},
+                        "args": {"name": f"{who} {host}:{os_pid}"},
                     }
                 )
+            return pid
+
+        for c in sorted(self.calls, key=lambda c: (c.start, c.node)):
+            pid = pid_of(c.host, c.pid)
             if (pid, c.thread) not in named:
                 named.add((pid, c.thread))
                 events.append(
@@ -176,6 +189,7 @@ class Trace:
                     },
                 }
             )
+        events.extend(mark_events(self.marks, t0=t0, pid_of=pid_of))
         return events
 
     def to_chrome(self, path: str | os.PathLike[str], extra: Iterable[dict[str, Any]] = ()) -> Path:
