@@ -212,12 +212,54 @@ class CompiledGraph:
 
 
 def run_sync(coro: Any) -> Any:
-    """Run a coroutine to completion on a new loop: uvloop's when it is installed."""
+    """Run a coroutine to completion on a new loop: uvloop's when it is installed.
+
+    SIGINT and SIGTERM (in the main thread) cancel the coroutine instead of
+    killing the process where it stands: a run stops dispatching, cancels its
+    io calls and kills its cpu calls' workers, and saves the writes of the
+    nodes that finished as pending writes. Then SIGINT raises
+    ``KeyboardInterrupt`` (asyncio's own behaviour) and SIGTERM raises
+    ``SystemExit(128 + SIGTERM)``, the exit status a shell expects.
+    """
     try:
         import uvloop
 
         factory: Any = uvloop.new_event_loop
     except ImportError:  # uvloop is optional (e.g. on Windows)
         factory = None
+    terminated: list[int] = []
     with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(coro)
+        # asyncio.Runner turns SIGINT into a cancellation of the main task
+        # already; SIGTERM gets the same treatment here.
+        try:
+            return runner.run(_cancel_on_sigterm(coro, terminated))
+        except asyncio.CancelledError:
+            if not terminated:
+                raise
+    raise SystemExit(128 + terminated[0])
+
+
+async def _cancel_on_sigterm(coro: Any, terminated: list[int]) -> Any:
+    import signal
+    import threading
+
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+
+    def on_sigterm() -> None:
+        terminated.append(int(signal.SIGTERM))
+        task.cancel()
+
+    installed = False
+    if threading.current_thread() is threading.main_thread():
+        try:
+            loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+            installed = True
+        except (NotImplementedError, RuntimeError, ValueError):  # e.g. Windows
+            pass
+    try:
+        return await coro
+    finally:
+        if installed:
+            loop.remove_signal_handler(signal.SIGTERM)

@@ -96,17 +96,37 @@ class NodeTimeoutError(NodeError, TimeoutError):
 
 
 class WorkerCrashedError(NodeError, BrokenProcessPool):
-    """The worker process running a node died (exit code or signal)."""
+    """The worker process running a node died (exit code or signal).
+
+    ``exitcode`` follows ``multiprocessing``: negative is the signal number
+    (``-9`` is SIGKILL, often the out-of-memory killer); ``signal`` names it;
+    ``pid`` is the dead worker's, where the pool is local. Either may be None
+    when the executor could not say (a remote Dask worker).
+    """
 
     def __init__(
         self,
         message: str,
         *,
         exitcode: int | None = None,
+        pid: int | None = None,
         **kwargs: object,
     ) -> None:
         super().__init__(message, **kwargs)  # type: ignore[arg-type]
         self.exitcode = exitcode
+        self.pid = pid
+
+    @property
+    def signal(self) -> str | None:
+        """The name of the signal that killed the worker (``"SIGKILL"``), if one did."""
+        import signal
+
+        if self.exitcode is None or self.exitcode >= 0:
+            return None
+        try:
+            return signal.Signals(-self.exitcode).name
+        except ValueError:
+            return f"signal {-self.exitcode}"
 
 
 class RecursionLimitError(EngineError, RecursionError):

@@ -13,7 +13,15 @@
 
 A step's failures are collected at the barrier: the writes of the calls that
 succeeded are saved as pending writes, so a resume re-runs only what failed.
-Only this module changes run state; lanes run calls, trace measures them.
+A cancelled step saves the writes of the calls that finished the same way
+(status "interrupted"). Only this module changes run state; lanes run calls,
+trace measures them.
+
+Faults, per call: an error is retried per the node's ``RetryPolicy``; a
+worker that died under the call is a ``WorkerCrashedError`` charged to that
+call only (the process lane re-dispatches the innocent calls itself), and a
+call that crashed its worker ``POISON_AFTER_CRASHES`` times is not retried
+again whatever its policy says.
 """
 
 from __future__ import annotations
@@ -24,8 +32,7 @@ import inspect
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures.process import BrokenProcessPool
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -51,7 +58,15 @@ from .events import (
     StepStarted,
 )
 from .graph import END, START, Send
-from .lanes import CallOutcome, LaneRunner, Mode, PayloadError
+from .lanes import (
+    CallOutcome,
+    LaneRunner,
+    Mode,
+    PayloadError,
+    WorkerLost,
+    describe_exit,
+    is_worker_crash,
+)
 from .lanes.worker import _hostname
 from .plan import Plan, PlanNode
 from .policy import NO_RETRY
@@ -63,6 +78,9 @@ if TYPE_CHECKING:
 
 Emit = Callable[[Any], None]
 log = structlog.get_logger("engine")
+
+#: A call whose worker died this many times is poison: no retry policy runs it again.
+POISON_AFTER_CRASHES = 3
 
 
 @dataclass(frozen=True)
@@ -234,7 +252,8 @@ class Scheduler:
                 )
         except asyncio.CancelledError:
             # Keep what finished: a resume re-runs only the rest.
-            await asyncio.shield(self._save_interrupted(cursor, done))
+            if self._saving:
+                await _finish(self._save_interrupted(cursor, done))
             raise
         failures = sorted(
             (r for r in done.values() if r.error is not None), key=lambda r: r.task.order
@@ -259,7 +278,7 @@ class Scheduler:
                 fanin=cursor.fanin,
                 pending=writes,
             )
-            await self._save(failed, "failed")
+            await self._save_fully(failed, "failed")
             first = failures[0].error
             assert first is not None
             if len(failures) > 1:
@@ -273,7 +292,8 @@ class Scheduler:
         ran = sorted({t.node for t in cursor.tasks})
         tasks = self._route(ran, state, step, fanin)
         nxt = RunCursor(state=state, step=step + 1, tasks=tasks, fanin=fanin)
-        await self._save(nxt, "running" if tasks else "done")
+        # The step is done: a cancellation now must not lose its saved writes.
+        await self._save_fully(nxt, "running" if tasks else "done")
         return nxt
 
     async def _collect(
@@ -286,14 +306,26 @@ class Scheduler:
         node = self.plan.nodes[task.node]
         policy = node.spec.retry or NO_RETRY
         attempt = 1
+        crashes = 0
         while True:
             err = await self._attempt(node, state, step, task, attempt)
             if isinstance(err, _TaskResult):
                 return err
             cause = err.__cause__ if err.__cause__ is not None else err
+            # Bad updates and payloads that cannot cross the process boundary
+            # would fail the same way again: never retried.
             retry = not isinstance(err, InvalidUpdateError) and (
-                policy.should_retry(cause, attempt) or policy.should_retry(err, attempt)
+                not isinstance(cause, PayloadError)
+                and (policy.should_retry(cause, attempt) or policy.should_retry(err, attempt))
             )
+            if isinstance(err, WorkerCrashedError):
+                crashes += 1
+                if crashes >= POISON_AFTER_CRASHES:
+                    retry = False
+                    err.add_note(
+                        f"poison: {task.node!r} crashed its worker {crashes} times, so it is "
+                        "not retried again; find what kills the process (memory, native code)"
+                    )
             self._emit(
                 NodeFailed(
                     run_id=self.run_id,
@@ -342,8 +374,13 @@ class Scheduler:
                 task.node, lane, spec.fn, arg, is_coroutine=spec.is_coroutine, timeout=spec.timeout
             )
         except TimeoutError as exc:
+            stopped = (
+                "; its worker process was killed and its writes discarded"
+                if self.runner.crosses_process(lane)
+                else ""
+            )
             err: NodeError = NodeTimeoutError(
-                f"{where} ran past its timeout of {spec.timeout} s; make it faster, "
+                f"{where} ran past its timeout of {spec.timeout} s{stopped}; make it faster, "
                 "raise timeout=, or add a RetryPolicy",
                 node=task.node,
                 step=step,
@@ -365,21 +402,30 @@ class Scheduler:
                 error_type=type(exc.__cause__ or exc).__name__,
                 error_message=str(exc),
             )
-            err.__cause__ = exc.__cause__ or exc
+            err.__cause__ = exc  # the pickling error itself is exc.__cause__
             self._record_lost(task, step, lane, attempt, started, "payload")
             return err
-        except BrokenProcessPool as exc:
-            code = getattr(exc, "exitcode", None)
+        except Exception as exc:
+            if not is_worker_crash(exc):
+                raise
+            if isinstance(exc, WorkerLost):
+                code, pid, what = exc.exitcode, exc.pid, str(exc)
+                kind, detail = type(exc.__cause__ or exc).__name__, describe_exit(code)
+            else:  # a crash the executor attributed itself (Dask's KilledWorker)
+                code, pid = getattr(exc, "exitcode", None), None
+                what = f"the worker process running it died ({type(exc).__name__}: {exc})"
+                kind, detail = type(exc).__name__, str(exc)
             err = WorkerCrashedError(
-                f"{where}: the worker process running it died ({exc}); if it was killed "
-                "(SIGKILL) it may have run out of memory",
+                f"{where}: {what}; the other calls of the step were not charged. Find what "
+                "kills the process (memory, native code), or let a RetryPolicy run it again",
                 node=task.node,
                 step=step,
                 lane=lane,
                 attempt=attempt,
-                error_type=type(exc).__name__,
-                error_message=str(exc),
+                error_type=kind,
+                error_message=detail,
                 exitcode=code,
+                pid=pid,
             )
             err.__cause__ = exc
             self._record_lost(task, step, lane, attempt, started, "crash")
@@ -530,10 +576,19 @@ class Scheduler:
 
     # -- checkpoints ------------------------------------------------------
 
+    @property
+    def _saving(self) -> bool:
+        return self.checkpointer is not None and self.thread_id is not None
+
     async def _save(self, cursor: RunCursor, status: str) -> None:
         if self.checkpointer is None or self.thread_id is None:
             return
         await self.checkpointer.put(self.to_checkpoint(cursor, status))
+
+    async def _save_fully(self, cursor: RunCursor, status: str) -> None:
+        """``_save``, finished even if the run is cancelled meanwhile (see ``_finish``)."""
+        if self._saving:
+            await _finish(self._save(cursor, status))
 
     async def _save_interrupted(
         self, cursor: RunCursor, done: Mapping[tuple[str, int], _TaskResult]
@@ -636,3 +691,22 @@ class Scheduler:
             fanin={k: set(v) for k, v in cp.fanin.items()},
             pending=pending,
         )
+
+
+async def _finish(save: Coroutine[Any, Any, None]) -> None:
+    """Await a checkpoint write to its end even when cancelled, then let the cancel through.
+
+    Scenario: the run is cancelled while a step's checkpoint is being
+    written. ``shield`` alone would raise at once and leave the write running
+    unsupervised past the run's end (and past the release of the thread's
+    lock); here the cancelled run waits for the write, then stops.
+    """
+    task = asyncio.ensure_future(save)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if not task.done():
+            await asyncio.wait({task})
+        if not task.cancelled() and task.exception() is not None:
+            log.error("checkpoint_failed_while_cancelling", error=repr(task.exception()))
+        raise

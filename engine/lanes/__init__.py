@@ -5,12 +5,20 @@ lane        sequential    concurrent             parallel
 ==========  ============  =====================  ============================
 io          awaited       task on the loop       task on the loop
 thread      called        thread pool            thread pool
-cpu         called        thread pool (GIL)      process pool (run_in_executor)
+cpu         called        thread pool (GIL)      process pool (ProcessLane)
 inline      on the loop   on the loop            on the loop
 ==========  ============  =====================  ============================
 
 The scheduler decides *how many* calls run at once (one at a time in
 ``sequential``); a ``LaneRunner`` decides *where* one call runs and measures it.
+The process pool is reached through ``process.ProcessLane``, which bounds,
+times out, kills and re-dispatches calls when workers die.
+
+Timeouts: an io call is cancelled; a cpu call in ``parallel`` mode has its
+worker process killed; a thread (or ``concurrent``-mode cpu) call cannot be
+stopped, so it runs on in the background and its result is discarded. Sync
+calls made on the loop thread (inline, and sync nodes in ``sequential``) are
+not timed out.
 """
 
 from __future__ import annotations
@@ -26,8 +34,9 @@ from typing import Any, Literal
 
 import cloudpickle
 
-from .pool import default_executor, default_workers, executor_workers
-from .worker import CallOutcome, _hostname, run_pickled, timed_call
+from .pool import default_workers, executor_workers
+from .process import ProcessLane, WorkerLost, describe_exit, is_worker_crash
+from .worker import CallOutcome, _hostname, load_outcome, run_call, timed_call
 
 Mode = Literal["sequential", "concurrent", "parallel"]
 MODES: tuple[Mode, ...] = ("sequential", "concurrent", "parallel")
@@ -41,9 +50,10 @@ class _State(enum.Enum):
 class LaneRunner:
     """Runs node calls for one run.
 
-    Invariant: the thread pool exists only while OPEN and is shut down by
-    ``aclose``; the process executor is borrowed (the default pool or the
-    user's) and never shut down here.
+    Invariant: the thread pool and the process lane exist only while OPEN
+    and are closed by ``aclose``; the process executor is borrowed (the
+    default pool or the user's) and never shut down here (only replacements
+    the process lane made for a broken user pool are).
     """
 
     def __init__(
@@ -58,8 +68,10 @@ class LaneRunner:
             raise ValueError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
         self.mode: Mode = mode
         self._user_executor = executor
-        self._process: Executor | None = None
+        self._process: ProcessLane | None = None
         self._threads: ThreadPoolExecutor | None = None
+        # A timed-out thread call cannot be stopped: aclose must not wait for it.
+        self._abandoned_threads = False
         self._thread_workers = thread_workers
         self._fn_cache: MutableMapping[str, bytes] = fn_cache if fn_cache is not None else {}
         self._state = _State.OPEN
@@ -68,11 +80,18 @@ class LaneRunner:
         return f"<LaneRunner mode={self.mode} state={self._state.value}>"
 
     @property
+    def process_lane(self) -> ProcessLane:
+        """The cpu lane's pool front in ``parallel`` mode (created on first use)."""
+        if self._state is _State.CLOSED:
+            raise RuntimeError(f"{self!r} is closed; start a new run")
+        if self._process is None:
+            self._process = ProcessLane(self._user_executor, workers=self.cpu_workers)
+        return self._process
+
+    @property
     def process_executor(self) -> Executor:
         """The executor of the cpu lane in ``parallel`` mode (created on first use)."""
-        if self._process is None:
-            self._process = self._user_executor or default_executor()
-        return self._process
+        return self.process_lane.executor
 
     @property
     def cpu_workers(self) -> int:
@@ -82,8 +101,6 @@ class LaneRunner:
         """
         if self._user_executor is not None:
             return executor_workers(self._user_executor)
-        if self._process is not None:
-            return executor_workers(self._process)
         return default_workers()
 
     def crosses_process(self, lane: str) -> bool:
@@ -128,7 +145,12 @@ class LaneRunner:
         # must run outside this loop: a thread of the pool.
         loop = asyncio.get_running_loop()
         fut = loop.run_in_executor(self._thread_pool(), timed_call, fn, arg)
-        return await _bounded(fut, timeout)
+        try:
+            return await _bounded(fut, timeout)
+        except (TimeoutError, asyncio.CancelledError):
+            # A thread cannot be stopped: it runs on, its result discarded.
+            self._abandoned_threads = True
+            raise
 
     async def _on_loop_async(
         self, fn: Callable[..., Any], arg: Any, timeout: float | None
@@ -156,41 +178,53 @@ class LaneRunner:
         self, node: str, fn: Callable[..., Any], arg: Any, timeout: float | None
     ) -> CallOutcome:
         try:
-            payload = cloudpickle.dumps((self.fn_bytes(node, fn), arg))
+            fn_bytes = self.fn_bytes(node, fn)
         except Exception as exc:
-            # Check the process boundary before anything is submitted.
             raise PayloadError(
-                f"the input of node {node!r} cannot be pickled for a worker process: "
-                f"{type(exc).__name__}: {exc}"
+                f"its function {fn!r} cannot be pickled for a worker process: "
+                f"{type(exc).__name__}: {exc}; define it at module level"
             ) from exc
-        loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(self.process_executor, run_pickled, payload)
-        data = await _bounded(fut, timeout)
         try:
-            outcome: CallOutcome = cloudpickle.loads(data)
+            payload = cloudpickle.dumps((fn_bytes, arg))
         except Exception as exc:
+            # Check the process boundary before anything is submitted (or reserved).
             raise PayloadError(
-                f"the result of node {node!r} came back from the worker but cannot be "
-                f"unpickled in the driver: {type(exc).__name__}: {exc}"
+                f"its input {_unpicklable_part(arg)} cannot be pickled for a worker process: "
+                f"{type(exc).__name__}: {exc}; keep state fields and Send payloads plain data"
             ) from exc
+        data = await self.process_lane.run(run_call, payload, timeout=timeout, what=node)
+        outcome, what, error = load_outcome(data)
+        # A failed node whose exception cannot be rebuilt here still has its text.
+        if error is not None and outcome.ok:
+            raise PayloadError(
+                f"{what} came back from the worker but cannot be unpickled in the driver: "
+                f"{type(error).__name__}: {error}; return plain data (dicts, lists, str, "
+                "numbers, pydantic models)"
+            ) from error
         return _with_bytes_out(outcome, len(data))
 
     async def aclose(self) -> None:
-        """Shut the run's thread pool down; idempotent."""
+        """Close the process lane and shut the run's thread pool down; idempotent."""
         if self._state is _State.CLOSED:
             return
         self._state = _State.CLOSED
+        if self._process is not None:
+            await self._process.aclose()
         if self._threads is not None:
             threads, self._threads = self._threads, None
-            # Never block the loop on a thread that is still running a node.
-            await asyncio.to_thread(threads.shutdown, wait=True, cancel_futures=True)
+            # Never block the loop on a thread that is still running a node; and
+            # never wait for one that ran past its timeout (it cannot be stopped).
+            await asyncio.to_thread(
+                threads.shutdown, wait=not self._abandoned_threads, cancel_futures=True
+            )
 
 
 class PayloadError(Exception):
     """A payload could not cross the process boundary (before or after the call).
 
     The scheduler turns it into a NodeError naming node, step and lane; it is
-    never retried, since pickling the same objects fails the same way.
+    never retried, since pickling the same objects fails the same way. The
+    pool is untouched either way.
     """
 
 
@@ -198,6 +232,23 @@ async def _bounded(fut: asyncio.Future[Any], timeout: float | None) -> Any:
     if timeout is None:
         return await fut
     return await asyncio.wait_for(fut, timeout)
+
+
+def _unpicklable_part(arg: Any) -> str:
+    """Which part of an input fails to pickle: a field's name and type where one does."""
+    from pydantic import BaseModel
+
+    fields: dict[str, Any] = {}
+    if isinstance(arg, BaseModel):
+        fields = {name: getattr(arg, name, None) for name in type(arg).model_fields}
+    elif isinstance(arg, dict):
+        fields = {str(k): v for k, v in arg.items()}
+    for name, value in fields.items():
+        try:
+            cloudpickle.dumps(value)
+        except Exception:
+            return f"(field {name!r}, type {type(value).__name__})"
+    return f"(type {type(arg).__name__})"
 
 
 def _with_bytes_out(outcome: CallOutcome, n: int) -> CallOutcome:
@@ -225,4 +276,14 @@ def _local_failure(exc: BaseException, start: float) -> CallOutcome:
     )
 
 
-__all__ = ["MODES", "CallOutcome", "LaneRunner", "Mode", "PayloadError"]
+__all__ = [
+    "MODES",
+    "CallOutcome",
+    "LaneRunner",
+    "Mode",
+    "PayloadError",
+    "ProcessLane",
+    "WorkerLost",
+    "describe_exit",
+    "is_worker_crash",
+]

@@ -1,22 +1,37 @@
 """The one default process pool.
 
 This is the engine's only process-wide mutable state: a lazily created,
-lock-guarded loky reusable executor, sized to the machine and replaced when
-it breaks (loky hands out a fresh one when the previous one is broken or was
-shut down). ``ENGINE_CPU_WORKERS`` overrides the size; it is read when the
-pool is requested, never at import.
+lock-guarded loky executor, sized to the machine and replaced when it breaks
+or was shut down (the reusable-executor pattern). ``ENGINE_CPU_WORKERS``
+overrides the size; it is read when the pool is requested, never at import.
+Its workers run ``guard_parent`` first, so they die with a driver that is
+killed.
+
+Why not ``loky.get_reusable_executor``: its executor is stored per *thread*,
+so a replacement made off the loop (where joining a broken pool belongs)
+would be a second pool beside the first; one process-wide reference here
+keeps one pool per driver.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from concurrent.futures import Executor
+import time
+from concurrent.futures import Executor, ProcessPoolExecutor
 from typing import Any
 
-from loky import cpu_count, get_reusable_executor
+import loky
+from loky import cpu_count
 
+from .worker import guard_parent, pid_after
+
+# The default pool and the lock that guards it (see the module docstring).
 _lock = threading.Lock()
+_pool: Executor | None = None
+
+#: Seconds an idle default-pool worker lives before it exits (respawned on demand).
+IDLE_TIMEOUT_S = 600
 
 
 def default_workers() -> int:
@@ -34,14 +49,79 @@ def default_workers() -> int:
 
 
 def default_executor(max_workers: int | None = None) -> Executor:
-    """The shared loky executor (created on first use, replaced when broken)."""
+    """The shared loky pool: created on first use, replaced when broken, shut down or resized.
+
+    Creating it starts no process: workers start on the first submit, from
+    the submitting thread (the event loop's), and each runs ``guard_parent``.
+    """
+    global _pool
+    n = max_workers or default_workers()
     with _lock:
-        executor: Executor = get_reusable_executor(
-            max_workers=max_workers or default_workers(),
-            timeout=600,
-            reuse=True,
+        pool = _pool
+        if pool is not None and not is_broken(pool) and executor_workers(pool) == n:
+            return pool
+        _pool = loky.ProcessPoolExecutor(
+            max_workers=n,
+            timeout=IDLE_TIMEOUT_S,
+            initializer=guard_parent,
+            initargs=(os.getpid(),),
         )
-        return executor
+    if pool is not None:
+        # A broken pool's workers are gone already; a resized one finishes what it runs.
+        pool.shutdown(wait=False)
+    return _pool
+
+
+def is_default_pool(executor: Executor | None) -> bool:
+    """True for None (meaning the default pool) and for the default pool itself."""
+    return executor is None or executor is _pool
+
+
+def is_broken(executor: Executor) -> bool:
+    """True when ``executor`` refuses new work because a worker died (loky or stdlib)."""
+    flags = getattr(executor, "_flags", None)  # loky
+    if flags is not None:
+        return bool(getattr(flags, "broken", None) or getattr(flags, "shutdown", False))
+    return bool(getattr(executor, "_broken", False))  # concurrent.futures
+
+
+def worker_processes(executor: Executor) -> dict[int, Any] | None:
+    """pid -> process of a local process pool (loky, stdlib); None for any other executor.
+
+    Only these pools let the engine see which worker runs a call, kill it, and
+    read its exit code; the dict is the pool's own, read and never changed here.
+    """
+    if isinstance(executor, ProcessPoolExecutor | loky.ProcessPoolExecutor):
+        procs = getattr(executor, "_processes", None)
+        return procs if isinstance(procs, dict) else None
+    return None
+
+
+def replacement(executor: Executor, *, default: bool) -> tuple[Executor, bool] | None:
+    """A working pool like the broken ``executor``: (pool, owned by the caller) or None.
+
+    The default pool is replaced here (shared, not owned). A user's pool
+    cannot be repaired, so for a stdlib or loky process pool the caller gets
+    a new one of the same size (and start method), which it owns and must
+    shut down. Any other executor (Dask, a custom one) cannot be replaced.
+    """
+    n = executor_workers(executor)
+    if default:
+        return default_executor(n), False
+    if isinstance(executor, loky.ProcessPoolExecutor):
+        fresh: Executor = loky.ProcessPoolExecutor(
+            max_workers=n, initializer=guard_parent, initargs=(os.getpid(),)
+        )
+        return fresh, True
+    if type(executor) is ProcessPoolExecutor:
+        fresh = ProcessPoolExecutor(
+            max_workers=n,
+            mp_context=getattr(executor, "_mp_context", None),
+            initializer=getattr(executor, "_initializer", None),
+            initargs=getattr(executor, "_initargs", ()),
+        )
+        return fresh, True
+    return None
 
 
 def executor_workers(executor: Executor) -> int:
@@ -59,9 +139,15 @@ def executor_workers(executor: Executor) -> int:
     return default_workers()
 
 
-def warm(executor: Executor, n: int | None = None) -> None:
-    """Start every worker now, so the first step does not pay for process start-up."""
+def warm(executor: Executor, n: int | None = None, *, timeout: float = 60.0) -> None:
+    """Start every worker now, so the first step does not pay for process start-up.
+
+    Returns once ``n`` distinct workers (all of them by default) have each
+    answered a call that waits a little, so none can answer for another.
+    """
     n = n or executor_workers(executor)
-    futures = [executor.submit(os.getpid) for _ in range(n * 2)]
-    for f in futures:
-        f.result()
+    seen: set[int] = set()
+    deadline = time.monotonic() + timeout
+    while len(seen) < n and time.monotonic() < deadline:
+        futures = [executor.submit(pid_after, 0.05) for _ in range(n)]
+        seen |= {f.result() for f in futures}

@@ -1,11 +1,13 @@
 """What runs where the node runs: one timed call, measured on that side.
 
 This module is imported inside worker processes, so it stays small and
-imports nothing heavy. Data flow of a cpu-lane call::
+imports nothing heavy. Data flow of a cpu-lane call (``process.py`` has the
+driver's side)::
 
-    driver: cloudpickle.dumps((fn_bytes, arg))  --bytes-->  worker: run_pickled()
-            loads -> timed_call(fn, arg) -> CallOutcome -> cloudpickle.dumps
-    driver: loads(result bytes) -> CallOutcome   <--bytes--
+    driver: cloudpickle.dumps((fn_bytes, arg))  --bytes-->  worker: run_marked(run_call, ...)
+                                                            marker file <- pid (O_EXCL)
+            loads -> timed_call(fn, arg) -> CallOutcome -> (head, type, body) bytes
+    driver: load_outcome(bytes) -> CallOutcome   <--bytes--  marker file removed
 
 Pickling happens in our code, not the executor's, so (a) any
 ``concurrent.futures.Executor`` works (loky, stdlib, Dask), (b) functions and
@@ -17,9 +19,11 @@ that cannot be pickled fails in the driver before anything is submitted, and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import os
+import signal
 import socket
 import sys
 import threading
@@ -186,3 +190,170 @@ def _dump_outcome(outcome: CallOutcome) -> bytes:
             traceback_text=outcome.traceback_text or "".join(traceback.format_exception(exc)),
         )
         return cloudpickle.dumps(failed)
+
+
+# -- the cpu lane's entry points -------------------------------------------------
+#
+# ``run_pickled`` above returns one pickled CallOutcome (the format other
+# modules and tests read). The process lane uses ``run_call``, which pickles
+# the value apart from the rest, so a value the driver cannot unpickle costs
+# only the value (the outcome's head always loads) and the message can name
+# the value's type.
+
+#: What ``run_marked`` returns for a call the driver took back before it started.
+NOT_RUN = b""
+
+
+def run_call(payload: bytes) -> bytes:
+    """Worker entry point of the process lane: ``(head, body)`` pickled.
+
+    ``body`` is the value (or the node's exception) pickled on its own, one
+    pickle per field when it is a dict of updates, each with its type's name:
+    what fails to cross, in either direction, is named down to the field.
+    """
+    start = time.time()
+    try:
+        fn_bytes, arg = cloudpickle.loads(payload)
+        fn = _load_fn(fn_bytes)
+    except BaseException as exc:
+        outcome = _failure(exc, start, "could not unpickle the node's function or input")
+    else:
+        outcome = timed_call(fn, arg)
+    outcome = replace(outcome, bytes_in=len(payload))
+    try:
+        body = _dump_body(outcome.value if outcome.ok else outcome.error)
+    except _Unpicklable as bad:
+        if outcome.ok:
+            msg = (
+                f"{bad.what} cannot be pickled to return from the worker: "
+                f"{type(bad.error).__name__}: {bad.error}; return plain data (dicts, lists, "
+                "str, numbers, pydantic models)"
+            )
+            outcome = replace(
+                outcome,
+                ok=False,
+                error_type=type(bad.error).__qualname__,
+                error_message=msg,
+                traceback_text="".join(traceback.format_exception(bad.error)),
+            )
+        body = _dump_body(None)  # an unpicklable exception: its text travels in the head
+    head = replace(outcome, value=None, error=None)
+    return cloudpickle.dumps((head, body))
+
+
+class _Unpicklable(Exception):
+    def __init__(self, what: str, error: BaseException) -> None:
+        super().__init__(what)
+        self.what = what
+        self.error = error
+
+
+#: A pickled value: (description, bytes), or one (field, description, bytes) per field.
+Body = tuple[str, bytes] | list[tuple[str, str, bytes]]
+
+
+def _dump_body(obj: Any) -> Body:
+    if isinstance(obj, dict) and all(isinstance(k, str) for k in obj):
+        fields = []
+        for key, value in obj.items():
+            what = f"its result's field {key!r} (type {_type_name(value)})"
+            fields.append((key, what, _dumps(value, what)))
+        return fields
+    what = f"its result of type {_type_name(obj)}"
+    return (what, _dumps(obj, what))
+
+
+def _dumps(obj: Any, what: str) -> bytes:
+    try:
+        return cloudpickle.dumps(obj)
+    except BaseException as exc:  # __reduce__ may raise anything
+        raise _Unpicklable(what, exc) from exc
+
+
+def load_outcome(data: bytes) -> tuple[CallOutcome, str, BaseException | None]:
+    """The driver's side of ``run_call``: (outcome, what failed, unpickling error or None).
+
+    A value that fails to unpickle here leaves the pool untouched: the bytes
+    came back whole, only this driver cannot rebuild the object.
+    """
+    head, body = cloudpickle.loads(data)
+    outcome: CallOutcome = head
+    what = ""
+    try:
+        if isinstance(body, list):
+            obj: Any = {}
+            for field in body:
+                key, what, blob = field  # ``what`` names the field if loads() fails
+                obj[key] = cloudpickle.loads(blob)
+        else:
+            what, blob = body
+            obj = cloudpickle.loads(blob)
+    except Exception as exc:
+        return outcome, what, exc
+    if outcome.ok:
+        return replace(outcome, value=obj), "", None
+    return replace(outcome, error=obj if isinstance(obj, BaseException) else None), "", None
+
+
+def _type_name(obj: object) -> str:
+    cls = type(obj)
+    if cls.__module__ == "builtins":
+        return cls.__qualname__
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def run_marked(entry: Callable[[bytes], bytes], payload: bytes, marker: str | None) -> bytes:
+    """Run ``entry(payload)`` with the worker's pid in the file ``marker`` meanwhile.
+
+    The marker says to the driver which worker process runs which call, which
+    is how it blames a crash on the right call and kills the right worker on
+    a timeout. Both sides create it with ``O_EXCL``: whoever creates it first
+    owns the call, so a call the driver took back while it waited in the
+    executor's queue is never started (``NOT_RUN``). A missing directory
+    means the run that sent the call has ended: nothing to run either.
+    """
+    if marker is None:
+        return entry(payload)
+    try:
+        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except (FileExistsError, FileNotFoundError):
+        return NOT_RUN
+    try:
+        os.write(fd, str(os.getpid()).encode())
+    finally:
+        os.close(fd)
+    try:
+        return entry(payload)
+    finally:
+        # Gone once the call is over: a marker left behind belongs to a call
+        # whose worker died while running it.
+        with contextlib.suppress(OSError):
+            os.unlink(marker)
+
+
+def guard_parent(parent_pid: int) -> None:
+    """Worker initializer: die with the driver (Linux ``PR_SET_PDEATHSIG``).
+
+    A SIGKILLed driver runs no cleanup, so without this its busy workers
+    would compute on as orphans. The kernel sends SIGKILL to this process
+    when the thread that started it exits. If the driver died before this
+    ran, the worker was already re-parented: exit now. Elsewhere this is a
+    no-op and idle loky workers still exit when their call queue closes.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):  # no prctl (e.g. musl without it): best effort
+            pass
+    if os.getppid() != parent_pid:
+        os._exit(0)
+
+
+def pid_after(seconds: float) -> int:
+    """This worker's pid, after ``seconds``: ``warm`` uses it to reach every worker."""
+    time.sleep(seconds)
+    return os.getpid()

@@ -1,0 +1,263 @@
+"""Durable runs: a killed driver, a failed step, a signalled CLI, each resumed.
+
+The drivers that get killed run in subprocesses (``tests.crashers.DRIVER``)
+on a SQLite file; each node records its finish by appending a line to a
+side-effect file, so a test can count how often a node completed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import pytest
+
+import tests.crashers as crashers
+from engine import START, Graph, NodeError, RetryPolicy
+from engine.checkpoint import MemoryCheckpointer, SqliteCheckpointer
+from engine.lanes.process import pid_alive
+from tests.crashers import FaultState, lines
+
+cloudpickle.register_pickle_by_value(crashers)
+
+pytestmark = pytest.mark.timeout(90)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# -- helpers -------------------------------------------------------------------
+
+
+class Driver:
+    """One driver subprocess running ``tests.crashers.DRIVER`` on files under ``tmp``."""
+
+    def __init__(self, tmp: Path, builder: str = "durable_graph") -> None:
+        self.side = tmp / "side"
+        self.flag = tmp / "flag"
+        self.pid_file = tmp / "pid"
+        self.db = tmp / "cp.sqlite"
+        self.builder = builder
+
+    def argv(self, how: str, entry: str = "async") -> list[str]:
+        files = (self.side, self.flag, self.pid_file, self.db)
+        return [sys.executable, "-c", crashers.DRIVER, self.builder, *map(str, files), how, entry]
+
+    def start(self, how: str, entry: str = "async") -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            self.argv(how, entry),
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    def run(self, how: str) -> dict[str, Any]:
+        """Run to the end in a new process; its final state."""
+        out = subprocess.run(
+            self.argv(how), cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
+        )
+        assert out.returncode == 0, out.stdout + out.stderr
+        (line,) = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
+        result: dict[str, Any] = json.loads(line.removeprefix("RESULT "))
+        return result
+
+    def finished(self) -> list[str]:
+        """Node names in the order their side effects happened."""
+        return [x.split()[0] for x in lines(self.side)]
+
+
+async def wait_for(path: Path, timeout: float = 30.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not path.exists() or not path.read_text():
+            await asyncio.sleep(0.02)
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live descendant of ``pid``, from /proc (Linux)."""
+    parent_of: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parent_of[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found: set[int] = set()
+    frontier = {pid}
+    while frontier:
+        frontier = {child for child, parent in parent_of.items() if parent in frontier}
+        found |= frontier
+    return found
+
+
+async def all_gone(pids: set[int], timeout: float = 3.0) -> set[int]:
+    """The pids still alive after ``timeout`` seconds (empty when all died)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = {p for p in pids if pid_alive(p)}
+        if not alive:
+            return set()
+        await asyncio.sleep(0.05)
+    return {p for p in pids if pid_alive(p)}
+
+
+async def uninterrupted(builder: str, tmp: Path) -> dict[str, Any]:
+    """The final state of the same graph run start to end, for comparison."""
+    tmp.mkdir()
+    (tmp / "flag").touch()  # nothing stalls
+    graph = getattr(crashers, builder)(str(tmp / "side"), str(tmp / "flag"), str(tmp / "pid"))
+    result = await graph.compile().arun({})
+    state: dict[str, Any] = result.state.model_dump(mode="json")
+    return state
+
+
+# -- the driver killed -------------------------------------------------------------
+
+
+class TestDriverKilled:
+    @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death guard: Linux")
+    async def test_sigkilled_driver_resumes_to_the_same_state(self, tmp_path: Path) -> None:
+        """SIGKILL after step 1: its workers die; a new process resumes; every node ran once."""
+        driver = Driver(tmp_path)
+        proc = driver.start("start")
+        try:
+            await wait_for(driver.pid_file)  # node d, step 2, computes: steps 0-1 are saved
+            children = descendants(proc.pid)
+            stalled = int(driver.pid_file.read_text())
+            assert stalled in children
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert sorted(driver.finished()) == ["a", "b", "c"]
+        # Workers (and any helper process) die with the driver: the parent-death guard.
+        assert await all_gone(children) == set()
+        async with SqliteCheckpointer(driver.db) as cp:
+            latest = await cp.get_latest("t")
+        assert latest is not None and latest.step == 2 and latest.status == "running"
+        assert [t.node for t in latest.next_tasks] == ["d"]
+
+        final = driver.run("resume")
+
+        assert final == await uninterrupted("durable_graph", tmp_path / "ref")
+        # The new driver swept the dead one's marker directory.
+        shm = Path("/dev/shm")
+        assert not shm.is_dir() or not list(shm.glob(f"engine-cpu-{proc.pid}-*"))
+        done = driver.finished()
+        assert sorted(done) == ["a", "b", "c", "d", "e"]  # each completed node once
+        assert done[-2:] == ["d", "e"]
+
+
+# -- a failed step ---------------------------------------------------------------
+
+
+def failed_step_graph(tmp: Path, one_lane: str, two_lane: str) -> Graph:
+    """Step 0: ``one`` succeeds, ``two`` fails twice (its retries) then succeeds; then three."""
+    side, count = str(tmp / "side"), str(tmp / "count")
+    one = (
+        functools.partial(crashers.async_step_node, side, "one")
+        if one_lane == "io"
+        else functools.partial(crashers.step_node, side, "one", 0.0)
+    )
+    fail = crashers.async_fail_until if two_lane == "io" else crashers.fail_until
+    g = Graph(FaultState)
+    g.add_node("one", one, lane=one_lane)
+    g.add_node(
+        "two",
+        functools.partial(fail, count, 2, side, "two"),
+        lane=two_lane,
+        retry=RetryPolicy(max_attempts=2, initial_interval=0.0, jitter=False),
+    )
+    g.add_node("three", functools.partial(crashers.async_step_node, side, "three"))
+    g.add_edge(START, "one")
+    g.add_edge(START, "two")
+    g.add_edge(["one", "two"], "three")
+    return g
+
+
+class TestFailedStep:
+    @pytest.mark.parametrize(("one_lane", "two_lane"), [("io", "cpu"), ("cpu", "io")])
+    async def test_resume_reruns_only_the_failed_node(
+        self, tmp_path: Path, one_lane: str, two_lane: str
+    ) -> None:
+        """'one' succeeds, 'two' fails twice; resume runs 'two' (and on), never 'one' again."""
+        cp = SqliteCheckpointer(tmp_path / "cp.sqlite")
+        app = failed_step_graph(tmp_path, one_lane, two_lane).compile(checkpointer=cp)
+        with pytest.raises(NodeError, match="ConnectionError") as info:
+            await app.arun({}, thread_id="t")
+        assert (info.value.node, info.value.attempt) == ("two", 2)
+        latest = await cp.get_latest("t")
+        assert latest is not None and latest.status == "failed" and latest.step == 0
+        assert [(w.node, w.updates) for w in latest.pending_writes] == [("one", {"items": ["one"]})]
+
+        result = await app.arun(None, thread_id="t")
+
+        assert result.state.items == ["one", "two", "three"]  # merged in node order
+        ran = [x.split()[0] for x in lines(tmp_path / "side")]
+        assert ran.count("one") == 1 and ran.count("two") == 1 and ran[-1] == "three"
+        assert len(lines(tmp_path / "count")) == 3  # two: 2 failures, then the success
+        assert [c.node for c in result.trace.calls if c.step == 0] == ["two"]
+        await cp.aclose()
+
+    async def test_resume_of_a_finished_thread_runs_nothing(self) -> None:
+        """arun(None) on a thread whose run is done returns its state without calling a node."""
+        calls: list[str] = []
+
+        async def node(state: FaultState) -> dict[str, Any]:
+            calls.append("n")
+            return {"items": ["n"]}
+
+        g = Graph(FaultState)
+        g.add_node("n", node)
+        g.add_edge(START, "n")
+        app = g.compile(checkpointer=MemoryCheckpointer())
+        await app.arun({}, thread_id="t")
+        result = await app.arun(None, thread_id="t")
+        assert result.state.items == ["n"] and calls == ["n"]
+
+
+# -- a signalled CLI ------------------------------------------------------------
+
+
+class TestSignals:
+    @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+    async def test_signal_saves_finished_writes_and_stops_the_workers(
+        self, tmp_path: Path, sig: signal.Signals
+    ) -> None:
+        """SIGTERM/SIGINT to a run_sync driver: pending writes saved, workers gone, resumable."""
+        driver = Driver(tmp_path, builder="interruptible_graph")
+        proc = driver.start("start", entry="sync")
+        try:
+            await wait_for(driver.pid_file)
+            async with asyncio.timeout(20):
+                while "fast" not in driver.finished():
+                    await asyncio.sleep(0.02)
+            stalled = int(driver.pid_file.read_text())
+            os.kill(proc.pid, sig)
+            out, _ = proc.communicate(timeout=20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        expected = 128 + signal.SIGTERM if sig == signal.SIGTERM else -signal.SIGINT
+        assert proc.returncode in (expected, 130), out
+        assert "Traceback" not in out or sig == signal.SIGINT
+        assert await all_gone({stalled}) == set()
+        async with SqliteCheckpointer(driver.db) as cp:
+            latest = await cp.get_latest("t")
+        assert latest is not None and latest.status == "interrupted"
+        assert [w.node for w in latest.pending_writes] == ["fast"]
+
+        final = driver.run("resume")
+
+        assert sorted(final["items"]) == ["fast", "st"]
+        assert driver.finished().count("fast") == 1
