@@ -1,0 +1,467 @@
+"""Run workloads in several modes, repeatedly, and summarise what happened.
+
+::
+
+    calibrate CPU units --> cpu executor (warm) --> local LLM server (if needed)
+        for each workload:  build graph -> warm-up run (excluded)
+            for each repeat:  one run per mode [+ LangGraph peer]  -> Sample
+        Samples --> Result per (workload, mode): median and min wall, ratios
+
+Every run happens on one event loop (uvloop when installed), one after the
+other: a benchmark that overlapped its own runs would measure nothing. The
+modes of one workload take turns within each repeat, so a machine that is
+busy for a while slows every mode a little rather than one mode a lot.
+
+Wall time is measured around ``arun`` (what a caller waits for); lower bound,
+parallelism and lanes come from the run's own trace. LangGraph peers are
+timed the same way and traced by the node wrapper in ``workloads.peers``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.metadata
+import os
+import platform
+import statistics
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..events import RunStarted, StepFinished
+from ..lanes import MODES
+from ..lanes.pool import default_executor, executor_workers, warm
+from ..trace import NodeCall, compute_metrics
+from .check import Floor, Verdict, check
+from .cpushare import free_cores, snapshot
+
+ExecutorName = Literal["loky", "dask", "thread"]
+EXECUTORS: tuple[ExecutorName, ...] = ("loky", "dask", "thread")
+PEER_MODE = "langgraph"
+
+# Sizes: 1.0 is the default run (about two minutes on 2 cores, 3 repeats);
+# --quick and --check scale every duration down.
+QUICK_SCALE = 0.3
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to run. ``repeat`` counts measured runs per (workload, mode)."""
+
+    workloads: tuple[str, ...]
+    modes: tuple[str, ...] = MODES
+    repeat: int = 3
+    scale: float = 1.0
+    peers: bool = False
+    executor: ExecutorName = "loky"
+    scheduler: str | None = None
+    warmup: bool = True
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.modes if m not in MODES]
+        if unknown:
+            raise ValueError(f"unknown modes {unknown}; use {', '.join(MODES)}")
+        if self.repeat < 1:
+            raise ValueError(f"repeat must be >= 1, got {self.repeat}")
+        if self.scale <= 0:
+            raise ValueError(f"scale must be > 0, got {self.scale}")
+        if self.executor not in EXECUTORS:
+            raise ValueError(f"unknown executor {self.executor!r}; use {', '.join(EXECUTORS)}")
+        if self.scheduler is not None and self.executor != "dask":
+            raise ValueError("--scheduler ADDRESS needs --executor dask")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One measured run of one workload in one mode."""
+
+    workload: str
+    mode: str
+    repeat: int
+    wall_s: float
+    lower_bound_s: float
+    efficiency: float
+    parallelism: float
+    by_lane: Mapping[str, float]
+    calls: tuple[NodeCall, ...]
+    barriers: tuple[tuple[int, float], ...]  # (step, time.time() when it ended)
+    t0: float | None  # time.time() when the run started
+    driver_pid: int
+    final: Any  # the final state as JSON-able data, to compare modes
+    free_cores: float | None = None  # cores others left us during the run (Linux)
+
+
+@dataclass(frozen=True)
+class Result:
+    """One (workload, mode) over its repeats: each number is the median unless named."""
+
+    workload: str
+    mode: str
+    wall_s: float
+    wall_min_s: float
+    speedup: float | None  # median sequential wall / median wall of this mode
+    parallelism: float
+    lower_bound_s: float
+    efficiency: float
+    by_lane: dict[str, float]
+    runs: int
+    free_cores: float | None = None  # the fewest cores others left us in any repeat
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "workload": self.workload,
+            "mode": self.mode,
+            "wall_s": round(self.wall_s, 6),
+            "wall_min_s": round(self.wall_min_s, 6),
+            "speedup": None if self.speedup is None else round(self.speedup, 4),
+            "parallelism": round(self.parallelism, 4),
+            "lower_bound_s": round(self.lower_bound_s, 6),
+            "efficiency": round(self.efficiency, 4),
+            "by_lane": {k: round(v, 6) for k, v in self.by_lane.items()},
+        }
+
+
+@dataclass
+class Report:
+    """Everything a benchmark measured. ``mismatches`` lists workloads whose
+    final state differed between modes (always a bug with the local server)."""
+
+    machine: dict[str, Any]
+    results: list[Result] = field(default_factory=list)
+    samples: list[Sample] = field(default_factory=list)
+    mismatches: list[str] = field(default_factory=list)
+    verdicts: list[Verdict] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"machine": self.machine, "results": [r.as_json() for r in self.results]}
+
+
+def summarise(samples: Iterable[Sample]) -> list[Result]:
+    """Median (and min) per (workload, mode), in first-seen order."""
+    groups: dict[tuple[str, str], list[Sample]] = {}
+    for s in samples:
+        groups.setdefault((s.workload, s.mode), []).append(s)
+    seq = {
+        w: statistics.median(x.wall_s for x in g)
+        for (w, m), g in groups.items()
+        if m == "sequential"
+    }
+    results = []
+    for (workload, mode), group in groups.items():
+        wall = statistics.median(s.wall_s for s in group)
+        lanes = sorted({lane for s in group for lane in s.by_lane})
+        results.append(
+            Result(
+                workload=workload,
+                mode=mode,
+                wall_s=wall,
+                wall_min_s=min(s.wall_s for s in group),
+                speedup=seq[workload] / wall if workload in seq and wall > 0 else None,
+                parallelism=statistics.median(s.parallelism for s in group),
+                lower_bound_s=statistics.median(s.lower_bound_s for s in group),
+                efficiency=statistics.median(s.efficiency for s in group),
+                by_lane={k: statistics.median(s.by_lane.get(k, 0.0) for s in group) for k in lanes},
+                runs=len(group),
+                free_cores=min(free)
+                if (free := [s.free_cores for s in group if s.free_cores])
+                else None,
+            )
+        )
+    return results
+
+
+def cores() -> int:
+    """CPUs this process may use (affinity and cgroup quotas), not the pool size."""
+    from loky import cpu_count
+
+    return max(1, cpu_count())
+
+
+def machine_info(**extra: Any) -> dict[str, Any]:
+    """The machine and software a result was measured on."""
+    versions = {}
+    for dist in (
+        "engine", "loky", "cloudpickle", "pydantic", "uvloop", "httpx", "aiohttp",
+        "rich", "matplotlib", "langgraph", "dask", "distributed",
+    ):  # fmt: skip
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions[dist] = importlib.metadata.version(dist)
+    return {
+        "cores": cores(),
+        "logical_cpus": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "versions": versions,
+        **extra,
+    }
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+# -- executors and the LLM endpoint -------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def cpu_executor(name: ExecutorName, scheduler: str | None = None) -> AsyncIterator[Executor]:
+    """The cpu lane's executor for a benchmark, started and warmed.
+
+    ``thread`` is a control, not a backend: cpu-lane calls still cross a
+    pickle boundary but share one GIL, which is what the gate must catch.
+    """
+    if name == "loky":
+        executor = default_executor()
+        await asyncio.to_thread(warm, executor)
+        yield executor
+    elif name == "thread":
+        with ThreadPoolExecutor(cores(), thread_name_prefix="bench-cpu-on-threads") as pool:
+            yield pool
+    else:
+        try:
+            from ..backends.dask import dask_executor
+        except ImportError as exc:  # the backend module itself is missing
+            raise RuntimeError(f"--executor dask needs engine.backends.dask: {exc}") from exc
+        kwargs: dict[str, Any] = {} if scheduler else {"threads_per_worker": 1}
+        async with dask_executor(scheduler, **kwargs) as executor:
+            await asyncio.to_thread(warm, executor)
+            yield executor
+
+
+@contextlib.asynccontextmanager
+async def llm_endpoint(needed: bool, say: Progress) -> AsyncIterator[str | None]:
+    """The chat-completions base URL: ``ENGINE_LLM_BASE_URL`` if set, else a local server."""
+    if not needed:
+        yield None
+        return
+    external = os.environ.get("ENGINE_LLM_BASE_URL")
+    if external:
+        say(f"API calls go to {external} (ENGINE_LLM_BASE_URL)")
+        yield external
+        return
+    from workloads.llm import LLMServer
+
+    # Its own thread and loop: the "remote" API must not wait on the loop
+    # under test (sequential mode runs cpu nodes on that loop).
+    server = LLMServer.start_in_thread()
+    try:
+        say(f"local LLM server at {server.base_url}")
+        yield server.base_url
+    finally:
+        await asyncio.to_thread(server.stop)
+
+
+async def calibrations(names: Iterable[str], say: Progress) -> tuple[Any, Any]:
+    """Measure, here and now, what one unit of CPU work costs (printed, never assumed).
+
+    In a thread: the event loop stays free (a local LLM server may share it).
+    """
+    from workloads import genai
+
+    cal = await asyncio.to_thread(genai.calibrate)
+    say(
+        f"calibrated genai.process: {cal.ms_per_unit:.3f} ms per unit "
+        f"(+{cal.fixed_ms:.1f} ms set-up per call), measured on this machine"
+    )
+    gil_cal = None
+    if "gil_release" in names:
+        from workloads import gil_release
+
+        gil_cal = await asyncio.to_thread(gil_release.calibrate)
+        say(f"calibrated gil_release.process: {gil_cal.ms_per_unit:.3f} ms per unit")
+    return cal, gil_cal
+
+
+# -- running one sample ---------------------------------------------------------
+
+
+async def run_engine(
+    workload: str, mode: str, app: Any, state: Any, executor: Executor | None, repeat: int = 0
+) -> Sample:
+    """One engine run, timed around ``arun``; barriers from its step events."""
+    barriers: list[tuple[int, float]] = []
+    started: list[float] = []
+
+    def sink(event: Any) -> None:
+        if isinstance(event, StepFinished):
+            barriers.append((event.step, event.time))
+        elif isinstance(event, RunStarted):
+            started.append(event.time)
+
+    before = snapshot()
+    t = time.perf_counter()
+    result = await app.arun(state, mode=mode, executor=executor, on_event=sink)
+    wall = time.perf_counter() - t
+    after = snapshot()
+    m = result.metrics
+    return Sample(
+        workload=workload,
+        mode=mode,
+        repeat=repeat,
+        wall_s=wall,
+        lower_bound_s=m.lower_bound_s,
+        efficiency=min(m.lower_bound_s / wall, 1.0) if wall > 0 else 1.0,
+        parallelism=m.busy_s / wall if wall > 0 else 0.0,
+        by_lane=dict(m.by_lane),
+        calls=tuple(result.trace.calls),
+        barriers=tuple(barriers),
+        t0=started[0] if started else None,
+        driver_pid=result.trace.driver_pid,
+        final=result.state.model_dump(mode="json"),
+        free_cores=free_cores(before, after, wall, cores()),
+    )
+
+
+async def run_peer(workload: str, peer: Any, repeat: int, cpu_workers: int) -> Sample:
+    """One LangGraph run of the same work, traced by ``workloads.peers``' node wrapper."""
+    peer.recorder.clear()
+    before = snapshot()
+    t0 = time.time()
+    t = time.perf_counter()
+    out = await peer.graph.ainvoke(peer.input)
+    wall = time.perf_counter() - t
+    after = snapshot()
+    calls = tuple(peer.recorder.calls)
+    steps = {c.step for c in calls}
+    m = compute_metrics(calls, wall, len(steps), cpu_workers)
+    ends: dict[int, float] = {}
+    for c in calls:
+        ends[c.step] = max(ends.get(c.step, 0.0), c.end)
+    return Sample(
+        workload=workload,
+        mode=PEER_MODE,
+        repeat=repeat,
+        wall_s=wall,
+        lower_bound_s=m.lower_bound_s,
+        efficiency=m.efficiency,
+        parallelism=m.parallelism,
+        by_lane=dict(m.by_lane),
+        calls=calls,
+        barriers=tuple(sorted(ends.items())),
+        t0=t0,
+        driver_pid=os.getpid(),
+        final=peer.final(out),
+        free_cores=free_cores(before, after, wall, cores()),
+    )
+
+
+# -- the benchmark ----------------------------------------------------------------
+
+
+def _specs(names: Sequence[str]) -> dict[str, Any]:
+    from workloads.graphs import WORKLOADS
+
+    unknown = [n for n in names if n not in WORKLOADS]
+    if unknown:
+        raise ValueError(f"unknown workloads {unknown}; known: {', '.join(WORKLOADS)}")
+    return {n: WORKLOADS[n] for n in names}
+
+
+def _peer_builders(names: Sequence[str], say: Progress) -> dict[str, Any]:
+    try:
+        from workloads.peers import PEERS, langgraph_missing
+    except ImportError as exc:
+        say(f"--peers skipped: {exc}")
+        return {}
+    missing = langgraph_missing()
+    if missing:
+        say(f"--peers skipped: {missing}")
+        return {}
+    return {n: PEERS[n] for n in names if n in PEERS}
+
+
+async def run_bench(
+    config: BenchConfig,
+    *,
+    say: Progress = print,
+    tick: Callable[[str], None] | None = None,
+    floors: Sequence[Floor] = (),
+) -> Report:
+    """Run the benchmark (or, with ``floors``, the gate: stop a workload's
+    repeats as soon as its floors pass) and return what it measured."""
+    from workloads.graphs import Setup
+
+    specs = _specs(config.workloads)
+    cal, gil_cal = await calibrations(specs, say)
+    peers = _peer_builders(config.workloads, say) if config.peers else {}
+    needs_llm = any(s.uses_llm for s in specs.values())
+    report = Report(machine={})
+    async with (
+        cpu_executor(config.executor, config.scheduler) as executor,
+        llm_endpoint(needs_llm, say) as base_url,
+    ):
+        workers = executor_workers(executor)
+        report.machine = machine_info(
+            cpu_workers=workers,
+            executor=config.executor,
+            event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
+            ms_per_unit=round(cal.ms_per_unit, 4),
+            gil_ms_per_unit=round(gil_cal.ms_per_unit, 4) if gil_cal else None,
+            scale=config.scale,
+            repeat=config.repeat,
+            llm=("external" if os.environ.get("ENGINE_LLM_BASE_URL") else "local")
+            if needs_llm
+            else None,
+        )
+        setup = Setup(base_url=base_url, cal=cal, scale=config.scale, gil_cal=gil_cal)
+        by_workload: dict[str, list[Sample]] = {}
+        for name, spec in specs.items():
+            app, state = spec.build(setup)
+            peer = peers[name].build(setup) if name in peers else None
+            if config.warmup:
+                await run_engine(name, "parallel", app, state, executor, -1)
+                if peer is not None:
+                    await run_peer(name, peer, -1, workers)
+                if tick:
+                    tick(f"{name} warm-up")
+            mine = [f for f in floors if f.workload == name]
+            samples = by_workload.setdefault(name, [])
+            for r in range(config.repeat):
+                for mode in config.modes:
+                    samples.append(await run_engine(name, mode, app, state, executor, r))
+                    if tick:
+                        tick(f"{name} {mode} #{r + 1}")
+                if peer is not None:
+                    samples.append(await run_peer(name, peer, r, workers))
+                    if tick:
+                        tick(f"{name} {PEER_MODE} #{r + 1}")
+                verdicts = check(mine, _repeats(samples), cores()) if mine else []
+                if verdicts and all(v.ok and v.conclusive for v in verdicts):
+                    break  # the gate: floors met with the machine's cores free; stop early
+            finals = {repr(s.final) for s in samples}
+            if len(finals) > 1:
+                report.mismatches.append(name)
+        for name in specs:
+            report.samples.extend(by_workload.get(name, []))
+    report.results = summarise(report.samples)
+    free = [s.free_cores for s in report.samples if s.free_cores is not None]
+    # How quiet the machine was: the fewest cores other processes left us in any run.
+    report.machine["free_cores_min"] = round(min(free), 2) if free else None
+    if floors:
+        report.verdicts = check(floors, _repeats(report.samples), cores())
+    return report
+
+
+def _repeats(samples: Sequence[Sample]) -> list[dict[tuple[str, str], Any]]:
+    """Samples grouped by repeat, keyed by (workload, mode), for ``check``."""
+    reps: dict[int, dict[tuple[str, str], Any]] = {}
+    for s in samples:
+        reps.setdefault(s.repeat, {})[(s.workload, s.mode)] = s
+    return [reps[r] for r in sorted(reps)]
+
+
+def runs_planned(config: BenchConfig, n_peers: int = 0) -> int:
+    """How many runs ``run_bench`` makes at most (for a progress bar)."""
+    per_repeat = len(config.workloads) * len(config.modes) + n_peers
+    warmups = len(config.workloads) if config.warmup else 0
+    return warmups + config.repeat * per_repeat
