@@ -9,7 +9,7 @@
 # listens on ${ENGINE_PG_PORT:-55432}, creates database engine_test, and
 # prints `export ENGINE_TEST_PG_DSN=...` as its last line. Everything else
 # goes to stderr. As root the server runs as the `postgres` user (initdb
-# refuses root).
+# refuses root), so $ENGINE_PG_DIR must be reachable by that user.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
@@ -21,21 +21,16 @@ DSN="postgresql://postgres@127.0.0.1:$PORT/$DB"
 
 say() { echo "postgres.sh: $*" >&2; }
 
+# The newest /usr/lib/postgresql/<version>/bin holding initdb, or nothing.
+# A glob, not `ls | sort`: under pipefail a failing ls would end the script
+# right here, silently, on exactly the machines that need the install.
 find_bin() {
-  ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1
+  local dir dirs=()
+  for dir in /usr/lib/postgresql/*/bin; do
+    if [ -x "$dir/initdb" ]; then dirs+=("$dir"); fi
+  done
+  if [ "${#dirs[@]}" -gt 0 ]; then printf '%s\n' "${dirs[@]}" | sort -V | tail -n1; fi
 }
-
-BIN="$(find_bin)"
-if [ -z "$BIN" ] || [ ! -x "$BIN/initdb" ]; then
-  if [ "$(id -u)" -ne 0 ]; then
-    say "no PostgreSQL server binaries in /usr/lib/postgresql/*/bin; run as root to install them"
-    exit 1
-  fi
-  say "installing the postgresql package"
-  apt-get update >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql >&2
-  BIN="$(find_bin)"
-fi
 
 # Run a server binary as the cluster's owner: `postgres` when we are root.
 as_owner() {
@@ -46,13 +41,34 @@ as_owner() {
   fi
 }
 
+BIN="$(find_bin)"
+
 if [ "${1:-}" = "stop" ]; then
-  if [ -f "$DATA/PG_VERSION" ] && as_owner "$BIN/pg_ctl" -D "$DATA" status >/dev/null 2>&1; then
+  if [ -n "$BIN" ] && [ -f "$DATA/PG_VERSION" ] \
+    && as_owner "$BIN/pg_ctl" -D "$DATA" status >/dev/null 2>&1; then
     as_owner "$BIN/pg_ctl" -D "$DATA" -m fast -w stop >&2
   else
     say "not running"
   fi
   exit 0
+fi
+if [ -n "${1:-}" ]; then
+  say "unknown argument '$1'; use no argument to start, or 'stop'"
+  exit 2
+fi
+
+if [ -z "$BIN" ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    say "no PostgreSQL server binaries in /usr/lib/postgresql/*/bin; run as root to install them"
+    exit 1
+  fi
+  say "installing the postgresql package"
+  # The package may create and start its own cluster on port 5432; ours is
+  # separate (own data directory and port), so that one is left alone.
+  apt-get update >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql >&2
+  BIN="$(find_bin)"
+  [ -n "$BIN" ] || { say "installed postgresql, but found no initdb under /usr/lib/postgresql"; exit 1; }
 fi
 
 ready() { "$BIN/pg_isready" -q -h 127.0.0.1 -p "$PORT"; }
@@ -62,6 +78,10 @@ if ! ready; then
   if [ "$(id -u)" -eq 0 ]; then
     id postgres >/dev/null 2>&1 || useradd --system --home-dir "$PG_DIR" postgres
     chown -R postgres: "$PG_DIR"
+    runuser -u postgres -- test -w "$PG_DIR" || {
+      say "user postgres cannot reach $PG_DIR (a parent folder is private?); set ENGINE_PG_DIR"
+      exit 1
+    }
   fi
   if [ ! -f "$DATA/PG_VERSION" ]; then
     say "creating a cluster in $DATA"

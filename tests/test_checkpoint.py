@@ -50,6 +50,8 @@ class Backend:
     corrupt: Corrupt
     #: Where a child process finds the same store (None: in-process only).
     child_args: list[str] | None = None
+    #: How many checkpointers one test may open at once on this store.
+    max_peers: int = 50
     opened: list[Checkpointer] = field(default_factory=list)
 
     def new(self) -> Checkpointer:
@@ -124,6 +126,9 @@ def _postgres_backend(dsn: str) -> Backend:
         lambda: PostgresCheckpointer(dsn, pool_size=2),
         corrupt,
         child_args=["postgres", dsn],
+        # Each holds a pool plus a lock connection: stay well under a shared
+        # server's max_connections (100 by default).
+        max_peers=10,
     )
 
 
@@ -155,10 +160,11 @@ def make_cp(
     *,
     writes: list[PendingWrite] | None = None,
     state: dict[str, Any] | None = None,
+    run_id: str = "run-1",
 ) -> Checkpoint:
     return Checkpoint(
         thread_id=thread_id,
-        run_id="run-1",
+        run_id=run_id,
         step=step,
         state=state if state is not None else {"notes": [f"step {step}"]},
         next_tasks=[TaskRef(node="work")] if status != "done" else [],
@@ -380,22 +386,30 @@ class TestCheckpointer:
             ("checkpoints", '{"schema_version": 1, "step": "x"}', "ValidationError"),
             ("checkpoints", '{"schema_version": 99}', "schema_version 99"),
             ("writes", '["not", "a", "dict"]', "ValidationError"),
+            ("checkpoints", "FOREIGN", "the stored data says thread 'elsewhere' step 7"),
         ],
     )
     async def test_row_failing_validation_is_a_checkpoint_error(
         self, backend: Backend, tid: Any, table: str, raw: str, cause: str
     ) -> None:
-        """Valid JSON that is not a checkpoint of this version raises CheckpointError."""
+        """Valid JSON that is not this row's checkpoint of this version raises CheckpointError."""
         cp, t = backend.new(), tid("invalid")
         await cp.put(make_cp(t, 2, "failed", writes=[PendingWrite(node="a", updates={})]))
+        if raw == "FOREIGN":  # a well-formed checkpoint of another thread, copied in
+            raw = make_cp("elsewhere", 7).model_dump_json(exclude={"pending_writes"})
         await backend.corrupt(table, t, 2, raw)
         with pytest.raises(CheckpointError, match=rf"thread '{t}' at step 2") as info:
             await cp.get_latest(t)
         assert cause in str(info.value)
+        assert info.value.__cause__ is not None
 
-    async def test_fifty_concurrent_runs_on_one_store(self, backend: Backend, tid: Any) -> None:
-        """50 runs at once (10 checkpointers on one store): every step saved and loadable."""
-        peers = [backend.new() for _ in range(10)]
+    @pytest.mark.parametrize("sharing", ["one-shared", "one-each"])
+    async def test_fifty_concurrent_runs_on_one_store(
+        self, backend: Backend, tid: Any, sharing: str
+    ) -> None:
+        """50 runs at once, sharing one checkpointer or each with its own: all steps load."""
+        count = 1 if sharing == "one-shared" else backend.max_peers
+        peers = [backend.new() for _ in range(count)]
         steps = 5
 
         async def run(i: int) -> None:
@@ -457,6 +471,90 @@ class TestBackendDetails:
             with sqlite3.connect(path) as conn:
                 assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
             conn.close()
+
+    async def test_sqlite_file_that_is_not_a_database(self, tmp_path: Path) -> None:
+        """A file that is not SQLite is a CheckpointError naming it, not a bare sqlite3 error."""
+        path = tmp_path / "notes.txt"
+        path.write_bytes(b"these are my notes, not a database\n" * 200)
+        cp = SqliteCheckpointer(path)
+        with pytest.raises(CheckpointError, match=r"notes\.txt") as info:
+            await cp.get_latest("t")
+        assert isinstance(info.value.__cause__, sqlite3.DatabaseError)
+        await cp.aclose()
+        assert path.read_bytes().startswith(b"these are my notes")
+
+    async def test_sqlite_foreign_tables(self, tmp_path: Path) -> None:
+        """Another program's ``checkpoints`` table is a CheckpointError on read and write."""
+        path = tmp_path / "other.sqlite"
+        with sqlite3.connect(path) as conn:
+            conn.execute("CREATE TABLE checkpoints (id INTEGER PRIMARY KEY, blob BLOB)")
+        conn.close()
+        async with SqliteCheckpointer(path) as cp:
+            with pytest.raises(CheckpointError, match=r"other\.sqlite"):
+                await cp.get_latest("t")
+            with pytest.raises(CheckpointError, match="thread 't' at step 0"):
+                await cp.put(make_cp("t", 0))
+
+    @pytest.mark.postgres
+    async def test_postgres_lost_lock_session_fences_puts(self) -> None:
+        """A driver whose lock session was killed cannot write over the run that took over."""
+        dsn = _pg_dsn()
+        import psycopg
+
+        from engine.checkpoint.postgres import lock_key
+
+        t, t2 = (f"t{uuid.uuid4().hex[:10]}-{name}" for name in ("fence", "other"))
+        a = PostgresCheckpointer(dsn, pool_size=1)
+        b = PostgresCheckpointer(dsn, pool_size=1)
+        try:
+            await a.acquire(t, "run-a")
+            await a.put(make_cp(t, 0, run_id="run-a"))
+            # pg_locks shows an int8 advisory key as classid (high half),
+            # objid (low half), objsubid 1: find a's lock session and kill it.
+            key = lock_key(t) & 0xFFFF_FFFF_FFFF_FFFF
+            async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as admin:
+                cur = await admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory'"
+                    " AND classid = %s::oid AND objid = %s::oid AND objsubid = 1 AND granted",
+                    (key >> 32, key & 0xFFFF_FFFF),
+                )
+                assert [row[0] for row in await cur.fetchall()] == [True]
+            deadline = asyncio.get_running_loop().time() + 15
+            while True:  # the backend exits a moment after the signal
+                try:
+                    await b.acquire(t, "run-b")
+                    break
+                except CheckpointError:
+                    if asyncio.get_running_loop().time() > deadline:
+                        raise
+                    await asyncio.sleep(0.05)
+            await b.put(make_cp(t, 1, run_id="run-b"))
+            with pytest.raises(CheckpointError, match=r"run-a no longer holds .* run run-b \(pid"):
+                await a.put(make_cp(t, 1, run_id="run-a"))
+            latest = await b.get_latest(t)
+            assert latest is not None and latest.run_id == "run-b"
+            await a.release(t, "run-a")  # its session is dead: nothing left to unlock
+            with pytest.raises(CheckpointError, match="by run run-b"):
+                await a.acquire(t, "run-a2")  # on a fresh lock session
+            await a.acquire(t2, "run-a3")
+            await b.release(t, "run-b")
+            await a.acquire(t, "run-a2")
+            await a.put(make_cp(t, 2, run_id="run-a2"))
+        finally:
+            await a.aclose()
+            await b.aclose()
+
+    @pytest.mark.parametrize(("durable", "level"), [(True, 2), (False, 1)])
+    async def test_sqlite_durability_sets_synchronous(
+        self, tmp_path: Path, durable: bool, level: int
+    ) -> None:
+        """``durable`` picks synchronous=FULL (2), else NORMAL (1), on the checkpointer's link."""
+        async with SqliteCheckpointer(tmp_path / "cp.sqlite", durable=durable) as cp:
+            # The pragma is per connection: ask the checkpointer's own one.
+            row = await cp._call(
+                "read a pragma", lambda: cp._connection().execute("PRAGMA synchronous").fetchone()
+            )
+        assert row == (level,)
 
     def test_postgres_without_psycopg_names_the_extra(
         self, monkeypatch: pytest.MonkeyPatch

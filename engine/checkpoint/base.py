@@ -66,7 +66,7 @@ class Checkpoint(BaseModel, frozen=True):
     state: dict[str, Any]
     #: What runs in ``step`` (empty, with status "done", when finished).
     next_tasks: list[TaskRef]
-    #: Fan-in bookkeeping: target -> sources finished since it last ran.
+    #: Fan-in bookkeeping: edge key -> sources finished since its target last ran.
     fanin: dict[str, list[str]] = {}
     #: Writes of nodes that finished in a failed or interrupted step.
     pending_writes: list[PendingWrite] = []
@@ -156,11 +156,13 @@ def decode(thread_id: str, step: int, data: str | bytes, writes: Iterable[WriteR
             raise ValueError(f"expected a JSON object, got {type(raw).__name__}")
         version = raw.get("schema_version")
         if version != SCHEMA_VERSION:
+            # Its own message (what to do differs from corruption), with a
+            # cause like every other load failure.
             raise CheckpointError(
                 f"{where} has schema_version {version!r}; this engine reads version "
                 f"{SCHEMA_VERSION}: resume it with the engine that wrote it, or use a new "
                 "thread_id"
-            )
+            ) from ValueError(f"unsupported schema_version {version!r}")
         raw["pending_writes"] = [
             {"node": node, "index": index, "updates": json.loads(text)}
             for node, index, text in writes

@@ -10,8 +10,11 @@ psycopg 3 is imported lazily, so ``engine`` imports without it; install the
 
 A session-level advisory lock belongs to the connection that took it, so
 it vanishes when that connection does: a driver killed with SIGKILL never
-blocks a later resume. The locks row is only a label; a new holder
-overwrites it.
+blocks a later resume. The locks row names the holder for the refusal
+message, and fences: a driver whose lock connection died (server restart,
+terminated backend) while it kept running may have been overtaken by
+another run, which overwrote the row; its next ``put`` sees that and fails
+instead of writing over the new run's steps.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import hashlib
 import json
 import os
 from typing import TYPE_CHECKING, Any
+
+import structlog
 
 from ..errors import CheckpointError
 from .base import (
@@ -38,6 +43,8 @@ from .base import (
 if TYPE_CHECKING:
     import psycopg
     import psycopg_pool
+
+log = structlog.get_logger("engine.checkpoint")
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS checkpoints (
@@ -104,11 +111,13 @@ class PostgresCheckpointer(CheckpointerBase):
     """
 
     # Invariant: ``_pool`` and ``_loop`` are set together when OPEN and
-    # only used from ``_loop``. ``_held`` maps each thread whose advisory lock
-    # ``_lock_conn`` holds to the run id that took it; a thread's lock is
-    # taken at most once per session (advisory locks nest per session, so
-    # ``_held`` is what refuses a second run from this same checkpointer).
-    # ``_guard`` serialises setup and lock bookkeeping.
+    # only used from ``_loop``. ``_held`` maps each thread acquired through
+    # this checkpointer and not yet released to its run id: it refuses a
+    # second run from this same checkpointer (advisory locks nest within one
+    # session, so the server would not) and fences that thread's puts.
+    # ``_session`` is the subset whose advisory lock the live ``_lock_conn``
+    # session holds; a new lock connection starts it empty, because the old
+    # session's locks died with it. ``_guard`` serialises setup and locking.
 
     def __init__(self, dsn: str, *, pool_size: int = 4, connect_timeout_s: float = 30.0) -> None:
         self._psycopg, self._psycopg_pool = _import_psycopg()
@@ -121,6 +130,7 @@ class PostgresCheckpointer(CheckpointerBase):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock_conn: psycopg.AsyncConnection[Any] | None = None
         self._held: dict[str, str] = {}
+        self._session: set[str] = set()
         self._guard = asyncio.Lock()
 
     def _location(self) -> str:
@@ -179,6 +189,10 @@ class PostgresCheckpointer(CheckpointerBase):
                         "and that the server accepts connections"
                     ) from exc
                 raise
+            if self._lifecycle is Lifecycle.CLOSED:
+                # aclose() ran while the pool was opening: it saw no pool.
+                await pool.close()
+                self._check_usable("set up")
             self._pool, self._loop = pool, asyncio.get_running_loop()
             self._lifecycle = Lifecycle.OPEN
 
@@ -189,8 +203,11 @@ class PostgresCheckpointer(CheckpointerBase):
         pool = await self._ready("put a checkpoint")
         data, writes = encode(checkpoint)
         tid, step = checkpoint.thread_id, checkpoint.step
+        run = self._held.get(tid)
         try:
             async with pool.connection() as conn, conn.transaction():
+                if run is not None:
+                    await self._fence(conn, tid, run, step)
                 await conn.execute(
                     "INSERT INTO checkpoints (thread_id, step, run_id, status, created_at, data)"
                     " VALUES (%s, %s, %s, %s, %s, %s::jsonb)"
@@ -214,6 +231,29 @@ class PostgresCheckpointer(CheckpointerBase):
                         )
         except self._psycopg.Error as exc:
             raise self._db_error(f"save thread {tid!r} step {step}", exc) from exc
+
+    async def _fence(
+        self, conn: psycopg.AsyncConnection[Any], tid: str, run: str, step: int
+    ) -> None:
+        """Refuse the put unless the locks row still names ``run``.
+
+        Scenario: this driver's lock connection died while the run went on;
+        another driver took the free advisory lock and overwrote the row.
+        ``FOR SHARE`` makes that overwrite wait for this transaction, so a
+        put either commits before the takeover or fails here after it.
+        """
+        cur = await conn.execute(
+            "SELECT run_id, pid, host FROM locks WHERE thread_id = %s FOR SHARE", (tid,)
+        )
+        row = await cur.fetchone()
+        if row is not None and row[0] == run:
+            return
+        by = f"run {row[0]} (pid {row[1]} on host {row[2]})" if row else "another run"
+        raise CheckpointError(
+            f"run {run} no longer holds thread {tid!r}: its lock connection was lost and {by} "
+            f"took the thread over; step {step} was not saved. Stop this run and resume the "
+            "thread once the other run is done"
+        )
 
     async def get_latest(self, thread_id: str) -> Checkpoint | None:
         """The checkpoint with the highest step, or None."""
@@ -240,30 +280,50 @@ class PostgresCheckpointer(CheckpointerBase):
     async def _lock_connection(self) -> psycopg.AsyncConnection[Any]:
         conn = self._lock_conn
         if conn is None or conn.closed or conn.broken:
-            # A lost session lost its advisory locks with it.
-            self._held.clear()
+            if self._session:
+                # A lost session lost its advisory locks with it; the
+                # fence in put() catches a run that took one over meanwhile.
+                log.warning("checkpoint_lock_session_lost", threads=sorted(self._session))
+            self._session.clear()
             conn = await self._psycopg.AsyncConnection.connect(
-                self.dsn, autocommit=True, application_name="engine-checkpoint-locks"
+                self.dsn,
+                autocommit=True,
+                application_name="engine-checkpoint-locks",
+                connect_timeout=max(1, round(self.connect_timeout_s)),
             )
             self._lock_conn = conn
         return conn
+
+    async def _try_lock(self, thread_id: str) -> bool:
+        """``pg_try_advisory_lock`` on the lock session, on a fresh one if it died."""
+        for attempt in (1, 2):
+            conn = await self._lock_connection()
+            try:
+                cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", (lock_key(thread_id),))
+                row = await cur.fetchone()
+            except self._psycopg.OperationalError:
+                # psycopg learns that a session died only when it uses it:
+                # retry once on a new one (broken marks the old one dead).
+                if attempt == 2 or not conn.broken:
+                    raise
+                continue
+            return bool(row is not None and row[0])
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def acquire(self, thread_id: str, run_id: str) -> None:
         """Take the thread's advisory lock for ``run_id``, or raise naming the holder."""
         pool = await self._ready("acquire a thread")
         async with self._guard:
             holder = self._held.get(thread_id)
-            if holder == run_id:
-                return
-            if holder is not None:
+            if holder is not None and holder != run_id:
                 raise CheckpointError(busy_message(thread_id, holder, os.getpid(), this_host()))
+            conn = self._lock_conn
+            if holder == run_id and thread_id in self._session and conn and not conn.broken:
+                return
             try:
-                conn = await self._lock_connection()
-                cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", (lock_key(thread_id),))
-                row = await cur.fetchone()
-                if row is None or not row[0]:
+                if not await self._try_lock(thread_id):
                     raise await self._busy(pool, thread_id)
-                self._held[thread_id] = run_id
+                self._session.add(thread_id)
                 async with pool.connection() as pconn:
                     await pconn.execute(
                         "INSERT INTO locks (thread_id, run_id, pid, host, acquired_at)"
@@ -272,6 +332,7 @@ class PostgresCheckpointer(CheckpointerBase):
                         " acquired_at = EXCLUDED.acquired_at",
                         (thread_id, run_id, os.getpid(), this_host(), now()),
                     )
+                self._held[thread_id] = run_id
             except self._psycopg.Error as exc:
                 await self._unlock(thread_id)
                 raise self._db_error(f"lock thread {thread_id!r}", exc) from exc
@@ -289,11 +350,18 @@ class PostgresCheckpointer(CheckpointerBase):
         return CheckpointError(busy_message(thread_id, run, pid, host))
 
     async def _unlock(self, thread_id: str) -> None:
-        if self._held.pop(thread_id, None) is None:
+        if thread_id not in self._session:
             return
+        self._session.discard(thread_id)
         conn = self._lock_conn
-        if conn is not None and not conn.closed and not conn.broken:
+        if conn is None or conn.closed or conn.broken:
+            return  # the session is gone, and its locks with it
+        try:
             await conn.execute("SELECT pg_advisory_unlock(%s)", (lock_key(thread_id),))
+        except self._psycopg.OperationalError:
+            if not conn.broken:
+                raise
+            # It died just now: a dead session holds no locks either.
 
     async def release(self, thread_id: str, run_id: str) -> None:
         """Drop ``run_id``'s lock; a lock held by another run is left alone."""
@@ -301,6 +369,7 @@ class PostgresCheckpointer(CheckpointerBase):
         async with self._guard:
             if self._held.get(thread_id) != run_id:
                 return
+            del self._held[thread_id]
             try:
                 # Label first, lock second: the next holder writes its row after.
                 async with pool.connection() as conn:
@@ -308,6 +377,8 @@ class PostgresCheckpointer(CheckpointerBase):
                         "DELETE FROM locks WHERE thread_id = %s AND run_id = %s",
                         (thread_id, run_id),
                     )
+            except self._psycopg.Error as exc:
+                raise self._db_error(f"release thread {thread_id!r}", exc) from exc
             finally:
                 await self._unlock(thread_id)
 
@@ -319,6 +390,7 @@ class PostgresCheckpointer(CheckpointerBase):
         pool, self._pool = self._pool, None
         lock_conn, self._lock_conn = self._lock_conn, None
         held, self._held = dict(self._held), {}
+        self._session.clear()
         try:
             if pool is not None and held:
                 try:

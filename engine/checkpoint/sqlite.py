@@ -103,13 +103,26 @@ class SqliteCheckpointer(CheckpointerBase):
     # -- plumbing ----------------------------------------------------------
 
     async def _call(self, what: str, fn: Callable[[], T]) -> T:
-        """Run ``fn`` on the connection's thread once the file is set up."""
+        """Run ``fn`` on the connection's thread once the file is set up.
+
+        A database error becomes a CheckpointError naming the file: a file
+        that is not SQLite, or a foreign ``checkpoints`` table with other
+        columns, fails here rather than as a bare ``sqlite3`` error.
+        """
         self._check_usable(what)
         loop = asyncio.get_running_loop()
-        if self._lifecycle is Lifecycle.CREATED:
-            await loop.run_in_executor(self._executor, self._open_sync)
-            self._lifecycle = Lifecycle.OPEN
-        return await loop.run_in_executor(self._executor, fn)
+        try:
+            if self._lifecycle is Lifecycle.CREATED:
+                await loop.run_in_executor(self._executor, self._open_sync)
+                # aclose() may have run during the await: never reopen.
+                if self._lifecycle is Lifecycle.CREATED:
+                    self._lifecycle = Lifecycle.OPEN
+            return await loop.run_in_executor(self._executor, fn)
+        except sqlite3.Error as exc:
+            raise CheckpointError(
+                f"cannot {what} in the checkpoint database {str(self.path)!r}: "
+                f"{type(exc).__name__}: {exc}; is it a file this engine created?"
+            ) from exc
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:  # closed under us: aclose ran first
