@@ -187,7 +187,8 @@ class TestCrashMatrix:
         breaks: bool,
     ) -> None:
         """Each fault fails its own node with the right error; the sibling and the pool survive."""
-        warm(default_executor())  # every worker up: the sibling runs while the fault happens
+        pool = default_executor()
+        warm(pool)  # every worker up: the sibling runs while the fault happens
         side = tmp_path / "side"
         events: list[Any] = []
         with capture_logs() as logs, pytest.raises(expected, match=pattern) as info:
@@ -197,11 +198,10 @@ class TestCrashMatrix:
         assert isinstance(err, WorkerCrashedError) == (expected is WorkerCrashedError)
         assert lines(side) == ["sib"]  # ran to its end exactly once
         sibling_events_ok(events)
-        redispatched = [e for e in logs if e["event"] == "cpu_call_redispatched"]
-        if breaks and default_workers() > 1:
-            assert [e["call"] for e in redispatched] == ["sib"], (logs, events)
-        if not breaks:
-            assert redispatched == []  # the pool never broke
+        # The crash cases broke (and replaced) the pool; the others left it as it was.
+        assert (default_executor() is not pool) == breaks
+        redispatched = {e["call"] for e in logs if e["event"] == "cpu_call_redispatched"}
+        assert redispatched <= ({"sib"} if breaks else set())
         await normal_run_works()
 
     async def test_sigkill_from_outside_names_the_signal_and_oom(self, tmp_path: Path) -> None:

@@ -468,7 +468,7 @@ class ProcessLane:
         procs = sub.procs or {}
         if pid in procs and pid != os.getpid():
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+                os.kill(pid, getattr(signal, "SIGKILL", signal.SIGTERM))  # Windows: no SIGKILL
             self.killed.append(pid)
             if sub.executor not in self._doomed:
                 self._doomed.append(sub.executor)
