@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from .classify import LaneDecision, ProfilePolicy, classify
 from .errors import GraphError
 from .graph import END, START, Branch, NodeSpec
+from .lean import Reads, infer_reads
 from .state import StateSchema
 
 if TYPE_CHECKING:
@@ -32,10 +33,11 @@ class FanIn:
 
 @dataclass(frozen=True)
 class PlanNode:
-    """A node with its lane decided."""
+    """A node with its lane decided, and what it reads of the state (lean dispatch)."""
 
     spec: NodeSpec
     decision: LaneDecision
+    reads: Reads | None = None
 
     @property
     def name(self) -> str:
@@ -60,7 +62,7 @@ class Plan:
     def with_decisions(self, decisions: Mapping[str, LaneDecision]) -> Plan:
         """A copy of this plan with some lane decisions replaced."""
         nodes = {
-            name: PlanNode(node.spec, decisions.get(name, node.decision))
+            name: PlanNode(node.spec, decisions.get(name, node.decision), node.reads)
             for name, node in self.nodes.items()
         }
         return Plan(
@@ -161,7 +163,11 @@ def build_plan(graph: Graph, policy: ProfilePolicy | None = None) -> Plan:
         branches.setdefault(branch.source, []).append(branch)
 
     nodes = {
-        name: PlanNode(spec, classify(name, spec.fn, spec.lane, policy))
+        name: PlanNode(
+            spec,
+            classify(name, spec.fn, spec.lane, policy),
+            infer_reads(name, spec.fn, graph.schema.model, spec.reads),
+        )
         for name, spec in graph.nodes.items()
     }
     return Plan(

@@ -353,7 +353,10 @@ class Scheduler:
         lane = node.lane
         spec = node.spec
         arg: Any = task.payload if task.has_payload else state
-        if not self.runner.crosses_process(lane):
+        if node.reads is not None and not task.has_payload:
+            # Lean dispatch: only the fields the node reads (copied when in process).
+            arg = node.reads.project(state, copy_values=not self.runner.crosses_process(lane))
+        elif not self.runner.crosses_process(lane):
             # In-process calls get a private copy; pickling copies for the process lane.
             arg = self.plan.schema.copy(arg) if not task.has_payload else copy.deepcopy(arg)
         self._emit(
