@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections.abc import AsyncIterator, Callable, MutableMapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -15,7 +17,9 @@ from pydantic import BaseModel
 from .errors import CheckpointError
 from .events import Event
 from .lanes import MODES, LaneRunner, Mode
+from .lean import estimate_payload
 from .plan import Plan
+from .profile import MeasuredPolicy, Profile, measure_dispatch, redecide
 from .scheduler import RunCursor, RunResult, Scheduler
 
 if TYPE_CHECKING:
@@ -30,13 +34,22 @@ class ExplainRow:
     lane: str
     reason: str
     source: str
+    measured: str = ""  # the profile's numbers for the node
+    change: str = ""  # "cpu -> thread" when the next run moves it
+    reads: str = ""  # lean dispatch: what it receives of the state
 
 
 @dataclass(frozen=True)
 class Explanation:
-    """One row per node: which lane it runs on and why. Prints as a table."""
+    """One row per node: which lane it runs on and why. Prints as a table.
+
+    ``changes`` lists what changed since the last run (lanes, then numbers);
+    ``warnings`` the cpu nodes whose payload costs more to send than compute.
+    """
 
     rows: tuple[ExplainRow, ...]
+    changes: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
 
     def __iter__(self) -> Any:
         return iter(self.rows)
@@ -60,6 +73,16 @@ class Explanation:
             lines.append("  ".join(cells).rstrip())
             if i == 0:
                 lines.append("  ".join("-" * w for w in widths) + "  " + "-" * 6)
+        measured = [f"  {r.node}: {r.measured}" for r in self.rows if r.measured]
+        reads = [f"  {r.node}: {r.reads}" for r in self.rows if r.reads]
+        for title, items in (
+            ("measured:", measured),
+            ("lean dispatch:", reads),
+            ("changed since the last run:", [f"  {c}" for c in self.changes]),
+            ("warnings:", [f"  {w}" for w in self.warnings]),
+        ):
+            if items:
+                lines += ["", title, *items]
         return "\n".join(lines)
 
 
@@ -81,13 +104,24 @@ class _Sinks:
 class CompiledGraph:
     """A validated graph, ready to run any number of times, in any mode.
 
-    Invariant: ``plan`` never changes after compile; per-run state lives in
-    the ``Scheduler`` each run creates.
+    Invariant: ``plan`` is replaced only between runs, when the profile moves
+    an undeclared node's lane (``_plan_for_run``); a run keeps the plan it
+    started with, so a decision never changes mid-step. Per-run state lives
+    in the ``Scheduler`` each run creates; ``profile`` learns from every run.
     """
 
-    def __init__(self, plan: Plan, *, checkpointer: Checkpointer | None = None) -> None:
+    def __init__(
+        self,
+        plan: Plan,
+        *,
+        checkpointer: Checkpointer | None = None,
+        profile: Profile | None = None,
+        profile_path: str | os.PathLike[str] | None = None,
+    ) -> None:
         self.plan = plan
         self.checkpointer = checkpointer
+        self.profile = profile if profile is not None else Profile()
+        self._profile_path = profile_path
         # Pickled node functions, reused across runs (a node's function never changes).
         self._fn_cache: MutableMapping[str, bytes] = {}
 
@@ -95,13 +129,63 @@ class CompiledGraph:
         return f"<CompiledGraph nodes={list(self.plan.nodes)}>"
 
     def explain(self) -> Explanation:
-        """Lane and reason for every node."""
-        return Explanation(
-            tuple(
-                ExplainRow(name, node.decision.lane, node.decision.reason, node.decision.source)
-                for name, node in self.plan.nodes.items()
+        """Lane and reason for every node as the next run will decide them, with the
+        numbers behind each decision and what changed since the last run."""
+        upcoming = redecide(self.plan.nodes, self.profile.policy())
+        last = self.profile.decisions
+        dispatch = self.profile.dispatch
+        rows, warnings = [], []
+        for name, node in self.plan.nodes.items():
+            d = upcoming.get(name, node.decision)
+            before = last.get(name)
+            change = f"{before.lane} -> {d.lane}" if before and before.lane != d.lane else ""
+            rows.append(
+                ExplainRow(
+                    name,
+                    d.lane,
+                    d.reason,
+                    d.source,
+                    measured=self.profile.summary(name) if name in self.profile else "",
+                    change=change,
+                    reads=node.reads.describe() if node.reads else "",
+                )
             )
-        )
+            est = estimate_payload(name, self.profile.get(name), dispatch)
+            if d.lane == "cpu" and est is not None and est.costs_more_to_send:
+                warnings.append(est.message())
+        changes = [f"{r.node}: {r.change} ({r.reason})" for r in rows if r.change]
+        changes += [d.describe() for d in self.profile.diff() if d.before and d.before.calls]
+        return Explanation(tuple(rows), changes=tuple(changes), warnings=tuple(warnings))
+
+    def save_profile(self, path: str | os.PathLike[str] | None = None) -> Path:
+        """Write the measured profile as JSON (``compile(profile=path)`` reads it back)."""
+        target = path if path is not None else self._profile_path
+        if target is None:
+            raise ValueError(
+                "save_profile() needs a path: app.save_profile('profile.json'), or "
+                "compile(profile='profile.json') to read and save the same file"
+            )
+        return self.profile.save(target)
+
+    def _plan_for_run(self) -> tuple[Plan, MeasuredPolicy]:
+        """Decide undeclared lanes from the profile: between runs, never mid-step."""
+        policy = self.profile.policy()
+        decisions = redecide(self.plan.nodes, policy)
+        if any(self.plan.nodes[n].decision != d for n, d in decisions.items()):
+            self.plan = self.plan.with_decisions(decisions)
+        self.profile.apply_decisions({n: node.decision for n, node in self.plan.nodes.items()})
+        return self.plan, policy
+
+    async def _measure_dispatch(self, runner: LaneRunner, scheduler: Scheduler) -> None:
+        """After a parallel run that used the pool, measure its dispatch cost once."""
+        if self.profile.dispatch is not None or not any(
+            c.lane == "cpu" and c.pid != os.getpid() for c in scheduler.calls
+        ):
+            return
+        try:
+            self.profile.observe_dispatch(await measure_dispatch(runner.process_executor))
+        except Exception:  # a measurement must never fail the run it follows
+            log.exception("dispatch_measurement_failed")
 
     async def arun(
         self,
@@ -126,16 +210,18 @@ class CompiledGraph:
             raise ValueError("arun(None) resumes a thread: pass thread_id= (and a checkpointer)")
         # Validate before anything runs (pydantic ValidationError on bad input).
         state = self.plan.schema.validate_input(input) if input is not None else None
+        plan, policy = self._plan_for_run()
         run_id = uuid.uuid4().hex[:12]
         runner = LaneRunner(mode, executor, fn_cache=self._fn_cache)
         scheduler = Scheduler(
-            self.plan,
+            plan,
             runner,
             run_id=run_id,
             thread_id=thread_id,
             recursion_limit=recursion_limit,
             checkpointer=self.checkpointer,
             emit=_Sinks([on_event] if on_event else []),
+            measured=policy,
         )
         cp = self.checkpointer
         try:
@@ -143,10 +229,15 @@ class CompiledGraph:
                 await cp.acquire(thread_id, run_id)
             try:
                 cursor = await self._cursor(scheduler, state, thread_id)
-                return await scheduler.run(cursor, resumed=state is None)
+                result = await scheduler.run(cursor, resumed=state is None)
             finally:
+                # Learn from every run, failed ones too (between runs: the next
+                # run's plan reads it, this one's never does).
+                self.profile.observe_run(scheduler.calls)
                 if cp is not None and thread_id is not None:
                     await asyncio.shield(cp.release(thread_id, run_id))
+            await self._measure_dispatch(runner, scheduler)
+            return result
         finally:
             await asyncio.shield(runner.aclose())
 

@@ -4,6 +4,7 @@ into an immutable plan. Nothing here runs a node.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -16,6 +17,7 @@ from .state import StateSchema
 if TYPE_CHECKING:
     from .app import CompiledGraph
     from .checkpoint import Checkpointer
+    from .profile import Profile
 
 START = "__start__"
 END = "__end__"
@@ -178,10 +180,29 @@ class Graph:
     def compile(
         self,
         checkpointer: Checkpointer | None = None,
+        *,
+        profile: str | os.PathLike[str] | Profile | None = None,
     ) -> CompiledGraph:
-        """Validate the graph and freeze it into a runnable ``CompiledGraph``."""
-        from .app import CompiledGraph
-        from .plan import build_plan
+        """Validate the graph and freeze it into a runnable ``CompiledGraph``.
 
-        plan = build_plan(self)
-        return CompiledGraph(plan, checkpointer=checkpointer)
+        ``profile`` is a path to a saved profile (``app.save_profile(path)``;
+        a missing file starts an empty one) or a ``Profile``: undeclared
+        nodes are decided from its measurements, and a cpu node whose
+        measured payload costs more to send than to compute is logged.
+        """
+        from .app import CompiledGraph
+        from .lean import payload_warnings
+        from .plan import build_plan
+        from .profile import Profile
+
+        path = None
+        if profile is None:
+            prof = Profile()
+        elif isinstance(profile, Profile):
+            prof = profile
+        else:
+            path = profile
+            prof = Profile.load(profile, missing_ok=True)
+        plan = build_plan(self, prof.policy())
+        payload_warnings([n for n, pn in plan.nodes.items() if pn.lane == "cpu"], prof)
+        return CompiledGraph(plan, checkpointer=checkpointer, profile=prof, profile_path=path)

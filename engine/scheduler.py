@@ -75,6 +75,7 @@ from .trace import Metrics, NodeCall, Trace, compute_metrics
 
 if TYPE_CHECKING:
     from .checkpoint import Checkpoint, Checkpointer
+    from .profile import MeasuredPolicy
 
 Emit = Callable[[Any], None]
 log = structlog.get_logger("engine")
@@ -149,6 +150,7 @@ class Scheduler:
         recursion_limit: int = 100,
         checkpointer: Checkpointer | None = None,
         emit: Emit | None = None,
+        measured: MeasuredPolicy | None = None,
     ) -> None:
         self.plan = plan
         self.runner = runner
@@ -159,6 +161,7 @@ class Scheduler:
         self.checkpointer = checkpointer
         self._emit = emit or (lambda event: None)
         self.calls: list[NodeCall] = []
+        self.measured = measured  # the profile snapshot this run was planned from
         self.log = log.bind(run_id=self.run_id, thread_id=thread_id, mode=self.mode)
 
     def __repr__(self) -> str:
