@@ -21,6 +21,7 @@ from .lean import estimate_payload
 from .plan import Plan
 from .profile import MeasuredPolicy, Profile, measure_dispatch, redecide
 from .scheduler import RunCursor, RunResult, Scheduler
+from .watchdog import DEFAULT_THRESHOLD_S, LoopWatchdog
 
 if TYPE_CHECKING:
     from .checkpoint import Checkpointer
@@ -196,8 +197,13 @@ class CompiledGraph:
         thread_id: str | None = None,
         recursion_limit: int = 100,
         on_event: Callable[[Any], None] | None = None,
+        loop_threshold: float | None = DEFAULT_THRESHOLD_S,
     ) -> RunResult:
-        """Run the graph to the end; ``input=None`` resumes ``thread_id``."""
+        """Run the graph to the end; ``input=None`` resumes ``thread_id``.
+
+        ``loop_threshold`` (seconds, None to disable) is when the watchdog
+        reports a blocked loop.
+        """
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
         if recursion_limit < 1:
@@ -213,6 +219,16 @@ class CompiledGraph:
         plan, policy = self._plan_for_run()
         run_id = uuid.uuid4().hex[:12]
         runner = LaneRunner(mode, executor, fn_cache=self._fn_cache)
+        emit = _Sinks([on_event] if on_event else [])
+        watchdog = None
+        if loop_threshold is not None and mode != "sequential":
+            # Sequential mode runs everything on the loop by design: nothing to guard.
+            watchdog = LoopWatchdog(
+                threshold_s=loop_threshold,
+                interval_s=min(0.01, loop_threshold / 2),
+                run_id=run_id,
+                emit=emit,
+            )
         scheduler = Scheduler(
             plan,
             runner,
@@ -220,7 +236,8 @@ class CompiledGraph:
             thread_id=thread_id,
             recursion_limit=recursion_limit,
             checkpointer=self.checkpointer,
-            emit=_Sinks([on_event] if on_event else []),
+            emit=emit,
+            watchdog=watchdog,
             measured=policy,
         )
         cp = self.checkpointer
@@ -233,7 +250,8 @@ class CompiledGraph:
             finally:
                 # Learn from every run, failed ones too (between runs: the next
                 # run's plan reads it, this one's never does).
-                self.profile.observe_run(scheduler.calls)
+                blamed = watchdog.blamed() if watchdog is not None else None
+                self.profile.observe_run(scheduler.calls, blamed=blamed)
                 if cp is not None and thread_id is not None:
                     await asyncio.shield(cp.release(thread_id, run_id))
             await self._measure_dispatch(runner, scheduler)

@@ -27,6 +27,7 @@ again whatever its policy says.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import inspect
 import os
@@ -57,7 +58,7 @@ from .events import (
     StepFinished,
     StepStarted,
 )
-from .graph import END, START, Send
+from .graph import END, START, NodeSpec, Send
 from .lanes import (
     CallOutcome,
     LaneRunner,
@@ -68,14 +69,17 @@ from .lanes import (
     is_worker_crash,
 )
 from .lanes.worker import _hostname
+from .marks import Mark
 from .plan import Plan, PlanNode
 from .policy import NO_RETRY
 from .state import Write
 from .trace import Metrics, NodeCall, Trace, compute_metrics
+from .watchdog import runs_on_loop
 
 if TYPE_CHECKING:
     from .checkpoint import Checkpoint, Checkpointer
     from .profile import MeasuredPolicy
+    from .watchdog import LoopWatchdog
 
 Emit = Callable[[Any], None]
 log = structlog.get_logger("engine")
@@ -150,6 +154,7 @@ class Scheduler:
         recursion_limit: int = 100,
         checkpointer: Checkpointer | None = None,
         emit: Emit | None = None,
+        watchdog: LoopWatchdog | None = None,
         measured: MeasuredPolicy | None = None,
     ) -> None:
         self.plan = plan
@@ -161,6 +166,7 @@ class Scheduler:
         self.checkpointer = checkpointer
         self._emit = emit or (lambda event: None)
         self.calls: list[NodeCall] = []
+        self.watchdog = watchdog  # watches the loop for exactly this run
         self.measured = measured  # the profile snapshot this run was planned from
         self.log = log.bind(run_id=self.run_id, thread_id=thread_id, mode=self.mode)
 
@@ -175,6 +181,13 @@ class Scheduler:
         return RunCursor(state=state, step=step, tasks=tasks)
 
     async def run(self, cursor: RunCursor, *, resumed: bool = False) -> RunResult:
+        """Run from ``cursor`` to the end; the loop watchdog, if any, watches this run."""
+        if self.watchdog is None:
+            return await self._run(cursor, resumed=resumed)
+        async with self.watchdog:
+            return await self._run(cursor, resumed=resumed)
+
+    async def _run(self, cursor: RunCursor, *, resumed: bool) -> RunResult:
         t0 = time.perf_counter()
         first_step = cursor.step
         self._emit(
@@ -226,7 +239,12 @@ class Scheduler:
         )
         return RunResult(
             state=cursor.state,
-            trace=Trace(calls=tuple(self.calls), run_id=self.run_id, driver_pid=os.getpid()),
+            trace=Trace(
+                calls=tuple(self.calls),
+                run_id=self.run_id,
+                driver_pid=os.getpid(),
+                marks=self._marks(),
+            ),
             metrics=metrics,
             run_id=self.run_id,
             thread_id=self.thread_id,
@@ -376,9 +394,15 @@ class Scheduler:
         where = f"node {task.node!r} (step {step}, lane {lane!r}, attempt {attempt})"
         started = time.time()
         try:
-            outcome = await self.runner.call(
-                task.node, lane, spec.fn, arg, is_coroutine=spec.is_coroutine, timeout=spec.timeout
-            )
+            with self._on_loop(task, spec, lane):
+                outcome = await self.runner.call(
+                    task.node,
+                    lane,
+                    spec.fn,
+                    arg,
+                    is_coroutine=spec.is_coroutine,
+                    timeout=spec.timeout,
+                )
         except TimeoutError as exc:
             stopped = (
                 "; its worker process was killed and its writes discarded"
@@ -469,6 +493,24 @@ class Scheduler:
             )
         )
         return _TaskResult(task=task, updates=updates)
+
+    # -- issue 5: budgets, the loop guard, warm workers, batched fan-outs ----
+
+    def _on_loop(
+        self, task: Task, spec: NodeSpec, lane: str
+    ) -> contextlib.AbstractContextManager[Any]:
+        """Register a call that runs on the loop's thread with the watchdog."""
+        if self.watchdog is None or not runs_on_loop(
+            lane, self.mode, is_coroutine=spec.is_coroutine
+        ):
+            return contextlib.nullcontext()
+        return self.watchdog.running(task.node, index=task.index, fn=spec.fn)
+
+    def _marks(self) -> tuple[Mark, ...]:
+        marks: list[Mark] = []
+        if self.watchdog is not None:
+            marks += self.watchdog.marks()
+        return tuple(sorted(marks, key=lambda m: m.start))
 
     def _record(self, task: Task, step: int, lane: str, attempt: int, outcome: CallOutcome) -> None:
         self.calls.append(
