@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable, MutableMapping
+from collections.abc import AsyncIterator, Callable, Mapping, MutableMapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +20,7 @@ from .lanes import MODES, LaneRunner, Mode
 from .lean import estimate_payload
 from .plan import Plan
 from .profile import MeasuredPolicy, Profile, measure_dispatch, redecide
+from .resources import Budgets, Rate
 from .scheduler import RunCursor, RunResult, Scheduler
 from .watchdog import DEFAULT_THRESHOLD_S, LoopWatchdog
 
@@ -197,12 +198,17 @@ class CompiledGraph:
         thread_id: str | None = None,
         recursion_limit: int = 100,
         on_event: Callable[[Any], None] | None = None,
+        limits: Mapping[str, int] | None = None,
+        rates: Mapping[str, str | Rate] | None = None,
+        max_concurrency: Mapping[str, int] | None = None,
         loop_threshold: float | None = DEFAULT_THRESHOLD_S,
     ) -> RunResult:
         """Run the graph to the end; ``input=None`` resumes ``thread_id``.
 
-        ``loop_threshold`` (seconds, None to disable) is when the watchdog
-        reports a blocked loop.
+        ``limits``/``rates`` budget the resources nodes declare
+        (``add_node(..., resources=...)``) across the whole run, Send fan-outs
+        included; ``max_concurrency`` caps calls per lane; ``loop_threshold``
+        (seconds, None to disable) is when the watchdog reports a blocked loop.
         """
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
@@ -216,6 +222,11 @@ class CompiledGraph:
             raise ValueError("arun(None) resumes a thread: pass thread_id= (and a checkpointer)")
         # Validate before anything runs (pydantic ValidationError on bad input).
         state = self.plan.schema.validate_input(input) if input is not None else None
+        budgets = None
+        if limits or rates or max_concurrency:
+            budgets = Budgets(limits=limits, rates=rates, max_concurrency=max_concurrency)
+            for name, node in self.plan.nodes.items():
+                budgets.check_node(name, node.spec.resources)
         plan, policy = self._plan_for_run()
         run_id = uuid.uuid4().hex[:12]
         runner = LaneRunner(mode, executor, fn_cache=self._fn_cache)
@@ -238,6 +249,7 @@ class CompiledGraph:
             checkpointer=self.checkpointer,
             emit=emit,
             watchdog=watchdog,
+            budgets=budgets,
             measured=policy,
         )
         cp = self.checkpointer

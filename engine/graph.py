@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from .classify import LANES, Lane, is_coroutine_function, pickle_problem
@@ -47,6 +48,7 @@ class NodeSpec:
     timeout: float | None
     is_coroutine: bool
     reads: tuple[str, ...] | None = None
+    resources: Mapping[str, int] | None = None  # budget units per call (engine.resources)
 
 
 @dataclass(frozen=True)
@@ -83,8 +85,13 @@ class Graph:
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
         reads: Sequence[str] | None = None,
+        resources: Mapping[str, int] | None = None,
     ) -> Graph:
-        """Add a node; ``add_node(fn)`` names it after the function."""
+        """Add a node; ``add_node(fn)`` names it after the function.
+
+        ``resources={"openai": 1}`` counts each call against the run's
+        ``limits``/``rates`` budgets.
+        """
         if fn is None:
             if not callable(name):
                 raise GraphError(f"add_node({name!r}) needs a function: add_node(name, fn)")
@@ -124,6 +131,10 @@ class Graph:
             unknown = [r for r in reads if r not in self.schema.reducers]
             if unknown:
                 raise GraphError(f"node {name!r}: reads= names unknown fields {unknown}")
+        if resources is not None:
+            from .resources import Budgets
+
+            Budgets().check_node(name, resources)  # units are positive integers
         self.nodes[name] = NodeSpec(
             name=name,
             fn=fn,
@@ -132,6 +143,7 @@ class Graph:
             timeout=timeout,
             is_coroutine=coroutine,
             reads=tuple(reads) if reads is not None else None,
+            resources=MappingProxyType(dict(resources)) if resources else None,
         )
         return self
 

@@ -33,7 +33,7 @@ import inspect
 import os
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +50,7 @@ from .errors import (
     WorkerCrashedError,
 )
 from .events import (
+    BudgetWaited,
     NodeFailed,
     NodeFinished,
     NodeStarted,
@@ -79,6 +80,7 @@ from .watchdog import runs_on_loop
 if TYPE_CHECKING:
     from .checkpoint import Checkpoint, Checkpointer
     from .profile import MeasuredPolicy
+    from .resources import Budgets
     from .watchdog import LoopWatchdog
 
 Emit = Callable[[Any], None]
@@ -155,6 +157,7 @@ class Scheduler:
         checkpointer: Checkpointer | None = None,
         emit: Emit | None = None,
         watchdog: LoopWatchdog | None = None,
+        budgets: Budgets | None = None,
         measured: MeasuredPolicy | None = None,
     ) -> None:
         self.plan = plan
@@ -167,6 +170,7 @@ class Scheduler:
         self._emit = emit or (lambda event: None)
         self.calls: list[NodeCall] = []
         self.watchdog = watchdog  # watches the loop for exactly this run
+        self.budgets = budgets  # limits, rates and lane caps shared by every call
         self.measured = measured  # the profile snapshot this run was planned from
         self.log = log.bind(run_id=self.run_id, thread_id=thread_id, mode=self.mode)
 
@@ -394,15 +398,16 @@ class Scheduler:
         where = f"node {task.node!r} (step {step}, lane {lane!r}, attempt {attempt})"
         started = time.time()
         try:
-            with self._on_loop(task, spec, lane):
-                outcome = await self.runner.call(
-                    task.node,
-                    lane,
-                    spec.fn,
-                    arg,
-                    is_coroutine=spec.is_coroutine,
-                    timeout=spec.timeout,
-                )
+            async with self._budget(task, step, spec, lane):
+                with self._on_loop(task, spec, lane):
+                    outcome = await self.runner.call(
+                        task.node,
+                        lane,
+                        spec.fn,
+                        arg,
+                        is_coroutine=spec.is_coroutine,
+                        timeout=spec.timeout,
+                    )
         except TimeoutError as exc:
             stopped = (
                 "; its worker process was killed and its writes discarded"
@@ -496,6 +501,31 @@ class Scheduler:
 
     # -- issue 5: budgets, the loop guard, warm workers, batched fan-outs ----
 
+    @contextlib.asynccontextmanager
+    async def _budget(
+        self, task: Task, step: int, spec: NodeSpec, lane: str
+    ) -> AsyncIterator[None]:
+        """Hold the call's budgets (resources, lane cap) around it; waiting is an event."""
+        if self.budgets is None:
+            yield
+            return
+        async with self.budgets.acquire(
+            spec.resources, lane=lane, node=task.node, index=task.index
+        ) as wait:
+            if wait is not None and wait.waited_s > 0:
+                self._emit(
+                    BudgetWaited(
+                        run_id=self.run_id,
+                        time=time.time(),
+                        step=step,
+                        node=task.node,
+                        index=task.index,
+                        resources=list(wait.keys),
+                        wait_s=wait.waited_s,
+                    )
+                )
+            yield
+
     def _on_loop(
         self, task: Task, spec: NodeSpec, lane: str
     ) -> contextlib.AbstractContextManager[Any]:
@@ -510,6 +540,8 @@ class Scheduler:
         marks: list[Mark] = []
         if self.watchdog is not None:
             marks += self.watchdog.marks()
+        if self.budgets is not None:
+            marks += self.budgets.marks()
         return tuple(sorted(marks, key=lambda m: m.start))
 
     def _record(self, task: Task, step: int, lane: str, attempt: int, outcome: CallOutcome) -> None:
