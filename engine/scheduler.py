@@ -562,6 +562,7 @@ class Scheduler:
                 ok=outcome.ok,
                 index=task.index,
                 error=None if outcome.ok else outcome.error_type,
+                queued_s=outcome.queued_s,
             )
         )
 

@@ -39,6 +39,7 @@ class NodeCall:
     ok: bool = True
     index: int = -1
     error: str | None = None
+    queued_s: float = 0.0  # preempted on a run queue during the call (Linux; 0 elsewhere)
 
     @property
     def wall_s(self) -> float:
@@ -184,6 +185,7 @@ class Trace:
                         "cpu_s": round(c.cpu_s, 6),
                         "bytes_in": c.bytes_in,
                         "bytes_out": c.bytes_out,
+                        "queued_s": round(c.queued_s, 6),
                         "ok": c.ok,
                         "error": c.error,
                     },

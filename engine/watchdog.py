@@ -419,7 +419,11 @@ class LoopWatchdog:
         self.reports.append(report)
         self.samples.append(LagSample(start, lag))
         self.samples.append(LagSample(report.end, 0.0))
-        log.warning(
+        # Warn when a node is pinned down as the culprit or the loop thread was
+        # busy computing; a lag with neither is most often the machine running
+        # something else (a preempted loop), which is no bug of the user's.
+        pinned = culprit in ("task", "frame") or report.cpu_s >= 0.5 * lag
+        (log.warning if pinned else log.debug)(
             "loop_blocked",
             run_id=self.run_id,
             lag_ms=round(lag * 1e3, 1),

@@ -50,6 +50,7 @@ class CallOutcome:
     cpu_s: float
     bytes_in: int = 0
     bytes_out: int = 0
+    queued_s: float = 0.0  # runnable but not running: preempted (Linux), not the call's doing
     error: BaseException | None = None
     error_type: str = ""
     error_message: str = ""
@@ -92,6 +93,7 @@ def timed_call(fn: Callable[..., Any], arg: Any) -> CallOutcome:
     tid = threading.get_native_id()
     start = time.time()
     cpu0 = time.thread_time()
+    queued0 = _queued_s()
     try:
         value = fn(arg)
         if inspect.isawaitable(value):
@@ -107,6 +109,7 @@ def timed_call(fn: Callable[..., Any], arg: Any) -> CallOutcome:
             start=start,
             end=end,
             cpu_s=time.thread_time() - cpu0,
+            queued_s=max(0.0, _queued_s() - queued0),
             error=exc,
             error_type=type(exc).__qualname__,
             error_message=str(exc),
@@ -122,7 +125,21 @@ def timed_call(fn: Callable[..., Any], arg: Any) -> CallOutcome:
         start=start,
         end=end,
         cpu_s=time.thread_time() - cpu0,
+        queued_s=max(0.0, _queued_s() - queued0),
     )
+
+
+def _queued_s() -> float:
+    """Seconds this thread has waited on a run queue so far (Linux schedstat), else 0.
+
+    The difference across a call is time the call was ready to run but the
+    machine ran something else: wall time that says nothing about the call.
+    """
+    try:
+        with open("/proc/thread-self/schedstat", "rb") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 async def _await(awaitable: Any) -> Any:
