@@ -23,10 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
-import threading
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
@@ -34,7 +31,7 @@ from typing import Any
 
 import cloudpickle
 
-from .lanes.worker import CallOutcome, _hostname, timed_call
+from .lanes.worker import CallOutcome, dump_outcome, failed_outcome, timed_call
 
 # A chunk should cost at most this fraction of its work in dispatch.
 DEFAULT_MAX_OVERHEAD = 0.05
@@ -142,18 +139,20 @@ def run_chunk(payload: bytes) -> bytes:
         fn_bytes, arg_blobs = cloudpickle.loads(payload)
         fn = cloudpickle.loads(fn_bytes)
     except BaseException as exc:
-        failed = _failure(exc, start, "could not unpickle the chunk's function or inputs")
-        return cloudpickle.dumps((_dump_outcome(failed), []))
+        failed = failed_outcome(
+            exc, start, f"could not unpickle the chunk's function or inputs: {exc}"
+        )
+        return cloudpickle.dumps((dump_outcome(failed), []))
     blobs: list[bytes] = []
     for blob in arg_blobs:
         t = time.time()
         try:
             arg = cloudpickle.loads(blob)
         except BaseException as exc:
-            outcome = _failure(exc, t, "could not unpickle this call's input")
+            outcome = failed_outcome(exc, t, f"could not unpickle this call's input: {exc}")
         else:
             outcome = timed_call(fn, arg)
-        blobs.append(_dump_outcome(replace(outcome, bytes_in=len(blob))))
+        blobs.append(dump_outcome(replace(outcome, bytes_in=len(blob))))
     return cloudpickle.dumps((None, blobs))
 
 
@@ -212,48 +211,6 @@ async def run_batched(
 
     await asyncio.gather(*(one(s) for s in plan.slices()))
     return [r if r is not None else RuntimeError("call was not run") for r in results]
-
-
-def _failure(exc: BaseException, start: float, context: str) -> CallOutcome:
-    return CallOutcome(
-        ok=False,
-        value=None,
-        pid=os.getpid(),
-        thread=threading.get_native_id(),
-        host=_hostname(),
-        start=start,
-        end=time.time(),
-        cpu_s=0.0,
-        error=exc,
-        error_type=type(exc).__qualname__,
-        error_message=f"{context}: {exc}",
-        traceback_text="".join(traceback.format_exception(exc)),
-    )
-
-
-def _dump_outcome(outcome: CallOutcome) -> bytes:
-    """Pickle one outcome; a value or error that cannot travel fails only its call."""
-    try:
-        return cloudpickle.dumps(outcome)
-    except BaseException as exc:
-        if outcome.ok:
-            msg = (
-                f"the node's result of type {type(outcome.value).__name__} cannot be "
-                f"pickled to return from the worker: {type(exc).__name__}: {exc}"
-            )
-        else:
-            msg = f"{outcome.error_type}: {outcome.error_message} (exception not picklable)"
-        return cloudpickle.dumps(
-            replace(
-                outcome,
-                ok=False,
-                value=None,
-                error=None,
-                error_type=outcome.error_type or type(exc).__qualname__,
-                error_message=msg,
-                traceback_text=outcome.traceback_text or "".join(traceback.format_exception(exc)),
-            )
-        )
 
 
 __all__ = [

@@ -36,7 +36,7 @@ from typing import Any
 import cloudpickle
 
 from .errors import GraphError
-from .lanes.worker import CallOutcome, _hostname, timed_call
+from .lanes.worker import CallOutcome, _hostname, failed_outcome, timed_call
 from .marks import Mark
 
 
@@ -190,20 +190,7 @@ def unpack_warm(data: bytes) -> WarmOutcome:
 
 def _init_failure(exc: BaseException, init: WorkerInit | None, start: float) -> CallOutcome:
     what = f"worker_init {init.name} failed" if init else "could not unpickle the call"
-    return CallOutcome(
-        ok=False,
-        value=None,
-        pid=os.getpid(),
-        thread=threading.get_native_id(),
-        host=_hostname(),
-        start=start,
-        end=time.time(),
-        cpu_s=0.0,
-        error=exc,
-        error_type=type(exc).__qualname__,
-        error_message=f"{what}: {exc}",
-        traceback_text="".join(traceback.format_exception(exc)),
-    )
+    return failed_outcome(exc, start, f"{what}: {exc}")
 
 
 # -- memory -------------------------------------------------------------------------

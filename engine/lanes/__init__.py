@@ -36,7 +36,7 @@ import cloudpickle
 
 from .pool import default_workers, executor_workers
 from .process import ProcessLane, WorkerLost, describe_exit, is_worker_crash
-from .worker import CallOutcome, _hostname, load_outcome, run_call, timed_call
+from .worker import CallOutcome, _hostname, failed_outcome, load_outcome, run_call, timed_call
 
 Mode = Literal["sequential", "concurrent", "parallel"]
 MODES: tuple[Mode, ...] = ("sequential", "concurrent", "parallel")
@@ -162,7 +162,7 @@ class LaneRunner:
         except (TimeoutError, asyncio.CancelledError):
             raise
         except Exception as exc:
-            return _local_failure(exc, start)
+            return failed_outcome(exc, start)
         return CallOutcome(
             ok=True,
             value=value,
@@ -255,25 +255,6 @@ def _with_bytes_out(outcome: CallOutcome, n: int) -> CallOutcome:
     from dataclasses import replace
 
     return replace(outcome, bytes_out=n)
-
-
-def _local_failure(exc: BaseException, start: float) -> CallOutcome:
-    import traceback
-
-    return CallOutcome(
-        ok=False,
-        value=None,
-        pid=os.getpid(),
-        thread=threading.get_native_id(),
-        host=_hostname(),
-        start=start,
-        end=time.time(),
-        cpu_s=0.0,
-        error=exc,
-        error_type=type(exc).__qualname__,
-        error_message=str(exc),
-        traceback_text="".join(traceback.format_exception(exc)),
-    )
 
 
 __all__ = [

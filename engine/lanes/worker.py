@@ -161,14 +161,17 @@ def run_pickled(payload: bytes) -> bytes:
         fn_bytes, arg = cloudpickle.loads(payload)
         fn = _load_fn(fn_bytes)
     except BaseException as exc:
-        outcome = _failure(exc, start, "could not unpickle the node's function or input")
+        outcome = failed_outcome(
+            exc, start, f"could not unpickle the node's function or input: {exc}"
+        )
     else:
         outcome = timed_call(fn, arg)
     outcome = replace(outcome, bytes_in=len(payload))
-    return _dump_outcome(outcome)
+    return dump_outcome(outcome)
 
 
-def _failure(exc: BaseException, start: float, context: str) -> CallOutcome:
+def failed_outcome(exc: BaseException, start: float, message: str | None = None) -> CallOutcome:
+    """A failed outcome for ``exc`` raised here, outside the node (e.g. unpickling)."""
     return CallOutcome(
         ok=False,
         value=None,
@@ -180,12 +183,13 @@ def _failure(exc: BaseException, start: float, context: str) -> CallOutcome:
         cpu_s=0.0,
         error=exc,
         error_type=type(exc).__qualname__,
-        error_message=f"{context}: {exc}",
+        error_message=message if message is not None else str(exc),
         traceback_text="".join(traceback.format_exception(exc)),
     )
 
 
-def _dump_outcome(outcome: CallOutcome) -> bytes:
+def dump_outcome(outcome: CallOutcome) -> bytes:
+    """Pickle one outcome; a value or error that cannot travel fails only its call."""
     try:
         return cloudpickle.dumps(outcome)
     except BaseException as exc:
@@ -233,7 +237,9 @@ def run_call(payload: bytes) -> bytes:
         fn_bytes, arg = cloudpickle.loads(payload)
         fn = _load_fn(fn_bytes)
     except BaseException as exc:
-        outcome = _failure(exc, start, "could not unpickle the node's function or input")
+        outcome = failed_outcome(
+            exc, start, f"could not unpickle the node's function or input: {exc}"
+        )
     else:
         outcome = timed_call(fn, arg)
     outcome = replace(outcome, bytes_in=len(payload))
