@@ -17,6 +17,7 @@ import builtins
 import functools
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -140,7 +141,7 @@ class SqliteCheckpointer(CheckpointerBase):
                 "its folder exists and is writable"
             ) from exc
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
+            _enter_wal(conn, self.busy_timeout_s)
             conn.execute(f"PRAGMA synchronous={'FULL' if self.durable else 'NORMAL'}")
             with _write_txn(conn):
                 # Not executescript(): it commits first, outside our transaction.
@@ -291,6 +292,33 @@ class SqliteCheckpointer(CheckpointerBase):
                 )
         finally:
             conn.close()
+
+
+def _enter_wal(conn: sqlite3.Connection, timeout_s: float) -> None:
+    """Put the file in WAL mode, waiting out other connections doing the same.
+
+    Scenario: several drivers open a new file at once. Switching the journal
+    mode needs an exclusive lock, and SQLite answers SQLITE_BUSY for it
+    without calling the busy handler, so ``busy_timeout`` does not apply:
+    retry with backoff until the mode is set (WAL persists in the file, so a
+    later open finds it already set and takes no lock).
+    """
+    deadline = time.monotonic() + timeout_s
+    delay = 0.001
+    while True:
+        try:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+            continue
+        if mode is None or str(mode[0]).lower() != "wal":
+            raise CheckpointError(f"SQLite refused WAL mode (journal_mode={mode!r})")
+        return
 
 
 def _create_tables(conn: sqlite3.Connection) -> None:
