@@ -311,11 +311,13 @@ class CompiledGraph:
         queue: asyncio.Queue[Any] = asyncio.Queue()
         done = object()
         user_sink = kwargs.pop("on_event", None)
+        # The user's observer is dropped on its own when it raises; the stream's
+        # queue must keep receiving every event regardless.
+        observers = _Sinks([user_sink] if user_sink is not None else [])
 
         def sink(event: Any) -> None:
             queue.put_nowait(event)
-            if user_sink is not None:
-                user_sink(event)
+            observers(event)
 
         task = asyncio.create_task(self.arun(input, on_event=sink, **kwargs))
         task.add_done_callback(lambda _: queue.put_nowait(done))

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from .classify import LANES, Lane, is_coroutine_function, pickle_problem
+from .classify import LANES, Lane, declared_lane, is_coroutine_function, pickle_problem
 from .errors import GraphError
 from .policy import RetryPolicy
 from .state import StateSchema
@@ -111,16 +111,20 @@ class Graph:
                 f"node {name!r}: unknown lane {lane!r}; use one of {', '.join(LANES)} or 'auto'"
             )
         coroutine = is_coroutine_function(fn)
-        if coroutine and lane in ("thread", "inline"):
+        # A decorator's lane binds as firmly as lane=, so it is checked the same way.
+        binding = lane if lane is not None else declared_lane(fn)
+        how = f"lane={binding!r}" if lane is not None else f"@engine.{binding}"
+        if coroutine and binding in ("thread", "inline"):
             raise GraphError(
-                f"node {name!r} is an async def, which lane {lane!r} cannot run; "
-                "use lane='io' (the event loop) or lane='cpu' (a worker's own loop)"
+                f"node {name!r} is an async def, which lane {binding!r} cannot run "
+                f"(declared by {how}); use lane='io' (the event loop) or lane='cpu' "
+                "(a worker's own loop)"
             )
-        if lane == "cpu":
+        if binding == "cpu":
             problem = pickle_problem(fn)
             if problem is not None:
                 raise GraphError(
-                    f"node {name!r} has lane='cpu' but cloudpickle cannot serialize its "
+                    f"node {name!r} has {how} but cloudpickle cannot serialize its "
                     f"function, so it cannot reach a worker process: {problem}. "
                     "Move what it closes over (locks, clients, open files) into the node, "
                     "or use lane='thread'"
@@ -179,6 +183,11 @@ class Graph:
             raise GraphError("conditional edges cannot start at END")
         if not callable(route):
             raise GraphError(f"conditional edge from {source!r}: route {route!r} is not callable")
+        if is_coroutine_function(route):
+            raise GraphError(
+                f"the router of the conditional edge from {source!r} is async; routers must "
+                "be plain functions of the state (do the awaiting in a node before it)"
+            )
         mapping: Mapping[Hashable, str] | None
         if path_map is None:
             mapping = None

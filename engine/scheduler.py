@@ -603,6 +603,8 @@ class Scheduler:
             for branch in self.plan.branches.get(name, ()):
                 result = branch.route(self.plan.schema.copy(state))
                 if inspect.isawaitable(result):
+                    if inspect.iscoroutine(result):
+                        result.close()  # never awaited: close it so it does not warn later
                     raise GraphError(
                         f"the router of the conditional edge from {name!r} is async; "
                         "routers must be plain functions of the state"

@@ -1,8 +1,14 @@
-"""The exported surface of the engine package."""
+"""The public surface of the engine package: exported names, entry points, return types."""
 
 from __future__ import annotations
 
+import functools
+
+import pytest
+
 import engine
+from engine import START, Graph
+from tests.support import State, append
 
 EXPECTED = {
     "END", "START", "CheckpointError", "CompiledGraph", "EngineError", "Event", "Explanation",
@@ -14,21 +20,101 @@ EXPECTED = {
 }  # fmt: skip
 
 
-def test_exported_names() -> None:
-    """engine.__all__ is exactly the documented surface."""
-    assert set(engine.__all__) == EXPECTED
+class TestExports:
+    def test_exported_names(self) -> None:
+        """engine.__all__ is exactly the documented surface."""
+        assert set(engine.__all__) == EXPECTED
+        assert len(engine.__all__) == len(EXPECTED)  # no name listed twice
+
+    def test_every_name_importable(self) -> None:
+        """Every exported name resolves on the package."""
+        missing = [name for name in engine.__all__ if not hasattr(engine, name)]
+        assert missing == []
+
+    def test_errors_share_one_root(self) -> None:
+        """Every engine error derives from EngineError, and from the matching stdlib type."""
+        assert issubclass(engine.NodeTimeoutError, engine.NodeError)
+        assert issubclass(engine.NodeTimeoutError, TimeoutError)
+        assert issubclass(engine.WorkerCrashedError, engine.NodeError)
+        assert issubclass(engine.RecursionLimitError, RecursionError)
+        assert issubclass(engine.GraphError, ValueError)
+        assert issubclass(engine.InvalidUpdateError, ValueError)
+        for name in (
+            "GraphError",
+            "InvalidUpdateError",
+            "NodeError",
+            "RecursionLimitError",
+            "CheckpointError",
+        ):
+            assert issubclass(getattr(engine, name), engine.EngineError), name
+
+    def test_start_and_end_are_distinct_strings(self) -> None:
+        """START and END are distinct reserved strings."""
+        assert isinstance(engine.START, str) and isinstance(engine.END, str)
+        assert engine.START != engine.END
 
 
-def test_every_name_importable() -> None:
-    """Every exported name resolves."""
-    for name in engine.__all__:
-        assert getattr(engine, name) is not None, name
+def one_node_app() -> engine.CompiledGraph:
+    g = Graph(State)
+    g.add_node("a", functools.partial(append, "items", "a"), lane="inline")
+    g.add_edge(START, "a")
+    return g.compile()
 
 
-def test_errors_share_one_root() -> None:
-    """Every engine error derives from EngineError, and from the matching stdlib type."""
-    assert issubclass(engine.NodeTimeoutError, engine.NodeError)
-    assert issubclass(engine.NodeTimeoutError, TimeoutError)
-    assert issubclass(engine.RecursionLimitError, RecursionError)
-    for name in ("GraphError", "InvalidUpdateError", "NodeError", "CheckpointError"):
-        assert issubclass(getattr(engine, name), engine.EngineError)
+class TestEntryPoints:
+    async def test_arun_returns_run_result(self) -> None:
+        """arun returns a RunResult with the final state, its trace and metrics."""
+        r = await one_node_app().arun(State(topic="t"), mode="sequential")
+        assert isinstance(r, engine.RunResult)
+        assert isinstance(r.state, State) and r.state.items == ["a"] and r.state.topic == "t"
+        assert isinstance(r.trace, engine.Trace) and len(r.trace.calls) == 1
+        assert isinstance(r.metrics, engine.Metrics) and r.metrics.steps == 1
+        assert r.mode == "sequential" and r.thread_id is None and r.run_id
+
+    async def test_ainvoke_returns_state(self) -> None:
+        """ainvoke returns only the final state, validated from a dict input."""
+        out = await one_node_app().ainvoke({"topic": "t"})
+        assert isinstance(out, State) and out.items == ["a"] and out.topic == "t"
+
+    def test_invoke_returns_state(self) -> None:
+        """invoke runs from sync code on its own loop and returns the final state."""
+        out = one_node_app().invoke({"topic": "t"}, mode="concurrent")
+        assert isinstance(out, State) and out.items == ["a"]
+
+    def test_run_returns_run_result(self) -> None:
+        """run is the synchronous arun."""
+        r = one_node_app().run({}, mode="parallel")
+        assert isinstance(r, engine.RunResult) and r.state.items == ["a"] and r.mode == "parallel"
+
+    def test_input_is_not_mutated(self) -> None:
+        """The caller's input state is copied, never changed by the run."""
+        given = State(items=["x"])
+        out = one_node_app().invoke(given)
+        assert given.items == ["x"] and out.items == ["x", "a"]
+
+    def test_runs_are_independent(self) -> None:
+        """One compiled graph runs any number of times, each run from its own input."""
+        app = one_node_app()
+        first, second = app.run({}), app.run({})
+        assert first.state.items == second.state.items == ["a"]
+        assert first.run_id != second.run_id
+
+
+class TestArguments:
+    @pytest.mark.parametrize(
+        ("kwargs", "pattern"),
+        [
+            ({"mode": "turbo"}, "unknown mode 'turbo'"),
+            ({"recursion_limit": 0}, "recursion_limit must be >= 1"),
+            ({"thread_id": "t"}, "needs a checkpointer"),
+        ],
+    )
+    async def test_bad_arguments(self, kwargs: dict[str, object], pattern: str) -> None:
+        """Misused arun arguments are a ValueError saying what to do."""
+        with pytest.raises(ValueError, match=pattern):
+            await one_node_app().arun({}, **kwargs)  # type: ignore[arg-type]
+
+    async def test_none_input_needs_a_thread(self) -> None:
+        """arun(None) means resume, which needs a thread_id."""
+        with pytest.raises(ValueError, match="pass thread_id"):
+            await one_node_app().arun(None)

@@ -1,4 +1,5 @@
-"""Where calls run, proven from independent evidence: pids, threads, intervals."""
+"""Where calls run, proven from two independent sources: the engine's trace, and what
+the nodes themselves report (os.getpid(), threads, time.time()) in the state."""
 
 from __future__ import annotations
 
@@ -9,16 +10,20 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from engine import START, Graph
+import pytest
+
+from engine import START, Graph, NodeCall
+from tests.nodes import burn_and_mark
 from tests.support import State, cpu_probe, io_probe, thread_probe
 
 
-def two_cpu_nodes(seconds: float = 0.3) -> Graph:
+def two_cpu_nodes(seconds: float) -> Graph:
     g = Graph(State)
     for name in ("c1", "c2"):
         g.add_node(name, functools.partial(cpu_probe, name, seconds), lane="cpu")
@@ -26,14 +31,25 @@ def two_cpu_nodes(seconds: float = 0.3) -> Graph:
     return g
 
 
-def overlap(a: dict[str, Any], b: dict[str, Any]) -> float:
+def overlap(a: Any, b: Any) -> float:
+    """Seconds two [start, end] intervals share (negative: a gap between them)."""
+    if isinstance(a, NodeCall):
+        return min(a.end, b.end) - max(a.start, b.start)
     return min(a["end"], b["end"]) - max(a["start"], b["start"])
 
 
+def one_after_another(intervals: list[Any]) -> bool:
+    """True when no two of the intervals overlap."""
+    key = (lambda c: c.start) if isinstance(intervals[0], NodeCall) else (lambda p: p["start"])
+    ordered = sorted(intervals, key=key)
+    return all(overlap(x, y) <= 0 for x, y in itertools.pairwise(ordered))
+
+
+@pytest.mark.usefixtures("warm_pool")
 class TestCpuLane:
     async def test_parallel_runs_in_two_worker_processes_at_once(self) -> None:
         """In parallel mode two cpu nodes of a step ran in two non-driver processes, overlapping."""
-        r = await two_cpu_nodes().compile().arun({}, mode="parallel")
+        r = await two_cpu_nodes(0.3).compile().arun({}, mode="parallel")
         p1, p2 = r.state.probes["c1"], r.state.probes["c2"]
         # The nodes' own words ...
         assert p1["pid"] != p2["pid"]
@@ -41,87 +57,80 @@ class TestCpuLane:
         assert overlap(p1, p2) > 0
         # ... agree with the engine's trace.
         c1, c2 = r.trace.for_node("c1")[0], r.trace.for_node("c2")[0]
-        assert {c1.pid, c2.pid} == {p1["pid"], p2["pid"]}
-        assert min(c1.end, c2.end) > max(c1.start, c2.start)
-        assert c1.bytes_in > 0 and c1.bytes_out > 0
+        assert (c1.pid, c2.pid) == (p1["pid"], p2["pid"])
+        assert r.trace.driver_pid == os.getpid() not in r.trace.pids("cpu")
+        assert overlap(c1, c2) > 0
+        assert c1.start <= p1["start"] <= p1["end"] <= c1.end
 
     async def test_concurrent_runs_in_driver_threads(self) -> None:
         """In concurrent mode cpu nodes run on threads of the driver process (GIL-bound)."""
+        loop_thread = threading.get_native_id()
         r = await two_cpu_nodes(0.05).compile().arun({}, mode="concurrent")
         for name in ("c1", "c2"):
             assert r.state.probes[name]["pid"] == os.getpid()
             assert not r.state.probes[name]["main_thread"]
-        assert {c.bytes_in for c in r.trace.calls} == {0}
+        assert r.trace.pids("cpu") == {os.getpid()}
+        assert loop_thread not in {c.thread for c in r.trace.calls}
+        assert {(c.bytes_in, c.bytes_out) for c in r.trace.calls} == {(0, 0)}  # nothing pickled
 
     async def test_sequential_never_overlaps(self) -> None:
-        """In sequential mode no two calls overlap in time."""
-        r = await two_cpu_nodes(0.05).compile().arun({}, mode="sequential")
-        p1, p2 = r.state.probes["c1"], r.state.probes["c2"]
-        assert overlap(p1, p2) <= 0
-        assert p1["pid"] == p2["pid"] == os.getpid()
+        """In sequential mode no two calls of a step overlap, whatever their lanes."""
+        g = two_cpu_nodes(0.05)
+        g.add_node("io", functools.partial(io_probe, "io", 0.05))
+        g.add_node("th", functools.partial(thread_probe, "th"), lane="thread")
+        g.add_node("in", functools.partial(thread_probe, "in"), lane="inline")
+        for name in ("io", "th", "in"):
+            g.add_edge(START, name)
+        r = await g.compile().arun({}, mode="sequential")
+        assert len(r.trace.calls) == 5 and {c.step for c in r.trace.calls} == {0}
+        assert one_after_another(list(r.trace.calls))
+        assert one_after_another(list(r.state.probes.values()))
+        assert r.trace.pids() == {os.getpid()}
 
-    async def test_user_executor_is_used(self) -> None:
-        """executor= sends cpu calls to that pool, not the default one."""
+    async def test_user_executor_is_used(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """executor= sends cpu calls to that pool; the default pool is never touched."""
+
+        def no_default(*args: Any, **kwargs: Any) -> Any:
+            raise AssertionError("the default pool was used")
+
+        monkeypatch.setattr("engine.lanes.process.default_executor", no_default)
         with ProcessPoolExecutor(2) as pool:
-            pool_pids = set(pool.submit(os.getpid).result() for _ in range(4))
             r = await two_cpu_nodes(0.05).compile().arun({}, mode="parallel", executor=pool)
-            pool_pids |= {p for p in pool._processes}  # type: ignore[attr-defined]
-        assert r.trace.pids("cpu") <= pool_pids
+            pool_pids = set(pool._processes)  # type: ignore[attr-defined]
+        reported = {p["pid"] for p in r.state.probes.values()}
+        assert r.trace.pids("cpu") == reported and reported <= pool_pids
+        assert os.getpid() not in reported
         assert r.metrics.cpu_workers == 2
 
-    async def test_loop_not_starved(self) -> None:
-        """A heartbeat on the loop ticks without a gap > 100 ms while cpu nodes burn."""
+    async def test_loop_not_starved(self, tmp_path: Path) -> None:
+        """A heartbeat on the loop ticks without a gap > 100 ms while two cpu nodes burn."""
         ticks: list[float] = []
+        names = ("c1", "c2")
 
         async def heartbeat(state: State) -> None:
-            end = time.perf_counter() + 0.6
-            while time.perf_counter() < end:
-                ticks.append(time.perf_counter())
+            # Tick until both cpu nodes say they are done (or a cap far past them).
+            cap = time.time() + 30
+            while not all((tmp_path / n).exists() for n in names) and time.time() < cap:
+                ticks.append(time.time())
                 await asyncio.sleep(0.01)
+            ticks.append(time.time())
 
-        g = two_cpu_nodes(0.5)
+        g = Graph(State)
+        for name in names:
+            g.add_node(name, functools.partial(burn_and_mark, name, 0.5, str(tmp_path)), lane="cpu")
+            g.add_edge(START, name)
         g.add_node("beat", heartbeat)
         g.add_edge(START, "beat")
         r = await g.compile().arun({}, mode="parallel")
+        # The heartbeat watched the whole burn ...
+        for name in names:
+            probe = r.state.probes[name]
+            assert ticks[0] <= probe["start"] and probe["end"] <= ticks[-1]
+            assert probe["pid"] != os.getpid()
+            assert r.trace.for_node(name)[0].cpu_s >= 0.45
+        # ... and the loop never stalled meanwhile.
         gaps = [b - a for a, b in itertools.pairwise(ticks)]
         assert len(ticks) > 20 and max(gaps) < 0.1
-        assert r.trace.for_node("c1")[0].cpu_s > 0.3
-
-
-class TestOtherLanes:
-    async def test_io_runs_on_the_driver_loop(self, mode: str) -> None:
-        """io nodes run on the driver's event loop thread."""
-        g = Graph(State)
-        g.add_node("io", functools.partial(io_probe, "io", 0.0))
-        g.add_edge(START, "io")
-        r = await g.compile().arun({}, mode=mode)
-        assert r.state.probes["io"]["pid"] == os.getpid()
-        assert r.state.probes["io"]["main_thread"]
-
-    async def test_thread_lane_uses_a_pool_thread(self) -> None:
-        """thread nodes run in a non-main thread of the driver in parallel mode."""
-        g = Graph(State)
-        g.add_node("t", functools.partial(thread_probe, "t"), lane="thread")
-        g.add_edge(START, "t")
-        r = await g.compile().arun({}, mode="parallel")
-        assert r.state.probes["t"]["pid"] == os.getpid()
-        assert not r.state.probes["t"]["main_thread"]
-
-    async def test_inline_runs_on_the_loop_thread(self, mode: str) -> None:
-        """inline nodes are called on the loop thread in every mode."""
-        g = Graph(State)
-        g.add_node("i", functools.partial(thread_probe, "i"), lane="inline")
-        g.add_edge(START, "i")
-        r = await g.compile().arun({}, mode=mode)
-        assert r.state.probes["i"]["main_thread"]
-
-    def test_invoke_uses_uvloop(self) -> None:
-        """The sync entry point runs on uvloop when it is installed."""
-        g = Graph(State)
-        g.add_node("io", functools.partial(io_probe, "io", 0.0))
-        g.add_edge(START, "io")
-        out = g.compile().invoke({})
-        assert "uvloop" in out.probes["io"]["loop"]
 
     async def test_async_node_on_cpu_lane_runs_in_worker(self) -> None:
         """lane='cpu' on an async def runs it on a loop inside a worker process."""
@@ -130,21 +139,92 @@ class TestOtherLanes:
         g.add_edge(START, "aio")
         r = await g.compile().arun({}, mode="parallel")
         assert r.state.probes["aio"]["pid"] != os.getpid()
+        assert r.trace.for_node("aio")[0].pid == r.state.probes["aio"]["pid"]
+
+
+class TestIoLane:
+    async def test_runs_on_the_driver_loop(self, mode: str) -> None:
+        """io nodes run as coroutines on the driver's own event loop."""
+        seen: dict[str, Any] = {}
+
+        async def where(state: State) -> None:
+            seen["loop"] = asyncio.get_running_loop()
+            seen["thread"] = threading.get_ident()
+
+        g = Graph(State)
+        g.add_node("io", where)
+        g.add_edge(START, "io")
+        r = await g.compile().arun({}, mode=mode)
+        assert seen["loop"] is asyncio.get_running_loop()
+        assert seen["thread"] == threading.get_ident()
+        assert r.trace.for_node("io")[0].lane == "io"
+
+    @pytest.mark.parametrize("mode", ["concurrent", "parallel"])
+    async def test_io_calls_overlap(self, mode: str) -> None:
+        """Outside sequential mode two io calls of one step wait at the same time."""
+        g = Graph(State)
+        for name in ("i1", "i2"):
+            g.add_node(name, functools.partial(io_probe, name, 0.2))
+            g.add_edge(START, name)
+        r = await g.compile().arun({}, mode=mode)
+        assert overlap(r.state.probes["i1"], r.state.probes["i2"]) > 0
+        assert overlap(r.trace.for_node("i1")[0], r.trace.for_node("i2")[0]) > 0
+
+
+class TestThreadLane:
+    @pytest.mark.parametrize("mode", ["concurrent", "parallel"])
+    async def test_uses_a_pool_thread(self, mode: str) -> None:
+        """thread nodes run in a non-main thread of the driver process."""
+        g = Graph(State)
+        g.add_node("t", functools.partial(thread_probe, "t"), lane="thread")
+        g.add_edge(START, "t")
+        r = await g.compile().arun({}, mode=mode)
+        probe = r.state.probes["t"]
+        assert probe["pid"] == os.getpid() and not probe["main_thread"]
+        assert r.trace.for_node("t")[0].thread != threading.get_native_id()
+
+
+class TestInlineLane:
+    async def test_runs_on_the_loop_thread(self, mode: str) -> None:
+        """inline nodes are called on the loop thread in every mode."""
+        g = Graph(State)
+        g.add_node("i", functools.partial(thread_probe, "i"), lane="inline")
+        g.add_edge(START, "i")
+        r = await g.compile().arun({}, mode=mode)
+        assert r.state.probes["i"]["thread"] == threading.get_ident()
+        assert r.trace.for_node("i")[0].thread == threading.get_native_id()
+
+
+def test_invoke_uses_uvloop() -> None:
+    """The sync entry point runs on uvloop when it is installed."""
+    g = Graph(State)
+    g.add_node("io", functools.partial(io_probe, "io", 0.0))
+    g.add_edge(START, "io")
+    out = g.compile().invoke({})
+    assert "uvloop" in out.probes["io"]["loop"]
 
 
 SCRIPT = """
-import os, operator
+import operator, os, time
 from typing import Annotated
 from pydantic import BaseModel
 import engine
 from engine import Graph, START
 
+def union(a: list, b: list) -> list:
+    return sorted(set(a) | set(b))
+
 class Mine(BaseModel):
-    pids: Annotated[list[int], operator.add] = []
+    pids: Annotated[list[int], union] = []
+    spans: Annotated[list[tuple[float, float]], operator.add] = []
 
 @engine.cpu
 def work(state: Mine) -> dict:
-    return {"pids": [os.getpid()]}
+    start = time.time()
+    end = start + 0.3
+    while time.time() < end:
+        sum(range(1000))
+    return {"pids": [os.getpid()], "spans": [(start, time.time())]}
 
 if __name__ == "__main__":
     g = Graph(Mine)
@@ -152,20 +232,27 @@ if __name__ == "__main__":
     g.add_node("w2", work)
     g.add_edge(START, "w1")
     g.add_edge(START, "w2")
-    out = g.compile().invoke({}, mode="parallel")
-    print("DRIVER", os.getpid(), "WORKERS", *out.pids)
+    app = g.compile()
+    app.run({}, mode="parallel")  # starts the pool's workers
+    r = app.run({}, mode="parallel")
+    (a0, a1), (b0, b1) = r.state.spans
+    print("LANES", *(row.lane for row in app.explain()))
+    print("DRIVER", os.getpid(), "WORKERS", *r.state.pids)
+    print("OVERLAP", min(a1, b1) - max(a0, b0) > 0)
 """
 
 
 def test_main_module_code_reaches_workers(tmp_path: Path) -> None:
-    """State classes and nodes defined in a user's __main__ script run in worker processes."""
+    """State classes, reducers and nodes defined in a user's __main__ script run in
+    two worker processes at once."""
     script = tmp_path / "user_script.py"
     script.write_text(textwrap.dedent(SCRIPT))
     proc = subprocess.run(
         [sys.executable, str(script)], capture_output=True, text=True, timeout=90, cwd=tmp_path
     )
     assert proc.returncode == 0, proc.stderr
-    line = next(x for x in proc.stdout.splitlines() if x.startswith("DRIVER"))
-    words = line.split()
-    driver, workers = int(words[1]), [int(w) for w in words[3:]]
+    lines = {x.split()[0]: x.split()[1:] for x in proc.stdout.splitlines() if x.strip()}
+    assert lines["LANES"] == ["cpu", "cpu"]
+    driver, workers = int(lines["DRIVER"][0]), [int(w) for w in lines["DRIVER"][2:]]
     assert len(workers) == 2 and driver not in workers
+    assert lines["OVERLAP"] == ["True"]

@@ -1,18 +1,74 @@
-"""Trace records, metrics derived from them, and Chrome trace export."""
+"""Trace records, the metrics derived from them, and the Chrome trace export."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
+import os
+import socket
+import threading
 from pathlib import Path
 
-from engine import START, Graph, NodeCall
+import pytest
+
+from engine import START, Graph, Metrics, NodeCall, Send, Trace
 from engine.trace import compute_metrics
+from tests.nodes import sync_send_worker
 from tests.support import State, cpu_probe, io_probe
 
 
-def call(node: str, step: int, lane: str, start: float, end: float, cpu: float) -> NodeCall:
-    return NodeCall(node, step, lane, 1, 1, 1, "h", start, end, cpu)
+def call(
+    node: str, step: int, lane: str, start: float, end: float, cpu: float, pid: int = 1
+) -> NodeCall:
+    return NodeCall(node, step, lane, 1, pid, 1, "h", start, end, cpu)
+
+
+class TestNodeCall:
+    def test_frozen(self) -> None:
+        """A trace record cannot be changed."""
+        c = call("a", 0, "cpu", 0.0, 1.0, 0.5)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            c.end = 2.0  # type: ignore[misc]
+
+    def test_wall_and_effort(self) -> None:
+        """wall_s is end - start; a cpu call's effort is its CPU time, others' their wall."""
+        assert call("a", 0, "cpu", 1.0, 3.0, 0.5).wall_s == 2.0
+        assert call("a", 0, "cpu", 1.0, 3.0, 0.5).effort_s == 0.5
+        assert call("a", 0, "cpu", 1.0, 3.0, 0.0).effort_s == 2.0  # CPU time unknown
+        assert call("a", 0, "io", 1.0, 3.0, 0.5).effort_s == 2.0
+
+    @pytest.mark.usefixtures("warm_pool")
+    async def test_fields_of_real_calls(self) -> None:
+        """Each call is recorded where it ran: process, thread, host, clock, CPU, bytes."""
+        g = Graph(State)
+        g.add_node("c", functools.partial(cpu_probe, "c", 0.05), lane="cpu")
+        g.add_node("i", functools.partial(io_probe, "i", 0.05))
+        g.add_edge(START, "c")
+        g.add_edge(START, "i")
+        r = await g.compile().arun({}, mode="parallel")
+        c, i = r.trace.for_node("c")[0], r.trace.for_node("i")[0]
+        assert (c.node, c.step, c.lane, c.attempt, c.index, c.ok, c.error) == (
+            "c", 0, "cpu", 1, -1, True, None,
+        )  # fmt: skip
+        assert c.pid == r.state.probes["c"]["pid"] != os.getpid()
+        assert c.host == i.host == socket.gethostname()
+        assert c.start <= r.state.probes["c"]["start"] < r.state.probes["c"]["end"] <= c.end
+        assert c.cpu_s >= 0.05 and c.bytes_in > 0 and c.bytes_out > 0
+        assert (i.lane, i.pid, i.thread) == ("io", os.getpid(), threading.get_native_id())
+        assert i.start <= r.state.probes["i"]["start"] and (i.bytes_in, i.bytes_out) == (0, 0)
+        assert r.trace.pids() == {c.pid, os.getpid()} and r.trace.pids("io") == {os.getpid()}
+
+    async def test_send_calls_carry_their_index(self) -> None:
+        """A Send's call records its index; others record -1."""
+        g = Graph(State)
+        g.add_node("plan", lambda s: None, lane="inline")
+        g.add_node("w", sync_send_worker, lane="thread")
+        g.add_edge(START, "plan")
+        g.add_conditional_edges("plan", lambda s: [Send("w", {"doc": d}) for d in "xy"])
+        r = await g.compile().arun({})
+        assert [c.index for c in r.trace.for_node("plan")] == [-1]
+        assert sorted(c.index for c in r.trace.for_node("w")) == [0, 1]
 
 
 class TestMetrics:
@@ -26,43 +82,113 @@ class TestMetrics:
             call("d", 1, "cpu", 1.0, 2.0, 0.9),
         ]
         m = compute_metrics(calls, wall_s=3.0, steps=2, cpu_workers=2)
-        assert abs(m.lower_bound_s - (1.0 + 1.35)) < 1e-9
-        assert abs(m.efficiency - 2.35 / 3.0) < 1e-9
-        assert abs(m.busy_s - 4.5) < 1e-9 and abs(m.parallelism - 1.5) < 1e-9
-        assert m.by_lane == {"cpu": 3.5, "io": 1.0}
+        assert m.lower_bound_s == pytest.approx(1.0 + 1.35)
+        assert m.efficiency == pytest.approx(2.35 / 3.0)
+        assert m.busy_s == pytest.approx(4.5) and m.parallelism == pytest.approx(1.5)
+        assert m.cpu_s == pytest.approx(3.2)
+        assert m.by_lane == pytest.approx({"cpu": 3.5, "io": 1.0})
+        assert (m.steps, m.calls, m.cpu_workers) == (2, 5, 2)
 
     def test_cpu_call_effort_is_cpu_time(self) -> None:
         """A cpu call stretched by contention counts its CPU seconds, not its wall."""
         m = compute_metrics([call("a", 0, "cpu", 0, 2.0, 0.5)], 2.0, 1, 4)
         assert m.lower_bound_s == 0.5
 
+    def test_efficiency_is_capped(self) -> None:
+        """Efficiency never exceeds 1, even when the clocks disagree a little."""
+        m = compute_metrics([call("a", 0, "io", 0.0, 1.0, 0.0)], 0.9, 1, 1)
+        assert m.efficiency == 1.0
 
-async def test_run_metrics_are_consistent() -> None:
-    """Metrics of a real run agree with its trace."""
-    g = Graph(State)
-    g.add_node("c", functools.partial(cpu_probe, "c", 0.05), lane="cpu")
-    g.add_node("i", functools.partial(io_probe, "i", 0.05))
-    g.add_edge(START, "c")
-    g.add_edge(START, "i")
-    r = await g.compile().arun({}, mode="parallel")
-    m = r.metrics
-    assert abs(m.busy_s - sum(c.wall_s for c in r.trace.calls)) < 1e-9
-    assert m.lower_bound_s <= m.wall_s * 1.05
-    assert abs(m.efficiency - min(m.lower_bound_s / m.wall_s, 1.0)) < 1e-9
-    assert set(m.by_lane) == {"cpu", "io"} and m.steps == 1 and m.calls == 2
+    def test_no_calls(self) -> None:
+        """A run without calls has no busy time and a trivial efficiency."""
+        m = compute_metrics([], 0.01, 0, 2)
+        assert (m.busy_s, m.lower_bound_s, m.efficiency, m.by_lane) == (0.0, 0.0, 1.0, {})
+
+    def test_frozen_and_as_dict(self) -> None:
+        """Metrics are frozen and convert to a plain dict."""
+        m = compute_metrics([call("a", 0, "io", 0.0, 1.0, 0.0)], 1.0, 1, 1)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            m.wall_s = 0.0  # type: ignore[misc]
+        assert m.as_dict()["by_lane"] == {"io": 1.0} and isinstance(m, Metrics)
+
+    async def test_run_metrics_agree_with_trace(self) -> None:
+        """Metrics of a real run are derived from its trace."""
+        g = Graph(State)
+        g.add_node("c", functools.partial(cpu_probe, "c", 0.05), lane="cpu")
+        g.add_node("i", functools.partial(io_probe, "i", 0.05))
+        g.add_node("t", functools.partial(cpu_probe, "t", 0.01), lane="thread")
+        g.add_edge(START, "c")
+        g.add_edge(START, "i")
+        g.add_edge("c", "t")
+        r = await g.compile().arun({}, mode="parallel")
+        m = r.metrics
+        assert m.busy_s == pytest.approx(sum(c.wall_s for c in r.trace.calls))
+        assert m.cpu_s == pytest.approx(sum(c.cpu_s for c in r.trace.calls))
+        assert m.parallelism == pytest.approx(m.busy_s / m.wall_s)
+        assert m.lower_bound_s <= m.wall_s * 1.05
+        assert m.efficiency == pytest.approx(min(m.lower_bound_s / m.wall_s, 1.0))
+        assert set(m.by_lane) == {"cpu", "io", "thread"}
+        assert sum(m.by_lane.values()) == pytest.approx(m.busy_s)
+        assert (m.steps, m.calls) == (2, 3)
+
+    @pytest.mark.usefixtures("warm_pool")
+    async def test_parallel_step_shows_parallelism(self) -> None:
+        """Two cpu nodes of one step in parallel mode: busy time well over the wall time."""
+        g = Graph(State)
+        for name in ("c1", "c2"):
+            g.add_node(name, functools.partial(cpu_probe, name, 0.4), lane="cpu")
+            g.add_edge(START, name)
+        r = await g.compile().arun({}, mode="parallel")
+        assert len(r.trace.pids("cpu")) == 2
+        assert r.metrics.parallelism > 1.3
 
 
-async def test_chrome_trace(tmp_path: Path) -> None:
-    """to_chrome writes trace-event JSON with one named row per process."""
-    g = Graph(State)
-    for n in ("a", "b"):
-        g.add_node(n, functools.partial(cpu_probe, n, 0.05), lane="cpu")
-        g.add_edge(START, n)
-    r = await g.compile().arun({}, mode="parallel")
-    doc = json.loads(r.trace.to_chrome(tmp_path / "t.json").read_text())
-    spans = [e for e in doc["traceEvents"] if e["ph"] == "X"]
-    assert {e["name"] for e in spans} == {"a", "b"}
-    for e in spans:
-        assert {"ts", "dur", "pid", "tid", "name", "args"} <= set(e)
-    procs = [e for e in doc["traceEvents"] if e["name"] == "process_name"]
-    assert len(procs) == len({e["pid"] for e in spans}) == 2
+class TestChrome:
+    async def test_chrome_trace(self, tmp_path: Path) -> None:
+        """to_chrome writes trace-event JSON: a span per call, a named row per process."""
+        g = Graph(State)
+        for n in ("a", "b"):
+            g.add_node(n, functools.partial(cpu_probe, n, 0.05), lane="cpu")
+            g.add_edge(START, n)
+        g.add_node("i", functools.partial(io_probe, "i", 0.01))
+        g.add_edge(START, "i")
+        r = await g.compile().arun({}, mode="parallel")
+        path = r.trace.to_chrome(tmp_path / "t.json")
+        doc = json.loads(path.read_text())
+        events = doc["traceEvents"]
+        spans = [e for e in events if e["ph"] == "X"]
+        assert sorted(e["name"] for e in spans) == ["a", "b", "i"]
+        for e in spans:
+            assert {"ph", "ts", "dur", "pid", "tid", "name", "args"} <= set(e)
+            assert e["ts"] >= 0 and e["dur"] >= 0
+        assert min(e["ts"] for e in spans) == 0
+        by_name = {e["name"]: e for e in spans}
+        wall = r.trace.for_node("a")[0].wall_s
+        assert by_name["a"]["dur"] == pytest.approx(wall * 1e6)
+        assert by_name["a"]["args"]["lane"] == "cpu" and by_name["a"]["args"]["step"] == 0
+        procs = {e["pid"]: e["args"]["name"] for e in events if e["name"] == "process_name"}
+        assert set(procs) == {e["pid"] for e in spans}
+        assert len(procs) == len(r.trace.pids())
+        assert sum(name.startswith("driver") for name in procs.values()) == 1
+        assert procs[by_name["i"]["pid"]].startswith("driver")
+        threads = {(e["pid"], e["tid"]) for e in events if e["name"] == "thread_name"}
+        assert threads == {(e["pid"], e["tid"]) for e in spans}
+
+    def test_send_spans_are_indexed(self) -> None:
+        """A Send's span is named node[index]."""
+        t = Trace(calls=(NodeCall("w", 0, "io", 1, 1, 1, "h", 0.0, 1.0, 0.0, index=2),))
+        assert [e["name"] for e in t.to_chrome_events() if e["ph"] == "X"] == ["w[2]"]
+
+    def test_empty_trace(self, tmp_path: Path) -> None:
+        """A trace without calls writes an empty, valid document."""
+        doc = json.loads(Trace(calls=()).to_chrome(tmp_path / "e.json").read_text())
+        assert doc["traceEvents"] == []
+
+    def test_same_pid_on_two_hosts_are_two_rows(self) -> None:
+        """Records from two machines never share a row, even with equal pids."""
+        calls = (
+            NodeCall("a", 0, "cpu", 1, 7, 1, "h1", 0.0, 1.0, 0.0),
+            NodeCall("b", 0, "cpu", 1, 7, 1, "h2", 0.0, 1.0, 0.0),
+        )
+        spans = [e for e in Trace(calls=calls).to_chrome_events() if e["ph"] == "X"]
+        assert len({e["pid"] for e in spans}) == 2
