@@ -17,11 +17,14 @@ from pydantic import BaseModel
 from .errors import CheckpointError
 from .events import Event
 from .lanes import MODES, LaneRunner, Mode
+from .lanes.pool import default_workers, executor_workers
+from .lanes.worker import Resources
 from .lean import estimate_payload
 from .plan import Plan
 from .profile import MeasuredPolicy, Profile, measure_dispatch, redecide
 from .resources import Budgets, Rate
 from .scheduler import RunCursor, RunResult, Scheduler
+from .warm import parse_size, workers_for_memory
 from .watchdog import DEFAULT_THRESHOLD_S, LoopWatchdog
 
 if TYPE_CHECKING:
@@ -126,6 +129,8 @@ class CompiledGraph:
         self._profile_path = profile_path
         # Pickled node functions, reused across runs (a node's function never changes).
         self._fn_cache: MutableMapping[str, bytes] = {}
+        # worker_init resources built in this process (in-driver lanes), kept across runs.
+        self._resources = Resources()
 
     def __repr__(self) -> str:
         return f"<CompiledGraph nodes={list(self.plan.nodes)}>"
@@ -202,6 +207,7 @@ class CompiledGraph:
         rates: Mapping[str, str | Rate] | None = None,
         max_concurrency: Mapping[str, int] | None = None,
         loop_threshold: float | None = DEFAULT_THRESHOLD_S,
+        memory_per_worker: int | str | None = None,
     ) -> RunResult:
         """Run the graph to the end; ``input=None`` resumes ``thread_id``.
 
@@ -209,6 +215,9 @@ class CompiledGraph:
         (``add_node(..., resources=...)``) across the whole run, Send fan-outs
         included; ``max_concurrency`` caps calls per lane; ``loop_threshold``
         (seconds, None to disable) is when the watchdog reports a blocked loop.
+        ``memory_per_worker`` (bytes, or ``"2GB"``; the largest of it and the
+        cpu nodes' own hints counts) caps the process pool at what the memory
+        available now can hold.
         """
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
@@ -229,7 +238,14 @@ class CompiledGraph:
                 budgets.check_node(name, node.spec.resources)
         plan, policy = self._plan_for_run()
         run_id = uuid.uuid4().hex[:12]
-        runner = LaneRunner(mode, executor, fn_cache=self._fn_cache)
+        pool_size = _pool_cap(plan, mode, executor, memory_per_worker, run_id)
+        runner = LaneRunner(
+            mode,
+            executor,
+            fn_cache=self._fn_cache,
+            resources=self._resources,
+            pool_size=pool_size,
+        )
         emit = _Sinks([on_event] if on_event else [])
         watchdog = None
         if loop_threshold is not None and mode != "sequential":
@@ -332,6 +348,30 @@ class CompiledGraph:
             if not task.done():
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+
+
+def _pool_cap(
+    plan: Plan,
+    mode: str,
+    executor: Executor | None,
+    memory_per_worker: int | str | None,
+    run_id: str,
+) -> int | None:
+    """How many workers the memory hints allow this run (None: no hint, no cap)."""
+    hints = [
+        n.spec.memory_per_worker
+        for n in plan.nodes.values()
+        if n.lane == "cpu" and n.spec.memory_per_worker is not None
+    ]
+    if memory_per_worker is not None:
+        hints.append(parse_size(memory_per_worker))
+    if not hints or mode != "parallel":
+        return None
+    size = executor_workers(executor) if executor is not None else default_workers()
+    cap = workers_for_memory(max(hints), max_workers=size)
+    if cap.workers < size:
+        log.warning("pool_capped_by_memory", run_id=run_id, workers=cap.workers, reason=cap.reason)
+    return cap.workers
 
 
 def run_sync(coro: Any) -> Any:

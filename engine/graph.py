@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from .app import CompiledGraph
     from .checkpoint import Checkpointer
     from .profile import Profile
+    from .warm import WorkerInit
 
 START = "__start__"
 END = "__end__"
@@ -49,6 +50,9 @@ class NodeSpec:
     is_coroutine: bool
     reads: tuple[str, ...] | None = None
     resources: Mapping[str, int] | None = None  # budget units per call (engine.resources)
+    worker_init: WorkerInit | None = None  # per-worker resource, the node's 2nd argument
+    memory_per_worker: int | None = None  # bytes one worker needs for this node (pool cap)
+    batch: bool = True  # a fan-out of its short cpu calls may go to the pool in chunks
 
 
 @dataclass(frozen=True)
@@ -86,11 +90,20 @@ class Graph:
         timeout: float | None = None,
         reads: Sequence[str] | None = None,
         resources: Mapping[str, int] | None = None,
+        worker_init: Callable[[], Any] | None = None,
+        memory_per_worker: int | str | None = None,
+        batch: bool = True,
     ) -> Graph:
         """Add a node; ``add_node(fn)`` names it after the function.
 
         ``resources={"openai": 1}`` counts each call against the run's
-        ``limits``/``rates`` budgets.
+        ``limits``/``rates`` budgets. ``worker_init=load`` builds ``load()``
+        once per worker process (once per compiled graph for in-driver
+        lanes) and passes it to every call: ``fn(state, resource)``.
+        ``memory_per_worker="2GB"`` caps the process pool so that that much
+        per worker fits in the memory available when a run starts.
+        ``batch=False`` sends every call of a ``Send`` fan-out on its own
+        (by default, many short cpu calls go to the pool in chunks).
         """
         if fn is None:
             if not callable(name):
@@ -139,6 +152,16 @@ class Graph:
             from .resources import Budgets
 
             Budgets().check_node(name, resources)  # units are positive integers
+        init = None
+        if worker_init is not None:
+            from .warm import WorkerInit
+
+            init = WorkerInit.of(worker_init, node=name)
+        memory = None
+        if memory_per_worker is not None:
+            from .warm import parse_size
+
+            memory = parse_size(memory_per_worker, name=f"node {name!r}: memory_per_worker")
         self.nodes[name] = NodeSpec(
             name=name,
             fn=fn,
@@ -148,6 +171,9 @@ class Graph:
             is_coroutine=coroutine,
             reads=tuple(reads) if reads is not None else None,
             resources=MappingProxyType(dict(resources)) if resources else None,
+            worker_init=init,
+            memory_per_worker=memory,
+            batch=bool(batch),
         )
         return self
 

@@ -449,10 +449,10 @@ class Profile:
                 self._nodes[node] = replace(p, runs=p.runs + 1)
 
     def _fold(self, p: NodeProfile, c: NodeCall, *, contended: bool) -> NodeProfile:
+        # One replace per call: a fan-out of thousands of calls folds them all.
         a = self.alpha
-        p = replace(p, calls=p.calls + 1, last_lane=c.lane)
         if not c.ok:
-            return replace(p, failures=p.failures + 1)
+            return replace(p, calls=p.calls + 1, last_lane=c.lane, failures=p.failures + 1)
         # Time spent runnable but not running (preempted by other processes:
         # Linux schedstat, where the worker records it) is not the node's doing.
         queued = float(getattr(c, "queued_s", 0.0) or 0.0)
@@ -460,17 +460,20 @@ class Profile:
         ratio = min(1.0, c.cpu_s / wall) if wall > 0 else None
         attributable = ratio is not None and not (c.lane == "io" and c.cpu_s == 0.0)
         if contended and ratio is not None and ratio < self.thresholds.cpu_ratio:
-            return p  # low ratio under GIL sharing: waiting for the GIL or for I/O?
-        p = replace(p, wall_s=_ewma(p.wall_s, wall, a))
-        if attributable and ratio is not None:
-            p = replace(p, cpu_ratio=_ewma(p.cpu_ratio, ratio, a))
-        if c.bytes_in or c.bytes_out:
-            p = replace(
-                p,
-                bytes_in=_ewma(p.bytes_in, float(c.bytes_in), a),
-                bytes_out=_ewma(p.bytes_out, float(c.bytes_out), a),
-            )
-        return p
+            # Low ratio under GIL sharing: waiting for the GIL or for I/O?
+            return replace(p, calls=p.calls + 1, last_lane=c.lane)
+        moved = c.bytes_in or c.bytes_out
+        return replace(
+            p,
+            calls=p.calls + 1,
+            last_lane=c.lane,
+            wall_s=_ewma(p.wall_s, wall, a),
+            cpu_ratio=(
+                _ewma(p.cpu_ratio, ratio, a) if attributable and ratio is not None else p.cpu_ratio
+            ),
+            bytes_in=_ewma(p.bytes_in, float(c.bytes_in), a) if moved else p.bytes_in,
+            bytes_out=_ewma(p.bytes_out, float(c.bytes_out), a) if moved else p.bytes_out,
+        )
 
     # -- deciding -------------------------------------------------------
 

@@ -69,12 +69,14 @@ from .lanes import (
     describe_exit,
     is_worker_crash,
 )
+from .lanes.batching import plan_chunks, should_batch
 from .lanes.worker import _hostname
 from .marks import Mark
 from .plan import Plan, PlanNode
 from .policy import NO_RETRY
 from .state import Write
 from .trace import Metrics, NodeCall, Trace, compute_metrics
+from .warm import load_mark
 from .watchdog import runs_on_loop
 
 if TYPE_CHECKING:
@@ -172,6 +174,9 @@ class Scheduler:
         self.watchdog = watchdog  # watches the loop for exactly this run
         self.budgets = budgets  # limits, rates and lane caps shared by every call
         self.measured = measured  # the profile snapshot this run was planned from
+        # Calls of this step's batches whose Send payload could not be pickled.
+        self._refused: dict[Any, PayloadError] = {}
+        self._loads: list[Mark] = []  # worker_init builds, drawn as slices in the trace
         self.log = log.bind(run_id=self.run_id, thread_id=thread_id, mode=self.mode)
 
     def __repr__(self) -> str:
@@ -272,9 +277,14 @@ class Scheduler:
                 for task in todo:
                     done[task.order] = await self._run_task(cursor.state, step, task)
             else:
-                await asyncio.gather(
-                    *(self._collect(cursor.state, step, task, done) for task in todo)
-                )
+                self._refused = self._open_batches(todo, step)
+                try:
+                    await asyncio.gather(
+                        *(self._collect(cursor.state, step, task, done) for task in todo)
+                    )
+                finally:
+                    self._refused = {}
+                    await self.runner.close_batches()
         except asyncio.CancelledError:
             # Keep what finished: a resume re-runs only the rest.
             if self._saving:
@@ -400,6 +410,9 @@ class Scheduler:
         try:
             async with self._budget(task, step, spec, lane):
                 with self._on_loop(task, spec, lane):
+                    refused = self._refused.pop(task.order, None) if attempt == 1 else None
+                    if refused is not None:  # its batch could not pickle its payload
+                        raise refused
                     outcome = await self.runner.call(
                         task.node,
                         lane,
@@ -407,6 +420,8 @@ class Scheduler:
                         arg,
                         is_coroutine=spec.is_coroutine,
                         timeout=spec.timeout,
+                        init=spec.worker_init,
+                        key=task.order if attempt == 1 else None,
                     )
         except TimeoutError as exc:
             stopped = (
@@ -536,15 +551,78 @@ class Scheduler:
             return contextlib.nullcontext()
         return self.watchdog.running(task.node, index=task.index, fn=spec.fn)
 
+    def _open_batches(self, todo: Sequence[Task], step: int) -> dict[Any, PayloadError]:
+        """Open a batch for each fan-out of many short cpu calls in this step.
+
+        Only in ``parallel`` mode, for ``Send`` calls of a cpu node without a
+        timeout (a timeout kills a worker, and with it a chunk's innocent
+        calls) and outside any budget (a budget lets calls through a few at
+        a time, which chunks would only delay). Chunk sizes come from the
+        measured dispatch cost and the node's measured call time.
+        """
+        if self.mode != "parallel":
+            return {}
+        groups: dict[str, list[Task]] = {}
+        capped = self.budgets is not None and self.budgets.lane_limit("cpu") is not None
+        for task in todo:
+            node = self.plan.nodes[task.node]
+            spec = node.spec
+            if (
+                task.has_payload
+                and node.lane == "cpu"
+                and spec.batch
+                and spec.timeout is None
+                and not spec.resources
+                and not capped
+            ):
+                groups.setdefault(task.node, []).append(task)
+        workers = self.runner.cpu_workers
+        refused: dict[Any, PayloadError] = {}
+        for name, tasks in groups.items():
+            prof = self.measured.nodes.get(name) if self.measured is not None else None
+            cost = self.measured.dispatch if self.measured is not None else None
+            call_s = prof.wall_s if prof is not None else None
+            dispatch_s = None
+            if cost is not None:
+                dispatch_s = cost.cost(prof.payload_bytes or 0.0 if prof is not None else 0.0)
+            if not should_batch(len(tasks), workers=workers, dispatch_s=dispatch_s, call_s=call_s):
+                continue
+            plan = plan_chunks(len(tasks), workers=workers, dispatch_s=dispatch_s, call_s=call_s)
+            spec = self.plan.nodes[name].spec
+            args = {t.order: t.payload for t in tasks}
+            refused.update(self.runner.open_batch(name, spec.fn, plan, args, spec.worker_init))
+            self.log.info(
+                "cpu_batch_planned",
+                node=name,
+                step=step,
+                calls=len(tasks),
+                chunks=len(plan.sizes),
+                reason=plan.reason,
+            )
+        return refused
+
     def _marks(self) -> tuple[Mark, ...]:
         marks: list[Mark] = []
         if self.watchdog is not None:
             marks += self.watchdog.marks()
         if self.budgets is not None:
             marks += self.budgets.marks()
+        marks += self._loads
         return tuple(sorted(marks, key=lambda m: m.start))
 
     def _record(self, task: Task, step: int, lane: str, attempt: int, outcome: CallOutcome) -> None:
+        if outcome.load_name:
+            self._loads.append(
+                load_mark(
+                    outcome.load_name,
+                    outcome.load_start,
+                    outcome.load_end,
+                    pid=outcome.pid,
+                    thread=outcome.thread,
+                    host=outcome.host,
+                    node=task.node,
+                )
+            )
         self.calls.append(
             NodeCall(
                 node=task.node,
@@ -563,6 +641,7 @@ class Scheduler:
                 index=task.index,
                 error=None if outcome.ok else outcome.error_type,
                 queued_s=outcome.queued_s,
+                load_s=max(0.0, outcome.load_end - outcome.load_start),
             )
         )
 

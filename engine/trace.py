@@ -40,6 +40,7 @@ class NodeCall:
     index: int = -1
     error: str | None = None
     queued_s: float = 0.0  # preempted on a run queue during the call (Linux; 0 elsewhere)
+    load_s: float = 0.0  # building the node's worker_init resource, before (not in) the call
 
     @property
     def wall_s(self) -> float:

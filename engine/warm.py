@@ -1,19 +1,20 @@
-"""Warm workers: per-worker resources built once, and pool size capped by memory.
+"""Warm workers: per-worker resources built once, and the pool size capped by memory.
 
 ::
 
     add_node("tokenize", tokenize, worker_init=load_tokenizer)
-    driver: pack_warm(fn_bytes, init, arg) --bytes--> worker: run_warm(payload)
-                                                  resource = cache.get(init)  (built once per
-                                                      process; the first call pays load_s)
-                                                  timed_call(fn(arg, resource))
-    driver: unpack_warm(data) -> WarmOutcome(outcome, load)  <--bytes--
+    driver: run_call payload (fn_bytes, arg, WorkerInit) --bytes--> worker:
+              resource = worker_resources().get(init)   built once per process;
+                                                        the first call pays the load
+              fn(arg, resource), timed apart from the load
+    driver: CallOutcome(load_name, load_start, load_end) <--bytes--
 
 The node receives the resource as its second positional argument:
-``def tokenize(state, tokenizer) -> dict``. Load time is reported apart
-from call time (``WarmOutcome.load``, a ``WorkerLoad`` with its own
-interval), so the trace can draw it as its own slice. In-process lanes use
-the same cache in the driver (``call_warm``).
+``def tokenize(state, tokenizer) -> dict``. Its build is timed apart from
+the call (a ``load`` span on the worker's row of the trace, and
+``NodeCall.load_s``), so a call's wall time stays the node's own. Lanes in
+the driver (thread, inline, and every lane in sequential or concurrent
+mode) keep their resources per compiled graph, built once there.
 
 ``workers_for_memory`` caps a pool's size so that ``memory_per_worker``
 times the workers fits in the memory available now.
@@ -21,28 +22,27 @@ times the workers fits in the memory available now.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 import re
-import threading
-import time
-import traceback
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
 import cloudpickle
 
 from .errors import GraphError
-from .lanes.worker import CallOutcome, _hostname, failed_outcome, timed_call
 from .marks import Mark
 
 
 @dataclass(frozen=True)
 class WorkerInit:
-    """A zero-argument function that builds a per-worker resource, pickled once."""
+    """A zero-argument function that builds a per-worker resource, pickled once.
+
+    ``key`` identifies the build: two nodes with the same ``worker_init``
+    share one resource per worker.
+    """
 
     name: str
     data: bytes
@@ -63,134 +63,21 @@ class WorkerInit:
         return cls(name=str(name), data=data, key=hashlib.sha1(data).hexdigest())
 
 
-@dataclass(frozen=True)
-class WorkerLoad:
-    """One build of a per-worker resource (None on calls that reused it)."""
-
-    name: str
-    pid: int
-    thread: int
-    host: str
-    start: float
-    end: float
-
-    @property
-    def load_s(self) -> float:
-        return max(0.0, self.end - self.start)
-
-    def mark(self) -> Mark:
-        """A slice on the worker's thread row, before the call that waited for it."""
-        return Mark(
-            "span",
-            f"load {self.name}",
-            self.start,
-            self.pid,
-            self.host,
-            end=self.end,
-            thread=self.thread,
-            cat="worker_init",
-            args={"load_s": round(self.load_s, 6)},
-        )
-
-
-@dataclass(frozen=True)
-class WarmOutcome:
-    """A call with a per-worker resource: the call's outcome and, if built now, the load."""
-
-    outcome: CallOutcome
-    load: WorkerLoad | None
-
-
-class _Resources:
-    """This process's per-worker resources, by ``WorkerInit.key``.
-
-    Invariant: each key is built at most once per process while it succeeds
-    (a failed build is not cached, so the next call tries again); ``_lock``
-    makes concurrent first calls on threads build it once.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._built: dict[str, Any] = {}
-
-    def __repr__(self) -> str:
-        return f"<_Resources built={len(self._built)} pid={os.getpid()}>"
-
-    def get(self, init: WorkerInit) -> tuple[Any, WorkerLoad | None]:
-        with self._lock:
-            if init.key in self._built:
-                return self._built[init.key], None
-            start = time.time()
-            fn: Callable[[], Any] = cloudpickle.loads(init.data)
-            value = fn()
-            load = WorkerLoad(
-                init.name, os.getpid(), threading.get_native_id(), _hostname(), start, time.time()
-            )
-            self._built[init.key] = value
-            return value, load
-
-
-# The one per-process cache of built resources: it lives in each worker (and
-# in the driver for in-process lanes), like the worker's cache of node functions.
-@functools.cache
-def _resources() -> _Resources:
-    return _Resources()
-
-
-def call_warm(fn: Callable[..., Any], init: WorkerInit, arg: Any) -> WarmOutcome:
-    """``fn(arg, resource)`` with this process's resource for ``init``, timed apart."""
-    start = time.time()
-    try:
-        resource, load = _resources().get(init)
-    except BaseException as exc:
-        return WarmOutcome(_init_failure(exc, init, start), None)
-    return WarmOutcome(timed_call(functools.partial(_with_resource, fn, resource), arg), load)
-
-
-def _with_resource(fn: Callable[..., Any], resource: Any, arg: Any) -> Any:
-    return fn(arg, resource)
-
-
-def pack_warm(fn_bytes: bytes, init: WorkerInit, arg: Any) -> bytes:
-    return cloudpickle.dumps((fn_bytes, init, arg))
-
-
-def run_warm(payload: bytes) -> bytes:
-    """Worker entry point for a node with ``worker_init``."""
-    start = time.time()
-    try:
-        fn_bytes, init, arg = cloudpickle.loads(payload)
-        fn = cloudpickle.loads(fn_bytes)
-    except BaseException as exc:
-        failed = _init_failure(exc, None, start)
-        result = WarmOutcome(failed, None)
-    else:
-        result = call_warm(fn, init, arg)
-    result = replace(result, outcome=replace(result.outcome, bytes_in=len(payload)))
-    try:
-        return cloudpickle.dumps(result)
-    except BaseException as exc:
-        msg = f"the node's result cannot be pickled to return from the worker: {exc}"
-        bad = replace(
-            result.outcome,
-            ok=False,
-            value=None,
-            error=None,
-            error_type=type(exc).__qualname__,
-            error_message=msg,
-            traceback_text="".join(traceback.format_exception(exc)),
-        )
-        return cloudpickle.dumps(WarmOutcome(bad, result.load))
-
-
-def unpack_warm(data: bytes) -> WarmOutcome:
-    result: WarmOutcome = cloudpickle.loads(data)
-    return replace(result, outcome=replace(result.outcome, bytes_out=len(data)))
-
-
-def _init_failure(exc: BaseException, init: WorkerInit | None, start: float) -> CallOutcome:
-    what = f"worker_init {init.name} failed" if init else "could not unpickle the call"
-    return failed_outcome(exc, start, f"{what}: {exc}")
+def load_mark(
+    name: str, start: float, end: float, *, pid: int, thread: int, host: str, node: str
+) -> Mark:
+    """A ``worker_init`` build as a slice on the worker's thread row, before its call."""
+    return Mark(
+        "span",
+        f"load {name}",
+        start,
+        pid,
+        host,
+        end=end,
+        thread=thread,
+        cat="worker_init",
+        args={"load_s": round(max(0.0, end - start), 6), "node": node},
+    )
 
 
 # -- memory -------------------------------------------------------------------------
@@ -311,15 +198,10 @@ def workers_for_memory(
 
 
 __all__ = [
-    "WarmOutcome",
     "WorkerCap",
     "WorkerInit",
-    "WorkerLoad",
     "available_memory",
-    "call_warm",
-    "pack_warm",
+    "load_mark",
     "parse_size",
-    "run_warm",
-    "unpack_warm",
     "workers_for_memory",
 ]

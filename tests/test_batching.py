@@ -1,53 +1,96 @@
-"""Batching a fan-out of many small cpu calls into chunks, keeping every call's record."""
+"""Batching a fan-out of many small cpu calls into chunks, keeping every call's record.
+
+The plan is checked on its own; the rest runs through ``arun`` on the real
+default pool, and proves from the trace and from submission counts that a
+fan-out went out in chunks while every call kept its own result, error,
+timing, bytes and events.
+"""
 
 from __future__ import annotations
 
-import itertools
+import asyncio
+import operator
 import os
 import sys
 import threading
 import time
 from concurrent.futures import Executor, Future
-from typing import Any
+from typing import Annotated, Any
 
 import cloudpickle
-import loky
 import pytest
+from pydantic import BaseModel
+from structlog.testing import capture_logs
 
-from engine.batching import ChunkPlan, plan_chunks, run_batched, run_chunk, should_batch
-from engine.lanes.pool import default_executor, executor_workers
-from engine.lanes.worker import CallOutcome
+import engine
+from engine import END, START, Graph, NodeError, RetryPolicy, Send, WorkerCrashedError
+from engine.lanes.batching import ChunkPlan, plan_chunks, replan, should_batch
+from engine.lanes.pool import default_executor, executor_workers, is_broken, warm
+from engine.lanes.process import pid_alive
+from engine.lanes.worker import run_marked
 from tests.support import burn
 
 # Worker processes cannot import the tests package: node functions travel by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
-def square_or_fail(x: int) -> int:
-    if x % 7 == 3:
-        raise ValueError(f"bad input {x}")
-    return x * x
+class Fan(BaseModel):
+    n: int = 0
+    bad: int = -1  # the index whose call misbehaves (see ``kind``)
+    kind: str = ""
+    spin_s: float = 0.0
+    out: Annotated[list[int], operator.add] = []
+    pids: Annotated[list[int], operator.add] = []
 
 
-def lock_for_five(x: int) -> Any:
-    return threading.Lock() if x == 5 else x
+def work(p: dict[str, Any]) -> dict[str, Any]:
+    """A Send target: real CPU work, then one misbehaviour at index ``bad``."""
+    if p["spin_s"]:
+        burn(p["spin_s"])
+    if p["i"] == p["bad"]:
+        kind = p["kind"]
+        if kind == "raise":
+            raise ValueError(f"bad input {p['i']}")
+        if kind == "exit":
+            sys.exit(3)
+        if kind == "die":
+            os._exit(1)
+        if kind == "lock":
+            return {"out": [threading.Lock()]}  # type: ignore[list-item]
+    return {"out": [p["i"] * p["i"]], "pids": [os.getpid()]}
 
 
-def exit_on_two(x: int) -> int:
-    if x == 2:
-        sys.exit(3)
-    return x
+def fan_out(state: Fan) -> list[Send]:
+    payload = {"bad": state.bad, "kind": state.kind, "spin_s": state.spin_s}
+    sends = [Send("work", {"i": i, **payload}) for i in range(state.n)]
+    if state.kind == "unpicklable-input":
+        sends[state.bad] = Send("work", {"i": state.bad, **payload, "lock": threading.Lock()})
+    return sends
 
 
-def die_on_zero(x: int) -> int:
-    if x == 0:
-        os._exit(1)
-    time.sleep(0.05)
-    return x
+def fan_graph(**node: Any) -> engine.CompiledGraph:
+    g = Graph(Fan)
+    g.add_node("start", lambda s: None, lane="inline")
+    g.add_node("work", work, lane="cpu", **node)
+    g.add_edge(START, "start")
+    g.add_conditional_edges("start", fan_out)
+    g.add_edge("work", END)
+    return g.compile()
 
 
-def busy(seconds: float) -> int:
-    return burn(seconds)
+class CountingExecutor(Executor):
+    """Delegates to the default pool, counting the cpu lane's submissions (one per
+    dispatch; the dispatch-cost probe the app runs after a first run is not counted)."""
+
+    def __init__(self, inner: Executor) -> None:
+        self.inner = inner
+        self.submitted = 0
+        self._max_workers = executor_workers(inner)
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
+        if fn is run_marked:
+            self.submitted += 1
+        return self.inner.submit(fn, *args, **kwargs)
 
 
 class TestPlan:
@@ -105,114 +148,135 @@ def plan_for(n: int, chunks: int) -> ChunkPlan:
     return ChunkPlan(tuple(base + (i < extra) for i in range(chunks)), "test")
 
 
-class TestRun:
-    async def test_per_call_results_errors_and_timings(self) -> None:
-        """Each call keeps its own value or error, timing, worker and bytes, in arg order."""
-        args = list(range(40))
-        out = await run_batched(default_executor(), square_or_fail, args, plan_for(40, 4))
-        assert len(out) == 40 and all(isinstance(o, CallOutcome) for o in out)
-        outcomes: list[CallOutcome] = out  # type: ignore[assignment]
-        for x, o in zip(args, outcomes, strict=True):
-            if x % 7 == 3:
-                assert not o.ok and o.error_type == "ValueError"
-                assert o.error_message == f"bad input {x}" and "square_or_fail" in o.traceback_text
-            else:
-                assert o.ok and o.value == x * x
-            assert o.pid != os.getpid() and o.end >= o.start
-            assert o.bytes_in > 0 and o.bytes_out > 0
-        for chunk in plan_for(40, 4).slices():
-            part = outcomes[chunk]
-            assert len({o.pid for o in part}) == 1  # a chunk runs in one worker
-            assert all(a.end <= b.start + 1e-6 for a, b in itertools.pairwise(part))
-
-    async def test_unpicklable_result_fails_only_its_call(self) -> None:
-        """A result that cannot travel back fails that call; its chunk-mates succeed."""
-        out = await run_batched(default_executor(), lock_for_five, list(range(8)), plan_for(8, 1))
-        bad = out[5]
-        assert isinstance(bad, CallOutcome) and not bad.ok
-        assert "cannot be pickled" in bad.error_message
-        assert [o.value for i, o in enumerate(out) if i != 5] == [0, 1, 2, 3, 4, 6, 7]  # type: ignore[union-attr]
-
-    async def test_unpicklable_input_fails_only_its_call_before_submitting(self) -> None:
-        """An argument that cannot be pickled is an error in its place; the others run."""
-        args: list[Any] = [1, 2, threading.Lock(), 4]
-        out = await run_batched(default_executor(), lambda x: x + 1, args, plan_for(4, 2))
-        assert isinstance(out[2], TypeError)
-        assert [o.value for o in out if isinstance(o, CallOutcome)] == [2, 3, 5]
-
-    async def test_sys_exit_in_a_call_is_that_call_failing(self) -> None:
-        """sys.exit inside one call fails that call; the worker and the chunk go on."""
-        out = await run_batched(default_executor(), exit_on_two, [1, 2, 3], plan_for(3, 1))
-        assert [o.ok for o in out] == [True, False, True]  # type: ignore[union-attr]
-        assert out[1].error_type == "SystemExit"  # type: ignore[union-attr]
-
-    async def test_worker_death_fails_its_calls_without_hanging(self) -> None:
-        """A worker that dies turns its chunk's calls into exceptions; the run returns."""
-        pool = loky.ProcessPoolExecutor(max_workers=2)
-        try:
-            out = await run_batched(pool, die_on_zero, [0, 1, 2, 3], plan_for(4, 2))
-        finally:
-            pool.shutdown(wait=True, kill_workers=True)
-        assert isinstance(out[0], BaseException) and isinstance(out[1], BaseException)
-        assert "terminated" in str(out[0]).lower() or "abruptly" in str(out[0]).lower()
-
-    def test_chunk_runs_in_process_too(self) -> None:
-        """run_chunk is plain bytes in, bytes out: it runs the same in this process."""
-        fn = cloudpickle.dumps(square_or_fail)
-        payload = cloudpickle.dumps((fn, [cloudpickle.dumps(2), cloudpickle.dumps(3)]))
-        failure, blobs = cloudpickle.loads(run_chunk(payload))
-        assert failure is None
-        assert [cloudpickle.loads(b).ok for b in blobs] == [True, False]
-
-    def test_plan_must_match_args(self) -> None:
-        """A plan for a different number of calls is refused."""
-        import asyncio
-
-        with pytest.raises(ValueError, match="plan covers 3 calls but 2"):
-            asyncio.run(run_batched(default_executor(), abs, [1, 2], plan_for(3, 1)))
+class TestReplan:
+    def test_refused_calls_shrink_the_plan_evenly(self) -> None:
+        """A plan for 10 calls with 2 refused covers 8, in as many chunks, evenly."""
+        plan = replan(plan_for(10, 3), 8)
+        assert plan.n == 8 and len(plan.sizes) == 3 and max(plan.sizes) - min(plan.sizes) <= 1
+        assert replan(plan_for(10, 3), 0).sizes == ()
 
 
-class CountingExecutor(Executor):
-    """Delegates to a real pool, counting submissions (one per dispatch)."""
+class TestFanOut:
+    """A Send fan-out of a cpu node in parallel mode, through ``arun``."""
 
-    def __init__(self, inner: Executor) -> None:
-        self.inner = inner
-        self.submitted = 0
+    async def test_many_calls_go_out_in_chunks_each_with_its_own_record(self) -> None:
+        """400 short calls: a handful of submissions, yet 400 records, events and results."""
+        pool = CountingExecutor(default_executor())
+        warm(pool.inner)
+        events: list[Any] = []
+        r = await fan_graph().arun(
+            {"n": 400}, mode="parallel", executor=pool, on_event=events.append
+        )
+        workers = executor_workers(pool.inner)
+        assert 1 <= pool.submitted <= 4 * workers  # unmeasured plan: 4 chunks per worker
+        calls = [c for c in r.trace.calls if c.node == "work"]
+        assert len(calls) == 400 and all(c.ok for c in calls)
+        assert sorted(c.index for c in calls) == list(range(400))
+        assert all(c.pid != os.getpid() and c.bytes_in > 0 and c.bytes_out > 0 for c in calls)
+        assert sum(isinstance(e, engine.NodeFinished) and e.node == "work" for e in events) == 400
+        # The reducer saw every call's write in Send order, as unbatched.
+        assert r.state.out == [i * i for i in range(400)]
 
-    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
-        self.submitted += 1
-        return self.inner.submit(fn, *args, **kwargs)
+    async def test_same_final_state_as_sequential(self) -> None:
+        """Batched parallel calls merge to exactly the sequential run's state."""
+        app = fan_graph()
+        seq = await app.arun({"n": 300}, mode="sequential")
+        par = await app.arun({"n": 300}, mode="parallel")
+        assert par.state.out == seq.state.out
+        assert len(set(par.state.pids)) >= 1 and os.getpid() not in par.state.pids
+
+    async def test_batch_false_sends_every_call_alone(self) -> None:
+        """``add_node(batch=False)``: one submission per call."""
+        pool = CountingExecutor(default_executor())
+        await fan_graph(batch=False).arun({"n": 60}, mode="parallel", executor=pool)
+        assert pool.submitted == 60
+
+    async def test_a_node_with_a_timeout_is_not_batched(self) -> None:
+        """A timeout kills a worker, which would take a chunk's innocents along: no chunks."""
+        pool = CountingExecutor(default_executor())
+        await fan_graph(timeout=30.0).arun({"n": 60}, mode="parallel", executor=pool)
+        assert pool.submitted == 60
+
+    async def test_few_calls_are_not_batched(self) -> None:
+        """No more calls than workers: each goes alone (chunks would only serialise them)."""
+        pool = CountingExecutor(default_executor())
+        n = executor_workers(pool.inner)
+        await fan_graph().arun({"n": n}, mode="parallel", executor=pool)
+        assert pool.submitted == n
 
 
-async def test_a_fan_out_is_one_dispatch_per_chunk() -> None:
-    """1,000 calls cost 8 dispatches (one per chunk), and every call keeps its record."""
-    pool = CountingExecutor(default_executor())
-    plan = plan_chunks(1000, workers=2, dispatch_s=0.0005, call_s=0.001)
-    out = await run_batched(pool, square_or_fail, list(range(1000)), plan)
-    assert pool.submitted == len(plan.sizes) == 8
-    assert len(out) == 1000 and all(isinstance(o, CallOutcome) for o in out)
-    assert sum(not o.ok for o in out) == len(range(3, 1000, 7))  # type: ignore[union-attr]
+class TestFaultsInAChunk:
+    """One call misbehaves inside a chunk: only that call fails."""
+
+    @pytest.mark.parametrize(
+        ("kind", "pattern"),
+        [
+            ("raise", r"raised ValueError: bad input 7"),
+            ("exit", r"raised SystemExit"),
+            ("lock", r"cannot be pickled to return from the worker"),
+            ("unpicklable-input", r"cannot be pickled for a worker process"),
+        ],
+    )
+    async def test_only_the_bad_call_fails(self, kind: str, pattern: str) -> None:
+        """The step fails with that call's NodeError; the other 99 calls ran and succeeded."""
+        with pytest.raises(NodeError, match=pattern) as info:
+            await fan_graph().arun({"n": 100, "bad": 7, "kind": kind}, mode="parallel")
+        assert info.value.node == "work" and not isinstance(info.value, WorkerCrashedError)
+        # Nothing else failed: the NodeError names no other failure in the step.
+        assert not any("also failed" in note for note in getattr(info.value, "__notes__", []))
+
+    async def test_a_call_that_kills_its_worker_is_the_only_one_charged(self) -> None:
+        """os._exit in one call: its chunk re-runs one by one; only that call crashes."""
+        app = fan_graph(retry=RetryPolicy(max_attempts=1))
+        with capture_logs() as logs, pytest.raises(WorkerCrashedError) as info:
+            await app.arun({"n": 100, "bad": 7, "kind": "die"}, mode="parallel")
+        assert "exited with code 1" in str(info.value)
+        assert not any("also failed" in note for note in getattr(info.value, "__notes__", []))
+        assert any(e["event"] == "cpu_chunk_lost_rerun_singly" for e in logs)
+        # The pool recovered: the same fan-out now succeeds in chunks.
+        r = await app.arun({"n": 100}, mode="parallel")
+        assert r.state.out == [i * i for i in range(100)]
+
+    async def test_cancelling_the_run_takes_the_chunks_back(self) -> None:
+        """Cancel mid-chunk: arun stops at once and the busy workers are killed."""
+        app = fan_graph()
+        warm(default_executor())
+        task = asyncio.ensure_future(
+            app.arun({"n": 40, "spin_s": 0.25}, mode="parallel")  # 10 s of work
+        )
+        await asyncio.sleep(1.0)
+        pids = [pid for pid in default_executor()._processes]  # type: ignore[attr-defined]
+        t0 = time.monotonic()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert time.monotonic() - t0 < 3.0
+        deadline = time.monotonic() + 5.0
+        while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert not any(pid_alive(p) for p in pids), "a worker ran on after the cancel"
+        # The pool notices its killed workers; the next run gets a fresh one.
+        pool = default_executor()
+        while not is_broken(pool) and time.monotonic() < deadline + 5.0:
+            await asyncio.sleep(0.05)
+        r = await app.arun({"n": 20}, mode="parallel")
+        assert r.state.out == [i * i for i in range(20)]
 
 
-async def test_many_small_calls_keep_every_worker_busy() -> None:
-    """1,000 cpu calls of ~1 ms, batched: the workers are busy >= 80% of the wall, together."""
-    # The proof is the engine's own: the calls' worker-side intervals (busy
-    # seconds over wall seconds). A noisy neighbour on a shared machine
-    # stretches those evenly, so this holds where a wall-clock comparison
-    # with a sequential run would not; the benchmark harness reports the
-    # speedup against 0.8 x cores on a quiet machine.
-    pool = default_executor()
-    workers = executor_workers(pool)
-    cores = min(workers, len(os.sched_getaffinity(0)))
-    if cores < 2:
-        pytest.skip("needs at least two cores to show parallel speedup")
-    n, call_s = 1000, 0.001
-    await run_batched(pool, busy, [0.0] * (2 * workers), plan_for(2 * workers, 2 * workers))
-    plan = plan_chunks(n, workers=workers, dispatch_s=0.0005, call_s=call_s)
-    t0 = time.perf_counter()
-    out = await run_batched(pool, busy, [call_s] * n, plan)
-    parallel = time.perf_counter() - t0
-    outcomes = [o for o in out if isinstance(o, CallOutcome) and o.ok]
-    assert len(outcomes) == n and len({o.pid for o in outcomes}) == workers
-    busy_s = sum(o.end - o.start for o in outcomes)
-    assert busy_s / parallel >= 0.8 * cores, (busy_s, parallel, plan.reason)
+class TestParallelism:
+    async def test_chunks_run_on_every_worker_at_once(self) -> None:
+        """400 calls of ~2 ms: every worker ran calls, and workers' intervals overlap."""
+        pool = default_executor()
+        workers = executor_workers(pool)
+        if workers < 2:
+            pytest.skip("needs a pool of at least two workers")
+        warm(pool)
+        r = await fan_graph().arun({"n": 400, "spin_s": 0.002}, mode="parallel")
+        calls = [c for c in r.trace.calls if c.node == "work"]
+        by_pid: dict[int, list[Any]] = {}
+        for c in calls:
+            by_pid.setdefault(c.pid, []).append(c)
+        assert len(by_pid) == workers
+        spans = sorted((min(c.start for c in cs), max(c.end for c in cs)) for cs in by_pid.values())
+        # Every worker was busy while every other was: their spans share time.
+        assert max(s for s, _ in spans) < min(e for _, e in spans)

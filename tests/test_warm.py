@@ -1,32 +1,30 @@
-"""Warm workers: per-worker resources built once, and the pool capped by memory."""
+"""Warm workers: per-worker resources built once, and the pool capped by memory.
+
+Through ``arun``: each worker builds a node's ``worker_init`` resource once
+and every call there reuses it; the build is timed apart from the call and
+drawn as its own slice; in-driver lanes build once per compiled graph.
+"""
 
 from __future__ import annotations
 
-import asyncio
+import json
+import operator
 import os
 import sys
-import threading
 import time
 import uuid
-from typing import Any
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
 
 import cloudpickle
 import pytest
+from pydantic import BaseModel
 
-from engine import GraphError
-from engine.lanes.pool import default_executor
-from engine.marks import chrome_events, simple_pid_of
-from engine.warm import (
-    WarmOutcome,
-    WorkerInit,
-    available_memory,
-    call_warm,
-    pack_warm,
-    parse_size,
-    run_warm,
-    unpack_warm,
-    workers_for_memory,
-)
+import engine
+from engine import END, START, Graph, GraphError, NodeError, Send
+from engine.lanes.pool import default_executor, executor_workers, warm
+from engine.warm import available_memory, parse_size, workers_for_memory
 
 # Worker processes cannot import the tests package: node functions travel by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -34,101 +32,155 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 LOAD_S = 0.2
 
 
-def load_vocab() -> dict[str, Any]:
-    """A heavy per-worker resource: slow to build, cheap to use."""
-    time.sleep(LOAD_S)
-    return {"pid": os.getpid(), "built": time.time(), "vocab": {"a": 1, "b": 2}}
+class Docs(BaseModel):
+    n: int = 0
+    seen: Annotated[list[dict[str, Any]], operator.add] = []
 
 
-def tokenize(text: str, vocab: dict[str, Any]) -> dict[str, Any]:
-    return {"ids": [vocab["vocab"].get(c, 0) for c in text], "built_in": vocab["pid"]}
+def vocab_loader(tag: str, fail_flag: str = "") -> Callable[[], dict[str, Any]]:
+    """A heavy per-worker resource: slow to build, cheap to use.
+
+    ``tag`` makes each test's loader its own (identical loaders share one
+    build per process, and pool workers outlive a test). While the file
+    ``fail_flag`` exists, the build fails.
+    """
+
+    def load_vocab() -> dict[str, Any]:
+        if fail_flag and Path(fail_flag).exists():
+            raise OSError("model file missing")
+        time.sleep(LOAD_S)
+        return {"tag": tag, "built_by": os.getpid(), "built_at": time.time(), "ids": {"a": 1}}
+
+    return load_vocab
 
 
-def broken_init() -> None:
-    raise OSError("model file missing")
+def tokenize(arg: Any, vocab: dict[str, Any]) -> dict[str, Any]:
+    return {"seen": [{"pid": os.getpid(), "built_by": vocab["built_by"], "at": vocab["built_at"]}]}
+
+
+async def atokenize(arg: Any, vocab: dict[str, Any]) -> dict[str, Any]:
+    return tokenize(arg, vocab)
+
+
+def fan(state: Docs) -> list[Send]:
+    return [Send("tok", {"i": i}) for i in range(state.n)]
+
+
+def warm_graph(init: Callable[[], Any], *, fn: Any = tokenize, **node: Any) -> Any:
+    g = Graph(Docs)
+    g.add_node("start", lambda s: None, lane="inline")
+    g.add_node("tok", fn, worker_init=init, **node)
+    g.add_edge(START, "start")
+    g.add_conditional_edges("start", fan)
+    g.add_edge("tok", END)
+    return g.compile()
 
 
 class TestWorkerInit:
-    async def test_each_worker_builds_once_and_load_is_timed_apart(self) -> None:
-        """12 calls on the pool: one load per worker, calls reuse it; load time is separate."""
-        init = WorkerInit.of(load_vocab, node="tok")
-        fn_bytes = cloudpickle.dumps(tokenize)
-        loop = asyncio.get_running_loop()
-        pool = default_executor()
+    @pytest.mark.parametrize("batch", [True, False], ids=["batched", "one-by-one"])
+    async def test_each_worker_builds_once_and_load_is_timed_apart(self, batch: bool) -> None:
+        """24 calls on the pool: one build per worker, reused by every later call there;
+        the build is a separate slice, not part of any call's wall time."""
+        warm(default_executor())
+        app = warm_graph(vocab_loader(uuid.uuid4().hex), lane="cpu", batch=batch)
+        r = await app.arun({"n": 24}, mode="parallel")
+        seen = r.state.seen
+        assert len(seen) == 24 and all(s["pid"] == s["built_by"] for s in seen)
+        workers = {s["pid"] for s in seen}
+        assert os.getpid() not in workers
+        # One build per worker: every call in a worker saw the same resource.
+        assert all(len({s["at"] for s in seen if s["pid"] == w}) == 1 for w in workers)
+        loads = [m for m in r.trace.marks if m.cat == "worker_init"]
+        assert sorted(m.pid for m in loads) == sorted(workers)
+        assert all(m.duration_s >= LOAD_S * 0.9 and m.name.startswith("load ") for m in loads)
+        calls = [c for c in r.trace.calls if c.node == "tok"]
+        assert sum(c.load_s > 0 for c in calls) == len(workers)
+        assert all(c.wall_s < LOAD_S * 0.5 for c in calls)  # the load is not in the call
+        # A second run reuses the workers' resources: nothing is built again.
+        again = await app.arun({"n": 8}, mode="parallel")
+        assert not [m for m in again.trace.marks if m.cat == "worker_init"]
+        assert {s["at"] for s in again.state.seen} <= {s["at"] for s in seen}
 
-        async def one(text: str) -> WarmOutcome:
-            data = await loop.run_in_executor(pool, run_warm, pack_warm(fn_bytes, init, text))
-            return unpack_warm(data)
+    @pytest.mark.parametrize(
+        ("lane", "mode"),
+        [("thread", "parallel"), ("inline", "parallel"), ("cpu", "sequential"),
+         ("cpu", "concurrent"), ("io", "parallel")],
+    )  # fmt: skip
+    async def test_in_driver_lanes_build_once_per_compiled_graph(
+        self, lane: str, mode: str
+    ) -> None:
+        """On lanes in the driver the resource is built once, in the driver, across runs."""
+        fn = atokenize if lane == "io" else tokenize
+        app = warm_graph(vocab_loader(uuid.uuid4().hex), fn=fn, lane=lane)
+        first = await app.arun({"n": 5}, mode=mode)
+        second = await app.arun({"n": 5}, mode=mode)
+        seen = first.state.seen + second.state.seen
+        assert {s["built_by"] for s in seen} == {os.getpid()}
+        assert len({s["at"] for s in seen}) == 1
+        assert len([m for m in first.trace.marks if m.cat == "worker_init"]) == 1
+        assert not [m for m in second.trace.marks if m.cat == "worker_init"]
 
-        results = await asyncio.gather(*(one("ab" * i) for i in range(12)))
-        assert all(r.outcome.ok for r in results)
-        loads = [r.load for r in results if r.load is not None]
-        worker_pids = {r.outcome.pid for r in results}
-        # At most one load per worker, ever: a worker warmed by an earlier test loads nothing.
-        assert (
-            len({ld.pid for ld in loads}) == len(loads) and {ld.pid for ld in loads} <= worker_pids
-        )
-        for r in results:
-            assert r.outcome.value["built_in"] == r.outcome.pid  # its own worker's resource
-            assert r.outcome.end - r.outcome.start < LOAD_S / 2  # the call excludes the load
-            if r.load is not None:
-                assert r.load.load_s >= LOAD_S * 0.9 and r.outcome.start >= r.load.end
-                assert r.load.name.endswith("load_vocab")
-        again = await one("ba")
-        assert again.load is None and again.outcome.bytes_in > 0 and again.outcome.bytes_out > 0
+    @pytest.mark.parametrize("mode", ["sequential", "parallel"])
+    async def test_a_failing_build_fails_the_call_and_is_tried_again(
+        self, mode: str, tmp_path: Path
+    ) -> None:
+        """A build that raises fails the node with its message; the next run builds again."""
+        flag = tmp_path / "broken"
+        flag.touch()
+        app = warm_graph(vocab_loader(uuid.uuid4().hex, str(flag)), lane="cpu")
+        with pytest.raises(NodeError, match=r"worker_init .*load_vocab failed: model file missing"):
+            await app.arun({"n": 3}, mode=mode)
+        flag.unlink()
+        r = await app.arun({"n": 3}, mode=mode)
+        assert len(r.state.seen) == 3
 
-    def test_in_process_calls_share_one_build(self) -> None:
-        """call_warm in this process builds once, even with concurrent first calls."""
-        init = WorkerInit.of(_counting_init(), node="n")
-        results: list[WarmOutcome] = []
-        threads = [
-            threading.Thread(target=lambda: results.append(call_warm(_echo, init, 1)))
-            for _ in range(4)
-        ]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert [r.outcome.value for r in results] == [("res", 1)] * 4
-        assert sum(r.load is not None for r in results) == 1
+    def test_an_unpicklable_init_is_refused_at_add_node(self) -> None:
+        """worker_init must reach the workers: refused when added, naming the node."""
+        import threading
 
-    def test_identical_inits_share_one_build(self) -> None:
-        """Two nodes declaring the same loader get one resource per process, not two."""
-        build = _counting_init()
-        first = call_warm(_echo, WorkerInit.of(build, node="a"), 1)
-        second = call_warm(_echo, WorkerInit.of(build, node="b"), 2)
-        assert first.load is not None and second.load is None
-
-    def test_failed_init_fails_the_call_and_is_tried_again(self) -> None:
-        """A worker_init that raises fails the call with its name; nothing is cached."""
-        init = WorkerInit.of(broken_init, node="n")
-        for _ in range(2):
-            r = call_warm(_echo, init, 1)
-            assert not r.outcome.ok and r.load is None
-            assert "worker_init" in r.outcome.error_message
-            assert "model file missing" in r.outcome.error_message
-
-    def test_unpicklable_init_is_refused_at_declaration(self) -> None:
-        """worker_init must reach the workers: a closure over a lock is a GraphError."""
         lock = threading.Lock()
-
-        def holds() -> Any:
-            return lock
-
+        g = Graph(Docs)
         with pytest.raises(GraphError, match=r"node 'tok': worker_init .* cannot be pickled"):
-            WorkerInit.of(holds, node="tok")
+            g.add_node("tok", tokenize, worker_init=lambda: lock)
         with pytest.raises(GraphError, match="not callable"):
-            WorkerInit.of(42, node="tok")  # type: ignore[arg-type]
+            g.add_node("tok", tokenize, worker_init=42)  # type: ignore[arg-type]
 
-    def test_load_slice_for_the_trace(self) -> None:
-        """The load is its own Chrome slice on the worker's thread row."""
-        r = call_warm(_echo, WorkerInit.of(_counting_init(), node="n"), 1)
-        assert r.load is not None
-        mark = r.load.mark()
-        assert mark.duration_s == pytest.approx(r.load.load_s) and mark.thread == r.load.thread
-        (ev,) = chrome_events([mark], t0=r.load.start, pid_of=simple_pid_of())
-        assert ev["ph"] == "X" and ev["ts"] == 0 and ev["name"].startswith("load ")
-        assert ev["tid"] == r.load.thread and ev["cat"] == "worker_init" and ev["pid"] == 1
+    async def test_the_load_is_a_slice_in_the_chrome_trace(self, tmp_path: Path) -> None:
+        """The Chrome trace draws each build as its own 'load' slice on the worker's row."""
+        app = warm_graph(vocab_loader(uuid.uuid4().hex), lane="cpu")
+        r = await app.arun({"n": 4}, mode="parallel")
+        path = tmp_path / "trace.json"
+        r.trace.to_chrome(path)
+        events = json.loads(path.read_text())["traceEvents"]
+        loads = [e for e in events if e.get("cat") == "worker_init"]
+        assert loads and all(e["ph"] == "X" and e["name"].startswith("load ") for e in loads)
+        assert all(e["dur"] >= LOAD_S * 0.9e6 for e in loads)
+
+
+class TestMemoryCap:
+    async def test_the_pool_never_outgrows_the_memory(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """1.5 GB available, 1 GB per worker: the run uses one worker, however many cores."""
+        monkeypatch.setattr(engine.warm, "available_memory", lambda: 1_500_000_000)
+        app = warm_graph(vocab_loader(uuid.uuid4().hex), lane="cpu", memory_per_worker="1GB")
+        try:
+            r = await app.arun({"n": 6}, mode="parallel")
+            assert len({s["pid"] for s in r.state.seen}) == 1
+            assert executor_workers(default_executor(1)) == 1
+        finally:
+            default_executor()  # back to the machine's size for the next tests
+        # A run-level hint (arun(memory_per_worker=...)) caps the pool the same way.
+        r = await warm_graph(vocab_loader(uuid.uuid4().hex), lane="cpu").arun(
+            {"n": 6}, mode="parallel", memory_per_worker=2_000_000_000
+        )
+        default_executor()
+        assert len({s["pid"] for s in r.state.seen}) == 1
+
+    def test_a_bad_hint_is_refused_at_add_node(self) -> None:
+        """memory_per_worker is checked when the node is added, naming it."""
+        with pytest.raises(GraphError, match=r"node 'tok': memory_per_worker"):
+            Graph(Docs).add_node("tok", tokenize, memory_per_worker="lots")
 
 
 class TestMemory:
@@ -171,18 +223,3 @@ class TestMemory:
         """available_memory() finds a positive number on Linux."""
         found = available_memory()
         assert found is not None and found > 0
-
-
-def _counting_init() -> Any:
-    """A fresh init each time: identical init functions share one build per process."""
-    tag = uuid.uuid4().hex
-
-    def build() -> str:
-        time.sleep(0.05)
-        return "res" if tag else ""
-
-    return build
-
-
-def _echo(arg: Any, resource: Any) -> Any:
-    return (resource, arg)

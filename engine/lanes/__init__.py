@@ -25,18 +25,32 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import os
 import threading
 import time
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Hashable, Mapping, MutableMapping
 from concurrent.futures import Executor, ThreadPoolExecutor
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import cloudpickle
 
+from .batching import Batch, ChunkPlan, replan
 from .pool import default_workers, executor_workers
 from .process import ProcessLane, WorkerLost, describe_exit, is_worker_crash
-from .worker import CallOutcome, _hostname, failed_outcome, load_outcome, run_call, timed_call
+from .worker import (
+    CallOutcome,
+    Resources,
+    _hostname,
+    call_with_init,
+    failed_outcome,
+    load_outcome,
+    run_call,
+    run_chunk,
+)
+
+if TYPE_CHECKING:
+    from ..warm import WorkerInit
 
 Mode = Literal["sequential", "concurrent", "parallel"]
 MODES: tuple[Mode, ...] = ("sequential", "concurrent", "parallel")
@@ -62,7 +76,9 @@ class LaneRunner:
         executor: Executor | None = None,
         *,
         fn_cache: MutableMapping[str, bytes] | None = None,
+        resources: Resources | None = None,
         thread_workers: int = 32,
+        pool_size: int | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
@@ -74,6 +90,11 @@ class LaneRunner:
         self._abandoned_threads = False
         self._thread_workers = thread_workers
         self._fn_cache: MutableMapping[str, bytes] = fn_cache if fn_cache is not None else {}
+        # worker_init resources of calls made in this process (kept per app, across runs).
+        self._resources = resources if resources is not None else Resources()
+        # A cap on the default pool's size (memory_per_worker); None: sized to the machine.
+        self._pool_size = pool_size
+        self._batches: dict[str, Batch] = {}
         self._state = _State.OPEN
 
     def __repr__(self) -> str:
@@ -85,7 +106,11 @@ class LaneRunner:
         if self._state is _State.CLOSED:
             raise RuntimeError(f"{self!r} is closed; start a new run")
         if self._process is None:
-            self._process = ProcessLane(self._user_executor, workers=self.cpu_workers)
+            self._process = ProcessLane(
+                self._user_executor,
+                workers=self.cpu_workers,
+                pool_size=self._pool_size if self._user_executor is None else None,
+            )
         return self._process
 
     @property
@@ -100,8 +125,11 @@ class LaneRunner:
         Asked without creating the default pool, so sequential runs start no process.
         """
         if self._user_executor is not None:
-            return executor_workers(self._user_executor)
-        return default_workers()
+            n = executor_workers(self._user_executor)
+        else:
+            n = default_workers()
+        # A memory cap binds a user's pool too: fewer calls in flight than workers.
+        return min(n, self._pool_size) if self._pool_size else n
 
     def crosses_process(self, lane: str) -> bool:
         """True when a call on ``lane`` is pickled to another process (no copy needed)."""
@@ -133,18 +161,30 @@ class LaneRunner:
         *,
         is_coroutine: bool,
         timeout: float | None = None,
+        init: WorkerInit | None = None,
+        key: Hashable | None = None,
     ) -> CallOutcome:
-        """Run ``fn(arg)`` on ``lane``; raises TimeoutError past ``timeout``."""
+        """Run ``fn(arg)`` on ``lane``; raises TimeoutError past ``timeout``.
+
+        With ``init`` (a node's ``worker_init``) the call is ``fn(arg,
+        resource)``, the resource built once per process. A ``key`` that
+        ``open_batch`` sent already collects that call's result instead.
+        """
         if lane == "io" and is_coroutine:
-            return await self._on_loop_async(fn, arg, timeout)
+            return await self._on_loop_async(fn, arg, timeout, init)
         if lane == "cpu" and self.mode == "parallel":
-            return await self._in_process_pool(node, fn, arg, timeout)
+            batch = self._batches.get(node) if key is not None else None
+            if batch is not None and key in batch:
+                return _decoded(await batch.result(key))
+            return await self._in_process_pool(node, fn, arg, timeout, init)
         if lane == "inline" or (self.mode == "sequential" and not is_coroutine):
-            return timed_call(fn, arg)
+            return call_with_init(fn, arg, init, self._resources)
         # thread lane, sync io, cpu in concurrent mode, or a coroutine that
         # must run outside this loop: a thread of the pool.
         loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(self._thread_pool(), timed_call, fn, arg)
+        fut = loop.run_in_executor(
+            self._thread_pool(), call_with_init, fn, arg, init, self._resources
+        )
         try:
             return await _bounded(fut, timeout)
         except (TimeoutError, asyncio.CancelledError):
@@ -153,8 +193,17 @@ class LaneRunner:
             raise
 
     async def _on_loop_async(
-        self, fn: Callable[..., Any], arg: Any, timeout: float | None
+        self, fn: Callable[..., Any], arg: Any, timeout: float | None, init: WorkerInit | None
     ) -> CallOutcome:
+        built: tuple[float, float] | None = None
+        if init is not None:
+            t = time.time()
+            try:
+                # A build may be slow (it loads something): never on the loop's thread.
+                resource, built = await asyncio.to_thread(self._resources.get, init)
+            except Exception as exc:
+                return failed_outcome(exc, t, f"worker_init {init.name} failed: {exc}")
+            fn = functools.partial(_resource_last, fn, resource)
         start = time.time()
         try:
             async with asyncio.timeout(timeout):
@@ -163,6 +212,7 @@ class LaneRunner:
             raise
         except Exception as exc:
             return failed_outcome(exc, start)
+        load = (init.name, *built) if init is not None and built is not None else ("", 0.0, 0.0)
         return CallOutcome(
             ok=True,
             value=value,
@@ -172,10 +222,18 @@ class LaneRunner:
             start=start,
             end=time.time(),
             cpu_s=0.0,  # not attributable: other tasks interleave on this thread
+            load_name=load[0],
+            load_start=load[1],
+            load_end=load[2],
         )
 
     async def _in_process_pool(
-        self, node: str, fn: Callable[..., Any], arg: Any, timeout: float | None
+        self,
+        node: str,
+        fn: Callable[..., Any],
+        arg: Any,
+        timeout: float | None,
+        init: WorkerInit | None,
     ) -> CallOutcome:
         try:
             fn_bytes = self.fn_bytes(node, fn)
@@ -185,29 +243,74 @@ class LaneRunner:
                 f"{type(exc).__name__}: {exc}; define it at module level"
             ) from exc
         try:
-            payload = cloudpickle.dumps((fn_bytes, arg))
-        except Exception as exc:
             # Check the process boundary before anything is submitted (or reserved).
-            raise PayloadError(
-                f"its input {_unpicklable_part(arg)} cannot be pickled for a worker process: "
-                f"{type(exc).__name__}: {exc}; keep state fields and Send payloads plain data"
-            ) from exc
+            payload = cloudpickle.dumps((fn_bytes, arg) if init is None else (fn_bytes, arg, init))
+        except Exception as exc:
+            raise _unpicklable_input(arg, exc) from exc
         data = await self.process_lane.run(run_call, payload, timeout=timeout, what=node)
-        outcome, what, error = load_outcome(data)
-        # A failed node whose exception cannot be rebuilt here still has its text.
-        if error is not None and outcome.ok:
-            raise PayloadError(
-                f"{what} came back from the worker but cannot be unpickled in the driver: "
-                f"{type(error).__name__}: {error}; return plain data (dicts, lists, str, "
-                "numbers, pydantic models)"
-            ) from error
-        return _with_bytes_out(outcome, len(data))
+        return _decoded(data)
+
+    # -- batches -------------------------------------------------------------
+
+    def open_batch(
+        self,
+        node: str,
+        fn: Callable[..., Any],
+        plan: ChunkPlan,
+        args: Mapping[Any, Any],
+        init: WorkerInit | None = None,
+    ) -> dict[Hashable, PayloadError]:
+        """Send ``node``'s calls ``args`` (key -> argument) to the pool in chunks, now.
+
+        Each call then collects its result with ``call(..., batched=True,
+        key=key)``. Returns the keys whose argument cannot be pickled, with
+        the error each call must fail with (nothing of theirs was sent). One
+        batch per node at a time: the scheduler opens it at the start of a
+        step and closes it (``close_batches``) at the step's barrier.
+        """
+        if node in self._batches:
+            raise RuntimeError(f"node {node!r} already has an open batch in {self!r}")
+        fn_bytes = self.fn_bytes(node, fn)
+        blobs: dict[Hashable, bytes] = {}
+        refused: dict[Hashable, PayloadError] = {}
+        for key, arg in args.items():
+            try:
+                blobs[key] = cloudpickle.dumps(arg)
+            except Exception as exc:
+                refused[key] = _unpicklable_input(arg, exc)
+        if refused:
+            plan = replan(plan, len(blobs))
+        lane = self.process_lane
+
+        async def submit_chunk(chunk: list[bytes]) -> list[bytes]:
+            payload = cloudpickle.dumps((fn_bytes, init, chunk))
+            what = f"{node} (a chunk of {len(chunk)} calls)"
+            data = await lane.run(run_chunk, payload, what=what)
+            results: list[bytes] = cloudpickle.loads(data)
+            return results
+
+        async def submit_one(blob: bytes) -> bytes:
+            payload = cloudpickle.dumps((fn_bytes, cloudpickle.loads(blob), init))
+            return await lane.run(run_call, payload, what=node)
+
+        if blobs:
+            self._batches[node] = Batch(
+                node, plan, blobs, submit_chunk=submit_chunk, submit_one=submit_one
+            )
+        return refused
+
+    async def close_batches(self) -> None:
+        """End every open batch: send what is collected, stop what still runs."""
+        batches, self._batches = list(self._batches.values()), {}
+        for batch in batches:
+            await batch.aclose()
 
     async def aclose(self) -> None:
         """Close the process lane and shut the run's thread pool down; idempotent."""
         if self._state is _State.CLOSED:
             return
         self._state = _State.CLOSED
+        await self.close_batches()
         if self._process is not None:
             await self._process.aclose()
         if self._threads is not None:
@@ -251,15 +354,37 @@ def _unpicklable_part(arg: Any) -> str:
     return f"(type {type(arg).__name__})"
 
 
-def _with_bytes_out(outcome: CallOutcome, n: int) -> CallOutcome:
-    from dataclasses import replace
+def _decoded(data: bytes) -> CallOutcome:
+    """A process-lane result as an outcome; a value the driver cannot rebuild is a
+    PayloadError (a failed node whose exception cannot be rebuilt keeps its text)."""
+    outcome, what, error = load_outcome(data)
+    if error is not None and outcome.ok:
+        raise PayloadError(
+            f"{what} came back from the worker but cannot be unpickled in the driver: "
+            f"{type(error).__name__}: {error}; return plain data (dicts, lists, str, "
+            "numbers, pydantic models)"
+        ) from error
+    return outcome
 
-    return replace(outcome, bytes_out=n)
+
+def _unpicklable_input(arg: Any, exc: Exception) -> PayloadError:
+    error = PayloadError(
+        f"its input {_unpicklable_part(arg)} cannot be pickled for a worker process: "
+        f"{type(exc).__name__}: {exc}; keep state fields and Send payloads plain data"
+    )
+    error.__cause__ = exc
+    return error
+
+
+def _resource_last(fn: Callable[..., Any], resource: Any, arg: Any) -> Any:
+    return fn(arg, resource)
 
 
 __all__ = [
     "MODES",
+    "Batch",
     "CallOutcome",
+    "ChunkPlan",
     "LaneRunner",
     "Mode",
     "PayloadError",

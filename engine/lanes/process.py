@@ -247,8 +247,12 @@ class ProcessLane:
     were made here and are shut down by ``aclose``.
     """
 
-    def __init__(self, executor: Executor | None, *, workers: int) -> None:
+    def __init__(
+        self, executor: Executor | None, *, workers: int, pool_size: int | None = None
+    ) -> None:
         self._given = executor
+        # The default pool's size for this lane (None: sized to the machine).
+        self._pool_size = pool_size
         self._default = is_default_pool(executor)
         self._executor: Executor | None = executor
         self._owned: list[Executor] = []
@@ -278,7 +282,7 @@ class ProcessLane:
     def executor(self) -> Executor:
         """The pool calls go to now (the default pool is created on first use)."""
         if self._executor is None:
-            self._executor = default_executor()
+            self._executor = default_executor(self._pool_size)
         return self._executor
 
     async def run(
@@ -385,7 +389,7 @@ class ProcessLane:
                     await asyncio.sleep(0.005)
                 self._doomed.remove(executor)
             if executor is None:
-                executor = default_executor()
+                executor = default_executor(self._pool_size)
             elif is_broken(executor):
                 # Shutting a broken pool down may join its threads: off the loop.
                 executor = await asyncio.to_thread(self._replace, executor)

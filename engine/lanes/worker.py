@@ -51,6 +51,11 @@ class CallOutcome:
     bytes_in: int = 0
     bytes_out: int = 0
     queued_s: float = 0.0  # runnable but not running: preempted (Linux), not the call's doing
+    # A per-worker resource built for this call (``worker_init``), timed apart
+    # from it: what was built and when. Empty when the call reused one.
+    load_name: str = ""
+    load_start: float = 0.0
+    load_end: float = 0.0
     error: BaseException | None = None
     error_type: str = ""
     error_message: str = ""
@@ -228,21 +233,51 @@ NOT_RUN = b""
 def run_call(payload: bytes) -> bytes:
     """Worker entry point of the process lane: ``(head, body)`` pickled.
 
-    ``body`` is the value (or the node's exception) pickled on its own, one
-    pickle per field when it is a dict of updates, each with its type's name:
-    what fails to cross, in either direction, is named down to the field.
+    ``payload`` is ``(fn_bytes, arg)`` or ``(fn_bytes, arg, init)`` where
+    ``init`` is a ``WorkerInit`` (``engine.warm``) whose resource the node
+    receives as its second argument. ``body`` is the value (or the node's
+    exception) pickled on its own, one pickle per field when it is a dict of
+    updates, each with its type's name: what fails to cross, in either
+    direction, is named down to the field.
     """
     start = time.time()
     try:
-        fn_bytes, arg = cloudpickle.loads(payload)
+        fn_bytes, arg, *rest = cloudpickle.loads(payload)
         fn = _load_fn(fn_bytes)
     except BaseException as exc:
         outcome = failed_outcome(
             exc, start, f"could not unpickle the node's function or input: {exc}"
         )
     else:
-        outcome = timed_call(fn, arg)
-    outcome = replace(outcome, bytes_in=len(payload))
+        outcome = call_with_init(fn, arg, rest[0] if rest else None)
+    return _encode(replace(outcome, bytes_in=len(payload)))
+
+
+def run_chunk(payload: bytes) -> bytes:
+    """Worker entry point of a batch: ``(fn_bytes, init, [arg_blob, ...])``.
+
+    Runs the calls one after another in this worker and returns one
+    ``run_call``-format result per call (a list, pickled), so each call keeps
+    its own value, error, timing and byte counts: a call that fails, or whose
+    result cannot travel, fails alone.
+    """
+    fn_bytes, init, blobs = cloudpickle.loads(payload)
+    fn = _load_fn(fn_bytes)
+    results: list[bytes] = []
+    for blob in blobs:
+        start = time.time()
+        try:
+            arg = cloudpickle.loads(blob)
+        except BaseException as exc:
+            outcome = failed_outcome(exc, start, f"could not unpickle this call's input: {exc}")
+        else:
+            outcome = call_with_init(fn, arg, init)
+        results.append(_encode(replace(outcome, bytes_in=len(blob))))
+    return cloudpickle.dumps(results)
+
+
+def _encode(outcome: CallOutcome) -> bytes:
+    """One outcome as ``(head, body)`` bytes (see ``run_call``)."""
     try:
         body = _dump_body(outcome.value if outcome.ok else outcome.error)
     except _Unpicklable as bad:
@@ -262,6 +297,72 @@ def run_call(payload: bytes) -> bytes:
         body = _dump_body(None)  # an unpicklable exception: its text travels in the head
     head = replace(outcome, value=None, error=None)
     return cloudpickle.dumps((head, body))
+
+
+# -- per-worker resources (``worker_init``) ----------------------------------------
+
+
+class Resources:
+    """Resources built by ``worker_init`` functions, by the init's key, in one process.
+
+    Invariant: a key is built at most once while its build succeeds (a failed
+    build is not kept, so the next call tries again); ``_lock`` makes
+    concurrent first calls on threads build it once.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._built: dict[str, Any] = {}
+
+    def __repr__(self) -> str:
+        return f"<Resources built={len(self._built)} pid={os.getpid()}>"
+
+    def __len__(self) -> int:
+        return len(self._built)
+
+    def get(self, init: Any) -> tuple[Any, tuple[float, float] | None]:
+        """(resource, (start, end) of its build now, or None when it was built before)."""
+        with self._lock:
+            if init.key in self._built:
+                return self._built[init.key], None
+            start = time.time()
+            build: Callable[[], Any] = _load_fn(init.data)
+            value = build()
+            self._built[init.key] = value
+            return value, (start, time.time())
+
+
+# Worker-process state, like ``_load_fn``'s cache: the resources a worker
+# built, kept for the calls it runs later. Created on first use in a worker;
+# the driver never uses it (its in-process lanes keep theirs per app).
+@functools.cache
+def worker_resources() -> Resources:
+    return Resources()
+
+
+def call_with_init(
+    fn: Callable[..., Any], arg: Any, init: Any, resources: Resources | None = None
+) -> CallOutcome:
+    """``fn(arg)``, or ``fn(arg, resource)`` when ``init`` is given, timed apart from the build.
+
+    ``resources`` is where the resource is kept: this worker's own by default.
+    A failing build fails the call (nothing is kept, the next call retries it).
+    """
+    if init is None:
+        return timed_call(fn, arg)
+    start = time.time()
+    try:
+        resource, built = (resources or worker_resources()).get(init)
+    except BaseException as exc:
+        return failed_outcome(exc, start, f"worker_init {init.name} failed: {exc}")
+    outcome = timed_call(functools.partial(_with_resource, fn, resource), arg)
+    if built is None:
+        return outcome
+    return replace(outcome, load_name=init.name, load_start=built[0], load_end=built[1])
+
+
+def _with_resource(fn: Callable[..., Any], resource: Any, arg: Any) -> Any:
+    return fn(arg, resource)
 
 
 class _Unpicklable(Exception):
@@ -296,8 +397,9 @@ def _dumps(obj: Any, what: str) -> bytes:
 def load_outcome(data: bytes) -> tuple[CallOutcome, str, BaseException | None]:
     """The driver's side of ``run_call``: (outcome, what failed, unpickling error or None).
 
-    A value that fails to unpickle here leaves the pool untouched: the bytes
-    came back whole, only this driver cannot rebuild the object.
+    The outcome's ``bytes_out`` is ``len(data)``. A value that fails to
+    unpickle here leaves the pool untouched: the bytes came back whole, only
+    this driver cannot rebuild the object.
     """
     head, body = cloudpickle.loads(data)
     outcome: CallOutcome = head
@@ -312,10 +414,11 @@ def load_outcome(data: bytes) -> tuple[CallOutcome, str, BaseException | None]:
             what, blob = body
             obj = cloudpickle.loads(blob)
     except Exception as exc:
-        return outcome, what, exc
+        return replace(outcome, bytes_out=len(data)), what, exc
     if outcome.ok:
-        return replace(outcome, value=obj), "", None
-    return replace(outcome, error=obj if isinstance(obj, BaseException) else None), "", None
+        return replace(outcome, value=obj, bytes_out=len(data)), "", None
+    error = obj if isinstance(obj, BaseException) else None
+    return replace(outcome, error=error, bytes_out=len(data)), "", None
 
 
 def _type_name(obj: object) -> str:
