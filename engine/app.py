@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import structlog
 from pydantic import BaseModel
 
 from .errors import CheckpointError
@@ -20,6 +19,7 @@ from .lanes import MODES, LaneRunner, Mode
 from .lanes.pool import default_workers, executor_workers
 from .lanes.worker import Resources
 from .lean import estimate_payload
+from .logs import get_logger
 from .plan import Plan
 from .profile import MeasuredPolicy, Profile, measure_dispatch, redecide
 from .resources import Budgets, Rate
@@ -30,7 +30,7 @@ from .watchdog import DEFAULT_THRESHOLD_S, LoopWatchdog
 if TYPE_CHECKING:
     from .checkpoint import Checkpointer
 
-log = structlog.get_logger("engine")
+log = get_logger("engine")
 
 
 @dataclass(frozen=True)

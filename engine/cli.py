@@ -172,7 +172,7 @@ def _bench(args: argparse.Namespace) -> int:
         from workloads.graphs import WORKLOADS
 
         for name, spec in WORKLOADS.items():
-            con.print(f"{name:<16} {spec.summary}")
+            con.print(f"{name:<16} {spec.summary}", markup=False)
         return 0
     floors: list[gate.Floor] = []
     if args.check:
@@ -198,7 +198,12 @@ def _bench(args: argparse.Namespace) -> int:
         executor=args.executor,
         scheduler=args.scheduler,
     )
-    total = runs_planned(config, n_peers=3 if args.peers else 0)
+    n_peers = 0
+    if args.peers:
+        from workloads.peers import PEERS
+
+        n_peers = sum(1 for w in workloads if w in PEERS)
+    total = runs_planned(config, n_peers=n_peers)
     with progress(con, total, "check" if args.check else "bench") as tick:
         report = run_sync(run_bench(config, say=con.print, tick=tick, floors=floors))
     m = report.machine

@@ -27,15 +27,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import cloudpickle
-import structlog
 from pydantic import BaseModel
 
 from .errors import GraphError
+from .logs import get_logger
 
 if TYPE_CHECKING:
     from .profile import DispatchCost, NodeProfile, Profile
 
-log = structlog.get_logger("engine.lean")
+log = get_logger("engine.lean")
 
 
 class StateView:

@@ -33,15 +33,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import cloudpickle
-import structlog
 
 from .classify import LANES, LaneDecision, classify, is_coroutine_function
 from .errors import EngineError
+from .logs import get_logger
 
 if TYPE_CHECKING:
     from .trace import NodeCall
 
-log = structlog.get_logger("engine.profile")
+log = get_logger("engine.profile")
 
 FORMAT_VERSION = 1
 

@@ -37,7 +37,6 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mappin
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import structlog
 from pydantic import BaseModel
 
 from .errors import (
@@ -71,6 +70,7 @@ from .lanes import (
 )
 from .lanes.batching import plan_chunks, should_batch
 from .lanes.worker import _hostname
+from .logs import get_logger
 from .marks import Mark
 from .plan import Plan, PlanNode
 from .policy import NO_RETRY
@@ -86,7 +86,7 @@ if TYPE_CHECKING:
     from .watchdog import LoopWatchdog
 
 Emit = Callable[[Any], None]
-log = structlog.get_logger("engine")
+log = get_logger("engine")
 
 #: A call whose worker died this many times is poison: no retry policy runs it again.
 POISON_AFTER_CRASHES = 3
@@ -271,6 +271,7 @@ class Scheduler:
                 run_id=self.run_id, time=time.time(), step=step, nodes=[t.node for t in todo]
             )
         )
+        self.log.debug("step_started", step=step, calls=len(todo))
         done: dict[tuple[str, int], _TaskResult] = {}
         try:
             if self.mode == "sequential":
@@ -304,6 +305,9 @@ class Scheduler:
                 duration_s=time.perf_counter() - t0,
                 ok=ok,
             )
+        )
+        self.log.debug(
+            "step_finished", step=step, ok=ok, duration_s=round(time.perf_counter() - t0, 6)
         )
         if failures:
             failed = RunCursor(
@@ -375,7 +379,13 @@ class Scheduler:
                 )
             )
             self.log.warning(
-                "node_failed", node=task.node, step=step, attempt=attempt, will_retry=retry
+                "node_failed",
+                step=step,
+                node=task.node,
+                index=task.index,
+                attempt=attempt,
+                error=f"{getattr(err, 'error_type', '') or type(err).__name__}",
+                will_retry=retry,
             )
             if not retry:
                 return _TaskResult(task=task, error=err)
@@ -404,6 +414,9 @@ class Scheduler:
                 lane=lane,
                 attempt=attempt,
             )
+        )
+        self.log.debug(
+            "node_started", step=step, node=task.node, index=task.index, lane=lane, attempt=attempt
         )
         where = f"node {task.node!r} (step {step}, lane {lane!r}, attempt {attempt})"
         started = time.time()
@@ -511,6 +524,15 @@ class Scheduler:
                 duration_s=outcome.end - outcome.start,
                 pid=outcome.pid,
             )
+        )
+        self.log.debug(
+            "node_finished",
+            step=step,
+            node=task.node,
+            index=task.index,
+            attempt=attempt,
+            pid=outcome.pid,
+            duration_s=round(outcome.end - outcome.start, 6),
         )
         return _TaskResult(task=task, updates=updates)
 

@@ -44,14 +44,13 @@ from dataclasses import dataclass
 from types import CodeType, FrameType
 from typing import Any, Literal
 
-import structlog
-
 from .events import LoopBlocked
 from .lanes.worker import _hostname
+from .logs import get_logger
 from .marks import Mark
 from .profile import Blame
 
-log = structlog.get_logger("engine.watchdog")
+log = get_logger("engine.watchdog")
 
 Emit = Callable[[Any], None]
 Culprit = Literal["task", "frame", "on_loop", "none"]

@@ -48,13 +48,12 @@ from concurrent.futures import Executor
 from types import ModuleType, TracebackType
 from typing import Any
 
-import structlog
-
 from ..lanes.pool import default_workers
+from ..logs import get_logger
 
 __all__ = ["DaskBackend", "dask_executor", "import_distributed"]
 
-log = structlog.get_logger("engine")
+log = get_logger("engine")
 
 _EXTRA_HINT = (
     "the Dask backend needs dask.distributed: pip install 'engine[dask]' "

@@ -185,9 +185,19 @@ def machine_info(**extra: Any) -> dict[str, Any]:
     """The machine and software a result was measured on."""
     versions = {}
     for dist in (
-        "engine", "loky", "cloudpickle", "pydantic", "uvloop", "httpx", "aiohttp",
-        "rich", "matplotlib", "langgraph", "dask", "distributed",
-    ):  # fmt: skip
+        "engine",
+        "loky",
+        "cloudpickle",
+        "pydantic",
+        "uvloop",
+        "httpx",
+        "aiohttp",
+        "rich",
+        "matplotlib",
+        "langgraph",
+        "dask",
+        "distributed",
+    ):
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             versions[dist] = importlib.metadata.version(dist)
     return {
@@ -377,6 +387,12 @@ def _peer_builders(names: Sequence[str], say: Progress) -> dict[str, Any]:
     if missing:
         say(f"--peers skipped: {missing}")
         return {}
+    without = [n for n in names if n not in PEERS]
+    if without:
+        say(
+            f"--peers: no LangGraph version of {', '.join(without)} (those with one: "
+            f"{', '.join(PEERS)})"
+        )
     return {n: PEERS[n] for n in names if n in PEERS}
 
 
@@ -420,10 +436,12 @@ async def run_bench(
             peer = peers[name].build(setup) if name in peers else None
             if config.warmup:
                 await run_engine(name, "parallel", app, state, executor, -1)
-                if peer is not None:
-                    await run_peer(name, peer, -1, workers)
                 if tick:
                     tick(f"{name} warm-up")
+                if peer is not None:
+                    await run_peer(name, peer, -1, workers)
+                    if tick:
+                        tick(f"{name} {PEER_MODE} warm-up")
             mine = [f for f in floors if f.workload == name]
             samples = by_workload.setdefault(name, [])
             for r in range(config.repeat):
@@ -463,5 +481,5 @@ def _repeats(samples: Sequence[Sample]) -> list[dict[tuple[str, str], Any]]:
 def runs_planned(config: BenchConfig, n_peers: int = 0) -> int:
     """How many runs ``run_bench`` makes at most (for a progress bar)."""
     per_repeat = len(config.workloads) * len(config.modes) + n_peers
-    warmups = len(config.workloads) if config.warmup else 0
+    warmups = len(config.workloads) + n_peers if config.warmup else 0
     return warmups + config.repeat * per_repeat

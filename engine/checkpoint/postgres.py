@@ -26,9 +26,8 @@ import json
 import os
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
 from ..errors import CheckpointError
+from ..logs import get_logger
 from .base import (
     Checkpoint,
     CheckpointerBase,
@@ -44,7 +43,7 @@ if TYPE_CHECKING:
     import psycopg
     import psycopg_pool
 
-log = structlog.get_logger("engine.checkpoint")
+log = get_logger("engine.checkpoint")
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS checkpoints (

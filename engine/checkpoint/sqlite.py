@@ -24,9 +24,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
-import structlog
-
 from ..errors import CheckpointError
+from ..logs import get_logger
 from .base import (
     Checkpoint,
     CheckpointerBase,
@@ -39,7 +38,7 @@ from .base import (
     this_host,
 )
 
-log = structlog.get_logger("engine.checkpoint")
+log = get_logger("engine.checkpoint")
 
 T = TypeVar("T")
 

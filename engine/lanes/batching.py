@@ -36,11 +36,10 @@ import math
 from collections.abc import Awaitable, Callable, Hashable, Mapping
 from dataclasses import dataclass
 
-import structlog
-
+from ..logs import get_logger
 from .process import WorkerLost
 
-log = structlog.get_logger("engine")
+log = get_logger("engine")
 
 # A chunk should cost at most this fraction of its work in dispatch.
 DEFAULT_MAX_OVERHEAD = 0.05

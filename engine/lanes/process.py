@@ -58,12 +58,11 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
-import structlog
-
+from ..logs import get_logger
 from .pool import default_executor, is_broken, is_default_pool, replacement, worker_processes
 from .worker import NOT_RUN, run_marked
 
-log = structlog.get_logger("engine")
+log = get_logger("engine")
 
 #: An innocent call whose pool broke this many times under it is charged anyway:
 #: a crash that nobody can be blamed for must not loop for ever.

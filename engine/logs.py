@@ -1,0 +1,102 @@
+"""How the engine logs: through structlog, never configuring it.
+
+Every module logs through ``get_logger(name)``. Where the log line goes is
+decided when it is written, not at import:
+
+- the application configured structlog (``structlog.is_configured()``, as
+  the engine's own CLI and ``structlog.testing.capture_logs`` do): the
+  events go through that configuration, like any structlog logger's;
+- it did not: they go to the standard library's ``logging.getLogger(name)``
+  as ``key=value`` text. An application that set nothing up then sees only
+  warnings and errors, on stderr (Python's last-resort handler), instead of
+  every run's chatter on stdout; one that configured ``logging`` gets the
+  engine's events at the levels it chose. Debug events (one per node call)
+  cost a level check when debug is off.
+
+Events carry the run id, and the step and node where there is one, bound
+with ``bind``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import structlog
+
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "exception": logging.ERROR,
+    "critical": logging.CRITICAL,
+}
+
+# Rendering for the stdlib route: filter first, so a disabled level costs
+# nothing more than the check.
+_STDLIB_PROCESSORS: list[Any] = [
+    structlog.stdlib.filter_by_level,
+    structlog.stdlib.add_log_level,
+    structlog.processors.TimeStamper(fmt="iso"),
+    structlog.processors.format_exc_info,
+    structlog.processors.KeyValueRenderer(key_order=["event"], sort_keys=True),
+]
+
+
+class EngineLogger:
+    """A structlog-style logger whose destination is chosen per line (see the module).
+
+    Invariant: immutable; ``bind`` returns a new logger with more context.
+    """
+
+    __slots__ = ("_context", "_name")
+
+    def __init__(self, name: str, context: Mapping[str, Any] | None = None) -> None:
+        self._name = name
+        self._context: dict[str, Any] = dict(context or {})
+
+    def __repr__(self) -> str:
+        return f"<EngineLogger {self._name!r} context={self._context!r}>"
+
+    def bind(self, **values: Any) -> EngineLogger:
+        return EngineLogger(self._name, {**self._context, **values})
+
+    def _emit(self, method: str, event: str, values: Mapping[str, Any]) -> None:
+        if structlog.is_configured():
+            logger: Any = structlog.get_logger(self._name)
+        else:
+            std = logging.getLogger(self._name)
+            if not std.isEnabledFor(_LEVELS[method]):
+                return
+            logger = structlog.wrap_logger(
+                std,
+                processors=_STDLIB_PROCESSORS,
+                wrapper_class=structlog.stdlib.BoundLogger,
+            )
+        getattr(logger, method)(event, **{**self._context, **values})
+
+    def debug(self, event: str, **values: Any) -> None:
+        self._emit("debug", event, values)
+
+    def info(self, event: str, **values: Any) -> None:
+        self._emit("info", event, values)
+
+    def warning(self, event: str, **values: Any) -> None:
+        self._emit("warning", event, values)
+
+    def error(self, event: str, **values: Any) -> None:
+        self._emit("error", event, values)
+
+    def exception(self, event: str, **values: Any) -> None:
+        values.setdefault("exc_info", True)
+        self._emit("exception", event, values)
+
+
+def get_logger(name: str = "engine") -> EngineLogger:
+    """The engine's logger for ``name`` (``engine``, ``engine.checkpoint``, ...)."""
+    return EngineLogger(name)
+
+
+__all__ = ["EngineLogger", "get_logger"]
