@@ -13,55 +13,13 @@ from typing import TYPE_CHECKING, Any
 from .classify import LANES, Lane, declared_lane, is_coroutine_function, pickle_problem
 from .errors import GraphError
 from .policy import RetryPolicy
+from .spec import END, RESERVED, START, Branch, NodeSpec, Send
 from .state import StateSchema
 
 if TYPE_CHECKING:
     from .app import CompiledGraph
     from .checkpoint import Checkpointer
     from .profile import Profile
-    from .warm import WorkerInit
-
-START = "__start__"
-END = "__end__"
-_RESERVED = {START, END}
-
-
-@dataclass(frozen=True)
-class Send:
-    """Run ``node`` in the next step with ``arg`` as its input (instead of the state).
-
-    Returned by a conditional edge's router, one per task, e.g. one per document
-    in a map step. Every ``Send`` is its own task with its own index.
-    """
-
-    node: str
-    arg: Any
-
-
-@dataclass(frozen=True)
-class NodeSpec:
-    """A node as added to the graph (before the lane is decided)."""
-
-    name: str
-    fn: Callable[..., Any]
-    lane: Lane | None  # declared with lane=...; None means decide (auto)
-    retry: RetryPolicy | None
-    timeout: float | None
-    is_coroutine: bool
-    reads: tuple[str, ...] | None = None
-    resources: Mapping[str, int] | None = None  # budget units per call (engine.resources)
-    worker_init: WorkerInit | None = None  # per-worker resource, the node's 2nd argument
-    memory_per_worker: int | None = None  # bytes one worker needs for this node (pool cap)
-    batch: bool = True  # a fan-out of its short cpu calls may go to the pool in chunks
-
-
-@dataclass(frozen=True)
-class Branch:
-    """A conditional edge: ``route(state)`` picks the next node(s)."""
-
-    source: str
-    route: Callable[..., Any]
-    path_map: Mapping[Hashable, str] | None
 
 
 @dataclass
@@ -111,7 +69,7 @@ class Graph:
             fn, name = name, getattr(name, "__name__", repr(name))
         if not isinstance(name, str) or not name:
             raise GraphError(f"node name must be a non-empty string, got {name!r}")
-        if name in _RESERVED:
+        if name in RESERVED:
             raise GraphError(f"node name {name!r} is reserved; choose another name")
         if name in self.nodes:
             raise GraphError(f"node {name!r} is already in the graph; node names must be unique")
@@ -253,3 +211,6 @@ class Graph:
         plan = build_plan(self, prof.policy())
         payload_warnings([n for n, pn in plan.nodes.items() if pn.lane == "cpu"], prof)
         return CompiledGraph(plan, checkpointer=checkpointer, profile=prof, profile_path=path)
+
+
+__all__ = ["END", "START", "Branch", "Graph", "NodeSpec", "Send"]

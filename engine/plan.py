@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 
 from .classify import LaneDecision, ProfilePolicy, classify
 from .errors import GraphError
-from .graph import END, START, Branch, NodeSpec
 from .lean import Reads, infer_reads
+from .spec import END, START, Branch, NodeSpec
 from .state import StateSchema
 
 if TYPE_CHECKING:

@@ -32,7 +32,7 @@ from types import MappingProxyType
 from typing import Protocol
 
 from .errors import GraphError
-from .lanes.worker import _hostname
+from .lanes.worker import hostname
 from .marks import Mark
 
 LANE_NAMES = ("io", "thread", "cpu", "inline")
@@ -459,7 +459,7 @@ class Budgets:
 
     def marks(self) -> list[Mark]:
         """Every recorded wait, as trace marks of this (the driver) process."""
-        pid, host = os.getpid(), _hostname()
+        pid, host = os.getpid(), hostname()
         return [w.mark(pid=pid, host=host) for w in self.waits]
 
 

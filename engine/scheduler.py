@@ -58,7 +58,6 @@ from .events import (
     StepFinished,
     StepStarted,
 )
-from .graph import END, START, NodeSpec, Send
 from .lanes import (
     CallOutcome,
     LaneRunner,
@@ -69,11 +68,12 @@ from .lanes import (
     is_worker_crash,
 )
 from .lanes.batching import plan_chunks, should_batch
-from .lanes.worker import _hostname
+from .lanes.worker import hostname
 from .logs import get_logger
 from .marks import Mark
 from .plan import Plan, PlanNode
 from .policy import NO_RETRY
+from .spec import END, START, NodeSpec, Send
 from .state import Write
 from .trace import Metrics, NodeCall, Trace, compute_metrics
 from .warm import load_mark
@@ -679,7 +679,7 @@ class Scheduler:
                 attempt=attempt,
                 pid=-1,
                 thread=-1,
-                host=_hostname(),
+                host=hostname(),
                 start=started,
                 end=time.time(),
                 cpu_s=0.0,

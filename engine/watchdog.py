@@ -45,7 +45,7 @@ from types import CodeType, FrameType
 from typing import Any, Literal
 
 from .events import LoopBlocked
-from .lanes.worker import _hostname
+from .lanes.worker import hostname
 from .logs import get_logger
 from .marks import Mark
 from .profile import Blame
@@ -360,7 +360,7 @@ class LoopWatchdog:
         """
         if not self.reports:
             return []
-        pid, host = os.getpid(), _hostname()
+        pid, host = os.getpid(), hostname()
         out = [
             Mark(
                 "counter", LAG_TRACK, s.time, pid, host, value=round(s.lag_s * 1e3, 3), cat="lag_ms"

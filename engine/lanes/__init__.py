@@ -41,9 +41,9 @@ from .process import ProcessLane, WorkerLost, describe_exit, is_worker_crash
 from .worker import (
     CallOutcome,
     Resources,
-    _hostname,
     call_with_init,
     failed_outcome,
+    hostname,
     load_outcome,
     run_call,
     run_chunk,
@@ -218,7 +218,7 @@ class LaneRunner:
             value=value,
             pid=os.getpid(),
             thread=threading.get_native_id(),
-            host=_hostname(),
+            host=hostname(),
             start=start,
             end=time.time(),
             cpu_s=0.0,  # not attributable: other tasks interleave on this thread

@@ -62,7 +62,7 @@ class CallOutcome:
     traceback_text: str = ""
 
 
-def _hostname() -> str:
+def hostname() -> str:
     """Where a call runs: the Dask worker's address inside a Dask task, else the machine.
 
     A worker address (``tcp://10.0.0.7:38211``) names one worker process, so
@@ -110,7 +110,7 @@ def timed_call(fn: Callable[..., Any], arg: Any) -> CallOutcome:
             value=None,
             pid=pid,
             thread=tid,
-            host=_hostname(),
+            host=hostname(),
             start=start,
             end=end,
             cpu_s=time.thread_time() - cpu0,
@@ -126,7 +126,7 @@ def timed_call(fn: Callable[..., Any], arg: Any) -> CallOutcome:
         value=value,
         pid=pid,
         thread=tid,
-        host=_hostname(),
+        host=hostname(),
         start=start,
         end=end,
         cpu_s=time.thread_time() - cpu0,
@@ -182,7 +182,7 @@ def failed_outcome(exc: BaseException, start: float, message: str | None = None)
         value=None,
         pid=os.getpid(),
         thread=threading.get_native_id(),
-        host=_hostname(),
+        host=hostname(),
         start=start,
         end=time.time(),
         cpu_s=0.0,

@@ -1,0 +1,62 @@
+"""The graph's vocabulary: ``START``, ``END``, ``Send`` and the frozen records of
+nodes and conditional edges that ``Graph`` builds and the plan and the
+scheduler read. It imports nothing from the engine's later stages, so every
+stage can depend on it without depending on the builder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .classify import Lane
+from .policy import RetryPolicy
+
+if TYPE_CHECKING:
+    from .warm import WorkerInit
+
+START = "__start__"
+END = "__end__"
+RESERVED = frozenset({START, END})
+
+
+@dataclass(frozen=True)
+class Send:
+    """Run ``node`` in the next step with ``arg`` as its input (instead of the state).
+
+    Returned by a conditional edge's router, one per task, e.g. one per document
+    in a map step. Every ``Send`` is its own task with its own index.
+    """
+
+    node: str
+    arg: Any
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """A node as added to the graph (before the lane is decided)."""
+
+    name: str
+    fn: Callable[..., Any]
+    lane: Lane | None  # declared with lane=...; None means decide (auto)
+    retry: RetryPolicy | None
+    timeout: float | None
+    is_coroutine: bool
+    reads: tuple[str, ...] | None = None
+    resources: Mapping[str, int] | None = None  # budget units per call (engine.resources)
+    worker_init: WorkerInit | None = None  # per-worker resource, the node's 2nd argument
+    memory_per_worker: int | None = None  # bytes one worker needs for this node (pool cap)
+    batch: bool = True  # a fan-out of its short cpu calls may go to the pool in chunks
+
+
+@dataclass(frozen=True)
+class Branch:
+    """A conditional edge: ``route(state)`` picks the next node(s)."""
+
+    source: str
+    route: Callable[..., Any]
+    path_map: Mapping[Hashable, str] | None
+
+
+__all__ = ["END", "RESERVED", "START", "Branch", "NodeSpec", "Send"]
