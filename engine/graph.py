@@ -176,9 +176,10 @@ class Graph:
         if path_map is None:
             mapping = None
         elif isinstance(path_map, Mapping):
-            mapping = dict(path_map)
+            mapping = MappingProxyType(dict(path_map))
         else:
-            mapping = {name: name for name in path_map}
+            names: dict[Hashable, str] = {name: name for name in path_map}
+            mapping = MappingProxyType(names)
         self.branches.append(Branch(source=source, route=route, path_map=mapping))
         return self
 

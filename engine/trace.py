@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import os
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from .marks import Mark
@@ -75,10 +76,12 @@ class Metrics:
     steps: int
     calls: int
     cpu_workers: int
-    by_lane: dict[str, float] = field(default_factory=dict)
+    by_lane: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["by_lane"] = dict(self.by_lane)
+        return out
 
 
 def compute_metrics(
@@ -108,8 +111,46 @@ def compute_metrics(
         steps=steps,
         calls=len(calls),
         cpu_workers=workers,
-        by_lane=dict(sorted(by_lane.items())),
+        by_lane=MappingProxyType(dict(sorted(by_lane.items()))),
     )
+
+
+#: Row ids for the extra rows of one thread: above any Linux pid or tid (2**22).
+_EXTRA_ROW = 5_000_000
+
+
+def _rows(calls: Sequence[NodeCall]) -> dict[int, tuple[int, str]]:
+    """id(call) -> (Chrome tid, row name): calls of one thread that overlap get rows of
+    their own.
+
+    Slices on one Chrome row must nest; io calls on the event loop's thread
+    overlap without nesting (they interleave at awaits), so each runs on
+    the first row of its thread that is free when it starts: one row per
+    loop task that was running at once. Rows past the first get ids above
+    any real thread id.
+    """
+    out: dict[int, tuple[int, str]] = {}
+    by_thread: dict[tuple[str, int, int], list[NodeCall]] = defaultdict(list)
+    for c in calls:
+        by_thread[(c.host, c.pid, c.thread)].append(c)
+    extra = 0
+    for (_, _, thread), group in sorted(by_thread.items()):
+        ends: list[float] = []  # per row: when its last call ended
+        ids: list[int] = []
+        for c in sorted(group, key=lambda c: (c.start, -c.end)):
+            row = next((i for i, end in enumerate(ends) if end <= c.start), None)
+            if row is None:
+                row = len(ends)
+                ends.append(c.end)
+                if row == 0:
+                    ids.append(thread)
+                else:
+                    extra += 1
+                    ids.append(_EXTRA_ROW + extra)
+            ends[row] = c.end
+            label = f"thread {thread}" if row == 0 else f"thread {thread}, task {row + 1}"
+            out[id(c)] = (ids[row], label)
+    return out
 
 
 @dataclass(frozen=True)
@@ -157,17 +198,19 @@ class Trace:
                 )
             return pid
 
+        rows = _rows(self.calls)
         for c in sorted(self.calls, key=lambda c: (c.start, c.node)):
             pid = pid_of(c.host, c.pid)
-            if (pid, c.thread) not in named:
-                named.add((pid, c.thread))
+            tid, label = rows[id(c)]
+            if (pid, tid) not in named:
+                named.add((pid, tid))
                 events.append(
                     {
                         "name": "thread_name",
                         "ph": "M",
                         "pid": pid,
-                        "tid": c.thread,
-                        "args": {"name": f"thread {c.thread}"},
+                        "tid": tid,
+                        "args": {"name": label},
                     }
                 )
             events.append(
@@ -178,15 +221,17 @@ class Trace:
                     "ts": (c.start - t0) * 1e6,
                     "dur": c.wall_s * 1e6,
                     "pid": pid,
-                    "tid": c.thread,
+                    "tid": tid,
                     "args": {
                         "step": c.step,
                         "lane": c.lane,
                         "attempt": c.attempt,
+                        "thread": c.thread,
                         "cpu_s": round(c.cpu_s, 6),
                         "bytes_in": c.bytes_in,
                         "bytes_out": c.bytes_out,
                         "queued_s": round(c.queued_s, 6),
+                        "load_s": round(c.load_s, 6),
                         "ok": c.ok,
                         "error": c.error,
                     },
