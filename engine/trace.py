@@ -78,6 +78,16 @@ class Metrics:
     cpu_workers: int
     by_lane: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
 
+    def __str__(self) -> str:
+        lanes = ", ".join(f"{lane} {s:.3f} s" for lane, s in self.by_lane.items()) or "none"
+        return (
+            f"wall {self.wall_s:.3f} s, busy {self.busy_s:.3f} s (parallelism "
+            f"{self.parallelism:.2f}), cpu {self.cpu_s:.3f} s, lower bound "
+            f"{self.lower_bound_s:.3f} s (efficiency {self.efficiency:.2f}); {self.steps} "
+            f"step(s), {self.calls} call(s), {self.cpu_workers} cpu worker(s); busy by lane: "
+            f"{lanes}"
+        )
+
     def as_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["by_lane"] = dict(self.by_lane)

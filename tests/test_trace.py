@@ -112,6 +112,17 @@ class TestMetrics:
             m.wall_s = 0.0  # type: ignore[misc]
         assert m.as_dict()["by_lane"] == {"io": 1.0} and isinstance(m, Metrics)
 
+    def test_prints_as_one_readable_line(self) -> None:
+        """str(metrics) names every number with its unit, lanes in order."""
+        m = compute_metrics(
+            [call("a", 0, "cpu", 0, 2, 2.0), call("b", 0, "io", 0, 1, 0)], 2.0, 1, 2
+        )
+        assert str(m) == (
+            "wall 2.000 s, busy 3.000 s (parallelism 1.50), cpu 2.000 s, lower bound 2.000 s "
+            "(efficiency 1.00); 1 step(s), 2 call(s), 2 cpu worker(s); busy by lane: "
+            "cpu 2.000 s, io 1.000 s"
+        )
+
     async def test_run_metrics_agree_with_trace(self) -> None:
         """Metrics of a real run are derived from its trace."""
         g = Graph(State)
