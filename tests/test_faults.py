@@ -538,3 +538,67 @@ class TestCancellation:
         result = await app.arun(None, thread_id="t")
         assert sorted(result.state.items) == sorted(["fast", "zq", *(f"st{i}" for i in range(n))])
         assert [x.split()[0] for x in lines(side)].count("fast") == 1
+
+
+# -- innocents under repeated, attributed crashes ------------------------------------
+
+POISON_POLICY = RetryPolicy(max_attempts=3, initial_interval=0.0, jitter=False)
+LONG_S = 3.0
+
+
+def redispatches(logs: list[dict[str, Any]], call: str) -> int:
+    """How many times the pool broke under ``call`` and it was submitted again."""
+    return sum(1 for e in logs if e["event"] == "cpu_call_redispatched" and e["call"] == call)
+
+
+def poison_graph(side: Path, *, sibling: bool) -> Graph:
+    """``poison`` kills its worker on every attempt; ``sib`` computes for LONG_S beside it."""
+    g = Graph(FaultState)
+    g.add_node("poison", crashers.kill_self, lane="cpu", retry=POISON_POLICY)
+    g.add_edge(START, "poison")
+    if sibling:
+        fn = functools.partial(crashers.sibling, str(side), "sib", LONG_S)
+        g.add_node("sib", fn, lane="cpu")
+        g.add_edge(START, "sib")
+    return g
+
+
+class TestInnocentsOfAttributedBreaks:
+    """A break with a culprit never counts against the calls it disrupted."""
+
+    async def test_long_sibling_of_a_poison_node_succeeds(self, tmp_path: Path) -> None:
+        """Poison crashes 3 times beside a long sibling: it is re-sent 3 times and succeeds."""
+        warm(default_executor())
+        side = tmp_path / "side"
+        events: list[Any] = []
+        with capture_logs() as logs, pytest.raises(WorkerCrashedError, match="SIGKILL") as info:
+            await poison_graph(side, sibling=True).compile().arun({}, on_event=events.append)
+        assert info.value.node == "poison" and info.value.attempt == 3
+        assert not any("also failed" in note for note in info.value.__notes__)
+        assert redispatches(logs, "sib") == 3  # every break hit it ...
+        assert lines(side) == ["sib"]  # ... and it still ran to its end, once
+        sibling_events_ok(events)
+        await normal_run_works()
+
+    async def test_call_of_a_concurrent_run_survives_another_runs_poison(
+        self, tmp_path: Path
+    ) -> None:
+        """Run A's poison breaks the shared pool 3 times; run B's long call still succeeds."""
+        warm(default_executor())
+        side = tmp_path / "side"
+        g = Graph(FaultState)
+        fn = functools.partial(crashers.sibling, str(side), "innocent", LONG_S)
+        g.add_node("innocent", fn, lane="cpu")
+        g.add_edge(START, "innocent")
+        bystander = g.compile()
+        with capture_logs() as logs:
+            poisoned, survived = await asyncio.gather(
+                poison_graph(side, sibling=False).compile().arun({}),
+                bystander.arun({}, executor=None),
+                return_exceptions=True,
+            )
+        assert isinstance(poisoned, WorkerCrashedError) and poisoned.attempt == 3
+        assert not isinstance(survived, BaseException), survived
+        assert [(c.node, c.attempt, c.ok) for c in survived.trace.calls] == [("innocent", 1, True)]
+        assert redispatches(logs, "innocent") == 3
+        assert lines(side) == ["innocent"]

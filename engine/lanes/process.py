@@ -41,6 +41,7 @@ get the queue and the bound but no markers: Dask attributes its own crashes
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import enum
 import itertools
@@ -52,7 +53,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, Future
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -64,8 +65,9 @@ from .worker import NOT_RUN, run_marked
 
 log = get_logger("engine")
 
-#: An innocent call whose pool broke this many times under it is charged anyway:
-#: a crash that nobody can be blamed for must not loop for ever.
+#: An innocent call whose pool broke this many times under it *with nobody to
+#: blame* (a worker that died idle, or after it returned) fails anyway: such a
+#: crash loop must not run for ever. Breaks with a culprit never count.
 MAX_DISRUPTIONS = 3
 
 
@@ -133,33 +135,75 @@ def pid_alive(pid: int) -> bool:
 
 @dataclass(frozen=True)
 class Verdict:
-    """What a broken pool meant for one call: did its own worker die?"""
+    """What a broken pool meant for one call: did its own worker die?
+
+    ``attributed`` says whether the break had a culprit at all (this call or
+    another, of this run or another): only a break nobody can be blamed for
+    counts toward ``MAX_DISRUPTIONS``.
+    """
 
     culprit: bool
     pid: int | None = None
     exitcode: int | None = None
+    attributed: bool = False
 
 
-class _Deaths:
-    """Which workers of a broken pool were dead when the break was reported.
+@dataclass(frozen=True)
+class Break:
+    """One broken pool as it was when the break was first reported."""
 
-    Taken once per broken pool, by the first verdict, and shared by the
-    others: every call of one break is judged against one snapshot. A worker
-    closes its end of the pool's pipes a moment before the kernel marks it
-    dead, so the snapshot waits (at most ``patience`` s) until at least one
-    worker is seen dead, as loky does before it reports exit codes.
+    #: pid -> exit code (None if unknown) of the workers found dead.
+    dead: Mapping[int, int | None]
+    #: A dead worker was running a call (its marker held its pid), or a lane
+    #: killed it on purpose (a timeout, a cancellation): the break has a culprit.
+    attributed: bool
 
-    Invariant: ``_seen`` maps id(executor) -> dead pids for pools that broke;
-    it is only touched under ``_lock`` (verdicts run in the pools' threads).
+
+class _Breaks:
+    """The process's record of broken pools: who died, and whether anyone is to blame.
+
+    One per process (``_BREAKS``), next to the one default pool it mostly
+    describes: lanes of concurrent runs share that pool, so one break must be
+    judged alike by all of them, and its culprit may be another run's call.
+
+    A break is taken once, by the first verdict (in the pool's thread, before
+    any caller hears of the break, so before a culprit's lane can remove its
+    marker), and shared by the others. A worker closes its end of the pool's
+    pipes a moment before the kernel marks it dead, so the snapshot waits (at
+    most ``patience`` s) until at least one worker is seen dead, as loky does
+    before it reports exit codes. Then the break is attributed when a dead
+    worker's pid is in a marker of this driver (it was running a call) or was
+    killed by a lane.
+
+    Invariant: ``_seen`` maps id(executor) -> (executor, Break) for the last
+    ``keep`` pools that broke (keeping the executor stops its id from being
+    reused meanwhile); ``_killed`` holds the last pids lanes killed. Both are
+    only touched under ``_lock`` (verdicts run in the pools' threads).
     """
 
-    def __init__(self, patience: float = 0.5) -> None:
+    def __init__(self, patience: float = 0.5, keep: int = 8) -> None:
         self._lock = threading.Lock()
-        self._seen: dict[int, tuple[Executor, dict[int, int | None]]] = {}
+        self._seen: dict[int, tuple[Executor, Break]] = {}
+        self._killed: collections.deque[int] = collections.deque(maxlen=64)
         self._patience = patience
+        self._keep = keep
 
-    def of(self, executor: Executor, procs: dict[int, Any]) -> dict[int, int | None]:
-        """pid -> exit code (None if unknown) of the dead workers of broken ``executor``."""
+    def __repr__(self) -> str:
+        return f"<_Breaks seen={len(self._seen)} killed={len(self._killed)}>"
+
+    def killed(self, pid: int) -> None:
+        """A lane killed worker ``pid`` on purpose: the break it causes has a culprit."""
+        with self._lock:
+            self._killed.append(pid)
+
+    def known(self, executor: Executor) -> Break | None:
+        """The break of ``executor`` if one was taken already."""
+        with self._lock:
+            found = self._seen.get(id(executor))
+            return found[1] if found is not None and found[0] is executor else None
+
+    def of(self, executor: Executor, procs: Mapping[int, Any]) -> Break:
+        """The break of broken ``executor``, taken now if it is the first time it is asked."""
         with self._lock:
             found = self._seen.get(id(executor))
             if found is not None and found[0] is executor:
@@ -174,9 +218,16 @@ class _Deaths:
                 if dead or time.monotonic() > deadline:
                     break
                 time.sleep(0.002)
-            # Keeping the executor in the entry stops its id from being reused meanwhile.
-            self._seen = {id(executor): (executor, dead)}
-            return dead
+            attributed = any(pid in self._killed for pid in dead) or _running_on(dead)
+            brk = Break(dead=dead, attributed=attributed)
+            self._seen.pop(id(executor), None)
+            self._seen[id(executor)] = (executor, brk)
+            while len(self._seen) > self._keep:
+                del self._seen[next(iter(self._seen))]
+            return brk
+
+
+_BREAKS = _Breaks()
 
 
 class _Submission:
@@ -187,19 +238,17 @@ class _Submission:
     reads it only after it was written.
     """
 
-    __slots__ = ("deaths", "executor", "future", "marker", "procs", "verdict")
+    __slots__ = ("executor", "future", "marker", "procs", "verdict")
 
     def __init__(
         self,
         executor: Executor,
         marker: str | None,
         procs: dict[int, Any] | None,
-        deaths: _Deaths,
     ) -> None:
         self.executor = executor
         self.marker = marker
         self.procs = procs
-        self.deaths = deaths
         self.future: Future[bytes] | None = None
         self.verdict: Verdict | None = None
 
@@ -216,19 +265,19 @@ class _Submission:
         if exc is None or not is_worker_crash(exc):
             return
         pid = _read_pid(self.marker)
+        brk = _BREAKS.of(self.executor, self.procs or {})
         if pid is None:  # never started, or finished before the break
-            self.verdict = Verdict(culprit=False)
+            self.verdict = Verdict(culprit=False, attributed=brk.attributed)
             return
-        dead = self.deaths.of(self.executor, self.procs or {})
-        if pid not in dead and (pid in (self.procs or {}) or pid_alive(pid)):
-            self.verdict = Verdict(culprit=False, pid=pid)
+        if pid not in brk.dead and (pid in (self.procs or {}) or pid_alive(pid)):
+            self.verdict = Verdict(culprit=False, pid=pid, attributed=brk.attributed)
             return
-        code = dead.get(pid)
+        code = brk.dead.get(pid)
         if code is None:
             code = _exitcode(self.procs, pid)
         if code is None:
             code = _exitcode_from_message(str(exc))
-        self.verdict = Verdict(culprit=True, pid=pid, exitcode=code)
+        self.verdict = Verdict(culprit=True, pid=pid, exitcode=code, attributed=True)
 
 
 class _State(enum.Enum):
@@ -260,7 +309,6 @@ class ProcessLane:
         self._dir: str | None = None
         self._seq = itertools.count()
         self._live: set[_Submission] = set()
-        self._deaths = _Deaths()
         # Pools in which this lane killed a worker: about to break, so nothing
         # new goes there (a call sent now would only be lost and re-run).
         self._doomed: list[Executor] = []
@@ -307,11 +355,13 @@ class ProcessLane:
                 executor = await self._usable_executor()
                 sub = self._submit(executor, entry, payload)
                 if sub is None:  # the pool broke between our check and the submit
-                    disruptions += 1
+                    known = _BREAKS.known(executor)
+                    if known is None or not known.attributed:
+                        disruptions += 1
                     if disruptions >= MAX_DISRUPTIONS:
                         raise WorkerLost(
                             f"{what}: the process pool broke {disruptions} times before the "
-                            "call could start; check what kills its workers"
+                            "call could start, with no call to blame; check what kills its workers"
                         )
                     continue
                 assert sub.future is not None
@@ -330,14 +380,22 @@ class ProcessLane:
                     verdict = sub.verdict
                     if sub.marker is None or (verdict is not None and verdict.culprit):
                         raise self._lost(what, exc, verdict) from exc
-                    disruptions += 1
+                    attributed = verdict is not None and verdict.attributed
+                    if not attributed:
+                        disruptions += 1
                     if disruptions >= MAX_DISRUPTIONS:
                         raise WorkerLost(
                             f"{what}: the process pool broke {disruptions} times while the call "
-                            f"ran on a healthy worker ({exc}); giving up"
+                            "ran on a healthy worker, each time with no call to blame (a worker "
+                            f"died idle or after it returned: {exc}); check what kills its workers"
                         ) from exc
                     self.redispatched += 1
-                    log.warning("cpu_call_redispatched", call=what, disruptions=disruptions)
+                    log.warning(
+                        "cpu_call_redispatched",
+                        call=what,
+                        attributed=attributed,
+                        disruptions=disruptions,
+                    )
                     continue
                 self._live.discard(sub)
                 if data == NOT_RUN:  # only a closed lane's markers vanish
@@ -415,7 +473,7 @@ class ProcessLane:
     ) -> _Submission | None:
         procs = worker_processes(executor)
         marker = self._marker() if procs is not None else None
-        sub = _Submission(executor, marker, procs, self._deaths)
+        sub = _Submission(executor, marker, procs)
         try:
             fut = executor.submit(run_marked, entry, payload, sub.marker)
         except BrokenProcessPool:
@@ -432,8 +490,7 @@ class ProcessLane:
 
     def _marker(self) -> str:
         if self._dir is None:
-            shm = "/dev/shm"
-            base = shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else tempfile.gettempdir()
+            base = marker_base()
             _sweep(base)
             self._dir = tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-", dir=base)
         return os.path.join(self._dir, str(next(self._seq)))
@@ -472,6 +529,7 @@ class ProcessLane:
         if pid in procs and pid != os.getpid():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, getattr(signal, "SIGKILL", signal.SIGTERM))  # Windows: no SIGKILL
+            _BREAKS.killed(pid)
             self.killed.append(pid)
             if sub.executor not in self._doomed:
                 self._doomed.append(sub.executor)
@@ -494,6 +552,39 @@ class ProcessLane:
 # -- markers and exit codes ------------------------------------------------------
 
 _PREFIX = "engine-cpu-"
+
+
+def marker_base() -> str:
+    """Where marker directories live: tmpfs (``/dev/shm``) where there is one."""
+    shm = "/dev/shm"
+    return shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else tempfile.gettempdir()
+
+
+def _running_on(pids: Mapping[int, Any]) -> bool:
+    """True when a marker of this driver holds one of ``pids``: a call ran on that worker.
+
+    Read only when a pool breaks. A marker is removed when its call ends, so
+    one holding a dead worker's pid belongs to a call that was running when
+    that worker died (or that a lane killed, which ``_Breaks`` knows anyway).
+    """
+    if not pids:
+        return False
+    base = marker_base()
+    mine = f"{_PREFIX}{os.getpid()}-"
+    try:
+        dirs = [os.path.join(base, n) for n in os.listdir(base) if n.startswith(mine)]
+    except OSError:
+        return False
+    for d in dirs:
+        try:
+            names = os.listdir(d)
+        except OSError:
+            continue
+        for name in names:
+            pid = _read_pid(os.path.join(d, name))
+            if pid is not None and pid in pids:
+                return True
+    return False
 
 
 def _sweep(base: str) -> None:
@@ -563,7 +654,7 @@ def _unlink(marker: str | None) -> None:
             os.unlink(marker)
 
 
-def _exitcode(procs: dict[int, Any] | None, pid: int) -> int | None:
+def _exitcode(procs: Mapping[int, Any] | None, pid: int) -> int | None:
     """The exit code of dead worker ``pid``: from the pool's process object, else waitid."""
     proc = (procs or {}).get(pid)
     if proc is not None:
@@ -596,6 +687,7 @@ def _exitcode_from_message(message: str) -> int | None:
 
 __all__ = [
     "MAX_DISRUPTIONS",
+    "Break",
     "ProcessLane",
     "Verdict",
     "WorkerLost",
