@@ -8,18 +8,35 @@
 # (needs root), keeps the cluster under $ENGINE_PG_DIR (default <repo>/.pg),
 # listens on ${ENGINE_PG_PORT:-55432}, creates database engine_test, and
 # prints `export ENGINE_TEST_PG_DSN=...` as its last line. Everything else
-# goes to stderr. As root the server runs as the `postgres` user (initdb
-# refuses root), so $ENGINE_PG_DIR must be reachable by that user.
+# goes to stderr; any failure exits non-zero (scripts/test.sh relies on it).
+# As root the server runs as the `postgres` user (initdb refuses root): when
+# that user cannot reach <repo>/.pg (a clone under /root, say) and
+# ENGINE_PG_DIR is not set, the cluster lives in /var/tmp/engine-pg-<port>.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
-PG_DIR="${ENGINE_PG_DIR:-$REPO/.pg}"
 PORT="${ENGINE_PG_PORT:-55432}"
 DB=engine_test
-DATA="$PG_DIR/data"
 DSN="postgresql://postgres@127.0.0.1:$PORT/$DB"
 
 say() { echo "postgres.sh: $*" >&2; }
+
+# Where the cluster lives: $ENGINE_PG_DIR, else <repo>/.pg, unless we are
+# root and the postgres user cannot get there (then /var/tmp/engine-pg-<port>).
+# Called again after an install creates that user, and by `stop`, so both
+# find the same place.
+pick_dir() {
+  if [ -n "${ENGINE_PG_DIR:-}" ]; then
+    PG_DIR="$ENGINE_PG_DIR"
+  elif [ "$(id -u)" -eq 0 ] && id postgres >/dev/null 2>&1 \
+    && ! runuser -u postgres -- test -x "$REPO"; then
+    PG_DIR="/var/tmp/engine-pg-$PORT"
+  else
+    PG_DIR="$REPO/.pg"
+  fi
+  DATA="$PG_DIR/data"
+}
+pick_dir
 
 # The newest /usr/lib/postgresql/<version>/bin holding initdb, or nothing.
 # A glob, not `ls | sort`: under pipefail a failing ls would end the script
@@ -35,7 +52,8 @@ find_bin() {
 # Run a server binary as the cluster's owner: `postgres` when we are root.
 as_owner() {
   if [ "$(id -u)" -eq 0 ]; then
-    runuser -u postgres -- "$@"
+    # From /: the caller's directory may be closed to that user (a clone under /root).
+    (cd / && runuser -u postgres -- "$@")
   else
     "$@"
   fi
@@ -69,6 +87,7 @@ if [ -z "$BIN" ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql >&2
   BIN="$(find_bin)"
   [ -n "$BIN" ] || { say "installed postgresql, but found no initdb under /usr/lib/postgresql"; exit 1; }
+  pick_dir  # the package created the postgres user: can it reach the repo?
 fi
 
 ready() { "$BIN/pg_isready" -q -h 127.0.0.1 -p "$PORT"; }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 
@@ -16,3 +18,48 @@ def warm_pool() -> None:
     from engine.lanes.pool import default_executor, warm
 
     warm(default_executor())
+
+
+def _no_postgres(why: str) -> None:
+    """Skip, or fail under ``ENGINE_REQUIRE_PG=1`` (CI), where a server must be reachable."""
+    if os.environ.get("ENGINE_REQUIRE_PG") == "1":
+        pytest.fail(f"ENGINE_REQUIRE_PG=1 but {why}", pytrace=False)
+    pytest.skip(why)
+
+
+def need_psycopg() -> None:
+    """psycopg is importable; otherwise skip (or fail under ENGINE_REQUIRE_PG=1)."""
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        _no_postgres("psycopg is not installed (pip install 'engine[postgres]')")
+
+
+def postgres_dsn() -> str:
+    """The test server's DSN (``ENGINE_TEST_PG_DSN``), checked to be reachable.
+
+    Without one the test skips and says how to start a server; with
+    ``ENGINE_REQUIRE_PG=1`` (set by ``.ci/run``) it fails instead, so CI can
+    never pass by skipping every PostgreSQL test.
+    """
+    dsn = os.environ.get("ENGINE_TEST_PG_DSN")
+    if not dsn:
+        _no_postgres(
+            "ENGINE_TEST_PG_DSN is not set; start a server with: "
+            'eval "$(bash scripts/postgres.sh | tail -n1)"'
+        )
+        raise AssertionError("unreachable")  # pragma: no cover (skip/fail raised)
+    need_psycopg()
+    import psycopg
+
+    try:
+        psycopg.connect(dsn, connect_timeout=3).close()
+    except psycopg.Error as exc:
+        _no_postgres(f"PostgreSQL at ENGINE_TEST_PG_DSN is unreachable: {exc}")
+    return dsn
+
+
+@pytest.fixture
+def pg_dsn() -> str:
+    """``postgres_dsn()`` as a fixture."""
+    return postgres_dsn()

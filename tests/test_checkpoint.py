@@ -2,14 +2,14 @@
 
 The PostgreSQL runs need ``ENGINE_TEST_PG_DSN`` (``scripts/postgres.sh``
 starts a throwaway server and prints it); without a reachable server they
-skip and say why. Every test uses its own thread-id prefix, so runs against
-a long-lived database never collide.
+skip and say why, or fail under ``ENGINE_REQUIRE_PG=1`` (CI). Every test
+uses its own thread-id prefix, so runs against a long-lived database never
+collide.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import pickle
 import signal
 import sqlite3
@@ -33,6 +33,7 @@ from engine.checkpoint import (
     TaskRef,
 )
 from engine.errors import CheckpointError
+from tests.conftest import need_psycopg, postgres_dsn
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -58,24 +59,6 @@ class Backend:
         cp = self.make()
         self.opened.append(cp)
         return cp
-
-
-def _pg_dsn() -> str:
-    dsn = os.environ.get("ENGINE_TEST_PG_DSN")
-    if not dsn:
-        pytest.skip(
-            "ENGINE_TEST_PG_DSN is not set; start a server with: "
-            'eval "$(bash scripts/postgres.sh | tail -n1)"'
-        )
-    try:
-        import psycopg
-    except ImportError:
-        pytest.skip("psycopg is not installed (pip install 'engine[postgres]')")
-    try:
-        psycopg.connect(dsn, connect_timeout=3).close()
-    except psycopg.Error as exc:
-        pytest.skip(f"PostgreSQL at ENGINE_TEST_PG_DSN is unreachable: {exc}")
-    return dsn
 
 
 def _memory_backend() -> Backend:
@@ -140,7 +123,7 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     elif request.param == "sqlite":
         b = _sqlite_backend(tmp_path / "checkpoints.sqlite")
     else:
-        b = _postgres_backend(_pg_dsn())
+        b = _postgres_backend(postgres_dsn())
     yield b
     for cp in b.opened:
         await cp.aclose()
@@ -498,7 +481,7 @@ class TestBackendDetails:
     @pytest.mark.postgres
     async def test_postgres_lost_lock_session_fences_puts(self) -> None:
         """A driver whose lock session was killed cannot write over the run that took over."""
-        dsn = _pg_dsn()
+        dsn = postgres_dsn()
         import psycopg
 
         from engine.checkpoint.postgres import lock_key
@@ -574,7 +557,7 @@ class TestBackendDetails:
 
     async def test_postgres_repr_hides_the_password(self) -> None:
         """The repr names host, port and database, never the password."""
-        pytest.importorskip("psycopg")
+        need_psycopg()
         cp = PostgresCheckpointer("postgresql://u:s3cret@db.example:6543/app")
         assert "db.example:6543/app" in repr(cp) and "s3cret" not in repr(cp)
         await cp.aclose()
