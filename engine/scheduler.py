@@ -18,10 +18,11 @@ A cancelled step saves the writes of the calls that finished the same way
 trace measures them.
 
 Faults, per call: an error is retried per the node's ``RetryPolicy``; a
-worker that died under the call is a ``WorkerCrashedError`` charged to that
-call only (the process lane re-dispatches the innocent calls itself), and a
-call that crashed its worker ``POISON_AFTER_CRASHES`` times is not retried
-again whatever its policy says.
+worker that died under the call is a crash charged to that call only (the
+process lane re-dispatches the innocent calls itself), which the engine runs
+again on a budget of its own, apart from the policy, until the call has
+crashed its worker ``POISON_AFTER_CRASHES`` times: then it fails as poison
+with ``WorkerCrashedError``.
 """
 
 from __future__ import annotations
@@ -341,30 +342,49 @@ class Scheduler:
         done[task.order] = await self._run_task(state, step, task)
 
     async def _run_task(self, state: BaseModel, step: int, task: Task) -> _TaskResult:
-        """Call one task with its retry policy; never raises but for cancellation."""
+        """Call one task with its retry policy; never raises but for cancellation.
+
+        Two budgets: ``failures`` (errors of the node's own, and crashes an
+        executor attributed itself, such as Dask's ``KilledWorker``) go
+        through the node's ``RetryPolicy``; ``crashes`` the process lane
+        attributed to this call (its worker died under it) are the engine's:
+        the call runs again at once, whatever its policy says, until its
+        ``POISON_AFTER_CRASHES``-th crash fails it as poison. A crash is often
+        not the call's doing (a neighbour's memory, a worker dying just after
+        it returned a result), so one must not fail a run with no policy.
+        """
         node = self.plan.nodes[task.node]
         policy = node.spec.retry or NO_RETRY
         attempt = 1
+        failures = 0
         crashes = 0
         while True:
             err = await self._attempt(node, state, step, task, attempt)
             if isinstance(err, _TaskResult):
                 return err
             cause = err.__cause__ if err.__cause__ is not None else err
-            # Bad updates and payloads that cannot cross the process boundary
-            # would fail the same way again: never retried.
-            retry = not isinstance(err, InvalidUpdateError) and (
-                not isinstance(cause, PayloadError)
-                and (policy.should_retry(cause, attempt) or policy.should_retry(err, attempt))
-            )
+            delay = 0.0
             if isinstance(err, WorkerCrashedError):
                 crashes += 1
-                if crashes >= POISON_AFTER_CRASHES:
-                    retry = False
-                    err.add_note(
-                        f"poison: {task.node!r} crashed its worker {crashes} times, so it is "
-                        "not retried again; find what kills the process (memory, native code)"
-                    )
+            if isinstance(err, WorkerCrashedError) and isinstance(cause, WorkerLost):
+                retry = crashes < POISON_AFTER_CRASHES
+            else:
+                failures += 1
+                # Bad updates and payloads that cannot cross the process boundary
+                # would fail the same way again: never retried.
+                retry = not isinstance(err, InvalidUpdateError) and (
+                    not isinstance(cause, PayloadError)
+                    and (policy.should_retry(cause, failures) or policy.should_retry(err, failures))
+                )
+                retry = retry and crashes < POISON_AFTER_CRASHES
+                delay = policy.delay(failures)
+            if isinstance(err, WorkerCrashedError) and crashes >= POISON_AFTER_CRASHES:
+                err.add_note(
+                    f"poison: {task.node!r} crashed its worker {crashes} times, so it is not "
+                    "run again (the engine re-runs a crashed call, apart from its RetryPolicy, "
+                    f"until its {POISON_AFTER_CRASHES}rd crash); find what kills the process "
+                    "(memory, native code)"
+                )
             self._emit(
                 NodeFailed(
                     run_id=self.run_id,
@@ -389,7 +409,8 @@ class Scheduler:
             )
             if not retry:
                 return _TaskResult(task=task, error=err)
-            await asyncio.sleep(policy.delay(attempt))
+            if delay > 0:
+                await asyncio.sleep(delay)
             attempt += 1
 
     async def _attempt(
@@ -480,7 +501,7 @@ class Scheduler:
                 kind, detail = type(exc).__name__, str(exc)
             err = WorkerCrashedError(
                 f"{where}: {what}; the other calls of the step were not charged. Find what "
-                "kills the process (memory, native code), or let a RetryPolicy run it again",
+                "kills the process (memory, native code)",
                 node=task.node,
                 step=step,
                 lane=lane,

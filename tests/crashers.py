@@ -305,3 +305,41 @@ else:
     state = asyncio.run(app.ainvoke(arg, thread_id="t"))
 print("RESULT " + json.dumps(state.model_dump(mode="json")), flush=True)
 """
+
+
+def exit_when_started(started: str, arg: Any) -> dict[str, Any]:
+    """Deliver a result, then take this worker down once ``started`` exists.
+
+    ``started`` is published by the next call this worker runs
+    (``start_then_burn``): the worker dies *after* delivering this call's
+    result and *while* it runs the next one, which loky blames.
+    """
+
+    def later() -> None:
+        deadline = time.monotonic() + 30.0
+        while not os.path.exists(started) and time.monotonic() < deadline:
+            time.sleep(0.002)
+        os._exit(7)
+
+    threading.Thread(target=later, daemon=True).start()
+    return {"items": ["delivered"], "pids": [os.getpid()]}
+
+
+def start_then_burn(started: str, side: str, name: str, seconds: float, arg: Any) -> dict[str, Any]:
+    """Publish this worker's pid in ``started``, compute, then record the finish."""
+    publish_pid(started)
+    burn(seconds)
+    note(side, f"{name} {os.getpid()}")
+    return {"items": [name], "pids": [os.getpid()]}
+
+
+def crash_then_fail(count_file: str, side: str, name: str, arg: Any) -> dict[str, Any]:
+    """Call 1 kills its worker, call 2 raises ConnectionError, call 3 succeeds (file-counted)."""
+    n = len(lines(count_file))
+    note(count_file, str(n))
+    if n == 0:
+        os.kill(os.getpid(), signal.SIGKILL)
+    if n == 1:
+        raise ConnectionError(f"{name}: transient failure")
+    note(side, f"{name} {os.getpid()}")
+    return {"items": [name]}

@@ -189,6 +189,7 @@ class TestCrashMatrix:
         """Each fault fails its own node with the right error; the sibling and the pool survive."""
         pool = default_executor()
         warm(pool)  # every worker up: the sibling runs while the fault happens
+        first_workers = set(pool._processes)  # type: ignore[attr-defined]
         side = tmp_path / "side"
         events: list[Any] = []
         with capture_logs() as logs, pytest.raises(expected, match=pattern) as info:
@@ -201,29 +202,53 @@ class TestCrashMatrix:
         # The crash cases broke (and replaced) the pool; the others left it as it was.
         assert (default_executor() is not pool) == breaks
         redispatched = {e["call"] for e in logs if e["event"] == "cpu_call_redispatched"}
-        assert redispatched <= ({"sib"} if breaks else set())
+        (finished,) = [e for e in events if isinstance(e, NodeFinished) and e.node == "sib"]
+        if breaks:
+            # The sibling was in the pool when it broke (its submission failed and went
+            # again), and it finished on a worker of a replacement pool.
+            assert redispatched == {"sib"}
+            assert finished.pid not in first_workers
+        else:
+            assert redispatched == set() and finished.pid in first_workers
         await normal_run_works()
 
     async def test_sigkill_from_outside_names_the_signal_and_oom(self, tmp_path: Path) -> None:
-        """A worker SIGKILLed by another process: WorkerCrashedError, SIGKILL, 'out of memory'."""
+        """Its worker SIGKILLed by another process on each of 3 runs: poison, SIGKILL, 'out of
+        memory'; each kill replaced the warm pool and the sibling survived them all."""
+        pool = default_executor()
+        warm(pool)
         pid_file = tmp_path / "pid"
         side = tmp_path / "side"
-        app = with_sibling(functools.partial(crashers.stall, str(pid_file)), None, side).compile()
+        app = with_sibling(
+            functools.partial(crashers.stall, str(pid_file)), None, side, sibling_s=0.2
+        ).compile()
         events: list[Any] = []
         run = asyncio.create_task(app.arun({}, on_event=events.append))
-        pid = await wait_for_pid(pid_file)
-        os.kill(pid, signal.SIGKILL)
+        pools, killed = [], []
+        for _ in range(3):  # the engine runs a crashed call again until its 3rd crash
+            pid = await wait_for_pid(pid_file)
+            pid_file.unlink()
+            pools.append(default_executor())
+            assert pid in pools[-1]._processes  # type: ignore[attr-defined]
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
         with pytest.raises(WorkerCrashedError, match="possibly out of memory") as info:
             await run
         err = info.value
-        assert (err.exitcode, err.signal, err.pid) == (-signal.SIGKILL, "SIGKILL", pid)
-        assert "SIGKILL" in str(err) and err.node == "crash"
+        assert (err.exitcode, err.signal, err.pid) == (-signal.SIGKILL, "SIGKILL", killed[-1])
+        assert "SIGKILL" in str(err) and err.node == "crash" and err.attempt == 3
+        # The first kill broke the warm pool, and each kill the pool that replaced it.
+        assert pools[0] is pool and len({id(p) for p in pools}) == 3
+        assert default_executor() is not pools[-1]
         assert lines(side) == ["sib"]
         sibling_events_ok(events)
         await normal_run_works()
 
-    async def test_crash_after_the_result_was_delivered_blames_nobody(self, tmp_path: Path) -> None:
-        """A worker dying after it returned: the run succeeds and no call is charged."""
+    async def test_crash_after_the_result_was_delivered_blames_nobody(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A worker dying idle after it returned: the run succeeds and no call is charged."""
+        monkeypatch.setenv("ENGINE_CPU_WORKERS", "2")  # whatever the machine: 2 workers
         warm(default_executor())  # every worker up, so the sibling starts on another one
         side = tmp_path / "side"
         fn = functools.partial(crashers.exit_after_returning, 0.2)
@@ -240,51 +265,103 @@ class TestCrashMatrix:
         ]
         assert lines(side) == ["sib"]
         sibling_events_ok(events)
-        if default_workers() > 1:
-            # The sibling's worker was healthy when the other one died: it ran again, uncharged.
-            assert [e["call"] for e in logs if e["event"] == "cpu_call_redispatched"] == ["sib"]
+        # The sibling's worker was healthy when the other one died: it ran again, uncharged.
+        assert [e["call"] for e in logs if e["event"] == "cpu_call_redispatched"] == ["sib"]
         await normal_run_works()
 
 
 class TestCrashPolicy:
-    async def test_crash_is_retried_per_policy(self, tmp_path: Path) -> None:
-        """A node whose worker is killed once: attempt 1 is a crash, attempt 2 succeeds."""
+    async def test_crash_is_run_again_without_a_policy(self, tmp_path: Path) -> None:
+        """A node without retry= whose worker is killed once: attempt 2 runs and succeeds."""
         flag, pid_file, side = tmp_path / "flag", tmp_path / "pid", tmp_path / "side"
         g = Graph(FaultState)
         g.add_node(
             "once",
             functools.partial(crashers.stall_once, str(flag), str(pid_file), str(side), "once"),
             lane="cpu",
-            retry=RetryPolicy(max_attempts=2, initial_interval=0.0, jitter=False),
         )
         g.add_edge(START, "once")
-        run = asyncio.create_task(g.compile().arun({}))
-        os.kill(await wait_for_pid(pid_file), signal.SIGKILL)
+        events: list[Any] = []
+        run = asyncio.create_task(g.compile().arun({}, on_event=events.append))
+        killed = await wait_for_pid(pid_file)
+        os.kill(killed, signal.SIGKILL)
         result = await run
         assert [(c.attempt, c.ok, c.error) for c in result.trace.for_node("once")] == [
             (1, False, "crash"),
             (2, True, None),
         ]
+        assert result.trace.for_node("once")[1].pid != killed
+        failed = [e for e in events if isinstance(e, NodeFailed)]
+        assert [(e.attempt, e.will_retry) for e in failed] == [(1, True)]
         assert result.state.items == ["once"] and len(lines(side)) == 1
 
-    async def test_poison_is_not_retried_past_three_crashes(self) -> None:
-        """A node that kills its worker every time fails as poison after 3 crashes, not 10."""
+    async def test_crash_is_not_charged_to_the_retry_policy(self, tmp_path: Path) -> None:
+        """Crash, then a ConnectionError, then success: a 2-attempt policy still gets its retry."""
+        side, count = tmp_path / "side", tmp_path / "count"
         g = Graph(FaultState)
         g.add_node(
-            "poison",
-            crashers.kill_self,
+            "flaky",
+            functools.partial(crashers.crash_then_fail, str(count), str(side), "flaky"),
             lane="cpu",
-            retry=RetryPolicy(max_attempts=10, initial_interval=0.0, jitter=False),
+            retry=RetryPolicy(max_attempts=2, initial_interval=0.0, jitter=False),
         )
+        g.add_edge(START, "flaky")
+        result = await g.compile().arun({})
+        assert [(c.attempt, c.ok, c.error) for c in result.trace.for_node("flaky")] == [
+            (1, False, "crash"),
+            (2, False, "ConnectionError"),
+            (3, True, None),
+        ]
+        assert result.state.items == ["flaky"] and len(lines(side)) == 1
+
+    @pytest.mark.parametrize("max_attempts", [None, 10])
+    async def test_poison_fails_on_its_third_crash_whatever_its_policy(
+        self, max_attempts: int | None
+    ) -> None:
+        """A node killing its worker every time fails as poison on crash 3, policy or not."""
+        g = Graph(FaultState)
+        policy = None
+        if max_attempts is not None:
+            policy = RetryPolicy(max_attempts=max_attempts, initial_interval=0.0, jitter=False)
+        g.add_node("poison", crashers.kill_self, lane="cpu", retry=policy)
         g.add_edge(START, "poison")
         events: list[Any] = []
-        with pytest.raises(WorkerCrashedError, match="SIGKILL") as info:
+        with pytest.raises(WorkerCrashedError, match="SIGKILL, possibly out of memory") as info:
             await g.compile().arun({}, on_event=events.append)
-        assert info.value.attempt == 3
-        assert any("poison" in note for note in info.value.__notes__)
+        err = info.value
+        assert err.attempt == 3 and (err.exitcode, err.signal) == (-signal.SIGKILL, "SIGKILL")
+        assert any("poison" in note and "3 times" in note for note in err.__notes__)
         failed = [e for e in events if isinstance(e, NodeFailed)]
         assert [(e.attempt, e.will_retry) for e in failed] == [(1, True), (2, True), (3, False)]
         await normal_run_works()
+
+    async def test_next_call_on_a_worker_dying_after_its_result_succeeds(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """1 worker: a returns, then its worker dies while b runs; b is blamed, run again, ok."""
+        monkeypatch.setenv("ENGINE_CPU_WORKERS", "1")
+        warm(default_executor())
+        started, side = tmp_path / "started", tmp_path / "side"
+        g = Graph(FaultState)
+        g.add_node("a", functools.partial(crashers.exit_when_started, str(started)), lane="cpu")
+        g.add_node(
+            "b",
+            functools.partial(crashers.start_then_burn, str(started), str(side), "b", 0.5),
+            lane="cpu",
+        )
+        g.add_edge(START, "a")
+        g.add_edge(START, "b")
+        result = await g.compile().arun({})
+        (a,) = result.trace.for_node("a")
+        b1, b2 = result.trace.for_node("b")
+        assert (a.attempt, a.ok) == (1, True)
+        # b started on a's worker (the only one), which then died: b was blamed ...
+        assert (b1.attempt, b1.ok, b1.error) == (1, False, "crash")
+        assert a.pid in result.state.pids
+        # ... and the engine ran it again on a fresh worker, without any RetryPolicy.
+        assert (b2.attempt, b2.ok) == (2, True) and b2.pid != a.pid
+        assert sorted(result.state.items) == ["b", "delivered"]
+        assert [x.split()[0] for x in lines(side)] == ["b"]
 
     async def test_unpicklable_input_is_never_retried(self, tmp_path: Path) -> None:
         """A payload that cannot be pickled fails on attempt 1 even if retry_on says retry."""
