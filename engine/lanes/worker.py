@@ -23,7 +23,6 @@ import contextlib
 import functools
 import inspect
 import os
-import signal
 import socket
 import sys
 import threading
@@ -457,26 +456,39 @@ def run_marked(entry: Callable[[bytes], bytes], payload: bytes, marker: str | No
             os.unlink(marker)
 
 
+#: How often a worker's guard looks for its driver (seconds): the longest an
+#: orphan computes on after its driver died.
+GUARD_INTERVAL_S = 0.1
+
+
 def guard_parent(parent_pid: int) -> None:
-    """Worker initializer: die with the driver (Linux ``PR_SET_PDEATHSIG``).
+    """Worker initializer: die with the driver *process*, whichever thread started us.
 
     A SIGKILLed driver runs no cleanup, so without this its busy workers
-    would compute on as orphans. The kernel sends SIGKILL to this process
-    when the thread that started it exits. If the driver died before this
-    ran, the worker was already re-parented: exit now. Elsewhere this is a
-    no-op and idle loky workers still exit when their call queue closes.
+    would compute on as orphans. A daemon thread looks at ``os.getppid()``
+    every ``GUARD_INTERVAL_S`` and ends the worker (``os._exit``) once the
+    driver is gone (the worker was re-parented). Not ``PR_SET_PDEATHSIG``:
+    that fires when the *thread* that spawned the worker exits, so workers
+    started from a short-lived thread (``app.invoke()`` there) would die
+    under the next run's calls. The cost is one ``getppid`` ten times a
+    second. A call stuck in native code that holds the GIL keeps the watcher
+    from running until it lets go. If the driver died before this ran, exit now.
     """
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
-        except (OSError, AttributeError):  # no prctl (e.g. musl without it): best effort
-            pass
     if os.getppid() != parent_pid:
         os._exit(0)
+    if sys.platform == "win32":  # getppid never changes there; loky's pipes end idle workers
+        return
+    watcher = threading.Thread(
+        target=_watch_parent, args=(parent_pid,), name="engine-parent-guard", daemon=True
+    )
+    watcher.start()
+
+
+def _watch_parent(parent_pid: int) -> None:
+    while True:
+        time.sleep(GUARD_INTERVAL_S)
+        if os.getppid() != parent_pid:
+            os._exit(0)
 
 
 def pid_after(seconds: float) -> int:
