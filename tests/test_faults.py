@@ -564,6 +564,43 @@ class TestCancellation:
         assert not marker.exists()
         await normal_run_works()
 
+    async def test_cancel_while_a_cold_pool_is_being_submitted_to(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Cancelled while the first submit runs in its thread: the call is taken back."""
+        from engine.lanes.process import ProcessLane
+
+        default_executor().shutdown(wait=True)  # cold: the first submit goes off the loop
+        entered, release = threading.Event(), threading.Event()
+        real = ProcessLane._submit
+        lanes: list[ProcessLane] = []
+
+        def held(self: ProcessLane, *args: Any) -> Any:
+            lanes.append(self)
+            entered.set()
+            release.wait(10)
+            return real(self, *args)
+
+        monkeypatch.setattr(ProcessLane, "_submit", held)
+        ran = tmp_path / "ran"
+        g = Graph(FaultState)
+        g.add_node("late", functools.partial(crashers.sibling, str(ran), "late", 0.5), lane="cpu")
+        g.add_edge(START, "late")
+        run = asyncio.create_task(g.compile().arun({}))
+        assert await asyncio.to_thread(entered.wait, 10)
+        run.cancel()
+        await asyncio.sleep(0.05)
+        assert not run.done()  # it waits for the submission before it takes it back ...
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+        (lane,) = lanes
+        assert "running=0" in repr(lane)  # ... so nothing it sent is left running
+        await asyncio.sleep(1.0)  # the call would have finished by now
+        assert not ran.exists()
+        monkeypatch.undo()
+        await normal_run_works()
+
     async def test_cancel_mid_step_saves_finished_writes_and_leaves_no_process(
         self, tmp_path: Path
     ) -> None:

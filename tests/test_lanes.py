@@ -142,6 +142,74 @@ class TestCpuLane:
         assert r.trace.for_node("aio")[0].pid == r.state.probes["aio"]["pid"]
 
 
+def _runqueue_wait_s() -> float:
+    """Seconds this thread has waited on a CPU's run queue so far (Linux), else 0."""
+    try:
+        with open("/proc/thread-self/schedstat", "rb") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+class TestColdPool:
+    async def test_first_step_on_a_cold_pool_does_not_stall_the_loop(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A cold 16-worker pool starts its workers off the loop's thread: no heartbeat gap
+        > 100 ms, and a sampler never finds the loop's thread spawning a worker."""
+        from engine.lanes.pool import default_executor, worker_processes
+
+        monkeypatch.setenv("ENGINE_CPU_WORKERS", "16")
+        default_executor().shutdown(wait=True)  # whatever ran before: start cold
+        loop_thread = threading.get_ident()
+        beats: list[tuple[float, float]] = []
+        stop = asyncio.Event()
+        sampling = threading.Event()
+        spawning_on_loop: list[str] = []
+
+        def sampler() -> None:
+            # The proof that does not depend on the machine's load: where the
+            # loop's thread is, sampled every millisecond or so.
+            while not sampling.is_set():
+                frame = sys._current_frames().get(loop_thread)
+                while frame is not None:
+                    if frame.f_code.co_name in ("_adjust_process_count", "_spawn_process"):
+                        spawning_on_loop.append(frame.f_code.co_filename)
+                        break
+                    frame = frame.f_back
+                time.sleep(0.001)
+
+        async def heartbeat() -> None:
+            while not stop.is_set():
+                beats.append((time.perf_counter(), _runqueue_wait_s()))
+                await asyncio.sleep(0.005)
+            beats.append((time.perf_counter(), _runqueue_wait_s()))
+
+        watcher = threading.Thread(target=sampler, daemon=True)
+        watcher.start()
+        beating = asyncio.create_task(heartbeat())
+        await asyncio.sleep(0.02)
+        try:
+            r = await two_cpu_nodes(0.05).compile().arun({}, mode="parallel")
+        finally:
+            stop.set()
+            await beating
+            sampling.set()
+            watcher.join()
+        pool = default_executor()
+        try:
+            procs = worker_processes(pool)
+            assert procs is not None and len(procs) == 16  # the run really started them
+            assert r.trace.pids("cpu") <= set(procs)
+            assert spawning_on_loop == []
+            # A gap counts the time the loop's thread ran or was blocked, not the time
+            # it waited for a CPU that another process held (a busy machine).
+            stalls = [(t1 - t0) - (q1 - q0) for (t0, q0), (t1, q1) in itertools.pairwise(beats)]
+            assert len(beats) > 3 and max(stalls) < 0.1, f"loop stalled {max(stalls):.3f} s"
+        finally:
+            pool.shutdown(wait=True)
+
+
 class TestIoLane:
     async def test_runs_on_the_driver_loop(self, mode: str) -> None:
         """io nodes run as coroutines on the driver's own event loop."""

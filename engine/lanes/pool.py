@@ -51,8 +51,9 @@ def default_workers() -> int:
 def default_executor(max_workers: int | None = None) -> Executor:
     """The shared loky pool: created on first use, replaced when broken, shut down or resized.
 
-    Creating it starts no process: workers start on the first submit, from
-    the submitting thread (the event loop's), and each runs ``guard_parent``.
+    Creating it starts no process: workers start on the first submit (the
+    process lane makes that one from a thread, off the event loop), and each
+    runs ``guard_parent``.
     """
     global _pool
     n = max_workers or default_workers()
