@@ -16,7 +16,18 @@ class EngineError(Exception):
 
 
 class GraphError(EngineError, ValueError):
-    """The graph is invalid; raised by ``Graph.add_*`` and ``Graph.compile``."""
+    """The graph is invalid; raised by ``Graph.add_*`` and ``Graph.compile``.
+
+    Also raised while a run routes, when a conditional edge's router fails or
+    returns something that is not a node: then ``node`` is the edge's source
+    and ``step`` the step whose results it was routing (-1 for the input, at
+    ``START``), and a router's own exception is ``__cause__``.
+    """
+
+    def __init__(self, message: str, *, node: str | None = None, step: int | None = None):
+        super().__init__(message)
+        self.node = node
+        self.step = step
 
 
 class InvalidUpdateError(EngineError, ValueError):

@@ -325,12 +325,28 @@ class Scheduler:
                 others = ", ".join(repr(f.task.node) for f in failures[1:])
                 first.add_note(f"in the same step {others} also failed")
             raise first
-        state = self.plan.schema.merge(
-            cursor.state, [Write(node, index, upd) for (node, index), upd in writes.items()], step
-        )
-        fanin = {k: set(v) for k, v in cursor.fanin.items()}
-        ran = sorted({t.node for t in cursor.tasks})
-        tasks = self._route(ran, state, step, fanin)
+        try:
+            state = self.plan.schema.merge(
+                cursor.state,
+                [Write(node, index, upd) for (node, index), upd in writes.items()],
+                step,
+            )
+            fanin = {k: set(v) for k, v in cursor.fanin.items()}
+            ran = sorted({t.node for t in cursor.tasks})
+            tasks = self._route(ran, state, step, fanin)
+        except Exception:
+            # Every call of the step succeeded, but merging or routing their
+            # writes failed (a conflict, a router's bug): keep the writes, so
+            # a resume merges and routes again without re-running the calls.
+            failed = RunCursor(
+                state=cursor.state,
+                step=step,
+                tasks=cursor.tasks,
+                fanin=cursor.fanin,
+                pending=writes,
+            )
+            await self._save_fully(failed, "failed")
+            raise
         nxt = RunCursor(state=state, step=step + 1, tasks=tasks, fanin=fanin)
         # The step is done: a cancellation now must not lose its saved writes.
         await self._save_fully(nxt, "running" if tasks else "done")
@@ -723,15 +739,26 @@ class Scheduler:
             for fan in self.plan.fanins_by_source.get(name, ()):
                 fanin.setdefault(fan.key, set()).add(name)
             for branch in self.plan.branches.get(name, ()):
-                result = branch.route(self.plan.schema.copy(state))
+                try:
+                    result = branch.route(self.plan.schema.copy(state))
+                except Exception as exc:
+                    raise GraphError(
+                        f"the router of the conditional edge from {name!r} raised "
+                        f"{type(exc).__name__}: {exc} ({_routing(step)}); fix the router, then "
+                        "resume: the step's writes are kept, its nodes do not run again",
+                        node=name,
+                        step=step,
+                    ) from exc
                 if inspect.isawaitable(result):
                     if inspect.iscoroutine(result):
                         result.close()  # never awaited: close it so it does not warn later
                     raise GraphError(
-                        f"the router of the conditional edge from {name!r} is async; "
-                        "routers must be plain functions of the state"
+                        f"the router of the conditional edge from {name!r} is async "
+                        f"({_routing(step)}); routers must be plain functions of the state",
+                        node=name,
+                        step=step,
                     )
-                self._interpret(name, branch.path_map, result, triggered, sends)
+                self._interpret(name, branch.path_map, result, triggered, sends, step)
         for fan in self.plan.fanins:
             if fanin.get(fan.key, set()) >= fan.sources:
                 triggered.add(fan.target)
@@ -752,12 +779,18 @@ class Scheduler:
         result: Any,
         triggered: set[str],
         sends: list[Send],
+        step: int,
     ) -> None:
         items: Iterable[Any] = result if isinstance(result, list | tuple) else [result]
         for item in items:
             if isinstance(item, Send):
                 if item.node not in self.plan.nodes:
-                    raise GraphError(f"the router of {source!r} sent to unknown node {item.node!r}")
+                    raise GraphError(
+                        f"the router of {source!r} sent to unknown node {item.node!r} "
+                        f"({_routing(step)})",
+                        node=source,
+                        step=step,
+                    )
                 sends.append(item)
                 continue
             if item is None or item == END:
@@ -767,7 +800,9 @@ class Scheduler:
                 if item not in path_map:
                     raise GraphError(
                         f"the router of {source!r} returned {item!r}, which is not in its "
-                        f"path_map {sorted(map(str, path_map))}"
+                        f"path_map {sorted(map(str, path_map))} ({_routing(step)})",
+                        node=source,
+                        step=step,
                     )
                 target = path_map[item]
                 if target == END:
@@ -775,7 +810,9 @@ class Scheduler:
             if target not in self.plan.nodes:
                 raise GraphError(
                     f"the router of {source!r} returned {target!r}, which is not a node "
-                    f"(known: {sorted(self.plan.nodes)})"
+                    f"(known: {sorted(self.plan.nodes)}; {_routing(step)})",
+                    node=source,
+                    step=step,
                 )
             triggered.add(target)
 
@@ -896,6 +933,11 @@ class Scheduler:
             fanin={k: set(v) for k, v in cp.fanin.items()},
             pending=pending,
         )
+
+
+def _routing(step: int) -> str:
+    """Which routing a router error happened in, for its message."""
+    return "routing the input, before step 0" if step < 0 else f"routing after step {step}"
 
 
 async def _finish(save: Coroutine[Any, Any, None]) -> None:

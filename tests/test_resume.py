@@ -22,7 +22,7 @@ import cloudpickle
 import pytest
 
 import tests.crashers as crashers
-from engine import START, Graph, NodeError, RetryPolicy
+from engine import START, Graph, GraphError, InvalidUpdateError, NodeError, RetryPolicy
 from engine.checkpoint import MemoryCheckpointer, SqliteCheckpointer
 from engine.lanes.process import pid_alive
 from tests.crashers import FaultState, lines
@@ -224,6 +224,87 @@ class TestFailedStep:
         await app.arun({}, thread_id="t")
         result = await app.arun(None, thread_id="t")
         assert result.state.items == ["n"] and calls == ["n"]
+
+
+# -- a router that fails after its step's nodes succeeded -------------------------
+
+
+def flaky_router_graph(tmp: Path) -> Graph:
+    """Step 0: ``a`` (io) and ``b`` (cpu); then ``a``'s router, which raises on its first call."""
+    side, count = str(tmp / "side"), tmp / "router-calls"
+    g = Graph(FaultState)
+    g.add_node("a", functools.partial(crashers.async_step_node, side, "a"))
+    g.add_node("b", functools.partial(crashers.step_node, side, "b", 0.0), lane="cpu")
+    g.add_node("c", functools.partial(crashers.async_step_node, side, "c"))
+    g.add_edge(START, "a")
+    g.add_edge(START, "b")
+
+    def route(state: FaultState) -> str:
+        calls = len(lines(count))
+        crashers.note(str(count), str(calls))
+        if calls == 0:
+            raise ValueError("router bug")
+        return "c"
+
+    g.add_conditional_edges("a", route)
+    return g
+
+
+class TestRouterFailure:
+    async def test_router_error_names_edge_and_step_and_resume_skips_the_nodes(
+        self, tmp_path: Path
+    ) -> None:
+        """A router raising after step 0: GraphError naming 'a' and step 0; the step is saved
+        as failed with both writes pending, so the resume routes again without re-running."""
+        cp = SqliteCheckpointer(tmp_path / "cp.sqlite")
+        app = flaky_router_graph(tmp_path).compile(checkpointer=cp)
+        with pytest.raises(GraphError, match=r"conditional edge from 'a'.*step 0") as info:
+            await app.arun({}, thread_id="t")
+        err = info.value
+        assert isinstance(err.__cause__, ValueError) and str(err.__cause__) == "router bug"
+        assert (err.node, err.step) == ("a", 0)
+        latest = await cp.get_latest("t")
+        assert latest is not None and (latest.step, latest.status) == (0, "failed")
+        assert [(w.node, w.updates) for w in latest.pending_writes] == [
+            ("a", {"items": ["a"]}),
+            ("b", {"items": ["b"]}),
+        ]
+
+        result = await app.arun(None, thread_id="t")
+
+        assert result.state.items == ["a", "b", "c"]
+        ran = [x.split()[0] for x in lines(tmp_path / "side")]
+        assert sorted(ran) == ["a", "b", "c"]  # a and b ran once: the resume only routed
+        assert [c.node for c in result.trace.calls] == ["c"]
+        await cp.aclose()
+
+    async def test_merge_conflict_keeps_the_steps_writes(self) -> None:
+        """Two nodes writing one plain field: InvalidUpdateError, and the step is saved as
+        failed with both writes pending (nothing of the step is lost or re-run silently)."""
+        calls: list[str] = []
+
+        def writer(name: str, value: int) -> Any:
+            async def node(state: FaultState) -> dict[str, Any]:
+                calls.append(name)
+                return {"total": value}
+
+            return node
+
+        g = Graph(FaultState)
+        g.add_node("x", writer("x", 1))
+        g.add_node("y", writer("y", 2))
+        g.add_edge(START, "x")
+        g.add_edge(START, "y")
+        cp = MemoryCheckpointer()
+        with pytest.raises(InvalidUpdateError, match="total"):
+            await g.compile(checkpointer=cp).arun({}, thread_id="t")
+        latest = await cp.get_latest("t")
+        assert latest is not None and (latest.step, latest.status) == (0, "failed")
+        assert [(w.node, w.updates) for w in latest.pending_writes] == [
+            ("x", {"total": 1}),
+            ("y", {"total": 2}),
+        ]
+        assert sorted(calls) == ["x", "y"]
 
 
 # -- a signalled CLI ------------------------------------------------------------
