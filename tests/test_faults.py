@@ -460,6 +460,24 @@ class TestTimeouts:
             assert await wait_gone(int(pid_file.read_text()), timeout=2.0) < 2.0
             await normal_run_works()
 
+    @pytest.mark.parametrize("timeout", [None, 5.0])
+    async def test_io_nodes_own_timeout_error_is_a_node_error(self, timeout: float | None) -> None:
+        """A TimeoutError of the node's own (its wait_for) is a NodeError with its traceback."""
+
+        async def waits_too_little(state: FaultState) -> dict[str, Any]:
+            await asyncio.wait_for(asyncio.sleep(5.0), 0.01)
+            return {}
+
+        g = Graph(FaultState)
+        g.add_node("impatient", waits_too_little, timeout=timeout)
+        g.add_edge(START, "impatient")
+        with pytest.raises(NodeError, match=r"'impatient' .* raised TimeoutError") as info:
+            await g.compile().arun({})
+        err = info.value
+        assert not isinstance(err, NodeTimeoutError) and "ran past its timeout" not in str(err)
+        assert err.error_type == "TimeoutError" and isinstance(err.__cause__, TimeoutError)
+        assert "waits_too_little" in err.traceback_text and "wait_for" in err.traceback_text
+
     async def test_cpu_timeout_then_retry_succeeds(self, tmp_path: Path) -> None:
         """Attempt 1 times out (its worker killed, writes discarded); attempt 2 succeeds."""
         flag, pid_file, side = tmp_path / "flag", tmp_path / "pid", tmp_path / "side"

@@ -205,11 +205,16 @@ class LaneRunner:
                 return failed_outcome(exc, t, f"worker_init {init.name} failed: {exc}")
             fn = functools.partial(_resource_last, fn, resource)
         start = time.time()
+        deadline = asyncio.timeout(timeout)
         try:
-            async with asyncio.timeout(timeout):
+            async with deadline:
                 value = await fn(arg)
-        except (TimeoutError, asyncio.CancelledError):
+        except asyncio.CancelledError:
             raise
+        except TimeoutError as exc:
+            if deadline.expired():  # the engine's timeout: the scheduler's NodeTimeoutError
+                raise
+            return failed_outcome(exc, start)  # the node's own (e.g. its wait_for): a NodeError
         except Exception as exc:
             return failed_outcome(exc, start)
         load = (init.name, *built) if init is not None and built is not None else ("", 0.0, 0.0)
