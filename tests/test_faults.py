@@ -13,6 +13,8 @@ import functools
 import gc
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -517,6 +519,60 @@ class TestTimeouts:
         assert result.state.items == ["late"] and lines(side) == ["late"]
         for b in blockers:
             await asyncio.wrap_future(b)
+
+
+# -- KeyboardInterrupt and SystemExit in the driver -----------------------------------
+
+#: Runs a sync node raising ``KeyboardInterrupt`` or ``SystemExit`` on each
+#: driver-side path, through ``invoke`` (``run_sync``), and prints what came
+#: out. A subprocess: a KeyboardInterrupt escaping pytest's own loop would end
+#: the whole test session.
+INTERRUPT_DRIVER = """
+import sys
+from engine import START, Graph, NodeError
+from tests.crashers import FaultState
+
+def interrupt(state):
+    raise KeyboardInterrupt
+
+def exits(state):
+    sys.exit(9)
+
+for kind, fn in (("KeyboardInterrupt", interrupt), ("SystemExit", exits)):
+    for lane, mode in (("inline", "parallel"), ("thread", "sequential"), ("thread", "parallel")):
+        g = Graph(FaultState)
+        g.add_node("n", fn, lane=lane)
+        g.add_edge(START, "n")
+        try:
+            g.compile().invoke({}, mode=mode)
+            got = "returned"
+        except KeyboardInterrupt:
+            got = "KeyboardInterrupt"
+        except NodeError as exc:
+            got = "NodeError " + exc.error_type
+        print(kind, lane, mode, "->", got, flush=True)
+"""
+
+
+class TestInterruptsInTheDriver:
+    def test_keyboard_interrupt_propagates_and_system_exit_is_a_node_error(self) -> None:
+        """Ctrl-C in a sync node run in the driver (inline, sequential, thread) is not a
+        NodeError; a node's sys.exit stays one on every one of those paths."""
+        root = Path(__file__).resolve().parents[1]
+        out = subprocess.run(
+            [sys.executable, "-c", INTERRUPT_DRIVER],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert out.returncode == 0, out.stdout + out.stderr
+        paths = ["inline parallel", "thread sequential", "thread parallel"]
+        assert out.stdout.splitlines() == [
+            *(f"KeyboardInterrupt {p} -> KeyboardInterrupt" for p in paths),
+            *(f"SystemExit {p} -> NodeError SystemExit" for p in paths),
+        ]
 
 
 # -- bounded dispatch and cancellation ---------------------------------------------

@@ -177,14 +177,15 @@ class LaneRunner:
             if batch is not None and key in batch:
                 return _decoded(await batch.result(key))
             return await self._in_process_pool(node, fn, arg, timeout, init)
+        # In the driver a KeyboardInterrupt is the user's Ctrl-C: it propagates
+        # (in_driver), where a worker's would fail only its call.
         if lane == "inline" or (self.mode == "sequential" and not is_coroutine):
-            return call_with_init(fn, arg, init, self._resources)
+            return call_with_init(fn, arg, init, self._resources, in_driver=True)
         # thread lane, sync io, cpu in concurrent mode, or a coroutine that
         # must run outside this loop: a thread of the pool.
         loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(
-            self._thread_pool(), call_with_init, fn, arg, init, self._resources
-        )
+        call = functools.partial(call_with_init, fn, arg, init, self._resources, in_driver=True)
+        fut = loop.run_in_executor(self._thread_pool(), call)
         try:
             return await _bounded(fut, timeout)
         except (TimeoutError, asyncio.CancelledError):

@@ -85,13 +85,16 @@ def _machine_name() -> str:
     return socket.gethostname()
 
 
-def timed_call(fn: Callable[..., Any], arg: Any) -> CallOutcome:
+def timed_call(fn: Callable[..., Any], arg: Any, *, in_driver: bool = False) -> CallOutcome:
     """Call ``fn(arg)`` here, timing it with this process's clocks.
 
     A coroutine function is run to completion on a fresh event loop (used when
     an ``async def`` node is sent whole to a worker). Every exception,
     ``SystemExit`` included, becomes a failed outcome: a node calling
-    ``sys.exit`` is a node error, not a crashed worker.
+    ``sys.exit`` is a node error, not a crashed worker. ``in_driver`` (the
+    inline and thread lanes, sequential mode): a ``KeyboardInterrupt`` is the
+    user's Ctrl-C, not the node's failure, so it propagates (in a worker it
+    can only be the node's own, and a failed outcome keeps the pool whole).
     """
     pid = os.getpid()
     tid = threading.get_native_id()
@@ -103,6 +106,8 @@ def timed_call(fn: Callable[..., Any], arg: Any) -> CallOutcome:
         if inspect.isawaitable(value):
             value = asyncio.run(_await(value))
     except BaseException as exc:
+        if in_driver and isinstance(exc, KeyboardInterrupt):
+            raise
         end = time.time()
         return CallOutcome(
             ok=False,
@@ -340,21 +345,29 @@ def worker_resources() -> Resources:
 
 
 def call_with_init(
-    fn: Callable[..., Any], arg: Any, init: Any, resources: Resources | None = None
+    fn: Callable[..., Any],
+    arg: Any,
+    init: Any,
+    resources: Resources | None = None,
+    *,
+    in_driver: bool = False,
 ) -> CallOutcome:
     """``fn(arg)``, or ``fn(arg, resource)`` when ``init`` is given, timed apart from the build.
 
     ``resources`` is where the resource is kept: this worker's own by default.
     A failing build fails the call (nothing is kept, the next call retries it).
+    ``in_driver``: see ``timed_call`` (a ``KeyboardInterrupt`` propagates).
     """
     if init is None:
-        return timed_call(fn, arg)
+        return timed_call(fn, arg, in_driver=in_driver)
     start = time.time()
     try:
         resource, built = (resources or worker_resources()).get(init)
     except BaseException as exc:
+        if in_driver and isinstance(exc, KeyboardInterrupt):
+            raise
         return failed_outcome(exc, start, f"worker_init {init.name} failed: {exc}")
-    outcome = timed_call(functools.partial(_with_resource, fn, resource), arg)
+    outcome = timed_call(functools.partial(_with_resource, fn, resource), arg, in_driver=in_driver)
     if built is None:
         return outcome
     return replace(outcome, load_name=init.name, load_start=built[0], load_end=built[1])
