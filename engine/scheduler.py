@@ -281,8 +281,8 @@ class Scheduler:
             else:
                 self._refused = self._open_batches(todo, step)
                 try:
-                    await asyncio.gather(
-                        *(self._collect(cursor.state, step, task, done) for task in todo)
+                    await _all_or_none(
+                        [self._collect(cursor.state, step, task, done) for task in todo]
                     )
                 finally:
                     self._refused = {}
@@ -290,7 +290,13 @@ class Scheduler:
         except asyncio.CancelledError:
             # Keep what finished: a resume re-runs only the rest.
             if self._saving:
-                await _finish(self._save_interrupted(cursor, done))
+                await _finish(self._save_partial(cursor, done, "interrupted"))
+            raise
+        except Exception:
+            # Not a node's failure (those come back as results): an engine
+            # error. The step's other calls were stopped; keep what finished.
+            if self._saving:
+                await _finish(self._save_partial(cursor, done, "failed"))
             raise
         failures = sorted(
             (r for r in done.values() if r.error is not None), key=lambda r: r.task.order
@@ -832,9 +838,10 @@ class Scheduler:
         if self._saving:
             await _finish(self._save(cursor, status))
 
-    async def _save_interrupted(
-        self, cursor: RunCursor, done: Mapping[tuple[str, int], _TaskResult]
+    async def _save_partial(
+        self, cursor: RunCursor, done: Mapping[tuple[str, int], _TaskResult], status: str
     ) -> None:
+        """Save the step with the writes of the calls that finished (a stopped step)."""
         writes = dict(cursor.pending)
         writes.update({o: r.updates or {} for o, r in done.items() if r.error is None})
         interrupted = RunCursor(
@@ -845,9 +852,9 @@ class Scheduler:
             pending=writes,
         )
         try:
-            await self._save(interrupted, "interrupted")
+            await self._save(interrupted, status)
         except Exception:
-            self.log.exception("checkpoint_on_cancel_failed", step=cursor.step)
+            self.log.exception("checkpoint_on_stop_failed", step=cursor.step, status=status)
 
     def to_checkpoint(self, cursor: RunCursor, status: str) -> Checkpoint:
         from pydantic_core import to_jsonable_python
@@ -933,6 +940,39 @@ class Scheduler:
             fanin={k: set(v) for k, v in cp.fanin.items()},
             pending=pending,
         )
+
+
+async def _all_or_none(calls: Sequence[Coroutine[Any, Any, None]]) -> None:
+    """Run ``calls`` at once; the first to raise stops the others (TaskGroup semantics).
+
+    ``gather`` would propagate that error at once and leave the other calls
+    running, unsupervised, past the step's end. Here they are cancelled and
+    awaited first (their lanes take cpu calls back, killing busy workers),
+    then the error propagates as it is (no ExceptionGroup: callers catch the
+    engine's own types). Cancelling this cancels them all, awaited the same way.
+    """
+    tasks = [asyncio.ensure_future(c) for c in calls]
+    if not tasks:
+        return
+    try:
+        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    except asyncio.CancelledError:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+    failed = [t for t in done if t.cancelled() or t.exception() is not None]
+    if not failed:
+        return
+    for t in pending:
+        t.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    first = failed[0]
+    if first.cancelled():
+        raise asyncio.CancelledError
+    error = first.exception()
+    assert error is not None
+    raise error
 
 
 def _routing(step: int) -> str:

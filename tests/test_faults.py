@@ -521,6 +521,57 @@ class TestTimeouts:
             await asyncio.wrap_future(b)
 
 
+# -- an unexpected error in one call of a step ---------------------------------------
+
+
+class TestUnexpectedError:
+    async def test_siblings_are_cancelled_and_awaited_before_it_propagates(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """An engine error (not a node's) in one call: the step's other calls are stopped and
+        awaited before arun raises it; the finished call's write is kept as pending."""
+        from engine.lanes import LaneRunner
+
+        pid_file, side = tmp_path / "pid", tmp_path / "side"
+        real = LaneRunner.call
+        stopped: list[str] = []
+
+        async def call(self: LaneRunner, node: str, *args: Any, **kwargs: Any) -> Any:
+            if node == "bad":
+                await wait_for_pid(pid_file)  # the cpu sibling computes, the io one sleeps
+                raise RuntimeError("an engine bug")
+            return await real(self, node, *args, **kwargs)
+
+        async def sleeper(state: FaultState) -> dict[str, Any]:
+            try:
+                await asyncio.sleep(30)
+            finally:
+                stopped.append("sleeper")
+            return {}
+
+        monkeypatch.setattr(LaneRunner, "call", call)
+        g = Graph(FaultState)
+        g.add_node("bad", functools.partial(crashers.io_sibling, os.devnull, "bad", 0.0))
+        g.add_node("quick", functools.partial(crashers.io_sibling, str(side), "quick", 0.0))
+        g.add_node("sleeper", sleeper)
+        g.add_node("burner", functools.partial(crashers.stall, str(pid_file)), lane="cpu")
+        for name in ("bad", "quick", "sleeper", "burner"):
+            g.add_edge(START, name)
+        cp = MemoryCheckpointer()
+        with pytest.raises(RuntimeError, match="an engine bug"):
+            await g.compile(checkpointer=cp).arun({}, thread_id="t")
+        # Nothing of the step runs on: the io call was cancelled and awaited ...
+        assert stopped == ["sleeper"]
+        assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
+        # ... and the cpu call's worker was killed.
+        assert await wait_gone(int(pid_file.read_text())) < 2.0
+        latest = await cp.get_latest("t")
+        assert latest is not None and latest.status == "failed"
+        assert [w.node for w in latest.pending_writes] == ["quick"]
+        monkeypatch.undo()
+        await normal_run_works()
+
+
 # -- KeyboardInterrupt and SystemExit in the driver -----------------------------------
 
 #: Runs a sync node raising ``KeyboardInterrupt`` or ``SystemExit`` on each
