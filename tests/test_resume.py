@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,14 @@ import pytest
 
 import tests.crashers as crashers
 from engine import START, Graph, GraphError, InvalidUpdateError, NodeError, RetryPolicy
-from engine.checkpoint import MemoryCheckpointer, SqliteCheckpointer
+from engine.checkpoint import (
+    Checkpointer,
+    MemoryCheckpointer,
+    PostgresCheckpointer,
+    SqliteCheckpointer,
+)
 from engine.lanes.process import pid_alive
+from tests.conftest import postgres_dsn
 from tests.crashers import FaultState, lines
 
 cloudpickle.register_pickle_by_value(crashers)
@@ -185,22 +192,33 @@ def failed_step_graph(tmp: Path, one_lane: str, two_lane: str) -> Graph:
     return g
 
 
+def make_checkpointer(backend: str, tmp: Path) -> Checkpointer:
+    """A SQLite file under ``tmp``, or the test PostgreSQL server (skips without one)."""
+    if backend == "sqlite":
+        return SqliteCheckpointer(tmp / "cp.sqlite")
+    return PostgresCheckpointer(postgres_dsn(), pool_size=2)
+
+
 class TestFailedStep:
+    @pytest.mark.parametrize(
+        "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+    )
     @pytest.mark.parametrize(("one_lane", "two_lane"), [("io", "cpu"), ("cpu", "io")])
     async def test_resume_reruns_only_the_failed_node(
-        self, tmp_path: Path, one_lane: str, two_lane: str
+        self, tmp_path: Path, one_lane: str, two_lane: str, backend: str
     ) -> None:
         """'one' succeeds, 'two' fails twice; resume runs 'two' (and on), never 'one' again."""
-        cp = SqliteCheckpointer(tmp_path / "cp.sqlite")
+        cp = make_checkpointer(backend, tmp_path)
+        t = f"t{uuid.uuid4().hex[:10]}"  # a long-lived database keeps old threads
         app = failed_step_graph(tmp_path, one_lane, two_lane).compile(checkpointer=cp)
         with pytest.raises(NodeError, match="ConnectionError") as info:
-            await app.arun({}, thread_id="t")
+            await app.arun({}, thread_id=t)
         assert (info.value.node, info.value.attempt) == ("two", 2)
-        latest = await cp.get_latest("t")
+        latest = await cp.get_latest(t)
         assert latest is not None and latest.status == "failed" and latest.step == 0
         assert [(w.node, w.updates) for w in latest.pending_writes] == [("one", {"items": ["one"]})]
 
-        result = await app.arun(None, thread_id="t")
+        result = await app.arun(None, thread_id=t)
 
         assert result.state.items == ["one", "two", "three"]  # merged in node order
         ran = [x.split()[0] for x in lines(tmp_path / "side")]
