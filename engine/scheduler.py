@@ -178,6 +178,7 @@ class Scheduler:
         # Calls of this step's batches whose Send payload could not be pickled.
         self._refused: dict[Any, PayloadError] = {}
         self._loads: list[Mark] = []  # worker_init builds, drawn as slices in the trace
+        self.started_at: float | None = None  # time.time() when run() began
         self.log = log.bind(run_id=self.run_id, thread_id=thread_id, mode=self.mode)
 
     def __repr__(self) -> str:
@@ -198,6 +199,7 @@ class Scheduler:
             return await self._run(cursor, resumed=resumed)
 
     async def _run(self, cursor: RunCursor, *, resumed: bool) -> RunResult:
+        self.started_at = time.time()
         t0 = time.perf_counter()
         first_step = cursor.step
         self._emit(
@@ -892,6 +894,7 @@ class Scheduler:
                 ],
                 status=status,  # type: ignore[arg-type]
                 created_at=time.time(),
+                run_started_at=self.started_at,
             )
         except Exception as exc:
             raise CheckpointError(

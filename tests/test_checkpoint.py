@@ -215,6 +215,7 @@ class TestCheckpointer:
             ],
             status="failed",
             created_at=1_700_000_123.456789,
+            run_started_at=1_700_000_100.25,
         )
         await cp.put(saved)
         assert await cp.get_latest(tid("rt")) == saved
@@ -650,6 +651,11 @@ class TestThroughArun:
                 (3, "done"),
             ]
             assert {c.run_id for c in listed} == {result.run_id}
+            # One run start; saves in step order, none before the run began.
+            (started,) = {c.run_started_at for c in listed}
+            assert started is not None
+            saved = [c.created_at for c in listed]
+            assert started <= saved[0] and saved == sorted(saved)
             assert [c.state["steps"] for c in listed] == [final[:n] for n in range(4)]
             assert [[t.node for t in c.next_tasks] for c in listed] == [
                 ["first"],

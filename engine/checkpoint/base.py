@@ -71,8 +71,11 @@ class Checkpoint(BaseModel, frozen=True):
     #: Writes of nodes that finished in a failed or interrupted step.
     pending_writes: list[PendingWrite] = []
     status: Literal["running", "done", "failed", "interrupted"]
-    #: ``time.time()`` when the checkpoint was made.
+    #: ``time.time()`` when the checkpoint was made, i.e. saved (the step's end).
     created_at: float
+    #: ``time.time()`` when the run that saved it started (a resume is a new
+    #: run); None in checkpoints written before this field existed.
+    run_started_at: float | None = None
     schema_version: int = SCHEMA_VERSION
 
 
