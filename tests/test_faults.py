@@ -453,6 +453,8 @@ class TestTimeouts:
         g = Graph(FaultState)
         g.add_node("slow", fn, lane=lane, timeout=0.3)
         g.add_edge(START, "slow")
+        if lane == "cpu":
+            warm(default_executor())  # the clock below is not for starting workers
         t0 = time.monotonic()
         with pytest.raises(NodeTimeoutError, match=r"'slow' \(step 0, lane '\w+', attempt 1\)"):
             await g.compile().arun({})

@@ -12,7 +12,7 @@ import sys
 import textwrap
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -208,6 +208,66 @@ class TestColdPool:
             assert len(beats) > 3 and max(stalls) < 0.1, f"loop stalled {max(stalls):.3f} s"
         finally:
             pool.shutdown(wait=True)
+
+
+class _Recording(Executor):
+    """Delegates to a pool, keeping every payload sent and every result received."""
+
+    def __init__(self, inner: Executor) -> None:
+        self.inner = inner
+        self._max_workers = 2
+        self.sent: list[bytes] = []
+        self.received: list[bytes] = []
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
+        self.sent.append(args[1])  # run_marked(entry, payload, marker)
+        fut = self.inner.submit(fn, *args, **kwargs)
+        fut.add_done_callback(lambda f: self.received.append(f.result()))
+        return fut
+
+
+class TestCpuLanePayloads:
+    async def test_byte_counts_are_the_sizes_that_crossed(self) -> None:
+        """bytes_in and bytes_out are exactly the lengths of the payload sent and the result."""
+        from engine.lanes.pool import default_executor
+
+        pool = _Recording(default_executor())
+        r = await two_cpu_nodes(0.0).compile().arun({}, mode="parallel", executor=pool)
+        calls = sorted(r.trace.calls, key=lambda c: c.bytes_in)
+        assert sorted(len(p) for p in pool.sent) == [c.bytes_in for c in calls]
+        assert sorted(len(b) for b in pool.received) == sorted(c.bytes_out for c in calls)
+        assert all(c.bytes_in > 0 and c.bytes_out > 0 for c in calls)
+
+    def test_arguments_use_cloudpickle_only_for_what_a_worker_cannot_import(self) -> None:
+        """Importable classes go by the stdlib pickler; by-value modules and lambdas by
+        cloudpickle, byte for byte as before."""
+        import pickle
+
+        import cloudpickle
+
+        from engine.checkpoint import TaskRef
+        from engine.lanes.worker import dumps_for_worker
+
+        plain = TaskRef(node="x", payload={"k": [1, 2]})
+        assert dumps_for_worker(plain) == pickle.dumps(plain, protocol=pickle.HIGHEST_PROTOCOL)
+        by_value = State(topic="t")  # tests.support is registered by value (conftest.py)
+        assert dumps_for_worker(by_value) == cloudpickle.dumps(by_value)
+        fn = lambda x: x  # noqa: E731 (a lambda is the point)
+        assert dumps_for_worker(fn) == cloudpickle.dumps(fn)
+        assert pickle.loads(dumps_for_worker(plain)) == plain
+
+    def test_fast_outcome_is_an_ordinary_call_outcome(self) -> None:
+        """The lane's quick CallOutcome constructor builds the same frozen record."""
+        import dataclasses
+
+        from engine.lanes.worker import CallOutcome, _outcome
+
+        fields = {"ok": True, "value": {"a": 1}, "pid": 7, "thread": 8, "host": "h"}
+        times = {"start": 1.0, "end": 2.0, "cpu_s": 0.5}
+        quick, slow = _outcome({**fields, **times}), CallOutcome(**fields, **times)
+        assert quick == slow and repr(quick) == repr(slow)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            quick.ok = False  # type: ignore[misc]
 
 
 class TestIoLane:

@@ -41,7 +41,9 @@ from .process import ProcessLane, WorkerLost, describe_exit, is_worker_crash
 from .worker import (
     CallOutcome,
     Resources,
+    call_payload,
     call_with_init,
+    dumps_for_worker,
     failed_outcome,
     hostname,
     load_outcome,
@@ -250,9 +252,10 @@ class LaneRunner:
             ) from exc
         try:
             # Check the process boundary before anything is submitted (or reserved).
-            payload = cloudpickle.dumps((fn_bytes, arg) if init is None else (fn_bytes, arg, init))
+            blob = dumps_for_worker(arg)
         except Exception as exc:
             raise _unpicklable_input(arg, exc) from exc
+        payload = call_payload(fn_bytes, blob, init)
         data = await self.process_lane.run(run_call, payload, timeout=timeout, what=node)
         return _decoded(data)
 
@@ -281,7 +284,7 @@ class LaneRunner:
         refused: dict[Hashable, PayloadError] = {}
         for key, arg in args.items():
             try:
-                blobs[key] = cloudpickle.dumps(arg)
+                blobs[key] = dumps_for_worker(arg)
             except Exception as exc:
                 refused[key] = _unpicklable_input(arg, exc)
         if refused:
@@ -296,8 +299,7 @@ class LaneRunner:
             return results
 
         async def submit_one(blob: bytes) -> bytes:
-            payload = cloudpickle.dumps((fn_bytes, cloudpickle.loads(blob), init))
-            return await lane.run(run_call, payload, what=node)
+            return await lane.run(run_call, call_payload(fn_bytes, blob, init), what=node)
 
         if blobs:
             self._batches[node] = Batch(

@@ -14,7 +14,7 @@ the pool so that a crash costs only the call that caused it::
       |  held across re-dispatches
       v
     executor.submit(run_marked, entry, payload, marker)
-      |                                      worker: marker <- its pid (O_EXCL)
+      |                                      worker: marker <- its pid (exclusive)
       |                                              entry(payload)
       |                                              marker removed
       +-- bytes ------------------------------> the caller decodes them
@@ -27,15 +27,17 @@ the pool so that a crash costs only the call that caused it::
             marker first (the worker will skip it), or SIGKILL its worker
             (the pool breaks; the other calls are innocents, as above)
 
-Which worker runs which call is a marker file per submission in a per-lane
-directory (on tmpfs where there is one). A file works with any local pool
-without touching its internals or initializer, survives the worker's death
-(the evidence a crash needs), and ``O_EXCL`` makes "claim it before it
-starts" and "start it" mutually exclusive without a lock shared between
-processes. It costs a create, a write and an unlink per call: microseconds
-next to pickling. Executors whose workers are not local processes (Dask)
-get the queue and the bound but no markers: Dask attributes its own crashes
-(``KilledWorker``) and a timed-out call is cancelled, not killed.
+Which worker runs which call is a marker per submission in a per-lane
+directory (on tmpfs where there is one): a symbolic link whose target is the
+pid of the worker running the call (an ``O_EXCL`` file on Windows). It works
+with any local pool without touching its internals or initializer, survives
+the worker's death (the evidence a crash needs), and creating it is atomic
+and exclusive, which makes "claim it before it starts" and "start it"
+mutually exclusive without a lock shared between processes. It costs a
+``symlink`` and an ``unlink`` per call: a few microseconds. Executors whose
+workers are not local processes (Dask) get the queue and the bound but no
+markers: Dask attributes its own crashes (``KilledWorker``) and a timed-out
+call is cancelled, not killed.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ from .pool import (
     replacement,
     worker_processes,
 )
-from .worker import NOT_RUN, run_marked
+from .worker import ENTRY_NAMES, NOT_RUN, make_mark, read_mark, run_marked
 
 log = get_logger("engine")
 
@@ -320,6 +322,8 @@ class ProcessLane:
         # new goes there (a call sent now would only be lost and re-run).
         self._doomed: list[Executor] = []
         self._state = _State.OPEN
+        # (executor, its worker processes or None, its size): looked up once per pool.
+        self._known: tuple[Executor, dict[int, Any] | None, int] | None = None
         #: Calls submitted again after an innocent loss (for logs and tests).
         self.redispatched = 0
         #: Worker pids this lane killed to stop a timed-out or cancelled call.
@@ -359,8 +363,10 @@ class ProcessLane:
         async with self._slots:
             disruptions = 0
             while True:
-                executor = await self._usable_executor()
-                if _cold(executor):
+                executor = self._executor
+                if executor is None or self._doomed or is_broken(executor):
+                    executor = await self._usable_executor()
+                if self._cold(executor):
                     sub = await self._submit_off_loop(executor, entry, payload)
                 else:
                     sub = self._submit(executor, entry, payload)
@@ -379,7 +385,10 @@ class ProcessLane:
                 assert sub.future is not None
                 waiting = asyncio.wrap_future(sub.future)
                 try:
-                    data = await self._wait(sub, waiting, timeout)
+                    if timeout is None:
+                        data = await waiting
+                    else:
+                        data = await self._wait(sub, waiting, timeout)
                 except (TimeoutError, asyncio.CancelledError):
                     waiting.cancel()  # nobody will read what the killed call left behind
                     self._take_back(sub)
@@ -480,14 +489,28 @@ class ProcessLane:
         log.warning("process_pool_replaced", broken=repr(broken), fresh=repr(fresh))
         return fresh
 
+    def _local(self, executor: Executor) -> tuple[dict[int, Any] | None, int]:
+        """``executor``'s worker processes (None if not a local pool) and its size, cached."""
+        known = self._known
+        if known is not None and known[0] is executor:
+            return known[1], known[2]
+        procs, size = worker_processes(executor), executor_workers(executor)
+        self._known = (executor, procs, size)
+        return procs, size
+
+    def _cold(self, executor: Executor) -> bool:
+        """True when a local pool has fewer workers than its size: its next submit spawns."""
+        procs, size = self._local(executor)
+        return procs is not None and len(procs) < size
+
     def _submit(
         self, executor: Executor, entry: Callable[[bytes], bytes], payload: bytes
     ) -> _Submission | None:
-        procs = worker_processes(executor)
+        procs, _ = self._local(executor)
         marker = self._marker() if procs is not None else None
         sub = _Submission(executor, marker, procs)
         try:
-            fut = executor.submit(run_marked, entry, payload, sub.marker)
+            fut = executor.submit(run_marked, ENTRY_NAMES.get(entry, entry), payload, sub.marker)
         except BrokenProcessPool:
             return None
         except RuntimeError:
@@ -526,7 +549,7 @@ class ProcessLane:
             base = marker_base()
             _sweep(base)
             self._dir = tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-", dir=base)
-        return os.path.join(self._dir, str(next(self._seq)))
+        return f"{self._dir}{os.sep}{next(self._seq)}"
 
     # -- faults ----------------------------------------------------------------
 
@@ -638,48 +661,40 @@ def _sweep(base: str) -> None:
             shutil.rmtree(os.path.join(base, name), ignore_errors=True)
 
 
-def _cold(executor: Executor) -> bool:
-    """True when a local pool has fewer workers than its size: its next submit spawns."""
-    procs = worker_processes(executor)
-    return procs is not None and len(procs) < executor_workers(executor)
+#: What the driver writes into a marker it claims: not a pid, so never run.
+_CLAIMED = "claimed"
 
 
 def _read_pid(marker: str) -> int | None:
-    try:
-        with open(marker, "rb") as f:
-            text = f.read()
-    except OSError:
-        return None
-    return int(text) if text.isdigit() else None
+    text = read_mark(marker)
+    return int(text) if text is not None and text.isdigit() else None
 
 
 def _started_at(marker: str) -> float | None:
     """When the worker took the call (the marker's time, wall clock); None if it has not."""
+    if _read_pid(marker) is None:  # absent, or claimed by the driver
+        return None
     try:
-        st = os.stat(marker)
+        return os.lstat(marker).st_mtime  # the marker itself, not what a link names
     except OSError:
         return None
-    return st.st_mtime if st.st_size > 0 else None
 
 
 def _claim(marker: str) -> int | None:
     """Take a call back: None when it will never run (claimed, or finished), else its pid."""
     try:
-        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        make_mark(marker, _CLAIMED)
     except FileExistsError:
         pass
     except OSError:
         return None
     else:
-        os.close(fd)  # an empty file the worker cannot create: it will not run the call
-        return None
-    # The worker owns the call. Between its create and its write the file is
-    # empty for a few microseconds: wait that out (bounded).
+        return None  # a marker the worker cannot create: it will not run the call
+    # The worker owns the call. A marker file (Windows) is empty for a few
+    # microseconds between its create and its write: wait that out (bounded).
     for _ in range(200):
-        try:
-            with open(marker, "rb") as f:
-                text = f.read()
-        except FileNotFoundError:
+        text = read_mark(marker)
+        if text is None:
             return None  # it finished meanwhile: nothing runs on
         if text.isdigit():
             return int(text)
