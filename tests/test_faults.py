@@ -728,6 +728,24 @@ class TestCancellation:
         monkeypatch.undo()
         await normal_run_works()
 
+    async def test_concurrent_cold_submissions_leave_no_marker_directory(self) -> None:
+        """Calls submitted at once to a cold pool (each from its own thread) share one
+        marker directory, removed when the run ends."""
+        from engine.lanes.process import marker_base
+
+        mine = f"engine-cpu-{os.getpid()}-*"
+        g = Graph(FaultState)
+        for i in range(4):
+            fn = functools.partial(crashers.sibling, os.devnull, f"n{i}", 0.0)
+            g.add_node(f"n{i}", fn, lane="cpu")
+            g.add_edge(START, f"n{i}")
+        app = g.compile()
+        for _ in range(5):
+            default_executor().shutdown(wait=True)  # cold: every submission goes off the loop
+            result = await app.arun({})
+            assert len(result.state.items) == 4
+            assert list(Path(marker_base()).glob(mine)) == []
+
     async def test_cancel_mid_step_saves_finished_writes_and_leaves_no_process(
         self, tmp_path: Path
     ) -> None:

@@ -366,10 +366,11 @@ class ProcessLane:
                 executor = self._executor
                 if executor is None or self._doomed or is_broken(executor):
                     executor = await self._usable_executor()
+                prepared = self._submission(executor)
                 if self._cold(executor):
-                    sub = await self._submit_off_loop(executor, entry, payload)
+                    sub = await self._submit_off_loop(prepared, entry, payload)
                 else:
-                    sub = self._submit(executor, entry, payload)
+                    sub = self._submit(prepared, entry, payload)
                 if sub is not None:
                     self._live.add(sub)
                 if sub is None:  # the pool broke between our check and the submit
@@ -503,12 +504,20 @@ class ProcessLane:
         procs, size = self._local(executor)
         return procs is not None and len(procs) < size
 
-    def _submit(
-        self, executor: Executor, entry: Callable[[bytes], bytes], payload: bytes
-    ) -> _Submission | None:
+    def _submission(self, executor: Executor) -> _Submission:
+        """A submission to ``executor`` with its marker's path, made on the loop's thread.
+
+        Never in ``_submit``'s thread: two cold submissions at once would each
+        create the lane's marker directory, and one would be left behind.
+        """
         procs, _ = self._local(executor)
-        marker = self._marker() if procs is not None else None
-        sub = _Submission(executor, marker, procs)
+        return _Submission(executor, self._marker() if procs is not None else None, procs)
+
+    def _submit(
+        self, sub: _Submission, entry: Callable[[bytes], bytes], payload: bytes
+    ) -> _Submission | None:
+        """Hand ``sub`` to its executor; None if the pool broke first. Any thread."""
+        executor = sub.executor
         try:
             fut = executor.submit(run_marked, ENTRY_NAMES.get(entry, entry), payload, sub.marker)
         except BrokenProcessPool:
@@ -523,7 +532,7 @@ class ProcessLane:
         return sub
 
     async def _submit_off_loop(
-        self, executor: Executor, entry: Callable[[bytes], bytes], payload: bytes
+        self, sub: _Submission, entry: Callable[[bytes], bytes], payload: bytes
     ) -> _Submission | None:
         """``_submit`` in a thread: a cold pool starts its workers inside ``submit``.
 
@@ -532,16 +541,16 @@ class ProcessLane:
         cancelled while the thread submits. The submission is then waited
         for and taken back, so no call is left running unsupervised.
         """
-        fut = asyncio.ensure_future(asyncio.to_thread(self._submit, executor, entry, payload))
+        fut = asyncio.ensure_future(asyncio.to_thread(self._submit, sub, entry, payload))
         try:
             return await asyncio.shield(fut)
         except asyncio.CancelledError:
             if not fut.done():
                 await asyncio.wait({fut})
             if not fut.cancelled() and fut.exception() is None:
-                sub = fut.result()
-                if sub is not None:
-                    self._take_back(sub)
+                sent = fut.result()
+                if sent is not None:
+                    self._take_back(sent)
             raise
 
     def _marker(self) -> str:
