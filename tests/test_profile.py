@@ -374,11 +374,20 @@ async def test_second_run_decides_from_the_first() -> None:
     profile.observe_run(r.trace.calls, driver_pid=r.trace.driver_pid)
     profile.observe_dispatch(await measure_dispatch(default_executor(), samples=6))
     decisions = redecide(app.plan.nodes, profile.policy())
-    assert {n: d.lane for n, d in decisions.items()} == {
-        "crunch": "cpu",
-        "wait": "thread",
-        "tiny": "inline",
-    }
+    lanes = {n: d.lane for n, d in decisions.items()}
+    assert (lanes["crunch"], lanes["wait"]) == ("cpu", "thread")
+    # One call of a few microseconds: on a shared machine a page fault or a
+    # stall can stretch its wall time past a dispatch without using CPU, and
+    # the policy then reads it as waiting. Either way it leaves the pool; the
+    # inline rule itself is test_cheaper_than_a_dispatch_goes_inline.
+    tiny = [c for c in r.trace.calls if c.node == "tiny"][0]
+    dispatch = profile.dispatch
+    assert dispatch is not None
+    measured = profile.get("tiny")
+    assert measured is not None
+    bar = min(dispatch.cost(measured.payload_bytes or 0.0), 0.002)
+    expected = "inline" if max(tiny.wall_s - tiny.queued_s, tiny.cpu_s) <= bar else "thread"
+    assert lanes["tiny"] == expected, (tiny, dispatch)
     assert all(d.source == "profile" for d in decisions.values())
     second = app.plan.with_decisions(decisions)
     assert second.nodes["wait"].lane == "thread"
