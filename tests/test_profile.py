@@ -380,7 +380,7 @@ async def test_second_run_decides_from_the_first() -> None:
     # stall can stretch its wall time past a dispatch without using CPU, and
     # the policy then reads it as waiting. Either way it leaves the pool; the
     # inline rule itself is test_cheaper_than_a_dispatch_goes_inline.
-    tiny = [c for c in r.trace.calls if c.node == "tiny"][0]
+    tiny = next(c for c in r.trace.calls if c.node == "tiny")
     dispatch = profile.dispatch
     assert dispatch is not None
     measured = profile.get("tiny")
