@@ -208,6 +208,25 @@ class TestCalibration:
         assert cal.ms_per_unit > 0 and cal.fixed_ms >= 0
         assert cal.samples == 3 and cal.units >= 1
 
+    def test_takes_the_least_cost_not_the_median(self) -> None:
+        """Three of every five runs slowed 2x (a busy neighbour): the calibration still
+        reads the quiet cost, so workloads keep their size on a busy machine."""
+        from workloads.genai import calibrate_units
+
+        calls = iter(range(10**6))
+
+        def spin(seconds: float) -> None:
+            t0 = time.thread_time()
+            while time.thread_time() - t0 < seconds:
+                pass
+
+        def work(units: int) -> None:
+            slowed = next(calls) % 5 in (0, 2, 4)
+            spin(units * 0.0005 * (2.0 if slowed else 1.0))
+
+        cal = calibrate_units(work, target_s=0.01, repeats=5)
+        assert 0.4 <= cal.ms_per_unit <= 0.75, cal
+
     def test_units_for(self) -> None:
         """units_for subtracts the set-up, divides by the unit cost, and does some work."""
         cal = Calibration(ms_per_unit=2.0, fixed_ms=10.0)
@@ -218,8 +237,10 @@ class TestCalibration:
             units_for(-1, cal)
 
     def test_work_scales_linearly(self) -> None:
-        """Four times the units cost 2.5x to 6x the CPU time."""
-        units = units_for(0.03, calibrate(target_s=0.02, repeats=3))
+        """Four times the units cost 2.5x to 6x the CPU time (20 units: enough that the
+        set-up, ~3 units' worth, cannot flatten the ratio; fixed, not calibrated, so a
+        calibration taken while the machine was slow cannot shrink them)."""
+        units = 20
         one = min_cpu_s(lambda: process(TEXT, units))
         four = min_cpu_s(lambda: process(TEXT, 4 * units))
         assert 2.5 <= four / one <= 6.0, (units, one, four)
@@ -254,20 +275,28 @@ class TestGilRelease:
 
     @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
     def test_two_threads_overlap(self) -> None:
-        """Two threads finish in well under twice one thread's wall time (best of 4 tries)."""
+        """Two threads run at once: the process uses well over one core's CPU time per
+        second of wall time (best of 6 tries). CPU time, not a wall-time ratio: on a VM
+        whose host is busy both threads still run, each at less than a core's speed.
+        Skipped, not failed, when other processes held a core in every try."""
+        from engine.bench.cpushare import free_cores, snapshot
+
         units = gil_release.units_for(0.15, gil_release.calibrate(target_s=0.02, repeats=3))
 
         def work() -> None:
             gil_release.process("x", units)
 
-        ratios = []
-        for _ in range(4):  # a busy shared machine can steal a core for one try, not all
-            one = wall(work)
-            two, _ = in_two_threads(work)
-            ratios.append(two / one)
-            if ratios[-1] < 1.6:
-                break
-        assert min(ratios) < 1.6, ratios
+        tries = []
+        for _ in range(6):
+            before = snapshot()
+            wall_s, cpu_s = in_two_threads(work)
+            free = free_cores(before, snapshot(), wall_s, 2)
+            tries.append((round(cpu_s / wall_s, 2), free))
+            if cpu_s / wall_s > 1.3:
+                return
+        if all(free is not None and free < 1.75 for _, free in tries):
+            pytest.skip(f"another process held a core in every try: {tries}")
+        raise AssertionError(f"two threads never ran at once (cpu/wall, cores free): {tries}")
 
 
 # -- LLM server and client -------------------------------------------------
@@ -449,3 +478,71 @@ class TestLLMClient:
             url = srv.base_url
         with pytest.raises(httpx.ConnectError):
             await chat_once(url, "anyone?")
+
+
+class TestSyncClient:
+    def test_blocking_call_matches_the_async_client(self) -> None:
+        """workloads.llm_sync answers what LLMClient answers, through the stdlib alone."""
+        from workloads.llm_sync import SyncLLMError, chat_once_sync
+
+        srv = LLMServer.start_in_thread(latency_s=0)
+        try:
+            text = chat_once_sync(srv.base_url, "hello there", max_tokens=12, latency_s=0.0)
+            assert text == completion_text("user: hello there", 12)
+        finally:
+            srv.stop()
+        with pytest.raises(SyncLLMError, match="no LLM endpoint"):
+            chat_once_sync(None, "x")
+
+
+class TestSnippets:
+    def test_deterministic_and_scales(self) -> None:
+        """score_snippets is a pure function of its input, costs nothing at 0 units
+        and grows with units."""
+        from workloads.genai import calibrate_snippets, score_snippets
+
+        assert score_snippets("ka lo", 3, 5) == score_snippets("ka lo", 3, 5)
+        assert score_snippets("ka lo", 3, 5) != score_snippets("ka lo", 4, 5)
+        cal = calibrate_snippets(target_s=0.01, repeats=3)
+        assert cal.ms_per_unit > 0 and cal.fixed_ms < 0.5
+
+
+class TestSeed:
+    """workloads.seed: 4 agents, each a real HTTP call then real CPU work, joined."""
+
+    async def test_three_modes_same_state_cpu_in_workers(self) -> None:
+        """Identical final state in the three modes; in parallel the cpu calls ran in
+        worker processes, in the other two in the driver."""
+        from workloads import seed
+
+        async with LLMServer(latency_s=0.0) as srv:
+            app = seed.build(srv.base_url)
+            state = seed.SeedState(api_s=0.01, units=3)
+            results = {
+                m: await app.arun(state, mode=m) for m in ("sequential", "concurrent", "parallel")
+            }
+            assert srv.requests == 12  # 4 real API calls per mode
+        finals = {m: r.state for m, r in results.items()}
+        assert finals["sequential"] == finals["concurrent"] == finals["parallel"]
+        assert len(finals["parallel"].analyses) == 4
+        for mode, r in results.items():
+            driver, pids = r.trace.driver_pid, r.trace.pids("cpu")
+            if mode == "parallel":
+                assert pids and driver not in pids, pids
+            else:
+                assert pids == {driver}, (mode, pids)
+
+    def test_script_names_where_cpu_calls_ran(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """The script says 'in the driver' for sequential and concurrent, never that the
+        driver's pid is a worker's."""
+        from workloads import seed
+
+        srv = LLMServer.start_in_thread(latency_s=0)
+        try:
+            seed._run_modes(seed.build(srv.base_url), seed.SeedState(api_s=0.01, units=3))
+        finally:
+            srv.stop()
+        lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+        assert "cpu calls in the driver" in lines["sequential"]
+        assert "cpu calls in the driver" in lines["concurrent"]
+        assert "cpu calls in worker pids" in lines["parallel"]

@@ -73,7 +73,7 @@ def process(text: str, units: int, seed: int = 0) -> dict[str, Any]:
     }
 
 
-def calibrate(target_s: float = 0.05, repeats: int = 5) -> Calibration:
+def calibrate(target_s: float = 0.05, repeats: int = 7) -> Calibration:
     """Measure ms per unit of ``process`` on this machine."""
     return calibrate_units(
         lambda units: process("calibration", units, seed=1),

@@ -26,6 +26,11 @@ map_reduce         ``Send`` per document: fetch (API), tokenise and score (CPU);
 debate             pro and con argue (API), critics score (CPU), a judge routes to
                    another round or END (a cycle)
 gil_release        cpu_fanout's shape with hashlib/zlib work, which releases the GIL
+seed               the seed graph (``workloads.seed``): 4 x [API call, CPU], compile
+many_small         ``Send`` x 5,000 cpu calls of ~1 ms each (batched per worker), reduce
+auto_lanes         a mixed graph with no lanes declared: async API calls, sync API
+                   calls (waiting), sync CPU work, tiny sync nodes; the engine's
+                   profile picks the lanes, against the same graph hand-labelled
 =================  ===========================================================
 """
 
@@ -33,6 +38,7 @@ from __future__ import annotations
 
 import functools
 import operator
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -56,15 +62,17 @@ class Setup:
     """What the harness passes every builder.
 
     ``base_url``: where API calls go (None: ``ENGINE_LLM_BASE_URL``).
-    ``cal``: the measured cost of ``genai.process`` here, and ``gil_cal`` of
-    ``gil_release``'s work (None: calibrate when building). ``scale``
-    multiplies every duration (``--quick`` uses 0.3).
+    ``cal``: the measured cost of ``genai.process`` here, ``gil_cal`` of
+    ``gil_release``'s work and ``small_cal`` of ``genai.score_snippets``
+    (None: calibrate when building). ``scale`` multiplies every duration
+    (``--quick`` uses 0.3), and for ``many_small`` the number of calls.
     """
 
     base_url: str | None = None
     cal: genai.Calibration | None = None
     scale: float = 1.0
     gil_cal: genai.Calibration | None = None
+    small_cal: genai.Calibration | None = None
 
 
 Calibration = genai.Calibration
@@ -88,6 +96,14 @@ class Endpoint:
         from .llm import chat_once
 
         return await chat_once(
+            self.base_url, prompt, max_tokens=self.max_tokens, latency_s=latency_s
+        )
+
+    def chat_sync(self, prompt: str, latency_s: float) -> str:
+        """The same call from synchronous code: the calling thread blocks, waiting."""
+        from .llm_sync import chat_once_sync
+
+        return chat_once_sync(
             self.base_url, prompt, max_tokens=self.max_tokens, latency_s=latency_s
         )
 
@@ -455,17 +471,194 @@ def gil_release(
     return g.compile(), state
 
 
+# -- many_small ------------------------------------------------------------------------
+
+
+def fold(left: int, right: int) -> int:
+    """Reducer: chain checksums in merge order (node name, then Send index), so the
+    result proves the barrier merged thousands of updates in one fixed order."""
+    return zlib.crc32(right.to_bytes(4, "big"), left)
+
+
+class ShardState(BaseModel):
+    query: str = QUERY
+    n_calls: int = 5000
+    units: int = 1
+    scored: Annotated[int, operator.add] = 0
+    digest: Annotated[int, fold] = 0
+    summary: dict[str, Any] = {}
+
+
+def fan_out_snippets(state: ShardState) -> list[Send]:
+    return [
+        Send("score_snippets", {"doc": i, "query": state.query, "units": state.units})
+        for i in range(state.n_calls)
+    ]
+
+
+def score_one(job: dict[str, Any]) -> dict[str, Any]:
+    """About a millisecond of real CPU work: score a few snippets of one document."""
+    result = genai.score_snippets(job["query"], job["doc"], job["units"])
+    return {"scored": 1, "digest": result["checksum"]}
+
+
+def summarise_shards(state: ShardState) -> dict[str, Any]:
+    return {"summary": {"calls": state.scored, "digest": f"{state.digest:08x}"}}
+
+
+def many_small(
+    *,
+    n_calls: int = 5000,
+    call_s: float = 0.001,
+    cal: Calibration | None = None,
+    scale: float = 1.0,
+) -> Built:
+    """``Send`` ``n_calls`` x ``scale`` cpu calls of ~``call_s`` each, then a tiny reduce.
+
+    ``scale`` shrinks the number of calls, not their length: the point is many
+    calls of about a millisecond, where a dispatch per call would cost a
+    third of the work; in parallel mode the engine batches them per worker.
+    """
+    cal = cal or genai.calibrate_snippets()
+    g = Graph(ShardState)
+    g.add_node("score_snippets", score_one, lane="cpu")
+    g.add_node("summary", summarise_shards, lane="inline")
+    g.add_conditional_edges(START, fan_out_snippets)
+    g.add_edge("score_snippets", "summary")
+    g.add_edge("summary", END)
+    state = ShardState(n_calls=max(1, round(n_calls * scale)), units=genai.units_for(call_s, cal))
+    return g.compile(), state
+
+
+# -- auto_lanes ------------------------------------------------------------------------
+
+
+class MixedState(BaseModel):
+    topic: str = "the launch"
+    plan_s: float = 0.2
+    lookup_s: float = 0.3
+    units: int = 1
+    compile_units: int = 1
+    plan: str = ""
+    lookups: Annotated[dict[str, str], merge] = {}
+    analyses: Annotated[dict[str, dict[str, Any]], merge] = {}
+    tags: Annotated[dict[str, str], merge] = {}
+    report: dict[str, Any] = {}
+
+
+async def mixed_plan(api: Endpoint, state: MixedState) -> dict[str, Any]:
+    """An ``async def`` API call: the event loop's."""
+    return {"plan": await api.chat(f"Plan {state.topic} for four teams.", state.plan_s)}
+
+
+def mixed_lookup(role: str, api: Endpoint, state: MixedState) -> dict[str, Any]:
+    """A plain ``def`` that calls an API and blocks: it waits, holding no CPU."""
+    text = api.chat_sync(f"Facts for the {role} about {state.topic}.", state.lookup_s)
+    return {"lookups": {role: text}}
+
+
+def mixed_crunch(role: str, state: MixedState) -> dict[str, Any]:
+    """A plain ``def`` doing pure-Python work on the plan: holds the GIL."""
+    result = genai.process(f"{role} {state.plan}", state.units, seed=AGENTS.index(role))
+    return {"analyses": {role: result}}
+
+
+def mixed_tag(role: str, state: MixedState) -> dict[str, Any]:
+    """A plain ``def`` that costs microseconds: cheaper than any dispatch."""
+    return {"tags": {role: f"{role}:{len(state.plan)}"}}
+
+
+def mixed_compile(state: MixedState) -> dict[str, Any]:
+    text = " ".join(
+        f"{r} {state.tags[r]} {state.analyses[r]['checksum']} {state.lookups[r][:40]}"
+        for r in AGENTS
+    )
+    return {"report": genai.process(text, state.compile_units, seed=5)}
+
+
+# The lane each node of auto_lanes would be given by hand.
+MIXED_LANES = {"plan": "io", "lookup": "thread", "crunch": "cpu", "tag": "inline"}
+
+
+def auto_lanes(
+    base_url: str | None = None,
+    *,
+    labelled: bool = False,
+    plan_s: float = 0.2,
+    lookup_s: float = 0.3,
+    cpu_s: float = 0.25,
+    compile_s: float = 0.1,
+    cal: Calibration | None = None,
+    scale: float = 1.0,
+) -> Built:
+    """A plan (async API call), then per agent a blocking API call, CPU work and a
+    tiny tag, all at once; then a CPU compile. ``labelled=False`` declares no lane
+    (``lane="auto"``: the engine decides, from measurements after the first run);
+    ``labelled=True`` is the same graph with the lanes a careful user would pick."""
+    api = Endpoint(base_url)
+    cal = cal or genai.calibrate()
+
+    def lane(kind: str) -> str:
+        return MIXED_LANES[kind] if labelled else "auto"
+
+    g = Graph(MixedState)
+    g.add_node("plan", functools.partial(mixed_plan, api), lane=lane("plan"))
+    g.add_edge(START, "plan")
+    after_plan = []
+    for role in AGENTS:
+        for kind, fn in (
+            ("lookup", functools.partial(mixed_lookup, role, api)),
+            ("crunch", functools.partial(mixed_crunch, role)),
+            ("tag", functools.partial(mixed_tag, role)),
+        ):
+            g.add_node(f"{role}_{kind}", fn, lane=lane(kind))
+            g.add_edge("plan", f"{role}_{kind}")
+            after_plan.append(f"{role}_{kind}")
+    g.add_node("compile", mixed_compile, lane="cpu" if labelled else "auto")
+    g.add_edge(after_plan, "compile")
+    g.add_edge("compile", END)
+    state = MixedState(
+        plan_s=plan_s * scale,
+        lookup_s=lookup_s * scale,
+        units=genai.units_for(cpu_s * scale, cal),
+        compile_units=genai.units_for(compile_s * scale, cal),
+    )
+    return g.compile(), state
+
+
 # -- the registry the harness uses ----------------------------------------------------
 
 
 @dataclass(frozen=True)
+class Variant:
+    """Another way to run a workload's work, as an extra row of the benchmark.
+
+    ``label`` is the row's mode column (and the ``mode`` of its JSON row);
+    ``mode`` the engine mode it runs in. ``fresh``: build (compile) a new
+    graph for every run, so each timed run is a graph's first; otherwise one
+    graph serves every run, after a warm-up run of its own.
+    """
+
+    label: str
+    mode: str
+    build: Callable[[Setup], Built]
+    fresh: bool = False
+    summary: str = ""
+
+
+@dataclass(frozen=True)
 class WorkloadSpec:
-    """A workload for the harness: how to build it at a ``Setup``'s sizes."""
+    """A workload for the harness: how to build it at a ``Setup``'s sizes.
+
+    ``needs``: the calibrations it uses (``genai``, ``gil_release``, ``snippets``).
+    """
 
     name: str
     build: Callable[[Setup], Built]
     uses_llm: bool
     summary: str
+    needs: tuple[str, ...] = ("genai",)
+    variants: tuple[Variant, ...] = ()
 
 
 WORKLOADS: Mapping[str, WorkloadSpec] = {
@@ -506,19 +699,65 @@ WORKLOADS: Mapping[str, WorkloadSpec] = {
             lambda st: gil_release(cal=st.gil_cal, scale=st.scale),
             False,
             "contrast: cpu_fanout's shape with hashlib/zlib work that releases the GIL",
+            needs=("gil_release",),
+        ),
+        WorkloadSpec(
+            "seed",
+            lambda st: _seed(st),
+            True,
+            "the seed graph: 4 agents x [~0.3 s API call, ~0.15 s CPU], then a join",
+        ),
+        WorkloadSpec(
+            "many_small",
+            lambda st: many_small(cal=st.small_cal, scale=st.scale),
+            False,
+            "Send x 5,000 cpu calls of ~1 ms (x scale calls), batched per worker; reduce",
+            needs=("snippets",),
+        ),
+        WorkloadSpec(
+            "auto_lanes",
+            lambda st: auto_lanes(st.base_url, labelled=True, cal=st.cal, scale=st.scale),
+            True,
+            "mixed graph: async + blocking API calls, CPU, tiny nodes; hand-labelled lanes, "
+            "and the same graph undeclared (rows 'auto-1st', 'auto')",
+            variants=(
+                Variant(
+                    "auto-1st",
+                    "parallel",
+                    lambda st: auto_lanes(st.base_url, cal=st.cal, scale=st.scale),
+                    fresh=True,
+                    summary="no lanes declared, a graph's first run: defaults (sync -> cpu)",
+                ),
+                Variant(
+                    "auto",
+                    "parallel",
+                    lambda st: auto_lanes(st.base_url, cal=st.cal, scale=st.scale),
+                    summary="no lanes declared, second run on: lanes from the profile",
+                ),
+            ),
         ),
     )
 }
+
+
+def _seed(st: Setup) -> Built:
+    from . import seed
+
+    return seed.bench(st.base_url, cal=st.cal, scale=st.scale)
+
 
 __all__ = [
     "AGENTS",
     "WORKLOADS",
     "Setup",
+    "Variant",
     "WorkloadSpec",
+    "auto_lanes",
     "ceo_delegation",
     "cpu_fanout",
     "debate",
     "gil_release",
     "io_fanout",
+    "many_small",
     "map_reduce",
 ]
