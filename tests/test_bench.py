@@ -250,9 +250,9 @@ def test_plots_are_pngs(tmp_path: Path) -> None:
     assert _bench("--workload", "ceo_delegation", "--plot", str(tmp_path / "charts")) == 0
     names = sorted(p.name for p in (tmp_path / "charts").iterdir())
     assert names == [
-        "gantt-ceo_delegation-concurrent.png",
-        "gantt-ceo_delegation-parallel.png",
-        "gantt-ceo_delegation-sequential.png",
+        "ceo_delegation-concurrent.png",
+        "ceo_delegation-parallel.png",
+        "ceo_delegation-sequential.png",
         "walls.png",
     ]
     for name in names:

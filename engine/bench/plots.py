@@ -32,7 +32,10 @@ MODE_COLOURS = {
     "concurrent": "#4C72B0",
     "parallel": "#DD8452",
     "langgraph": "#8172B3",
+    "auto-1st": "#C44E52",
+    "auto": "#55A868",
 }
+_OTHER_COLOURS = ("#937860", "#DA8BC3", "#CCB974", "#64B5CD")
 
 
 def _pyplot() -> Any:
@@ -63,9 +66,8 @@ def plot_walls(results: Sequence[Result], path: str | Path) -> Path:
             ys.append(r.wall_s)
             mins.append(r.wall_min_s)
             labels.append(f"{r.speedup:.2f}x" if r.speedup is not None else "")
-        bars = ax.bar(
-            xs, ys, width * 0.92, label=mode, color=MODE_COLOURS.get(mode, "#937860"), zorder=2
-        )
+        colour = MODE_COLOURS.get(mode, _OTHER_COLOURS[j % len(_OTHER_COLOURS)])
+        bars = ax.bar(xs, ys, width * 0.92, label=mode, color=colour, zorder=2)
         # The fastest repeat, as a tick inside the bar: how wide the spread was.
         ax.scatter(xs, mins, marker="_", s=120, color="black", linewidths=1.2, zorder=3)
         for bar, text in zip(bars, labels, strict=True):
@@ -81,7 +83,10 @@ def plot_walls(results: Sequence[Result], path: str | Path) -> Path:
     ax.set_xticks(range(len(workloads)), workloads)
     ax.set_ylabel("wall time, median (s)")
     ax.set_ylim(0, top * 1.15)
-    ax.set_title("Wall time per mode (labels: speedup vs sequential; tick: fastest repeat)")
+    ax.set_title(
+        "Wall time per mode\n(median; label: speedup vs sequential; tick: fastest repeat)",
+        fontsize=10,
+    )
     ax.grid(axis="y", alpha=0.3, zorder=0)
     ax.legend(ncols=len(modes), fontsize=8, loc="upper left")
     fig.tight_layout()
@@ -163,26 +168,37 @@ def plot_gantt(sample: Sample, path: str | Path, *, xmax: float | None = None) -
                 alpha=0.8,
             )
         previous = x
-    labels = []
+    # One artist per (row, lane, ok) rather than per call: a fan-out of
+    # thousands of calls draws in a second instead of minutes. White edges
+    # separate bars only where there are few enough to see them.
+    groups: dict[tuple[int, str, bool], list[tuple[float, float]]] = {}
+    last_end: dict[Row, float] = {}
+    for i, c in enumerate(calls):
+        last_end[row_of[i]] = max(last_end.get(row_of[i], 0.0), c.end)
+    labels: list[tuple[Any, float, float, bool]] = []
+    min_label = span * 0.02  # narrower bars can hold no name at this chart's width
     for i, c in enumerate(calls):
         y = index[row_of[i]]
         left, width = c.start - t0, max(c.wall_s, span * 0.002)
-        bar = ax.barh(
-            y,
-            width,
-            left=left,
-            height=0.7,
-            color=LANE_COLOURS.get(c.lane, "#937860"),
-            edgecolor="white",
-            linewidth=0.6,
-            alpha=1.0 if c.ok else 0.4,
-            zorder=2,
-        )
+        groups.setdefault((y, c.lane, c.ok), []).append((left, width))
+        last = c.end >= last_end[row_of[i]]
+        if width < min_label and not last:
+            continue
         name = c.node if c.index < 0 else f"{c.node}[{c.index}]"
         text = ax.text(
             left + width / 2, y, name, ha="center", va="center", fontsize=7, color="white", zorder=3
         )
-        labels.append((text, bar.patches[0]))
+        labels.append((text, left, width, last))
+    for (y, lane, ok), spans in groups.items():
+        ax.broken_barh(
+            spans,
+            (y - 0.35, 0.7),
+            facecolors=LANE_COLOURS.get(lane, "#937860"),
+            edgecolor="white",
+            linewidth=0.6 if len(spans) <= 200 else 0.0,
+            alpha=1.0 if ok else 0.4,
+            zorder=2,
+        )
     ax.set_yticks(range(len(rows)), [_row_label(r, sample.driver_pid, loop) for r in rows])
     ax.tick_params(axis="y", labelsize=8)
     ax.set_ylim(len(rows) - 0.5, -0.5)
@@ -210,19 +226,28 @@ def plot_gantt(sample: Sample, path: str | Path, *, xmax: float | None = None) -
     )
     ax.grid(axis="x", alpha=0.3, zorder=0)
     fig.tight_layout()
-    _drop_labels_that_overflow(fig, labels)
+    _drop_labels_that_overflow(fig, ax, labels)
     out = Path(path)
     fig.savefig(out)
     plt.close(fig)
     return out
 
 
-def _drop_labels_that_overflow(fig: Any, labels: Sequence[tuple[Any, Any]]) -> None:
-    """Fit each bar's name inside the bar as drawn: whole, cut short with '…', or not at all."""
+def _drop_labels_that_overflow(
+    fig: Any, ax: Any, labels: Sequence[tuple[Any, float, float, bool]]
+) -> None:
+    """Fit each bar's name inside the bar as drawn: whole, cut short with '…', or, for the
+    last bar of its row (nothing to its right), whole after the bar; else not at all."""
     renderer = fig.canvas.get_renderer()
-    for text, patch in labels:
-        room = patch.get_window_extent(renderer).width - 3
+    for text, left, width, last in labels:
+        x0, x1 = ax.transData.transform([(left, 0.0), (left + width, 0.0)])[:, 0]
+        room = x1 - x0 - 3
         name = text.get_text()
+        if text.get_window_extent(renderer).width > room and last:
+            text.set(x=left + width * 1.02 + 0.002 * ax.get_xlim()[1], ha="left", color="#333333")
+            if text.get_window_extent(renderer).x1 > ax.get_window_extent(renderer).x1:
+                text.remove()  # no room after it either, before the chart's edge
+            continue
         for keep in range(len(name), 2, -1):
             text.set_text(name if keep == len(name) else name[:keep] + "…")
             if text.get_window_extent(renderer).width <= room:
@@ -234,7 +259,8 @@ def _drop_labels_that_overflow(fig: Any, labels: Sequence[tuple[Any, Any]]) -> N
 def plot_all(
     results: Sequence[Result], samples: Sequence[Sample], outdir: str | Path
 ) -> list[Path]:
-    """The wall chart plus one Gantt chart per (workload, mode), same time axis per workload."""
+    """``walls.png`` plus one Gantt chart per (workload, mode), ``WORKLOAD-MODE.png``
+    (e.g. ``ceo_delegation-parallel.png``), on the same time axis per workload."""
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     written = [plot_walls(results, out / "walls.png")] if results else []
@@ -243,6 +269,6 @@ def plot_all(
         longest[s.workload] = max(longest.get(s.workload, 0.0), s.wall_s)
     for s in samples:
         if s.calls:
-            path = out / f"gantt-{s.workload}-{s.mode}.png"
+            path = out / f"{s.workload}-{s.mode}.png"
             written.append(plot_gantt(s, path, xmax=longest[s.workload]))
     return written
