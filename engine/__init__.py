@@ -21,6 +21,7 @@ from .errors import NodeError as NodeError
 from .errors import NodeTimeoutError as NodeTimeoutError
 from .errors import RecursionLimitError as RecursionLimitError
 from .errors import WorkerCrashedError as WorkerCrashedError
+from .events import BudgetWaited as BudgetWaited
 from .events import Event as Event
 from .events import LoopBlocked as LoopBlocked
 from .events import NodeFailed as NodeFailed
@@ -30,6 +31,7 @@ from .events import RunFinished as RunFinished
 from .events import RunStarted as RunStarted
 from .events import StepFinished as StepFinished
 from .events import StepStarted as StepStarted
+from .events import WorkerLoaded as WorkerLoaded
 from .graph import END as END
 from .graph import START as START
 from .graph import Graph as Graph
@@ -46,6 +48,7 @@ __version__ = "0.1.0"
 __all__ = [
     "END",
     "START",
+    "BudgetWaited",
     "CheckpointError",
     "CompiledGraph",
     "EngineError",
@@ -73,6 +76,7 @@ __all__ = [
     "StepStarted",
     "Trace",
     "WorkerCrashedError",
+    "WorkerLoaded",
     "cpu",
     "default_executor",
     "inline",

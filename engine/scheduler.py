@@ -58,6 +58,7 @@ from .events import (
     RunStarted,
     StepFinished,
     StepStarted,
+    WorkerLoaded,
 )
 from .lanes import (
     CallOutcome,
@@ -688,6 +689,16 @@ class Scheduler:
                     thread=outcome.thread,
                     host=outcome.host,
                     node=task.node,
+                )
+            )
+            self._emit(
+                WorkerLoaded(
+                    run_id=self.run_id,
+                    time=outcome.load_end,
+                    node=task.node,
+                    resource=outcome.load_name,
+                    pid=outcome.pid,
+                    load_s=max(0.0, outcome.load_end - outcome.load_start),
                 )
             )
         self.calls.append(

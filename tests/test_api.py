@@ -11,12 +11,13 @@ from engine import START, Graph
 from tests.support import State, append
 
 EXPECTED = {
-    "END", "START", "CheckpointError", "CompiledGraph", "EngineError", "Event", "Explanation",
-    "Graph", "GraphError", "InvalidUpdateError", "LaneDecision", "LoopBlocked", "Metrics",
-    "NodeCall", "NodeError", "NodeFailed", "NodeFinished", "NodeStarted", "NodeTimeoutError",
-    "RecursionLimitError", "RetryPolicy", "RunFinished", "RunResult", "RunStarted", "Send",
-    "StepFinished", "StepStarted", "Trace", "WorkerCrashedError", "cpu", "default_executor",
-    "inline", "io", "run_sync", "thread",
+    "END", "START", "BudgetWaited", "CheckpointError", "CompiledGraph", "EngineError",
+    "Event", "Explanation", "Graph", "GraphError", "InvalidUpdateError", "LaneDecision",
+    "LoopBlocked", "Metrics", "NodeCall", "NodeError", "NodeFailed", "NodeFinished",
+    "NodeStarted", "NodeTimeoutError", "RecursionLimitError", "RetryPolicy", "RunFinished",
+    "RunResult", "RunStarted", "Send", "StepFinished", "StepStarted", "Trace",
+    "WorkerCrashedError", "WorkerLoaded", "cpu", "default_executor", "inline", "io",
+    "run_sync", "thread",
 }  # fmt: skip
 
 

@@ -96,6 +96,15 @@ class TestWorkerInit:
         calls = [c for c in r.trace.calls if c.node == "tok"]
         assert sum(c.load_s > 0 for c in calls) == len(workers)
         assert all(c.wall_s < LOAD_S * 0.5 for c in calls)  # the load is not in the call
+        # Each build is also a WorkerLoaded event, after the call that waited for it.
+        events: list[Any] = []
+        fresh = warm_graph(vocab_loader(uuid.uuid4().hex), lane="cpu", batch=batch)
+        r2 = await fresh.arun({"n": 6}, mode="parallel", on_event=events.append)
+        loaded = [e for e in events if isinstance(e, engine.WorkerLoaded)]
+        built = {s["pid"] for s in r2.state.seen}
+        assert sorted(e.pid for e in loaded) == sorted(built)
+        assert all(e.node == "tok" and e.load_s >= LOAD_S * 0.9 for e in loaded)
+        assert all("load_vocab" in e.resource for e in loaded)
         # A second run reuses the workers' resources: nothing is built again.
         again = await app.arun({"n": 8}, mode="parallel")
         assert not [m for m in again.trace.marks if m.cat == "worker_init"]
