@@ -3,6 +3,7 @@
 - :mod:`engine.bench.harness`: run workloads in several modes, repeatedly; ``Sample``,
   ``Result``, ``Report`` and the JSON they serialise to.
 - :mod:`engine.bench.check`: floors (``benchmarks/floors.toml``) and the CI speedup gate.
+- :mod:`engine.bench.cpushare`: how many cores other processes left us during a run.
 - :mod:`engine.bench.report`: rich tables and progress.
 - :mod:`engine.bench.plots`: matplotlib charts (wall times, Gantt timelines).
 
@@ -11,6 +12,7 @@ this package imports them only when a benchmark runs.
 """
 
 from .check import Floor as Floor
+from .check import GatePolicy as GatePolicy
 from .check import Verdict as Verdict
 from .check import ideal_wall as ideal_wall
 from .check import load_floors as load_floors
@@ -23,6 +25,7 @@ from .harness import run_bench as run_bench
 __all__ = [
     "BenchConfig",
     "Floor",
+    "GatePolicy",
     "Report",
     "Result",
     "Sample",

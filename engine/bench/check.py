@@ -5,7 +5,7 @@ A floor names one ratio of one workload, measured within one repeat of
 
 - ``efficiency``: ``lower_bound_s / wall_s`` of ``mode``;
 - ``speedup``: ``wall_s(baseline) / wall_s(mode)``, both walls from the same
-  repeat, so a machine that is slow for a while slows both.
+  repeat (the harness interleaves them and alternates their order);
 
 and its minimum, either absolute (``min``) or as a fraction of the *ideal*
 ratio for the cores this machine has (``min_of_ideal``). The ideal comes
@@ -17,15 +17,35 @@ and 3.14x on 4, so "0.8 of ideal" asks 1.47x of a 2-core machine, 2.5x of a
 
 "Cores" are the CPUs this process may use (``loky.cpu_count``: affinity and
 cgroup quotas), never the pool size: a pool shrunk to one worker
-(``ENGINE_CPU_WORKERS=1``) must fail the gate, not lower the bar. Where the
-machine is shared, a repeat's ideal uses the cores that were *free* during
-its run (``engine.bench.cpushare``: the machine's busy time minus our own
-process tree's), so a neighbour's job lowers the bar exactly as much as it
-took, and our own processes' waste never does.
+(``ENGINE_CPU_WORKERS=1``) must fail the gate, not lower the bar.
 
-A floor passes when one of a few repeats meets it: noise on a shared machine
-only ever makes a ratio worse, while a lost parallelism makes every repeat
-worse.
+What a speedup is measured in. Two runs of the same work a second apart can
+find the machine at different speeds: on a VM, when both vCPUs are busy the
+host may give each less than a core (hyperthread siblings, an oversubscribed
+host) and then *CPU time* grows too, by up to 1.7x here, with no other process
+in sight. So the wall-time ratio is priced at one speed: multiplied by
+``work_cost``, what the same work cost (the trace's CPU seconds of cpu-lane
+calls, wall seconds of the rest) in the measured run over the baseline's. A
+lost parallelism still reads ~1.0x: cpu calls that run one at a time (on one
+worker, or threads under one GIL) leave the other core idle and cost what
+they cost in the baseline. Both numbers are printed.
+
+Which repeats may judge a speedup (``GatePolicy``). A neighbour on a shared
+machine can move a speedup either way: slowing the measured run lowers it,
+slowing the *baseline* raises it (a thread-lane regression at 0.97x read
+1.5x when a neighbour took the cores during the sequential run). And with
+one core taken, a healthy engine and one that lost its parallelism measure
+the same: no floor separates them. So a speedup is judged only on *quiet*
+repeats, where others took at most ``quiet_slack(cores)`` of the cores during
+both runs (``engine.bench.cpushare``: the machine's busy time minus our own
+process tree's, so our own waste is never excused). The verdict is the
+median over ``min_repeats`` quiet repeats, so one lucky repeat cannot pass a
+regression and one disturbed repeat cannot fail a healthy engine. Without
+enough quiet repeats the floor is *not measured*, which is a failure of its
+own kind (``python -m engine bench --check`` exits 3), never a pass.
+
+An efficiency compares a run with its own trace: a neighbour only ever
+lowers it, so every repeat may judge it.
 """
 
 from __future__ import annotations
@@ -43,6 +63,12 @@ from ..trace import NodeCall
 
 Ratio = Literal["efficiency", "speedup"]
 RATIOS: tuple[Ratio, ...] = ("efficiency", "speedup")
+
+#: Exit status of ``bench --check``: a ratio fell below its floor.
+EXIT_BELOW = 1
+#: Exit status of ``bench --check``: a floor could not be measured (machine busy
+#: in too many repeats). Not a pass: CI fails, but says why differently.
+EXIT_UNMEASURED = 3
 
 
 @dataclass(frozen=True)
@@ -78,18 +104,73 @@ class Floor:
 
 
 @dataclass(frozen=True)
+class GatePolicy:
+    """Which repeats judge a floor, and how many the gate runs at most.
+
+    ``min_repeats``: usable repeats a verdict needs (quiet ones, for a
+    speedup); ``max_repeats``: repeats a workload may run to find them.
+    ``quiet_fraction``: the share of the cores others may take during a
+    run that still counts as quiet (at least ``quiet_min_cores``).
+    ``wait_s``: before a repeat, how long the harness waits for a quiet
+    moment; ``deadline_s``: after this long the gate stops waiting and
+    looking (each workload still runs ``min_repeats`` repeats).
+    """
+
+    min_repeats: int = 3
+    max_repeats: int = 9
+    quiet_fraction: float = 0.1
+    quiet_min_cores: float = 0.25
+    wait_s: float = 8.0
+    deadline_s: float = 75.0
+
+    def __post_init__(self) -> None:
+        if self.min_repeats < 1 or self.max_repeats < self.min_repeats:
+            raise ValueError(
+                f"need 1 <= min_repeats <= max_repeats, got {self.min_repeats}, {self.max_repeats}"
+            )
+
+    def quiet_slack(self, cores: float) -> float:
+        """Cores others may take during a run that still counts as quiet."""
+        return max(self.quiet_min_cores, self.quiet_fraction * cores)
+
+    def is_quiet(self, free: float | None, cores: float) -> bool:
+        """Whether a run with ``free`` cores left to us ran quiet (None: cannot tell, yes)."""
+        return free is None or free >= cores - self.quiet_slack(cores)
+
+
+@dataclass(frozen=True)
 class Measured:
     """One repeat's ratio, the ideal for the cores free during it, and its floor.
 
-    ``lowered``: others took enough cores that this repeat's ideal (and so
-    its floor) fell more than 5% below the ideal with every core free.
+    For a speedup, ``ratio`` is the wall-time ratio ``raw`` priced at one
+    machine speed: ``raw x cost``, where ``cost`` is what the same work cost
+    in the measured run over what it cost in the baseline's (``work_s`` of
+    each run's own trace). ``free_cores`` / ``base_free_cores``: cores others
+    left us during the measured run and the baseline's (None: not measurable
+    here). ``quiet``: both runs had the cores to themselves
+    (``GatePolicy.is_quiet``).
     """
 
     ratio: float
     ideal: float | None
     threshold: float
     free_cores: float | None
-    lowered: bool = False
+    base_free_cores: float | None = None
+    quiet: bool = True
+    repeat: int = 0
+    raw: float | None = None
+    cost: float = 1.0
+    overlap: int | None = None  # worker processes running cpu calls at once, at most
+    expected: int | None = None  # what a parallel run of these calls reaches
+
+    @property
+    def lost_parallelism(self) -> bool:
+        """The trace itself shows the cpu calls never ran in parallel processes."""
+        return (
+            self.overlap is not None
+            and self.expected is not None
+            and (self.overlap < self.expected)
+        )
 
     @property
     def met(self) -> bool:
@@ -100,38 +181,81 @@ class Measured:
         return self.ratio / self.threshold if self.threshold > 0 else math.inf
 
 
+Status = Literal["ok", "below", "unmeasured"]
+
+
 @dataclass(frozen=True)
 class Verdict:
     """One floor, checked over the repeats.
 
-    Repeats that ran with the cores free (floor not lowered) decide: the
-    floor passes when one of them meets it. Only when every repeat had a
-    neighbour taking cores do the lowered floors decide, and the verdict is
-    marked inconclusive: a busy repeat must never outvote a quiet one.
+    ``usable``: the repeats that may judge it (the quiet ones for a speedup,
+    every one for an efficiency). With at least ``needed`` of them, the floor
+    is met when the median repeat (by margin over its floor) meets it; with
+    fewer, it is ``unmeasured``: neither a pass nor a fall below the floor.
     """
 
     floor: Floor
     measured: tuple[Measured, ...]
+    needed: int = 1
 
     @property
-    def deciding(self) -> tuple[Measured, ...]:
-        quiet = tuple(m for m in self.measured if not m.lowered)
-        return quiet or self.measured
+    def usable(self) -> tuple[Measured, ...]:
+        if self.floor.ratio == "efficiency":
+            return self.measured
+        return tuple(m for m in self.measured if m.quiet)
 
     @property
-    def conclusive(self) -> bool:
-        """Whether a repeat with the cores free took part in the verdict."""
-        return any(not m.lowered for m in self.measured)
+    def decided(self) -> bool:
+        return len(self.usable) >= self.needed
 
     @property
-    def best(self) -> Measured | None:
-        """The deciding repeat that cleared its floor by the most (or missed it by the least)."""
-        return max(self.deciding, key=lambda m: m.margin, default=None)
+    def deciding(self) -> Measured | None:
+        """The median usable repeat by margin (the lower middle one of an even count)."""
+        usable = sorted(self.usable, key=lambda m: m.margin)
+        return usable[(len(usable) - 1) // 2] if usable else None
+
+    @property
+    def lost(self) -> bool:
+        """Every repeat's trace shows lost parallelism (a load-proof reason to fail)."""
+        return bool(self.measured) and all(m.lost_parallelism for m in self.measured)
+
+    @property
+    def status(self) -> Status:
+        if not self.decided:
+            # Too few quiet repeats to judge a speed. The trace can still prove
+            # a loss (cpu calls in the driver, or in one process at a time),
+            # whatever the load; it never proves a pass.
+            return "below" if self.lost else "unmeasured"
+        m = self.deciding
+        return "ok" if m is not None and m.met else "below"
 
     @property
     def ok(self) -> bool:
-        best = self.best
-        return best is not None and best.met
+        return self.status == "ok"
+
+    def describe(self) -> str:
+        """One line: what was measured against what, or why nothing could be."""
+        m = self.deciding
+        if not self.decided and self.lost:
+            worst = max(x.overlap or 0 for x in self.measured)
+            want = min(x.expected or 0 for x in self.measured)
+            return (
+                f"{self.floor.label}: parallelism lost, as every repeat's trace shows: its "
+                f"cpu calls ran in at most {worst} worker process(es) at once, {want} expected "
+                f"(only {len(self.usable)} of {len(self.measured)} repeat(s) quiet enough to "
+                "time)"
+            )
+        if self.status == "unmeasured":
+            return (
+                f"{self.floor.label}: not measured, {len(self.usable)} of {len(self.measured)} "
+                f"repeat(s) ran with the cores free, {self.needed} needed"
+            )
+        assert m is not None
+        sign = ">=" if m.met else "<"
+        return (
+            f"{self.floor.label} {m.ratio:.3f} {sign} {m.threshold:.3f} "
+            f"(median of {len(self.usable)} usable repeat(s))"
+        )
 
 
 def load_floors(path: str | Path) -> list[Floor]:
@@ -188,30 +312,31 @@ def ideal_wall(calls: Iterable[NodeCall], mode: str, cores: float) -> float:
 
     Per step (steps are barriers, so they add up): ``sequential`` runs every
     call's effort one after the other; ``concurrent`` overlaps waiting calls
-    but runs cpu-lane work one at a time (the GIL); ``parallel`` packs
-    cpu-lane work onto ``cores`` processes: the larger of a greedy
-    longest-first packing (a call cannot be split) and the work spread evenly
-    over ``cores`` (which may be fractional: the cores left free by others).
-    Efforts are ``NodeCall.effort_s``: CPU seconds for cpu-lane calls, wall
-    seconds for the rest.
+    but runs cpu-lane work one at a time (the GIL); ``parallel`` (and any
+    other name) packs cpu-lane work onto ``cores`` processes: the larger of a
+    greedy longest-first packing (a call cannot be split) and the work spread
+    evenly over ``cores`` (which may be fractional: the cores left free by
+    others). With less than one core free, cpu-lane work stretches by
+    ``1 / cores`` in every mode. Efforts are ``NodeCall.effort_s``: CPU
+    seconds for cpu-lane calls, wall seconds for the rest.
     """
     per_step: dict[int, list[NodeCall]] = defaultdict(list)
     for c in calls:
         if c.ok:
             per_step[c.step].append(c)
+    stretch = 1.0 / max(cores, 0.05) if cores < 1 else 1.0
     total = 0.0
     for step_calls in per_step.values():
-        efforts = [c.effort_s for c in step_calls]
+        cpu = [c.effort_s * stretch for c in step_calls if c.lane == "cpu"]
+        rest = [c.effort_s for c in step_calls if c.lane != "cpu"]
         if mode == "sequential":
-            total += sum(efforts)
+            total += sum(cpu) + sum(rest)
             continue
-        cpu = [c.effort_s for c in step_calls if c.lane == "cpu"]
-        other = max((c.effort_s for c in step_calls if c.lane != "cpu"), default=0.0)
         if mode == "concurrent" or cores <= 1:
             packed = sum(cpu)
         else:
             packed = max(_makespan(cpu, math.ceil(cores)), sum(cpu) / cores)
-        total += max(other, packed)
+        total += max(max(rest, default=0.0), packed)
     return total
 
 
@@ -224,53 +349,163 @@ def _makespan(efforts: Sequence[float], slots: int) -> float:
     return max(loads)
 
 
-def ideal_ratio(floor: Floor, calls: Sequence[NodeCall], cores: float) -> float | None:
-    """The ideal value of ``floor``'s ratio for these calls on ``cores`` CPUs."""
+def ideal_ratio(
+    floor: Floor,
+    calls: Sequence[NodeCall],
+    cores: float,
+    base_cores: float | None = None,
+    *,
+    mode: str | None = None,
+    base_mode: str | None = None,
+) -> float | None:
+    """The ideal value of ``floor``'s ratio for these calls: the measured mode on
+    ``cores`` CPUs against the baseline on ``base_cores`` (default: the same).
+    ``mode``/``base_mode`` name the engine mode a row ran in, when its label differs."""
     if floor.ratio == "efficiency":
         return 1.0
     assert floor.baseline is not None
-    mine = ideal_wall(calls, floor.mode, cores)
-    return ideal_wall(calls, floor.baseline, cores) / mine if mine > 0 else None
+    mine = ideal_wall(calls, mode or floor.mode, cores)
+    on = cores if base_cores is None else base_cores
+    base = ideal_wall(calls, base_mode or floor.baseline, on)
+    return base / mine if mine > 0 else None
 
 
 def check(
     floors: Sequence[Floor],
     repeats: Sequence[Mapping[tuple[str, str], Any]],
-    cores: int,
+    cores: float,
+    policy: GatePolicy | None = None,
 ) -> list[Verdict]:
     """Check ``floors`` against repeats of measurements.
 
     Each repeat maps ``(workload, mode)`` to a run with ``wall_s``,
-    ``efficiency``, ``calls`` (its NodeCalls) and ``free_cores`` (None: all
-    ``cores``). A repeat's ideal comes from its own run of the floor's mode,
-    on the cores free during that run.
+    ``efficiency``, ``calls`` (its NodeCalls), ``free_cores`` (None: not
+    measurable) and optionally ``run_mode`` (the engine mode of a row whose
+    label is not one). A repeat's ideal comes from its own run of the floor's
+    mode, that run on the cores free during it and the baseline on the cores
+    free during the baseline's run.
     """
+    policy = policy or GatePolicy()
     verdicts: list[Verdict] = []
     for floor in floors:
         measured: list[Measured] = []
-        for rep in repeats:
+        for i, rep in enumerate(repeats):
             run = rep.get((floor.workload, floor.mode))
             if run is None:
                 continue
+            base = None
+            raw, cost = None, 1.0
             if floor.ratio == "efficiency":
                 ratio = float(run.efficiency)
             else:
                 base = rep.get((floor.workload, floor.baseline or ""))
                 if base is None:
                     continue
-                ratio = float(base.wall_s) / max(float(run.wall_s), 1e-9)
-            free = getattr(run, "free_cores", None)
-            here = float(cores) if free is None else min(float(cores), free)
-            ideal = ideal_ratio(floor, run.calls, here)
+                raw = float(base.wall_s) / max(float(run.wall_s), 1e-9)
+                cost = work_cost(run.calls, base.calls)
+                ratio = raw * cost
+            free = _free(run, cores)
+            base_free = _free(base, cores) if base is not None else None
+            ideal = ideal_ratio(
+                floor,
+                run.calls,
+                cores if free is None else free,
+                cores if base_free is None else base_free,
+                mode=getattr(run, "run_mode", None),
+                base_mode=getattr(base, "run_mode", None),
+            )
             if floor.min is None and ideal is None:
                 continue  # nothing ran: no ideal to hold the run to
-            full = ideal_ratio(floor, run.calls, float(cores))
-            lowered = (
-                floor.min is None
-                and ideal is not None
-                and full is not None
-                and (ideal < 0.95 * full)
+            quiet = policy.is_quiet(free, cores) and (
+                base is None or policy.is_quiet(base_free, cores)
             )
-            measured.append(Measured(ratio, ideal, floor.threshold(ideal), free, lowered))
-        verdicts.append(Verdict(floor=floor, measured=tuple(measured)))
+            overlap = expected = None
+            if (
+                base is not None
+                and getattr(run, "run_mode", floor.mode) == "parallel"
+                and getattr(base, "run_mode", floor.baseline) != "parallel"
+            ):
+                expected = expected_overlap(run.calls, cores)
+                overlap = worker_overlap(run.calls, int(getattr(run, "driver_pid", -1)))
+            measured.append(
+                Measured(
+                    ratio,
+                    ideal,
+                    floor.threshold(ideal),
+                    free,
+                    base_free,
+                    quiet=quiet,
+                    repeat=int(getattr(run, "repeat", i)),
+                    raw=raw,
+                    cost=cost,
+                    overlap=overlap,
+                    expected=expected or None,
+                )
+            )
+        verdicts.append(Verdict(floor, tuple(measured), needed=policy.min_repeats))
     return verdicts
+
+
+def worker_overlap(calls: Iterable[NodeCall], driver_pid: int) -> int:
+    """The most worker processes (not the driver) that ran cpu-lane calls at one moment.
+
+    Proof of parallel dispatch from the trace alone, whatever the load: on a
+    machine a neighbour keeps busy, two workers time-share what is left but
+    their calls still overlap; threads run in the driver, and a pool of one
+    worker never overlaps itself.
+    """
+    edges: list[tuple[float, int, tuple[str, int]]] = []
+    for c in calls:
+        if c.ok and c.lane == "cpu" and c.pid != driver_pid and c.pid > 0:
+            edges += [(c.start, 1, (c.host, c.pid)), (c.end, -1, (c.host, c.pid))]
+    running: dict[tuple[str, int], int] = defaultdict(int)
+    best = 0
+    for _, delta, proc in sorted(edges, key=lambda e: (e[0], e[1])):  # ends before starts
+        running[proc] += delta
+        best = max(best, sum(1 for n in running.values() if n > 0))
+    return best
+
+
+def expected_overlap(calls: Iterable[NodeCall], cores: float) -> int:
+    """How many worker processes a parallel run of these calls keeps busy at once:
+    the whole cores present, or the most cpu calls in one step if fewer."""
+    per_step: dict[int, int] = defaultdict(int)
+    for c in calls:
+        if c.ok and c.lane == "cpu":
+            per_step[c.step] += 1
+    return min(max(1, math.floor(cores)), max(per_step.values(), default=0))
+
+
+def work_s(calls: Iterable[NodeCall]) -> float:
+    """The run's work: every successful call's effort (CPU seconds for cpu-lane calls)."""
+    return sum(c.effort_s for c in calls if c.ok)
+
+
+def work_cost(calls: Sequence[NodeCall], base_calls: Sequence[NodeCall]) -> float:
+    """What the same work cost in one run over what it cost in another: 1.3 means
+    the machine ran 30% slower for the first (its CPU time, not only its wall
+    time, grew). 1.0 when either run did no work, or when the runs put a node
+    on different lanes: a call's effort is measured per lane (CPU seconds on
+    the cpu lane, wall seconds elsewhere), so only like can be priced as like."""
+
+    def lanes(cs: Sequence[NodeCall]) -> dict[tuple[str, int], str]:
+        return {(c.node, c.index): c.lane for c in cs if c.ok}
+
+    if lanes(calls) != lanes(base_calls):
+        return 1.0
+    mine, base = work_s(calls), work_s(base_calls)
+    return mine / base if mine > 0 and base > 0 else 1.0
+
+
+def _free(run: Any, cores: float) -> float | None:
+    free = getattr(run, "free_cores", None)
+    return None if free is None else min(float(cores), float(free))
+
+
+def exit_code(verdicts: Sequence[Verdict]) -> int:
+    """0 when every floor is met; 1 when one is below; else 3 (one could not be measured)."""
+    if any(v.status == "below" for v in verdicts):
+        return EXIT_BELOW
+    if any(v.status == "unmeasured" for v in verdicts):
+        return EXIT_UNMEASURED
+    return 0

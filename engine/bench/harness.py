@@ -2,19 +2,27 @@
 
 ::
 
-    calibrate CPU units --> cpu executor (warm) --> local LLM server (if needed)
-        for each workload:  build graph -> warm-up run (excluded)
-            for each repeat:  one run per mode [+ LangGraph peer]  -> Sample
+    calibrate CPU units --> cpu executor (warm) --> local LLM server (if needed, warmed)
+        for each workload:  build graph -> warm-up run (excluded, smaller sizes)
+            for each repeat:  one run per mode [+ variants, LangGraph peer]  -> Sample
         Samples --> Result per (workload, mode): median and min wall, ratios
 
 Every run happens on one event loop (uvloop when installed), one after the
 other: a benchmark that overlapped its own runs would measure nothing. The
-modes of one workload take turns within each repeat, so a machine that is
-busy for a while slows every mode a little rather than one mode a lot.
+modes of one workload take turns within each repeat, in alternating order
+(ABBA: the first mode of one repeat is the last of the next), so a machine
+that is busy for a while, or slowly gets busier, slows every mode alike
+rather than one mode more.
 
 Wall time is measured around ``arun`` (what a caller waits for); lower bound,
 parallelism and lanes come from the run's own trace. LangGraph peers are
 timed the same way and traced by the node wrapper in ``workloads.peers``.
+
+The gate (``floors``): each workload runs only the modes its floors need and
+repeats until every floor has enough usable repeats (``GatePolicy``: quiet
+ones for a speedup), waiting a moment for a neighbour to finish before a
+repeat when the last one was disturbed, within ``max_repeats`` and the
+gate's deadline. It never stops early because a floor was met.
 """
 
 from __future__ import annotations
@@ -31,20 +39,23 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..events import RunStarted, StepFinished
+from ..events import LoopBlocked, RunStarted, StepFinished
 from ..lanes import MODES
 from ..lanes.pool import default_executor, executor_workers, warm
 from ..trace import NodeCall, compute_metrics
-from .check import Floor, Verdict, check
-from .cpushare import free_cores, snapshot
+from .check import Floor, GatePolicy, Verdict, check
+from .cpushare import free_cores, snapshot, wait_free
 
 ExecutorName = Literal["loky", "dask", "thread"]
 EXECUTORS: tuple[ExecutorName, ...] = ("loky", "dask", "thread")
 PEER_MODE = "langgraph"
 
-# Sizes: 1.0 is the default run (about two minutes on 2 cores, 3 repeats);
+# Sizes: 1.0 is the default run (about two minutes on 2 cores, 2 repeats);
 # --quick and --check scale every duration down.
 QUICK_SCALE = 0.3
+# The warm-up run uses the same graph with every duration x this: long enough
+# that its cpu calls reach every worker (imports, caches), short enough to be cheap.
+WARMUP_SCALE = 0.25
 Progress = Callable[[str], None]
 
 
@@ -54,7 +65,7 @@ class BenchConfig:
 
     workloads: tuple[str, ...]
     modes: tuple[str, ...] = MODES
-    repeat: int = 3
+    repeat: int = 2
     scale: float = 1.0
     peers: bool = False
     executor: ExecutorName = "loky"
@@ -93,6 +104,12 @@ class Sample:
     driver_pid: int
     final: Any  # the final state as JSON-able data, to compare modes
     free_cores: float | None = None  # cores others left us during the run (Linux)
+    run_mode: str = ""  # the engine mode it ran in, when ``mode`` is a variant's label
+    blocked: tuple[tuple[float, tuple[str, ...]], ...] = ()  # loop guard: (lag_s, nodes)
+
+    def __post_init__(self) -> None:
+        if not self.run_mode:
+            object.__setattr__(self, "run_mode", self.mode)
 
 
 @dataclass(frozen=True)
@@ -250,73 +267,116 @@ async def cpu_executor(name: ExecutorName, scheduler: str | None = None) -> Asyn
 
 @contextlib.asynccontextmanager
 async def llm_endpoint(needed: bool, say: Progress) -> AsyncIterator[str | None]:
-    """The chat-completions base URL: ``ENGINE_LLM_BASE_URL`` if set, else a local server."""
+    """The chat-completions base URL: ``ENGINE_LLM_BASE_URL`` if set, else a local server.
+
+    One call is made before anything is timed: the first call in a process
+    imports the HTTP stack and builds its caches on the event loop (~70 ms),
+    which the warm-up run would otherwise pay, and the loop guard report.
+    """
     if not needed:
         yield None
         return
+    from workloads.llm import LLMServer, chat_once
+
     external = os.environ.get("ENGINE_LLM_BASE_URL")
     if external:
         say(f"API calls go to {external} (ENGINE_LLM_BASE_URL)")
+        await chat_once(external, "ping", max_tokens=1)
         yield external
         return
-    from workloads.llm import LLMServer
-
     # Its own thread and loop: the "remote" API must not wait on the loop
     # under test (sequential mode runs cpu nodes on that loop).
     server = LLMServer.start_in_thread()
     try:
         say(f"local LLM server at {server.base_url}")
+        await chat_once(server.base_url, "ping", max_tokens=1, latency_s=0.0)
         yield server.base_url
     finally:
         await asyncio.to_thread(server.stop)
 
 
-async def calibrations(names: Iterable[str], say: Progress) -> tuple[Any, Any]:
+@dataclass(frozen=True)
+class Calibrations:
+    """What one unit of each kind of CPU work costs here (None: not needed by this run)."""
+
+    genai: Any = None
+    gil_release: Any = None
+    snippets: Any = None
+
+
+async def calibrations(needs: Iterable[str], say: Progress) -> Calibrations:
     """Measure, here and now, what one unit of CPU work costs (printed, never assumed).
 
     In a thread: the event loop stays free (a local LLM server may share it).
+    Each is the fastest of several runs (``workloads.genai.calibrate_units``).
     """
     from workloads import genai
 
-    cal = await asyncio.to_thread(genai.calibrate)
-    say(
-        f"calibrated genai.process: {cal.ms_per_unit:.3f} ms per unit "
-        f"(+{cal.fixed_ms:.1f} ms set-up per call), measured on this machine"
-    )
-    gil_cal = None
-    if "gil_release" in names:
-        from workloads import gil_release
+    needs = set(needs) | {"genai"}
+    found: dict[str, Any] = {}
+    for kind, fn in (
+        ("genai", genai.calibrate),
+        ("snippets", genai.calibrate_snippets),
+        ("gil_release", None),
+    ):
+        if kind not in needs:
+            continue
+        if fn is None:
+            from workloads import gil_release
 
-        gil_cal = await asyncio.to_thread(gil_release.calibrate)
-        say(f"calibrated gil_release.process: {gil_cal.ms_per_unit:.3f} ms per unit")
-    return cal, gil_cal
+            fn = gil_release.calibrate
+        cal = await asyncio.to_thread(fn)
+        found[kind] = cal
+        setup = f" (+{cal.fixed_ms:.1f} ms set-up per call)" if cal.fixed_ms >= 0.05 else ""
+        say(
+            f"calibrated {cal.workload}: {cal.ms_per_unit:.4g} ms per unit{setup}, "
+            "measured on this machine (fastest of "
+            f"{cal.samples} runs)"
+        )
+    return Calibrations(**found)
 
 
 # -- running one sample ---------------------------------------------------------
 
 
 async def run_engine(
-    workload: str, mode: str, app: Any, state: Any, executor: Executor | None, repeat: int = 0
+    workload: str,
+    mode: str,
+    app: Any,
+    state: Any,
+    executor: Executor | None,
+    repeat: int = 0,
+    *,
+    label: str | None = None,
+    n_cores: float | None = None,
 ) -> Sample:
-    """One engine run, timed around ``arun``; barriers from its step events."""
+    """One engine run, timed around ``arun``; barriers from its step events.
+
+    ``label`` names the row when it is not the mode (a variant);
+    ``n_cores`` is what free cores are counted against (0: not measurable).
+    """
     barriers: list[tuple[int, float]] = []
     started: list[float] = []
+    blocked: list[tuple[float, tuple[str, ...]]] = []
 
     def sink(event: Any) -> None:
         if isinstance(event, StepFinished):
             barriers.append((event.step, event.time))
         elif isinstance(event, RunStarted):
             started.append(event.time)
+        elif isinstance(event, LoopBlocked):
+            blocked.append((event.lag_s, tuple(event.nodes)))
 
-    before = snapshot()
+    n = cores() if n_cores is None else n_cores
+    before = snapshot() if n else None
     t = time.perf_counter()
     result = await app.arun(state, mode=mode, executor=executor, on_event=sink)
     wall = time.perf_counter() - t
-    after = snapshot()
+    after = snapshot() if n else None
     m = result.metrics
     return Sample(
         workload=workload,
-        mode=mode,
+        mode=label or mode,
         repeat=repeat,
         wall_s=wall,
         lower_bound_s=m.lower_bound_s,
@@ -328,19 +388,24 @@ async def run_engine(
         t0=started[0] if started else None,
         driver_pid=result.trace.driver_pid,
         final=result.state.model_dump(mode="json"),
-        free_cores=free_cores(before, after, wall, cores()),
+        free_cores=free_cores(before, after, wall, n),
+        run_mode=mode,
+        blocked=tuple(blocked),
     )
 
 
-async def run_peer(workload: str, peer: Any, repeat: int, cpu_workers: int) -> Sample:
+async def run_peer(
+    workload: str, peer: Any, repeat: int, cpu_workers: int, *, n_cores: float | None = None
+) -> Sample:
     """One LangGraph run of the same work, traced by ``workloads.peers``' node wrapper."""
     peer.recorder.clear()
-    before = snapshot()
+    n = cores() if n_cores is None else n_cores
+    before = snapshot() if n else None
     t0 = time.time()
     t = time.perf_counter()
     out = await peer.graph.ainvoke(peer.input)
     wall = time.perf_counter() - t
-    after = snapshot()
+    after = snapshot() if n else None
     calls = tuple(peer.recorder.calls)
     steps = {c.step for c in calls}
     m = compute_metrics(calls, wall, len(steps), cpu_workers)
@@ -361,7 +426,7 @@ async def run_peer(workload: str, peer: Any, repeat: int, cpu_workers: int) -> S
         t0=t0,
         driver_pid=os.getpid(),
         final=peer.final(out),
-        free_cores=free_cores(before, after, wall, cores()),
+        free_cores=free_cores(before, after, wall, n),
     )
 
 
@@ -396,19 +461,49 @@ def _peer_builders(names: Sequence[str], say: Progress) -> dict[str, Any]:
     return {n: PEERS[n] for n in names if n in PEERS}
 
 
+def gate_cores(config: BenchConfig, executor: Executor) -> tuple[float, bool]:
+    """The cores ratios are scaled to, and whether others' use of them is measurable.
+
+    Local pools (loky, threads, a Dask LocalCluster): the CPUs this process
+    may use, never the pool size, and /proc tells how many others took. A
+    remote Dask cluster (``--scheduler``): its worker threads, the only count
+    there is, and its neighbours cannot be seen from here.
+    """
+    if config.executor == "dask" and config.scheduler:
+        return float(executor_workers(executor)), False
+    return float(cores()), True
+
+
+@dataclass(frozen=True)
+class _Run:
+    """One row of a workload: how to time it once."""
+
+    label: str
+    mode: str
+    go: Callable[[int], Any]  # repeat -> awaitable Sample
+
+
 async def run_bench(
     config: BenchConfig,
     *,
     say: Progress = print,
     tick: Callable[[str], None] | None = None,
     floors: Sequence[Floor] = (),
+    policy: GatePolicy | None = None,
 ) -> Report:
-    """Run the benchmark (or, with ``floors``, the gate: stop a workload's
-    repeats as soon as its floors pass) and return what it measured."""
+    """Run the benchmark (or, with ``floors``, the gate) and return what it measured.
+
+    The gate runs, per workload, only the modes its floors need, until every
+    floor has ``policy.min_repeats`` usable repeats (see the module docstring).
+    """
     from workloads.graphs import Setup
 
     specs = _specs(config.workloads)
-    cal, gil_cal = await calibrations(specs, say)
+    gate = None
+    if floors:
+        n = config.repeat
+        gate = policy or GatePolicy(min_repeats=n, max_repeats=max(3 * n, n + 6))
+    cals = await calibrations({n for s in specs.values() for n in s.needs}, say)
     peers = _peer_builders(config.workloads, say) if config.peers else {}
     needs_llm = any(s.uses_llm for s in specs.values())
     report = Report(machine={})
@@ -417,45 +512,72 @@ async def run_bench(
         llm_endpoint(needs_llm, say) as base_url,
     ):
         workers = executor_workers(executor)
+        n_cores, measurable = gate_cores(config, executor)
+        if not measurable:
+            say(
+                f"remote cluster: ratios scaled to its {n_cores:g} worker threads; "
+                "others' load on it cannot be seen from here (every repeat counts as quiet)"
+            )
         report.machine = machine_info(
             cpu_workers=workers,
             executor=config.executor,
             event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
-            ms_per_unit=round(cal.ms_per_unit, 4),
-            gil_ms_per_unit=round(gil_cal.ms_per_unit, 4) if gil_cal else None,
+            ms_per_unit=round(cals.genai.ms_per_unit, 4),
+            gil_ms_per_unit=round(cals.gil_release.ms_per_unit, 4) if cals.gil_release else None,
+            snippet_ms_per_unit=round(cals.snippets.ms_per_unit, 5) if cals.snippets else None,
             scale=config.scale,
             repeat=config.repeat,
+            gate_cores=n_cores,
             llm=("external" if os.environ.get("ENGINE_LLM_BASE_URL") else "local")
             if needs_llm
             else None,
         )
-        setup = Setup(base_url=base_url, cal=cal, scale=config.scale, gil_cal=gil_cal)
+
+        def setup(scale: float) -> Any:
+            return Setup(
+                base_url=base_url,
+                cal=cals.genai,
+                scale=scale,
+                gil_cal=cals.gil_release,
+                small_cal=cals.snippets,
+            )
+
+        count = n_cores if measurable else 0.0
+        started = time.monotonic()
         by_workload: dict[str, list[Sample]] = {}
         for name, spec in specs.items():
-            app, state = spec.build(setup)
-            peer = peers[name].build(setup) if name in peers else None
-            if config.warmup:
-                await run_engine(name, "parallel", app, state, executor, -1)
-                if tick:
-                    tick(f"{name} warm-up")
-                if peer is not None:
-                    await run_peer(name, peer, -1, workers)
-                    if tick:
-                        tick(f"{name} {PEER_MODE} warm-up")
             mine = [f for f in floors if f.workload == name]
+            wanted = {m for f in mine for m in f.modes()} if mine else None
+            runs = await _runs_of(
+                name, spec, config, setup, executor, workers, count, peers.get(name), wanted, tick
+            )
             samples = by_workload.setdefault(name, [])
-            for r in range(config.repeat):
-                for mode in config.modes:
-                    samples.append(await run_engine(name, mode, app, state, executor, r))
+            r = 0
+            while True:
+                late = gate is not None and time.monotonic() - started > gate.deadline_s
+                if gate is not None and measurable and not late:
+                    # Start in a quiet moment: a neighbour's burst of work lasts
+                    # seconds, and a repeat it disturbs cannot judge a speedup.
+                    need = n_cores - gate.quiet_slack(n_cores)
+                    await wait_free(n_cores, need, timeout_s=gate.wait_s)
+                order = runs if r % 2 == 0 else runs[::-1]
+                for run in order:
+                    samples.append(await run.go(r))
                     if tick:
-                        tick(f"{name} {mode} #{r + 1}")
-                if peer is not None:
-                    samples.append(await run_peer(name, peer, r, workers))
-                    if tick:
-                        tick(f"{name} {PEER_MODE} #{r + 1}")
-                verdicts = check(mine, _repeats(samples), cores()) if mine else []
-                if verdicts and all(v.ok and v.conclusive for v in verdicts):
-                    break  # the gate: floors met with the machine's cores free; stop early
+                        tick(f"{name} {run.label} #{r + 1}")
+                r += 1
+                if gate is None:
+                    if r >= config.repeat:
+                        break
+                    continue
+                verdicts = check(mine, _repeats(samples), n_cores, gate)
+                late = time.monotonic() - started > gate.deadline_s
+                if (
+                    all(v.decided or (v.lost and r >= gate.min_repeats) for v in verdicts)
+                    or r >= gate.max_repeats
+                    or (late and r >= gate.min_repeats)
+                ):
+                    break
             finals = {repr(s.final) for s in samples}
             if len(finals) > 1:
                 report.mismatches.append(name)
@@ -466,8 +588,81 @@ async def run_bench(
     # How quiet the machine was: the fewest cores other processes left us in any run.
     report.machine["free_cores_min"] = round(min(free), 2) if free else None
     if floors:
-        report.verdicts = check(floors, _repeats(report.samples), cores())
+        report.verdicts = check(floors, _repeats(report.samples), n_cores, gate)
     return report
+
+
+async def _runs_of(
+    name: str,
+    spec: Any,
+    config: BenchConfig,
+    setup: Callable[[float], Any],
+    executor: Executor,
+    workers: int,
+    n_cores: float,
+    peer_spec: Any,
+    wanted: set[str] | None,
+    tick: Callable[[str], None] | None,
+) -> list[_Run]:
+    """The rows of one workload, built and warmed up: modes, variants, the peer.
+
+    ``wanted`` (the gate): only these rows. The warm-up is the main graph's
+    run at ``WARMUP_SCALE`` of the sizes in parallel mode (imports and caches
+    in every worker); a variant that keeps its graph warms up with a full-size
+    run of its own (its first run, which the profile learns from).
+    """
+    app, state = spec.build(setup(config.scale))
+    runs: list[_Run] = []
+
+    def engine_run(label: str, mode: str, app: Any, state: Any) -> _Run:
+        async def go(r: int) -> Sample:
+            return await run_engine(
+                name, mode, app, state, executor, r, label=label, n_cores=n_cores
+            )
+
+        return _Run(label, mode, go)
+
+    for mode in config.modes:
+        if wanted is None or mode in wanted:
+            runs.append(engine_run(mode, mode, app, state))
+    if config.warmup:
+        _, small = spec.build(setup(config.scale * WARMUP_SCALE))
+        await app.arun(small, mode="parallel", executor=executor)
+        if tick:
+            tick(f"{name} warm-up")
+    for v in spec.variants:
+        if wanted is not None and v.label not in wanted:
+            continue
+        if wanted is None and v.mode not in config.modes:
+            continue
+        if v.fresh:
+
+            def fresh(r: int, v: Any = v) -> Any:
+                vapp, vstate = v.build(setup(config.scale))
+                return run_engine(
+                    name, v.mode, vapp, vstate, executor, r, label=v.label, n_cores=n_cores
+                )
+
+            runs.append(_Run(v.label, v.mode, fresh))
+        else:
+            vapp, vstate = v.build(setup(config.scale))
+            await vapp.arun(vstate, mode=v.mode, executor=executor)  # its first run
+            if tick:
+                tick(f"{name} {v.label} warm-up")
+            runs.append(engine_run(v.label, v.mode, vapp, vstate))
+    if peer_spec is not None and (wanted is None or PEER_MODE in wanted):
+        peer = peer_spec.build(setup(config.scale))
+        if config.warmup:
+            small_peer = peer_spec.build(setup(config.scale * WARMUP_SCALE))
+            await run_peer(name, small_peer, -1, workers, n_cores=n_cores)
+            if tick:
+                tick(f"{name} {PEER_MODE} warm-up")
+
+        async def go_peer(r: int) -> Sample:
+            return await run_peer(name, peer, r, workers, n_cores=n_cores)
+
+        runs.append(_Run(PEER_MODE, PEER_MODE, go_peer))
+    return runs
 
 
 def _repeats(samples: Sequence[Sample]) -> list[dict[tuple[str, str], Any]]:
@@ -478,8 +673,11 @@ def _repeats(samples: Sequence[Sample]) -> list[dict[tuple[str, str], Any]]:
     return [reps[r] for r in sorted(reps)]
 
 
-def runs_planned(config: BenchConfig, n_peers: int = 0) -> int:
-    """How many runs ``run_bench`` makes at most (for a progress bar)."""
-    per_repeat = len(config.workloads) * len(config.modes) + n_peers
+def runs_planned(
+    config: BenchConfig, n_peers: int = 0, n_variants: int = 0, n_kept_variants: int = 0
+) -> int:
+    """How many runs ``run_bench`` makes (without the gate's extra repeats), for a
+    progress bar. ``n_kept_variants``: variants that keep their graph (and warm up)."""
+    per_repeat = len(config.workloads) * len(config.modes) + n_peers + n_variants
     warmups = len(config.workloads) + n_peers if config.warmup else 0
-    return warmups + config.repeat * per_repeat
+    return warmups + n_kept_variants + config.repeat * per_repeat

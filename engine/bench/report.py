@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from .check import Verdict
-from .harness import Result
+from .harness import Result, Sample
 
 
 def console(**kwargs: Any) -> Any:
@@ -76,19 +76,26 @@ def _efficiency(e: float) -> str:
     return f"[{colour}]{e:.2f}[/{colour}]"
 
 
-def verdict_table(verdicts: Sequence[Verdict], cores: int) -> Any:
+def verdict_table(verdicts: Sequence[Verdict], cores: float) -> Any:
     """Every ratio the gate measured, the floor it was held to, and the verdict.
 
-    A repeat reads ``ratio/floor``; "free" is the cores other processes left
-    us during that repeat's run (the ideal, and so the floor, scale to it).
+    A repeat reads ``ratio/floor``; for a speedup then ``[wall W x cost C]``,
+    ``procs K/N`` (worker processes that ran cpu calls at once, of the N a
+    parallel run reaches: ``engine.bench.check.worker_overlap``),
+    the wall-time ratio and what the same work cost in the measured run over
+    the baseline's (the ratio is their product: see ``engine.bench.check``),
+    and ``(free)``, the cores other processes left us during the baseline's
+    run and the measured one; "busy" marks a repeat that cannot judge a
+    speedup. The verdict is the median usable repeat.
     """
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=f"Speedup gate ({cores} cores)", title_justify="left")
+    table = Table(title=f"Speedup gate ({cores:g} cores)", title_justify="left")
     for name, justify in (
         ("ratio", "left"),
-        ("each repeat: measured/floor (cores free)", "left"),
-        ("best", "right"),
+        (escape("each repeat: ratio/floor [wall x cost] (cores free: base, run)"), "left"),
+        ("median", "right"),
         ("ideal", "right"),
         ("floor rule", "left"),
         ("", "left"),
@@ -97,29 +104,86 @@ def verdict_table(verdicts: Sequence[Verdict], cores: int) -> Any:
     for v in verdicts:
         f = v.floor
         rule = f"{f.min:.2f}" if f.min is not None else f"{f.min_of_ideal:.2f} x ideal"
-        best = v.best
+        m = v.deciding
         table.add_row(
             f.label,
-            "  ".join(_repeat(m) for m in v.measured) or "not measured",
-            "-" if best is None else f"{best.ratio:.3f}",
-            "-" if best is None or best.ideal is None else f"{best.ideal:.3f}",
+            escape("  ".join(_repeat(x, f.ratio == "speedup") for x in v.measured))
+            or "not measured",
+            "-" if m is None else f"{m.ratio:.3f}",
+            "-" if m is None or m.ideal is None else f"{m.ideal:.3f}",
             rule,
-            _status(v, cores),
+            _status(v),
         )
     return table
 
 
-def _status(v: Verdict, cores: int) -> str:
-    if not v.ok:
-        return "[bold red]BELOW FLOOR[/bold red]"
-    if not v.conclusive:
-        return "[yellow]ok, inconclusive (machine busy in every repeat)[/yellow]"
-    return "[green]ok[/green]"
+def _status(v: Verdict) -> str:
+    n, of = len(v.usable), len(v.measured)
+    if v.status == "below" and not v.decided:
+        return f"[bold red]PARALLELISM LOST[/bold red] (trace; {n} quiet of {of})"
+    if v.status == "below":
+        return f"[bold red]BELOW FLOOR[/bold red] ({n} usable of {of})"
+    if v.status == "unmeasured":
+        return f"[bold yellow]NOT MEASURED[/bold yellow]: {n} quiet of {of}, {v.needed} needed"
+    return f"[green]ok[/green] ({n} usable of {of})"
 
 
-def _repeat(m: Any) -> str:
-    free = "" if m.free_cores is None else f" ({m.free_cores:.1f}{' busy' if m.lowered else ''})"
-    return f"{m.ratio:.3f}/{m.threshold:.3f}{free}"
+def _repeat(m: Any, speedup: bool) -> str:
+    if m.free_cores is None:
+        free = ""
+    elif speedup and m.base_free_cores is not None:
+        free = f" ({m.base_free_cores:.1f}, {m.free_cores:.1f})"
+    else:
+        free = f" ({m.free_cores:.1f})"
+    busy = "" if m.quiet or not speedup else " busy"
+    priced = f" [{m.raw:.2f} x {m.cost:.2f}]" if speedup and m.raw is not None else ""
+    procs = f" procs {m.overlap}/{m.expected}" if m.expected else ""
+    return f"{m.ratio:.3f}/{m.threshold:.3f}{priced}{free}{procs}{busy}"
+
+
+def comparisons(results: Sequence[Result]) -> list[str]:
+    """Rows that are variants of a mode, against that mode, measured in the same run:
+    ``auto_lanes: auto = 1.00x of parallel (hand-labelled) ...``."""
+    from workloads.graphs import WORKLOADS
+
+    by_key = {(r.workload, r.mode): r for r in results}
+    lines = []
+    for workload in dict.fromkeys(r.workload for r in results):
+        spec = WORKLOADS.get(workload)
+        for v in spec.variants if spec is not None else ():
+            mine, base = by_key.get((workload, v.label)), by_key.get((workload, v.mode))
+            if mine is None or base is None or mine.wall_s <= 0:
+                continue
+            lines.append(
+                f"{workload}: '{v.label}' ({v.summary}) runs at {base.wall_s / mine.wall_s:.2f}x "
+                f"the speed of '{v.mode}' on the hand-labelled graph "
+                f"({mine.wall_s:.3f} s vs {base.wall_s:.3f} s, medians of this run)"
+            )
+    return lines
+
+
+def blocked_loops(samples: Sequence[Sample]) -> list[str]:
+    """The loop guard's reports, one line per (workload, mode) whose loop was blocked.
+
+    The CLI keeps the engine's ``loop_blocked`` warnings out of its output
+    (the warm-up run's ones included) and summarises the timed runs' here.
+    """
+    groups: dict[tuple[str, str], list[tuple[float, tuple[str, ...]]]] = {}
+    runs: dict[tuple[str, str], int] = {}
+    for s in samples:
+        key = (s.workload, s.mode)
+        runs[key] = runs.get(key, 0) + 1
+        if s.blocked:
+            groups.setdefault(key, []).extend(s.blocked)
+    lines = []
+    for (workload, mode), episodes in groups.items():
+        worst, nodes = max(episodes)
+        who = ", ".join(nodes) if nodes else "no node (engine or harness code)"
+        lines.append(
+            f"{workload} {mode}: event loop blocked {len(episodes)}x over "
+            f"{runs[(workload, mode)]} run(s), worst {worst * 1000:.0f} ms ({who})"
+        )
+    return lines
 
 
 @contextlib.contextmanager
