@@ -101,6 +101,15 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         f"{_ratio('throughput_engine_lane', 'throughput_raw_loky')}; "
         f"vs stdlib: {_ratio('throughput_engine_lane', 'throughput_raw_stdlib')}"
     )
+    if "lean_tiny_state" in _PER_OP:
+        w(
+            "    lean dispatch, one cpu node reading one small field (whole run): 10 MB state "
+            f"{_PER_OP.get('lean_10MB_state_reads_small', 0) * 1e3:.2f} ms vs tiny state "
+            f"{_PER_OP['lean_tiny_state'] * 1e3:.2f} ms = "
+            f"{_ratio('lean_10MB_state_reads_small', 'lean_tiny_state')} (target <= 1.2x); "
+            f"sending the whole 10 MB: {_PER_OP.get('lean_10MB_state_whole', 0) * 1e3:.1f} ms "
+            f"({_ratio('lean_10MB_state_whole', 'lean_tiny_state')})"
+        )
     sizes = sorted(
         {k.rsplit("_", 1)[1] for k in _PER_OP if k.startswith("state_size_")},
         key=lambda s: int(s.rstrip("B")),

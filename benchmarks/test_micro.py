@@ -5,7 +5,10 @@
 - cpu-lane dispatch: one call's round trip and the throughput of 200 calls at
   once through the engine's lane, against raw ``loop.run_in_executor`` on the
   same loky pool and on a stdlib ``ProcessPoolExecutor``;
-- state size (1 KB to 10 MB) against the cpu lane's round trip.
+- state size (1 KB to 10 MB) against the cpu lane's round trip;
+- lean dispatch (issue 5): a cpu node that reads one small field
+  (``add_node(..., reads=["small"])``) of a 10 MB state, against the same node
+  on a tiny state and against sending it the whole 10 MB state.
 
 Node functions live at module level: worker processes import this module by
 name (loky hands its ``sys.path`` to them), so the engine and the raw calls
@@ -33,6 +36,12 @@ class Counter(BaseModel):
 
 
 class Blob(BaseModel):
+    blob: str = ""
+    total: Annotated[int, operator.add] = 0
+
+
+class Lean(BaseModel):
+    small: str = "x"
     blob: str = ""
     total: Annotated[int, operator.add] = 0
 
@@ -241,3 +250,58 @@ def test_state_size_raw(
 def _bytes_label(label: str) -> str:
     """'1KB' -> '1024B': a key that sorts by size."""
     return f"{SIZES[label]}B"
+
+
+# -- lean dispatch ---------------------------------------------------------------------
+
+TEN_MB = 10 << 20
+LEAN_RUNS = 20
+
+
+def read_small(view: Any) -> dict[str, int]:
+    """A cpu node that needs one small field of the state."""
+    return {"total": len(view.small)}
+
+
+def _lean_graph(reads: list[str] | None) -> Any:
+    g = Graph(Lean)
+    g.add_node("read", read_small, lane="cpu", reads=reads)
+    g.add_edge(START, "read")
+    g.add_edge("read", END)
+    return g.compile()
+
+
+def _lean_runs(run: Any, pool: Executor, reads: list[str] | None, state: Lean, n: int) -> Any:
+    app = _lean_graph(reads)
+
+    async def runs() -> None:
+        for _ in range(n):
+            result = await app.arun(state, mode="parallel", executor=pool)
+            assert result.state.total == len(state.small)
+
+    run(runs())  # the first run measures the pool's dispatch cost: not timed
+    return lambda: run(runs())
+
+
+@pytest.mark.parametrize(
+    ("label", "reads", "size"),
+    [
+        ("tiny_state", ["small"], 0),
+        ("10MB_state_reads_small", ["small"], TEN_MB),
+        ("10MB_state_whole", None, TEN_MB),
+    ],
+)
+def test_lean_dispatch(
+    benchmark: Any,
+    run: Any,
+    loky_pool: Executor,
+    per_op: Any,
+    label: str,
+    reads: list[str] | None,
+    size: int,
+) -> None:
+    """One cpu node, a whole graph run: what a 10 MB state costs it, read lean or whole."""
+    n = LEAN_RUNS if reads else 5
+    go = _lean_runs(run, loky_pool, reads, Lean(blob="x" * size), n)
+    benchmark.pedantic(go, rounds=7, warmup_rounds=1)
+    per_op(f"lean_{label}", n)
