@@ -99,14 +99,28 @@ def plot_walls(results: Sequence[Result], path: str | Path) -> Path:
 Row = tuple[str, int, int, int]  # (host, pid, thread, slot)
 
 
-def _rows(calls: Sequence[NodeCall], driver_pid: int) -> tuple[list[Row], dict[int, Row]]:
+def _loop_threads(
+    calls: Sequence[NodeCall], driver_pid: int, sequential: bool
+) -> set[tuple[int, int]]:
+    """The driver's event-loop thread: where io and inline calls run, and in
+    sequential mode every call."""
+    return {
+        (c.pid, c.thread)
+        for c in calls
+        if c.pid == driver_pid and (sequential or c.lane in ("io", "inline"))
+    }
+
+
+def _rows(
+    calls: Sequence[NodeCall], driver_pid: int, sequential: bool = False
+) -> tuple[list[Row], dict[int, Row]]:
     """Rows of the chart, and each call's row (by position in ``calls``).
 
     A row is a place (host, process, thread) and a slot: calls that overlap
     on one thread (tasks interleaved on the event loop) get slots of their
     own, so no bar hides another. The driver's rows come first.
     """
-    loop_threads = {(c.pid, c.thread) for c in calls if c.lane == "io"}
+    loop_threads = _loop_threads(calls, driver_pid, sequential)
     places: dict[tuple[str, int, int], list[float]] = {}  # slot -> end of its last call
     row_of: dict[int, Row] = {}
     for i in sorted(range(len(calls)), key=lambda i: (calls[i].start, calls[i].node)):
@@ -143,9 +157,9 @@ def plot_gantt(sample: Sample, path: str | Path, *, xmax: float | None = None) -
     plt = _pyplot()
     calls = list(sample.calls)
     t0 = sample.t0 if sample.t0 is not None else min((c.start for c in calls), default=0.0)
-    rows, row_of = _rows(calls, sample.driver_pid)
+    rows, row_of = _rows(calls, sample.driver_pid, sample.run_mode == "sequential")
     index = {row: i for i, row in enumerate(rows)}
-    loop = {(c.pid, c.thread) for c in calls if c.lane == "io"}
+    loop = _loop_threads(calls, sample.driver_pid, sample.run_mode == "sequential")
     span = xmax or max([sample.wall_s, *((c.end - t0) for c in calls)], default=1.0)
     fig, ax = plt.subplots(figsize=(10, 1.9 + 0.34 * max(1, len(rows))), dpi=100)
     # Steps as alternating bands, barriers as dashed lines: a step ends when
