@@ -65,8 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--modes",
-        default="sequential,concurrent,parallel",
-        help="comma-separated modes (default: %(default)s)",
+        default=None,
+        help="comma-separated modes (default: sequential,concurrent,parallel, less those a "
+        "workload leaves out by default: many_small's concurrent)",
     )
     bench.add_argument(
         "--repeat",
@@ -202,6 +203,7 @@ def _bench(args: argparse.Namespace) -> int:
             con.print(f"{name:<16} {spec.summary}{default}", markup=False)
         return 0
     floors: list[gate.Floor] = []
+    modes: tuple[str, ...]
     if args.check:
         floors = gate.load_floors(args.floors or _floors_path())
         if args.workloads:
@@ -213,7 +215,8 @@ def _bench(args: argparse.Namespace) -> int:
         modes = tuple(m for m in ("sequential", "concurrent", "parallel") if m in needed)
     else:
         workloads = tuple(args.workloads or DEFAULT_WORKLOADS)
-        modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+        named = args.modes or "sequential,concurrent,parallel"
+        modes = tuple(m.strip() for m in named.split(",") if m.strip())
     quick = args.quick or args.check
     config = BenchConfig(
         workloads=workloads,
@@ -224,6 +227,7 @@ def _bench(args: argparse.Namespace) -> int:
         peers=args.peers,
         executor=args.executor,
         scheduler=args.scheduler,
+        all_modes_default=args.modes is None and not args.check,
     )
     from workloads.graphs import WORKLOADS
 

@@ -71,6 +71,8 @@ class BenchConfig:
     executor: ExecutorName = "loky"
     scheduler: str | None = None
     warmup: bool = True
+    # ``modes`` left at all three: each workload runs its ``default_modes``.
+    all_modes_default: bool = True
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.modes if m not in MODES]
@@ -622,7 +624,10 @@ async def _runs_of(
 
         return _Run(label, mode, go)
 
-    for mode in config.modes:
+    modes = config.modes
+    if tuple(modes) == MODES and config.all_modes_default:
+        modes = tuple(m for m in MODES if m in spec.default_modes)
+    for mode in modes:
         if wanted is None or mode in wanted:
             runs.append(engine_run(mode, mode, app, state))
     if config.warmup:
