@@ -178,7 +178,9 @@ def blocked_loops(samples: Sequence[Sample]) -> list[str]:
     lines = []
     for (workload, mode), episodes in groups.items():
         worst, nodes = max(episodes)
-        who = ", ".join(nodes) if nodes else "no node (engine or harness code)"
+        # No node named: the loop's thread ran engine code (dispatching a large
+        # fan-out) or waited for the GIL that cpu nodes on threads held.
+        who = ", ".join(nodes) if nodes else "no node on the loop"
         lines.append(
             f"{workload} {mode}: event loop blocked {len(episodes)}x over "
             f"{runs[(workload, mode)]} run(s), worst {worst * 1000:.0f} ms ({who})"
