@@ -97,6 +97,10 @@ class _Sinks:
     def __init__(self, sinks: list[Callable[[Any], None]]) -> None:
         self._sinks = list(sinks)
 
+    def __bool__(self) -> bool:
+        """False when nobody listens: the scheduler then skips building per-call events."""
+        return bool(self._sinks)
+
     def __call__(self, event: Any) -> None:
         for sink in list(self._sinks):
             try:

@@ -51,11 +51,13 @@ class EngineLogger:
     Invariant: immutable; ``bind`` returns a new logger with more context.
     """
 
-    __slots__ = ("_context", "_name")
+    __slots__ = ("_context", "_name", "_std")
 
     def __init__(self, name: str, context: Mapping[str, Any] | None = None) -> None:
         self._name = name
         self._context: dict[str, Any] = dict(context or {})
+        # Getting a stdlib logger takes logging's module lock: once, not per line.
+        self._std = logging.getLogger(name)
 
     def __repr__(self) -> str:
         return f"<EngineLogger {self._name!r} context={self._context!r}>"
@@ -67,7 +69,7 @@ class EngineLogger:
         if structlog.is_configured():
             logger: Any = structlog.get_logger(self._name)
         else:
-            std = logging.getLogger(self._name)
+            std = self._std
             if not std.isEnabledFor(_LEVELS[method]):
                 return
             logger = structlog.wrap_logger(

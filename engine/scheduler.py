@@ -36,7 +36,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel
 
@@ -88,6 +88,27 @@ if TYPE_CHECKING:
     from .watchdog import LoopWatchdog
 
 Emit = Callable[[Any], None]
+
+
+class Sink(Protocol):
+    """Where events go: a callable, false when nobody listens (``app._Sinks``)."""
+
+    def __call__(self, event: Any) -> None: ...
+
+    def __bool__(self) -> bool: ...
+
+
+class _Nobody:
+    """The event sink of a run nobody observes: false, so per-call events are skipped."""
+
+    def __call__(self, event: Any) -> None:
+        return None
+
+    def __bool__(self) -> bool:
+        return False
+
+
+_nobody = _Nobody()
 log = get_logger("engine")
 
 #: A call whose worker died this many times is poison: no retry policy runs it again.
@@ -171,7 +192,7 @@ class Scheduler:
         self.thread_id = thread_id
         self.recursion_limit = recursion_limit
         self.checkpointer = checkpointer
-        self._emit = emit or (lambda event: None)
+        self._emit: Sink | Emit = emit if emit is not None else _nobody
         self.calls: list[NodeCall] = []
         self.watchdog = watchdog  # watches the loop for exactly this run
         self.budgets = budgets  # limits, rates and lane caps shared by every call
@@ -450,17 +471,18 @@ class Scheduler:
         elif not self.runner.crosses_process(lane):
             # In-process calls get a private copy; pickling copies for the process lane.
             arg = self.plan.schema.copy(arg) if not task.has_payload else copy.deepcopy(arg)
-        self._emit(
-            NodeStarted(
-                run_id=self.run_id,
-                time=time.time(),
-                step=step,
-                node=task.node,
-                index=task.index,
-                lane=lane,
-                attempt=attempt,
+        if bool(self._emit):  # per-call events are built only for someone listening
+            self._emit(
+                NodeStarted(
+                    run_id=self.run_id,
+                    time=time.time(),
+                    step=step,
+                    node=task.node,
+                    index=task.index,
+                    lane=lane,
+                    attempt=attempt,
+                )
             )
-        )
         self.log.debug(
             "node_started", step=step, node=task.node, index=task.index, lane=lane, attempt=attempt
         )
@@ -558,19 +580,20 @@ class Scheduler:
             updates = self.plan.schema.check_update(task.node, step, outcome.value)
         except InvalidUpdateError as exc:
             return exc
-        self._emit(
-            NodeFinished(
-                run_id=self.run_id,
-                time=time.time(),
-                step=step,
-                node=task.node,
-                index=task.index,
-                lane=lane,
-                attempt=attempt,
-                duration_s=outcome.end - outcome.start,
-                pid=outcome.pid,
+        if bool(self._emit):
+            self._emit(
+                NodeFinished(
+                    run_id=self.run_id,
+                    time=time.time(),
+                    step=step,
+                    node=task.node,
+                    index=task.index,
+                    lane=lane,
+                    attempt=attempt,
+                    duration_s=outcome.end - outcome.start,
+                    pid=outcome.pid,
+                )
             )
-        )
         self.log.debug(
             "node_finished",
             step=step,
@@ -956,6 +979,10 @@ class Scheduler:
         )
 
 
+#: Calls of a step started per turn of the event loop.
+START_SLICE = 128
+
+
 async def _all_or_none(calls: Sequence[Coroutine[Any, Any, None]]) -> None:
     """Run ``calls`` at once; the first to raise stops the others (TaskGroup semantics).
 
@@ -965,7 +992,22 @@ async def _all_or_none(calls: Sequence[Coroutine[Any, Any, None]]) -> None:
     then the error propagates as it is (no ExceptionGroup: callers catch the
     engine's own types). Cancelling this cancels them all, awaited the same way.
     """
-    tasks = [asyncio.ensure_future(c) for c in calls]
+    tasks: list[asyncio.Future[None]] = []
+    try:
+        for i, call in enumerate(calls):
+            tasks.append(asyncio.ensure_future(call))
+            if (i + 1) % START_SLICE == 0:
+                # Thousands of calls (a Send fan-out) would all take their first
+                # step in one turn of the loop, blocking it for a quarter of a
+                # second: let each slice start, and the loop breathe, first.
+                await asyncio.sleep(0)
+    except asyncio.CancelledError:
+        for c in calls[len(tasks) :]:
+            c.close()  # never started: close, so none warns "never awaited"
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
     if not tasks:
         return
     try:

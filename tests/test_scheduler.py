@@ -535,3 +535,47 @@ def test_dispatch_order_is_sorted() -> None:
     starts = sorted(r.trace.calls, key=lambda c: c.start)
     assert [c.node for c in starts] == ["a", "b", "c"]
     assert all(x.end <= y.start for x, y in itertools.pairwise(starts))
+
+
+class TestManyCalls:
+    async def test_a_big_step_lets_the_loop_turn_while_its_calls_start(self) -> None:
+        """Thousands of calls start a slice per turn of the loop, not all in one turn."""
+        import asyncio
+
+        from engine.scheduler import START_SLICE, _all_or_none
+
+        order: list[object] = []
+        loop = asyncio.get_running_loop()
+
+        async def call(i: int) -> None:
+            order.append(i)
+            if i == 0:  # something else the loop has to do, scheduled by the first call
+                loop.call_soon(order.append, "tick")
+
+        await _all_or_none([call(i) for i in range(10 * START_SLICE)])
+        assert order.index("tick") <= START_SLICE
+        assert sorted(x for x in order if isinstance(x, int)) == list(range(10 * START_SLICE))
+
+    async def test_cancelled_while_starting_leaves_no_coroutine_unawaited(self) -> None:
+        """A step cancelled mid-start closes the calls it never started (no warnings)."""
+        import asyncio
+
+        from engine.scheduler import START_SLICE, _all_or_none
+
+        started: list[int] = []
+
+        async def call(i: int) -> None:
+            started.append(i)
+            await asyncio.sleep(10)
+
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            task = asyncio.ensure_future(_all_or_none([call(i) for i in range(4 * START_SLICE)]))
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            gc.collect()
+        assert 0 < len(started) < 4 * START_SLICE
+        assert [w for w in seen if "never awaited" in str(w.message)] == []
