@@ -667,6 +667,8 @@ class Scheduler:
                 and not capped
             ):
                 groups.setdefault(task.node, []).append(task)
+        if not groups:
+            return {}
         workers = self.runner.cpu_workers
         refused: dict[Any, PayloadError] = {}
         for name, tasks in groups.items():

@@ -120,11 +120,12 @@ class LaneRunner:
         """The executor of the cpu lane in ``parallel`` mode (created on first use)."""
         return self.process_lane.executor
 
-    @property
+    @functools.cached_property
     def cpu_workers(self) -> int:
         """Workers the parallel cpu lane can use: the bound the metrics divide by.
 
-        Asked without creating the default pool, so sequential runs start no process.
+        Asked without creating the default pool, so sequential runs start no
+        process; worked out once per run (counting CPUs reads cgroup files).
         """
         if self._user_executor is not None:
             n = executor_workers(self._user_executor)
