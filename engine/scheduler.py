@@ -291,11 +291,12 @@ class Scheduler:
         step = cursor.step
         t0 = time.perf_counter()
         todo = [t for t in cursor.tasks if t.order not in cursor.pending]
-        self._emit(
-            StepStarted(
-                run_id=self.run_id, time=time.time(), step=step, nodes=[t.node for t in todo]
+        if bool(self._emit):
+            self._emit(
+                StepStarted(
+                    run_id=self.run_id, time=time.time(), step=step, nodes=[t.node for t in todo]
+                )
             )
-        )
         self.log.debug("step_started", step=step, calls=len(todo))
         done: dict[tuple[str, int], _TaskResult] = {}
         try:
@@ -328,15 +329,16 @@ class Scheduler:
         writes = {order: r.updates or {} for order, r in done.items() if r.error is None}
         writes.update(cursor.pending)
         ok = not failures
-        self._emit(
-            StepFinished(
-                run_id=self.run_id,
-                time=time.time(),
-                step=step,
-                duration_s=time.perf_counter() - t0,
-                ok=ok,
+        if bool(self._emit):
+            self._emit(
+                StepFinished(
+                    run_id=self.run_id,
+                    time=time.time(),
+                    step=step,
+                    duration_s=time.perf_counter() - t0,
+                    ok=ok,
+                )
             )
-        )
         self.log.debug(
             "step_finished", step=step, ok=ok, duration_s=round(time.perf_counter() - t0, 6)
         )
@@ -994,6 +996,10 @@ async def _all_or_none(calls: Sequence[Coroutine[Any, Any, None]]) -> None:
     then the error propagates as it is (no ExceptionGroup: callers catch the
     engine's own types). Cancelling this cancels them all, awaited the same way.
     """
+    if len(calls) == 1:
+        # One call (a chain's step): nothing to supervise beside it, so no task.
+        await calls[0]
+        return
     tasks: list[asyncio.Future[None]] = []
     try:
         for i, call in enumerate(calls):
