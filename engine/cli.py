@@ -356,13 +356,8 @@ async def _arun_one(args: argparse.Namespace) -> int:
     ):
 
         def setup(scale: float) -> Setup:
-            return Setup(
-                base_url=base_url,
-                cal=cals.genai,
-                scale=scale,
-                gil_cal=cals.gil_release,
-                small_cal=cals.snippets,
-            )
+            built: Setup = cals.setup(base_url, scale)
+            return built
 
         if args.mode == PEER_MODE:
             from workloads.peers import PEERS, langgraph_missing

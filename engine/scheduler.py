@@ -343,14 +343,7 @@ class Scheduler:
             "step_finished", step=step, ok=ok, duration_s=round(time.perf_counter() - t0, 6)
         )
         if failures:
-            failed = RunCursor(
-                state=cursor.state,
-                step=step,
-                tasks=cursor.tasks,
-                fanin=cursor.fanin,
-                pending=writes,
-            )
-            await self._save_fully(failed, "failed")
+            await self._save_failed_step(cursor, writes)
             first = failures[0].error
             assert first is not None
             if len(failures) > 1:
@@ -370,19 +363,25 @@ class Scheduler:
             # Every call of the step succeeded, but merging or routing their
             # writes failed (a conflict, a router's bug): keep the writes, so
             # a resume merges and routes again without re-running the calls.
-            failed = RunCursor(
-                state=cursor.state,
-                step=step,
-                tasks=cursor.tasks,
-                fanin=cursor.fanin,
-                pending=writes,
-            )
-            await self._save_fully(failed, "failed")
+            await self._save_failed_step(cursor, writes)
             raise
         nxt = RunCursor(state=state, step=step + 1, tasks=tasks, fanin=fanin)
         # The step is done: a cancellation now must not lose its saved writes.
         await self._save_fully(nxt, "running" if tasks else "done")
         return nxt
+
+    async def _save_failed_step(
+        self, cursor: RunCursor, writes: Mapping[tuple[str, int], Mapping[str, Any]]
+    ) -> None:
+        """Save step ``cursor.step`` as failed, with ``writes`` pending for the resume."""
+        failed = RunCursor(
+            state=cursor.state,
+            step=cursor.step,
+            tasks=cursor.tasks,
+            fanin=cursor.fanin,
+            pending=dict(writes),
+        )
+        await self._save_fully(failed, "failed")
 
     async def _collect(
         self, state: BaseModel, step: int, task: Task, done: dict[tuple[str, int], _TaskResult]

@@ -305,6 +305,18 @@ class Calibrations:
     gil_release: Any = None
     snippets: Any = None
 
+    def setup(self, base_url: str | None, scale: float) -> Any:
+        """What every workload builder takes (``workloads.graphs.Setup``), from these."""
+        from workloads.graphs import Setup
+
+        return Setup(
+            base_url=base_url,
+            cal=self.genai,
+            scale=scale,
+            gil_cal=self.gil_release,
+            small_cal=self.snippets,
+        )
+
 
 async def calibrations(needs: Iterable[str], say: Progress) -> Calibrations:
     """Measure, here and now, what one unit of CPU work costs (printed, never assumed).
@@ -498,7 +510,6 @@ async def run_bench(
     The gate runs, per workload, only the modes its floors need, until every
     floor has ``policy.min_repeats`` usable repeats (see the module docstring).
     """
-    from workloads.graphs import Setup
 
     specs = _specs(config.workloads)
     gate = None
@@ -536,13 +547,7 @@ async def run_bench(
         )
 
         def setup(scale: float) -> Any:
-            return Setup(
-                base_url=base_url,
-                cal=cals.genai,
-                scale=scale,
-                gil_cal=cals.gil_release,
-                small_cal=cals.snippets,
-            )
+            return cals.setup(base_url, scale)
 
         count = n_cores if measurable else 0.0
         started = time.monotonic()
