@@ -572,3 +572,74 @@ async def test_langgraph_peers_end_in_engines_state(llm_url: str) -> None:
         theirs = peer.final(await peer.graph.ainvoke(peer.input))
         assert theirs == mine, name
         assert {c.node for c in peer.recorder.calls} == set(app.plan.nodes), name
+
+
+@pytest.mark.parametrize(("sig", "code"), [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_signalled_cli_run_stops_and_leaves_no_worker(sig: str, code: int) -> None:
+    """`python -m engine run` under SIGTERM/SIGINT: it exits with the status a shell
+    expects within seconds, and no worker process of it is left running."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from engine.lanes.process import pid_alive
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine", "run", "cpu_fanout", "--mode", "parallel"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    try:
+        # Wait until the run's worker processes exist (the pool's children of the CLI).
+        workers: set[int] = set()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(workers) < 2:
+            time.sleep(0.1)
+            workers = _children(proc.pid) - _helpers(proc.pid)
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        assert workers, "the run never started its workers"
+        time.sleep(0.5)  # into the run, calls on the workers
+        t0 = time.monotonic()
+        proc.send_signal(getattr(signal, sig))
+        out, _ = proc.communicate(timeout=30)
+        assert time.monotonic() - t0 < 15, out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == code, out
+    deadline = time.monotonic() + 5
+    while any(pid_alive(p) for p in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [p for p in workers if pid_alive(p)], "a worker outlived the signalled CLI"
+
+
+def _children(pid: int) -> set[int]:
+    """Live child processes of ``pid`` (Linux /proc)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] not in ("Z", "X"):
+            found.add(int(entry.name))
+    return found
+
+
+def _helpers(pid: int) -> set[int]:
+    """Children of ``pid`` that are not pool workers (loky's resource tracker, ...)."""
+    out = set()
+    for child in _children(pid):
+        try:
+            cmd = Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"resource_tracker" in cmd or b"semaphore_tracker" in cmd:
+            out.add(child)
+    return out
