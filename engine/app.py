@@ -135,6 +135,9 @@ class CompiledGraph:
         self._fn_cache: MutableMapping[str, bytes] = {}
         # worker_init resources built in this process (in-driver lanes), kept across runs.
         self._resources = Resources()
+        # Pool sizes decided from memory hints: (hint, size) -> workers. Decided once:
+        # later runs would count this app's own warm workers' memory as taken.
+        self._caps: dict[tuple[int, int], int] = {}
 
     def __repr__(self) -> str:
         return f"<CompiledGraph nodes={list(self.plan.nodes)}>"
@@ -242,7 +245,7 @@ class CompiledGraph:
                 budgets.check_node(name, node.spec.resources)
         plan, policy = self._plan_for_run()
         run_id = uuid.uuid4().hex[:12]
-        pool_size = _pool_cap(plan, mode, executor, memory_per_worker, run_id)
+        pool_size = _pool_cap(plan, mode, executor, memory_per_worker, run_id, self._caps)
         runner = LaneRunner(
             mode,
             executor,
@@ -360,8 +363,13 @@ def _pool_cap(
     executor: Executor | None,
     memory_per_worker: int | str | None,
     run_id: str,
+    decided: dict[tuple[int, int], int],
 ) -> int | None:
-    """How many workers the memory hints allow this run (None: no hint, no cap)."""
+    """How many workers the memory hints allow this run (None: no hint, no cap).
+
+    ``decided`` keeps the answer per (hint, pool size) for the app's later
+    runs: by then its own warm workers hold memory that is theirs already.
+    """
     hints = [
         n.spec.memory_per_worker
         for n in plan.nodes.values()
@@ -372,10 +380,15 @@ def _pool_cap(
     if not hints or mode != "parallel":
         return None
     size = executor_workers(executor) if executor is not None else default_workers()
-    cap = workers_for_memory(max(hints), max_workers=size)
-    if cap.workers < size:
-        log.warning("pool_capped_by_memory", run_id=run_id, workers=cap.workers, reason=cap.reason)
-    return cap.workers
+    key = (max(hints), size)
+    if key not in decided:
+        cap = workers_for_memory(max(hints), max_workers=size)
+        if cap.workers < size:
+            log.warning(
+                "pool_capped_by_memory", run_id=run_id, workers=cap.workers, reason=cap.reason
+            )
+        decided[key] = cap.workers
+    return decided[key]
 
 
 def run_sync(coro: Any) -> Any:

@@ -111,6 +111,9 @@ class _Nobody:
 _nobody = _Nobody()
 log = get_logger("engine")
 
+#: node_failed is a warning for this many failed attempts per step, then debug.
+FAILURES_LOGGED_PER_STEP = 10
+
 #: A call whose worker died this many times is poison: no retry policy runs it again.
 POISON_AFTER_CRASHES = 3
 
@@ -200,6 +203,7 @@ class Scheduler:
         # Calls of this step's batches whose Send payload could not be pickled.
         self._refused: dict[Any, PayloadError] = {}
         self._loads: list[Mark] = []  # worker_init builds, drawn as slices in the trace
+        self._failures_logged: dict[int, int] = {}  # step -> node_failed lines so far
         self.started_at: float | None = None  # time.time() when run() began
         self.log = log.bind(run_id=self.run_id, thread_id=thread_id, mode=self.mode)
 
@@ -326,6 +330,16 @@ class Scheduler:
         failures = sorted(
             (r for r in done.values() if r.error is not None), key=lambda r: r.task.order
         )
+        logged = self._failures_logged.pop(step, 0)
+        if logged > FAILURES_LOGGED_PER_STEP:
+            # A fan-out that fails thousands of times must not print thousands of lines.
+            self.log.warning(
+                "node_failures_summarised",
+                step=step,
+                failed_attempts=logged,
+                as_warnings=FAILURES_LOGGED_PER_STEP,
+                hint="the rest were logged at debug level; the step's NodeError names the first",
+            )
         writes = {order: r.updates or {} for order, r in done.items() if r.error is None}
         writes.update(cursor.pending)
         ok = not failures
@@ -445,7 +459,10 @@ class Scheduler:
                     will_retry=retry,
                 )
             )
-            self.log.warning(
+            logged = self._failures_logged.get(step, 0) + 1
+            self._failures_logged[step] = logged
+            say = self.log.warning if logged <= FAILURES_LOGGED_PER_STEP else self.log.debug
+            say(
                 "node_failed",
                 step=step,
                 node=task.node,
@@ -712,7 +729,7 @@ class Scheduler:
                     outcome.load_start,
                     outcome.load_end,
                     pid=outcome.pid,
-                    thread=outcome.thread,
+                    thread=outcome.load_thread or outcome.thread,
                     host=outcome.host,
                     node=task.node,
                 )
@@ -996,8 +1013,10 @@ async def _all_or_none(calls: Sequence[Coroutine[Any, Any, None]]) -> None:
     engine's own types). Cancelling this cancels them all, awaited the same way.
     """
     if len(calls) == 1:
-        # One call (a chain's step): nothing to supervise beside it, so no task.
-        await calls[0]
+        # One call (a chain's step): nothing to supervise beside it, so no wait
+        # machinery; still a task, so the node runs in a copy of the context,
+        # as every call of a bigger step does (cancelling us cancels it).
+        await asyncio.ensure_future(calls[0])
         return
     tasks: list[asyncio.Future[None]] = []
     try:
@@ -1024,7 +1043,8 @@ async def _all_or_none(calls: Sequence[Coroutine[Any, Any, None]]) -> None:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
-    failed = [t for t in done if t.cancelled() or t.exception() is not None]
+    # In task order, so which error surfaces does not depend on the set's order.
+    failed = [t for t in tasks if t in done and (t.cancelled() or t.exception() is not None)]
     if not failed:
         return
     for t in pending:

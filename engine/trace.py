@@ -188,14 +188,15 @@ class Trace:
             return []
         t0 = min([c.start for c in self.calls] + [m.start for m in self.marks])
         events: list[dict[str, Any]] = []
-        named: set[tuple[int, int]] = set()
+        named: set[tuple[int, int]] = set()  # (pid, tid) rows with a thread_name
+        named_procs: set[int] = set()  # pids with a process_name
         pid_ids: dict[tuple[str, int], int] = {}
 
         def pid_of(host: str, os_pid: int) -> int:
             # Chrome needs integer pids; keep (host, pid) distinct across machines.
             pid = pid_ids.setdefault((host, os_pid), len(pid_ids) + 1)
-            if (pid, -1) not in named:
-                named.add((pid, -1))
+            if pid not in named_procs:
+                named_procs.add(pid)
                 who = "driver" if os_pid == self.driver_pid else "worker"
                 events.append(
                     {

@@ -183,7 +183,9 @@ class TestFanOut:
         seq = await app.arun({"n": 300}, mode="sequential")
         par = await app.arun({"n": 300}, mode="parallel")
         assert par.state.out == seq.state.out
-        assert len(set(par.state.pids)) >= 1 and os.getpid() not in par.state.pids
+        # The calls' own reports of where they ran agree with the trace: workers only.
+        traced = {c.pid for c in par.trace.calls if c.node == "work"}
+        assert set(par.state.pids) == traced and os.getpid() not in traced
 
     async def test_batch_false_sends_every_call_alone(self) -> None:
         """``add_node(batch=False)``: one submission per call."""
@@ -205,8 +207,42 @@ class TestFanOut:
         assert pool.submitted == n
 
 
+class OnlyInTheDriver:
+    """A node function that cannot be rebuilt in a worker (say, its module is the
+    driver's alone): unpickling it anywhere but in the process that made it fails."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def __call__(self, p: dict[str, Any]) -> dict[str, Any]:
+        return {"out": [p["i"]]}
+
+    def __reduce__(self) -> Any:
+        return (_rebuild_in, (self.pid,))
+
+
+def _rebuild_in(pid: int) -> OnlyInTheDriver:
+    if os.getpid() != pid:
+        raise ModuleNotFoundError("No module named 'only_in_the_driver'")
+    return OnlyInTheDriver(pid)
+
+
 class TestFaultsInAChunk:
     """One call misbehaves inside a chunk: only that call fails."""
+
+    @pytest.mark.parametrize("batch", [True, False], ids=["batched", "one-by-one"])
+    async def test_a_function_the_worker_cannot_load_is_a_node_error(self, batch: bool) -> None:
+        """Batched or not, a node function that cannot be unpickled in the worker fails
+        as the node's NodeError (node, step, lane), not as a raw exception."""
+        g = Graph(Fan)
+        g.add_node("start", lambda s: None, lane="inline")
+        g.add_node("work", OnlyInTheDriver(os.getpid()), lane="cpu", batch=batch)
+        g.add_edge(START, "start")
+        g.add_conditional_edges("start", fan_out)
+        with pytest.raises(NodeError, match=r"could not unpickle the node's function") as info:
+            await g.compile().arun({"n": 40}, mode="parallel")
+        assert (info.value.node, info.value.step, info.value.lane) == ("work", 1, "cpu")
+        assert "only_in_the_driver" in str(info.value)
 
     @pytest.mark.parametrize(
         ("kind", "pattern"),

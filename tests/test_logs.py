@@ -121,3 +121,23 @@ class TestNeverConfigures:
         monkeypatch.setattr(logging, "basicConfig", refuse)
         r = await two_steps().arun({}, mode=mode)
         assert r.state.items == ["a", "b"]
+
+
+class TestFailureFlood:
+    async def test_a_failing_fan_out_warns_a_few_times_then_summarises(self) -> None:
+        """40 failing calls in one step: 10 node_failed warnings, the rest at debug,
+        then one warning that says how many there were."""
+        from engine import Send
+
+        g = Graph(State)
+        g.add_node("start", functools.partial(append, "items", "s"), lane="inline")
+        g.add_node("boom", functools.partial(fail, "no"), lane="inline")
+        g.add_edge(START, "start")
+        g.add_conditional_edges("start", lambda s: [Send("boom", i) for i in range(40)])
+        with capture_logs() as logs, pytest.raises(Exception, match="no"):
+            await g.compile().arun({})
+        failed = [e for e in logs if e["event"] == "node_failed"]
+        assert len(failed) == 40
+        assert [e["log_level"] for e in failed] == ["warning"] * 10 + ["debug"] * 30
+        (summary,) = [e for e in logs if e["event"] == "node_failures_summarised"]
+        assert summary["log_level"] == "warning" and summary["failed_attempts"] == 40

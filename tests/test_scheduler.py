@@ -579,3 +579,27 @@ class TestManyCalls:
             gc.collect()
         assert 0 < len(started) < 4 * START_SLICE
         assert [w for w in seen if "never awaited" in str(w.message)] == []
+
+
+class TestContext:
+    @pytest.mark.parametrize("width", [1, 2])
+    async def test_a_node_cannot_change_the_callers_context(self, width: int) -> None:
+        """A contextvar a node sets stays in that call, in a step of one call or many."""
+        import contextvars
+
+        var: contextvars.ContextVar[str] = contextvars.ContextVar("who", default="unset")
+
+        async def setter(state: State) -> None:
+            var.set("set by a node")
+
+        async def reader(state: State) -> dict[str, Any]:
+            return {"report": var.get()}
+
+        g = Graph(State)
+        for i in range(width):
+            g.add_node(f"s{i}", setter)
+            g.add_edge(START, f"s{i}")
+        g.add_node("r", reader)
+        g.add_edge([f"s{i}" for i in range(width)], "r")
+        r = await g.compile().arun({}, mode="parallel")
+        assert r.state.report == "unset" and var.get() == "unset"

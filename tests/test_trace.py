@@ -242,3 +242,11 @@ class TestChrome:
         events = Trace(calls=calls, driver_pid=7).to_chrome_events()
         assert {e["tid"] for e in events if e["ph"] == "X"} == {42}
         assert [e["args"]["name"] for e in events if e["name"] == "thread_name"] == ["thread 42"]
+
+    def test_a_call_lost_with_its_worker_still_gets_a_named_row(self) -> None:
+        """A call whose record never came back (thread -1) has its own named row."""
+        calls = (NodeCall("a", 0, "cpu", 1, -1, -1, "h", 0.0, 1.0, 0.0, ok=False),)
+        events = Trace(calls=calls, driver_pid=7).to_chrome_events()
+        (span,) = [e for e in events if e["ph"] == "X"]
+        rows = {(e["pid"], e["tid"]) for e in events if e["name"] == "thread_name"}
+        assert (span["pid"], span["tid"]) in rows

@@ -23,8 +23,8 @@ from pydantic import BaseModel
 
 import engine
 from engine import END, START, Graph, GraphError, NodeError, Send
-from engine.lanes.pool import default_executor, executor_workers, warm
-from engine.warm import available_memory, parse_size, workers_for_memory
+from engine.lanes.pool import default_executor, warm
+from engine.warm import WorkerInit, available_memory, parse_size, workers_for_memory
 
 # Worker processes cannot import the tests package: node functions travel by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -173,18 +173,45 @@ class TestMemoryCap:
         """1.5 GB available, 1 GB per worker: the run uses one worker, however many cores."""
         monkeypatch.setattr(engine.warm, "available_memory", lambda: 1_500_000_000)
         app = warm_graph(vocab_loader(uuid.uuid4().hex), lane="cpu", memory_per_worker="1GB")
-        try:
-            r = await app.arun({"n": 6}, mode="parallel")
-            assert len({s["pid"] for s in r.state.seen}) == 1
-            assert executor_workers(default_executor(1)) == 1
-        finally:
-            default_executor()  # back to the machine's size for the next tests
+        r = await app.arun({"n": 6}, mode="parallel")
+        assert len({s["pid"] for s in r.state.seen}) == 1 and r.metrics.cpu_workers == 1
         # A run-level hint (arun(memory_per_worker=...)) caps the pool the same way.
         r = await warm_graph(vocab_loader(uuid.uuid4().hex), lane="cpu").arun(
             {"n": 6}, mode="parallel", memory_per_worker=2_000_000_000
         )
-        default_executor()
-        assert len({s["pid"] for s in r.state.seen}) == 1
+        assert len({s["pid"] for s in r.state.seen}) == 1 and r.metrics.cpu_workers == 1
+
+    async def test_a_capped_app_keeps_its_warm_workers(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The cap is decided once per app, and a capped pool is not the uncapped one:
+        runs of an uncapped app in between, or less memory free later (the capped
+        workers' own resources hold it), never cost the capped app its warm worker."""
+        free = [1_500_000_000]
+        monkeypatch.setattr(engine.warm, "available_memory", lambda: free[0])
+        capped = warm_graph(vocab_loader(uuid.uuid4().hex), lane="cpu", memory_per_worker="1GB")
+        uncapped = warm_graph(vocab_loader(uuid.uuid4().hex), lane="cpu")
+        first = await capped.arun({"n": 6}, mode="parallel")
+        free[0] = 500_000_000  # its worker's model now takes memory: not a reason to shrink
+        other = await uncapped.arun({"n": 6}, mode="parallel")
+        again = await capped.arun({"n": 6}, mode="parallel")
+        (worker,) = {s["pid"] for s in first.state.seen}
+        assert {s["pid"] for s in again.state.seen} == {worker}
+        assert not [m for m in again.trace.marks if m.cat == "worker_init"]  # not rebuilt
+        assert worker not in {s["pid"] for s in other.state.seen}  # pools kept apart
+
+    def test_a_worker_keeps_only_its_most_recent_resources(self) -> None:
+        """A long-lived worker serving app after app keeps ``keep`` resources, the least
+        recently used dropped first (and built again if it is needed again)."""
+        from engine.lanes.worker import Resources
+
+        res = Resources(keep=2)
+        a, b, c = (WorkerInit.of(vocab_loader(t), node=t) for t in ("a", "b", "c"))
+        for init in (a, b, a, c):  # c evicts b, the least recently used
+            res.get(init)
+        assert len(res) == 2
+        assert res.get(a)[1] is None and res.get(c)[1] is None  # kept: no build
+        assert res.get(b)[1] is not None  # dropped: built again
 
     def test_a_bad_hint_is_refused_at_add_node(self) -> None:
         """memory_per_worker is checked when the node is added, naming it."""

@@ -204,7 +204,9 @@ class LaneRunner:
             t = time.time()
             try:
                 # A build may be slow (it loads something): never on the loop's thread.
-                resource, built = await asyncio.to_thread(self._resources.get, init)
+                resource, built, builder = await asyncio.to_thread(
+                    _build_here, self._resources, init
+                )
             except Exception as exc:
                 return failed_outcome(exc, t, f"worker_init {init.name} failed: {exc}")
             fn = functools.partial(_resource_last, fn, resource)
@@ -221,7 +223,11 @@ class LaneRunner:
             return failed_outcome(exc, start)  # the node's own (e.g. its wait_for): a NodeError
         except Exception as exc:
             return failed_outcome(exc, start)
-        load = (init.name, *built) if init is not None and built is not None else ("", 0.0, 0.0)
+        load = (
+            (init.name, built[0], built[1], builder)
+            if init is not None and built is not None
+            else ("", 0.0, 0.0, 0)
+        )
         return CallOutcome(
             ok=True,
             value=value,
@@ -234,6 +240,7 @@ class LaneRunner:
             load_name=load[0],
             load_start=load[1],
             load_end=load[2],
+            load_thread=load[3],
         )
 
     async def _in_process_pool(
@@ -383,6 +390,12 @@ def _unpicklable_input(arg: Any, exc: Exception) -> PayloadError:
     )
     error.__cause__ = exc
     return error
+
+
+def _build_here(resources: Resources, init: WorkerInit) -> tuple[Any, Any, int]:
+    """``resources.get(init)`` and the thread it ran on (the trace draws the build there)."""
+    resource, built = resources.get(init)
+    return resource, built, threading.get_native_id()
 
 
 def _resource_last(fn: Callable[..., Any], resource: Any, arg: Any) -> Any:

@@ -146,6 +146,9 @@ def replan(plan: ChunkPlan, n: int) -> ChunkPlan:
 
 # -- the driver's side --------------------------------------------------------------
 
+#: Calls of a finished chunk woken per turn of the event loop.
+WAKE_SLICE = 64
+
 SubmitChunk = Callable[[list[bytes]], Awaitable[list[bytes]]]
 SubmitOne = Callable[[bytes], Awaitable[bytes]]
 
@@ -270,9 +273,13 @@ class Batch:
                 if not fut.done():
                     fut.set_exception(error)
             return
-        for fut, data in zip(chunk.futures, results, strict=True):
+        for i, (fut, data) in enumerate(zip(chunk.futures, results, strict=True)):
             if not fut.done():
                 fut.set_result(data)
+            if (i + 1) % WAKE_SLICE == 0:
+                # Each result wakes its call, which decodes, checks and records
+                # it: hundreds at once would block the loop for a step's worth.
+                await asyncio.sleep(0)
 
     async def _one(self, blob: bytes, fut: asyncio.Future[bytes]) -> None:
         if fut.done():  # its waiter left

@@ -1,16 +1,20 @@
-"""The one default process pool.
+"""The default process pools.
 
-This is the engine's only process-wide mutable state: a lazily created,
-lock-guarded loky executor, sized to the machine and replaced when it breaks
-or was shut down (the reusable-executor pattern). ``ENGINE_CPU_WORKERS``
-overrides the size; it is read when the pool is requested, never at import.
-Its workers run ``guard_parent`` first, so they die with a driver that is
+This is the engine's only process-wide mutable state: lazily created,
+lock-guarded loky executors, one per size asked for (the machine's size,
+unless a run's ``memory_per_worker`` caps it smaller), each replaced when it
+breaks or was shut down (the reusable-executor pattern). A pool of one size
+never replaces a pool of another: two apps capped differently, or a capped
+and an uncapped one, each keep their warm workers. Idle workers exit after
+``IDLE_TIMEOUT_S`` and start again on demand. ``ENGINE_CPU_WORKERS``
+overrides the machine's size; it is read when a pool is requested, never at
+import. Workers run ``guard_parent`` first, so they die with a driver that is
 killed.
 
 Why not ``loky.get_reusable_executor``: its executor is stored per *thread*,
 so a replacement made off the loop (where joining a broken pool belongs)
-would be a second pool beside the first; one process-wide reference here
-keeps one pool per driver.
+would be a second pool beside the first; process-wide references here keep
+one pool per size per driver.
 """
 
 from __future__ import annotations
@@ -26,9 +30,9 @@ from loky import cpu_count
 
 from .worker import guard_parent, pid_after
 
-# The default pool and the lock that guards it (see the module docstring).
+# The default pools by size, and the lock that guards them (see the module docstring).
 _lock = threading.Lock()
-_pool: Executor | None = None
+_pools: dict[int, Executor] = {}
 
 #: Seconds an idle default-pool worker lives before it exits (respawned on demand).
 IDLE_TIMEOUT_S = 600
@@ -49,33 +53,37 @@ def default_workers() -> int:
 
 
 def default_executor(max_workers: int | None = None) -> Executor:
-    """The shared loky pool: created on first use, replaced when broken, shut down or resized.
+    """The shared loky pool of ``max_workers`` workers (the machine's size by default):
+    created on first use, replaced when broken or shut down.
 
     Creating it starts no process: workers start on the first submit (the
     process lane makes that one from a thread, off the event loop), and each
     runs ``guard_parent``.
     """
-    global _pool
     n = max_workers or default_workers()
     with _lock:
-        pool = _pool
-        if pool is not None and not is_broken(pool) and executor_workers(pool) == n:
+        pool = _pools.get(n)
+        if pool is not None and not is_broken(pool):
             return pool
-        _pool = loky.ProcessPoolExecutor(
+        fresh: Executor = loky.ProcessPoolExecutor(
             max_workers=n,
             timeout=IDLE_TIMEOUT_S,
             initializer=guard_parent,
             initargs=(os.getpid(),),
         )
+        _pools[n] = fresh
     if pool is not None:
-        # A broken pool's workers are gone already; a resized one finishes what it runs.
+        # A broken pool's workers are gone already; this only joins its threads.
         pool.shutdown(wait=False)
-    return _pool
+    return fresh
 
 
 def is_default_pool(executor: Executor | None) -> bool:
-    """True for None (meaning the default pool) and for the default pool itself."""
-    return executor is None or executor is _pool
+    """True for None (meaning a default pool) and for any of the default pools."""
+    if executor is None:
+        return True
+    with _lock:
+        return any(executor is pool for pool in _pools.values())
 
 
 def is_broken(executor: Executor) -> bool:

@@ -30,6 +30,7 @@ import sys
 import threading
 import time
 import traceback
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass, fields, replace
 from typing import Any
@@ -57,6 +58,7 @@ class CallOutcome:
     load_name: str = ""
     load_start: float = 0.0
     load_end: float = 0.0
+    load_thread: int = 0  # the thread that built it, when not the call's own (0: the call's)
     error: BaseException | None = None
     error_type: str = ""
     error_message: str = ""
@@ -334,7 +336,15 @@ def run_chunk(payload: bytes) -> bytes:
     result cannot travel, fails alone.
     """
     fn_bytes, init, blobs = cloudpickle.loads(payload)
-    fn = _load_fn(fn_bytes)
+    start = time.time()
+    try:
+        fn = _load_fn(fn_bytes)
+    except BaseException as exc:
+        # As run_call says it: every call of the chunk fails the same way, alone.
+        failed = failed_outcome(exc, start, f"could not unpickle the node's function: {exc}")
+        return pickle.dumps(
+            [_encode(failed, len(blob)) for blob in blobs], protocol=pickle.HIGHEST_PROTOCOL
+        )
     results: list[bytes] = []
     for blob in blobs:
         start = time.time()
@@ -385,17 +395,20 @@ def _encode(outcome: CallOutcome, bytes_in: int) -> bytes:
 class Resources:
     """Resources built by ``worker_init`` functions, by the init's key, in one process.
 
-    Invariant: a key is built at most once while its build succeeds (a failed
-    build is not kept, so the next call tries again); ``_lock`` makes
-    concurrent first calls on threads build it once.
+    Invariant: a key is built at most once while it is kept and its build
+    succeeds (a failed build is not kept, so the next call tries again);
+    at most ``keep`` are kept, the least recently used dropped first, so a
+    long-lived worker serving app after app does not hold every model it
+    ever loaded; ``_lock`` makes concurrent first calls on threads build once.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, keep: int = 8) -> None:
         self._lock = threading.Lock()
-        self._built: dict[str, Any] = {}
+        self._built: OrderedDict[str, Any] = OrderedDict()
+        self.keep = keep
 
     def __repr__(self) -> str:
-        return f"<Resources built={len(self._built)} pid={os.getpid()}>"
+        return f"<Resources built={len(self._built)} keep={self.keep} pid={os.getpid()}>"
 
     def __len__(self) -> int:
         return len(self._built)
@@ -404,11 +417,14 @@ class Resources:
         """(resource, (start, end) of its build now, or None when it was built before)."""
         with self._lock:
             if init.key in self._built:
+                self._built.move_to_end(init.key)
                 return self._built[init.key], None
             start = time.time()
             build: Callable[[], Any] = _load_fn(init.data)
             value = build()
             self._built[init.key] = value
+            while len(self._built) > self.keep:
+                self._built.popitem(last=False)
             return value, (start, time.time())
 
 
