@@ -694,3 +694,19 @@ class TestThroughArun:
         # Released at the end: the next run on the thread goes ahead.
         again = await other.arun({"i": 3}, thread_id=t)
         assert again.state.steps[-1] == "third 3"
+
+
+def test_a_backend_missing_part_of_the_lifecycle_cannot_be_made() -> None:
+    """CheckpointerBase's lifecycle methods are abstract: an incomplete backend fails
+    when it is created, not on its first use."""
+    from engine.checkpoint.base import CheckpointerBase
+
+    class Half(CheckpointerBase):
+        def _location(self) -> str:
+            return "nowhere"
+
+        async def setup(self) -> None:
+            return None
+
+    with pytest.raises(TypeError, match="aclose"):
+        Half()  # type: ignore[abstract]

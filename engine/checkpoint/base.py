@@ -14,6 +14,7 @@ Storage layout, the same in every backend::
 
 from __future__ import annotations
 
+import abc
 import builtins
 import enum
 import json
@@ -243,16 +244,21 @@ class Lifecycle(enum.Enum):
     CLOSED = "closed"
 
 
-class CheckpointerBase:
-    """Lifecycle, ``repr`` and context management shared by the backends."""
+class CheckpointerBase(abc.ABC):
+    """Lifecycle, ``repr`` and context management shared by the backends.
+
+    A backend must say where it stores (``_location``), and how it sets up
+    and closes; a class missing one cannot be instantiated.
+    """
 
     # Invariant: ``_lifecycle`` only moves CREATED -> OPEN -> CLOSED (or
     # CREATED -> CLOSED); once CLOSED every storage call raises RuntimeError.
 
     _lifecycle: Lifecycle = Lifecycle.CREATED
 
+    @abc.abstractmethod
     def _location(self) -> str:
-        raise NotImplementedError
+        """Where the checkpoints are, for ``repr`` and messages."""
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._lifecycle.value} {self._location()}>"
@@ -264,11 +270,13 @@ class CheckpointerBase:
                 "'async with' open around every run that uses it"
             )
 
-    async def setup(self) -> None:  # pragma: no cover - every backend overrides
-        raise NotImplementedError
+    @abc.abstractmethod
+    async def setup(self) -> None:
+        """Create what the store needs (idempotent)."""
 
-    async def aclose(self) -> None:  # pragma: no cover - every backend overrides
-        raise NotImplementedError
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Release this checkpointer's locks and close the store (idempotent)."""
 
     async def __aenter__(self) -> Self:
         await self.setup()
