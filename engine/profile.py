@@ -619,13 +619,15 @@ async def measure_dispatch(
 ) -> DispatchCost:
     """Measure what one cpu-lane call costs on ``executor``, the way the lane sends it.
 
-    Round trips of a no-op through ``engine.lanes.worker.run_pickled`` give
+    Round trips of a no-op in the cpu lane's own wire format
+    (``engine.lanes.worker.run_call``: the argument pickled for the worker,
+    the outcome decoded in the driver) give
     the fixed cost (median); round trips carrying ``probe_bytes`` give the
     cost per byte. The pool is warmed first, so process start-up is not
     counted. Takes a few tens of milliseconds on a warm local pool.
     """
     from .lanes.pool import executor_workers
-    from .lanes.worker import run_pickled
+    from .lanes.worker import call_payload, dumps_for_worker, load_outcome, run_call
 
     if samples < 3:
         raise ValueError(f"samples must be >= 3, got {samples}")
@@ -635,9 +637,9 @@ async def measure_dispatch(
 
     async def round_trip(arg: bytes) -> float:
         t0 = time.perf_counter()
-        payload = cloudpickle.dumps((fn_bytes, arg))
-        data = await loop.run_in_executor(executor, run_pickled, payload)
-        cloudpickle.loads(data)
+        payload = call_payload(fn_bytes, dumps_for_worker(arg))
+        data = await loop.run_in_executor(executor, run_call, payload)
+        load_outcome(data)
         return time.perf_counter() - t0
 
     # Warm every worker (start-up is not dispatch), concurrently.

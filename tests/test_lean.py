@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 
 from engine import START, Graph, GraphError
 from engine.lanes.pool import default_executor
-from engine.lanes.worker import run_pickled
+from engine.lanes.worker import CallOutcome, call_payload, dumps_for_worker, load_outcome, run_call
 from engine.lean import (
     Reads,
     StateView,
@@ -195,11 +195,7 @@ class TestProjection:
     async def test_view_crosses_a_real_process_boundary(self) -> None:
         """A StateView is sent to a worker the way the cpu lane sends inputs, and read there."""
         view = infer_reads("n", unannotated, Big, ["query"]).project(big_state(10))  # type: ignore[union-attr]
-        payload = cloudpickle.dumps((cloudpickle.dumps(topic_length), view))
-        loop = asyncio.get_running_loop()
-        outcome = cloudpickle.loads(
-            await loop.run_in_executor(default_executor(), run_pickled, payload)
-        )
+        outcome = await round_trip(default_executor(), cloudpickle.dumps(topic_length), view)
         assert outcome.ok and outcome.value == len("what is lean dispatch")
         assert outcome.bytes_in < 4096
 
@@ -208,13 +204,11 @@ class TestProjection:
         reads = infer_reads("n", unannotated, Big, ["query"])
         assert reads is not None
         fn_bytes = cloudpickle.dumps(topic_length)
-        loop = asyncio.get_running_loop()
         pool = default_executor()
 
         async def dispatch(state: Big) -> float:
             t0 = time.perf_counter()
-            payload = cloudpickle.dumps((fn_bytes, reads.project(state)))
-            cloudpickle.loads(await loop.run_in_executor(pool, run_pickled, payload))
+            await round_trip(pool, fn_bytes, reads.project(state))
             return time.perf_counter() - t0
 
         big, tiny = big_state(10), Big(query="what is lean dispatch")
@@ -228,13 +222,18 @@ class TestProjection:
         assert statistics.median(ratios) <= 1.2, ratios
 
         full = time.perf_counter()
-        cloudpickle.loads(
-            await loop.run_in_executor(
-                pool, run_pickled, cloudpickle.dumps((fn_bytes, StateView("n", {"query": big})))
-            )
-        )
+        await round_trip(pool, fn_bytes, StateView("n", {"query": big}))
         full = time.perf_counter() - full
         assert full > 3 * t  # without projection the big state is the cost
+
+
+async def round_trip(pool: Any, fn_bytes: bytes, arg: Any) -> CallOutcome:
+    """One call to a worker in the cpu lane's own wire format (``run_call``)."""
+    payload = call_payload(fn_bytes, dumps_for_worker(arg))
+    data = await asyncio.get_running_loop().run_in_executor(pool, run_call, payload)
+    outcome, _, error = load_outcome(data)
+    assert error is None, error
+    return outcome
 
 
 class TestPayloadWarning:

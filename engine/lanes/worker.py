@@ -201,22 +201,6 @@ def _load_fn(fn_bytes: bytes) -> Callable[..., Any]:
     return fn
 
 
-def run_pickled(payload: bytes) -> bytes:
-    """Worker entry point: unpickle a call, run it, pickle the outcome."""
-    start = time.time()
-    try:
-        fn_bytes, arg = cloudpickle.loads(payload)
-        fn = _load_fn(fn_bytes)
-    except BaseException as exc:
-        outcome = failed_outcome(
-            exc, start, f"could not unpickle the node's function or input: {exc}"
-        )
-    else:
-        outcome = timed_call(fn, arg)
-    outcome = replace(outcome, bytes_in=len(payload))
-    return dump_outcome(outcome)
-
-
 def failed_outcome(exc: BaseException, start: float, message: str | None = None) -> CallOutcome:
     """A failed outcome for ``exc`` raised here, outside the node (e.g. unpickling)."""
     return CallOutcome(
@@ -235,38 +219,12 @@ def failed_outcome(exc: BaseException, start: float, message: str | None = None)
     )
 
 
-def dump_outcome(outcome: CallOutcome) -> bytes:
-    """Pickle one outcome; a value or error that cannot travel fails only its call."""
-    try:
-        return cloudpickle.dumps(outcome)
-    except BaseException as exc:
-        if outcome.ok:
-            # The node's result cannot travel back: say which type, keep the pool usable.
-            msg = (
-                f"the node's result of type {type(outcome.value).__name__} cannot be "
-                f"pickled to return from the worker: {type(exc).__name__}: {exc}"
-            )
-        else:
-            msg = f"{outcome.error_type}: {outcome.error_message} (exception not picklable)"
-        failed = replace(
-            outcome,
-            ok=False,
-            value=None,
-            error=None,
-            error_type=outcome.error_type or type(exc).__qualname__,
-            error_message=msg,
-            traceback_text=outcome.traceback_text or "".join(traceback.format_exception(exc)),
-        )
-        return cloudpickle.dumps(failed)
-
-
 # -- the cpu lane's entry points -------------------------------------------------
 #
-# ``run_pickled`` above returns one pickled CallOutcome (the format other
-# modules and tests read). The process lane uses ``run_call``, which pickles
-# the value apart from the rest, so a value the driver cannot unpickle costs
-# only the value (the outcome's head always loads) and the message can name
-# the value's type.
+# One wire format, ``run_call``'s (``run_chunk`` returns a list of them): the
+# value is pickled apart from the rest, so a value the driver cannot unpickle
+# costs only the value (the outcome's head always loads) and the message can
+# name the value's type. ``load_outcome`` is the driver's side.
 
 #: What ``run_marked`` returns for a call the driver took back before it started.
 NOT_RUN = b""
