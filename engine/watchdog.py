@@ -39,7 +39,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import CodeType, FrameType
 from typing import Any, Literal
@@ -147,6 +147,23 @@ class _Entry:
     start: float  # perf_counter
 
 
+class _Running:
+    """One registration in the watchdog's registry (a plain class: it runs per call)."""
+
+    __slots__ = ("_entry", "_key", "_wd")
+
+    def __init__(self, wd: LoopWatchdog, entry: _Entry) -> None:
+        self._wd = wd
+        self._entry = entry
+        self._key = -1
+
+    def __enter__(self) -> None:
+        self._key = self._wd._enter(self._entry)
+
+    def __exit__(self, *exc: object) -> None:
+        self._wd._leave(self._key, self._entry)
+
+
 class _Episode:
     """What the sampler saw while one beat was stale: time and CPU per culprit.
 
@@ -225,6 +242,7 @@ class LoopWatchdog:
         self._state = _State.CREATED
         self._lock = threading.Lock()
         self._entries: dict[int, _Entry] = {}
+        self._codes: dict[Any, frozenset[CodeType]] = {}  # per node function, for the run
         self._recent: deque[tuple[_Entry, float]] = deque(maxlen=256)
         self._episode: _Episode | None = None
         self._next_id = 0
@@ -300,26 +318,33 @@ class LoopWatchdog:
 
     # -- the registry the scheduler updates ----------------------------------
 
-    @contextlib.contextmanager
     def running(
         self, node: str, *, index: int = -1, fn: Callable[..., Any] | None = None
-    ) -> Iterator[None]:
+    ) -> contextlib.AbstractContextManager[None]:
         """Mark a node call as running on the loop for the duration of the block."""
         try:
             task: asyncio.Task[Any] | None = asyncio.current_task()
         except RuntimeError:  # not on a loop (a sync test): the frame match still works
             task = None
-        entry = _Entry(node, index, task, _codes_of(fn), time.perf_counter())
+        try:
+            codes = self._codes[fn]
+        except KeyError:
+            codes = self._codes[fn] = _codes_of(fn)
+        except TypeError:  # an unhashable callable: not cached
+            codes = _codes_of(fn)
+        return _Running(self, _Entry(node, index, task, codes, time.perf_counter()))
+
+    def _enter(self, entry: _Entry) -> int:
         with self._lock:
             key = self._next_id
             self._next_id += 1
             self._entries[key] = entry
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._entries.pop(key, None)
-                self._recent.append((entry, time.perf_counter()))
+        return key
+
+    def _leave(self, key: int, entry: _Entry) -> None:
+        with self._lock:
+            self._entries.pop(key, None)
+            self._recent.append((entry, time.perf_counter()))
 
     def on_loop(self) -> list[str]:
         """Names of the node calls registered as running on the loop now."""

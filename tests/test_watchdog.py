@@ -211,6 +211,24 @@ class TestLifecycle:
                 raise ValueError("boom")
             assert wd.on_loop() == []
 
+    async def test_unhashable_callable_node_is_still_recognised(self) -> None:
+        """A node that is a callable object without __hash__ is registered and named."""
+
+        class Scorer:
+            __hash__ = None  # type: ignore[assignment]  # e.g. a dataclass with eq=True
+
+            def __call__(self, seconds: float) -> int:
+                return burn(seconds)
+
+        scorer = Scorer()
+        async with LoopWatchdog() as wd:
+            await asyncio.sleep(0.03)
+            with wd.running("scorer", fn=scorer):
+                scorer(0.2)
+            await asyncio.sleep(0.03)
+        (report,) = wd.reports
+        assert report.nodes == ("scorer",) and set(wd.blamed()) == {"scorer"}
+
     async def test_outer_cancellation_propagates_through_aclose(self) -> None:
         """Cancelling the task that closes the watchdog is not swallowed."""
         started = asyncio.Event()
