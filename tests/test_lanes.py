@@ -130,7 +130,8 @@ class TestCpuLane:
             assert r.trace.for_node(name)[0].cpu_s >= 0.45
         # ... and the loop never stalled meanwhile.
         gaps = [b - a for a, b in itertools.pairwise(ticks)]
-        assert len(ticks) > 20 and max(gaps) < 0.1
+        # (a 0.5 s burn on the loop would leave a 0.5 s gap; a busy host may delay a tick)
+        assert len(ticks) > 20 and max(gaps) < 0.25
 
     async def test_async_node_on_cpu_lane_runs_in_worker(self) -> None:
         """lane='cpu' on an async def runs it on a loop inside a worker process."""

@@ -102,7 +102,7 @@ class TestDetection:
         """A synchronous sleep blocks the loop with almost no CPU, and the report says so."""
         wd, _ = await watch(("sleeper", functools.partial(sleepy_hog, 0.2)))
         (report,) = wd.reports
-        assert report.nodes == ("sleeper",) and report.cpu_s < 0.05
+        assert report.nodes == ("sleeper",) and report.cpu_s < 0.25 * report.lag_s
         assert "a blocking wait" in report.message()
 
     async def test_short_blocks_are_not_reported(self) -> None:
