@@ -58,6 +58,22 @@ def min_cpu_s(fn: Callable[[], object], runs: int = 3) -> float:
     return best
 
 
+def min_cpu_s_in_turns(
+    a: Callable[[], object], b: Callable[[], object], turns: int = 5
+) -> tuple[float, float]:
+    """The least CPU time of ``a`` and of ``b``, measured in turns (a, b, a, b...).
+
+    This VM's CPU runs up to ~1.5x faster while its other core idles: measured
+    in turns, both minima come from the same quiet moments, so their ratio is
+    not a slow moment's over a fast one's.
+    """
+    best_a = best_b = float("inf")
+    for _ in range(turns):
+        best_a = min(best_a, min_cpu_s(a, runs=1))
+        best_b = min(best_b, min_cpu_s(b, runs=1))
+    return best_a, best_b
+
+
 def in_two_threads(fn: Callable[[], object]) -> tuple[float, float]:
     """Run ``fn`` in two threads at once: (wall seconds, process CPU seconds)."""
     threads = [threading.Thread(target=fn) for _ in range(2)]
@@ -239,10 +255,13 @@ class TestCalibration:
     def test_work_scales_linearly(self) -> None:
         """Four times the units cost 2.5x to 6x the CPU time (20 units: enough that the
         set-up, ~3 units' worth, cannot flatten the ratio; fixed, not calibrated, so a
-        calibration taken while the machine was slow cannot shrink them)."""
+        calibration taken while the machine was slow cannot shrink them). Measured in
+        turns: CI once read 2.3x measuring one size after the other. Square-root
+        scaling would read 2x."""
         units = 20
-        one = min_cpu_s(lambda: process(TEXT, units))
-        four = min_cpu_s(lambda: process(TEXT, 4 * units))
+        one, four = min_cpu_s_in_turns(
+            lambda: process(TEXT, units), lambda: process(TEXT, 4 * units)
+        )
         assert 2.5 <= four / one <= 6.0, (units, one, four)
 
     def test_genai_holds_the_gil(self) -> None:
@@ -269,8 +288,9 @@ class TestGilRelease:
         cal = gil_release.calibrate(target_s=0.02, repeats=3)
         assert cal.ms_per_unit > 0 and cal.workload == "gil_release"
         units = gil_release.units_for(0.03, cal)
-        one = min_cpu_s(lambda: gil_release.process("x", units))
-        four = min_cpu_s(lambda: gil_release.process("x", 4 * units))
+        one, four = min_cpu_s_in_turns(
+            lambda: gil_release.process("x", units), lambda: gil_release.process("x", 4 * units)
+        )
         assert 2.5 <= four / one <= 6.0, (units, one, four)
 
     @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
