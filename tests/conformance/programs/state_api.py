@@ -33,6 +33,7 @@ builder.add_edge(START, "write")
 builder.add_edge("write", "review")
 builder.add_conditional_edges("review", route, ["write", END])
 graph = builder.compile(checkpointer=InMemorySaver())
+unsaved = builder.compile()
 
 
 def scenario(rec):
@@ -67,8 +68,16 @@ def scenario(rec):
     rec("branch state", graph.get_state(branch))
     rec("branch invoke", graph.invoke(None, branch))
 
-    # A thread nobody ran.
+    # A thread nobody ran, then one that starts with an update instead of a run.
     rec("empty thread", graph.get_state({"configurable": {"thread_id": "nobody"}}))
+    fresh = {"configurable": {"thread_id": "fresh"}}
+    rec("update_state on a new thread", graph.update_state(fresh, {"topic": "moths"}))
+    rec("state of the new thread", graph.get_state(fresh))
+
+    # Misuse.
+    rec.call("update_state as an unknown node", graph.update_state, config, {}, as_node="nope")
+    rec.call("get_state without a checkpointer", unsaved.get_state, config, message=False)
+    rec.call("invoke without a thread_id", graph.invoke, {"topic": "x"}, message=False)
 
     # The async twins see the same thread.
     async def main():
