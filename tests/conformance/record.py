@@ -108,7 +108,8 @@ def encode_error(exc: BaseException, message: bool | None = None) -> dict[str, E
         if cls.__module__ == "builtins" and cls not in (object, BaseException, Exception)
     ]
     out: dict[str, Encoded] = {"<error>": type(exc).__name__, "bases": bases}
-    if message if message is not None else not _is_library_error(exc):
+    keep_message = not _is_library_error(exc) if message is None else message
+    if keep_message:
         out["message"] = str(exc)
     return out
 

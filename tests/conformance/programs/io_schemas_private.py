@@ -52,4 +52,8 @@ def scenario(rec):
         graph.invoke({"question": "how?", "notes": "x"}),
     )
     rec.stream("stream values", graph.stream({"question": "why?"}, stream_mode="values"))
+    rec.stream(
+        "stream values, a key outside the input schema",
+        graph.stream({"question": "how?", "notes": "x"}, stream_mode="values"),
+    )
     rec.stream("stream updates", graph.stream({"question": "why?"}, stream_mode="updates"))
