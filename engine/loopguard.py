@@ -53,7 +53,6 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from types import CodeType
 from typing import Any, Protocol
@@ -71,8 +70,7 @@ from .blocks import (
 )
 from .blocks import __file__ as _blocks_file
 from .perloop import PerLoop
-
-Clock = Callable[[], float]
+from .resources import Clock, SystemClock
 
 #: Calls that left the registry, kept per run for the fallback window.
 RECENT_PER_RUN = 256
@@ -91,9 +89,9 @@ class Watcher(Protocol):
 class Beat:
     """One heartbeat of the monitor: the wake-up it expects, and the clocks when it slept."""
 
-    t: float  # the guard's clock
+    t: float  # the guard's clock.monotonic()
     cpu: float  # the loop thread's CPU time (time.thread_time on the loop)
-    wall: float  # time.time()
+    wall: float  # the guard's clock.time()
     interval: float  # the sleep that follows; late past t + interval is lag
 
     def lag(self, now: float) -> float:
@@ -136,9 +134,10 @@ class LoopGuard:
     """Watches one event loop for every run attached to it.
 
     Runs attach through ``LoopWatchdog`` (normally to the loop's shared
-    guard, ``acquire_guard``/``release_guard``); a guard built by hand, with a clock the
-    test drives, serves tests. ``clock`` times beats and registry windows;
-    the loop thread's CPU and run-queue clocks are read as they are.
+    guard, ``acquire_guard``/``release_guard``); a guard built by hand, with a
+    ``FakeClock`` the test drives, serves tests. ``clock`` times the beats,
+    the monitor's sleeps, the samples and the registry's windows; the loop
+    thread's CPU and run-queue clocks are read as they are.
 
     Invariant: the monitor task exists exactly while RUNNING, the sampler
     thread while RUNNING and some attached run asked for it; ``_watchers``
@@ -153,10 +152,10 @@ class LoopGuard:
         self,
         loop: asyncio.AbstractEventLoop,
         *,
-        clock: Clock = time.perf_counter,
+        clock: Clock | None = None,
     ) -> None:
         self._loop_ref = weakref.ref(loop)
-        self._clock = clock
+        self._clock: Clock = clock if clock is not None else SystemClock()
         self._lock = threading.Lock()
         self._state = _State.CREATED
         self._watchers: dict[int, Watcher] = {}
@@ -292,7 +291,7 @@ class LoopGuard:
         return key
 
     def _leave(self, key: int, entry: _Entry) -> None:
-        left = self._clock()
+        left = self._clock.monotonic()
         with self._lock:
             self._entries.pop(key, None)
             recent = self._recent.get(entry.owner)
@@ -307,14 +306,15 @@ class LoopGuard:
     # -- the loop side ---------------------------------------------------
 
     def _new_beat(self) -> Beat:
-        return Beat(self._clock(), time.thread_time(), time.time(), self._interval)
+        clock = self._clock
+        return Beat(clock.monotonic(), time.thread_time(), clock.time(), self._interval)
 
     async def _watch(self) -> None:
         while True:
             beat = self._beat
             assert beat is not None
-            await asyncio.sleep(max(0.0, beat.t + beat.interval - self._clock()))
-            now = self._clock()
+            await self._clock.sleep(beat.t + beat.interval - self._clock.monotonic())
+            now = self._clock.monotonic()
             self._beat = self._new_beat()  # first: the sampler judges staleness by it
             lag = beat.lag(now)
             if lag >= self._threshold:
@@ -332,7 +332,7 @@ class LoopGuard:
         beat = self._beat
         if beat is None or self._state is not _State.RUNNING:
             return
-        lag = beat.lag(self._clock())
+        lag = beat.lag(self._clock.monotonic())
         if lag >= self._threshold:
             self._report(beat, lag, time.thread_time() - beat.cpu, only=owner)
 
@@ -391,7 +391,7 @@ class LoopGuard:
         taken while the loop was stuck.
         """
         beat = self._beat
-        now = self._clock()
+        now = self._clock.monotonic()
         if beat is None or now - beat.t < beat.interval + self._threshold / 2:
             self._calm = (now, self._loop_cpu(), self._loop_queued())
             return
@@ -435,7 +435,7 @@ class LoopGuard:
             who, how = tuple(sorted(by_frame)), "frame"
         else:
             who, how = (), "none"
-        now, cpu, queued = self._clock(), self._loop_cpu(), self._loop_queued()
+        now, cpu, queued = self._clock.monotonic(), self._loop_cpu(), self._loop_queued()
         with self._lock:
             episode = self._episode
             if episode is None or episode.beat != beat:
@@ -473,7 +473,6 @@ def shared_guard(loop: asyncio.AbstractEventLoop) -> LoopGuard | None:
 
 __all__ = [
     "Beat",
-    "Clock",
     "LoopGuard",
     "Watcher",
     "acquire_guard",
