@@ -52,7 +52,7 @@ import sys
 import threading
 import time
 import weakref
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 from types import CodeType
 from typing import Any, Protocol
@@ -82,7 +82,7 @@ class Watcher(Protocol):
     threshold_s: float
     interval_s: float
 
-    def deliver(self, report: BlockReport) -> None: ...
+    def deliver(self, report: BlockReport, *, runs_told: int, lead: bool) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -145,7 +145,8 @@ class LoopGuard:
     that left the registry, ``_entries`` the calls inside ``running()``
     now. ``_lock`` guards ``_watchers``, ``_entries``, ``_recent``,
     ``_episode`` and ``_flushed``, the state shared with the sampler.
-    ``_interval``/``_threshold`` are the smallest of the attached runs'.
+    ``_interval``/``_threshold`` are the smallest of the attached runs'
+    (``_intervals``/``_thresholds`` count the runs asking for each value).
     """
 
     def __init__(
@@ -162,12 +163,16 @@ class LoopGuard:
         self._entries: dict[int, _Entry] = {}
         self._recent: dict[int, deque[tuple[_Entry, float]]] = {}
         self._flushed: dict[int, float] = {}  # run key -> the beat its end reported
+        self._led: float | None = None  # the last beat whose unpinned block a run announced
         self._next_key = 0
         self._episode: Episode | None = None
         self._beat: Beat | None = None
         self._calm: tuple[float, float | None, float] = (0.0, None, 0.0)  # last calm reading
         self._interval = 0.0
         self._threshold = 0.0
+        # How many attached runs ask for each sampling interval and threshold.
+        self._intervals: Counter[float] = Counter()
+        self._thresholds: Counter[float] = Counter()
         self._loop_thread: int | None = None
         self._loop_clock: int | None = None  # CPU clock of the loop thread (Linux)
         self._loop_schedstat = ""  # its /proc schedstat: run-queue delay (Linux)
@@ -203,6 +208,8 @@ class LoopGuard:
             self._next_key += 1
             self._watchers[key] = watcher
             self._recent[key] = deque(maxlen=RECENT_PER_RUN)
+            self._intervals[watcher.interval_s] += 1
+            self._thresholds[watcher.threshold_s] += 1
             self._retune()
         if self._state is _State.CREATED:
             self._start()
@@ -216,16 +223,25 @@ class LoopGuard:
     def detach(self, key: int) -> None:
         """Stop watching for run ``key`` (its calls have all left the registry)."""
         with self._lock:
-            self._watchers.pop(key, None)
+            watcher = self._watchers.pop(key, None)
             self._recent.pop(key, None)
             self._flushed.pop(key, None)
+            if watcher is not None:
+                for counts, value in (
+                    (self._intervals, watcher.interval_s),
+                    (self._thresholds, watcher.threshold_s),
+                ):
+                    counts[value] -= 1
+                    if counts[value] <= 0:
+                        del counts[value]
             if self._watchers:
                 self._retune()
 
     def _retune(self) -> None:
-        # Under _lock: sample as finely as the most demanding run asks.
-        self._interval = min(w.interval_s for w in self._watchers.values())
-        self._threshold = min(w.threshold_s for w in self._watchers.values())
+        # Under _lock: sample as finely as the most demanding run asks (the
+        # counts hold few distinct values, however many runs are attached).
+        self._interval = min(self._intervals)
+        self._threshold = min(self._thresholds)
 
     def _start(self) -> None:
         loop = self._loop_ref()
@@ -343,27 +359,35 @@ class LoopGuard:
             if only is None:
                 self._episode = None  # the monitor's wake-up ends the episode
             parts = dict(episode.parts) if episode is not None else {}
-            keys = [only] if only is not None else list(self._watchers)
+            pinned = owners(parts)
+            keys = [only] if only is not None else list(pinned or self._watchers)
+            # The nodes each run had on the loop in the window, in one pass.
+            window: dict[int, set[str]] = {}
+            for e in self._entries.values():
+                window.setdefault(e.owner, set()).add(e.node)
             targets = []
             for key in keys:
                 watcher = self._watchers.get(key)
                 if watcher is None or lag < watcher.threshold_s:
                     continue
+                if pinned and key not in pinned:
+                    continue  # caught other runs' nodes: theirs to hear
                 if self._flushed.get(key) == beat.t:
                     continue  # its end reported this block already
                 if only is not None:
                     self._flushed[key] = beat.t
-                window = {e.node for e in self._entries.values() if e.owner == key} | {
-                    e.node for e, left in self._recent.get(key, ()) if left >= beat.t
-                }
-                targets.append((key, watcher, tuple(sorted(window))))
-        pinned = owners(parts)
+                nodes = window.get(key, set())
+                nodes |= {e.node for e, left in self._recent.get(key, ()) if left >= beat.t}
+                targets.append((key, watcher, tuple(sorted(nodes))))
+        # One block of no node, told to many runs, is announced by one of them
+        # (the first told: at a run's end or at the monitor's wake-up).
+        lead = not pinned and self._led != beat.t
+        if lead and targets:
+            self._led = beat.t
         start = beat.wall + beat.interval
-        for key, watcher, fallback in targets:
-            if pinned and key not in pinned:
-                continue  # caught other runs' nodes: theirs to hear
+        for i, (key, watcher, fallback) in enumerate(targets):
             report = build_report(key, start, lag, min(cpu, lag), parts, fallback)
-            watcher.deliver(report)
+            watcher.deliver(report, runs_told=len(targets), lead=lead and i == 0)
 
     # -- the sampler thread ----------------------------------------------
 

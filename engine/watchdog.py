@@ -194,19 +194,25 @@ class LoopWatchdog:
 
     # -- what the guard hands this run -----------------------------------------
 
-    def deliver(self, report: BlockReport) -> None:
-        """Record one report of this run and tell the run (on the loop thread)."""
+    def deliver(self, report: BlockReport, *, runs_told: int = 1, lead: bool = True) -> None:
+        """Record one report of this run and tell the run (on the loop thread).
+
+        ``runs_told``: how many runs on the loop hear of this block; ``lead``:
+        this run announces a block no node was caught in, for all of them.
+        """
         lag = report.lag_s
         self.reports.append(report)
         self.samples.append(LagSample(report.start, lag))
         self.samples.append(LagSample(report.end, 0.0))
-        # Warn when a node is pinned down as the culprit or the loop thread was
-        # busy computing; a lag with neither is most often the machine running
+        # Warn when the run's node is pinned down as the culprit, or (once for
+        # all the runs told) when the loop thread was busy computing in no
+        # node's code; a lag with neither is most often the machine running
         # something else (a preempted loop), which is no bug of the user's.
-        warn = report.pinned or report.cpu_s >= 0.5 * lag
+        warn = report.pinned or (lead and report.cpu_s >= 0.5 * lag)
         (log.warning if warn else log.debug)(
             "loop_blocked",
             run_id=self.run_id,
+            runs_told=runs_told,
             lag_ms=round(lag * 1e3, 1),
             cpu_ms=round(report.cpu_s * 1e3, 1),
             nodes=list(report.nodes),
