@@ -14,6 +14,7 @@ import threading
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from engine.events import LoopBlocked
 from engine.loopguard import LoopGuard, shared_guard
@@ -263,3 +264,27 @@ class TestSharing:
             loop.close()
         sampler.join(10)
         assert not sampler.is_alive() and shared_guard(loop) is None
+
+
+class TestAnnouncing:
+    async def test_a_block_of_no_node_told_to_many_runs_is_one_warning(self) -> None:
+        """The loop busy computing in no node's code, three runs attached: each gets its
+        event and report, one of them warns (runs_told=3), the others log at debug."""
+        clock = FakeClock()
+        guard = guard_on(clock)
+        runs = [run_watch(guard, f"r{i}") for i in range(3)]
+        try:
+            for wd in runs:
+                wd.start()
+            with capture_logs() as logs:
+                burn(0.08)  # real CPU on the loop thread: the report's cpu_s
+                hold_loop(guard, clock, 0.1)
+                await until(lambda: all(wd.reports for wd in runs))
+            lines = [e for e in logs if e["event"] == "loop_blocked"]
+            assert len(lines) == 3 and {e["runs_told"] for e in lines} == {3}
+            assert [e["log_level"] for e in lines].count("warning") == 1
+            assert all(wd.reports[0].culprit == "none" for wd in runs)
+        finally:
+            for wd in runs:
+                await wd.aclose()
+            await guard.aclose()
