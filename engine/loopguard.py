@@ -37,7 +37,7 @@ window (or none). A run that ends while the loop's beat is late reports the
 block it measured to itself (``flush``) before it finishes: the monitor
 would wake only after the run is gone.
 
-The loops' guards live in the ``PerLoop`` registry ``_GUARDS`` (process-wide
+The loops' guards live in the ``PerLoop`` registry ``GUARDS`` (process-wide
 state, documented in ``engine.perloop``): created lazily by a loop's first
 run, closed by its last, or by the sampler when it finds the loop closed.
 """
@@ -134,7 +134,7 @@ class LoopGuard:
     """Watches one event loop for every run attached to it.
 
     Runs attach through ``LoopWatchdog`` (normally to the loop's shared
-    guard, ``acquire_guard``/``release_guard``); a guard built by hand, with a
+    guard, through ``GUARDS``); a guard built by hand, with a
     ``FakeClock`` the test drives, serves tests. ``clock`` times the beats,
     the monitor's sleeps, the samples and the registry's windows; the loop
     thread's CPU and run-queue clocks are read as they are.
@@ -405,7 +405,7 @@ class LoopGuard:
         self._state = _State.CLOSED
         self._monitor = None  # a task of a closed loop; dropping it frees the loop
         if loop is not None:
-            _GUARDS.discard(loop, self)
+            GUARDS.discard(loop, self)
 
     def sample(self) -> None:
         """One look at the loop: calm, or blocked (then note who runs on it).
@@ -469,38 +469,9 @@ class LoopGuard:
             episode.add(who, how, place, now, cpu, queued)
 
 
-# The loops' shared guards (see the module docstring and engine.perloop).
-_GUARDS: PerLoop[LoopGuard] = PerLoop(LoopGuard)
+#: The loops' shared guards: ``GUARDS.acquire(loop)``, ``await GUARDS.release(loop,
+#: guard)``, ``GUARDS.peek(loop)`` (see the module docstring and engine.perloop).
+GUARDS: PerLoop[LoopGuard] = PerLoop(LoopGuard)
 
 
-def acquire_guard(loop: asyncio.AbstractEventLoop) -> LoopGuard:
-    """The guard ``loop``'s runs share, created on first use; pair with
-    ``release_guard``."""
-    return _GUARDS.acquire(loop)
-
-
-async def release_guard(loop: asyncio.AbstractEventLoop, guard: LoopGuard) -> None:
-    """Give the guard back; the last run on the loop closes it."""
-    if _GUARDS.release(loop, guard):
-        await guard.aclose()
-
-
-def unregister_guard(loop: asyncio.AbstractEventLoop, guard: LoopGuard) -> None:
-    """Give back a guard no run attached to (an attach that failed): it never started."""
-    _GUARDS.release(loop, guard)
-
-
-def shared_guard(loop: asyncio.AbstractEventLoop) -> LoopGuard | None:
-    """The guard ``loop``'s runs share now, if any (creates none)."""
-    return _GUARDS.peek(loop)
-
-
-__all__ = [
-    "Beat",
-    "LoopGuard",
-    "Watcher",
-    "acquire_guard",
-    "release_guard",
-    "shared_guard",
-    "unregister_guard",
-]
+__all__ = ["GUARDS", "Beat", "LoopGuard", "Watcher"]

@@ -24,9 +24,14 @@ import asyncio
 import threading
 import weakref
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
-T = TypeVar("T")
+
+class Closable(Protocol):
+    async def aclose(self) -> None: ...
+
+
+T = TypeVar("T", bound=Closable)
 
 
 class _Slot(Generic[T]):
@@ -42,8 +47,8 @@ class PerLoop(Generic[T]):
 
     Invariant: an entry exists exactly while at least one user holds its
     item (or until ``discard``); ``_lock`` guards ``_slots`` and every
-    count. Items are created and released under the lock, never closed
-    under it: closing is the caller's, told by ``release`` returning True.
+    count. Items are created and counted under the lock, never closed under
+    it: the last user's ``release`` closes its item after the entry left.
     """
 
     def __init__(self, create: Callable[[asyncio.AbstractEventLoop], T]) -> None:
@@ -67,24 +72,27 @@ class PerLoop(Generic[T]):
             slot.users += 1
             return slot.item
 
-    def release(self, loop: asyncio.AbstractEventLoop, item: T) -> bool:
-        """Give ``item`` back; True when the caller was its last user and must close it.
+    async def release(self, loop: asyncio.AbstractEventLoop, item: T) -> None:
+        """Give ``item`` back; the last user closes it.
 
-        False too when the item had already left the registry (``discard``):
-        whoever discarded it closes it.
+        An item that already left the registry (``discard``) is its
+        discarder's to close.
         """
         with self._lock:
             slot = self._slots.get(loop)
             if slot is None or slot.item is not item:
-                return False
+                return
             slot.users -= 1
             if slot.users > 0:
-                return False
+                return
             del self._slots[loop]
-            return True
+        await item.aclose()
 
     def discard(self, loop: asyncio.AbstractEventLoop, item: T) -> bool:
-        """Drop ``item`` whatever its users (its loop closed); True if it was registered."""
+        """Drop ``item`` whatever its users (its loop closed); True if it was registered.
+
+        The caller closes it (or it dies with its loop).
+        """
         with self._lock:
             slot = self._slots.get(loop)
             if slot is None or slot.item is not item:
@@ -93,10 +101,10 @@ class PerLoop(Generic[T]):
             return True
 
     def peek(self, loop: asyncio.AbstractEventLoop) -> T | None:
-        """The loop's object if one exists now (for tests and diagnostics); creates none."""
+        """The loop's object if one exists now; creates none."""
         with self._lock:
             slot = self._slots.get(loop)
             return slot.item if slot is not None else None
 
 
-__all__ = ["PerLoop"]
+__all__ = ["Closable", "PerLoop"]

@@ -34,7 +34,7 @@ from .events import LoopBlocked
 from .lanes.placement import runs_on_loop
 from .lanes.worker import hostname
 from .logs import get_logger
-from .loopguard import LoopGuard, acquire_guard, release_guard, unregister_guard
+from .loopguard import GUARDS, LoopGuard
 from .marks import Mark
 from .profile import Blame
 
@@ -122,15 +122,11 @@ class LoopWatchdog:
         if self._state is not _State.CREATED:
             raise RuntimeError(f"{self!r} was already started; create one watchdog per run")
         loop = asyncio.get_running_loop()
-        guard = self._given_guard or acquire_guard(loop)
+        guard = self._given_guard or GUARDS.acquire(loop)
         self._loop, self._guard = loop, guard
         self.samples.append(LagSample(time.time(), 0.0))
-        try:
-            self._key = guard.attach(self, sampler=self._use_sampler)
-        except BaseException:
-            if self._given_guard is None:
-                unregister_guard(loop, guard)
-            raise
+        # A registered guard is open (a closing one left the registry first).
+        self._key = guard.attach(self, sampler=self._use_sampler)
         self._state = _State.RUNNING
 
     async def aclose(self) -> None:
@@ -146,7 +142,7 @@ class LoopWatchdog:
         if self.samples and self.samples[-1].lag_s != 0.0:
             self.samples.append(LagSample(time.time(), 0.0))
         if self._given_guard is None:
-            await release_guard(loop, guard)
+            await GUARDS.release(loop, guard)
 
     # -- the registry the scheduler updates ----------------------------------
 

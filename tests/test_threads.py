@@ -12,7 +12,7 @@ import pytest
 
 from engine import START, Graph, NodeStarted, NodeTimeoutError, Send
 from engine.lanes import LaneRunner
-from engine.lanes.threads import LoopThreads, shared_threads
+from engine.lanes.threads import POOLS, LoopThreads
 from tests.support import State, thread_probe
 
 pytestmark = pytest.mark.timeout(60)
@@ -32,12 +32,12 @@ class TestSharedPool:
             b.call("y", "thread", native_thread, None, is_coroutine=False),
         )
         assert all(o.ok for o in out)
-        pool = shared_threads(loop)
+        pool = POOLS.peek(loop)
         assert pool is not None and a._thread_pool() is pool is b._thread_pool()
         await a.aclose()
-        assert shared_threads(loop) is pool  # b still holds it
+        assert POOLS.peek(loop) is pool  # b still holds it
         await b.aclose()
-        assert shared_threads(loop) is None and "closed" in repr(pool)
+        assert POOLS.peek(loop) is None and "closed" in repr(pool)
         with pytest.raises(RuntimeError, match="closed"):
             await pool.run(lambda: None)
 
@@ -143,12 +143,12 @@ class TestThroughTheApp:
         held = asyncio.create_task(holder.compile().arun({}, mode="concurrent", on_event=on_event))
         try:
             await asyncio.wait_for(holding.wait(), timeout=10)
-            pool = shared_threads(loop)
+            pool = POOLS.peek(loop)
             with pytest.raises(NodeTimeoutError):
                 await stalls.compile().arun({}, mode="concurrent")
             r = await asyncio.wait_for(quick.compile().arun({}, mode="concurrent"), timeout=10)
             assert "q" in r.state.probes
-            assert shared_threads(loop) is pool and pool is not None and pool.retired >= 1
+            assert POOLS.peek(loop) is pool and pool is not None and pool.retired >= 1
         finally:
             release.set()
             gate.set()

@@ -39,7 +39,7 @@ from .batching import Batch, ChunkPlan, replan
 from .placement import Placement, place
 from .pool import default_workers, executor_workers
 from .process import ProcessLane, WorkerLost, describe_exit, is_worker_crash
-from .threads import LoopThreads, acquire_threads, release_threads
+from .threads import POOLS, LoopThreads
 from .worker import (
     CallOutcome,
     Resources,
@@ -145,7 +145,7 @@ class LaneRunner:
             raise RuntimeError(f"{self!r} is closed; start a new run")
         if self._threads is None:
             loop = asyncio.get_running_loop()
-            self._threads = (loop, acquire_threads(loop))
+            self._threads = (loop, POOLS.acquire(loop))
         return self._threads[1]
 
     def fn_bytes(self, node: str, fn: Callable[..., Any]) -> bytes:
@@ -329,7 +329,7 @@ class LaneRunner:
         if self._threads is not None:
             (loop, pool), self._threads = self._threads, None
             # The loop's last run shuts the pool down, off the loop.
-            await release_threads(loop, pool)
+            await POOLS.release(loop, pool)
 
 
 class PayloadError(Exception):

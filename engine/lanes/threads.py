@@ -2,7 +2,7 @@
 
 Hundreds of concurrent runs on one loop each starting a pool of their own
 would start hundreds of threads; they share one ``LoopThreads`` instead,
-reached through the ``PerLoop`` registry ``_POOLS`` (process-wide state,
+reached through the ``PerLoop`` registry ``POOLS`` (process-wide state,
 documented in ``engine.perloop``: lazily created per loop, lock-guarded,
 closed by the last run that releases it).
 
@@ -118,31 +118,10 @@ class LoopThreads:
         await asyncio.to_thread(pool.shutdown, wait=not stuck, cancel_futures=True)
 
 
-# The loops' shared pools (see the module docstring and engine.perloop).
-_POOLS: PerLoop[LoopThreads] = PerLoop(lambda loop: LoopThreads())
+#: The loops' shared pools: ``POOLS.acquire(loop)``, ``await POOLS.release(loop,
+#: pool)`` (the last run shuts it down), ``POOLS.peek(loop)`` (see the module
+#: docstring and engine.perloop).
+POOLS: PerLoop[LoopThreads] = PerLoop(lambda loop: LoopThreads())
 
 
-def acquire_threads(loop: asyncio.AbstractEventLoop) -> LoopThreads:
-    """The thread pool ``loop``'s runs share, created on first use;
-    pair with ``release_threads``."""
-    return _POOLS.acquire(loop)
-
-
-async def release_threads(loop: asyncio.AbstractEventLoop, threads: LoopThreads) -> None:
-    """Give the pool back; the last run on the loop shuts it down."""
-    if _POOLS.release(loop, threads):
-        await threads.aclose()
-
-
-def shared_threads(loop: asyncio.AbstractEventLoop) -> LoopThreads | None:
-    """The pool ``loop``'s runs share now, if any (creates none)."""
-    return _POOLS.peek(loop)
-
-
-__all__ = [
-    "THREADS_PER_LOOP",
-    "LoopThreads",
-    "acquire_threads",
-    "release_threads",
-    "shared_threads",
-]
+__all__ = ["POOLS", "THREADS_PER_LOOP", "LoopThreads"]
