@@ -137,7 +137,8 @@ class LaneRunner:
 
     def crosses_process(self, lane: str) -> bool:
         """True when a call on ``lane`` is pickled to another process (no copy needed)."""
-        return lane == "cpu" and self.mode == "parallel"
+        # A coroutine or a function: on the cpu lane in parallel mode both go to a worker.
+        return place(lane, self.mode, is_coroutine=False) is Placement.PROCESS
 
     def _thread_pool(self) -> LoopThreads:
         """The running loop's shared thread pool, held by this run until ``aclose``."""
