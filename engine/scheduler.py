@@ -70,6 +70,7 @@ from .lanes import (
     is_worker_crash,
 )
 from .lanes.batching import plan_chunks, should_batch
+from .lanes.placement import runs_on_loop
 from .lanes.worker import hostname
 from .logs import get_logger
 from .marks import Mark
@@ -79,7 +80,6 @@ from .spec import END, START, NodeSpec, Send
 from .state import Write
 from .trace import Metrics, NodeCall, Trace, compute_metrics
 from .warm import load_mark
-from .watchdog import runs_on_loop
 
 if TYPE_CHECKING:
     from .checkpoint import Checkpoint, Checkpointer
@@ -261,6 +261,8 @@ class Scheduler:
             raise
         finally:
             wall = time.perf_counter() - t0
+            if self.watchdog is not None:
+                self.watchdog.flush()  # a block in the last step, before RunFinished
             self._emit(
                 RunFinished(
                     run_id=self.run_id,

@@ -7,6 +7,7 @@ import functools
 import json
 import os
 import sys
+import threading
 import time
 from typing import Any
 
@@ -14,12 +15,13 @@ import cloudpickle
 import pytest
 from structlog.testing import capture_logs
 
-from engine import START, Graph, LoopBlocked
+from engine import END, START, Graph, LoopBlocked, NodeStarted, RunFinished
 from engine.classify import classify
+from engine.lanes.threads import THREADS_PER_LOOP
 from engine.marks import chrome_events, simple_pid_of
 from engine.profile import Profile
 from engine.watchdog import LoopWatchdog, runs_on_loop
-from tests.support import State, burn
+from tests.support import State, burn, thread_probe
 
 # Worker processes cannot import the tests package: node functions travel by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -248,6 +250,103 @@ class TestLifecycle:
         """A sampling interval too coarse for the threshold is refused with the fix."""
         with pytest.raises(ValueError, match="at least twice"):
             LoopWatchdog(threshold_s=0.05, interval_s=0.04)
+
+
+class TestLastStep:
+    @pytest.mark.parametrize("first", [False, True], ids=["only node", "after another step"])
+    async def test_block_in_the_last_step_is_reported_then_moved(self, first: bool) -> None:
+        """An auto async def burning 300 ms as the run's last node: LoopBlocked before
+        RunFinished, a warning, a trace mark; the next run sends it to a worker's loop."""
+        g = Graph(State)
+        g.add_node("hog", functools.partial(hog, 0.3))
+        if first:
+            g.add_node("first", functools.partial(polite, 0.01))
+            g.add_edge(START, "first")
+            g.add_edge("first", "hog")
+        else:
+            g.add_edge(START, "hog")
+        g.add_edge("hog", END)
+        app = g.compile()
+        events: list[Any] = []
+        with capture_logs() as logs:
+            r = await app.arun({}, on_event=events.append)
+        kinds = [type(e) for e in events]
+        blocked = [i for i, e in enumerate(events) if isinstance(e, LoopBlocked)]
+        assert [events[i].nodes for i in blocked] == [["hog"]]
+        assert blocked[0] < kinds.index(RunFinished) and events[blocked[0]].lag_s >= 0.25
+        warnings = [e for e in logs if e["event"] == "loop_blocked"]
+        assert [(w["log_level"], w["nodes"]) for w in warnings] == [("warning", ["hog"])]
+        (instant,) = [m for m in r.trace.marks if m.name == "loop blocked"]
+        assert instant.args["nodes"] == ["hog"] and instant.args["culprit"] == "task"
+        # The profile learned from it: the next run runs it whole on a worker's loop.
+        events.clear()
+        await app.arun({}, on_event=events.append)
+        lanes = {e.node: e.lane for e in events if isinstance(e, NodeStarted)}
+        assert lanes["hog"] == "cpu"
+        assert not [e for e in events if isinstance(e, LoopBlocked)]
+        assert "blocked the event loop" in {row.node: row for row in app.explain()}["hog"].reason
+
+
+class Knob(State):
+    burn_s: float = 0.0
+
+
+async def maybe_hog(state: Knob) -> dict[str, Any]:
+    """Awaits, then burns what the run's input says: the same node blocks in one run only."""
+    await asyncio.sleep(0.02)
+    burn(state.burn_s)
+    return {}
+
+
+def io_chain(*, thread_node: bool) -> Graph:
+    g = Graph(Knob)
+    g.add_node("a", functools.partial(polite, 0.01), lane="io")
+    g.add_node("b", maybe_hog, lane="io")
+    g.add_edge(START, "a")
+    g.add_edge("a", "b")
+    if thread_node:
+        g.add_node("c", functools.partial(thread_probe, "c"), lane="thread")
+        g.add_edge("b", "c")
+    return g
+
+
+class TestConcurrentRuns:
+    async def test_200_concurrent_runs_start_a_few_threads(self) -> None:
+        """200 concurrent runs on one loop share one sampler and one thread pool: the
+        driver's thread count grows by at most the pool's size and a few, not by hundreds."""
+        app = io_chain(thread_node=True).compile()
+        baseline = threading.active_count()
+        peak = baseline
+        done = asyncio.Event()
+
+        async def count_threads() -> None:
+            nonlocal peak
+            while not done.is_set():
+                peak = max(peak, threading.active_count())
+                await asyncio.sleep(0.002)
+
+        counting = asyncio.create_task(count_threads())
+        try:
+            results = await asyncio.gather(*(app.arun({}) for _ in range(200)))
+        finally:
+            done.set()
+            await counting
+        assert all("c" in r.state.probes for r in results)
+        # the pool, one sampler, and the loop's default executor closing the pool
+        assert peak - baseline <= THREADS_PER_LOOP + 8, peak - baseline
+
+    async def test_a_block_is_reported_to_the_run_that_caused_it(self) -> None:
+        """Two concurrent runs of one app: node 'b' burns 300 ms in one of them only; that
+        run's LoopBlocked names 'b', the other run hears nothing of 'b'."""
+        app = io_chain(thread_node=False).compile()
+        hot: list[Any] = []
+        cold: list[Any] = []
+        await asyncio.gather(
+            app.arun({"burn_s": 0.3}, on_event=hot.append),
+            app.arun({"burn_s": 0.0}, on_event=cold.append),
+        )
+        assert ["b"] in [e.nodes for e in hot if isinstance(e, LoopBlocked)]
+        assert all("b" not in e.nodes for e in cold if isinstance(e, LoopBlocked)), cold
 
 
 @pytest.mark.parametrize(

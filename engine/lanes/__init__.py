@@ -30,14 +30,16 @@ import os
 import threading
 import time
 from collections.abc import Callable, Hashable, Mapping, MutableMapping
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any, Literal
 
 import cloudpickle
 
 from .batching import Batch, ChunkPlan, replan
+from .placement import Placement, place
 from .pool import default_workers, executor_workers
 from .process import ProcessLane, WorkerLost, describe_exit, is_worker_crash
+from .threads import POOLS, LoopThreads
 from .worker import (
     CallOutcome,
     Resources,
@@ -66,10 +68,12 @@ class _State(enum.Enum):
 class LaneRunner:
     """Runs node calls for one run.
 
-    Invariant: the thread pool and the process lane exist only while OPEN
-    and are closed by ``aclose``; the process executor is borrowed (the
-    default pool or the user's) and never shut down here (only replacements
-    the process lane made for a broken user pool are).
+    Invariant: the process lane exists only while OPEN and is closed by
+    ``aclose``; the process executor is borrowed (the default pool or the
+    user's) and never shut down here (only replacements the process lane
+    made for a broken user pool are). The thread pool is the event loop's,
+    shared with the other runs on it (``threads``): held from the first
+    thread call until ``aclose`` gives it back.
     """
 
     def __init__(
@@ -79,7 +83,6 @@ class LaneRunner:
         *,
         fn_cache: MutableMapping[str, bytes] | None = None,
         resources: Resources | None = None,
-        thread_workers: int = 32,
         pool_size: int | None = None,
     ) -> None:
         if mode not in MODES:
@@ -87,10 +90,8 @@ class LaneRunner:
         self.mode: Mode = mode
         self._user_executor = executor
         self._process: ProcessLane | None = None
-        self._threads: ThreadPoolExecutor | None = None
-        # A timed-out thread call cannot be stopped: aclose must not wait for it.
-        self._abandoned_threads = False
-        self._thread_workers = thread_workers
+        # The loop whose shared thread pool this run holds, and the pool.
+        self._threads: tuple[asyncio.AbstractEventLoop, LoopThreads] | None = None
         self._fn_cache: MutableMapping[str, bytes] = fn_cache if fn_cache is not None else {}
         # worker_init resources of calls made in this process (kept per app, across runs).
         self._resources = resources if resources is not None else Resources()
@@ -136,16 +137,17 @@ class LaneRunner:
 
     def crosses_process(self, lane: str) -> bool:
         """True when a call on ``lane`` is pickled to another process (no copy needed)."""
-        return lane == "cpu" and self.mode == "parallel"
+        # A coroutine or a function: on the cpu lane in parallel mode both go to a worker.
+        return place(lane, self.mode, is_coroutine=False) is Placement.PROCESS
 
-    def _thread_pool(self) -> ThreadPoolExecutor:
+    def _thread_pool(self) -> LoopThreads:
+        """The running loop's shared thread pool, held by this run until ``aclose``."""
         if self._state is _State.CLOSED:
             raise RuntimeError(f"{self!r} is closed; start a new run")
         if self._threads is None:
-            self._threads = ThreadPoolExecutor(
-                max_workers=self._thread_workers, thread_name_prefix="engine-thread"
-            )
-        return self._threads
+            loop = asyncio.get_running_loop()
+            self._threads = (loop, POOLS.acquire(loop))
+        return self._threads[1]
 
     def fn_bytes(self, node: str, fn: Callable[..., Any]) -> bytes:
         """The node function pickled once and reused for every call."""
@@ -173,28 +175,24 @@ class LaneRunner:
         resource)``, the resource built once per process. A ``key`` that
         ``open_batch`` sent already collects that call's result instead.
         """
-        if lane == "io" and is_coroutine:
+        where = place(lane, self.mode, is_coroutine=is_coroutine)
+        if where is Placement.LOOP_TASK:
             return await self._on_loop_async(fn, arg, timeout, init)
-        if lane == "cpu" and self.mode == "parallel":
+        if where is Placement.PROCESS:
             batch = self._batches.get(node) if key is not None else None
             if batch is not None and key in batch:
                 return _decoded(await batch.result(key))
             return await self._in_process_pool(node, fn, arg, timeout, init)
         # In the driver a KeyboardInterrupt is the user's Ctrl-C: it propagates
         # (in_driver), where a worker's would fail only its call.
-        if lane == "inline" or (self.mode == "sequential" and not is_coroutine):
+        if where is Placement.LOOP_CALL:
             return call_with_init(fn, arg, init, self._resources, in_driver=True)
         # thread lane, sync io, cpu in concurrent mode, or a coroutine that
-        # must run outside this loop: a thread of the pool.
-        loop = asyncio.get_running_loop()
+        # must run outside this loop: a thread of the loop's pool. Past its
+        # timeout it runs on, its result discarded (a thread cannot be stopped).
         call = functools.partial(call_with_init, fn, arg, init, self._resources, in_driver=True)
-        fut = loop.run_in_executor(self._thread_pool(), call)
-        try:
-            return await _bounded(fut, timeout)
-        except (TimeoutError, asyncio.CancelledError):
-            # A thread cannot be stopped: it runs on, its result discarded.
-            self._abandoned_threads = True
-            raise
+        outcome: CallOutcome = await self._thread_pool().run(call, timeout)
+        return outcome
 
     async def _on_loop_async(
         self, fn: Callable[..., Any], arg: Any, timeout: float | None, init: WorkerInit | None
@@ -322,7 +320,7 @@ class LaneRunner:
             await batch.aclose()
 
     async def aclose(self) -> None:
-        """Close the process lane and shut the run's thread pool down; idempotent."""
+        """Close the process lane and give the loop's thread pool back; idempotent."""
         if self._state is _State.CLOSED:
             return
         self._state = _State.CLOSED
@@ -330,12 +328,9 @@ class LaneRunner:
         if self._process is not None:
             await self._process.aclose()
         if self._threads is not None:
-            threads, self._threads = self._threads, None
-            # Never block the loop on a thread that is still running a node; and
-            # never wait for one that ran past its timeout (it cannot be stopped).
-            await asyncio.to_thread(
-                threads.shutdown, wait=not self._abandoned_threads, cancel_futures=True
-            )
+            (loop, pool), self._threads = self._threads, None
+            # The loop's last run shuts the pool down, off the loop.
+            await POOLS.release(loop, pool)
 
 
 class PayloadError(Exception):
@@ -345,12 +340,6 @@ class PayloadError(Exception):
     never retried, since pickling the same objects fails the same way. The
     pool is untouched either way.
     """
-
-
-async def _bounded(fut: asyncio.Future[Any], timeout: float | None) -> Any:
-    if timeout is None:
-        return await fut
-    return await asyncio.wait_for(fut, timeout)
 
 
 def _unpicklable_part(arg: Any) -> str:

@@ -1,0 +1,276 @@
+"""One loop guard per event loop: shared by its runs, each run hearing of its own blocks.
+
+Most tests drive a guard built with a ``FakeClock`` and no sampler thread:
+the test advances the clock while a node is registered ("the node held the
+loop 300 ms"), takes the sample the sampler thread would take meanwhile,
+and then lets the run end or the monitor wake. Nothing sleeps to let
+something happen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from engine.events import LoopBlocked
+from engine.loopguard import GUARDS, LoopGuard
+from engine.resources import FakeClock
+from engine.watchdog import LoopWatchdog
+from tests.support import burn
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def node_fn(state: Any) -> dict[str, Any]:
+    return {}
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def guard(clock: FakeClock) -> AsyncIterator[LoopGuard]:
+    """A guard of the test's loop on the fake clock, with no sampler thread."""
+    guard = LoopGuard(asyncio.get_running_loop(), clock=clock)
+    yield guard
+    await guard.aclose()
+
+
+def run_watch(guard: LoopGuard, run_id: str, events: list[Any] | None = None) -> LoopWatchdog:
+    sink = events.append if events is not None else None
+    return LoopWatchdog(run_id=run_id, emit=sink, sampler=False, guard=guard)
+
+
+def hold_loop(guard: LoopGuard, clock: FakeClock, seconds: float) -> None:
+    """Stand for code holding the loop ``seconds``: time passes, the sampler looks once."""
+    clock.advance(seconds)
+    guard.sample()
+
+
+async def until(condition: Any, turns: int = 1000) -> None:
+    """Let the loop turn until ``condition()`` holds (the monitor runs on it)."""
+    for _ in range(turns):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("the condition never held")
+
+
+class TestRunEnd:
+    async def test_a_block_the_monitor_never_measured_is_reported_at_the_end(
+        self, clock: FakeClock, guard: LoopGuard
+    ) -> None:
+        """The run's last node holds the loop 300 ms and the run ends at once: the end
+        reports it (event, report, blame) before the monitor could wake."""
+        events: list[Any] = []
+        async with run_watch(guard, "r1", events) as wd:
+            with wd.running("hog", fn=node_fn):
+                hold_loop(guard, clock, 0.3)
+            assert events == []  # nothing could report it yet
+            wd.flush()
+            assert [type(e) for e in events] == [LoopBlocked]
+            assert events[0].nodes == ["hog"] and events[0].run_id == "r1"
+            (report,) = wd.reports
+            assert report.culprit == "task" and report.lag_s == pytest.approx(0.29)
+            assert set(wd.blamed()) == {"hog"}
+            wd.flush()  # a second end reports nothing twice
+            assert len(wd.reports) == 1
+
+    async def test_the_monitor_does_not_report_a_flushed_block_again(
+        self, clock: FakeClock, guard: LoopGuard
+    ) -> None:
+        """After the end reported the block, the monitor's late wake-up skips that run."""
+        a, b = run_watch(guard, "a"), run_watch(guard, "b")
+        async with a, b:
+            with a.running("hog", fn=node_fn):
+                hold_loop(guard, clock, 0.3)
+            a.flush()
+            await until(lambda: guard._episode is None)  # the monitor woke, reported
+        assert len(a.reports) == 1 and b.reports == []  # pinned on a's node only
+
+    async def test_a_calm_end_reports_nothing(self, clock: FakeClock, guard: LoopGuard) -> None:
+        """A run ending on a loop that was never held past the threshold reports nothing."""
+        async with run_watch(guard, "r1") as wd:
+            with wd.running("quick", fn=node_fn):
+                hold_loop(guard, clock, 0.03)  # under 50 ms
+            wd.flush()
+        assert wd.reports == [] and wd.marks() == []
+
+
+class TestAttribution:
+    async def test_each_run_hears_of_its_own_node_only(
+        self, clock: FakeClock, guard: LoopGuard
+    ) -> None:
+        """Run a's node holds the loop while run b's waits: a is told, b is not."""
+        ev_a: list[Any] = []
+        ev_b: list[Any] = []
+        a, b = run_watch(guard, "a", ev_a), run_watch(guard, "b", ev_b)
+        go_on = asyncio.Event()
+
+        async def b_awaits() -> None:
+            with b.running("polite", fn=node_fn):
+                await go_on.wait()
+
+        async with a, b:
+            waiting = asyncio.create_task(b_awaits())
+            await until(lambda: b.on_loop() == ["polite"])
+            with a.running("hog", fn=node_fn):
+                hold_loop(guard, clock, 0.2)
+            await until(lambda: bool(a.reports))  # the monitor wakes late
+            go_on.set()
+            await waiting
+        assert [e.nodes for e in ev_a] == [["hog"]] and ev_b == []
+        assert a.reports[0].culprit == "task"
+
+    async def test_one_block_shared_by_two_runs_is_split_between_them(
+        self, clock: FakeClock, guard: LoopGuard
+    ) -> None:
+        """The same node of two runs holds the loop 200 ms each, back to back: each run
+        gets a report naming its own call with its own 200 ms, not 400."""
+        a, b = run_watch(guard, "a"), run_watch(guard, "b")
+        async with a, b:
+            with a.running("n", fn=node_fn):
+                hold_loop(guard, clock, 0.2)
+            with b.running("n", fn=node_fn):
+                hold_loop(guard, clock, 0.2)
+            a.flush()
+            b.flush()
+        for wd in (a, b):
+            (report,) = wd.reports
+            assert report.nodes == ("n",) and report.lag_s == pytest.approx(0.39)
+            (share,) = report.shares
+            assert share.blocked_s == pytest.approx(0.195)  # 0.2 of 0.4 sampled, scaled
+            assert wd.blamed()["n"].blocked_s == pytest.approx(0.195)
+
+    async def test_a_block_by_no_node_goes_to_every_run_attached(
+        self, clock: FakeClock, guard: LoopGuard
+    ) -> None:
+        """Other code holds the loop: each run attached hears of it, naming its own calls
+        on the loop in the window (or none); nobody is blamed."""
+        a, b = run_watch(guard, "a"), run_watch(guard, "b")
+        async with a, b:
+            with a.running("waiting", fn=node_fn):
+                await asyncio.sleep(0)
+            hold_loop(guard, clock, 0.2)  # no node registered
+            await until(lambda: bool(a.reports and b.reports))
+        assert a.reports[0].culprit == "on_loop" and a.reports[0].nodes == ("waiting",)
+        assert b.reports[0].culprit == "none" and b.reports[0].nodes == ()
+        assert a.blamed() == {} and b.blamed() == {}
+
+    async def test_each_run_keeps_its_own_threshold(
+        self, clock: FakeClock, guard: LoopGuard
+    ) -> None:
+        """A 150 ms block: the run with a 50 ms threshold hears of it, the one with 300 ms not."""
+        low = LoopWatchdog(run_id="low", sampler=False, guard=guard)
+        high = LoopWatchdog(
+            run_id="high", threshold_s=0.3, interval_s=0.01, sampler=False, guard=guard
+        )
+        async with low, high:
+            hold_loop(guard, clock, 0.15)
+            await until(lambda: bool(low.reports))  # both are judged in that one wake-up
+        assert len(low.reports) == 1 and high.reports == []
+
+
+class TestSharing:
+    async def test_runs_on_one_loop_share_one_monitor_and_one_sampler(self) -> None:
+        """50 runs on one loop: one guard, one sampler thread, one monitor task; the last
+        run to end closes them, and the next run starts a fresh guard."""
+        loop = asyncio.get_running_loop()
+        assert GUARDS.peek(loop) is None
+        runs = [LoopWatchdog(run_id=f"r{i}") for i in range(50)]
+        for wd in runs:
+            wd.start()
+        guard = GUARDS.peek(loop)
+        assert guard is not None and guard.runs == 50
+        samplers = [t for t in threading.enumerate() if t.name == "engine-loop-sampler"]
+        monitors = [t for t in asyncio.all_tasks() if t.get_name() == "engine-loop-guard"]
+        assert len(samplers) == 1 and len(monitors) == 1
+        for wd in runs[:-1]:
+            await wd.aclose()
+        assert GUARDS.peek(loop) is guard and guard.runs == 1
+        await runs[-1].aclose()
+        assert GUARDS.peek(loop) is None and monitors[0].done()
+        assert not samplers[0].is_alive() and "closed" in repr(guard)
+        async with LoopWatchdog() as wd:
+            fresh = GUARDS.peek(loop)
+            assert fresh is not None and fresh is not guard and wd.on_loop() == []
+
+    async def test_runs_on_one_loop_are_each_told_of_a_real_block(self) -> None:
+        """Real time, real sampler: two runs share the guard; the one whose node burns
+        200 ms is told, naming it; the other, whose node awaits meanwhile, is not."""
+        ev_a: list[Any] = []
+        ev_b: list[Any] = []
+
+        async def hog(state: Any) -> None:
+            burn(0.2)
+
+        async def polite(state: Any) -> None:
+            await asyncio.sleep(0.3)
+
+        async def call(wd: LoopWatchdog, node: str, fn: Any) -> None:
+            with wd.running(node, fn=fn):
+                await fn(None)
+
+        a = LoopWatchdog(run_id="a", emit=ev_a.append)
+        b = LoopWatchdog(run_id="b", emit=ev_b.append)
+        async with a, b:
+            await asyncio.sleep(0.03)  # the monitor and the sampler settle
+            await asyncio.gather(call(a, "hog", hog), call(b, "polite", polite))
+        assert ["hog"] in [e.nodes for e in ev_a]
+        assert all("polite" not in e.nodes for e in ev_b)
+        assert {r.culprit for r in a.reports if "hog" in r.nodes} == {"task"}
+
+    def test_the_guard_of_a_closed_loop_is_dropped(self) -> None:
+        """A loop closed while a run was still attached: the sampler sees it and leaves,
+        and the registry forgets the guard."""
+        loop = asyncio.new_event_loop()
+        wd = LoopWatchdog()
+
+        async def start() -> LoopGuard | None:
+            wd.start()
+            return GUARDS.peek(asyncio.get_running_loop())
+
+        try:
+            guard = loop.run_until_complete(start())
+            assert guard is not None
+            sampler = guard._thread
+            assert sampler is not None and sampler.is_alive()
+            # What asyncio.run does on its way out: cancel what is left, then close.
+            left = asyncio.all_tasks(loop)
+            for task in left:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+        finally:
+            loop.close()
+        sampler.join(10)
+        assert not sampler.is_alive() and GUARDS.peek(loop) is None
+
+
+class TestAnnouncing:
+    async def test_a_block_of_no_node_told_to_many_runs_is_one_warning(
+        self, clock: FakeClock, guard: LoopGuard
+    ) -> None:
+        """The loop busy computing in no node's code, three runs attached: each gets its
+        event and report, one of them warns (runs_told=3), the others log at debug."""
+        runs = [run_watch(guard, f"r{i}") for i in range(3)]
+        try:
+            for wd in runs:
+                wd.start()
+            with capture_logs() as logs:
+                burn(0.08)  # real CPU on the loop thread: the report's cpu_s
+                hold_loop(guard, clock, 0.1)
+                await until(lambda: all(wd.reports for wd in runs))
+            lines = [e for e in logs if e["event"] == "loop_blocked"]
+            assert len(lines) == 3 and {e["runs_told"] for e in lines} == {3}
+            assert [e["log_level"] for e in lines].count("warning") == 1
+            assert all(wd.reports[0].culprit == "none" for wd in runs)
+        finally:
+            for wd in runs:
+                await wd.aclose()
