@@ -855,7 +855,17 @@ class Scheduler:
                     )
                 sends.append(item)
                 continue
-            if item is None or item == END:
+            if item is None and (path_map is None or None not in path_map):
+                # Most likely a branch of the router that forgot to return:
+                # ending the run silently would hide it (LangGraph refuses it too).
+                raise GraphError(
+                    f"the router of the conditional edge from {source!r} returned None "
+                    f"({_routing(step)}); return END to end the run there (or a node name, a "
+                    "list of them, or Sends)",
+                    node=source,
+                    step=step,
+                )
+            if item == END:
                 continue
             target = item
             if path_map is not None:
