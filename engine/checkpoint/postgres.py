@@ -259,6 +259,11 @@ class PostgresCheckpointer(CheckpointerBase):
                 # A connection the server closed while it sat in the pool
                 # (idle_session_timeout, a restart) is replaced, not lent.
                 check=pool_class.check_connection,
+                # A server that went away: the pool retries in the background
+                # with a growing backoff, and while it does no call may try.
+                # Give up as soon as a call would, so that the first call
+                # after the server is back connects at once.
+                reconnect_timeout=self.connect_timeout_s,
             )
             try:
                 await pool.open(wait=True, timeout=self.connect_timeout_s)
