@@ -691,13 +691,21 @@ class RunState(BaseModel):
     i: int = 0
 
 
-def three_steps(gate: asyncio.Event | None = None) -> Graph:
-    """first -> second -> third, io nodes; ``first`` waits for ``gate`` when given."""
+#: What a node of ``three_steps`` awaits before it finishes (a fault to cause, a check).
+Hook = Callable[[], Awaitable[object]]
+
+
+def three_steps(gate: asyncio.Event | None = None, hooks: dict[str, Hook] | None = None) -> Graph:
+    """first -> second -> third, io nodes; ``first`` waits for ``gate`` when given, and
+    each node awaits its hook in ``hooks``, if any, before it finishes."""
 
     def node(name: str) -> Any:
         async def run(state: RunState) -> dict[str, Any]:
             if gate is not None and name == "first":
                 await gate.wait()
+            hook = (hooks or {}).get(name)
+            if hook is not None:
+                await hook()
             await asyncio.sleep(0)
             return {"steps": [f"{name} {state.i}"]}
 

@@ -10,57 +10,27 @@ always started again at the end of a test.
 from __future__ import annotations
 
 import asyncio
-import operator
 import os
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import pytest
-from pydantic import BaseModel
 
-from engine import END, START, Graph
 from engine.checkpoint import PostgresCheckpointer
 from engine.errors import CheckpointError
 from tests.conftest import _no_postgres, postgres_dsn
+from tests.test_checkpoint import three_steps
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(180)]
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-class Steps(BaseModel):
-    done: Annotated[list[str], operator.add] = []
-
-
-Hook = Callable[[], Awaitable[None]]
-
-
-def three_steps(hooks: dict[str, Hook]) -> Graph:
-    """first -> second -> third; each io node awaits its hook (if any) before finishing."""
-
-    def node(name: str) -> Any:
-        async def run(state: Steps) -> dict[str, Any]:
-            hook = hooks.get(name)
-            if hook is not None:
-                await hook()
-            return {"done": [name]}
-
-        return run
-
-    g = Graph(Steps)
-    for name in ("first", "second", "third"):
-        g.add_node(name, node(name))
-    g.add_edge(START, "first")
-    g.add_edge("first", "second")
-    g.add_edge("second", "third")
-    g.add_edge("third", END)
-    return g
-
-
-FINAL = ["first", "second", "third"]
+#: The final steps of ``three_steps`` run with input ``{}``.
+FINAL = ["first 0", "second 0", "third 0"]
 
 
 def thread() -> str:
@@ -109,13 +79,13 @@ class TestConnectionsClosedByTheServer:
 
         hooks = {"first": slow, "second": slow, "third": slow_then_check}
         async with PostgresCheckpointer(short, pool_size=1) as cp:
-            app = three_steps(hooks).compile(checkpointer=cp)
+            app = three_steps(hooks=hooks).compile(checkpointer=cp)
             result = await app.arun({}, thread_id=t)
-            assert result.state.done == FINAL
+            assert result.state.steps == FINAL
             assert [c.step for c in await cp.list(t)] == [0, 1, 2, 3]
             # And a resume (of a finished thread) goes through the same idle sessions.
             await asyncio.sleep(0.4)
-            assert (await app.arun(None, thread_id=t)).state.done == FINAL
+            assert (await app.arun(None, thread_id=t)).state.steps == FINAL
 
     async def test_connections_terminated_between_steps(self) -> None:
         """pg_terminate_backend of every checkpointer connection (pool and lock) during step
@@ -137,9 +107,9 @@ class TestConnectionsClosedByTheServer:
             await refused_to_an_intruder(dsn, t)
 
         async with PostgresCheckpointer(dsn, pool_size=1) as cp:
-            app = three_steps({"first": terminate, "second": check}).compile(checkpointer=cp)
+            app = three_steps(hooks={"first": terminate, "second": check}).compile(checkpointer=cp)
             result = await app.arun({}, thread_id=t)
-            assert result.state.done == FINAL
+            assert result.state.steps == FINAL
             assert [c.step for c in await cp.list(t)] == [0, 1, 2, 3]
 
 
@@ -220,9 +190,9 @@ class TestServerStopped:
             await refused_to_an_intruder(server.dsn, t)
 
         async with PostgresCheckpointer(server.dsn, pool_size=1) as cp:
-            app = three_steps({"first": restart, "second": check}).compile(checkpointer=cp)
+            app = three_steps(hooks={"first": restart, "second": check}).compile(checkpointer=cp)
             result = await app.arun({}, thread_id=t)
-            assert result.state.done == FINAL
+            assert result.state.steps == FINAL
             assert [c.step for c in await cp.list(t)] == [0, 1, 2, 3]
 
     async def test_server_down_fails_with_the_cause_and_the_thread_resumes(
@@ -244,7 +214,7 @@ class TestServerStopped:
 
         cp = PostgresCheckpointer(server.dsn, pool_size=1, connect_timeout_s=2.0)
         try:
-            app = three_steps({"first": stop_once}).compile(checkpointer=cp)
+            app = three_steps(hooks={"first": stop_once}).compile(checkpointer=cp)
             with pytest.raises(CheckpointError) as info:
                 await app.arun({}, thread_id=t)
             text = str(info.value)
@@ -260,7 +230,7 @@ class TestServerStopped:
 
             await server.start()
             result = await app.arun(None, thread_id=t)
-            assert result.state.done == FINAL
+            assert result.state.steps == FINAL
             assert [(c.step, c.status) for c in await cp.list(t)][-1] == (3, "done")
         finally:
             await cp.aclose()
