@@ -29,7 +29,7 @@ from typing import Any, Literal, Protocol, Self, runtime_checkable
 from pydantic import BaseModel
 
 from ..errors import CheckpointError
-from . import codec
+from .codec import dumps
 
 #: The layout version this engine writes. Version 1 held plain JSON (JSON-mode
 #: dumps, NaN saved as null); version 2 holds the codec's tagged JSON, and its
@@ -204,10 +204,10 @@ def encode(checkpoint: Checkpoint) -> tuple[str, builtins.list[tuple[str, int, s
             for name in Checkpoint.model_fields
             if name != "pending_writes"
         }
-        data = codec.dumps(row)
+        data = dumps(row)
         # Last write wins per (node, index): that is the key in storage.
         writes = {
-            (w.node, w.index): codec.dumps({"updates": w.updates, "typed": w.typed})
+            (w.node, w.index): dumps({"updates": w.updates, "typed": w.typed})
             for w in checkpoint.pending_writes
         }
     except Exception as exc:
