@@ -149,6 +149,12 @@ def build_plan(graph: Graph, policy: ProfilePolicy | None = None) -> Plan:
             bucket = edges.setdefault(sources[0], [])
             if target not in bucket:
                 bucket.append(target)
+        elif target == END:
+            # A fan-in into END waits for its sources only to run nothing:
+            # the run ends once no node is triggered, whatever END's edges
+            # say (LangGraph's reading too). Counting its sources would leave
+            # a target no step can run, nor any checkpoint name.
+            continue
         else:
             key = f"{'+'.join(sorted(sources))}->{target}"
             if any(f.key == key for f in fanins):

@@ -41,7 +41,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 from pydantic import BaseModel
 
 from .errors import (
-    CheckpointError,
     GraphError,
     InvalidUpdateError,
     NodeError,
@@ -83,6 +82,7 @@ from .warm import load_mark
 
 if TYPE_CHECKING:
     from .checkpoint import Checkpoint, Checkpointer
+    from .checkpoint.snapshot import RunCodec
     from .profile import MeasuredPolicy
     from .resources import Budgets
     from .watchdog import LoopWatchdog
@@ -383,7 +383,7 @@ class Scheduler:
             raise
         nxt = RunCursor(state=state, step=step + 1, tasks=tasks, fanin=fanin)
         # The step is done: a cancellation now must not lose its saved writes.
-        await self._save_fully(nxt, "running" if tasks else "done")
+        await self._save_fully(nxt, "running" if tasks else "done", writes)
         return nxt
 
     async def _save_failed_step(
@@ -857,7 +857,17 @@ class Scheduler:
                     )
                 sends.append(item)
                 continue
-            if item is None or item == END:
+            if item is None and (path_map is None or None not in path_map):
+                # Most likely a branch of the router that forgot to return:
+                # ending the run silently would hide it (LangGraph refuses it too).
+                raise GraphError(
+                    f"the router of the conditional edge from {source!r} returned None "
+                    f"({_routing(step)}); return END to end the run there (or a node name, a "
+                    "list of them, or Sends)",
+                    node=source,
+                    step=step,
+                )
+            if item == END:
                 continue
             target = item
             if path_map is not None:
@@ -886,15 +896,25 @@ class Scheduler:
     def _saving(self) -> bool:
         return self.checkpointer is not None and self.thread_id is not None
 
-    async def _save(self, cursor: RunCursor, status: str) -> None:
+    async def _save(
+        self,
+        cursor: RunCursor,
+        status: str,
+        written: Mapping[tuple[str, int], Mapping[str, Any]] | None = None,
+    ) -> None:
         if self.checkpointer is None or self.thread_id is None:
             return
-        await self.checkpointer.put(self.to_checkpoint(cursor, status))
+        await self.checkpointer.put(self.to_checkpoint(cursor, status, written))
 
-    async def _save_fully(self, cursor: RunCursor, status: str) -> None:
+    async def _save_fully(
+        self,
+        cursor: RunCursor,
+        status: str,
+        written: Mapping[tuple[str, int], Mapping[str, Any]] | None = None,
+    ) -> None:
         """``_save``, finished even if the run is cancelled meanwhile (see ``_finish``)."""
         if self._saving:
-            await _finish(self._save(cursor, status))
+            await _finish(self._save(cursor, status, written))
 
     async def _save_partial(
         self, cursor: RunCursor, done: Mapping[tuple[str, int], _TaskResult], status: str
@@ -914,90 +934,51 @@ class Scheduler:
         except Exception:
             self.log.exception("checkpoint_on_stop_failed", step=cursor.step, status=status)
 
-    def to_checkpoint(self, cursor: RunCursor, status: str) -> Checkpoint:
-        from pydantic_core import to_jsonable_python
+    def _run_codec(self) -> RunCodec:
+        from .checkpoint.snapshot import RunCodec, Topology
 
-        from .checkpoint import Checkpoint, PendingWrite, TaskRef
+        topology = Topology(
+            nodes=frozenset(self.plan.nodes),
+            fanins={f.key: f.sources for f in self.plan.fanins},
+        )
+        return RunCodec(self.plan.schema, topology)
 
-        def ref(task: Task) -> TaskRef:
-            if not task.has_payload:
-                return TaskRef(node=task.node, index=task.index)
-            if isinstance(task.payload, self.plan.schema.model):
-                return TaskRef(
-                    node=task.node,
-                    index=task.index,
-                    payload=task.payload.model_dump(mode="json"),
-                    payload_kind="state",
-                )
-            return TaskRef(
-                node=task.node,
-                index=task.index,
-                payload=to_jsonable_python(task.payload),
-                payload_kind="json",
-            )
+    def to_checkpoint(
+        self,
+        cursor: RunCursor,
+        status: str,
+        written: Mapping[tuple[str, int], Mapping[str, Any]] | None = None,
+    ) -> Checkpoint:
+        """The checkpoint of ``cursor`` (``engine.checkpoint.snapshot``), or CheckpointError.
 
-        try:
-            return Checkpoint(
-                thread_id=self.thread_id or "",
-                run_id=self.run_id,
-                step=cursor.step,
-                state=cursor.state.model_dump(mode="json"),
-                next_tasks=[ref(t) for t in cursor.tasks],
-                fanin={k: sorted(v) for k, v in cursor.fanin.items()},
-                pending_writes=[
-                    PendingWrite(node=n, index=i, updates=to_jsonable_python(dict(u)))
-                    for (n, i), u in sorted(cursor.pending.items())
-                ],
-                status=status,  # type: ignore[arg-type]
-                created_at=time.time(),
-                run_started_at=self.started_at,
-            )
-        except Exception as exc:
-            raise CheckpointError(
-                f"step {cursor.step} of thread {self.thread_id!r} cannot be saved as JSON: "
-                f"{type(exc).__name__}: {exc}; keep state fields and Send payloads "
-                "JSON-compatible (or pydantic models)"
-            ) from exc
+        ``written``: the writes of the step that made ``cursor.state``, to
+        name the node behind a value that cannot be saved.
+        """
+        return self._run_codec().save(
+            thread_id=self.thread_id or "",
+            run_id=self.run_id,
+            step=cursor.step,
+            state=cursor.state,
+            tasks=cursor.tasks,
+            fanin=cursor.fanin,
+            pending=cursor.pending,
+            status=status,
+            started_at=self.started_at,
+            written=written,
+        )
 
     def from_checkpoint(self, cp: Checkpoint) -> RunCursor:
         """The cursor a checkpoint describes; validated, never executes stored code."""
-        schema = self.plan.schema
-        try:
-            state = schema.model.model_validate(cp.state)
-            tasks = []
-            for ref in cp.next_tasks:
-                if ref.node not in self.plan.nodes:
-                    raise CheckpointError(f"checkpoint names unknown node {ref.node!r}")
-                payload: Any = ref.payload
-                if ref.payload_kind == "state":
-                    payload = schema.model.model_validate(ref.payload)
-                tasks.append(
-                    Task(
-                        node=ref.node,
-                        index=ref.index,
-                        payload=payload,
-                        has_payload=ref.payload_kind != "none",
-                    )
-                )
-            pending: dict[tuple[str, int], Mapping[str, Any]] = {}
-            if cp.status in ("failed", "interrupted"):
-                for w in cp.pending_writes:
-                    pending[(w.node, w.index)] = dict(
-                        schema.check_update(w.node, cp.step, w.updates)
-                    )
-        except CheckpointError:
-            raise
-        except Exception as exc:
-            raise CheckpointError(
-                f"checkpoint of thread {cp.thread_id!r} at step {cp.step} does not fit this "
-                f"graph: {type(exc).__name__}: {exc}"
-            ) from exc
+        restored = self._run_codec().load(cp)
         return RunCursor(
-            state=state,
-            step=cp.step,
-            tasks=sorted(tasks, key=lambda t: t.order),
-            fanin={k: set(v) for k, v in cp.fanin.items()},
-            pending=pending,
+            state=restored.state,
+            step=restored.step,
+            tasks=[
+                Task(node=t.node, index=t.index, payload=t.payload, has_payload=t.has_payload)
+                for t in restored.tasks
+            ],
+            fanin=restored.fanin,
+            pending=restored.pending,
         )
 
 

@@ -9,11 +9,13 @@ interleaving gives the same state.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from .errors import GraphError, InvalidUpdateError
 
@@ -32,6 +34,10 @@ class Write:
     def order(self) -> tuple[str, int]:
         return (self.node, self.index)
 
+    def describe(self) -> str:
+        """The write's author for messages: ``'w'``, or ``'w' (Send 2)`` for a Send."""
+        return f"{self.node!r}" + (f" (Send {self.index})" if self.index >= 0 else "")
+
 
 def _reducer_of(metadata: Iterable[object]) -> Reducer | None:
     # pydantic keeps annotations it does not understand in ``metadata``; a
@@ -43,10 +49,17 @@ def _reducer_of(metadata: Iterable[object]) -> Reducer | None:
 
 @dataclass(frozen=True)
 class StateSchema:
-    """A validated view of the user's state model: fields and their reducers."""
+    """A validated view of the user's state model: fields and their reducers.
+
+    Invariant: ``_adapters`` only grows, one validator per field, built on
+    first use (most runs never need one); ``unsure`` is computed once.
+    """
 
     model: type[BaseModel]
     reducers: Mapping[str, Reducer | None]
+    _adapters: dict[str, TypeAdapter[Any]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @classmethod
     def of(cls, model: object) -> StateSchema:
@@ -69,6 +82,22 @@ class StateSchema:
         if isinstance(value, BaseModel):
             value = value.model_dump()
         return self.model.model_validate(value)
+
+    def field_adapter(self, name: str) -> TypeAdapter[Any]:
+        """A validator of one field's values, with the field's type and constraints."""
+        adapter = self._adapters.get(name)
+        if adapter is None:
+            info = self.model.model_fields[name]
+            # The FieldInfo carries the field's constraints (ge=, max_length=...).
+            annotated: Any = Annotated[info.annotation, info]
+            adapter = TypeAdapter(annotated)
+            self._adapters[name] = adapter
+        return adapter
+
+    @cached_property
+    def unsure(self) -> RoundTrip:
+        """Where ``model_validate(model_dump(mode="python"))`` may not give the state back."""
+        return round_trip(self.model)
 
     def copy(self, state: BaseModel) -> BaseModel:
         """A private copy for one node: no node can see or mutate another's view."""
@@ -106,7 +135,7 @@ class StateSchema:
         """
         ordered = sorted(writes, key=lambda w: w.order)
         values: dict[str, Any] = {}
-        writers: dict[str, list[str]] = {}
+        writers: dict[str, list[Write]] = {}
         for write in ordered:
             for key, value in write.updates.items():
                 reducer = self.reducers[key]
@@ -114,13 +143,14 @@ class StateSchema:
                 if reducer is None:
                     if who:
                         raise InvalidUpdateError(
-                            f"nodes {who[0]!r} and {write.node!r} both wrote field {key!r} "
-                            f"in step {step}, which has no reducer; give the field one "
-                            f"(Annotated[T, reducer]) or let only one node write it per step",
+                            f"nodes {who[0].describe()} and {write.describe()} both wrote field "
+                            f"{key!r} in step {step}, which has no reducer; give the field one "
+                            f"(Annotated[T, reducer]) or let only one "
+                            f"{'Send' if who[0].node == write.node else 'node'} write it per step",
                             node=write.node,
                             step=step,
                             field=key,
-                            nodes=(who[0], write.node),
+                            nodes=(who[0].node, write.node),
                         )
                     values[key] = value
                 else:
@@ -130,12 +160,12 @@ class StateSchema:
                     except Exception as exc:
                         raise InvalidUpdateError(
                             f"reducer of field {key!r} failed on the write of node "
-                            f"{write.node!r} in step {step}: {type(exc).__name__}: {exc}",
+                            f"{write.describe()} in step {step}: {type(exc).__name__}: {exc}",
                             node=write.node,
                             step=step,
                             field=key,
                         ) from exc
-                who.append(write.node)
+                who.append(write)
         if not values:
             return state
         new = state.model_copy()
@@ -144,13 +174,163 @@ class StateSchema:
             try:
                 validator.validate_assignment(new, key, value)
             except ValidationError as exc:
-                nodes = tuple(writers[key])
+                nodes = tuple(w.node for w in writers[key])
                 raise InvalidUpdateError(
-                    f"node {nodes[-1]!r} (step {step}) wrote a value to field {key!r} "
-                    f"that the schema rejects: {exc.errors()[0]['msg']}",
+                    f"node {writers[key][-1].describe()} (step {step}) wrote a value to field "
+                    f"{key!r} that the schema rejects: {exc.errors()[0]['msg']}",
                     node=nodes[-1],
                     step=step,
                     field=key,
                     nodes=nodes,
                 ) from exc
         return new
+
+
+# -- which fields survive dump -> validate ---------------------------------------
+
+
+@dataclass(frozen=True)
+class RoundTrip:
+    """Which parts of a model ``model_validate(model_dump(mode="python"))`` may change.
+
+    ``whole``: the model as a whole (a model validator, extra fields, aliases,
+    computed or excluded fields, ``model_post_init``): check every field.
+    ``fields``: the fields whose type may not round trip (``Any``, a field
+    validator or serializer, a union of models, a type pydantic validates
+    with a function, such as ``Path``).
+    """
+
+    whole: bool
+    fields: frozenset[str]
+
+
+#: Core-schema leaves whose python values validate back to themselves.
+_LEAVES = frozenset(
+    {
+        "str",
+        "int",
+        "float",
+        "bool",
+        "bytes",
+        "none",
+        "date",
+        "datetime",
+        "time",
+        "timedelta",
+        "decimal",
+        "uuid",
+        "complex",
+    }
+)
+
+
+def round_trip(model: type[BaseModel]) -> RoundTrip:
+    """What of ``model`` a dump/validate round trip may change, read from its core schema.
+
+    Conservative: anything this does not recognise counts as unsure, so a
+    caller checks it rather than trusting it.
+    """
+    schema: Any = model.__pydantic_core_schema__
+    defs: dict[str, Any] = {}
+    if schema.get("type") == "definitions":
+        defs = {d["ref"]: d for d in schema["definitions"]}
+        schema = schema["schema"]
+    everything = frozenset(model.model_fields)
+    if schema.get("type") != "model" or not _model_itself_sure(schema):
+        return RoundTrip(whole=True, fields=everything)
+    fields = schema["schema"].get("fields", {})
+    walker = _Walker(defs)
+    unsure = {name for name, f in fields.items() if not walker.field_sure(f)}
+    return RoundTrip(whole=False, fields=frozenset(unsure))
+
+
+def _model_itself_sure(schema: Any) -> bool:
+    """A model schema whose validation builds exactly what its fields hold."""
+    inner = schema.get("schema", {})
+    config = schema.get("config", {})
+    return (
+        "serialization" not in schema
+        and not schema.get("post_init")
+        and not schema.get("custom_init")
+        and not schema.get("root_model")
+        and config.get("extra_fields_behavior") != "allow"
+        and inner.get("type") == "model-fields"
+        and not inner.get("computed_fields")
+        and "extras_schema" not in inner
+    )
+
+
+class _Walker:
+    """One walk over a core schema. Invariant: ``busy`` holds the refs being walked."""
+
+    def __init__(self, defs: Mapping[str, Any]) -> None:
+        self.defs = defs
+        self.busy: set[str] = set()
+
+    def field_sure(self, f: Any) -> bool:
+        aliased = "validation_alias" in f or "serialization_alias" in f
+        return (
+            not aliased
+            and not f.get("serialization_exclude")
+            and "serialization" not in f
+            and self.sure(f["schema"])
+        )
+
+    def sure(self, s: Any) -> bool:
+        if "serialization" in s:
+            return False
+        t = s.get("type")
+        if t in _LEAVES:
+            return True
+        if t in ("nullable", "default"):
+            return self.sure(s["schema"])
+        if t in ("list", "set", "frozenset"):
+            return "items_schema" in s and self.sure(s["items_schema"])
+        if t == "tuple":
+            return all(self.sure(x) for x in s.get("items_schema", []))
+        if t == "dict":
+            keys, values = s.get("keys_schema"), s.get("values_schema")
+            return keys is not None and values is not None and self.sure(keys) and self.sure(values)
+        if t == "literal":
+            return all(type(x) in (str, int, type(None)) for x in s.get("expected", []))
+        if t == "enum":
+            return not s.get("strict") and all(
+                isinstance(m, enum.Enum) and type(m.value) in (str, int) for m in s["members"]
+            )
+        if t == "union":
+            return s.get("mode", "smart") == "smart" and all(
+                not self._model_like(c) and self.sure(c) for c in self._choices(s)
+            )
+        if t == "tagged-union":
+            return all(self.sure(c) for c in s["choices"].values())
+        if t == "definition-ref":
+            ref = s["schema_ref"]
+            if ref in self.busy:
+                return True  # a recursive model: sure if the rest of it is
+            target = self.defs.get(ref)
+            if target is None:
+                return False
+            self.busy.add(ref)
+            try:
+                return self.sure(target)
+            finally:
+                self.busy.discard(ref)
+        if t == "model":
+            if not _model_itself_sure(s):
+                return False
+            return all(self.field_sure(f) for f in s["schema"].get("fields", {}).values())
+        return False
+
+    @staticmethod
+    def _choices(s: Any) -> list[Any]:
+        return [c[0] if isinstance(c, tuple) else c for c in s["choices"]]
+
+    def _model_like(self, s: Any) -> bool:
+        """A choice a smart union may confuse with another: models pick on shape, not type."""
+        t = s.get("type")
+        if t in ("nullable", "default"):
+            return self._model_like(s["schema"])
+        if t == "definition-ref":
+            target = self.defs.get(s["schema_ref"], {})
+            return target.get("type") != "enum"
+        return t in ("model", "typed-dict", "dataclass", "model-fields")

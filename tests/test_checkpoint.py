@@ -10,9 +10,11 @@ collide.
 from __future__ import annotations
 
 import asyncio
+import json
 import operator
 import pickle
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -438,6 +440,76 @@ class TestCheckpointer:
             with pytest.raises(RuntimeError, match="is closed"):
                 await call()
 
+    @pytest.mark.parametrize(
+        ("bad", "message"),
+        [
+            ("lone-\udc80-surrogate", r"contains a lone surrogate \('\\udc80' at 5\)"),
+            ("nul\x00inside", r"contains a NUL character \(at 3\)"),
+            ("x" * 1_000_000, r"is 1000000 bytes long in UTF-8; checkpointers accept at most 1024"),
+            ("é" * 513, r"is 1026 bytes long"),
+        ],
+    )
+    async def test_thread_ids_no_store_can_keep_are_refused_up_front(
+        self, backend: Backend, bad: str, message: str
+    ) -> None:
+        """A thread id with a lone surrogate, a NUL, or too long for PostgreSQL's index is a
+        CheckpointError from every call of every backend, saying what to do; a long id is
+        never echoed whole."""
+        cp = backend.new()
+        calls: list[Callable[[], Awaitable[object]]] = [
+            lambda: cp.put(make_cp(bad, 0)),
+            lambda: cp.get_latest(bad),
+            lambda: cp.list(bad),
+            lambda: cp.acquire(bad, "r"),
+            lambda: cp.release(bad, "r"),
+            lambda: cp.delete_thread(bad),
+        ]
+        for call in calls:
+            with pytest.raises(CheckpointError, match=message) as info:
+                await call()
+            assert len(str(info.value)) < 400
+        # The limit itself is accepted.
+        await cp.put(make_cp("y" * 1024, 0))
+        assert await cp.get_latest("y" * 1024) is not None
+
+    async def test_delete_thread(self, backend: Backend, tid: Any) -> None:
+        """delete_thread removes every step and pending write of the thread, and nothing of
+        another; it is refused while a run holds the thread."""
+        cp, peer, t, other = backend.new(), backend.new(), tid("del"), tid("keep")
+        await cp.put(make_cp(t, 0))
+        await cp.put(make_cp(t, 1, "failed", writes=[PendingWrite(node="a", updates={})]))
+        await cp.put(make_cp(other, 0))
+        await cp.acquire(t, "run-a")
+        for who in (cp, peer):
+            with pytest.raises(CheckpointError, match=r"already being run by run run-a"):
+                await who.delete_thread(t)
+        assert len(await cp.list(t)) == 2
+        await cp.release(t, "run-a")
+        await peer.delete_thread(t)
+        assert await cp.list(t) == [] and await cp.get_latest(t) is None
+        assert [c.step for c in await cp.list(other)] == [0]
+        await cp.delete_thread(t)  # nothing left: a no-op
+        await cp.put(make_cp(t, 0))  # the id can start afresh
+        await cp.acquire(t, "run-b")  # and be run
+        await cp.release(t, "run-b")
+
+    async def test_version_1_rows_are_still_read(self, backend: Backend, tid: Any) -> None:
+        """Rows written by the first layout (plain JSON, pending writes stored bare) load."""
+        cp, t = backend.new(), tid("v1")
+        await cp.put(make_cp(t, 2, "failed", writes=[PendingWrite(node="a", updates={})]))
+        v1 = make_cp(t, 2, "failed", state={"notes": ["old"], "$x": 1}).model_dump(
+            exclude={"pending_writes"}
+        )
+        v1["schema_version"] = 1
+        await backend.corrupt("checkpoints", t, 2, json.dumps(v1))
+        await backend.corrupt("writes", t, 2, '{"notes": ["from a"]}')
+        loaded = await cp.get_latest(t)
+        assert loaded is not None and loaded.schema_version == 1
+        assert loaded.state == {"notes": ["old"], "$x": 1}
+        assert [(w.node, w.updates, w.typed) for w in loaded.pending_writes] == [
+            ("a", {"notes": ["from a"]}, [])
+        ]
+
     async def test_async_context_manager(self, backend: Backend, tid: Any) -> None:
         """``async with`` sets the checkpointer up and closes it."""
         async with backend.new() as cp:
@@ -531,6 +603,50 @@ class TestBackendDetails:
             await a.aclose()
             await b.aclose()
 
+    async def test_sqlite_delete_thread_drops_a_dead_holders_lock(self, tmp_path: Path) -> None:
+        """A lock left by a driver that died on this host does not block delete_thread."""
+        path = tmp_path / "cp.sqlite"
+        dead = subprocess.run(
+            [sys.executable, "-c", "import os; print(os.getpid())"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        async with SqliteCheckpointer(path) as cp:
+            await cp.put(make_cp("t", 0))
+            with sqlite3.connect(path) as conn:
+                conn.execute(
+                    "INSERT INTO locks VALUES ('t', 'dead-run', ?, ?, 0)",
+                    (int(dead.stdout), socket.gethostname()),
+                )
+            conn.close()
+            await cp.delete_thread("t")
+            assert await cp.list("t") == []
+            await cp.acquire("t", "next")
+
+    @pytest.mark.postgres
+    async def test_postgres_busy_lock_without_a_record_says_what_is_known(self) -> None:
+        """The thread's lock is held but no record names the holder (taking it a moment ago,
+        or releasing it): the refusal says so, with no question marks, after looking again."""
+        dsn = postgres_dsn()
+        import psycopg
+
+        from engine.checkpoint.postgres import lock_key
+
+        t = f"t{uuid.uuid4().hex[:10]}-norow"
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as holder:
+            await holder.execute("SELECT pg_advisory_lock(%s)", (lock_key(t),))
+            async with PostgresCheckpointer(dsn, pool_size=1) as cp:
+                with pytest.raises(CheckpointError) as info:
+                    await cp.acquire(t, "run-b")
+                text = str(info.value)
+                assert "?" not in text
+                assert "just taking or just releasing it" in text
+                assert "try again in a moment" in text
+                await holder.execute("SELECT pg_advisory_unlock(%s)", (lock_key(t),))
+                await cp.acquire(t, "run-b")  # free now
+                await cp.release(t, "run-b")
+
     @pytest.mark.parametrize(("durable", "level"), [(True, 2), (False, 1)])
     async def test_sqlite_durability_sets_synchronous(
         self, tmp_path: Path, durable: bool, level: int
@@ -575,13 +691,21 @@ class RunState(BaseModel):
     i: int = 0
 
 
-def three_steps(gate: asyncio.Event | None = None) -> Graph:
-    """first -> second -> third, io nodes; ``first`` waits for ``gate`` when given."""
+#: What a node of ``three_steps`` awaits before it finishes (a fault to cause, a check).
+Hook = Callable[[], Awaitable[object]]
+
+
+def three_steps(gate: asyncio.Event | None = None, hooks: dict[str, Hook] | None = None) -> Graph:
+    """first -> second -> third, io nodes; ``first`` waits for ``gate`` when given, and
+    each node awaits its hook in ``hooks``, if any, before it finishes."""
 
     def node(name: str) -> Any:
         async def run(state: RunState) -> dict[str, Any]:
             if gate is not None and name == "first":
                 await gate.wait()
+            hook = (hooks or {}).get(name)
+            if hook is not None:
+                await hook()
             await asyncio.sleep(0)
             return {"steps": [f"{name} {state.i}"]}
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import functools
+import operator
 import threading
-from typing import Any
+from typing import Annotated, Any, TypedDict
 
 import pytest
 from pydantic import BaseModel
@@ -31,6 +32,12 @@ def lock_closure() -> Any:
             return None
 
     return holds_lock
+
+
+class LgState(TypedDict):
+    """LangGraph's state for the same graphs (LangGraph is run to compare)."""
+
+    log: Annotated[list[str], operator.add]
 
 
 def graph() -> Graph:
@@ -205,6 +212,89 @@ class TestAddEdge:
         g.add_edge(["b", "a"], "c")
         with pytest.raises(GraphError, match=r"fan-in edge \['a', 'b'\] -> 'c' is added twice"):
             g.compile()
+
+
+class TestFanInToEnd:
+    """``add_edge([a, b], END)``: the run ends once both finished, as in LangGraph."""
+
+    @staticmethod
+    def fan_in_to_end() -> Graph:
+        g = Graph(State)
+        g.add_node("a", functools.partial(append, "items", "a"))
+        g.add_node("b", functools.partial(append, "items", "b"))
+        g.add_node("c", functools.partial(append, "items", "c"))
+        g.add_edge(START, "a")
+        g.add_edge(START, "b")
+        g.add_edge("b", "c")
+        g.add_edge(["a", "c"], END)
+        return g
+
+    async def test_the_run_ends_after_all_sources(self, mode: str) -> None:
+        """Every node runs once, then the run ends (it ended in a bare KeyError)."""
+        result = await self.fan_in_to_end().compile().arun({}, mode=mode)
+        assert result.state.items == ["a", "b", "c"]
+        assert result.metrics.steps == 2
+
+    async def test_langgraph_ends_in_the_same_state(self) -> None:
+        """LangGraph, run on the same graph, ends in the same state."""
+        lg = pytest.importorskip("langgraph.graph")
+        g = lg.StateGraph(LgState)
+        for name in "abc":
+            g.add_node(name, lambda s, name=name: {"log": [name]})
+        g.add_edge(lg.START, "a")
+        g.add_edge(lg.START, "b")
+        g.add_edge("b", "c")
+        g.add_edge(["a", "c"], lg.END)
+        theirs = await g.compile().ainvoke({"log": []})
+        ours = await self.fan_in_to_end().compile().ainvoke({})
+        assert ours.items == theirs["log"]
+
+    async def test_a_checkpointed_thread_finishes_and_takes_new_input(self) -> None:
+        """With a checkpointer the thread ends "done" with nothing left to run, so the next
+        input runs (the thread was stuck: "unfinished run")."""
+        from engine.checkpoint import MemoryCheckpointer
+
+        cp = MemoryCheckpointer()
+        app = self.fan_in_to_end().compile(checkpointer=cp)
+        await app.arun({}, thread_id="t")
+        latest = await cp.get_latest("t")
+        assert latest is not None
+        assert (latest.status, latest.next_tasks, latest.fanin) == ("done", [], {})
+        again = await app.arun({}, thread_id="t")
+        assert again.state.items == ["a", "b", "c"]
+
+
+class TestRouterReturningNone:
+    """A router that returns None (a branch that forgot to return) is an error, not an end."""
+
+    @staticmethod
+    def routed(route: Any, path_map: Any = None) -> Graph:
+        g = Graph(State)
+        g.add_node("a", functools.partial(append, "items", "a"))
+        g.add_node("b", functools.partial(append, "items", "b"))
+        g.add_edge(START, "a")
+        g.add_conditional_edges("a", route, path_map)
+        return g
+
+    @pytest.mark.parametrize("result", [None, [None], ["b", None]])
+    async def test_none_is_a_graph_error_that_says_to_return_end(self, result: Any) -> None:
+        """The error names the edge's source and the step, and says to return END."""
+        app = self.routed(lambda s: result).compile()
+        with pytest.raises(GraphError, match="return END to end the run there") as info:
+            await app.arun({})
+        assert "conditional edge from 'a' returned None (routing after step 0)" in str(info.value)
+        assert (info.value.node, info.value.step) == ("a", 0)
+
+    async def test_end_and_an_empty_list_still_end_the_run(self) -> None:
+        """END, or no target at all, ends the run quietly."""
+        for result in (END, []):
+            state = await self.routed(lambda s, r=result: r).compile().ainvoke({})
+            assert state.items == ["a"]
+
+    async def test_a_path_map_may_map_none(self) -> None:
+        """A path_map with a None key says where None goes: that is honoured."""
+        state = await self.routed(lambda s: None, {None: "b"}).compile().ainvoke({})
+        assert state.items == ["a", "b"]
 
 
 class TestAddConditionalEdges:

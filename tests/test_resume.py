@@ -8,28 +8,38 @@ side-effect file, so a test can count how often a node completed.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import decimal
+import enum
 import functools
 import json
+import math
+import operator
 import os
 import signal
 import subprocess
 import sys
 import time
 import uuid
+import zoneinfo
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import cloudpickle
 import pytest
+from pydantic import BaseModel
 
 import tests.crashers as crashers
-from engine import START, Graph, GraphError, InvalidUpdateError, NodeError, RetryPolicy
+from engine import START, Graph, GraphError, InvalidUpdateError, NodeError, RetryPolicy, Send
 from engine.checkpoint import (
     Checkpointer,
     MemoryCheckpointer,
+    PendingWrite,
     PostgresCheckpointer,
     SqliteCheckpointer,
 )
+from engine.errors import CheckpointError
 from engine.lanes.process import pid_alive
 from tests.conftest import postgres_dsn
 from tests.crashers import FaultState, lines
@@ -360,3 +370,267 @@ class TestSignals:
 
         assert sorted(final["items"]) == ["fast", "st"]
         assert driver.finished().count("fast") == 1
+
+
+# -- values plain JSON cannot hold ------------------------------------------------
+
+
+class Color(enum.Enum):
+    RED = "red"
+
+
+class Reading(BaseModel):
+    value: float = 0.0
+    at: dt.datetime | None = None
+
+
+class Exotic(BaseModel):
+    score: float = 0.0
+    maybe: float | None = None
+    zero: float = 0.0
+    big: int = 0
+    raw: bytes = b""
+    pair: tuple[int, str] = (0, "")
+    ids: set[int] = set()
+    tags: frozenset[str] = frozenset()
+    when: dt.datetime | None = None
+    day: dt.date | None = None
+    clock: dt.time | None = None
+    span: dt.timedelta = dt.timedelta()
+    money: decimal.Decimal = decimal.Decimal("0")
+    key: uuid.UUID | None = None
+    text: str = ""
+    by_id: dict[int, str] = {}
+    ordered: dict[str, float] = {}
+    reading: Reading = Reading()
+    color: Color | None = None
+    loose: Any = None
+    seen: Annotated[list[tuple[int, str]], operator.add] = []
+    mapped: Annotated[list[Any], operator.add] = []
+
+
+def exotic_graph(failures: list[int]) -> Graph:
+    """Step 0 writes every kind of value; its router sends two payloads of them; in step 1
+    Send 1 of ``mapper`` fails while ``failures`` has an item, after the others wrote
+    theirs (pending writes of the same kinds)."""
+
+    async def first(state: Exotic) -> dict[str, Any]:
+        return {
+            "score": math.nan,
+            "maybe": math.inf,
+            "zero": -0.0,
+            "big": 2**100 + 1,
+            "raw": b"\x00\xff\xfe",
+            "pair": (7, "seven"),
+            "ids": {3, 1, 2},
+            "tags": frozenset({"a", "b"}),
+            "when": dt.datetime(
+                2024, 10, 27, 2, 30, tzinfo=zoneinfo.ZoneInfo("Europe/Paris"), fold=1
+            ),
+            "day": dt.date(1999, 12, 31),
+            "clock": dt.time(23, 59, 59, 999999),
+            "span": dt.timedelta(days=-1, microseconds=1),
+            "money": decimal.Decimal("1.10"),
+            "key": uuid.UUID(int=12345),
+            "text": "NUL\x00 and a lone \ud800 surrogate",
+            "by_id": {2: "two", 1: "one"},
+            "ordered": {"zeta": -math.inf, "alpha": 1e16, "$float": 0.5},
+            "reading": {"value": math.nan, "at": dt.datetime(2024, 1, 1, tzinfo=dt.UTC)},
+            "loose": {"nested": [(1, 2), {b"k": {4.5}}]},
+        }
+
+    def route(state: Exotic) -> list[Any]:
+        payload = {"raw": state.raw, "pair": state.pair, "nan": state.score}
+        return [Send("mapper", payload), Send("mapper", {**payload, "fail": True}), "ok"]
+
+    async def mapper(arg: dict[str, Any]) -> dict[str, Any]:
+        if arg.get("fail") and failures:
+            failures.pop()
+            raise ConnectionError("transient")
+        return {"mapped": [arg]}
+
+    async def ok(state: Exotic) -> dict[str, Any]:
+        return {"color": Color.RED, "seen": [(1, "x\x00")], "mapped": [{"from": "ok"}]}
+
+    g = Graph(Exotic)
+    g.add_node("first", first)
+    g.add_node("mapper", mapper)
+    g.add_node("ok", ok)
+    g.add_edge(START, "first")
+    g.add_conditional_edges("first", route)
+    return g
+
+
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def any_checkpointer(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[Checkpointer]:
+    """A checkpointer of each backend, closed after the test."""
+    cp: Checkpointer
+    if request.param == "memory":
+        cp = MemoryCheckpointer()
+    else:
+        cp = make_checkpointer(request.param, tmp_path)
+    try:
+        yield cp
+    finally:
+        await cp.aclose()
+
+
+class TestExactResume:
+    async def test_resumed_run_ends_exactly_as_an_uninterrupted_one(
+        self, any_checkpointer: Checkpointer
+    ) -> None:
+        """NaN, inf, -0.0, big ints, bytes, tuples, sets, datetimes, Decimals, UUIDs, NUL and
+        surrogates, int keys, dict order, a nested model, an enum: through a failed step's
+        checkpoint (state, Send payloads, pending writes) and a resume, on every backend, the
+        final state is strictly the uninterrupted run's."""
+        reference = await exotic_graph([]).compile().arun({})
+        t = f"t{uuid.uuid4().hex[:10]}"
+        app = exotic_graph([1]).compile(checkpointer=any_checkpointer)
+        with pytest.raises(NodeError, match="transient"):
+            await app.arun({}, thread_id=t)
+        latest = await any_checkpointer.get_latest(t)
+        assert latest is not None and (latest.step, latest.status) == (1, "failed")
+        assert sorted((w.node, w.index) for w in latest.pending_writes) == [
+            ("mapper", 0),
+            ("ok", -1),
+        ]
+        resumed = await app.arun(None, thread_id=t)
+        from engine.checkpoint.codec import difference  # strict: types, NaN, -0.0, order
+
+        assert difference(reference.state, resumed.state) is None
+        assert [(c.node, c.index) for c in resumed.trace.calls] == [("mapper", 1)]
+
+    @pytest.mark.parametrize("only", ["maybe", "both"])
+    async def test_non_finite_floats_survive_a_resume(
+        self, any_checkpointer: Checkpointer, only: str
+    ) -> None:
+        """A node returns NaN and inf; a later step fails; the resume ends with NaN and inf
+        (they were saved as null: a float field could never resume, an Optional one came
+        back None)."""
+        calls: list[str] = []
+
+        async def scores(state: Exotic) -> dict[str, Any]:
+            return (
+                {"maybe": math.inf} if only == "maybe" else {"score": math.nan, "maybe": math.inf}
+            )
+
+        async def later(state: Exotic) -> dict[str, Any]:
+            calls.append("later")
+            if len(calls) == 1:
+                raise ConnectionError("transient")
+            return {"text": "done"}
+
+        g = Graph(Exotic)
+        g.add_node("scores", scores)
+        g.add_node("later", later)
+        g.add_edge(START, "scores")
+        g.add_edge("scores", "later")
+        app = g.compile(checkpointer=any_checkpointer)
+        t = f"t{uuid.uuid4().hex[:10]}"
+        with pytest.raises(NodeError, match="transient"):
+            await app.arun({}, thread_id=t)
+        result = await app.arun(None, thread_id=t)
+        assert result.state.maybe == math.inf and result.state.text == "done"
+        assert math.isnan(result.state.score) if only == "both" else result.state.score == 0.0
+
+    async def test_a_value_a_checkpoint_cannot_keep_is_refused_before_saving(
+        self, any_checkpointer: Checkpointer
+    ) -> None:
+        """An enum in an ``Any`` field would come back as its value: the save after the step
+        fails with a CheckpointError naming the field, the node and the step, and the
+        thread's previous checkpoint stays as it was (it was silently saved as "red")."""
+
+        async def writer(state: Exotic) -> dict[str, Any]:
+            return {"loose": Color.RED}
+
+        g = Graph(Exotic)
+        g.add_node("writer", writer)
+        g.add_edge(START, "writer")
+        t = f"t{uuid.uuid4().hex[:10]}"
+        app = g.compile(checkpointer=any_checkpointer)
+        with pytest.raises(CheckpointError) as info:
+            await app.arun({}, thread_id=t)
+        text = str(info.value)
+        assert f"cannot save step 1 of thread {t!r}" in text
+        assert "state field 'loose' (written by node 'writer' in step 0)" in text
+        assert "is a str, not a Color" in text
+        latest = await any_checkpointer.get_latest(t)
+        assert latest is not None and (latest.step, latest.status) == (0, "running")
+        assert latest.state["loose"] is None
+
+
+# -- checkpoints the graph cannot resume ----------------------------------------------
+
+
+class TestHostileCheckpoint:
+    @pytest.mark.parametrize(
+        "ghost",
+        [
+            PendingWrite(node="ghost", updates={"items": ["injected"]}),
+            PendingWrite(node="three", updates={"items": ["injected"]}),
+        ],
+        ids=["unknown-node", "node-not-in-the-step"],
+    )
+    async def test_pending_writes_of_no_task_are_refused_not_merged(
+        self, any_checkpointer: Checkpointer, tmp_path: Path, ghost: PendingWrite
+    ) -> None:
+        """A stale or altered checkpoint whose pending writes name a node the graph does
+        not have (or no task of the step): the resume is a CheckpointError, nothing merged,
+        no node run."""
+        t = f"t{uuid.uuid4().hex[:10]}"
+        app = failed_step_graph(tmp_path, "io", "io").compile(checkpointer=any_checkpointer)
+        with pytest.raises(NodeError):  # 'two' fails twice: its retries are spent
+            await app.arun({}, thread_id=t)
+        latest = await any_checkpointer.get_latest(t)
+        assert latest is not None and latest.status == "failed"
+        altered = latest.model_copy(update={"pending_writes": [*latest.pending_writes, ghost]})
+        await any_checkpointer.put(altered)
+        ran_before = lines(tmp_path / "side")
+        with pytest.raises(CheckpointError, match=f"pending write of node '{ghost.node}'") as info:
+            await app.arun(None, thread_id=t)
+        assert f"delete_thread({t!r})" in str(info.value)
+        assert lines(tmp_path / "side") == ran_before  # no node ran
+
+    async def test_fan_in_bookkeeping_of_an_unknown_edge_is_refused(
+        self, any_checkpointer: Checkpointer, tmp_path: Path
+    ) -> None:
+        """Fan-in bookkeeping naming an edge or source the graph lacks: refused on resume."""
+        t = f"t{uuid.uuid4().hex[:10]}"
+        app = failed_step_graph(tmp_path, "io", "io").compile(checkpointer=any_checkpointer)
+        with pytest.raises(NodeError):
+            await app.arun({}, thread_id=t)
+        latest = await any_checkpointer.get_latest(t)
+        assert latest is not None
+        await any_checkpointer.put(latest.model_copy(update={"fanin": {"one+two->three": ["x"]}}))
+        with pytest.raises(CheckpointError, match=r"counts \['x'\] as sources"):
+            await app.arun(None, thread_id=t)
+
+
+class TestAbandonedThread:
+    async def test_delete_thread_lets_a_stuck_thread_start_again(
+        self, any_checkpointer: Checkpointer, tmp_path: Path
+    ) -> None:
+        """A failed run leaves the thread unfinished: new input is refused until the thread
+        is deleted, then it starts afresh under the same id."""
+        t = f"t{uuid.uuid4().hex[:10]}"
+        app = failed_step_graph(tmp_path, "io", "io").compile(checkpointer=any_checkpointer)
+        with pytest.raises(NodeError):
+            await app.arun({}, thread_id=t)
+        with pytest.raises(CheckpointError, match="unfinished run"):
+            await app.arun({}, thread_id=t)
+        await any_checkpointer.delete_thread(t)
+        assert await any_checkpointer.list(t) == []
+        result = await app.arun({}, thread_id=t)  # 'two' succeeds by now (3rd call)
+        assert result.state.items == ["one", "two", "three"]
+
+    async def test_a_thread_id_no_store_can_keep_is_refused_by_arun(
+        self, any_checkpointer: Checkpointer, tmp_path: Path
+    ) -> None:
+        """arun with a lone surrogate in thread_id: a CheckpointError saying why, before
+        anything runs (a bare UnicodeEncodeError on SQLite and PostgreSQL)."""
+        app = failed_step_graph(tmp_path, "io", "io").compile(checkpointer=any_checkpointer)
+        with pytest.raises(CheckpointError, match="lone surrogate"):
+            await app.arun({}, thread_id="user-\udcff")
+        assert lines(tmp_path / "side") == []

@@ -164,6 +164,16 @@ class TestMerge:
         assert e.value.nodes == ("a", "b") and e.value.step == 3 and e.value.field == "plain"
         assert "in step 3" in str(e.value)
 
+    def test_two_sends_of_one_node_are_told_apart(self) -> None:
+        """Two Sends of one node writing a plain field: the message gives their Send indexes
+        and says to let one Send write it."""
+        with pytest.raises(InvalidUpdateError) as e:
+            schema.merge(S(), [Write("w", 1, {"plain": "y"}), Write("w", 0, {"plain": "x"})], 2)
+        text = str(e.value)
+        assert "nodes 'w' (Send 0) and 'w' (Send 1) both wrote field 'plain' in step 2" in text
+        assert "let only one Send write it per step" in text
+        assert (e.value.nodes, e.value.field) == (("w", "w"), "plain")
+
     def test_rejected_value(self) -> None:
         """A value the schema rejects names node, step and field."""
         with pytest.raises(InvalidUpdateError, match=r"node 'a' \(step 2\).*field 'n'") as e:
@@ -190,3 +200,57 @@ class TestMerge:
         """A step without writes leaves the state as it was."""
         old = S(n=1)
         assert schema.merge(old, [Write("a", -1, {})], 0) == old
+
+
+class TestRoundTrip:
+    """Which fields a dump/validate round trip may change, read from the schema."""
+
+    def test_typed_fields_are_sure_and_the_rest_are_not(self) -> None:
+        """Closed types are vouched for; Any, bare containers, validators, model unions and
+        function-validated types (Path) are checked on every save."""
+        import pathlib
+        from typing import Any
+
+        from pydantic import field_validator
+
+        class A(BaseModel):
+            x: int = 0
+
+        class B(BaseModel):
+            x: int = 0
+
+        class M(BaseModel):
+            items: Annotated[list[str], operator.add] = []
+            nested: dict[int, tuple[A, ...]] = {}
+            maybe: float | None = None
+            loose: Any = None
+            bare: list = []  # type: ignore[type-arg]
+            path: pathlib.Path = pathlib.Path(".")
+            either: A | B | None = None
+            stripped: str = ""
+
+            @field_validator("stripped")
+            @classmethod
+            def strip(cls, v: str) -> str:
+                return v.strip()
+
+        unsure = StateSchema.of(M).unsure
+        assert not unsure.whole
+        assert unsure.fields == {"loose", "bare", "path", "either", "stripped"}
+
+    def test_model_level_validators_make_every_field_unsure(self) -> None:
+        """A model validator (or extra fields) may change anything: the whole model is checked."""
+        from pydantic import ConfigDict, model_validator
+
+        class V(BaseModel):
+            n: int = 0
+
+            @model_validator(mode="after")
+            def bump(self) -> V:
+                return self
+
+        class E(BaseModel):
+            model_config = ConfigDict(extra="allow")
+            n: int = 0
+
+        assert StateSchema.of(V).unsure.whole and StateSchema.of(E).unsure.whole

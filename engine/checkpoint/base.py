@@ -1,9 +1,10 @@
 """Checkpoint data, the ``Checkpointer`` protocol, and what every backend shares.
 
-A checkpoint is JSON from end to end: the scheduler dumps the state model in
-JSON mode, a backend stores text (or jsonb), and loading parses JSON and
-validates it with pydantic. Nothing here unpickles or imports anything named
-by stored data, so loading a checkpoint can never run code.
+A checkpoint is JSON from end to end: the scheduler writes the state with the
+checkpoint codec (``codec.py``: tagged JSON that keeps NaN, bytes, tuples,
+datetimes... exactly), a backend stores the JSON text, and loading parses it
+and validates it with pydantic. Nothing here unpickles or imports anything
+named by stored data, so loading a checkpoint can never run code.
 
 Storage layout, the same in every backend::
 
@@ -28,9 +29,20 @@ from typing import Any, Literal, Protocol, Self, runtime_checkable
 from pydantic import BaseModel
 
 from ..errors import CheckpointError
+from .codec import dumps
 
-#: The layout version this engine writes and reads.
-SCHEMA_VERSION = 1
+#: The layout version this engine writes. Version 1 held plain JSON (JSON-mode
+#: dumps, NaN saved as null); version 2 holds the codec's tagged JSON, and its
+#: rows of pending writes also say which fields are ``typed``.
+SCHEMA_VERSION = 2
+
+#: The versions this engine reads.
+READABLE_VERSIONS = (1, 2)
+
+#: The longest thread id, in UTF-8 bytes, every checkpointer accepts: it is
+#: part of PostgreSQL's primary-key index entries, which hold about 2,700 bytes
+#: with the node name of a pending write.
+THREAD_ID_MAX_BYTES = 1024
 
 #: One stored pending write as it comes back from a backend: (node, index, JSON text).
 WriteRow = tuple[str, int, str | bytes]
@@ -52,8 +64,11 @@ class PendingWrite(BaseModel, frozen=True):
 
     node: str
     index: int = -1
-    #: JSON data.
+    #: JSON data (the codec's), field -> value as the node returned it.
     updates: dict[str, Any]
+    #: Fields whose value is plain data that validation into the field's type
+    #: turns back into what the node returned (an enum member, a model...).
+    typed: list[str] = []
 
 
 class Checkpoint(BaseModel, frozen=True):
@@ -63,7 +78,7 @@ class Checkpoint(BaseModel, frozen=True):
     run_id: str
     #: The step the saved tasks will run in (== completed steps).
     step: int
-    #: JSON-mode dump of the state model.
+    #: The state model's fields as JSON data (the codec's, from schema_version 2).
     state: dict[str, Any]
     #: What runs in ``step`` (empty, with status "done", when finished).
     next_tasks: list[TaskRef]
@@ -110,6 +125,14 @@ class Checkpointer(Protocol):
         """Mark ``run_id`` as the one run driving ``thread_id``, or refuse."""
         ...
 
+    async def delete_thread(self, thread_id: str) -> None:
+        """Delete every checkpoint and pending write of ``thread_id``.
+
+        Refuses with :class:`CheckpointError` while a live run holds the
+        thread; a lock whose holder died is dropped with the rest.
+        """
+        ...
+
     async def release(self, thread_id: str, run_id: str) -> None:
         """Drop ``run_id``'s lock on ``thread_id`` (no-op when not held)."""
         ...
@@ -130,19 +153,68 @@ class Checkpointer(Protocol):
 # -- encoding and decoding -----------------------------------------------------
 
 
+def check_thread_id(thread_id: object) -> str:
+    """``thread_id`` if every checkpointer can store it, else CheckpointError saying why.
+
+    Checked up front on every backend, so the same id is refused the same way
+    everywhere (SQLite and PostgreSQL would each fail differently, or not at
+    all, deep in a save). The message never echoes a long id whole.
+    """
+    if not isinstance(thread_id, str):
+        raise CheckpointError(
+            f"thread_id must be a str, got {type(thread_id).__name__}; pass str(...) of it"
+        )
+    shown = repr(thread_id[:40]) + ("..." if len(thread_id) > 40 else "")
+    if "\x00" in thread_id:
+        raise CheckpointError(
+            f"thread_id {shown} contains a NUL character (at {thread_id.index(chr(0))}), which "
+            "a checkpoint store cannot index; use an id without it"
+        )
+    try:
+        size = len(thread_id.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise CheckpointError(
+            f"thread_id {shown} contains a lone surrogate ({thread_id[exc.start]!r} at "
+            f"{exc.start}), which is not valid Unicode text and cannot be stored; decode the "
+            "id properly (bytes.decode('utf-8'), not 'surrogateescape') or hash it"
+        ) from None
+    if size > THREAD_ID_MAX_BYTES:
+        raise CheckpointError(
+            f"thread_id {shown} is {size} bytes long in UTF-8; checkpointers accept at most "
+            f"{THREAD_ID_MAX_BYTES}: use a shorter id (a hash of this one, say)"
+        )
+    return thread_id
+
+
 def encode(checkpoint: Checkpoint) -> tuple[str, builtins.list[tuple[str, int, str]]]:
-    """The checkpoint row's JSON text and its pending writes, one per (node, index)."""
+    """The checkpoint row's JSON text and its pending writes, one per (node, index).
+
+    The text is ASCII (every other character escaped), strict JSON (no NaN),
+    with object keys in order: a store keeping it as text keeps it exactly.
+    """
     if not isinstance(checkpoint, Checkpoint):
         raise TypeError(f"put() takes a Checkpoint, got {type(checkpoint).__name__}")
+    check_thread_id(checkpoint.thread_id)
     try:
-        data = checkpoint.model_dump_json(exclude={"pending_writes"})
+        # The state is JSON data already (often most of the checkpoint): dump
+        # the rest, in field order, without copying it.
+        rest = checkpoint.model_dump(mode="python", exclude={"pending_writes", "state"})
+        row = {
+            name: checkpoint.state if name == "state" else rest[name]
+            for name in Checkpoint.model_fields
+            if name != "pending_writes"
+        }
+        data = dumps(row)
         # Last write wins per (node, index): that is the key in storage.
-        writes = {(w.node, w.index): json.dumps(w.updates) for w in checkpoint.pending_writes}
+        writes = {
+            (w.node, w.index): dumps({"updates": w.updates, "typed": w.typed})
+            for w in checkpoint.pending_writes
+        }
     except Exception as exc:
         raise CheckpointError(
             f"checkpoint of thread {checkpoint.thread_id!r} at step {checkpoint.step} is not "
-            f"JSON data: {type(exc).__name__}: {exc}; keep state fields and Send payloads "
-            "JSON-compatible"
+            f"JSON data: {type(exc).__name__}: {exc}; build it with the engine's checkpoint "
+            "codec (engine.checkpoint.codec), which writes every value a state can hold"
         ) from exc
     return data, [(node, index, text) for (node, index), text in sorted(writes.items())]
 
@@ -159,18 +231,21 @@ def decode(thread_id: str, step: int, data: str | bytes, writes: Iterable[WriteR
         if not isinstance(raw, dict):
             raise ValueError(f"expected a JSON object, got {type(raw).__name__}")
         version = raw.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_VERSIONS:
             # Its own message (what to do differs from corruption), with a
             # cause like every other load failure.
             raise CheckpointError(
-                f"{where} has schema_version {version!r}; this engine reads version "
-                f"{SCHEMA_VERSION}: resume it with the engine that wrote it, or use a new "
-                "thread_id"
-            ) from ValueError(f"unsupported schema_version {version!r}")
-        raw["pending_writes"] = [
-            {"node": node, "index": index, "updates": json.loads(text)}
-            for node, index, text in writes
-        ]
+                f"{where} has schema_version {version!r:.40}; this engine reads versions "
+                f"{', '.join(map(str, READABLE_VERSIONS))}: resume it with the engine that "
+                "wrote it, or use a new thread_id"
+            ) from ValueError(f"unsupported schema_version {version!r:.40}")
+        pending = []
+        for node, index, text in writes:
+            row = json.loads(text)
+            if version == 1 or not isinstance(row, dict):  # version 1: the updates alone
+                row = {"updates": row}
+            pending.append({**row, "node": node, "index": index})
+        raw["pending_writes"] = pending
         checkpoint = Checkpoint.model_validate(raw)
         if checkpoint.thread_id != thread_id or checkpoint.step != step:
             raise ValueError(
@@ -181,7 +256,8 @@ def decode(thread_id: str, step: int, data: str | bytes, writes: Iterable[WriteR
     except Exception as exc:
         raise CheckpointError(
             f"{where} is corrupt ({type(exc).__name__}: {exc}); it cannot be resumed: "
-            "start the work under a new thread_id (or delete the thread's rows)"
+            f"start the work under a new thread_id, or delete the thread with "
+            f"checkpointer.delete_thread({thread_id!r})"
         ) from exc
     return checkpoint
 
@@ -199,6 +275,19 @@ def busy_message(thread_id: str, run_id: object, pid: object, host: object) -> s
     return (
         f"thread {thread_id!r} is already being run by run {run_id} (pid {pid} on host "
         f"{host}); wait for it or use another thread_id"
+    )
+
+
+def busy_unnamed_message(thread_id: str) -> str:
+    """The refusal when the thread is locked but the holder's record is not there.
+
+    Scenario: the holder took the lock a moment ago and has not written its
+    record yet, or deleted its record and is releasing the lock right now.
+    """
+    return (
+        f"thread {thread_id!r} is already being run by another run, which was just taking "
+        "or just releasing it (its lock record was not written yet, or already removed); "
+        "try again in a moment, or use another thread_id"
     )
 
 

@@ -11,6 +11,7 @@ from .base import (
     CheckpointerBase,
     Lifecycle,
     busy_message,
+    check_thread_id,
     decode,
     encode,
     this_host,
@@ -61,6 +62,7 @@ class MemoryCheckpointer(CheckpointerBase):
     async def get_latest(self, thread_id: str) -> Checkpoint | None:
         """The checkpoint with the highest step, or None."""
         self._check_usable("read a checkpoint")
+        check_thread_id(thread_id)
         steps = self._rows.get(thread_id)
         if not steps:
             return None
@@ -69,11 +71,13 @@ class MemoryCheckpointer(CheckpointerBase):
     async def list(self, thread_id: str) -> builtins.list[Checkpoint]:
         """Every checkpoint of the thread, oldest step first."""
         self._check_usable("list checkpoints")
+        check_thread_id(thread_id)
         return [self._load(thread_id, s) for s in sorted(self._rows.get(thread_id, {}))]
 
     async def acquire(self, thread_id: str, run_id: str) -> None:
         """Take the thread for ``run_id`` or raise CheckpointError naming the holder."""
         self._check_usable("acquire a thread")
+        check_thread_id(thread_id)
         holder = self._locks.get(thread_id)
         if holder is not None and holder != run_id:
             raise CheckpointError(busy_message(thread_id, holder, os.getpid(), this_host()))
@@ -82,8 +86,19 @@ class MemoryCheckpointer(CheckpointerBase):
     async def release(self, thread_id: str, run_id: str) -> None:
         """Drop ``run_id``'s lock; a lock held by another run is left alone."""
         self._check_usable("release a thread")
+        check_thread_id(thread_id)
         if self._locks.get(thread_id) == run_id:
             del self._locks[thread_id]
+
+    async def delete_thread(self, thread_id: str) -> None:
+        """Delete the thread's checkpoints; refused while a run holds the thread."""
+        self._check_usable("delete a thread")
+        check_thread_id(thread_id)
+        holder = self._locks.get(thread_id)
+        if holder is not None:
+            raise CheckpointError(busy_message(thread_id, holder, os.getpid(), this_host()))
+        self._rows.pop(thread_id, None)
+        self._writes.pop(thread_id, None)
 
     async def aclose(self) -> None:
         """Drop the locks; stored checkpoints become unreachable. Idempotent."""

@@ -8,6 +8,12 @@ psycopg 3 is imported lazily, so ``engine`` imports without it; install the
     acquire      --lock connection--> pg_try_advisory_lock(key(thread_id))
                  --pool--> locks row (who holds it, for the refusal message)
 
+The jsonb columns hold each row's JSON text as one JSON string, not as a
+jsonb object: jsonb would sort object keys (a state's dicts would come back
+in another order), turn ``1e+16`` into an integer, and refuse NUL; a string
+keeps the text, so a checkpoint reads back exactly as on SQLite. Rows of
+schema_version 1 (jsonb objects) are still read.
+
 A session-level advisory lock belongs to the connection that took it, so
 it vanishes when that connection does: a driver killed with SIGKILL never
 blocks a later resume. The locks row names the holder for the refusal
@@ -15,16 +21,28 @@ message, and fences: a driver whose lock connection died (server restart,
 terminated backend) while it kept running may have been overtaken by
 another run, which overwrote the row; its next ``put`` sees that and fails
 instead of writing over the new run's steps.
+
+Connections the server closes (``idle_session_timeout``,
+``pg_terminate_backend``, a restart) do not fail a run: the pool checks a
+connection before lending it, a call whose connection breaks under it runs
+once more on a fresh one (every call is idempotent), the lock connection opts
+out of ``idle_session_timeout``, and a put that finds its run's advisory lock
+gone with its session takes the lock again before writing. A server that
+stays down past ``connect_timeout_s`` fails the call with a
+:class:`CheckpointError` whose ``__cause__`` is psycopg's error; the thread
+keeps its last saved step.
 """
 
 from __future__ import annotations
 
 import asyncio
 import builtins
+import functools
 import hashlib
 import json
 import os
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import CheckpointError
 from ..logs import get_logger
@@ -33,6 +51,8 @@ from .base import (
     CheckpointerBase,
     Lifecycle,
     busy_message,
+    busy_unnamed_message,
+    check_thread_id,
     decode,
     encode,
     now,
@@ -44,6 +64,16 @@ if TYPE_CHECKING:
     import psycopg_pool
 
 log = get_logger("engine.checkpoint")
+
+T = TypeVar("T")
+
+#: Seconds ``release`` waits for a pooled connection: when the server is down,
+#: the run's own error must not wait behind the release of its lock label.
+RELEASE_TIMEOUT_S = 5.0
+
+#: Seconds ``acquire`` keeps looking for the record of a busy lock's holder
+#: (it may be writing it, or releasing the lock) before saying it is unknown.
+BUSY_LOOKUP_S = 1.0
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS checkpoints (
@@ -73,10 +103,14 @@ _SCHEMA = (
 # which can otherwise collide in the catalog (duplicate pg_type rows).
 _SETUP_LOCK_KEY = 0x656E67696E65  # "engine"
 
+# A row's JSON text: a jsonb string holds it whole; a jsonb object is a
+# schema_version 1 row, written before rows were stored as strings.
+_TEXT = "CASE WHEN jsonb_typeof({0}) = 'string' THEN {0} #>> '{{}}' ELSE {0}::text END"
+
 # Every checkpoint of a thread with its writes, in one statement (one snapshot).
-_SELECT = """
-SELECT c.step, c.data::text,
-       COALESCE((SELECT json_agg(json_build_array(w.node, w.idx, w.data::text)
+_SELECT = f"""
+SELECT c.step, {_TEXT.format("c.data")},
+       COALESCE((SELECT json_agg(json_build_array(w.node, w.idx, {_TEXT.format("w.data")})
                                  ORDER BY w.node, w.idx)
                  FROM writes w WHERE w.thread_id = c.thread_id AND w.step = c.step),
                 '[]'::json)::text
@@ -99,6 +133,16 @@ def lock_key(thread_id: str) -> int:
     """The advisory lock key (signed 64-bit) of a thread id."""
     digest = hashlib.blake2b(f"engine-thread:{thread_id}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
+
+
+def lock_key_oids(thread_id: str) -> tuple[int, int]:
+    """How ``pg_locks`` shows the thread's advisory lock: (classid, objid), objsubid 1."""
+    key = lock_key(thread_id) & 0xFFFF_FFFF_FFFF_FFFF
+    return key >> 32, key & 0xFFFF_FFFF
+
+
+class _LockLost(Exception):
+    """The locks row still names this run, but its advisory lock died with its session."""
 
 
 class PostgresCheckpointer(CheckpointerBase):
@@ -157,7 +201,45 @@ class PostgresCheckpointer(CheckpointerBase):
         return self._pool
 
     def _db_error(self, doing: str, exc: Exception) -> CheckpointError:
-        return CheckpointError(f"cannot {doing} in {self._location()}: {exc}")
+        hint = ""
+        if isinstance(exc, self._psycopg.OperationalError):
+            hint = (
+                "; the server closed the connection or cannot be reached: once it is back, "
+                "a thread resumes from its last saved step with arun(None, thread_id=...)"
+            )
+        return CheckpointError(
+            f"cannot {doing} in {self._location()}: {type(exc).__name__}: {exc}{hint}"
+        )
+
+    async def _db(
+        self,
+        doing: str,
+        fn: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]],
+        *,
+        timeout: float | None = None,
+    ) -> T:
+        """``fn`` on a pooled connection; once more on a fresh one if that one broke.
+
+        Scenario: the server closed a connection after the pool's check lent
+        it (a restart, ``pg_terminate_backend`` during the call). psycopg
+        learns it on use and marks the connection broken; the pool drops it,
+        and the second attempt gets a new one, waiting up to
+        ``connect_timeout_s`` for the server. Every call here is idempotent.
+        """
+        pool = await self._ready(doing)
+        for attempt in (1, 2):
+            conn: psycopg.AsyncConnection[Any] | None = None
+            try:
+                async with pool.connection(timeout=timeout) as conn:
+                    return await fn(conn)
+            except self._psycopg.OperationalError as exc:
+                if attempt == 1 and conn is not None and conn.broken:
+                    log.warning("checkpoint_connection_lost", doing=doing, error=str(exc))
+                    continue
+                raise self._db_error(doing, exc) from exc
+            except self._psycopg.Error as exc:
+                raise self._db_error(doing, exc) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def setup(self) -> None:
         """Open the pool and create the tables (idempotent)."""
@@ -166,13 +248,22 @@ class PostgresCheckpointer(CheckpointerBase):
             self._check_usable("set up")
             if self._pool is not None:
                 return
-            pool = self._psycopg_pool.AsyncConnectionPool(
+            pool_class = self._psycopg_pool.AsyncConnectionPool
+            pool = pool_class(
                 self.dsn,
                 min_size=1,
                 max_size=self.pool_size,
                 open=False,
                 timeout=self.connect_timeout_s,
                 kwargs={"autocommit": True, "application_name": "engine-checkpoint"},
+                # A connection the server closed while it sat in the pool
+                # (idle_session_timeout, a restart) is replaced, not lent.
+                check=pool_class.check_connection,
+                # A server that went away: the pool retries in the background
+                # with a growing backoff, and while it does no call may try.
+                # Give up as soon as a call would, so that the first call
+                # after the server is back connects at once.
+                reconnect_timeout=self.connect_timeout_s,
             )
             try:
                 await pool.open(wait=True, timeout=self.connect_timeout_s)
@@ -199,37 +290,57 @@ class PostgresCheckpointer(CheckpointerBase):
 
     async def put(self, checkpoint: Checkpoint) -> None:
         """Store the checkpoint and its pending writes in one transaction."""
-        pool = await self._ready("put a checkpoint")
         data, writes = encode(checkpoint)
         tid, step = checkpoint.thread_id, checkpoint.step
-        run = self._held.get(tid)
-        try:
-            async with pool.connection() as conn, conn.transaction():
-                if run is not None:
-                    await self._fence(conn, tid, run, step)
-                await conn.execute(
-                    "INSERT INTO checkpoints (thread_id, step, run_id, status, created_at, data)"
-                    " VALUES (%s, %s, %s, %s, %s, %s::jsonb)"
-                    " ON CONFLICT (thread_id, step) DO UPDATE SET run_id = EXCLUDED.run_id,"
-                    " status = EXCLUDED.status, created_at = EXCLUDED.created_at,"
-                    " data = EXCLUDED.data",
-                    (tid, step, checkpoint.run_id, checkpoint.status, checkpoint.created_at, data),
+        doing = f"save thread {tid!r} step {step}"
+        for attempt in (1, 2):
+            run = self._held.get(tid)
+            try:
+                await self._db(
+                    doing, functools.partial(self._put_txn, checkpoint, data, writes, run)
                 )
-                # A re-put of the step is the whole truth about it.
-                await conn.execute(
-                    "DELETE FROM writes WHERE thread_id = %s AND step = %s", (tid, step)
-                )
-                if writes:
-                    async with conn.cursor() as cur:
-                        await cur.executemany(
-                            "INSERT INTO writes (thread_id, step, node, idx, data)"
-                            " VALUES (%s, %s, %s, %s, %s::jsonb)"
-                            " ON CONFLICT (thread_id, step, node, idx)"
-                            " DO UPDATE SET data = EXCLUDED.data",
-                            [(tid, step, n, i, text) for n, i, text in writes],
-                        )
-        except self._psycopg.Error as exc:
-            raise self._db_error(f"save thread {tid!r} step {step}", exc) from exc
+                return
+            except _LockLost:
+                if attempt == 2:
+                    break
+                assert run is not None
+                await self._retake(tid, run, step)
+        raise CheckpointError(  # pragma: no cover - the lock was just retaken
+            f"cannot {doing}: run {run} lost the thread's lock twice in a row; stop this run "
+            "and resume the thread"
+        )
+
+    async def _put_txn(
+        self,
+        cp: Checkpoint,
+        data: str,
+        writes: builtins.list[tuple[str, int, str]],
+        run: str | None,
+        conn: psycopg.AsyncConnection[Any],
+    ) -> None:
+        tid, step = cp.thread_id, cp.step
+        async with conn.transaction():
+            if run is not None:
+                await self._fence(conn, tid, run, step)
+            await conn.execute(
+                "INSERT INTO checkpoints (thread_id, step, run_id, status, created_at, data)"
+                " VALUES (%s, %s, %s, %s, %s, to_jsonb(%s::text))"
+                " ON CONFLICT (thread_id, step) DO UPDATE SET run_id = EXCLUDED.run_id,"
+                " status = EXCLUDED.status, created_at = EXCLUDED.created_at,"
+                " data = EXCLUDED.data",
+                (tid, step, cp.run_id, cp.status, cp.created_at, data),
+            )
+            # A re-put of the step is the whole truth about it.
+            await conn.execute("DELETE FROM writes WHERE thread_id = %s AND step = %s", (tid, step))
+            if writes:
+                async with conn.cursor() as cur:
+                    await cur.executemany(
+                        "INSERT INTO writes (thread_id, step, node, idx, data)"
+                        " VALUES (%s, %s, %s, %s, to_jsonb(%s::text))"
+                        " ON CONFLICT (thread_id, step, node, idx)"
+                        " DO UPDATE SET data = EXCLUDED.data",
+                        [(tid, step, n, i, text) for n, i, text in writes],
+                    )
 
     async def _fence(
         self, conn: psycopg.AsyncConnection[Any], tid: str, run: str, step: int
@@ -240,13 +351,26 @@ class PostgresCheckpointer(CheckpointerBase):
         another driver took the free advisory lock and overwrote the row.
         ``FOR SHARE`` makes that overwrite wait for this transaction, so a
         put either commits before the takeover or fails here after it.
+        When the row is still ours but our lock session no longer holds the
+        advisory lock (the server closed it), raise ``_LockLost``: the put
+        takes the lock again, then comes back here.
         """
+        lock_conn = self._lock_conn
+        alive = lock_conn is not None and not lock_conn.broken
+        session = lock_conn.info.backend_pid if lock_conn is not None and alive else 0
+        classid, objid = lock_key_oids(tid)
         cur = await conn.execute(
-            "SELECT run_id, pid, host FROM locks WHERE thread_id = %s FOR SHARE", (tid,)
+            "SELECT run_id, pid, host, EXISTS (SELECT 1 FROM pg_locks WHERE"
+            " locktype = 'advisory' AND classid = %s::oid AND objid = %s::oid"
+            " AND objsubid = 1 AND pid = %s AND granted)"
+            " FROM locks WHERE thread_id = %s FOR SHARE",
+            (classid, objid, session, tid),
         )
         row = await cur.fetchone()
         if row is not None and row[0] == run:
-            return
+            if row[3]:
+                return
+            raise _LockLost
         by = f"run {row[0]} (pid {row[1]} on host {row[2]})" if row else "another run"
         raise CheckpointError(
             f"run {run} no longer holds thread {tid!r}: its lock connection was lost and {by} "
@@ -254,23 +378,44 @@ class PostgresCheckpointer(CheckpointerBase):
             "thread once the other run is done"
         )
 
+    async def _retake(self, tid: str, run: str, step: int) -> None:
+        """Take ``tid``'s advisory lock again for ``run``, whose lock session died."""
+        async with self._guard:
+            if self._held.get(tid) != run:
+                raise CheckpointError(
+                    f"run {run} released thread {tid!r} while saving step {step}; step {step} "
+                    "was not saved"
+                )
+            try:
+                got = await self._try_lock(tid)
+            except self._psycopg.Error as exc:
+                raise self._db_error(f"lock thread {tid!r} again", exc) from exc
+            if not got:
+                raise CheckpointError(
+                    f"run {run} lost its lock on thread {tid!r} (the server closed its lock "
+                    f"connection) and another run holds it now; step {step} was not saved. "
+                    "Stop this run and resume the thread once the other run is done"
+                )
+            self._session.add(tid)
+            log.warning("checkpoint_lock_retaken", thread_id=tid, run_id=run, step=step)
+
     async def get_latest(self, thread_id: str) -> Checkpoint | None:
         """The checkpoint with the highest step, or None."""
-        found = await self._load(thread_id, "ORDER BY c.step DESC LIMIT 1", "read a checkpoint")
+        found = await self._load(thread_id, "ORDER BY c.step DESC LIMIT 1", "read")
         return found[0] if found else None
 
     async def list(self, thread_id: str) -> builtins.list[Checkpoint]:
         """Every checkpoint of the thread, oldest step first."""
-        return await self._load(thread_id, "ORDER BY c.step ASC", "list checkpoints")
+        return await self._load(thread_id, "ORDER BY c.step ASC", "list the checkpoints of")
 
     async def _load(self, thread_id: str, order: str, what: str) -> builtins.list[Checkpoint]:
-        pool = await self._ready(what)
-        try:
-            async with pool.connection() as conn:
-                cur = await conn.execute(_SELECT + order, (thread_id,))
-                rows = await cur.fetchall()
-        except self._psycopg.Error as exc:
-            raise self._db_error(f"read thread {thread_id!r}", exc) from exc
+        check_thread_id(thread_id)
+
+        async def select(conn: psycopg.AsyncConnection[Any]) -> builtins.list[Any]:
+            cur = await conn.execute(_SELECT + order, (thread_id,))
+            return await cur.fetchall()
+
+        rows = await self._db(f"{what} thread {thread_id!r}", select)
         return [
             decode(thread_id, step, data, [tuple(w) for w in json.loads(writes)])
             for step, data, writes in rows
@@ -281,7 +426,7 @@ class PostgresCheckpointer(CheckpointerBase):
         if conn is None or conn.closed or conn.broken:
             if self._session:
                 # A lost session lost its advisory locks with it; the
-                # fence in put() catches a run that took one over meanwhile.
+                # fence in put() takes them again (or refuses the put).
                 log.warning("checkpoint_lock_session_lost", threads=sorted(self._session))
             self._session.clear()
             conn = await self._psycopg.AsyncConnection.connect(
@@ -290,6 +435,11 @@ class PostgresCheckpointer(CheckpointerBase):
                 application_name="engine-checkpoint-locks",
                 connect_timeout=max(1, round(self.connect_timeout_s)),
             )
+            if conn.info.server_version >= 140000:
+                # This session idles for as long as a run holds a thread:
+                # a server-wide idle_session_timeout must not end it (and the
+                # locks with it). PostgreSQL 13 and older have no such timeout.
+                await conn.execute("SET idle_session_timeout = 0")
             self._lock_conn = conn
         return conn
 
@@ -309,9 +459,40 @@ class PostgresCheckpointer(CheckpointerBase):
             return bool(row is not None and row[0])
         raise AssertionError("unreachable")  # pragma: no cover
 
+    async def _lock_or_refuse(self, thread_id: str) -> None:
+        """Take the thread's advisory lock, or raise the refusal naming its holder.
+
+        Scenario: the lock is busy but the holder's row is missing. The
+        holder took the lock a moment ago and is writing its row, or deleted
+        its row and is unlocking right now: look again for a moment before
+        saying the holder is unknown.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + BUSY_LOOKUP_S
+        delay = 0.02
+
+        async def holder(conn: psycopg.AsyncConnection[Any]) -> Any:
+            cur = await conn.execute(
+                "SELECT run_id, pid, host FROM locks WHERE thread_id = %s", (thread_id,)
+            )
+            return await cur.fetchone()
+
+        while True:
+            if await self._try_lock(thread_id):
+                self._session.add(thread_id)
+                return
+            row = await self._db(f"find who holds thread {thread_id!r}", holder)
+            if row is not None:
+                raise CheckpointError(busy_message(thread_id, *row))
+            if loop.time() >= deadline:
+                raise CheckpointError(busy_unnamed_message(thread_id))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.2)
+
     async def acquire(self, thread_id: str, run_id: str) -> None:
         """Take the thread's advisory lock for ``run_id``, or raise naming the holder."""
-        pool = await self._ready("acquire a thread")
+        check_thread_id(thread_id)
+        await self._ready("acquire a thread")
         async with self._guard:
             holder = self._held.get(thread_id)
             if holder is not None and holder != run_id:
@@ -320,10 +501,9 @@ class PostgresCheckpointer(CheckpointerBase):
             if holder == run_id and thread_id in self._session and conn and not conn.broken:
                 return
             try:
-                if not await self._try_lock(thread_id):
-                    raise await self._busy(pool, thread_id)
-                self._session.add(thread_id)
-                async with pool.connection() as pconn:
+                await self._lock_or_refuse(thread_id)
+
+                async def label(pconn: psycopg.AsyncConnection[Any]) -> None:
                     await pconn.execute(
                         "INSERT INTO locks (thread_id, run_id, pid, host, acquired_at)"
                         " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (thread_id) DO UPDATE SET"
@@ -331,24 +511,18 @@ class PostgresCheckpointer(CheckpointerBase):
                         " acquired_at = EXCLUDED.acquired_at",
                         (thread_id, run_id, os.getpid(), this_host(), now()),
                     )
+
+                await self._db(f"lock thread {thread_id!r}", label)
                 self._held[thread_id] = run_id
             except self._psycopg.Error as exc:
                 await self._unlock(thread_id)
                 raise self._db_error(f"lock thread {thread_id!r}", exc) from exc
-
-    async def _busy(
-        self, pool: psycopg_pool.AsyncConnectionPool[Any], thread_id: str
-    ) -> CheckpointError:
-        async with pool.connection() as conn:
-            cur = await conn.execute(
-                "SELECT run_id, pid, host FROM locks WHERE thread_id = %s", (thread_id,)
-            )
-            row = await cur.fetchone()
-        # No row yet: the holder took the lock a moment ago and is writing it.
-        run, pid, host = row if row is not None else ("?", "?", "?")
-        return CheckpointError(busy_message(thread_id, run, pid, host))
+            except CheckpointError:
+                await self._unlock(thread_id)
+                raise
 
     async def _unlock(self, thread_id: str) -> None:
+        """Drop the thread's advisory lock; never raises (a dead session holds no lock)."""
         if thread_id not in self._session:
             return
         self._session.discard(thread_id)
@@ -357,27 +531,72 @@ class PostgresCheckpointer(CheckpointerBase):
             return  # the session is gone, and its locks with it
         try:
             await conn.execute("SELECT pg_advisory_unlock(%s)", (lock_key(thread_id),))
-        except self._psycopg.OperationalError:
-            if not conn.broken:
-                raise
-            # It died just now: a dead session holds no locks either.
+        except self._psycopg.Error as exc:
+            if conn.broken:
+                return  # it died just now: a dead session holds no locks either
+            # The session's state is unknown: end it, so that no lock is left
+            # behind. Other threads it held are taken again by their next put.
+            log.warning("checkpoint_unlock_failed", thread_id=thread_id, error=str(exc))
+            self._lock_conn = None
+            await conn.close()
 
     async def release(self, thread_id: str, run_id: str) -> None:
-        """Drop ``run_id``'s lock; a lock held by another run is left alone."""
-        pool = await self._ready("release a thread")
+        """Drop ``run_id``'s lock; a lock held by another run is left alone.
+
+        Never raises for a database error: it runs after the run's own
+        outcome (often an error of the same lost server), which must reach
+        the caller. The advisory lock goes with its session in any case.
+        """
+        check_thread_id(thread_id)
+        await self._ready("release a thread")
         async with self._guard:
             if self._held.get(thread_id) != run_id:
                 return
             del self._held[thread_id]
+
+            async def unlabel(conn: psycopg.AsyncConnection[Any]) -> None:
+                await conn.execute(
+                    "DELETE FROM locks WHERE thread_id = %s AND run_id = %s", (thread_id, run_id)
+                )
+
             try:
                 # Label first, lock second: the next holder writes its row after.
-                async with pool.connection() as conn:
-                    await conn.execute(
-                        "DELETE FROM locks WHERE thread_id = %s AND run_id = %s",
-                        (thread_id, run_id),
-                    )
+                await self._db(
+                    f"release thread {thread_id!r}",
+                    unlabel,
+                    timeout=min(RELEASE_TIMEOUT_S, self.connect_timeout_s),
+                )
+            except CheckpointError as exc:
+                # The label only names the holder in refusals; the next holder
+                # of the free lock overwrites it.
+                log.warning(
+                    "checkpoint_release_failed", thread_id=thread_id, run_id=run_id, error=str(exc)
+                )
+            finally:
+                await self._unlock(thread_id)
+
+    async def delete_thread(self, thread_id: str) -> None:
+        """Delete the thread's checkpoints and writes; refused while a run holds it."""
+        check_thread_id(thread_id)
+        await self._ready("delete a thread")
+        async with self._guard:
+            holder = self._held.get(thread_id)
+            if holder is not None:
+                raise CheckpointError(busy_message(thread_id, holder, os.getpid(), this_host()))
+            try:
+                await self._lock_or_refuse(thread_id)
             except self._psycopg.Error as exc:
-                raise self._db_error(f"release thread {thread_id!r}", exc) from exc
+                raise self._db_error(f"lock thread {thread_id!r}", exc) from exc
+
+            async def delete(conn: psycopg.AsyncConnection[Any]) -> None:
+                async with conn.transaction():
+                    for table in ("checkpoints", "writes", "locks"):
+                        await conn.execute(
+                            f"DELETE FROM {table} WHERE thread_id = %s", (thread_id,)
+                        )
+
+            try:
+                await self._db(f"delete thread {thread_id!r}", delete)
             finally:
                 await self._unlock(thread_id)
 
@@ -393,7 +612,9 @@ class PostgresCheckpointer(CheckpointerBase):
         try:
             if pool is not None and held:
                 try:
-                    async with pool.connection() as conn:
+                    async with pool.connection(
+                        timeout=min(RELEASE_TIMEOUT_S, self.connect_timeout_s)
+                    ) as conn:
                         for thread_id, run_id in held.items():
                             await conn.execute(
                                 "DELETE FROM locks WHERE thread_id = %s AND run_id = %s",

@@ -31,6 +31,7 @@ from .base import (
     CheckpointerBase,
     Lifecycle,
     busy_message,
+    check_thread_id,
     decode,
     encode,
     lock_is_stale,
@@ -190,6 +191,7 @@ class SqliteCheckpointer(CheckpointerBase):
 
     async def get_latest(self, thread_id: str) -> Checkpoint | None:
         """The checkpoint with the highest step, or None."""
+        check_thread_id(thread_id)
         found = await self._call(
             "read a checkpoint", functools.partial(self._load_sync, thread_id, latest=True)
         )
@@ -197,6 +199,7 @@ class SqliteCheckpointer(CheckpointerBase):
 
     async def list(self, thread_id: str) -> builtins.list[Checkpoint]:
         """Every checkpoint of the thread, oldest step first."""
+        check_thread_id(thread_id)
         return await self._call(
             "list checkpoints", functools.partial(self._load_sync, thread_id, latest=False)
         )
@@ -224,6 +227,7 @@ class SqliteCheckpointer(CheckpointerBase):
 
     async def acquire(self, thread_id: str, run_id: str) -> None:
         """Take the thread for ``run_id``; a dead holder's lock is taken over."""
+        check_thread_id(thread_id)
         await self._call(
             "acquire a thread", functools.partial(self._acquire_sync, thread_id, run_id)
         )
@@ -256,6 +260,7 @@ class SqliteCheckpointer(CheckpointerBase):
 
     async def release(self, thread_id: str, run_id: str) -> None:
         """Drop ``run_id``'s lock; a lock held by another run is left alone."""
+        check_thread_id(thread_id)
         await self._call(
             "release a thread", functools.partial(self._release_sync, thread_id, run_id)
         )
@@ -266,6 +271,22 @@ class SqliteCheckpointer(CheckpointerBase):
         self._connection().execute(
             "DELETE FROM locks WHERE thread_id = ? AND run_id = ?", (thread_id, run_id)
         )
+
+    async def delete_thread(self, thread_id: str) -> None:
+        """Delete the thread's checkpoints and writes; refused while a live run holds it."""
+        check_thread_id(thread_id)
+        await self._call("delete a thread", functools.partial(self._delete_sync, thread_id))
+
+    def _delete_sync(self, thread_id: str) -> None:
+        conn = self._connection()
+        with _write_txn(conn):
+            row = conn.execute(
+                "SELECT run_id, pid, host FROM locks WHERE thread_id = ?", (thread_id,)
+            ).fetchone()
+            if row is not None and not lock_is_stale(row[1], row[2]):
+                raise CheckpointError(busy_message(thread_id, row[0], row[1], row[2]))
+            for table in ("checkpoints", "writes", "locks"):
+                conn.execute(f"DELETE FROM {table} WHERE thread_id = ?", (thread_id,))
 
     async def aclose(self) -> None:
         """Release the locks this checkpointer holds and close the file. Idempotent."""
