@@ -13,6 +13,7 @@ import ctypes
 import operator
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -343,3 +344,40 @@ def crash_then_fail(count_file: str, side: str, name: str, arg: Any) -> dict[str
         raise ConnectionError(f"{name}: transient failure")
     note(side, f"{name} {os.getpid()}")
     return {"items": [name]}
+
+
+# -- processes a node starts ---------------------------------------------------------
+
+
+def start_processes(kind: str) -> list[Any]:
+    """Start processes of this node's own: a ``Popen``, or a nested pool with busy workers.
+
+    Returns what keeps them referenced (the Popen, the pool and its futures).
+    """
+    if kind == "popen":
+        return [subprocess.Popen(["sleep", "60"])]
+    if kind == "popen-session":  # a child in a session of its own: out of our process group
+        return [subprocess.Popen(["sleep", "60"], start_new_session=True)]
+    if kind == "stdlib":
+        from concurrent.futures import ProcessPoolExecutor
+
+        pool: Any = ProcessPoolExecutor(2)
+    elif kind == "loky":
+        import loky
+
+        pool = loky.ProcessPoolExecutor(2)
+    else:
+        raise ValueError(f"unknown kind {kind!r}")
+    futures = [pool.submit(time.sleep, 60) for _ in range(2)]
+    deadline = time.monotonic() + 30
+    while len(pool._processes) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return [pool, futures]
+
+
+def spawn_and_stall(kind: str, ready: str, arg: Any) -> dict[str, Any]:
+    """Start processes (``start_processes``), publish this worker's pid, compute until stopped."""
+    keep = start_processes(kind)
+    publish_pid(ready)
+    burn(60.0)
+    return {"items": [f"survived {len(keep)}"]}

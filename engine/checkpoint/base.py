@@ -18,9 +18,7 @@ import abc
 import builtins
 import enum
 import json
-import os
 import socket
-import sys
 import time
 from collections.abc import Iterable
 from typing import Any, Literal, Protocol, Self, runtime_checkable
@@ -28,6 +26,7 @@ from typing import Any, Literal, Protocol, Self, runtime_checkable
 from pydantic import BaseModel
 
 from ..errors import CheckpointError
+from ..procs import pid_alive
 
 #: The layout version this engine writes and reads.
 SCHEMA_VERSION = 1
@@ -200,27 +199,6 @@ def busy_message(thread_id: str, run_id: object, pid: object, host: object) -> s
         f"thread {thread_id!r} is already being run by run {run_id} (pid {pid} on host "
         f"{host}); wait for it or use another thread_id"
     )
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` on this host is alive (a zombie counts as dead)."""
-    if pid <= 0:
-        return False
-    if sys.platform == "win32":
-        # os.kill(pid, 0) would terminate the process there: assume alive.
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state not in ("Z", "X")
 
 
 def lock_is_stale(pid: int, host: str) -> bool:
