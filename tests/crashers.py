@@ -381,3 +381,17 @@ def spawn_and_stall(kind: str, ready: str, arg: Any) -> dict[str, Any]:
     publish_pid(ready)
     burn(60.0)
     return {"items": [f"survived {len(keep)}"]}
+
+
+def grow(step_mb: int, steps: int, side: str, arg: Any) -> dict[str, Any]:
+    """Allocate ``step_mb`` MB at a time (touched), computing a little between steps.
+
+    Records in ``side`` that it reached the end (a memory limit should stop
+    it before); returns how much it held.
+    """
+    held = []
+    for _ in range(steps):
+        held.append(bytearray(step_mb * 1_000_000))  # zero-filled: every page touched
+        burn(0.01)
+    note(side, f"grew to {step_mb * steps} MB")
+    return {"items": [f"held {sum(len(b) for b in held) // 1_000_000} MB"]}

@@ -1,4 +1,4 @@
-"""engine.procs: liveness, descendants, memory and killing whole process trees, on real processes."""
+"""engine.procs: liveness, descendants, memory and killing process trees, on real processes."""
 
 from __future__ import annotations
 
