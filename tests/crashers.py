@@ -395,3 +395,26 @@ def grow(step_mb: int, steps: int, side: str, arg: Any) -> dict[str, Any]:
         burn(0.01)
     note(side, f"grew to {step_mb * steps} MB")
     return {"items": [f"held {sum(len(b) for b in held) // 1_000_000} MB"]}
+
+
+# -- pools made by the user ------------------------------------------------------------
+
+
+def limit_address_space(limit: int) -> None:
+    """A pool initializer: cap this worker's address space (RLIMIT_AS, soft)."""
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+
+
+def address_space_limit(arg: Any) -> dict[str, Any]:
+    """Report this worker's RLIMIT_AS (what its pool's initializer set), and its pid."""
+    import resource
+
+    return {"total": resource.getrlimit(resource.RLIMIT_AS)[0], "pids": [os.getpid()]}
+
+
+def missing_model() -> None:
+    """A pool initializer that always fails, as one loading a missing file would."""
+    raise FileNotFoundError("no model file at /models/tokenizer.bin")

@@ -343,7 +343,10 @@ class ProcessLane:
                     await asyncio.sleep(0.005)
                 self._doomed.remove(executor)
             if executor is None:
-                executor = default_executor(self._pool_size)
+                try:
+                    executor = default_executor(self._pool_size)
+                except OSError as exc:  # its pipes and locks need file descriptors
+                    raise self._refuse(_spawn_failed(None, exc), exc, sticky=False) from exc
             elif is_broken(executor):
                 # Shutting a broken pool down may join its threads: off the loop.
                 executor = await asyncio.to_thread(self._replace, executor)
@@ -363,7 +366,7 @@ class ProcessLane:
         try:
             found = replacement(broken, default=self._default)
         except OSError as exc:
-            raise self._refuse(_spawn_failed(broken, exc), exc) from exc
+            raise self._refuse(_spawn_failed(broken, exc), exc, sticky=False) from exc
         if found is None:
             raise self._refuse(
                 f"the executor you passed ({type(broken).__name__}) broke (a worker process "
@@ -424,7 +427,7 @@ class ProcessLane:
             # that no worker ever runs it.
             if sub.marker is not None:
                 claim(sub.marker)
-            raise self._refuse(_spawn_failed(executor, exc), exc) from exc
+            raise self._refuse(_spawn_failed(executor, exc), exc, sticky=False) from exc
         sub.future = fut
         fut.add_done_callback(sub.judge)  # before wrap_future's: see _Submission
         return sub
@@ -483,11 +486,18 @@ class ProcessLane:
             exitcode=code,
         )
 
-    def _refuse(self, message: str, cause: BaseException | None = None) -> ExecutorUnusable:
-        """``ExecutorUnusable(message)``, kept: every later call of the lane fails with it."""
+    def _refuse(
+        self, message: str, cause: BaseException | None = None, *, sticky: bool = True
+    ) -> ExecutorUnusable:
+        """``ExecutorUnusable(message)``; ``sticky``: every later call of the lane fails with it.
+
+        Not sticky: a worker that could not start for want of file
+        descriptors or processes may start once some are freed.
+        """
         error = ExecutorUnusable(message)
         error.__cause__ = cause
-        self._unusable = error
+        if sticky:
+            self._unusable = error
         return error
 
     async def _check_initializer(self, executor: Executor, what: str) -> None:
@@ -572,7 +582,7 @@ def _shut_down(executor: Executor) -> str:
     )
 
 
-def _spawn_failed(executor: Executor, exc: OSError) -> str:
+def _spawn_failed(executor: Executor | None, exc: OSError) -> str:
     """Why no worker process could be started, with the numbers that say which limit."""
     kind = "the default pool" if is_default_pool(executor) else type(executor).__name__
     said = f"no worker process could be started for it ({kind}): {type(exc).__name__}: {exc}"
@@ -594,17 +604,26 @@ def _spawn_failed(executor: Executor, exc: OSError) -> str:
 
 
 def _fds() -> tuple[int | str, int | str]:
-    """(file descriptors this process has open, its soft RLIMIT_NOFILE), as far as known."""
-    try:
-        opened: int | str = len(os.listdir("/proc/self/fd"))
-    except OSError:
-        opened = "?"
+    """(file descriptors this process has open, its soft RLIMIT_NOFILE), as far as known.
+
+    Counted without opening one (listing /proc/self/fd needs a descriptor,
+    which is exactly what is missing): an ``fstat`` of each possible one.
+    """
     try:
         import resource
 
         limit: int | str = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     except (ImportError, OSError, ValueError):
         limit = "?"
+    if not isinstance(limit, int) or not 0 < limit <= 1 << 16:
+        return "?", limit
+    opened = 0
+    for fd in range(limit):
+        try:
+            os.fstat(fd)
+        except OSError:
+            continue
+        opened += 1
     return opened, limit
 
 
