@@ -418,3 +418,16 @@ def address_space_limit(arg: Any) -> dict[str, Any]:
 def missing_model() -> None:
     """A pool initializer that always fails, as one loading a missing file would."""
     raise FileNotFoundError("no model file at /models/tokenizer.bin")
+
+
+# -- large results -----------------------------------------------------------------
+
+
+def large_text(size: int, arg: Any) -> dict[str, Any]:
+    """A result of ``size`` bytes: one ASCII string, built here."""
+    return {"log": ["x" * size]}
+
+
+def many_strings(n: int, arg: Any) -> dict[str, Any]:
+    """A result of ``n`` short distinct strings."""
+    return {"items": [f"item-{i:012d}" for i in range(n)]}

@@ -356,11 +356,11 @@ def _encode(outcome: CallOutcome, bytes_in: int) -> bytes:
     head = _head_of(outcome)
     head = (*head[:_BYTES_IN], bytes_in, *head[_BYTES_IN + 1 :])
     if isinstance(body, list):
-        layout: Layout = [(key, name, len(blob)) for key, name, blob in body]
-        blobs = [blob for _, _, blob in body]
+        layout: Layout = [(key, name, tuple(map(len, parts))) for key, name, parts in body]
+        blobs = [blob for _, _, parts in body for blob in parts]
     else:
-        layout = (body[0], len(body[1]))
-        blobs = [body[1]]
+        layout = (body[0], tuple(map(len, body[1])))
+        blobs = body[1]
     meta = pickle.dumps((head, layout), protocol=pickle.HIGHEST_PROTOCOL)
     return b"".join([FRAME, len(meta).to_bytes(8, "little"), meta, *blobs])
 
@@ -452,10 +452,15 @@ class _Unpicklable(Exception):
         self.error = error
 
 
-#: A pickled value: (type name, bytes), or one (field, type name, bytes) per field.
-Body = tuple[str, bytes] | list[tuple[str, str, bytes]]
-#: Where a frame's blobs are: (type name, length), or one (field, type name, length) per field.
-Layout = tuple[str, int] | list[tuple[str, str, int]]
+#: A pickled value: (type name, parts), or one (field, type name, parts) per field. A
+#: value is one part, but a long list of plain items, which is pickled in slices.
+Body = tuple[str, list[bytes]] | list[tuple[str, str, list[bytes]]]
+#: Where a frame's blobs are: (type name, part lengths), or one (field, ...) per field.
+Layout = tuple[str, tuple[int, ...]] | list[tuple[str, str, tuple[int, ...]]]
+
+#: A list longer than this, of plain items only, travels in slices of this many items.
+SLICE_ITEMS = 50_000
+_PLAIN = frozenset({str, bytes, int, float, bool, type(None)})
 
 #: What every ``run_call`` result starts with (a version: the driver refuses another).
 FRAME = b"EF1"
@@ -476,10 +481,26 @@ def _dump_body(obj: Any) -> Body:
         out = []
         for key, value in obj.items():
             name = _type_name(value)
-            out.append((key, name, _dumps(value, key, name)))
+            out.append((key, name, _parts(value, key, name)))
         return out
     name = _type_name(obj)
-    return (name, _dumps(obj, None, name))
+    return (name, _parts(obj, None, name))
+
+
+def _parts(obj: Any, key: str | None, type_name: str) -> list[bytes]:
+    """``obj`` pickled: one part; a long list of plain items, one part per ``SLICE_ITEMS``.
+
+    The driver builds a value with the GIL held for as long as unpickling
+    it takes: half a second for a list of millions of strings, all that
+    time a stalled event loop. Slices let it build the list a slice at a
+    time, letting the loop run in between (``_load_frame``). Only lists of
+    plain items (str, bytes, numbers, None): slicing would copy an object
+    that several items share, and those have no identity to keep.
+    """
+    if type(obj) is list and len(obj) > SLICE_ITEMS and all(type(x) in _PLAIN for x in obj):
+        n = SLICE_ITEMS
+        return [_dumps(obj[i : i + n], key, type_name) for i in range(0, len(obj), n)]
+    return [_dumps(obj, key, type_name)]
 
 
 def _dumps(obj: Any, key: str | None, type_name: str) -> bytes:
@@ -531,12 +552,11 @@ def _load_frame(view: memoryview) -> tuple[CallOutcome, str, BaseException | Non
     try:
         if isinstance(layout, list):
             obj: Any = {}
-            for key, type_name, n in layout:  # noqa: B007 (named below if loads() fails)
-                obj[key] = pickle.loads(view[at : at + n])
-                at += n
+            for key, type_name, sizes in layout:  # noqa: B007 (named below if loads() fails)
+                obj[key], at = _load_parts(view, at, sizes)
         else:
-            type_name, n = layout
-            obj = pickle.loads(view[at : at + n])
+            type_name, sizes = layout
+            obj, at = _load_parts(view, at, sizes)
     except Exception as exc:
         what = _field_what(key, type_name) if key is not None else _value_what(type_name)
         return _outcome(meta), what, exc
@@ -545,6 +565,17 @@ def _load_frame(view: memoryview) -> tuple[CallOutcome, str, BaseException | Non
     elif isinstance(obj, BaseException):
         meta["error"] = obj
     return _outcome(meta), "", None
+
+
+def _load_parts(view: memoryview, at: int, sizes: tuple[int, ...]) -> tuple[Any, int]:
+    """The value whose parts start at ``at`` (a list rebuilt slice by slice), and where it ends."""
+    if len(sizes) == 1:
+        return pickle.loads(view[at : at + sizes[0]]), at + sizes[0]
+    value: list[Any] = []
+    for n in sizes:
+        value.extend(pickle.loads(view[at : at + n]))
+        at += n
+    return value, at
 
 
 def _type_name(obj: object) -> str:
