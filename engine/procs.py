@@ -168,19 +168,11 @@ def kill_tree(pid: int) -> set[int]:
         return {pid}
     group = _leads_group(pid)
     _signal(pid, signal.SIGSTOP, group=group)
-    stopped = {pid}
-    for _ in range(64):  # bounded: a tree cannot grow once stopped
-        found = descendants(pid, live=False) - stopped
-        if not found:
-            break
-        for child in found:
-            _signal(child, signal.SIGSTOP, group=False)
-        stopped |= found
-    stopped.discard(os.getpid())
-    for child in stopped - {pid}:
+    stopped = _stop_descendants(pid) - {os.getpid()}
+    for child in stopped:
         _signal(child, signal.SIGKILL, group=False)
     _signal(pid, signal.SIGKILL, group=group)
-    return stopped
+    return stopped | {pid}
 
 
 def kill_group(pgid: int) -> bool:
@@ -210,18 +202,27 @@ def kill_own_tree() -> None:
     if sys.platform == "win32":
         return
     me = os.getpid()
+    for child in _stop_descendants(me):
+        _signal(child, signal.SIGKILL, group=False)
+    if os.getpgrp() == me:
+        os.killpg(me, signal.SIGKILL)
+
+
+def _stop_descendants(root: int) -> set[int]:
+    """SIGSTOP every process under ``root``, walking again until none is new; their pids.
+
+    A stopped process cannot fork, so the tree stops growing; nothing in it
+    dies meanwhile, so nothing re-parents out of the walk's reach.
+    """
     stopped: set[int] = set()
-    for _ in range(64):
-        found = descendants(me, live=False) - stopped
+    for _ in range(64):  # bounded: a stopped tree cannot grow
+        found = descendants(root, live=False) - stopped
         if not found:
             break
         for child in found:
             _signal(child, signal.SIGSTOP, group=False)
         stopped |= found
-    for child in stopped:
-        _signal(child, signal.SIGKILL, group=False)
-    if os.getpgrp() == me:
-        os.killpg(me, signal.SIGKILL)
+    return stopped
 
 
 def _signal(pid: int, sig: int, *, group: bool) -> None:
