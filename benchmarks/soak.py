@@ -36,6 +36,7 @@ from pydantic import BaseModel
 from engine import START, Graph, WorkerCrashedError
 from engine.lanes.pool import default_executor, default_workers, warm
 from engine.lanes.process import marker_base
+from engine.procs import descendants
 
 # Bounds: what a steady state may drift by between the first and last sample.
 MAX_RSS_GROWTH_MB = 40.0
@@ -96,25 +97,6 @@ def rss_mb() -> float:
     return float("nan")
 
 
-def descendants() -> set[int]:
-    parent_of: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            rest = stat.rsplit(")", 1)[1].split()
-            if rest[0] not in ("Z", "X"):
-                parent_of[int(entry.name)] = int(rest[1])
-    found: set[int] = set()
-    frontier = {os.getpid()}
-    while frontier:
-        frontier = {c for c, p in parent_of.items() if p in frontier}
-        found |= frontier
-    return found
-
-
 def marker_dirs() -> int:
     """This driver's marker directories (other drivers on the machine have their own)."""
     return sum(1 for _ in Path(marker_base()).glob(f"engine-cpu-{os.getpid()}-*"))
@@ -142,7 +124,7 @@ def sample(label: str, runs: int) -> Sample:
         label=label,
         runs=runs,
         rss_mb=rss_mb(),
-        children=len(descendants()),
+        children=len(descendants(os.getpid())),
         fds=len(os.listdir("/proc/self/fd")),
         threads=threading.active_count(),
         marker_dirs=marker_dirs(),

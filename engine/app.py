@@ -252,6 +252,7 @@ class CompiledGraph:
             fn_cache=self._fn_cache,
             resources=self._resources,
             pool_size=pool_size,
+            memory_limit=parse_size(memory_per_worker) if memory_per_worker is not None else None,
         )
         emit = _Sinks([on_event] if on_event else [])
         watchdog = None
@@ -309,7 +310,8 @@ class CompiledGraph:
         if latest is not None and latest.status != "done":
             raise CheckpointError(
                 f"thread {thread_id!r} has an unfinished run (step {latest.step}, "
-                f"{latest.status}); resume it with arun(None, thread_id={thread_id!r}) "
+                f"{latest.status}); resume it with arun(None, thread_id={thread_id!r}), "
+                f"abandon it with `await checkpointer.delete_thread({thread_id!r})`, "
                 "or use a new thread_id"
             )
         # A new input on a finished thread continues its step numbering.

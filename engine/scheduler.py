@@ -61,6 +61,7 @@ from .events import (
 )
 from .lanes import (
     CallOutcome,
+    CallRefused,
     LaneRunner,
     Mode,
     PayloadError,
@@ -436,7 +437,7 @@ class Scheduler:
                 # Bad updates and payloads that cannot cross the process boundary
                 # would fail the same way again: never retried.
                 retry = not isinstance(err, InvalidUpdateError) and (
-                    not isinstance(cause, PayloadError)
+                    not isinstance(cause, CallRefused)
                     and (policy.should_retry(cause, failures) or policy.should_retry(err, failures))
                 )
                 retry = retry and crashes < POISON_AFTER_CRASHES
@@ -523,6 +524,9 @@ class Scheduler:
                         timeout=spec.timeout,
                         init=spec.worker_init,
                         key=task.order if attempt == 1 else None,
+                        memory=spec.memory_per_worker,
+                        guard=self.watchdog,
+                        index=task.index,
                     )
         except TimeoutError as exc:
             stopped = (
@@ -543,7 +547,7 @@ class Scheduler:
             err.__cause__ = exc
             self._record_lost(task, step, lane, attempt, started, "timeout")
             return err
-        except PayloadError as exc:
+        except CallRefused as exc:
             err = NodeError(
                 f"{where}: {exc}",
                 node=task.node,
@@ -554,7 +558,7 @@ class Scheduler:
                 error_message=str(exc),
             )
             err.__cause__ = exc  # the pickling error itself is exc.__cause__
-            self._record_lost(task, step, lane, attempt, started, "payload")
+            self._record_lost(task, step, lane, attempt, started, exc.kind)
             return err
         except Exception as exc:
             if not is_worker_crash(exc):
@@ -703,7 +707,11 @@ class Scheduler:
             plan = plan_chunks(len(tasks), workers=workers, dispatch_s=dispatch_s, call_s=call_s)
             spec = self.plan.nodes[name].spec
             args = {t.order: t.payload for t in tasks}
-            refused.update(self.runner.open_batch(name, spec.fn, plan, args, spec.worker_init))
+            refused.update(
+                self.runner.open_batch(
+                    name, spec.fn, plan, args, spec.worker_init, spec.memory_per_worker
+                )
+            )
             self.log.info(
                 "cpu_batch_planned",
                 node=name,

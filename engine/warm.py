@@ -17,7 +17,8 @@ the driver (thread, inline, and every lane in sequential or concurrent
 mode) keep their resources per compiled graph, built once there.
 
 ``workers_for_memory`` caps a pool's size so that ``memory_per_worker``
-times the workers fits in the memory available now.
+times the workers fits in the memory available now; ``lanes.memory``
+enforces it, ending a worker that grows past its call's limit.
 """
 
 from __future__ import annotations

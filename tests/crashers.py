@@ -13,6 +13,7 @@ import ctypes
 import operator
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -343,3 +344,90 @@ def crash_then_fail(count_file: str, side: str, name: str, arg: Any) -> dict[str
         raise ConnectionError(f"{name}: transient failure")
     note(side, f"{name} {os.getpid()}")
     return {"items": [name]}
+
+
+# -- processes a node starts ---------------------------------------------------------
+
+
+def start_processes(kind: str) -> list[Any]:
+    """Start processes of this node's own: a ``Popen``, or a nested pool with busy workers.
+
+    Returns what keeps them referenced (the Popen, the pool and its futures).
+    """
+    if kind == "popen":
+        return [subprocess.Popen(["sleep", "60"])]
+    if kind == "popen-session":  # a child in a session of its own: out of our process group
+        return [subprocess.Popen(["sleep", "60"], start_new_session=True)]
+    if kind == "stdlib":
+        from concurrent.futures import ProcessPoolExecutor
+
+        pool: Any = ProcessPoolExecutor(2)
+    elif kind == "loky":
+        import loky
+
+        pool = loky.ProcessPoolExecutor(2)
+    else:
+        raise ValueError(f"unknown kind {kind!r}")
+    futures = [pool.submit(time.sleep, 60) for _ in range(2)]
+    deadline = time.monotonic() + 30
+    while len(pool._processes) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return [pool, futures]
+
+
+def spawn_and_stall(kind: str, ready: str, arg: Any) -> dict[str, Any]:
+    """Start processes (``start_processes``), publish this worker's pid, compute until stopped."""
+    keep = start_processes(kind)
+    publish_pid(ready)
+    burn(60.0)
+    return {"items": [f"survived {len(keep)}"]}
+
+
+def grow(step_mb: int, steps: int, side: str, arg: Any) -> dict[str, Any]:
+    """Allocate ``step_mb`` MB at a time (touched), computing a little between steps.
+
+    Records in ``side`` that it reached the end (a memory limit should stop
+    it before); returns how much it held.
+    """
+    held = []
+    for _ in range(steps):
+        held.append(bytearray(step_mb * 1_000_000))  # zero-filled: every page touched
+        burn(0.01)
+    note(side, f"grew to {step_mb * steps} MB")
+    return {"items": [f"held {sum(len(b) for b in held) // 1_000_000} MB"]}
+
+
+# -- pools made by the user ------------------------------------------------------------
+
+
+def limit_address_space(limit: int) -> None:
+    """A pool initializer: cap this worker's address space (RLIMIT_AS, soft)."""
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+
+
+def address_space_limit(arg: Any) -> dict[str, Any]:
+    """Report this worker's RLIMIT_AS (what its pool's initializer set), and its pid."""
+    import resource
+
+    return {"total": resource.getrlimit(resource.RLIMIT_AS)[0], "pids": [os.getpid()]}
+
+
+def missing_model() -> None:
+    """A pool initializer that always fails, as one loading a missing file would."""
+    raise FileNotFoundError("no model file at /models/tokenizer.bin")
+
+
+# -- large results -----------------------------------------------------------------
+
+
+def large_text(size: int, arg: Any) -> dict[str, Any]:
+    """A result of ``size`` bytes: one ASCII string, built here."""
+    return {"log": ["x" * size]}
+
+
+def many_strings(n: int, arg: Any) -> dict[str, Any]:
+    """A result of ``n`` short distinct strings."""
+    return {"items": [f"item-{i:012d}" for i in range(n)]}

@@ -28,6 +28,7 @@ pytest.importorskip(
 
 from engine import END, START, Graph, NodeTimeoutError, RetryPolicy, Send, WorkerCrashedError
 from engine.backends.dask import DaskBackend, dask_executor
+from engine.procs import descendants, pid_alive
 from tests.support import State, burn
 from workloads.genai import process
 from workloads.seed import SeedState, build
@@ -150,23 +151,7 @@ def one_cpu_node(fn: Any, retry: RetryPolicy | None = None, timeout: float | Non
     return g
 
 
-# -- process inspection (psutil when installed, else /proc) -----------------
-
-
-def alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie counts as gone)."""
-    try:
-        import psutil
-    except ImportError:
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except (FileNotFoundError, ProcessLookupError):
-            return False
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    try:
-        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
-    except psutil.NoSuchProcess:
-        return False
+# -- process inspection ------------------------------------------------------
 
 
 def children() -> set[int]:
@@ -175,52 +160,22 @@ def children() -> set[int]:
     The tracker is Python's own per-interpreter singleton, started by the
     first spawn and kept until the interpreter exits; it is not a worker.
     """
-    try:
-        import psutil
-    except ImportError:
-        return _proc_children()
     found = set()
-    for child in psutil.Process().children(recursive=True):
-        try:
-            if "resource_tracker" in " ".join(child.cmdline()):
-                continue
-        except psutil.NoSuchProcess:
-            continue
-        if alive(child.pid):
-            found.add(child.pid)
-    return found
-
-
-def _proc_children() -> set[int]:
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-    found: set[int] = set()
-    frontier = {os.getpid()}
-    while frontier:
-        frontier = {pid for pid, ppid in parents.items() if ppid in frontier} - found
-        found |= frontier
-    kept = set()
-    for pid in found:
+    for pid in descendants(os.getpid()):
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
-        if b"resource_tracker" not in cmdline and alive(pid):
-            kept.add(pid)
-    return kept
+        if b"resource_tracker" not in cmdline:
+            found.add(pid)
+    return found
 
 
 async def wait_gone(pids: set[int], timeout: float = 15.0) -> set[int]:
     """The pids of ``pids`` still alive after up to ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:
-        left = {pid for pid in pids if alive(pid)}
+        left = {pid for pid in pids if pid_alive(pid)}
         if not left or time.monotonic() > deadline:
             return left
         await asyncio.sleep(0.05)
@@ -310,7 +265,7 @@ class TestWorkerKilled:
         (call,) = result.trace.for_node("crunch")
         assert call.ok and call.pid != killed
         assert result.state.items == [f"done in {call.pid}"]
-        assert not alive(killed)
+        assert not pid_alive(killed)
 
     async def test_node_that_kills_every_worker_fails_with_worker_crashed_error(
         self, executor: Executor
@@ -439,7 +394,7 @@ class TestLifecycle:
             assert remote.cluster is None
             result = await bounded(fan_out_graph(2).compile().arun({}, executor=remote_executor))
             assert {c.pid for c in result.trace.for_node("score")} <= pids
-        assert all(alive(pid) for pid in pids)
+        assert all(pid_alive(pid) for pid in pids)
         assert set((await worker_pids(backend)).values()) == pids
 
 

@@ -40,7 +40,7 @@ from engine.checkpoint import (
     SqliteCheckpointer,
 )
 from engine.errors import CheckpointError
-from engine.lanes.process import pid_alive
+from engine.procs import descendants, pid_alive
 from tests.conftest import postgres_dsn
 from tests.crashers import FaultState, lines
 
@@ -96,24 +96,6 @@ async def wait_for(path: Path, timeout: float = 30.0) -> None:
     async with asyncio.timeout(timeout):
         while not path.exists() or not path.read_text():
             await asyncio.sleep(0.02)
-
-
-def descendants(pid: int) -> set[int]:
-    """Every live descendant of ``pid``, from /proc (Linux)."""
-    parent_of: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            parent_of[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-    found: set[int] = set()
-    frontier = {pid}
-    while frontier:
-        frontier = {child for child, parent in parent_of.items() if parent in frontier}
-        found |= frontier
-    return found
 
 
 async def all_gone(pids: set[int], timeout: float = 3.0) -> set[int]:

@@ -30,6 +30,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..procs import descendants
+
 _PROC = Path("/proc")
 
 
@@ -49,7 +51,8 @@ def snapshot() -> Snapshot | None:
     if not fields or fields[0] != "cpu":
         return None
     user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[1:9])
-    ours = {pid: t for pid in _tree(os.getpid()) if (t := _ticks(pid)) is not None}
+    tree = [os.getpid(), *descendants(os.getpid(), live=False)]
+    ours = {pid: t for pid in tree if (t := _ticks(pid)) is not None}
     return Snapshot(busy_ticks=user + nice + system + irq + softirq + steal, ours=ours)
 
 
@@ -83,24 +86,6 @@ async def wait_free(
         free = free_cores(before, snapshot(), time.perf_counter() - t, cores)
         if free is None or free >= need or time.monotonic() >= deadline:
             return free
-
-
-def _tree(root: int) -> list[int]:
-    """``root`` and its descendants (via /proc/PID/task/TID/children)."""
-    seen, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        seen.append(pid)
-        try:
-            tasks = list((_PROC / str(pid) / "task").iterdir())
-        except OSError:
-            continue
-        for task in tasks:
-            try:
-                todo.extend(int(c) for c in (task / "children").read_text().split())
-            except (OSError, ValueError):
-                continue
-    return seen
 
 
 def _ticks(pid: int) -> int | None:

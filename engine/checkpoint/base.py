@@ -19,9 +19,7 @@ import abc
 import builtins
 import enum
 import json
-import os
 import socket
-import sys
 import time
 from collections.abc import Iterable
 from typing import Any, Literal, Protocol, Self, runtime_checkable
@@ -29,6 +27,7 @@ from typing import Any, Literal, Protocol, Self, runtime_checkable
 from pydantic import BaseModel
 
 from ..errors import CheckpointError
+from ..procs import pid_alive
 from .codec import dumps
 
 #: The layout version this engine writes. Version 1 held plain JSON (JSON-mode
@@ -289,27 +288,6 @@ def busy_unnamed_message(thread_id: str) -> str:
         "or just releasing it (its lock record was not written yet, or already removed); "
         "try again in a moment, or use another thread_id"
     )
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` on this host is alive (a zombie counts as dead)."""
-    if pid <= 0:
-        return False
-    if sys.platform == "win32":
-        # os.kill(pid, 0) would terminate the process there: assume alive.
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state not in ("Z", "X")
 
 
 def lock_is_stale(pid: int, host: str) -> bool:

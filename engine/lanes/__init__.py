@@ -27,18 +27,29 @@ import asyncio
 import enum
 import functools
 import os
+import pickle
 import threading
 import time
 from collections.abc import Callable, Hashable, Mapping, MutableMapping
 from concurrent.futures import Executor
-from typing import TYPE_CHECKING, Any, Literal
+from contextlib import AbstractContextManager, nullcontext
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import cloudpickle
 
 from .batching import Batch, ChunkPlan, replan
+from .failures import (
+    CallRefused,
+    ExecutorUnusable,
+    PayloadError,
+    WorkerLost,
+    describe_exit,
+    is_worker_crash,
+)
 from .placement import Placement, place
 from .pool import default_workers, executor_workers
-from .process import ProcessLane, WorkerLost, describe_exit, is_worker_crash
+from .process import ProcessLane
+from .results import is_large, opened
 from .threads import POOLS, LoopThreads
 from .worker import (
     CallOutcome,
@@ -58,6 +69,14 @@ if TYPE_CHECKING:
 
 Mode = Literal["sequential", "concurrent", "parallel"]
 MODES: tuple[Mode, ...] = ("sequential", "concurrent", "parallel")
+
+
+class Guard(Protocol):
+    """The loop guard, as far as lanes use it: a registration of a node's work on the loop."""
+
+    def running(
+        self, node: str, *, index: int = -1, fn: Callable[..., Any] | None = None
+    ) -> AbstractContextManager[Any]: ...
 
 
 class _State(enum.Enum):
@@ -84,6 +103,7 @@ class LaneRunner:
         fn_cache: MutableMapping[str, bytes] | None = None,
         resources: Resources | None = None,
         pool_size: int | None = None,
+        memory_limit: int | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
@@ -97,6 +117,8 @@ class LaneRunner:
         self._resources = resources if resources is not None else Resources()
         # A cap on the default pool's size (memory_per_worker); None: sized to the machine.
         self._pool_size = pool_size
+        # The run's memory_per_worker (bytes): the least any cpu call may use (see call).
+        self._memory_limit = memory_limit
         self._batches: dict[str, Batch] = {}
         self._state = _State.OPEN
 
@@ -168,21 +190,31 @@ class LaneRunner:
         timeout: float | None = None,
         init: WorkerInit | None = None,
         key: Hashable | None = None,
+        memory: int | None = None,
+        guard: Guard | None = None,
+        index: int = -1,
     ) -> CallOutcome:
         """Run ``fn(arg)`` on ``lane``; raises TimeoutError past ``timeout``.
 
         With ``init`` (a node's ``worker_init``) the call is ``fn(arg,
         resource)``, the resource built once per process. A ``key`` that
         ``open_batch`` sent already collects that call's result instead.
+        In a worker process, the call may use ``memory`` bytes (the node's
+        ``memory_per_worker``; the run's, if that is larger), its worker and
+        what it starts together: past that, the worker is ended and the call
+        fails as a crash (``WorkerLost``). ``guard`` (the loop guard) is told
+        when a large result is decoded, as ``index`` of node ``node``.
         """
         where = place(lane, self.mode, is_coroutine=is_coroutine)
         if where is Placement.LOOP_TASK:
             return await self._on_loop_async(fn, arg, timeout, init)
         if where is Placement.PROCESS:
+            attribution = _Attribution(node, index, fn, guard)
             batch = self._batches.get(node) if key is not None else None
             if batch is not None and key in batch:
-                return _decoded(await batch.result(key))
-            return await self._in_process_pool(node, fn, arg, timeout, init)
+                return await attribution.decoded(await batch.result(key))
+            limit = self._limit(memory)
+            return await self._in_process_pool(node, fn, arg, timeout, init, limit, attribution)
         # In the driver a KeyboardInterrupt is the user's Ctrl-C: it propagates
         # (in_driver), where a worker's would fail only its call.
         if where is Placement.LOOP_CALL:
@@ -248,6 +280,8 @@ class LaneRunner:
         arg: Any,
         timeout: float | None,
         init: WorkerInit | None,
+        memory_limit: int | None,
+        attribution: _Attribution,
     ) -> CallOutcome:
         try:
             fn_bytes = self.fn_bytes(node, fn)
@@ -262,8 +296,16 @@ class LaneRunner:
         except Exception as exc:
             raise _unpicklable_input(arg, exc) from exc
         payload = call_payload(fn_bytes, blob, init)
-        data = await self.process_lane.run(run_call, payload, timeout=timeout, what=node)
-        return _decoded(data)
+        data = await self.process_lane.run(
+            run_call, payload, timeout=timeout, what=node, memory_limit=memory_limit
+        )
+        return await attribution.decoded(data)
+
+    def _limit(self, memory: int | None) -> int | None:
+        """The memory a cpu call may use: its node's hint or the run's, the larger."""
+        if memory is None:
+            return self._memory_limit
+        return max(memory, self._memory_limit or 0)
 
     # -- batches -------------------------------------------------------------
 
@@ -274,6 +316,7 @@ class LaneRunner:
         plan: ChunkPlan,
         args: Mapping[Any, Any],
         init: WorkerInit | None = None,
+        memory: int | None = None,
     ) -> dict[Hashable, PayloadError]:
         """Send ``node``'s calls ``args`` (key -> argument) to the pool in chunks, now.
 
@@ -296,16 +339,19 @@ class LaneRunner:
         if refused:
             plan = replan(plan, len(blobs))
         lane = self.process_lane
+        limit = self._limit(memory)
 
         async def submit_chunk(chunk: list[bytes]) -> list[bytes]:
             payload = cloudpickle.dumps((fn_bytes, init, chunk))
             what = f"{node} (a chunk of {len(chunk)} calls)"
-            data = await lane.run(run_chunk, payload, what=what)
-            results: list[bytes] = cloudpickle.loads(data)
-            return results
+            data = await lane.run(run_chunk, payload, what=what, memory_limit=limit)
+            if is_large(data):
+                return await asyncio.to_thread(_load_chunk, data)
+            return _load_chunk(data)
 
         async def submit_one(blob: bytes) -> bytes:
-            return await lane.run(run_call, call_payload(fn_bytes, blob, init), what=node)
+            payload = call_payload(fn_bytes, blob, init)
+            return await lane.run(run_call, payload, what=node, memory_limit=limit)
 
         if blobs:
             self._batches[node] = Batch(
@@ -333,13 +379,6 @@ class LaneRunner:
             await POOLS.release(loop, pool)
 
 
-class PayloadError(Exception):
-    """A payload could not cross the process boundary (before or after the call).
-
-    The scheduler turns it into a NodeError naming node, step and lane; it is
-    never retried, since pickling the same objects fails the same way. The
-    pool is untouched either way.
-    """
 
 
 def _unpicklable_part(arg: Any) -> str:
@@ -359,10 +398,46 @@ def _unpicklable_part(arg: Any) -> str:
     return f"(type {type(arg).__name__})"
 
 
+class _Attribution:
+    """Decodes one cpu call's result: a large one in a thread, the node registered meanwhile.
+
+    Building the value of a large result needs the GIL, so the loop may lag
+    while a thread builds it; registered with the loop guard, that lag is
+    the node's, not "no registered node".
+    """
+
+    __slots__ = ("fn", "guard", "index", "node")
+
+    def __init__(self, node: str, index: int, fn: Callable[..., Any], guard: Guard | None) -> None:
+        self.node = node
+        self.index = index
+        self.fn = fn
+        self.guard = guard
+
+    async def decoded(self, data: bytes) -> CallOutcome:
+        if not is_large(data):
+            return _decoded(data)
+        held: AbstractContextManager[Any] = (
+            self.guard.running(self.node, index=self.index, fn=self.fn)
+            if self.guard is not None
+            else nullcontext()
+        )
+        with held:
+            return await asyncio.to_thread(_decoded, data)
+
+
+def _load_chunk(data: bytes) -> list[bytes]:
+    """A chunk's results (``run_chunk``): one ``run_call`` frame per call."""
+    with opened(data) as buf:
+        results: list[bytes] = pickle.loads(buf)
+    return results
+
+
 def _decoded(data: bytes) -> CallOutcome:
     """A process-lane result as an outcome; a value the driver cannot rebuild is a
     PayloadError (a failed node whose exception cannot be rebuilt keeps its text)."""
-    outcome, what, error = load_outcome(data)
+    with opened(data) as buf:
+        outcome, what, error = load_outcome(buf)
     if error is not None and outcome.ok:
         raise PayloadError(
             f"{what} came back from the worker but cannot be unpickled in the driver: "
@@ -395,7 +470,10 @@ __all__ = [
     "MODES",
     "Batch",
     "CallOutcome",
+    "CallRefused",
     "ChunkPlan",
+    "ExecutorUnusable",
+    "Guard",
     "LaneRunner",
     "Mode",
     "PayloadError",

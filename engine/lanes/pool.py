@@ -20,15 +20,19 @@ one pool per size per driver.
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, ProcessPoolExecutor
 from typing import Any
 
 import loky
 from loky import cpu_count
+from loky.reusable_executor import _ReusablePoolExecutor as _LOKY_REUSABLE
 
-from .worker import guard_parent, pid_after
+from ..procs import kill_group, kill_tree, pid_alive
+from .worker import guard_parent, pid_after, report_initializer
 
 # The default pools by size, and the lock that guards them (see the module docstring).
 _lock = threading.Lock()
@@ -73,7 +77,11 @@ def default_executor(max_workers: int | None = None) -> Executor:
         )
         _pools[n] = fresh
     if pool is not None:
-        # A broken pool's workers are gone already; this only joins its threads.
+        # A broken pool's workers are gone already (what they started is
+        # buried here); this only joins its threads. A pool someone shut
+        # down finishes what it has.
+        if not is_shut_down(pool):
+            bury(list(worker_processes(pool) or ()))
         pool.shutdown(wait=False)
     return fresh
 
@@ -87,11 +95,20 @@ def is_default_pool(executor: Executor | None) -> bool:
 
 
 def is_broken(executor: Executor) -> bool:
-    """True when ``executor`` refuses new work because a worker died (loky or stdlib)."""
+    """True when ``executor`` refuses new work: a worker died, or it was shut down."""
     flags = getattr(executor, "_flags", None)  # loky
     if flags is not None:
         return bool(getattr(flags, "broken", None) or getattr(flags, "shutdown", False))
     return bool(getattr(executor, "_broken", False))  # concurrent.futures
+
+
+def is_shut_down(executor: Executor) -> bool:
+    """True when ``executor`` was shut down by its owner (and did not break)."""
+    flags = getattr(executor, "_flags", None)  # loky
+    if flags is not None:
+        return bool(getattr(flags, "shutdown", False)) and not getattr(flags, "broken", None)
+    broken = getattr(executor, "_broken", False)
+    return bool(getattr(executor, "_shutdown_thread", False)) and not broken
 
 
 def worker_processes(executor: Executor) -> dict[int, Any] | None:
@@ -106,31 +123,126 @@ def worker_processes(executor: Executor) -> dict[int, Any] | None:
     return None
 
 
+def bury(pids: Iterable[int]) -> None:
+    """Kill what is left of the workers ``pids`` of a broken pool, trees included.
+
+    A broken stdlib pool terminates its surviving workers but not what
+    their nodes started (loky kills those trees itself); a dead worker's
+    process group may still hold a ``Popen`` or a nested pool.
+    """
+    for pid in pids:
+        if pid == os.getpid():
+            continue
+        if pid_alive(pid):
+            kill_tree(pid)
+        else:
+            kill_group(pid)
+
+
+def initializer_of(executor: Executor) -> tuple[Callable[..., Any], tuple[Any, ...]] | None:
+    """The initializer a local pool runs in each worker, with its arguments; None if none."""
+    if not isinstance(executor, ProcessPoolExecutor | loky.ProcessPoolExecutor):
+        return None
+    fn = getattr(executor, "_initializer", None)
+    return (fn, tuple(getattr(executor, "_initargs", ()))) if fn is not None else None
+
+
+def clone(
+    executor: Executor,
+    *,
+    max_workers: int | None = None,
+    initializer: Callable[..., Any] | None = None,
+    initargs: tuple[Any, ...] | None = None,
+) -> Executor | None:
+    """A new pool made the way ``executor`` was: None if the engine cannot tell how.
+
+    Keeps the worker count, the start method (context), the initializer and
+    its arguments, and for loky its idle timeout, environment and reducers;
+    for the stdlib its ``max_tasks_per_child``. ``max_workers``,
+    ``initializer`` and ``initargs`` override (a probe of the initializer).
+    Only the exact stdlib class and loky's executors: a subclass may take
+    arguments the engine cannot know.
+    """
+    n = max_workers or executor_workers(executor)
+    init = initializer_of(executor)
+    fn, args = init if init is not None else (None, ())
+    if initializer is not None:
+        fn, args = initializer, initargs or ()
+    if isinstance(executor, loky.ProcessPoolExecutor) and type(executor) in (
+        loky.ProcessPoolExecutor,
+        _LOKY_REUSABLE,
+    ):
+        call_queue = getattr(executor, "_call_queue", None)
+        result_queue = getattr(executor, "_result_queue", None)
+        return loky.ProcessPoolExecutor(
+            max_workers=n,
+            job_reducers=getattr(call_queue, "_reducers", None),
+            result_reducers=getattr(result_queue, "_reducers", None),
+            timeout=getattr(executor, "_timeout", None),
+            context=getattr(executor, "_context", None),
+            initializer=fn,
+            initargs=args,
+            env=getattr(executor, "_env", None),
+        )
+    if type(executor) is ProcessPoolExecutor:
+        kwargs: dict[str, Any] = {}
+        per_child = getattr(executor, "_max_tasks_per_child", None)
+        if per_child is not None:
+            kwargs["max_tasks_per_child"] = per_child
+        return ProcessPoolExecutor(
+            max_workers=n,
+            mp_context=getattr(executor, "_mp_context", None),
+            initializer=fn,
+            initargs=args,
+            **kwargs,
+        )
+    return None
+
+
+def probe_initializer(executor: Executor, *, timeout: float = 60.0) -> str | None:
+    """Run ``executor``'s initializer in one fresh worker made the same way: its traceback, or None.
+
+    A pool whose initializer raises breaks as soon as it starts a worker,
+    with nothing but "a process terminated abruptly" to say why (the error
+    is logged in the worker). Blocks (it starts a process): call it off the
+    event loop. None also when the pool has no initializer, or cannot be cloned.
+    """
+    init = initializer_of(executor)
+    if init is None:
+        return None
+    fd, path = tempfile.mkstemp(prefix="engine-initializer-")
+    os.close(fd)
+    try:
+        probe = clone(
+            executor, max_workers=1, initializer=report_initializer, initargs=(*init, path)
+        )
+        if probe is None:
+            return None
+        try:
+            probe.submit(pid_after, 0.0).result(timeout=timeout)
+        except Exception:  # it broke (the report says why), or hangs: either way, done
+            pass
+        finally:
+            probe.shutdown(wait=True)
+        with open(path, encoding="utf-8") as f:
+            return f.read() or None
+    finally:
+        os.unlink(path)
+
+
 def replacement(executor: Executor, *, default: bool) -> tuple[Executor, bool] | None:
     """A working pool like the broken ``executor``: (pool, owned by the caller) or None.
 
     The default pool is replaced here (shared, not owned). A user's pool
     cannot be repaired, so for a stdlib or loky process pool the caller gets
-    a new one of the same size (and start method), which it owns and must
-    shut down. Any other executor (Dask, a custom one) cannot be replaced.
+    a new one made the same way (``clone``: size, start method, initializer
+    and its arguments), which it owns and must shut down. Any other executor
+    (Dask, a custom one, a subclass) cannot be replaced.
     """
-    n = executor_workers(executor)
     if default:
-        return default_executor(n), False
-    if isinstance(executor, loky.ProcessPoolExecutor):
-        fresh: Executor = loky.ProcessPoolExecutor(
-            max_workers=n, initializer=guard_parent, initargs=(os.getpid(),)
-        )
-        return fresh, True
-    if type(executor) is ProcessPoolExecutor:
-        fresh = ProcessPoolExecutor(
-            max_workers=n,
-            mp_context=getattr(executor, "_mp_context", None),
-            initializer=getattr(executor, "_initializer", None),
-            initargs=getattr(executor, "_initargs", ()),
-        )
-        return fresh, True
-    return None
+        return default_executor(executor_workers(executor)), False
+    fresh = clone(executor)
+    return (fresh, True) if fresh is not None else None
 
 
 def executor_workers(executor: Executor) -> int:

@@ -24,8 +24,14 @@ the pool so that a crash costs only the call that caused it::
       |       alive, or the call never started -> innocent: replace the pool,
       |                                          submit again (not charged)
       +-- deadline or cancelled -------------> take the call back: claim its
-            marker first (the worker will skip it), or SIGKILL its worker
-            (the pool breaks; the other calls are innocents, as above)
+      |     marker first (the worker will skip it), or SIGKILL its worker
+      |     and all it started (kill_tree: the worker leads a process group
+      |     of its own); the pool breaks, the other calls are innocents
+      +-- past its memory limit -------------> the memory watch (memory.py)
+      |                                        kills the worker's tree: culprit
+      +-- the executor cannot run anything --> ExecutorUnusable: shut down,
+            (failures.py)                      an initializer that raises, no
+                                               worker can be started
 
 Which worker runs which call is a marker per submission in a per-lane
 directory (on tmpfs where there is one): a symbolic link whose target is the
@@ -38,39 +44,48 @@ mutually exclusive without a lock shared between processes. It costs a
 workers are not local processes (Dask) get the queue and the bound but no
 markers: Dask attributes its own crashes (``KilledWorker``) and a timed-out
 call is cancelled, not killed.
+
+The parts live beside this module: ``failures`` (what the scheduler sees),
+``markers``, ``breaks`` (who died, who is to blame), ``memory`` (the
+memory watch), ``results`` (large results, received off the loop) and
+``pool`` (the default pools, cloning a user's pool).
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
 import enum
+import errno
 import itertools
 import os
-import re
 import shutil
-import signal
-import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
 from typing import Any
 
 from ..logs import get_logger
+from ..procs import kill_tree, pid_alive
+from .breaks import BREAKS, Verdict, exitcode_from_message, exitcode_of
+from .failures import ExecutorUnusable, WorkerLost, describe_exit, is_worker_crash
+from .markers import PREFIX, claim, marker_base, read_pid, started_at, sweep, unlink
+from .memory import WATCH, Watched
 from .pool import (
+    bury,
     default_executor,
     executor_workers,
+    initializer_of,
     is_broken,
     is_default_pool,
+    is_shut_down,
+    probe_initializer,
     replacement,
     worker_processes,
 )
-from .worker import ENTRY_NAMES, NOT_RUN, make_mark, read_mark, run_marked
+from .results import discard
+from .worker import ENTRY_NAMES, NOT_RUN, run_marked
 
 log = get_logger("engine")
 
@@ -80,174 +95,16 @@ log = get_logger("engine")
 MAX_DISRUPTIONS = 3
 
 
-class WorkerLost(Exception):
-    """The worker process running a call died; the scheduler names node and step.
-
-    ``pid`` and ``exitcode`` are known for local pools (``exitcode`` < 0 is
-    the signal number, negated, as in ``multiprocessing``).
-    """
-
-    def __init__(self, message: str, *, pid: int | None = None, exitcode: int | None = None):
-        super().__init__(message)
-        self.pid = pid
-        self.exitcode = exitcode
-
-
-def is_worker_crash(exc: BaseException) -> bool:
-    """True when ``exc`` says a worker process died under a call.
-
-    loky's ``TerminatedWorkerError`` and the stdlib's ``BrokenProcessPool``
-    (one is a subclass of the other), and dask.distributed's ``KilledWorker``
-    (matched by class name, so Dask is never imported here).
-    """
-    if isinstance(exc, BrokenProcessPool | WorkerLost):
-        return True
-    return any(cls.__name__ == "KilledWorker" for cls in type(exc).__mro__)
-
-
-def describe_exit(exitcode: int | None) -> str:
-    """Exit code or signal in words, with the likely cause."""
-    if exitcode is None:
-        return "exit status unknown"
-    if exitcode >= 0:
-        return f"exited with code {exitcode}"
-    try:
-        name = signal.Signals(-exitcode).name
-    except ValueError:
-        return f"killed by signal {-exitcode}"
-    hints = {
-        "SIGKILL": ", possibly out of memory (the kernel's OOM killer sends SIGKILL)",
-        "SIGSEGV": " (a segmentation fault, in native code)",
-        "SIGBUS": " (a bus error, in native code)",
-        "SIGABRT": " (aborted, e.g. a failed assertion in native code)",
-    }
-    return f"killed by signal {name}{hints.get(name, '')}"
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` still runs; a zombie (died, not yet reaped) counts as dead."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    if not sys.platform.startswith("linux"):
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state not in ("Z", "X")
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """What a broken pool meant for one call: did its own worker die?
-
-    ``attributed`` says whether the break had a culprit at all (this call or
-    another, of this run or another): only a break nobody can be blamed for
-    counts toward ``MAX_DISRUPTIONS``.
-    """
-
-    culprit: bool
-    pid: int | None = None
-    exitcode: int | None = None
-    attributed: bool = False
-
-
-@dataclass(frozen=True)
-class Break:
-    """One broken pool as it was when the break was first reported."""
-
-    #: pid -> exit code (None if unknown) of the workers found dead.
-    dead: Mapping[int, int | None]
-    #: A dead worker was running a call (its marker held its pid), or a lane
-    #: killed it on purpose (a timeout, a cancellation): the break has a culprit.
-    attributed: bool
-
-
-class _Breaks:
-    """The process's record of broken pools: who died, and whether anyone is to blame.
-
-    One per process (``_BREAKS``), next to the one default pool it mostly
-    describes: lanes of concurrent runs share that pool, so one break must be
-    judged alike by all of them, and its culprit may be another run's call.
-
-    A break is taken once, by the first verdict (in the pool's thread, before
-    any caller hears of the break, so before a culprit's lane can remove its
-    marker), and shared by the others. A worker closes its end of the pool's
-    pipes a moment before the kernel marks it dead, so the snapshot waits (at
-    most ``patience`` s) until at least one worker is seen dead, as loky does
-    before it reports exit codes. Then the break is attributed when a dead
-    worker's pid is in a marker of this driver (it was running a call) or was
-    killed by a lane.
-
-    Invariant: ``_seen`` maps id(executor) -> (executor, Break) for the last
-    ``keep`` pools that broke (keeping the executor stops its id from being
-    reused meanwhile); ``_killed`` holds the last pids lanes killed. Both are
-    only touched under ``_lock`` (verdicts run in the pools' threads).
-    """
-
-    def __init__(self, patience: float = 0.5, keep: int = 8) -> None:
-        self._lock = threading.Lock()
-        self._seen: dict[int, tuple[Executor, Break]] = {}
-        self._killed: collections.deque[int] = collections.deque(maxlen=64)
-        self._patience = patience
-        self._keep = keep
-
-    def __repr__(self) -> str:
-        return f"<_Breaks seen={len(self._seen)} killed={len(self._killed)}>"
-
-    def killed(self, pid: int) -> None:
-        """A lane killed worker ``pid`` on purpose: the break it causes has a culprit."""
-        with self._lock:
-            self._killed.append(pid)
-
-    def known(self, executor: Executor) -> Break | None:
-        """The break of ``executor`` if one was taken already."""
-        with self._lock:
-            found = self._seen.get(id(executor))
-            return found[1] if found is not None and found[0] is executor else None
-
-    def of(self, executor: Executor, procs: Mapping[int, Any]) -> Break:
-        """The break of broken ``executor``, taken now if it is the first time it is asked."""
-        with self._lock:
-            found = self._seen.get(id(executor))
-            if found is not None and found[0] is executor:
-                return found[1]
-            dead: dict[int, int | None] = {}
-            deadline = time.monotonic() + self._patience
-            while True:
-                for pid in list(procs):
-                    code = _exitcode(procs, pid)
-                    if code is not None or not pid_alive(pid):
-                        dead[pid] = code
-                if dead or time.monotonic() > deadline:
-                    break
-                time.sleep(0.002)
-            attributed = any(pid in self._killed for pid in dead) or _running_on(dead)
-            brk = Break(dead=dead, attributed=attributed)
-            self._seen.pop(id(executor), None)
-            self._seen[id(executor)] = (executor, brk)
-            while len(self._seen) > self._keep:
-                del self._seen[next(iter(self._seen))]
-            return brk
-
-
-_BREAKS = _Breaks()
-
-
 class _Submission:
     """One submission of one call to the pool.
 
     Invariant: ``verdict`` is written at most once, by the pool's thread, in
     a done-callback registered before the loop wraps ``future``, so the loop
-    reads it only after it was written.
+    reads it only after it was written. ``watch`` is the call's entry in the
+    memory watch while it runs under a limit (else None).
     """
 
-    __slots__ = ("executor", "future", "marker", "procs", "verdict")
+    __slots__ = ("executor", "future", "marker", "procs", "verdict", "watch")
 
     def __init__(
         self,
@@ -260,6 +117,7 @@ class _Submission:
         self.procs = procs
         self.future: Future[bytes] | None = None
         self.verdict: Verdict | None = None
+        self.watch: Watched | None = None
 
     def judge(self, fut: Future[bytes]) -> None:
         """Done-callback, in the pool's thread: blame this call, or not, for a break.
@@ -273,8 +131,8 @@ class _Submission:
         exc = fut.exception()
         if exc is None or not is_worker_crash(exc):
             return
-        pid = _read_pid(self.marker)
-        brk = _BREAKS.of(self.executor, self.procs or {})
+        pid = read_pid(self.marker)
+        brk = BREAKS.of(self.executor, self.procs or {})
         if pid is None:  # never started, or finished before the break
             self.verdict = Verdict(culprit=False, attributed=brk.attributed)
             return
@@ -283,9 +141,9 @@ class _Submission:
             return
         code = brk.dead.get(pid)
         if code is None:
-            code = _exitcode(self.procs, pid)
+            code = exitcode_of(self.procs, pid)
         if code is None:
-            code = _exitcode_from_message(str(exc))
+            code = exitcode_from_message(str(exc))
         self.verdict = Verdict(culprit=True, pid=pid, exitcode=code, attributed=True)
 
 
@@ -301,7 +159,8 @@ class ProcessLane:
     (one slot each, held across re-dispatches); every submission to a local
     pool has its own marker under ``_dir``; a call is only submitted to an
     executor that is not broken (it is replaced first); pools in ``_owned``
-    were made here and are shut down by ``aclose``.
+    were made here and are shut down by ``aclose``; once ``_unusable`` is
+    set, every call fails with it (the executor cannot run anything).
     """
 
     def __init__(
@@ -324,6 +183,11 @@ class ProcessLane:
         self._state = _State.OPEN
         # (executor, its worker processes or None, its size): looked up once per pool.
         self._known: tuple[Executor, dict[int, Any] | None, int] | None = None
+        # Set when the executor cannot run any call: every later call fails with it.
+        self._unusable: ExecutorUnusable | None = None
+        # Pools whose initializer was tried in a fresh worker after a break
+        # nobody caused, with what it raised (None: it ran fine).
+        self._probed: dict[Executor, str | None] = {}
         #: Calls submitted again after an innocent loss (for logs and tests).
         self.redispatched = 0
         #: Worker pids this lane killed to stop a timed-out or cancelled call.
@@ -350,16 +214,21 @@ class ProcessLane:
         *,
         timeout: float | None = None,
         what: str = "call",
+        memory_limit: int | None = None,
     ) -> bytes:
-        """``entry(payload)`` in a worker process; its bytes.
+        """``entry(payload)`` in a worker process; its bytes (``results.opened`` reads them).
 
         Raises ``TimeoutError`` once the call has run ``timeout`` seconds in a
         worker (see ``_wait``; restarted when an innocent call is submitted
         again), after making sure the call stops; ``WorkerLost`` when its own
-        worker died; ``CancelledError`` after taking the call back the same way.
+        worker died, or was ended because it (and what it started) used more
+        than ``memory_limit`` bytes; ``ExecutorUnusable`` when the executor
+        cannot run any call; ``CancelledError`` after taking the call back.
         """
         if self._state is _State.CLOSED:
             raise RuntimeError(f"{self!r} is closed; start a new run")
+        if self._unusable is not None:
+            raise self._unusable
         async with self._slots:
             disruptions = 0
             while True:
@@ -374,9 +243,10 @@ class ProcessLane:
                 if sub is not None:
                     self._live.add(sub)
                 if sub is None:  # the pool broke between our check and the submit
-                    known = _BREAKS.known(executor)
+                    known = BREAKS.known(executor)
                     if known is None or not known.attributed:
                         disruptions += 1
+                        await self._check_initializer(executor, what)
                     if disruptions >= MAX_DISRUPTIONS:
                         raise WorkerLost(
                             f"{what}: the process pool broke {disruptions} times before the "
@@ -384,6 +254,8 @@ class ProcessLane:
                         )
                     continue
                 assert sub.future is not None
+                if memory_limit is not None and sub.marker is not None and sub.procs is not None:
+                    sub.watch = WATCH.watch(sub.marker, sub.procs, memory_limit)
                 waiting = asyncio.wrap_future(sub.future)
                 try:
                     if timeout is None:
@@ -396,15 +268,17 @@ class ProcessLane:
                     raise
                 except BaseException as exc:
                     self._live.discard(sub)
+                    WATCH.unwatch(sub.watch)
                     if not is_worker_crash(exc):
                         raise
-                    _unlink(sub.marker)
+                    unlink(sub.marker)
                     verdict = sub.verdict
                     if sub.marker is None or (verdict is not None and verdict.culprit):
-                        raise self._lost(what, exc, verdict) from exc
+                        raise self._lost(what, exc, sub) from exc
                     attributed = verdict is not None and verdict.attributed
                     if not attributed:
                         disruptions += 1
+                        await self._check_initializer(sub.executor, what)
                     if disruptions >= MAX_DISRUPTIONS:
                         raise WorkerLost(
                             f"{what}: the process pool broke {disruptions} times while the call "
@@ -420,6 +294,7 @@ class ProcessLane:
                     )
                     continue
                 self._live.discard(sub)
+                WATCH.unwatch(sub.watch)
                 if data == NOT_RUN:  # only a closed lane's markers vanish
                     raise RuntimeError(f"{what} was not run: {self!r} closed under it")
                 return data
@@ -445,7 +320,7 @@ class ProcessLane:
             done, _ = await asyncio.wait({waiting}, timeout=wait_s)
             if done:
                 return waiting.result()
-            started = _started_at(sub.marker)
+            started = started_at(sub.marker)
             if started is None:  # not started yet: look again soon
                 wait_s = poll
                 continue
@@ -468,7 +343,10 @@ class ProcessLane:
                     await asyncio.sleep(0.005)
                 self._doomed.remove(executor)
             if executor is None:
-                executor = default_executor(self._pool_size)
+                try:
+                    executor = default_executor(self._pool_size)
+                except OSError as exc:  # its pipes and locks need file descriptors
+                    raise self._refuse(_spawn_failed(None, exc), exc, sticky=False) from exc
             elif is_broken(executor):
                 # Shutting a broken pool down may join its threads: off the loop.
                 executor = await asyncio.to_thread(self._replace, executor)
@@ -476,11 +354,25 @@ class ProcessLane:
             return executor
 
     def _replace(self, broken: Executor) -> Executor:
-        found = replacement(broken, default=self._default)
+        """A pool to use instead of ``broken``: the default pool's successor, or a clone.
+
+        A user's pool is cloned the way it was made (``pool.clone``), or not
+        at all: ``ExecutorUnusable`` when it was shut down, or is of a kind
+        the engine cannot rebuild faithfully.
+        """
+        if not self._default and is_shut_down(broken):
+            raise self._refuse(_shut_down(broken))
+        bury(list(self._local(broken)[0] or ()))
+        try:
+            found = replacement(broken, default=self._default)
+        except OSError as exc:
+            raise self._refuse(_spawn_failed(broken, exc), exc, sticky=False) from exc
         if found is None:
-            raise WorkerLost(
-                f"the executor {broken!r} is broken (a worker died) and the engine cannot "
-                "replace this kind of executor; pass a working one, or none for the default pool"
+            raise self._refuse(
+                f"the executor you passed ({type(broken).__name__}) broke (a worker process "
+                "died) and the engine cannot rebuild that kind of executor the way you made "
+                "it (it clones only loky's and the standard library's ProcessPoolExecutor, "
+                "not subclasses); pass a pool it can clone, or none for the default pool"
             )
         fresh, owned = found
         if owned:
@@ -522,11 +414,20 @@ class ProcessLane:
             fut = executor.submit(run_marked, ENTRY_NAMES.get(entry, entry), payload, sub.marker)
         except BrokenProcessPool:
             return None
-        except RuntimeError:
+        except RuntimeError as exc:
             # A shared default pool shut down by someone else: a fresh one serves.
             if self._default and is_broken(executor):
                 return None
+            if is_shut_down(executor) or "shutdown" in str(exc):
+                raise self._refuse(_shut_down(executor), exc) from exc
             raise
+        except OSError as exc:
+            # Starting a worker failed (no file descriptor or process left).
+            # The pool may have queued the call before it tried: claim it so
+            # that no worker ever runs it.
+            if sub.marker is not None:
+                claim(sub.marker)
+            raise self._refuse(_spawn_failed(executor, exc), exc, sticky=False) from exc
         sub.future = fut
         fut.add_done_callback(sub.judge)  # before wrap_future's: see _Submission
         return sub
@@ -556,23 +457,76 @@ class ProcessLane:
     def _marker(self) -> str:
         if self._dir is None:
             base = marker_base()
-            _sweep(base)
-            self._dir = tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-", dir=base)
+            sweep(base)
+            self._dir = tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=base)
         return f"{self._dir}{os.sep}{next(self._seq)}"
 
     # -- faults ----------------------------------------------------------------
 
-    def _lost(self, what: str, exc: BaseException, verdict: Verdict | None) -> WorkerLost:
+    def _lost(self, what: str, exc: BaseException, sub: _Submission) -> WorkerLost:
+        verdict = sub.verdict
         pid = verdict.pid if verdict else None
         code = verdict.exitcode if verdict else None
         if code is None:
-            code = _exitcode_from_message(str(exc))
+            code = exitcode_from_message(str(exc))
         where = f" (pid {pid})" if pid else ""
+        over = sub.watch.exceeded if sub.watch is not None else None
+        if over is not None:
+            limit = sub.watch.limit if sub.watch is not None else 0
+            return WorkerLost(
+                f"the worker process running it (pid {over[0]}) used {_mb(over[1])} with what "
+                f"it started, more than memory_per_worker={_mb(limit)}, and was killed; "
+                "raise memory_per_worker, or make the node use less memory per call",
+                pid=over[0],
+                exitcode=code,
+            )
         return WorkerLost(
             f"the worker process running it{where} died: {describe_exit(code)}",
             pid=pid,
             exitcode=code,
         )
+
+    def _refuse(
+        self, message: str, cause: BaseException | None = None, *, sticky: bool = True
+    ) -> ExecutorUnusable:
+        """``ExecutorUnusable(message)``; ``sticky``: every later call of the lane fails with it.
+
+        Not sticky: a worker that could not start for want of file
+        descriptors or processes may start once some are freed.
+        """
+        error = ExecutorUnusable(message)
+        error.__cause__ = cause
+        if sticky:
+            self._unusable = error
+        return error
+
+    async def _check_initializer(self, executor: Executor, what: str) -> None:
+        """After a break nobody caused: raise ``ExecutorUnusable`` if the pool's initializer raises.
+
+        Such a pool breaks each time it starts a worker, with no call to
+        blame, so without this the calls would be re-sent until the safety
+        valve gave up with nothing said about why. Its initializer is run
+        once in a fresh worker made the same way (off the loop; one per
+        broken pool, whichever calls ask).
+        """
+        if self._default or initializer_of(executor) is None:
+            return
+        async with self._replacing:
+            if executor not in self._probed:
+                self._probed[executor] = await asyncio.to_thread(probe_initializer, executor)
+        if self._unusable is not None:
+            raise self._unusable
+        failed = self._probed[executor]
+        if failed is not None:
+            init = initializer_of(executor)
+            name = getattr(init[0], "__qualname__", repr(init[0])) if init else "?"
+            last = failed.strip().splitlines()[-1] if failed.strip() else "an error"
+            raise self._refuse(
+                f"the process pool's initializer {name} raised {last} in a fresh worker, so "
+                "the pool breaks each time it starts a worker and no call can run on it; fix "
+                "the initializer (or pass a pool without it). Its traceback, from the worker:\n"
+                + failed
+            )
 
     def _take_back(self, sub: _Submission) -> None:
         """Make sure an abandoned call stops using a worker; never blocks for long.
@@ -582,19 +536,21 @@ class ProcessLane:
         killed (the pool breaks; the other calls in it are innocents).
         """
         self._live.discard(sub)
+        WATCH.unwatch(sub.watch)
         if sub.future is not None:
+            if sub.future.done() and not sub.future.cancelled() and not sub.future.exception():
+                discard(sub.future.result())  # a result spilled to a file nobody will read
             sub.future.cancel()
         if sub.marker is None:
             return  # not a local pool: cancelling the future is all there is
-        pid = _claim(sub.marker)
+        pid = claim(sub.marker)
         if pid is None:
             return
         # Only ever a worker of this pool: never the driver or a stranger.
         procs = sub.procs or {}
         if pid in procs and pid != os.getpid():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, getattr(signal, "SIGKILL", signal.SIGTERM))  # Windows: no SIGKILL
-            _BREAKS.killed(pid)
+            BREAKS.killed(pid)  # before the kill: the break it causes has a culprit
+            kill_tree(pid)  # the worker and all it started (a Popen, a nested pool)
             self.killed.append(pid)
             if sub.executor not in self._doomed:
                 self._doomed.append(sub.executor)
@@ -614,147 +570,70 @@ class ProcessLane:
             await asyncio.to_thread(pool.shutdown, wait=True)
 
 
-# -- markers and exit codes ------------------------------------------------------
-
-_PREFIX = "engine-cpu-"
-
-
-def marker_base() -> str:
-    """Where marker directories live: tmpfs (``/dev/shm``) where there is one."""
-    shm = "/dev/shm"
-    return shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else tempfile.gettempdir()
+def _mb(n: int) -> str:
+    return f"{n / 1e6:,.0f} MB"
 
 
-def _running_on(pids: Mapping[int, Any]) -> bool:
-    """True when a marker of this driver holds one of ``pids``: a call ran on that worker.
+def _shut_down(executor: Executor) -> str:
+    return (
+        f"the executor you passed ({type(executor).__name__}) was shut down while the run "
+        "still had calls for it, so it cannot run this one; shut it down only after arun "
+        "returns (or use it in a with block around the run), or pass none for the default pool"
+    )
 
-    Read only when a pool breaks. A marker is removed when its call ends, so
-    one holding a dead worker's pid belongs to a call that was running when
-    that worker died (or that a lane killed, which ``_Breaks`` knows anyway).
+
+def _spawn_failed(executor: Executor | None, exc: OSError) -> str:
+    """Why no worker process could be started, with the numbers that say which limit."""
+    kind = "the default pool" if is_default_pool(executor) else type(executor).__name__
+    said = f"no worker process could be started for it ({kind}): {type(exc).__name__}: {exc}"
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        opened, limit = _fds()
+        return (
+            f"{said}; this driver has {opened} file descriptors open of its limit of {limit} "
+            "(RLIMIT_NOFILE), and each worker needs a few: raise the limit (ulimit -n, or "
+            "resource.setrlimit(resource.RLIMIT_NOFILE, ...)) or close the files, sockets "
+            "and connections the app keeps open"
+        )
+    if exc.errno in (errno.EAGAIN, errno.ENOMEM):
+        return (
+            f"{said}; the system refused a new process (a limit on processes, RLIMIT_NPROC "
+            "or a container's pids limit, or memory): raise it, or use fewer workers "
+            "(ENGINE_CPU_WORKERS, memory_per_worker)"
+        )
+    return f"{said}; check the limits of this process (ulimit -a)"
+
+
+def _fds() -> tuple[int | str, int | str]:
+    """(file descriptors this process has open, its soft RLIMIT_NOFILE), as far as known.
+
+    Counted without opening one (listing /proc/self/fd needs a descriptor,
+    which is exactly what is missing): an ``fstat`` of each possible one.
     """
-    if not pids:
-        return False
-    base = marker_base()
-    mine = f"{_PREFIX}{os.getpid()}-"
     try:
-        dirs = [os.path.join(base, n) for n in os.listdir(base) if n.startswith(mine)]
-    except OSError:
-        return False
-    for d in dirs:
+        import resource
+
+        limit: int | str = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        limit = "?"
+    if not isinstance(limit, int) or not 0 < limit <= 1 << 16:
+        return "?", limit
+    opened = 0
+    for fd in range(limit):
         try:
-            names = os.listdir(d)
+            os.fstat(fd)
         except OSError:
             continue
-        for name in names:
-            pid = _read_pid(os.path.join(d, name))
-            if pid is not None and pid in pids:
-                return True
-    return False
-
-
-def _sweep(base: str) -> None:
-    """Remove marker directories of drivers that died without cleaning up (SIGKILL).
-
-    Pids are compared within this host and pid namespace, which is the reach
-    of ``/dev/shm`` (one per IPC namespace) and of the temp dir in practice.
-    """
-    try:
-        names = os.listdir(base)
-    except OSError:
-        return
-    for name in names:
-        if not name.startswith(_PREFIX):
-            continue
-        pid = name[len(_PREFIX) :].split("-", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
-            shutil.rmtree(os.path.join(base, name), ignore_errors=True)
-
-
-#: What the driver writes into a marker it claims: not a pid, so never run.
-_CLAIMED = "claimed"
-
-
-def _read_pid(marker: str) -> int | None:
-    text = read_mark(marker)
-    return int(text) if text is not None and text.isdigit() else None
-
-
-def _started_at(marker: str) -> float | None:
-    """When the worker took the call (the marker's time, wall clock); None if it has not."""
-    if _read_pid(marker) is None:  # absent, or claimed by the driver
-        return None
-    try:
-        return os.lstat(marker).st_mtime  # the marker itself, not what a link names
-    except OSError:
-        return None
-
-
-def _claim(marker: str) -> int | None:
-    """Take a call back: None when it will never run (claimed, or finished), else its pid."""
-    try:
-        make_mark(marker, _CLAIMED)
-    except FileExistsError:
-        pass
-    except OSError:
-        return None
-    else:
-        return None  # a marker the worker cannot create: it will not run the call
-    # The worker owns the call. A marker file (Windows) is empty for a few
-    # microseconds between its create and its write: wait that out (bounded).
-    for _ in range(200):
-        text = read_mark(marker)
-        if text is None:
-            return None  # it finished meanwhile: nothing runs on
-        if text.isdigit():
-            return int(text)
-        time.sleep(0.0005)
-    return None
-
-
-def _unlink(marker: str | None) -> None:
-    if marker is not None:
-        with contextlib.suppress(OSError):
-            os.unlink(marker)
-
-
-def _exitcode(procs: Mapping[int, Any] | None, pid: int) -> int | None:
-    """The exit code of dead worker ``pid``: from the pool's process object, else waitid."""
-    proc = (procs or {}).get(pid)
-    if proc is not None:
-        try:
-            code = proc.exitcode
-        except Exception:
-            code = None
-        if isinstance(code, int):
-            return code
-    waitid = getattr(os, "waitid", None)
-    if waitid is None:
-        return None
-    try:
-        # WNOWAIT: read a dead child's status without reaping it (the pool will).
-        info = waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-    except (ChildProcessError, OSError):
-        return None
-    if info is None:
-        return None
-    if info.si_code == os.CLD_EXITED:
-        return int(info.si_status)
-    return -int(info.si_status)
-
-
-def _exitcode_from_message(message: str) -> int | None:
-    """loky's "The exit codes of the workers are {SIGKILL(-9)}": the code when only one."""
-    codes = re.findall(r"\((-?\d+)\)", message.split("exit codes", 1)[-1])
-    return int(codes[0]) if "exit codes" in message and len(set(codes)) == 1 else None
+        opened += 1
+    return opened, limit
 
 
 __all__ = [
     "MAX_DISRUPTIONS",
-    "Break",
+    "ExecutorUnusable",
     "ProcessLane",
-    "Verdict",
     "WorkerLost",
     "describe_exit",
     "is_worker_crash",
+    "marker_base",
     "pid_alive",
 ]

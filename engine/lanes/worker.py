@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import functools
 import inspect
+import mmap
 import operator
 import os
 import pickle
@@ -36,6 +37,8 @@ from dataclasses import MISSING, dataclass, fields, replace
 from typing import Any
 
 import cloudpickle
+
+from ..procs import become_group_leader, kill_own_tree
 
 
 @dataclass(frozen=True)
@@ -231,16 +234,16 @@ NOT_RUN = b""
 
 
 def run_call(payload: bytes) -> bytes:
-    """Worker entry point of the process lane: ``(head, body)`` pickled.
+    """Worker entry point of the process lane: the outcome as a frame (``_encode``).
 
     ``payload`` is ``(fn_bytes, arg_blob, init)``: the node's function and
     its argument, each pickled on its own (``dumps_for_worker``), and None or
     a ``WorkerInit`` (``engine.warm``) whose resource the node receives as
-    its second argument. ``head`` is the outcome's fields but
-    the value and error, as a tuple (``_HEAD``); ``body`` is the value (or
-    the node's exception) pickled on its own, one pickle per field when it is
-    a dict of updates, each with its type's name: what fails to cross, in
-    either direction, is named down to the field.
+    its second argument. The frame's head is the outcome's fields but the
+    value and error (``_HEAD``); its blobs are the value (or the node's
+    exception) pickled on its own, one pickle per field when it is a dict
+    of updates, each with its type's name: what fails to cross, in either
+    direction, is named down to the field.
     """
     start = time.time()
     try:
@@ -324,7 +327,15 @@ _BYTES_IN = _HEAD.index("bytes_in")
 
 
 def _encode(outcome: CallOutcome, bytes_in: int) -> bytes:
-    """One outcome as ``(head, body)`` bytes (see ``run_call``)."""
+    """One outcome as a frame (see ``run_call``): ``FRAME``, the head's length, the head, the blobs.
+
+    The head is the outcome's fields but the value and error, and the
+    layout of the blobs (one per field of a dict of updates, else one),
+    each with its type's name and length; the blobs follow, raw. The
+    driver unpickles each blob in place (``load_outcome``), never copying
+    it out of the frame first: a 200 MB result costs the driver the frame
+    and the value, not a third copy in between.
+    """
     try:
         body = _dump_body(outcome.value if outcome.ok else outcome.error)
     except _Unpicklable as bad:
@@ -344,7 +355,14 @@ def _encode(outcome: CallOutcome, bytes_in: int) -> bytes:
         body = _dump_body(None)  # an unpicklable exception: its text travels in the head
     head = _head_of(outcome)
     head = (*head[:_BYTES_IN], bytes_in, *head[_BYTES_IN + 1 :])
-    return pickle.dumps((head, body), protocol=pickle.HIGHEST_PROTOCOL)
+    if isinstance(body, list):
+        layout: Layout = [(key, name, tuple(map(len, parts))) for key, name, parts in body]
+        blobs = [blob for _, _, parts in body for blob in parts]
+    else:
+        layout = (body[0], tuple(map(len, body[1])))
+        blobs = body[1]
+    meta = pickle.dumps((head, layout), protocol=pickle.HIGHEST_PROTOCOL)
+    return b"".join([FRAME, len(meta).to_bytes(8, "little"), meta, *blobs])
 
 
 # -- per-worker resources (``worker_init``) ----------------------------------------
@@ -434,8 +452,20 @@ class _Unpicklable(Exception):
         self.error = error
 
 
-#: A pickled value: (type name, bytes), or one (field, type name, bytes) per field.
-Body = tuple[str, bytes] | list[tuple[str, str, bytes]]
+#: A pickled value: (type name, parts), or one (field, type name, parts) per field. A
+#: value is one part, but a long list of plain items, which is pickled in slices.
+Body = tuple[str, list[bytes]] | list[tuple[str, str, list[bytes]]]
+#: Where a frame's blobs are: (type name, part lengths), or one (field, ...) per field.
+Layout = tuple[str, tuple[int, ...]] | list[tuple[str, str, tuple[int, ...]]]
+
+#: A list longer than this, of plain items only, travels in slices of this many items.
+SLICE_ITEMS = 50_000
+_PLAIN = frozenset({str, bytes, int, float, bool, type(None)})
+
+#: What every ``run_call`` result starts with (a version: the driver refuses another).
+FRAME = b"EF1"
+#: What a result moved to a file starts with; the file's path follows (``run_marked``).
+SPILLED = b"ES1"
 
 
 def _field_what(key: str, type_name: str) -> str:
@@ -451,10 +481,26 @@ def _dump_body(obj: Any) -> Body:
         out = []
         for key, value in obj.items():
             name = _type_name(value)
-            out.append((key, name, _dumps(value, key, name)))
+            out.append((key, name, _parts(value, key, name)))
         return out
     name = _type_name(obj)
-    return (name, _dumps(obj, None, name))
+    return (name, _parts(obj, None, name))
+
+
+def _parts(obj: Any, key: str | None, type_name: str) -> list[bytes]:
+    """``obj`` pickled: one part; a long list of plain items, one part per ``SLICE_ITEMS``.
+
+    The driver builds a value with the GIL held for as long as unpickling
+    it takes: half a second for a list of millions of strings, all that
+    time a stalled event loop. Slices let it build the list a slice at a
+    time, letting the loop run in between (``_load_frame``). Only lists of
+    plain items (str, bytes, numbers, None): slicing would copy an object
+    that several items share, and those have no identity to keep.
+    """
+    if type(obj) is list and len(obj) > SLICE_ITEMS and all(type(x) in _PLAIN for x in obj):
+        n = SLICE_ITEMS
+        return [_dumps(obj[i : i + n], key, type_name) for i in range(0, len(obj), n)]
+    return [_dumps(obj, key, type_name)]
 
 
 def _dumps(obj: Any, key: str | None, type_name: str) -> bytes:
@@ -476,27 +522,41 @@ def _dumps(obj: Any, key: str | None, type_name: str) -> bytes:
         raise _Unpicklable(what, exc) from exc
 
 
-def load_outcome(data: bytes) -> tuple[CallOutcome, str, BaseException | None]:
+def load_outcome(
+    data: bytes | memoryview | mmap.mmap,
+) -> tuple[CallOutcome, str, BaseException | None]:
     """The driver's side of ``run_call``: (outcome, what failed, unpickling error or None).
 
-    The outcome's ``bytes_out`` is ``len(data)``. A value that fails to
+    ``data`` is a frame (``_encode``), as bytes or a view of a mapped file;
+    each blob is unpickled from a view of it, never copied out first. The
+    outcome's ``bytes_out`` is ``len(data)``. A value that fails to
     unpickle here leaves the pool untouched: the bytes came back whole, only
     this driver cannot rebuild the object.
     """
-    head, body = pickle.loads(data)
+    with memoryview(data) as view:
+        return _load_frame(view)
+
+
+def _load_frame(view: memoryview) -> tuple[CallOutcome, str, BaseException | None]:
+    if view[: len(FRAME)] != FRAME:
+        raise ValueError(f"not a cpu-lane result frame (starts {bytes(view[:8])!r})")
+    at = len(FRAME) + 8
+    size = int.from_bytes(view[len(FRAME) : at], "little")
+    head, layout = pickle.loads(view[at : at + size])
+    at += size
     meta = dict(zip(_HEAD, head, strict=True))
-    meta["bytes_out"] = len(data)
+    meta["bytes_out"] = len(view)
     meta["value"] = meta["error"] = None
     key: str | None = None
     type_name = ""
     try:
-        if isinstance(body, list):
+        if isinstance(layout, list):
             obj: Any = {}
-            for key, type_name, blob in body:  # noqa: B007 (named below if loads() fails)
-                obj[key] = pickle.loads(blob)
+            for key, type_name, sizes in layout:  # noqa: B007 (named below if loads() fails)
+                obj[key], at = _load_parts(view, at, sizes)
         else:
-            type_name, blob = body
-            obj = pickle.loads(blob)
+            type_name, sizes = layout
+            obj, at = _load_parts(view, at, sizes)
     except Exception as exc:
         what = _field_what(key, type_name) if key is not None else _value_what(type_name)
         return _outcome(meta), what, exc
@@ -505,6 +565,17 @@ def load_outcome(data: bytes) -> tuple[CallOutcome, str, BaseException | None]:
     elif isinstance(obj, BaseException):
         meta["error"] = obj
     return _outcome(meta), "", None
+
+
+def _load_parts(view: memoryview, at: int, sizes: tuple[int, ...]) -> tuple[Any, int]:
+    """The value whose parts start at ``at`` (a list rebuilt slice by slice), and where it ends."""
+    if len(sizes) == 1:
+        return pickle.loads(view[at : at + sizes[0]]), at + sizes[0]
+    value: list[Any] = []
+    for n in sizes:
+        value.extend(pickle.loads(view[at : at + n]))
+        at += n
+    return value, at
 
 
 def _type_name(obj: object) -> str:
@@ -531,17 +602,55 @@ def run_marked(entry: Callable[[bytes], bytes] | str, payload: bytes, marker: st
     fn = _ENTRIES[entry] if isinstance(entry, str) else entry
     if marker is None:
         return fn(payload)
+    become_worker()  # a local pool's worker: once per process
     try:
         make_mark(marker, str(os.getpid()))
     except (FileExistsError, FileNotFoundError):
         return NOT_RUN
     try:
-        return fn(payload)
+        result = fn(payload)
+        if len(result) >= LARGE_RESULT_BYTES and marker.startswith(_TMPFS):
+            result = _spill(result, marker)
+        return result
     finally:
         # Gone once the call is over: a marker left behind belongs to a call
         # whose worker died while running it.
         with contextlib.suppress(OSError):
             os.unlink(marker)
+
+
+#: Results at least this large travel through a file on tmpfs, not the pool's pipe.
+LARGE_RESULT_BYTES = 4 * 1024 * 1024
+_TMPFS = "/dev/shm" + os.sep
+
+
+def _spill(result: bytes, marker: str) -> bytes:
+    """``result`` written to a file beside ``marker``: ``SPILLED`` + the file's path.
+
+    Through the pool's pipe, a large result is read and unpickled by the
+    pool's thread in the driver, holding the GIL (so stalling the event
+    loop) for as long as the copy takes, and is held twice meanwhile. From
+    a file on tmpfs the driver maps it (``results.opened``) and unpickles
+    the value straight out of the mapping. Where tmpfs is full (a container's
+    small ``/dev/shm``) the result takes the pipe after all.
+    """
+    path = marker + ".out"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError:
+        return result
+    try:
+        with memoryview(result) as view:
+            done = 0
+            while done < len(view):
+                done += os.write(fd, view[done:])
+    except OSError:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        return result
+    os.close(fd)
+    return SPILLED + os.fsencode(path)
 
 
 #: The entry points ``run_marked`` knows by name, and their names.
@@ -588,20 +697,37 @@ def guard_parent(parent_pid: int) -> None:
 
     A SIGKILLed driver runs no cleanup, so without this its busy workers
     would compute on as orphans. A daemon thread looks at ``os.getppid()``
-    every ``GUARD_INTERVAL_S`` and ends the worker (``os._exit``) once the
-    driver is gone (the worker was re-parented). Not ``PR_SET_PDEATHSIG``:
-    that fires when the *thread* that spawned the worker exits, so workers
-    started from a short-lived thread (``app.invoke()`` there) would die
-    under the next run's calls. The cost is one ``getppid`` ten times a
-    second. A call stuck in native code that holds the GIL keeps the watcher
-    from running until it lets go. If the driver died before this ran, exit now.
+    every ``GUARD_INTERVAL_S`` and, once the driver is gone (the worker was
+    re-parented), kills what the worker started and ends the worker (see
+    ``become_worker``). Not ``PR_SET_PDEATHSIG``: that fires when the
+    *thread* that spawned the worker exits, so workers started from a
+    short-lived thread (``app.invoke()`` there) would die under the next
+    run's calls. The cost is one ``getppid`` ten times a second. A call
+    stuck in native code that holds the GIL keeps the watcher from running
+    until it lets go. If the driver died before this ran, exit now.
     """
     if os.getppid() != parent_pid:
         os._exit(0)
+    become_worker()
+
+
+@functools.cache
+def become_worker() -> None:
+    """Once per worker process: a process group of its own, and the parent guard.
+
+    Run by the default pool's initializer, and by ``run_marked`` before the
+    first call a local pool's worker runs (a user's pool has no initializer
+    of ours). The group makes everything a node starts (a ``Popen``, a
+    nested pool) killable with its worker in one signal (``kill_tree``);
+    the guard takes that tree down when the driver dies. The parent watched
+    is the one this process has now: the driver, or for a ``forkserver``
+    pool the fork server, which exits with the driver.
+    """
+    become_group_leader()
     if sys.platform == "win32":  # getppid never changes there; loky's pipes end idle workers
         return
     watcher = threading.Thread(
-        target=_watch_parent, args=(parent_pid,), name="engine-parent-guard", daemon=True
+        target=_watch_parent, args=(os.getppid(),), name="engine-parent-guard", daemon=True
     )
     watcher.start()
 
@@ -610,7 +736,28 @@ def _watch_parent(parent_pid: int) -> None:
     while True:
         time.sleep(GUARD_INTERVAL_S)
         if os.getppid() != parent_pid:
-            os._exit(0)
+            # Everything this worker started goes with it: Popen'ed
+            # programs, nested pools' workers (and this process, by its group).
+            try:
+                kill_own_tree()
+            finally:
+                os._exit(0)
+
+
+def report_initializer(
+    initializer: Callable[..., Any], initargs: tuple[Any, ...], path: str
+) -> None:
+    """Run a pool's ``initializer``; if it raises, write its traceback to ``path`` and re-raise.
+
+    What ``pool.probe_initializer`` runs in a throwaway worker: a pool whose
+    workers die in their initializer only logs the error in the worker.
+    """
+    try:
+        initializer(*initargs)
+    except BaseException as exc:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("".join(traceback.format_exception(exc)))
+        raise
 
 
 def pid_after(seconds: float) -> int:

@@ -1,0 +1,137 @@
+"""Markers: which worker process runs which call, one symbolic link per submission.
+
+A marker is created atomically and exclusively (``make_mark``) by whoever
+takes the call first: the worker, writing its pid, before it runs the call;
+or the driver, writing ``CLAIMED``, to take back a call still queued (the
+worker then skips it). The worker removes it when the call ends, so a
+marker holding a dead worker's pid belongs to a call that was running when
+that worker died. Markers live in a per-lane directory named after the
+driver's pid, on tmpfs (``/dev/shm``) where there is one; directories of
+drivers that died are swept by the next driver.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from ..procs import pid_alive
+from .worker import make_mark, read_mark
+
+PREFIX = "engine-cpu-"
+
+
+def marker_base() -> str:
+    """Where marker directories live: tmpfs (``/dev/shm``) where there is one."""
+    shm = "/dev/shm"
+    return shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else tempfile.gettempdir()
+
+
+def running_on(pids: Mapping[int, Any]) -> bool:
+    """True when a marker of this driver holds one of ``pids``: a call ran on that worker.
+
+    Read only when a pool breaks. A marker is removed when its call ends, so
+    one holding a dead worker's pid belongs to a call that was running when
+    that worker died (or that a lane killed, which ``_Breaks`` knows anyway).
+    """
+    if not pids:
+        return False
+    base = marker_base()
+    mine = f"{PREFIX}{os.getpid()}-"
+    try:
+        dirs = [os.path.join(base, n) for n in os.listdir(base) if n.startswith(mine)]
+    except OSError:
+        return False
+    for d in dirs:
+        try:
+            names = os.listdir(d)
+        except OSError:
+            continue
+        for name in names:
+            pid = read_pid(os.path.join(d, name))
+            if pid is not None and pid in pids:
+                return True
+    return False
+
+
+def sweep(base: str) -> None:
+    """Remove marker directories of drivers that died without cleaning up (SIGKILL).
+
+    Pids are compared within this host and pid namespace, which is the reach
+    of ``/dev/shm`` (one per IPC namespace) and of the temp dir in practice.
+    """
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return
+    for name in names:
+        if not name.startswith(PREFIX):
+            continue
+        pid = name[len(PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+            shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+
+
+#: What the driver writes into a marker it claims: not a pid, so never run.
+CLAIMED = "claimed"
+
+
+def read_pid(marker: str) -> int | None:
+    text = read_mark(marker)
+    return int(text) if text is not None and text.isdigit() else None
+
+
+def started_at(marker: str) -> float | None:
+    """When the worker took the call (the marker's time, wall clock); None if it has not."""
+    if read_pid(marker) is None:  # absent, or claimed by the driver
+        return None
+    try:
+        return os.lstat(marker).st_mtime  # the marker itself, not what a link names
+    except OSError:
+        return None
+
+
+def claim(marker: str) -> int | None:
+    """Take a call back: None when it will never run (claimed, or finished), else its pid."""
+    try:
+        make_mark(marker, CLAIMED)
+    except FileExistsError:
+        pass
+    except OSError:
+        return None
+    else:
+        return None  # a marker the worker cannot create: it will not run the call
+    # The worker owns the call. A marker file (Windows) is empty for a few
+    # microseconds between its create and its write: wait that out (bounded).
+    for _ in range(200):
+        text = read_mark(marker)
+        if text is None:
+            return None  # it finished meanwhile: nothing runs on
+        if text.isdigit():
+            return int(text)
+        time.sleep(0.0005)
+    return None
+
+
+def unlink(marker: str | None) -> None:
+    if marker is not None:
+        with contextlib.suppress(OSError):
+            os.unlink(marker)
+
+
+__all__ = [
+    "CLAIMED",
+    "PREFIX",
+    "claim",
+    "marker_base",
+    "read_pid",
+    "running_on",
+    "started_at",
+    "sweep",
+    "unlink",
+]
