@@ -73,7 +73,7 @@ class TestMemoryLimit:
         assert all(LIMIT_MB < e["rss_mb"] < 2 * LIMIT_MB for e in over), over
 
     async def test_the_runs_memory_per_worker_is_enforced_too(self, tmp_path: Path) -> None:
-        """``arun(memory_per_worker=...)`` alone (no node hint) ends the greedy worker the same way."""
+        """``arun(memory_per_worker=...)`` alone (no node hint) ends the greedy worker too."""
         side = tmp_path / "side"
         app = greedy_beside_sibling(side, None).compile()
         with pytest.raises(WorkerCrashedError) as caught:
