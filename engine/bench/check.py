@@ -59,7 +59,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ..trace import NodeCall
+from .. import NodeCall
 
 Ratio = Literal["efficiency", "speedup"]
 RATIOS: tuple[Ratio, ...] = ("efficiency", "speedup")
@@ -162,6 +162,7 @@ class Measured:
     cost: float = 1.0
     overlap: int | None = None  # worker processes running cpu calls at once, at most
     expected: int | None = None  # what a parallel run of these calls reaches
+    on_threads: tuple[str, ...] = ()  # CPU-bound nodes (per the baseline) on the thread lane
 
     @property
     def lost_parallelism(self) -> bool:
@@ -241,9 +242,9 @@ class Verdict:
             want = min(x.expected or 0 for x in self.measured)
             return (
                 f"{self.floor.label}: parallelism lost, as every repeat's trace shows: its "
-                f"cpu calls ran in at most {worst} worker process(es) at once, {want} expected "
-                f"(only {len(self.usable)} of {len(self.measured)} repeat(s) quiet enough to "
-                "time)"
+                f"cpu calls ran in at most {worst} worker process(es) at once, {want} expected"
+                f"{self._threads_note()} (only {len(self.usable)} of {len(self.measured)} "
+                "repeat(s) quiet enough to time)"
             )
         if self.status == "unmeasured":
             return (
@@ -254,7 +255,16 @@ class Verdict:
         sign = ">=" if m.met else "<"
         return (
             f"{self.floor.label} {m.ratio:.3f} {sign} {m.threshold:.3f} "
-            f"(median of {len(self.usable)} usable repeat(s))"
+            f"(median of {len(self.usable)} usable repeat(s)){self._threads_note()}"
+        )
+
+    def _threads_note(self) -> str:
+        nodes = sorted({n for m in self.measured for n in m.on_threads})
+        if not nodes:
+            return ""
+        return (
+            f"; CPU-bound node(s) {', '.join(nodes)} ran on the thread lane, where they share "
+            "one GIL: declare them lane='cpu' (or @engine.cpu)"
         )
 
 
@@ -420,12 +430,14 @@ def check(
                 base is None or policy.is_quiet(base_free, cores)
             )
             overlap = expected = None
+            on_threads: tuple[str, ...] = ()
             if (
                 base is not None
                 and getattr(run, "run_mode", floor.mode) == "parallel"
                 and getattr(base, "run_mode", floor.baseline) != "parallel"
             ):
-                expected = expected_overlap(run.calls, cores)
+                on_threads = thread_lane_cpu_work(run.calls, cpu_bound_nodes(base.calls))
+                expected = expected_overlap(run.calls, cores, also=on_threads)
                 overlap = worker_overlap(run.calls, int(getattr(run, "driver_pid", -1)))
             measured.append(
                 Measured(
@@ -440,6 +452,7 @@ def check(
                     cost=cost,
                     overlap=overlap,
                     expected=expected or None,
+                    on_threads=on_threads,
                 )
             )
         verdicts.append(Verdict(floor, tuple(measured), needed=policy.min_repeats))
@@ -466,14 +479,47 @@ def worker_overlap(calls: Iterable[NodeCall], driver_pid: int) -> int:
     return best
 
 
-def expected_overlap(calls: Iterable[NodeCall], cores: float) -> int:
+def expected_overlap(calls: Iterable[NodeCall], cores: float, *, also: Iterable[str] = ()) -> int:
     """How many worker processes a parallel run of these calls keeps busy at once:
-    the whole cores present, or the most cpu calls in one step if fewer."""
+    the whole cores present, or the most cpu calls in one step if fewer. ``also``:
+    nodes whose calls count as cpu calls wherever they ran (CPU-bound work that was
+    declared on another lane)."""
+    extra = set(also)
     per_step: dict[int, int] = defaultdict(int)
     for c in calls:
-        if c.ok and c.lane == "cpu":
+        if c.ok and (c.lane == "cpu" or c.node in extra):
             per_step[c.step] += 1
     return min(max(1, math.floor(cores)), max(per_step.values(), default=0))
+
+
+#: A node is CPU-bound when its calls used at least this share of a core while they ran...
+CPU_BOUND_RATIO = 0.5
+#: ...and at least this much CPU per call: tiny nodes gain nothing from a process.
+CPU_BOUND_MIN_S = 0.02
+
+
+def cpu_bound_nodes(calls: Iterable[NodeCall]) -> frozenset[str]:
+    """Nodes whose calls are CPU-bound, as a run that ran them *alone* shows (a
+    ``sequential`` baseline): CPU seconds over the time they were running (wall time
+    less the time preempted on a run queue, ``queued_s``), so a neighbour's load does
+    not hide it. Calls that shared the GIL show less; they are never counted here."""
+    per_node: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for c in calls:
+        if c.ok and c.cpu_s > 0:
+            per_node[c.node].append((c.cpu_s, max(c.wall_s - c.queued_s, 1e-9)))
+    out = set()
+    for node, pairs in per_node.items():
+        cpu = sorted(p[0] for p in pairs)[len(pairs) // 2]
+        ran = sorted(p[1] for p in pairs)[len(pairs) // 2]
+        if cpu >= CPU_BOUND_MIN_S and cpu / ran >= CPU_BOUND_RATIO:
+            out.add(node)
+    return frozenset(out)
+
+
+def thread_lane_cpu_work(calls: Iterable[NodeCall], cpu_bound: Iterable[str]) -> tuple[str, ...]:
+    """The CPU-bound nodes (``cpu_bound``) that ran on the thread lane in this run."""
+    bound = set(cpu_bound)
+    return tuple(sorted({c.node for c in calls if c.lane == "thread" and c.node in bound}))
 
 
 def work_s(calls: Iterable[NodeCall]) -> float:
