@@ -755,9 +755,15 @@ class TestTargets:
         (tmp_path / "ug_bench.py").write_text(USER_GRAPH)
         out = tmp_path / "res"
         proc = _engine_cli(
-            tmp_path, "bench", "ug_bench:factory", "--peer", "ug_bench:peer", "--quick",
-            "--out", str(out),
-        )  # fmt: skip
+            tmp_path,
+            "bench",
+            "ug_bench:factory",
+            "--peer",
+            "ug_bench:peer",
+            "--quick",
+            "--out",
+            str(out),
+        )
         assert proc.returncode == 0, proc.stdout + proc.stderr
         doc = json.loads((out / "bench.json").read_text())
         modes = {(r["workload"], r["mode"]) for r in doc["results"]}
@@ -790,8 +796,9 @@ class TestTargets:
 
 
 class TestResultsAndTables:
-    def test_bench_writes_a_results_folder_by_default(self, tmp_path: Path, monkeypatch: Any,
-                                                      capsys: Any) -> None:  # fmt: skip
+    def test_bench_writes_a_results_folder_by_default(
+        self, tmp_path: Path, monkeypatch: Any, capsys: Any
+    ) -> None:
         """A plain `bench` writes results/<time>/ (bench.json, charts, traces) and says where."""
         monkeypatch.chdir(tmp_path)
         assert main(["bench", "io_fanout", "--scale", TINY, "--repeat", "1"]) == 0
@@ -809,9 +816,11 @@ class TestResultsAndTables:
         from engine.bench.report import results_table
 
         results = summarise(
-            [_sample(m, w, workload="ceo_delegation", free=2.0) for m, w in
-             (("sequential", 7.3), ("concurrent", 4.8), ("parallel", 3.2))]
-        )  # fmt: skip
+            [
+                _sample(m, w, workload="ceo_delegation", free=2.0)
+                for m, w in (("sequential", 7.3), ("concurrent", 4.8), ("parallel", 3.2))
+            ]
+        )
         con = Console(width=80, record=True, color_system=None)
         con.print(results_table(results, title="t", width=80, cores=2))
         text = con.export_text()
@@ -826,9 +835,11 @@ class TestResultsAndTables:
         quiet = summarise([_sample(m, 1.0, workload="w", free=2.0) for m in ("sequential",)])
         assert busy_notes(quiet, 2) == []
         busy = summarise(
-            [_sample("sequential", 1.0, workload="w", free=2.0),
-             _sample("parallel", 1.2, workload="w", free=1.1)]
-        )  # fmt: skip
+            [
+                _sample("sequential", 1.0, workload="w", free=2.0),
+                _sample("parallel", 1.2, workload="w", free=1.1),
+            ]
+        )
         lines = busy_notes(busy, 2)
         assert "w: other processes used cores during its runs (parallel 0.9 of 2" in lines[0]
         assert "rerun when the machine is quieter" in lines[-1]
