@@ -50,8 +50,14 @@ class TestNodeCall:
         r = await g.compile().arun({}, mode="parallel")
         c, i = r.trace.for_node("c")[0], r.trace.for_node("i")[0]
         assert (c.node, c.step, c.lane, c.attempt, c.index, c.ok, c.error) == (
-            "c", 0, "cpu", 1, -1, True, None,
-        )  # fmt: skip
+            "c",
+            0,
+            "cpu",
+            1,
+            -1,
+            True,
+            None,
+        )
         assert c.pid == r.state.probes["c"]["pid"] != os.getpid()
         assert c.host == i.host == socket.gethostname()
         assert c.start <= r.state.probes["c"]["start"] < r.state.probes["c"]["end"] <= c.end
