@@ -139,13 +139,16 @@ def _run(coro: Any) -> Any:
 
     try:
         asyncio.get_running_loop()
+        in_loop = True
     except RuntimeError:
-        return run_sync(coro)
-    coro.close()
-    raise RuntimeError(
-        "engine.testing's checks run their own event loop: call them from a plain "
-        "'def test_...', not an 'async def' one"
-    )
+        in_loop = False
+    if in_loop:
+        coro.close()
+        raise RuntimeError(
+            "engine.testing's checks run their own event loop: call them from a plain "
+            "'def test_...', not an 'async def' one"
+        )
+    return run_sync(coro)
 
 
 async def _measure(
