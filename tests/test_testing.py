@@ -74,6 +74,11 @@ def test_parallel_healthy(engine_check):
     engine_check.parallel(app, state)
 
 
+def test_speedup_into_pytest_benchmark(engine_check, benchmark):
+    app, state = build()
+    engine_check.speedup(app, state, max_repeats=6, wait_s=2.0, rounds=2)
+
+
 def test_parallel_cpu_lane_on_threads():
     app, state = build()
     with ThreadPoolExecutor(4) as pool:
@@ -103,6 +108,10 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[str, s
             "no:cacheprovider",
             "--junitxml",
             str(report),
+            "--benchmark-json",
+            str(where / "benchmark.json"),
+            "--engine-deadline",
+            "25",
             "test_mygraph.py",
         ],
         cwd=where,
@@ -119,6 +128,8 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[str, s
             if node is not None:
                 outcome, message = kind, (node.get("message") or "") + (node.text or "")
         found[case.get("name", "")] = (outcome, message)
+    bench = where / "benchmark.json"
+    found["benchmark.json"] = ("written", bench.read_text() if bench.exists() else "")
     return found
 
 
@@ -163,3 +174,18 @@ def test_cpu_bound_nodes_on_the_thread_lane_fail(
     assert outcome == "failure", message
     assert "CPU-bound node(s) a, b, c, d ran on the thread lane" in message
     assert "lane='cpu'" in message
+
+
+def test_the_speedup_goes_into_pytest_benchmark(outcomes: dict[str, tuple[str, str]]) -> None:
+    """With pytest-benchmark's fixture, the mode's runs are its rounds and the verdict is
+    in extra_info (the benchmark JSON keeps both, for --benchmark-compare)."""
+    import json
+
+    outcome, message = outcomes["test_speedup_into_pytest_benchmark"]
+    assert outcome in ("passed", "skipped"), message
+    doc = json.loads(outcomes["benchmark.json"][1])
+    (entry,) = [b for b in doc["benchmarks"] if b["name"] == "test_speedup_into_pytest_benchmark"]
+    assert entry["stats"]["rounds"] == 2
+    info = entry["extra_info"]
+    assert info["engine_ratio"] == "graph parallel vs sequential"
+    assert info["engine_status"] == ("ok" if outcome == "passed" else "unmeasured")
