@@ -123,8 +123,11 @@ def bench(args: argparse.Namespace) -> int:
         con.print(line, markup=False)
     for line in blocked_loops(report.samples):
         con.print(f"loop guard: {line}", markup=False)
-    for line in busy_notes(report.results, cores):
-        con.print(f"[yellow]busy machine:[/] {line}")
+    notes = busy_notes(report.results, cores)
+    if notes:
+        con.print(f"[yellow]busy machine:[/] {notes[0]}")
+        for line in notes[1:]:
+            con.print(line, markup=False)
     for line in report.warnings:
         con.print(f"[yellow]note:[/] {line}")
     if report.mismatches:
@@ -190,7 +193,16 @@ def _write_results(con: Any, report: Any, args: argparse.Namespace, out: Path | 
     traces = out / "traces"
     traces.mkdir(exist_ok=True)
     written = [s.trace().to_chrome(traces / f"{s.workload}-{s.mode}.json") for s in picked]
-    parallel = next((p for p in written if p.stem.endswith("-parallel")), None)
+    # Worth predicting: a parallel run whose cpu calls ran in worker processes.
+    parallel = next(
+        (
+            path
+            for path, s in zip(written, picked, strict=True)
+            if s.mode == "parallel"
+            and any(c.lane == "cpu" and c.pid != s.driver_pid for c in s.calls)
+        ),
+        None,
+    )
     con.print(
         f"results in {out}/: bench.json, {len(charts)} charts"
         + (f" ({charts[0].name}, ...)" if charts else "")

@@ -231,15 +231,15 @@ def busy_notes(
             by_workload.setdefault(r.workload, []).append(r)
     if not by_workload:
         return []
-    lines = []
+    lines = [
+        "some rows ran while other processes used the cores (cores they took, per mode): "
+        "a busy run in a mode lowers that mode's speedup and a busy sequential run raises "
+        "every speedup of its workload, so these rows measure the machine's load as much "
+        "as the engine"
+    ]
     for workload, rows in by_workload.items():
         taken = ", ".join(f"{r.mode} {cores - (r.free_cores or 0.0):.1f}" for r in rows)
-        lines.append(
-            f"{workload}: other processes used cores during its runs ({taken} of {cores:g} "
-            "cores taken): a busy run in a mode lowers that mode's speedup, a busy sequential "
-            "run raises every speedup, so these rows measured the machine's load as much as "
-            "the engine"
-        )
+        lines.append(f"  {workload}: {taken} of {cores:g}")
     lines.append(
         "rerun when the machine is quieter (see 'uptime'), or use 'python -m engine bench "
         "--check', which times speedups only on quiet repeats and says when it cannot"
