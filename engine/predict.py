@@ -212,13 +212,16 @@ class Replay:
             items_pool.sort(key=lambda i: i.order)
             offsets = sorted(i.offset for i in items_pool)
             first_pool = offsets[0] if offsets else 0.0
-            # The driver submits one call after another: the spacing of the first ones.
+            # The driver submits one call after another: the spacing of the first ones,
+            # at most a hand-off (which includes a submission). A batch's first calls
+            # are a chunk apart, not a call apart.
             n_first = min(len(offsets), workers)
             spacing = (
                 statistics.median(b - a for a, b in itertools.pairwise(offsets[:n_first]))
                 if n_first > 1
                 else 0.0
             )
+            spacing = min(spacing, default_handoff)
             steps.append(
                 _Step(
                     step,
@@ -417,11 +420,16 @@ def predict(
 def _saturation(
     replay: Replay, bound: float, caps: Mapping[str, int], limits: Mapping[str, int]
 ) -> int:
-    most = max((len(s.pool) for s in replay.steps), default=1)
-    for n in range(1, max(1, most) + 1):
-        if replay.wall(n, caps=caps, limits=limits) <= bound * (1 + SATURATED_WITHIN):
-            return n
-    return max(1, most)
+    """The fewest workers within ``SATURATED_WITHIN`` of ``bound`` (more workers never
+    make the replay slower, so a binary search finds it)."""
+    lo, hi = 1, max(1, max((len(s.pool) for s in replay.steps), default=1))
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if replay.wall(mid, caps=caps, limits=limits) <= bound * (1 + SATURATED_WITHIN):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
 
 
 def scaling(trace: Trace, workers: Iterable[int], **budgets: Any) -> list[Prediction]:
