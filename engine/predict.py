@@ -270,19 +270,18 @@ def _in_pool(c: NodeCall, driver_pid: int) -> bool:
 
 
 def _handoffs(pool: Sequence[NodeCall]) -> dict[int, float]:
-    """id(call) -> the time its worker took from the end of the step's previous pool
-    call (on any worker) to this call's start, for calls that started after one ended:
-    a result going back, the driver submitting the next call, a worker picking it up."""
+    """id(call) -> the time its worker took from its previous call of the step to this
+    one (a result going back, the driver submitting the next call, the worker picking
+    it up; microseconds inside a batch), for every call that was not its worker's
+    first of the step."""
     out: dict[int, float] = {}
-    by_step: dict[int, list[NodeCall]] = defaultdict(list)
+    by_worker: dict[tuple[int, str, int], list[NodeCall]] = defaultdict(list)
     for c in pool:
-        by_step[c.step].append(c)
-    for group in by_step.values():
-        ends = sorted(c.end for c in group)
-        for c in group:
-            before = [e for e in ends if e <= c.start]
-            if before:
-                out[id(c)] = c.start - before[-1]
+        by_worker[(c.step, c.host, c.pid)].append(c)
+    for group in by_worker.values():
+        group.sort(key=lambda c: c.start)
+        for before, c in itertools.pairwise(group):
+            out[id(c)] = max(0.0, c.start - before.end)
     return out
 
 
