@@ -378,6 +378,34 @@ class TestGateOnTheRepositoryFloors:
         reps = [_repeat("auto_lanes", 0.24, 0.40, repeat=r) for r in range(3)]
         assert _verdict("auto_lanes", reps).status == "below"
 
+    def test_cpu_bound_nodes_on_threads_fail_on_quiet_repeats(self) -> None:
+        """Four CPU-bound nodes declared on the thread lane share one GIL: each call's wall
+        time grows 4x, which pricing at one machine speed would read as a slow machine
+        (ratio 1.0 x cost 4.0 = 4.0, above the floor). The traces prove the loss: below,
+        naming the nodes, however quiet the repeats."""
+
+        def calls(overlapped: bool) -> list[engine.NodeCall]:
+            out = []
+            for i, node in enumerate("abcd"):
+                start = 0.0 if overlapped else i * 0.15
+                wall = 0.6 if overlapped else 0.15
+                c = _call(wall * 1000, step=0, lane="thread", cpu=0.15)
+                out.append(dataclasses.replace(c, node=node, start=start, end=start + wall))
+            return out
+
+        floor = gate.Floor("w", "speedup", "parallel", "sequential", min_of_ideal=0.8)
+        reps = [
+            {
+                ("w", "sequential"): _sample("sequential", 0.6, r, calls=calls(False), free=2.0),
+                ("w", "parallel"): _sample("parallel", 0.6, r, calls=calls(True), free=2.0),
+            }
+            for r in range(3)
+        ]
+        [v] = gate.check([floor], reps, CORES)
+        assert v.decided and v.status == "below", v.describe()
+        assert all(m.cost == 1.0 and m.on_threads == tuple("abcd") for m in v.measured)
+        assert "CPU-bound node(s) a, b, c, d ran on the thread lane" in v.describe()
+
     def test_exit_code_prefers_a_failure_to_an_unmeasured_floor(self) -> None:
         """Below a floor (1) outranks not measured (3), which outranks a pass (0)."""
         below = _verdict(

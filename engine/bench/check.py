@@ -222,11 +222,14 @@ class Verdict:
 
     @property
     def status(self) -> Status:
+        if self.lost:
+            # The traces prove a loss (cpu calls in the driver, in one process at a
+            # time, or CPU-bound nodes on the thread lane) whatever the load, and
+            # whatever the ratio: GIL-bound threads can read as a slow machine.
+            return "below"
         if not self.decided:
-            # Too few quiet repeats to judge a speed. The trace can still prove
-            # a loss (cpu calls in the driver, or in one process at a time),
-            # whatever the load; it never proves a pass.
-            return "below" if self.lost else "unmeasured"
+            # Too few quiet repeats to judge a speed; the trace never proves a pass.
+            return "unmeasured"
         m = self.deciding
         return "ok" if m is not None and m.met else "below"
 
@@ -237,7 +240,7 @@ class Verdict:
     def describe(self) -> str:
         """One line: what was measured against what, or why nothing could be."""
         m = self.deciding
-        if not self.decided and self.lost:
+        if self.lost:
             worst = max(x.overlap or 0 for x in self.measured)
             want = min(x.expected or 0 for x in self.measured)
             return (
@@ -405,6 +408,7 @@ def check(
                 continue
             base = None
             raw, cost = None, 1.0
+            on_threads: tuple[str, ...] = ()
             if floor.ratio == "efficiency":
                 ratio = float(run.efficiency)
             else:
@@ -412,7 +416,10 @@ def check(
                 if base is None:
                     continue
                 raw = float(base.wall_s) / max(float(run.wall_s), 1e-9)
-                cost = work_cost(run.calls, base.calls)
+                # CPU-bound calls sharing the GIL on threads take longer: that is the
+                # loss being measured, not a slower machine to price out.
+                on_threads = _on_threads(run, base, floor)
+                cost = 1.0 if on_threads else work_cost(run.calls, base.calls)
                 ratio = raw * cost
             free = _free(run, cores)
             base_free = _free(base, cores) if base is not None else None
@@ -430,13 +437,7 @@ def check(
                 base is None or policy.is_quiet(base_free, cores)
             )
             overlap = expected = None
-            on_threads: tuple[str, ...] = ()
-            if (
-                base is not None
-                and getattr(run, "run_mode", floor.mode) == "parallel"
-                and getattr(base, "run_mode", floor.baseline) != "parallel"
-            ):
-                on_threads = thread_lane_cpu_work(run.calls, cpu_bound_nodes(base.calls))
+            if base is not None and _parallel_vs_not(run, base, floor):
                 expected = expected_overlap(run.calls, cores, also=on_threads)
                 overlap = worker_overlap(run.calls, int(getattr(run, "driver_pid", -1)))
             measured.append(
@@ -457,6 +458,21 @@ def check(
             )
         verdicts.append(Verdict(floor, tuple(measured), needed=policy.min_repeats))
     return verdicts
+
+
+def _parallel_vs_not(run: Any, base: Any, floor: Floor) -> bool:
+    """A parallel run against a baseline that is not: parallelism can be lost between them."""
+    return (
+        getattr(run, "run_mode", floor.mode) == "parallel"
+        and getattr(base, "run_mode", floor.baseline) != "parallel"
+    )
+
+
+def _on_threads(run: Any, base: Any, floor: Floor) -> tuple[str, ...]:
+    """Nodes the baseline ran as CPU-bound work that the parallel run put on threads."""
+    if not _parallel_vs_not(run, base, floor):
+        return ()
+    return thread_lane_cpu_work(run.calls, cpu_bound_nodes(base.calls))
 
 
 def worker_overlap(calls: Iterable[NodeCall], driver_pid: int) -> int:
