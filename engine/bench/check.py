@@ -46,6 +46,13 @@ own kind (``python -m engine bench --check`` exits 3), never a pass.
 
 An efficiency compares a run with its own trace: a neighbour only ever
 lowers it, so every repeat may judge it.
+
+Some losses need no timing: a parallel run's trace shows its cpu calls never
+ran in two worker processes at once (the cpu lane on threads, a pool of one),
+or that nodes the baseline measured as CPU-bound ran on the thread lane
+(``cpu_bound_nodes``). A loss shown in every repeat fails the floor, quiet
+repeats or not; the ratio of GIL-bound thread calls is never priced (their
+longer calls are the loss, not a slower machine).
 """
 
 from __future__ import annotations
