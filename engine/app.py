@@ -181,6 +181,31 @@ class CompiledGraph:
             )
         return self.profile.save(target)
 
+    def warm(self, executor: Executor | None = None, *, timeout: float = 60.0) -> int:
+        """Start the cpu lane's worker processes now; returns how many the lane has.
+
+        A process pool starts its workers on its first call: without this, the
+        first ``parallel`` run in a process pays for starting them (0.4-2 s on
+        2 cores, more on a busy machine) inside its first step, and a worker
+        still starting can leave its share of that step's calls to another.
+        ``warm()`` returns once every worker has answered, so the first run
+        finds them all. ``executor``: the one you will pass to ``arun`` (the
+        default pool, sized as this graph's runs size it, otherwise). A thread
+        pool has nothing to start. Blocking: from async code, ``await
+        asyncio.to_thread(app.warm)``.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        from .lanes.pool import default_executor
+        from .lanes.pool import warm as start_workers
+
+        if executor is None:
+            size = _pool_cap(self.plan, "parallel", None, None, "warm", self._caps)
+            executor = default_executor(size)
+        if not isinstance(executor, ThreadPoolExecutor):
+            start_workers(executor, timeout=timeout)
+        return executor_workers(executor)
+
     def _plan_for_run(self) -> tuple[Plan, MeasuredPolicy]:
         """Decide undeclared lanes from the profile: between runs, never mid-step."""
         policy = self.profile.policy()

@@ -148,6 +148,14 @@ class LaneChange:
         return f"{self.node}: {self.before} -> {self.after} ({self.reason})"
 
 
+#: A node's wall time "moved" in a run when it changed by at least this fraction
+#: and this many seconds (sub-millisecond nodes jitter by more than 10% run to run)...
+MOVED_WALL = 0.10
+MOVED_WALL_MIN_S = 0.001
+#: ...or its cpu/wall ratio by at least this much (what its lane is decided on).
+MOVED_RATIO = 0.05
+
+
 @dataclass(frozen=True)
 class NodeDelta:
     """How a node's numbers moved during the latest observed run."""
@@ -155,6 +163,32 @@ class NodeDelta:
     node: str
     before: NodeProfile | None
     after: NodeProfile
+
+    @property
+    def moved(self) -> bool:
+        """First measured, or a number a lane decision reads changed materially (wall
+        time by 10% and 1 ms, cpu/wall by 0.05, new loop blocks or failures): one call
+        more at the same speed is no change."""
+        b, a = self.before, self.after
+        if b is None or b.calls == 0:
+            return True
+        if a.blocks > b.blocks or a.failures > b.failures:
+            return True
+        if (a.wall_s is None) != (b.wall_s is None) or (a.cpu_ratio is None) != (
+            b.cpu_ratio is None
+        ):
+            return True
+        if (
+            a.wall_s is not None
+            and b.wall_s is not None
+            and abs(a.wall_s - b.wall_s) >= max(MOVED_WALL * b.wall_s, MOVED_WALL_MIN_S)
+        ):
+            return True
+        return (
+            a.cpu_ratio is not None
+            and b.cpu_ratio is not None
+            and abs(a.cpu_ratio - b.cpu_ratio) >= MOVED_RATIO
+        )
 
     def describe(self) -> str:
         b, a = self.before, self.after
@@ -510,13 +544,10 @@ class Profile:
         return tuple(changes)
 
     def diff(self) -> tuple[NodeDelta, ...]:
-        """How each node's numbers moved in the latest observed run."""
+        """The nodes whose numbers moved in the latest observed run (``NodeDelta.moved``)."""
         with self._lock:
-            return tuple(
-                NodeDelta(n, self._before.get(n), p)
-                for n, p in sorted(self._nodes.items())
-                if self._before.get(n) != p
-            )
+            deltas = (NodeDelta(n, self._before.get(n), p) for n, p in sorted(self._nodes.items()))
+            return tuple(d for d in deltas if d.moved)
 
     def summary(self, node: str) -> str:
         prof = self.get(node)

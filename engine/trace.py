@@ -1,9 +1,14 @@
-"""Trace records, metrics, and Chrome trace-event export.
+"""Trace records, metrics, Chrome trace-event export, and the trace file format.
 
 Every node call (retries included) leaves one frozen ``NodeCall``, timed where
 it ran: ``start``/``end`` are ``time.time()`` in the worker, so records from
 several processes (and machines) line up on one clock. Metrics are derived
 from the records alone, so a run proves its own parallelism.
+
+A trace travels as JSON: ``trace.save(path)`` writes it, ``Trace.load(path)``
+reads it back (and reads the Chrome trace ``to_chrome`` writes, which carries
+the same document under its ``"engine"`` key), so a run recorded on one
+machine can be replayed elsewhere (``trace.predict(workers=N)``).
 """
 
 from __future__ import annotations
@@ -12,13 +17,20 @@ import json
 import os
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .marks import Mark
 from .marks import chrome_events as mark_events
+
+if TYPE_CHECKING:
+    from .predict import Prediction
+
+#: The ``"format"`` and ``"version"`` of a saved trace (``Trace.save``).
+TRACE_FORMAT = "engine.trace"
+TRACE_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -79,14 +91,19 @@ class Metrics:
     by_lane: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
 
     def __str__(self) -> str:
-        lanes = ", ".join(f"{lane} {s:.3f} s" for lane, s in self.by_lane.items()) or "none"
         return (
             f"wall {self.wall_s:.3f} s, busy {self.busy_s:.3f} s (parallelism "
-            f"{self.parallelism:.2f}), cpu {self.cpu_s:.3f} s, lower bound "
+            f"{self.parallelism:.2f}), CPU time {self.cpu_s:.3f} s, lower bound "
             f"{self.lower_bound_s:.3f} s (efficiency {self.efficiency:.2f}); {self.steps} "
-            f"step(s), {self.calls} call(s), {self.cpu_workers} cpu worker(s); busy by lane: "
-            f"{lanes}"
+            f"step(s), {self.calls} call(s), {self.cpu_workers} cpu worker(s); "
+            f"{self.describe_lanes()}"
         )
+
+    def describe_lanes(self) -> str:
+        """Wall seconds of calls per lane, labelled so that the cpu *lane* is not read as
+        CPU *time*: ``busy (call wall time) by lane: cpu lane 0.295 s, io lane 0.100 s``."""
+        lanes = ", ".join(f"{lane} lane {s:.3f} s" for lane, s in self.by_lane.items())
+        return f"busy (call wall time) by lane: {lanes or 'none'}"
 
     def as_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -169,12 +186,22 @@ class Trace:
 
     ``marks`` (``engine.marks``) are what is not a call: the loop-lag counter
     track, waits for resource budgets, per-worker resource loads.
+
+    What the recorder knew of the run besides its calls, where it knew it
+    (``None``/empty otherwise): ``steps``, each step's barrier as
+    ``(step, time.time())``; ``started``, when the run began; ``wall_s``, what
+    the caller waited; ``cpu_workers``, the process pool's size. Where they are
+    missing, ``barriers()`` and ``predict()`` derive what they need from the calls.
     """
 
     calls: tuple[NodeCall, ...]
     run_id: str = ""
     driver_pid: int = field(default_factory=os.getpid)
     marks: tuple[Mark, ...] = ()
+    steps: tuple[tuple[int, float], ...] = ()
+    started: float | None = None
+    wall_s: float | None = None
+    cpu_workers: int | None = None
 
     def for_node(self, node: str) -> list[NodeCall]:
         return [c for c in self.calls if c.node == node]
@@ -182,8 +209,70 @@ class Trace:
     def pids(self, lane: str | None = None) -> set[int]:
         return {c.pid for c in self.calls if lane is None or c.lane == lane}
 
+    def barriers(self) -> list[tuple[int, float]]:
+        """``(step, time)`` of each step barrier, in step order: as recorded (``steps``),
+        else when the step's last call ended (the merge follows within microseconds
+        to milliseconds)."""
+        if self.steps:
+            return sorted(self.steps)
+        ends: dict[int, float] = {}
+        for c in self.calls:
+            ends[c.step] = max(ends.get(c.step, c.end), c.end)
+        return sorted(ends.items())
+
+    def metrics(self, wall_s: float | None = None, cpu_workers: int | None = None) -> Metrics:
+        """The run's metrics from these records (``compute_metrics``): ``wall_s`` and
+        ``cpu_workers`` default to the recorded ones, else to the calls' span and the
+        number of worker processes that ran cpu calls."""
+        if wall_s is None:
+            wall_s = self.wall_s if self.wall_s is not None else self.span_s()
+        if cpu_workers is None:
+            cpu_workers = self.cpu_workers or len(
+                {
+                    (c.host, c.pid)
+                    for c in self.calls
+                    if c.lane == "cpu" and c.pid != self.driver_pid
+                }
+            )
+        return compute_metrics(self.calls, wall_s, len({c.step for c in self.calls}), cpu_workers)
+
+    def span_s(self) -> float:
+        """From the first call's start to the last call's end (0.0 without calls)."""
+        if not self.calls:
+            return 0.0
+        return max(c.end for c in self.calls) - min(c.start for c in self.calls)
+
+    def predict(
+        self,
+        workers: int,
+        *,
+        max_concurrency: Mapping[str, int] | None = None,
+        limits: Mapping[str, int] | None = None,
+        resources: Mapping[str, Mapping[str, int]] | None = None,
+    ) -> Prediction:
+        """Replay this run's calls on a process pool of ``workers`` in simulated time.
+
+        See ``engine.predict``: each call keeps its measured duration, lane, step
+        and dispatch cost; cpu-lane calls queue for the workers in the engine's
+        dispatch order; steps end at their last call. ``max_concurrency``,
+        ``limits`` and ``resources`` (node -> units per resource) are the run's
+        budgets, when it had any.
+        """
+        from .predict import predict
+
+        return predict(
+            self,
+            workers,
+            max_concurrency=max_concurrency,
+            limits=limits,
+            resources=resources,
+        )
+
+    # -- Chrome trace-event export ------------------------------------------
+
     def to_chrome_events(self) -> list[dict[str, Any]]:
-        """Chrome trace-event dicts: one row per (host, process, thread), plus the marks."""
+        """Chrome trace-event dicts: one row per (host, process, thread), the marks, and
+        an instant at each step barrier (``"end of step N"``, category ``step``)."""
         if not self.calls and not self.marks:
             return []
         t0 = min([c.start for c in self.calls] + [m.start for m in self.marks])
@@ -249,11 +338,107 @@ class Trace:
                 }
             )
         events.extend(mark_events(self.marks, t0=t0, pid_of=pid_of))
+        events.extend(
+            {
+                "name": f"end of step {step}",
+                "cat": "step",
+                "ph": "i",
+                "s": "g",  # global: a line across every row
+                "ts": (at - t0) * 1e6,
+                "pid": 0,
+                "tid": 0,
+            }
+            for step, at in self.barriers()
+        )
         return events
 
     def to_chrome(self, path: str | os.PathLike[str], extra: Iterable[dict[str, Any]] = ()) -> Path:
-        """Write Chrome trace-event JSON that Perfetto and chrome://tracing open."""
+        """Write Chrome trace-event JSON that Perfetto and chrome://tracing open.
+
+        The document also carries the trace itself under ``"engine"`` (viewers
+        ignore it), so ``Trace.load`` and ``python -m engine predict`` read the file.
+        """
         out = Path(path)
-        doc = {"traceEvents": [*self.to_chrome_events(), *extra], "displayTimeUnit": "ms"}
+        doc = {
+            "traceEvents": [*self.to_chrome_events(), *extra],
+            "displayTimeUnit": "ms",
+            "engine": self.to_dict(),
+        }
         out.write_text(json.dumps(doc, indent=None))
         return out
+
+    # -- the trace file ------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """The trace as JSON-able data (``Trace.from_dict`` reads it back)."""
+        return {
+            "format": TRACE_FORMAT,
+            "version": TRACE_VERSION,
+            "run_id": self.run_id,
+            "driver_pid": self.driver_pid,
+            "started": self.started,
+            "wall_s": self.wall_s,
+            "cpu_workers": self.cpu_workers,
+            "steps": [list(s) for s in self.steps],
+            "calls": [asdict(c) for c in self.calls],
+            "marks": [{**asdict(m), "args": dict(m.args)} for m in self.marks],
+        }
+
+    @classmethod
+    def from_dict(cls, data: object, *, where: str = "trace") -> Trace:
+        """Rebuild a trace from ``to_dict()`` output, or from a Chrome trace that
+        ``to_chrome`` wrote; a ``ValueError`` says what is wrong and what to pass."""
+        if isinstance(data, dict) and isinstance(data.get("engine"), dict):
+            data = data["engine"]
+        if not isinstance(data, dict) or data.get("format") != TRACE_FORMAT:
+            raise ValueError(
+                f'{where} is not an engine trace (no "format": "{TRACE_FORMAT}"); pass a '
+                "file written by trace.save(path), trace.to_chrome(path) or "
+                "python -m engine run TARGET --trace FILE"
+            )
+        if data.get("version") != TRACE_VERSION:
+            raise ValueError(
+                f"{where} has trace format version {data.get('version')!r}; this engine "
+                f"reads version {TRACE_VERSION}"
+            )
+        try:
+            calls = tuple(NodeCall(**c) for c in data["calls"])
+            marks = tuple(
+                Mark(**{**m, "args": MappingProxyType(dict(m.get("args") or {}))})
+                for m in data.get("marks", ())
+            )
+            steps = tuple((int(s), float(t)) for s, t in data.get("steps", ()))
+            return cls(
+                calls=calls,
+                run_id=str(data.get("run_id", "")),
+                driver_pid=int(data["driver_pid"]),
+                marks=marks,
+                steps=steps,
+                started=_opt_float(data.get("started")),
+                wall_s=_opt_float(data.get("wall_s")),
+                cpu_workers=None if data.get("cpu_workers") is None else int(data["cpu_workers"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(
+                f"{where}: a malformed engine trace ({type(exc).__name__}: {exc})"
+            ) from exc
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the trace as JSON (``Trace.load(path)`` reads it back)."""
+        out = Path(path)
+        out.write_text(json.dumps(self.to_dict()))
+        return out
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Trace:
+        """Read a trace written by ``save`` or by ``to_chrome``."""
+        p = Path(path)
+        try:
+            data = json.loads(p.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"cannot read a trace from {p}: {exc}") from exc
+        return cls.from_dict(data, where=str(p))
+
+
+def _opt_float(value: Any) -> float | None:
+    return None if value is None else float(value)

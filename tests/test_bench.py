@@ -14,7 +14,8 @@ import pytest
 import engine
 from engine.bench import check as gate
 from engine.bench.cpushare import Snapshot, free_cores
-from engine.bench.harness import BenchConfig, Sample, summarise
+from engine.bench.harness import BenchConfig
+from engine.bench.samples import Sample, summarise
 from engine.cli import main
 
 pytest.importorskip("httpx")
@@ -377,6 +378,34 @@ class TestGateOnTheRepositoryFloors:
         reps = [_repeat("auto_lanes", 0.24, 0.40, repeat=r) for r in range(3)]
         assert _verdict("auto_lanes", reps).status == "below"
 
+    def test_cpu_bound_nodes_on_threads_fail_on_quiet_repeats(self) -> None:
+        """Four CPU-bound nodes declared on the thread lane share one GIL: each call's wall
+        time grows 4x, which pricing at one machine speed would read as a slow machine
+        (ratio 1.0 x cost 4.0 = 4.0, above the floor). The traces prove the loss: below,
+        naming the nodes, however quiet the repeats."""
+
+        def calls(overlapped: bool) -> list[engine.NodeCall]:
+            out = []
+            for i, node in enumerate("abcd"):
+                start = 0.0 if overlapped else i * 0.15
+                wall = 0.6 if overlapped else 0.15
+                c = _call(wall * 1000, step=0, lane="thread", cpu=0.15)
+                out.append(dataclasses.replace(c, node=node, start=start, end=start + wall))
+            return out
+
+        floor = gate.Floor("w", "speedup", "parallel", "sequential", min_of_ideal=0.8)
+        reps = [
+            {
+                ("w", "sequential"): _sample("sequential", 0.6, r, calls=calls(False), free=2.0),
+                ("w", "parallel"): _sample("parallel", 0.6, r, calls=calls(True), free=2.0),
+            }
+            for r in range(3)
+        ]
+        [v] = gate.check([floor], reps, CORES)
+        assert v.decided and v.status == "below", v.describe()
+        assert all(m.cost == 1.0 and m.on_threads == tuple("abcd") for m in v.measured)
+        assert "CPU-bound node(s) a, b, c, d ran on the thread lane" in v.describe()
+
     def test_exit_code_prefers_a_failure_to_an_unmeasured_floor(self) -> None:
         """Below a floor (1) outranks not measured (3), which outranks a pass (0)."""
         below = _verdict(
@@ -414,7 +443,7 @@ class TestSummary:
 
 
 def _bench(*args: str) -> int:
-    return main(["bench", "--scale", TINY, "--repeat", "1", *args])
+    return main(["bench", "--scale", TINY, "--repeat", "1", "--no-save", *args])
 
 
 def test_json_has_the_documented_schema(tmp_path: Path) -> None:
@@ -509,13 +538,16 @@ def test_run_writes_a_chrome_trace(tmp_path: Path, capsys: Any) -> None:
     assert "efficiency" in capsys.readouterr().out
     events = json.loads(trace.read_text())["traceEvents"]
     assert {e["name"] for e in events if e["ph"] == "X"} >= {"ceo", "compile"}
-    assert [e["name"] for e in events if e["ph"] == "i"] == ["end of step 0", "end of step 1"]
+    steps = [e["name"] for e in events if e["ph"] == "i" and e.get("cat") == "step"]
+    assert steps == ["end of step 0", "end of step 1"]
 
 
 def test_unknown_workload_is_a_usage_error(capsys: Any) -> None:
     """A typo in a workload name exits 2 with the known names, no traceback."""
     assert main(["bench", "--workload", "nope"]) == 2
     assert "known: io_fanout" in capsys.readouterr().err
+    assert main(["bench", "nope"]) == 2
+    assert "module:attr" in capsys.readouterr().err
 
 
 # -- the workloads themselves ------------------------------------------------------------
@@ -538,22 +570,18 @@ def llm_url() -> Iterator[str]:
 async def test_every_graph_ends_in_the_same_state_in_every_mode(llm_url: str) -> None:
     """Each benchmark graph's final state is identical in the three modes."""
     from workloads import genai
-    from workloads.graphs import WORKLOADS, Setup
+    from workloads.suite import WORKLOADS, Environment
 
-    setup = Setup(
-        base_url=llm_url,
-        cal=genai.calibrate(),
-        scale=0.02,
-        gil_cal=None,
-        small_cal=genai.calibrate_snippets(),
-    )
+    env = Environment(base_url=llm_url, cal=genai.calibrate(), small_cal=genai.calibrate_snippets())
     for name, spec in WORKLOADS.items():
-        app, state = spec.build(setup)
+        app, state = spec.build(env, 0.02)
         finals = [
             (await app.arun(state, mode=mode)).state
             for mode in ("sequential", "concurrent", "parallel")
         ]
-        finals += [(await v.build(setup)[0].arun(state, mode=v.mode)).state for v in spec.variants]
+        finals += [
+            (await v.build(env, 0.02)[0].arun(state, mode=v.mode)).state for v in spec.variants
+        ]
         assert all(f == finals[0] for f in finals), name
 
 
@@ -561,17 +589,18 @@ async def test_langgraph_peers_end_in_engines_state(llm_url: str) -> None:
     """The LangGraph versions do the same work: their final state equals engine's."""
     pytest.importorskip("langgraph")
     from workloads import genai
-    from workloads.graphs import WORKLOADS, Setup
-    from workloads.peers import PEERS
+    from workloads.suite import WORKLOADS, Environment
 
-    setup = Setup(base_url=llm_url, cal=genai.calibrate(), scale=0.02)
-    for name, spec in PEERS.items():
-        app, state = WORKLOADS[name].build(setup)
-        mine = (await app.arun(state, mode="parallel")).state.model_dump(mode="json")
-        peer = spec.build(setup)
-        theirs = peer.final(await peer.graph.ainvoke(peer.input))
-        assert theirs == mine, name
-        assert {c.node for c in peer.recorder.calls} == set(app.plan.nodes), name
+    env = Environment(base_url=llm_url, cal=genai.calibrate())
+    with_peer = {name: w for name, w in WORKLOADS.items() if w.peer is not None}
+    assert set(with_peer) == {"io_fanout", "cpu_fanout", "ceo_delegation"}
+    for name, w in with_peer.items():
+        app, state = w.build(env, 0.02)
+        result = await app.arun(state, mode="parallel")
+        assert w.peer is not None
+        outcome = await w.peer(env, 0.02, state).arun(type(result.state))
+        assert outcome.final == result.state.model_dump(mode="json"), name
+        assert {c.node for c in outcome.calls} == set(app.plan.nodes), name
 
 
 @pytest.mark.parametrize(("sig", "code"), [("SIGTERM", 143), ("SIGINT", 130)])
@@ -643,3 +672,256 @@ def _helpers(pid: int) -> set[int]:
         if b"resource_tracker" in cmd or b"semaphore_tracker" in cmd:
             out.add(child)
     return out
+
+
+# -- your own graph: module:attr targets ---------------------------------------------------
+
+USER_GRAPH = '''
+import operator
+from typing import Annotated
+
+from pydantic import BaseModel
+
+from engine import END, START, Graph
+
+
+class S(BaseModel):
+    n: int = 20_000
+    out: Annotated[list[int], operator.add] = []
+
+
+def crunch(state: S) -> dict:
+    return {"out": [sum(i * i % 7 for i in range(state.n))]}
+
+
+def build() -> Graph:
+    g = Graph(S)
+    for k in ("a", "b"):
+        g.add_node(k, crunch, lane="cpu")
+        g.add_edge(START, k)
+        g.add_edge(k, END)
+    return g
+
+
+graph = build()
+app = graph.compile()
+
+
+def factory(scale: float = 1.0):
+    return build().compile(), S(n=int(30_000 * scale))
+
+
+def peer():
+    """The same app in LangGraph (a TypedDict state), for --peer."""
+    from typing import TypedDict
+
+    from langgraph.graph import END as LG_END, START as LG_START, StateGraph
+
+    class T(TypedDict):
+        n: int
+        out: Annotated[list[int], operator.add]
+
+    def node(state: T) -> dict:
+        return {"out": [sum(i * i % 7 for i in range(state["n"]))]}
+
+    g = StateGraph(T)
+    for k in ("a", "b"):
+        g.add_node(k, node)
+        g.add_edge(LG_START, k)
+        g.add_edge(k, LG_END)
+    return g.compile()
+'''
+
+
+def _engine_cli(cwd: Path, *args: str, timeout: float = 120) -> Any:
+    """``python -m engine ARGS`` in a fresh process (its pool imports the module from cwd)."""
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "engine", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+class TestTargets:
+    def test_resolve_names_each_kind(self, tmp_path: Path, monkeypatch: Any) -> None:
+        """A compiled graph, a Graph and a factory (given scale=) each build (app, input);
+        --input replaces the input; a bad name says what would work."""
+        from engine.bench.targets import resolve
+
+        (tmp_path / "ug_resolve.py").write_text(USER_GRAPH)
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.syspath_prepend(str(tmp_path))
+        w = resolve("ug_resolve:app")
+        app, value = w.build(None, 1.0)
+        assert isinstance(app, engine.CompiledGraph) and value == {} and not w.scalable
+        assert w.name == "ug_resolve.app"
+        app, value = resolve("ug_resolve:graph", input='{"n": 5}').build(None, 1.0)
+        assert isinstance(app, engine.CompiledGraph) and value == {"n": 5}
+        w = resolve("ug_resolve:factory")
+        assert w.scalable and w.build(None, 0.5)[1].n == 15_000
+        (tmp_path / "in.json").write_text('{"n": 7}')
+        assert resolve("ug_resolve:factory", input="@in.json").build(None, 1.0)[1] == {"n": 7}
+        with pytest.raises(ValueError, match="no attribute 'nope'"):
+            resolve("ug_resolve:nope")
+        with pytest.raises(ValueError, match="no module named 'ug_missing'"):
+            resolve("ug_missing:app")
+        with pytest.raises(ValueError, match="is not JSON"):
+            resolve("ug_resolve:app", input="{nope")
+        with pytest.raises(ValueError, match="--input and --peer apply to your own graph"):
+            resolve("cpu_fanout", input="{}")
+
+    def test_bench_runs_your_graph_and_its_langgraph_version(self, tmp_path: Path) -> None:
+        """`bench module:attr --peer module:attr` from the graph's directory: every mode and
+        a LangGraph row, the same final state, a results folder with JSON, charts and
+        traces, and a log line per workload when stdout is not a terminal."""
+        pytest.importorskip("langgraph")
+        (tmp_path / "ug_bench.py").write_text(USER_GRAPH)
+        out = tmp_path / "res"
+        proc = _engine_cli(
+            tmp_path,
+            "bench",
+            "ug_bench:factory",
+            "--peer",
+            "ug_bench:peer",
+            "--quick",
+            "--out",
+            str(out),
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        doc = json.loads((out / "bench.json").read_text())
+        modes = {(r["workload"], r["mode"]) for r in doc["results"]}
+        assert modes == {
+            ("ug_bench.factory", m) for m in ("sequential", "concurrent", "parallel", "langgraph")
+        }
+        assert "final state identical in every mode" in proc.stdout
+        assert "] ug_bench.factory: sequential" in proc.stdout  # the per-workload log line
+        traces = sorted(p.name for p in (out / "traces").iterdir())
+        assert "ug_bench.factory-parallel.json" in traces
+        assert (out / "walls.png").read_bytes()[:4] == b"\x89PNG"
+        assert f"predict {out}/traces/ug_bench.factory-parallel.json" in proc.stdout
+
+    def test_run_and_predict_your_graph(self, tmp_path: Path) -> None:
+        """`run module:attr --input ... --trace` then `predict` on that trace: the
+        prediction table for each worker count, and a chart."""
+        (tmp_path / "ug_run.py").write_text(USER_GRAPH)
+        trace = tmp_path / "t.json"
+        proc = _engine_cli(
+            tmp_path, "run", "ug_run:app", "--input", '{"n": 50000}', "--trace", str(trace)
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "CPU time of all calls" in proc.stdout and "cpu lane" in proc.stdout
+        proc = _engine_cli(tmp_path, "predict", str(trace), "--workers", "1,2,4", "--plot", "p.png")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        rows = [line.split() for line in proc.stdout.splitlines() if line[:7].strip() in "124"]
+        assert [r[0] for r in rows if r and r[0].isdigit()] == ["1", "2", "4"]
+        assert "bound by node" in proc.stdout
+        assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+class TestResultsAndTables:
+    def test_bench_writes_a_results_folder_by_default(
+        self, tmp_path: Path, monkeypatch: Any, capsys: Any
+    ) -> None:
+        """A plain `bench` writes results/<time>/ (bench.json, charts, traces) and says where."""
+        monkeypatch.chdir(tmp_path)
+        assert main(["bench", "io_fanout", "--scale", TINY, "--repeat", "1"]) == 0
+        (folder,) = (tmp_path / "results").iterdir()
+        assert json.loads((folder / "bench.json").read_text())["results"]
+        assert (folder / "walls.png").exists() and (folder / "traces").is_dir()
+        trace = engine.Trace.load(folder / "traces" / "io_fanout-parallel.json")
+        assert trace.steps and trace.wall_s and trace.cpu_workers
+        assert f"results in results/{folder.name}/" in capsys.readouterr().out
+
+    def test_the_table_fits_80_columns_and_never_cuts_a_name(self) -> None:
+        """At 80 columns the table keeps the columns that tell the story, names whole."""
+        from rich.console import Console
+
+        from engine.bench.report import results_table
+
+        results = summarise(
+            [
+                _sample(m, w, workload="ceo_delegation", free=2.0)
+                for m, w in (("sequential", 7.3), ("concurrent", 4.8), ("parallel", 3.2))
+            ]
+        )
+        con = Console(width=80, record=True, color_system=None)
+        con.print(results_table(results, title="t", width=80, cores=2))
+        text = con.export_text()
+        assert max(len(line) for line in text.splitlines()) <= 80
+        assert "…" not in text and "sequential" in text and "concurrent" in text
+        assert "ceo_delegation" in text and "2.28x" in text
+
+    def test_a_busy_row_is_said_in_words(self) -> None:
+        """A row measured while others took a core gets a sentence and what to do."""
+        from engine.bench.report import busy_notes
+
+        quiet = summarise([_sample(m, 1.0, workload="w", free=2.0) for m in ("sequential",)])
+        assert busy_notes(quiet, 2) == []
+        busy = summarise(
+            [
+                _sample("sequential", 1.0, workload="w", free=2.0),
+                _sample("parallel", 1.2, workload="w", free=1.1),
+            ]
+        )
+        lines = busy_notes(busy, 2)
+        assert "a busy run in a mode lowers that mode's speedup" in lines[0]
+        assert lines[1] == "  w: parallel 0.9 of 2"
+        assert "rerun when the machine is quieter" in lines[-1]
+
+
+class TestPackaging:
+    ROOT = Path(__file__).resolve().parents[1]
+
+    def test_the_library_never_imports_the_workloads(self) -> None:
+        """No module of engine imports workloads: the harness names them as strings."""
+        import ast
+
+        for path in (self.ROOT / "engine").rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and not node.level:
+                    names = [node.module or ""]
+                else:
+                    continue
+                assert not [n for n in names if n.split(".")[0] == "workloads"], path
+
+    def test_the_harness_uses_only_the_public_api(self) -> None:
+        """engine.bench imports from engine only its public names (and the public modules
+        predict and backends.dask)."""
+        import ast
+
+        allowed_modules = {"predict", "backends.dask"}
+        for path in (self.ROOT / "engine" / "bench").glob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if not isinstance(node, ast.ImportFrom) or node.level != 2:
+                    continue
+                if node.module is None:
+                    assert {a.name for a in node.names} <= set(engine.__all__), path
+                else:
+                    assert node.module in allowed_modules, f"{path}: ..{node.module}"
+
+    def test_the_package_ships_engine_only_and_registers_the_plugin(self) -> None:
+        """The wheel holds engine's packages, not workloads; pytest finds engine.testing."""
+        import tomllib
+
+        from setuptools import find_packages
+
+        doc = tomllib.loads((self.ROOT / "pyproject.toml").read_text())
+        include = doc["tool"]["setuptools"]["packages"]["find"]["include"]
+        found = find_packages(where=str(self.ROOT), include=include)
+        assert "engine" in found and "engine.bench" in found
+        assert not [p for p in found if not p.startswith("engine")]
+        assert doc["project"]["entry-points"]["pytest11"] == {"engine": "engine.testing"}
+
+    def test_a_clone_finds_its_workloads_from_anywhere(self, tmp_path: Path) -> None:
+        """From another directory (workloads not importable there), `bench --list` finds
+        the clone's workloads next to the engine it runs."""
+        proc = _engine_cli(tmp_path, "bench", "--list", timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        assert "cpu_fanout" in proc.stdout and "module:attr" in proc.stdout

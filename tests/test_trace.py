@@ -50,8 +50,14 @@ class TestNodeCall:
         r = await g.compile().arun({}, mode="parallel")
         c, i = r.trace.for_node("c")[0], r.trace.for_node("i")[0]
         assert (c.node, c.step, c.lane, c.attempt, c.index, c.ok, c.error) == (
-            "c", 0, "cpu", 1, -1, True, None,
-        )  # fmt: skip
+            "c",
+            0,
+            "cpu",
+            1,
+            -1,
+            True,
+            None,
+        )
         assert c.pid == r.state.probes["c"]["pid"] != os.getpid()
         assert c.host == i.host == socket.gethostname()
         assert c.start <= r.state.probes["c"]["start"] < r.state.probes["c"]["end"] <= c.end
@@ -118,9 +124,9 @@ class TestMetrics:
             [call("a", 0, "cpu", 0, 2, 2.0), call("b", 0, "io", 0, 1, 0)], 2.0, 1, 2
         )
         assert str(m) == (
-            "wall 2.000 s, busy 3.000 s (parallelism 1.50), cpu 2.000 s, lower bound 2.000 s "
-            "(efficiency 1.00); 1 step(s), 2 call(s), 2 cpu worker(s); busy by lane: "
-            "cpu 2.000 s, io 1.000 s"
+            "wall 2.000 s, busy 3.000 s (parallelism 1.50), CPU time 2.000 s, lower bound "
+            "2.000 s (efficiency 1.00); 1 step(s), 2 call(s), 2 cpu worker(s); busy (call wall "
+            "time) by lane: cpu lane 2.000 s, io lane 1.000 s"
         )
 
     async def test_run_metrics_agree_with_trace(self) -> None:
@@ -250,3 +256,64 @@ class TestChrome:
         (span,) = [e for e in events if e["ph"] == "X"]
         rows = {(e["pid"], e["tid"]) for e in events if e["name"] == "thread_name"}
         assert (span["pid"], span["tid"]) in rows
+
+
+class TestBarriersAndFile:
+    async def test_the_library_trace_marks_each_step_barrier(self, tmp_path: Path) -> None:
+        """result.trace.to_chrome() has an 'end of step N' instant per step, at the step's
+        last call when the barrier time was not recorded (the CLI's trace records it)."""
+        g = Graph(State)
+        g.add_node("a", functools.partial(io_probe, "a", 0.02))
+        g.add_node("b", functools.partial(io_probe, "b", 0.01))
+        g.add_edge(START, "a")
+        g.add_edge("a", "b")
+        r = await g.compile().arun({})
+        events = json.loads(r.trace.to_chrome(tmp_path / "t.json").read_text())["traceEvents"]
+        steps = [e for e in events if e["ph"] == "i" and e.get("cat") == "step"]
+        assert [e["name"] for e in steps] == ["end of step 0", "end of step 1"]
+        (a,) = [e for e in events if e.get("name") == "a" and e["ph"] == "X"]
+        assert steps[0]["ts"] == pytest.approx(a["ts"] + a["dur"], abs=1)
+        assert all(e["s"] == "g" for e in steps)
+        recorded = dataclasses.replace(r.trace, steps=((0, 5.0), (1, 6.0)))
+        assert recorded.barriers() == [(0, 5.0), (1, 6.0)]
+
+    def test_save_load_round_trip(self, tmp_path: Path) -> None:
+        """save() then load() gives the same trace, marks and run facts included; a Chrome
+        trace written by to_chrome() loads too."""
+        from engine.marks import Mark
+
+        t = Trace(
+            calls=(call("a", 0, "cpu", 1.0, 2.0, 0.9, pid=7), call("b", 1, "io", 2.0, 2.5, 0.0)),
+            run_id="r1",
+            driver_pid=1,
+            marks=(
+                Mark("span", "wait api", 1.5, 1, "h", end=1.6, cat="budget", args={"node": "b"}),
+            ),
+            steps=((0, 2.001), (1, 2.502)),
+            started=0.99,
+            wall_s=1.6,
+            cpu_workers=2,
+        )
+        back = Trace.load(t.save(tmp_path / "t.json"))
+        assert back == t
+        assert Trace.load(t.to_chrome(tmp_path / "c.json")) == t
+
+    def test_load_refuses_what_is_not_a_trace(self, tmp_path: Path) -> None:
+        """A file that is not an engine trace is a ValueError saying what to pass."""
+        path = tmp_path / "x.json"
+        path.write_text('{"traceEvents": []}')
+        with pytest.raises(ValueError, match=r"not an engine trace .* trace.save\(path\)"):
+            Trace.load(path)
+        path.write_text('{"format": "engine.trace", "version": 99}')
+        with pytest.raises(ValueError, match="version 99"):
+            Trace.load(path)
+
+
+class TestMetricsWords:
+    def test_the_two_cpu_figures_are_labelled(self) -> None:
+        """CPU seconds and the cpu lane's busy wall time read as different things."""
+        m = compute_metrics([call("a", 0, "cpu", 0.0, 0.3, 0.16)], 0.3, 1, 2)
+        text = str(m)
+        assert "CPU time 0.160 s" in text
+        assert "busy (call wall time) by lane: cpu lane 0.300 s" in text
+        assert " cpu 0.160" not in text

@@ -39,7 +39,6 @@ from __future__ import annotations
 import functools
 import operator
 import zlib
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -626,139 +625,10 @@ def auto_lanes(
     return g.compile(), state
 
 
-# -- the registry the harness uses ----------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Variant:
-    """Another way to run a workload's work, as an extra row of the benchmark.
-
-    ``label`` is the row's mode column (and the ``mode`` of its JSON row);
-    ``mode`` the engine mode it runs in. ``fresh``: build (compile) a new
-    graph for every run, so each timed run is a graph's first; otherwise one
-    graph serves every run, after a warm-up run of its own.
-    """
-
-    label: str
-    mode: str
-    build: Callable[[Setup], Built]
-    fresh: bool = False
-    summary: str = ""
-
-
-@dataclass(frozen=True)
-class WorkloadSpec:
-    """A workload for the harness: how to build it at a ``Setup``'s sizes.
-
-    ``needs``: the calibrations it uses (``genai``, ``gil_release``, ``snippets``).
-    ``default_modes``: the modes it runs when a benchmark asks for all three
-    (naming modes with ``--modes`` runs those).
-    """
-
-    name: str
-    build: Callable[[Setup], Built]
-    uses_llm: bool
-    summary: str
-    needs: tuple[str, ...] = ("genai",)
-    variants: tuple[Variant, ...] = ()
-    default_modes: tuple[str, ...] = ("sequential", "concurrent", "parallel")
-
-
-WORKLOADS: Mapping[str, WorkloadSpec] = {
-    s.name: s
-    for s in (
-        WorkloadSpec(
-            "io_fanout",
-            lambda st: io_fanout(st.base_url, scale=st.scale),
-            True,
-            "4 agents x one ~1 s API call, then a ~0.5 s compile call",
-        ),
-        WorkloadSpec(
-            "cpu_fanout",
-            lambda st: cpu_fanout(cal=st.cal, scale=st.scale),
-            False,
-            "4 agents x ~0.5 s of CPU, then ~0.2 s of CPU to compile",
-        ),
-        WorkloadSpec(
-            "ceo_delegation",
-            lambda st: ceo_delegation(st.base_url, cal=st.cal, scale=st.scale),
-            True,
-            "CEO plan (API); 4 x [draft (API), analyse (CPU), review (API)]; compile (CPU)",
-        ),
-        WorkloadSpec(
-            "map_reduce",
-            lambda st: map_reduce(st.base_url, cal=st.cal, scale=st.scale),
-            True,
-            "Send x 8 documents: fetch (API), tokenise + score (CPU); reduce (CPU)",
-        ),
-        WorkloadSpec(
-            "debate",
-            lambda st: debate(st.base_url, cal=st.cal, scale=st.scale),
-            True,
-            "3 rounds: pro + con argue (API), critics (CPU), judge loops (cycle)",
-        ),
-        WorkloadSpec(
-            "gil_release",
-            lambda st: gil_release(cal=st.gil_cal, scale=st.scale),
-            False,
-            "contrast: cpu_fanout's shape with hashlib/zlib work that releases the GIL",
-            needs=("gil_release",),
-        ),
-        WorkloadSpec(
-            "seed",
-            lambda st: _seed(st),
-            True,
-            "the seed graph: 4 agents x [~0.3 s API call, ~0.15 s CPU], then a join",
-        ),
-        WorkloadSpec(
-            "many_small",
-            lambda st: many_small(cal=st.small_cal, scale=st.scale),
-            False,
-            "Send x 5,000 cpu calls of ~1 ms (x scale calls), batched per worker; reduce",
-            needs=("snippets",),
-            # 5,000 thread-pool calls under one GIL take ~1.5x sequential (11.8 s)
-            # and would add half a minute to the main command: ask for them with
-            # --modes sequential,concurrent,parallel.
-            default_modes=("sequential", "parallel"),
-        ),
-        WorkloadSpec(
-            "auto_lanes",
-            lambda st: auto_lanes(st.base_url, labelled=True, cal=st.cal, scale=st.scale),
-            True,
-            "mixed graph: async + blocking API calls, CPU, tiny nodes; hand-labelled lanes, "
-            "and the same graph undeclared (rows 'auto-1st', 'auto')",
-            variants=(
-                Variant(
-                    "auto-1st",
-                    "parallel",
-                    lambda st: auto_lanes(st.base_url, cal=st.cal, scale=st.scale),
-                    fresh=True,
-                    summary="no lanes declared, a graph's first run: defaults (sync -> cpu)",
-                ),
-                Variant(
-                    "auto",
-                    "parallel",
-                    lambda st: auto_lanes(st.base_url, cal=st.cal, scale=st.scale),
-                    summary="no lanes declared, second run on: lanes from the profile",
-                ),
-            ),
-        ),
-    )
-}
-
-
-def _seed(st: Setup) -> Built:
-    from . import seed
-
-    return seed.bench(st.base_url, cal=st.cal, scale=st.scale)
-
-
 __all__ = [
     "AGENTS",
-    "WORKLOADS",
+    "Built",
     "Setup",
-    "Variant",
-    "WorkloadSpec",
     "auto_lanes",
     "ceo_delegation",
     "cpu_fanout",

@@ -10,7 +10,7 @@ shares one GIL: the ``concurrent`` row of engine's mode table.
 Every node is wrapped to record a ``engine.NodeCall`` (where and when it ran,
 its CPU seconds, LangGraph's step number), so the harness computes the same
 metrics and draws the same timelines for both. The wrapper costs two clock
-reads and an append per call.
+reads and an append per call. ``PeerRun`` is an ``engine.bench.peers.Peer``.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from engine import NodeCall
+from engine.bench.peers import PeerOutcome
 
 from . import graphs
 from .graphs import AGENTS, Endpoint, Setup
@@ -120,6 +121,12 @@ class PeerRun:
         """LangGraph's output as the same JSON-able data as engine's final state."""
         data = out.model_dump() if isinstance(out, BaseModel) else dict(out)
         return self.model.model_validate(data).model_dump(mode="json")
+
+    async def arun(self, model: type[BaseModel] | None = None) -> PeerOutcome:
+        """One run: its final state and the calls the node wrappers recorded."""
+        self.recorder.clear()
+        out = await self.graph.ainvoke(self.input)
+        return PeerOutcome(self.final(out), tuple(self.recorder.calls))
 
 
 @dataclass(frozen=True)

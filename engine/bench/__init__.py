@@ -1,14 +1,19 @@
-"""The benchmark harness behind ``python -m engine bench``.
+"""The benchmark harness behind ``python -m engine bench``, ``run`` and ``predict``.
 
-- :mod:`engine.bench.harness`: run workloads in several modes, repeatedly; ``Sample``,
-  ``Result``, ``Report`` and the JSON they serialise to.
-- :mod:`engine.bench.check`: floors (``benchmarks/floors.toml``) and the CI speedup gate.
-- :mod:`engine.bench.cpushare`: how many cores other processes left us during a run.
-- :mod:`engine.bench.report`: rich tables and progress.
-- :mod:`engine.bench.plots`: matplotlib charts (wall times, Gantt timelines).
+- :mod:`engine.bench.targets`: what runs: a ``Workload``, from ``module:attr``
+  (a user's graph) or a built-in name (``workloads.suite`` of a clone).
+- :mod:`engine.bench.harness`: run workloads in several modes, repeatedly
+  (``run_bench``), and the gate's repeat-until-decided loop (``gate_runs``).
+- :mod:`engine.bench.samples`: ``Sample`` (one timed run), ``Result`` (a row).
+- :mod:`engine.bench.check`: floors (``benchmarks/floors.toml``) and the CI
+  speedup gate's logic, shared with ``engine.testing``.
+- :mod:`engine.bench.cpushare`: how many cores other processes left us.
+- :mod:`engine.bench.machine`: the machine, and the cpu-lane executor.
+- :mod:`engine.bench.peers`: LangGraph versions of a workload, traced.
+- :mod:`engine.bench.report`, :mod:`engine.bench.plots`: tables, notes, charts.
+- :mod:`engine.bench.commands`: the commands, once ``engine.cli`` parsed them.
 
-The workloads themselves live in the ``workloads`` package, next to ``engine``;
-this package imports them only when a benchmark runs.
+This package uses only the engine's public API (``import engine``).
 """
 
 from .check import Floor as Floor
@@ -18,9 +23,11 @@ from .check import ideal_wall as ideal_wall
 from .check import load_floors as load_floors
 from .harness import BenchConfig as BenchConfig
 from .harness import Report as Report
-from .harness import Result as Result
-from .harness import Sample as Sample
 from .harness import run_bench as run_bench
+from .samples import Result as Result
+from .samples import Sample as Sample
+from .targets import Variant as Variant
+from .targets import Workload as Workload
 
 __all__ = [
     "BenchConfig",
@@ -29,7 +36,9 @@ __all__ = [
     "Report",
     "Result",
     "Sample",
+    "Variant",
     "Verdict",
+    "Workload",
     "ideal_wall",
     "load_floors",
     "run_bench",

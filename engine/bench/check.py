@@ -46,6 +46,13 @@ own kind (``python -m engine bench --check`` exits 3), never a pass.
 
 An efficiency compares a run with its own trace: a neighbour only ever
 lowers it, so every repeat may judge it.
+
+Some losses need no timing: a parallel run's trace shows its cpu calls never
+ran in two worker processes at once (the cpu lane on threads, a pool of one),
+or that nodes the baseline measured as CPU-bound ran on the thread lane
+(``cpu_bound_nodes``). A loss shown in every repeat fails the floor, quiet
+repeats or not; the ratio of GIL-bound thread calls is never priced (their
+longer calls are the loss, not a slower machine).
 """
 
 from __future__ import annotations
@@ -59,7 +66,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ..trace import NodeCall
+from .. import NodeCall
 
 Ratio = Literal["efficiency", "speedup"]
 RATIOS: tuple[Ratio, ...] = ("efficiency", "speedup")
@@ -162,6 +169,7 @@ class Measured:
     cost: float = 1.0
     overlap: int | None = None  # worker processes running cpu calls at once, at most
     expected: int | None = None  # what a parallel run of these calls reaches
+    on_threads: tuple[str, ...] = ()  # CPU-bound nodes (per the baseline) on the thread lane
 
     @property
     def lost_parallelism(self) -> bool:
@@ -221,11 +229,14 @@ class Verdict:
 
     @property
     def status(self) -> Status:
+        if self.lost:
+            # The traces prove a loss (cpu calls in the driver, in one process at a
+            # time, or CPU-bound nodes on the thread lane) whatever the load, and
+            # whatever the ratio: GIL-bound threads can read as a slow machine.
+            return "below"
         if not self.decided:
-            # Too few quiet repeats to judge a speed. The trace can still prove
-            # a loss (cpu calls in the driver, or in one process at a time),
-            # whatever the load; it never proves a pass.
-            return "below" if self.lost else "unmeasured"
+            # Too few quiet repeats to judge a speed; the trace never proves a pass.
+            return "unmeasured"
         m = self.deciding
         return "ok" if m is not None and m.met else "below"
 
@@ -236,14 +247,14 @@ class Verdict:
     def describe(self) -> str:
         """One line: what was measured against what, or why nothing could be."""
         m = self.deciding
-        if not self.decided and self.lost:
+        if self.lost:
             worst = max(x.overlap or 0 for x in self.measured)
             want = min(x.expected or 0 for x in self.measured)
             return (
                 f"{self.floor.label}: parallelism lost, as every repeat's trace shows: its "
-                f"cpu calls ran in at most {worst} worker process(es) at once, {want} expected "
-                f"(only {len(self.usable)} of {len(self.measured)} repeat(s) quiet enough to "
-                "time)"
+                f"cpu calls ran in at most {worst} worker process(es) at once, {want} expected"
+                f"{self._threads_note()} (only {len(self.usable)} of {len(self.measured)} "
+                "repeat(s) quiet enough to time)"
             )
         if self.status == "unmeasured":
             return (
@@ -254,7 +265,16 @@ class Verdict:
         sign = ">=" if m.met else "<"
         return (
             f"{self.floor.label} {m.ratio:.3f} {sign} {m.threshold:.3f} "
-            f"(median of {len(self.usable)} usable repeat(s))"
+            f"(median of {len(self.usable)} usable repeat(s)){self._threads_note()}"
+        )
+
+    def _threads_note(self) -> str:
+        nodes = sorted({n for m in self.measured for n in m.on_threads})
+        if not nodes:
+            return ""
+        return (
+            f"; CPU-bound node(s) {', '.join(nodes)} ran on the thread lane, where they share "
+            "one GIL: declare them lane='cpu' (or @engine.cpu)"
         )
 
 
@@ -395,6 +415,7 @@ def check(
                 continue
             base = None
             raw, cost = None, 1.0
+            on_threads: tuple[str, ...] = ()
             if floor.ratio == "efficiency":
                 ratio = float(run.efficiency)
             else:
@@ -402,7 +423,10 @@ def check(
                 if base is None:
                     continue
                 raw = float(base.wall_s) / max(float(run.wall_s), 1e-9)
-                cost = work_cost(run.calls, base.calls)
+                # CPU-bound calls sharing the GIL on threads take longer: that is the
+                # loss being measured, not a slower machine to price out.
+                on_threads = _on_threads(run, base, floor)
+                cost = 1.0 if on_threads else work_cost(run.calls, base.calls)
                 ratio = raw * cost
             free = _free(run, cores)
             base_free = _free(base, cores) if base is not None else None
@@ -420,12 +444,8 @@ def check(
                 base is None or policy.is_quiet(base_free, cores)
             )
             overlap = expected = None
-            if (
-                base is not None
-                and getattr(run, "run_mode", floor.mode) == "parallel"
-                and getattr(base, "run_mode", floor.baseline) != "parallel"
-            ):
-                expected = expected_overlap(run.calls, cores)
+            if base is not None and _parallel_vs_not(run, base, floor):
+                expected = expected_overlap(run.calls, cores, also=on_threads)
                 overlap = worker_overlap(run.calls, int(getattr(run, "driver_pid", -1)))
             measured.append(
                 Measured(
@@ -440,10 +460,26 @@ def check(
                     cost=cost,
                     overlap=overlap,
                     expected=expected or None,
+                    on_threads=on_threads,
                 )
             )
         verdicts.append(Verdict(floor, tuple(measured), needed=policy.min_repeats))
     return verdicts
+
+
+def _parallel_vs_not(run: Any, base: Any, floor: Floor) -> bool:
+    """A parallel run against a baseline that is not: parallelism can be lost between them."""
+    return (
+        getattr(run, "run_mode", floor.mode) == "parallel"
+        and getattr(base, "run_mode", floor.baseline) != "parallel"
+    )
+
+
+def _on_threads(run: Any, base: Any, floor: Floor) -> tuple[str, ...]:
+    """Nodes the baseline ran as CPU-bound work that the parallel run put on threads."""
+    if not _parallel_vs_not(run, base, floor):
+        return ()
+    return thread_lane_cpu_work(run.calls, cpu_bound_nodes(base.calls))
 
 
 def worker_overlap(calls: Iterable[NodeCall], driver_pid: int) -> int:
@@ -466,14 +502,47 @@ def worker_overlap(calls: Iterable[NodeCall], driver_pid: int) -> int:
     return best
 
 
-def expected_overlap(calls: Iterable[NodeCall], cores: float) -> int:
+def expected_overlap(calls: Iterable[NodeCall], cores: float, *, also: Iterable[str] = ()) -> int:
     """How many worker processes a parallel run of these calls keeps busy at once:
-    the whole cores present, or the most cpu calls in one step if fewer."""
+    the whole cores present, or the most cpu calls in one step if fewer. ``also``:
+    nodes whose calls count as cpu calls wherever they ran (CPU-bound work that was
+    declared on another lane)."""
+    extra = set(also)
     per_step: dict[int, int] = defaultdict(int)
     for c in calls:
-        if c.ok and c.lane == "cpu":
+        if c.ok and (c.lane == "cpu" or c.node in extra):
             per_step[c.step] += 1
     return min(max(1, math.floor(cores)), max(per_step.values(), default=0))
+
+
+#: A node is CPU-bound when its calls used at least this share of a core while they ran...
+CPU_BOUND_RATIO = 0.5
+#: ...and at least this much CPU per call: tiny nodes gain nothing from a process.
+CPU_BOUND_MIN_S = 0.02
+
+
+def cpu_bound_nodes(calls: Iterable[NodeCall]) -> frozenset[str]:
+    """Nodes whose calls are CPU-bound, as a run that ran them *alone* shows (a
+    ``sequential`` baseline): CPU seconds over the time they were running (wall time
+    less the time preempted on a run queue, ``queued_s``), so a neighbour's load does
+    not hide it. Calls that shared the GIL show less; they are never counted here."""
+    per_node: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for c in calls:
+        if c.ok and c.cpu_s > 0:
+            per_node[c.node].append((c.cpu_s, max(c.wall_s - c.queued_s, 1e-9)))
+    out = set()
+    for node, pairs in per_node.items():
+        cpu = sorted(p[0] for p in pairs)[len(pairs) // 2]
+        ran = sorted(p[1] for p in pairs)[len(pairs) // 2]
+        if cpu >= CPU_BOUND_MIN_S and cpu / ran >= CPU_BOUND_RATIO:
+            out.add(node)
+    return frozenset(out)
+
+
+def thread_lane_cpu_work(calls: Iterable[NodeCall], cpu_bound: Iterable[str]) -> tuple[str, ...]:
+    """The CPU-bound nodes (``cpu_bound``) that ran on the thread lane in this run."""
+    bound = set(cpu_bound)
+    return tuple(sorted({c.node for c in calls if c.lane == "thread" and c.node in bound}))
 
 
 def work_s(calls: Iterable[NodeCall]) -> float:

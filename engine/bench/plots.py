@@ -1,4 +1,5 @@
-"""PNG charts of a benchmark: wall time per mode, and a Gantt timeline per run.
+"""PNG charts of a benchmark: wall time per mode, a Gantt timeline per run, and the
+predicted scaling of a recorded run.
 
 matplotlib is imported inside the functions with the Agg backend (no
 display needed, nothing global changed before a chart is asked for), so the
@@ -16,10 +17,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..trace import NodeCall
+from .. import NodeCall
 
 if TYPE_CHECKING:
-    from .harness import Result, Sample
+    from ..predict import Prediction
+    from .samples import Result, Sample
 
 LANE_COLOURS = {
     "io": "#4C72B0",
@@ -286,3 +288,46 @@ def plot_all(
             path = out / f"{s.workload}-{s.mode}.png"
             written.append(plot_gantt(s, path, xmax=longest[s.workload]))
     return written
+
+
+def plot_prediction(predictions: Sequence[Prediction], path: str | Path, title: str = "") -> Path:
+    """Predicted wall (bars) and speedup against one worker (line, with the ideal) per
+    worker count; a dashed line at the wall with unlimited workers."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
+    xs = list(range(len(predictions)))
+    walls = [p.wall_s for p in predictions]
+    ax.bar(xs, walls, 0.6, color=MODE_COLOURS["parallel"], zorder=2, label="predicted wall")
+    if predictions:
+        ax.axhline(
+            predictions[0].bound_s,
+            color="black",
+            linestyle="--",
+            linewidth=0.8,
+            label="unlimited workers (critical path)",
+        )
+    ax.set_xticks(xs, [str(p.workers) for p in predictions])
+    ax.set_xlabel("worker processes")
+    ax.set_ylabel("predicted wall time (s)")
+    ax.grid(axis="y", alpha=0.3, zorder=0)
+    right = ax.twinx()
+    right.plot(xs, [p.speedup for p in predictions], marker="o", color="#4C72B0", label="speedup")
+    right.plot(
+        xs,
+        [float(p.workers) for p in predictions],
+        linestyle=":",
+        color="#4C72B0",
+        alpha=0.6,
+        label="ideal speedup",
+    )
+    right.set_ylabel("speedup vs 1 worker")
+    right.set_ylim(0, max([p.workers for p in predictions] + [1]) * 1.05)
+    handles = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
+    labels = ax.get_legend_handles_labels()[1] + right.get_legend_handles_labels()[1]
+    ax.legend(handles, labels, fontsize=7, loc="upper right")
+    ax.set_title(title or "Predicted scaling", fontsize=10, loc="left")
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out)
+    plt.close(fig)
+    return out

@@ -1,7 +1,8 @@
-"""Terminal output of a benchmark: results table, gate verdicts, progress.
+"""Terminal output of a benchmark: results table, notes in words, gate verdicts, progress.
 
 rich is imported here only; when stdout is not a terminal the tables print as
-plain text and the progress display stays off (CI logs stay readable).
+plain text, the progress display stays off, and a line per finished workload
+says how far the run got (CI logs stay readable, and alive).
 """
 
 from __future__ import annotations
@@ -10,61 +11,92 @@ import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from .check import Verdict
-from .harness import Result, Sample
+from .check import GatePolicy, Verdict
+from .samples import Result, Sample
+from .targets import Workload
+
+#: Narrower than this, the results table keeps only the columns that tell the story.
+WIDE = 130
 
 
 def console(**kwargs: Any) -> Any:
-    """A rich console; wide when not a terminal, so CI logs keep whole table rows."""
+    """A rich console that never wraps a printed line (only tables fit the width);
+    160 columns wide when not a terminal, so CI logs keep whole table rows, unless
+    ``COLUMNS`` says otherwise."""
+    import os
+
     from rich.console import Console
 
+    kwargs.setdefault("soft_wrap", True)
     con = Console(highlight=False, **kwargs)
-    if not con.is_terminal and "width" not in kwargs:
+    if not con.is_terminal and "width" not in kwargs and "COLUMNS" not in os.environ:
         con = Console(highlight=False, width=160, **kwargs)
     return con
 
 
-def results_table(results: Sequence[Result], title: str = "Benchmark") -> Any:
+def results_table(
+    results: Sequence[Result],
+    title: str = "Benchmark",
+    width: int | None = None,
+    cores: float | None = None,
+) -> Any:
     """One row per (workload, mode): medians, the fastest repeat, ratios.
 
     "cores free" is the fewest cores other processes left us during any repeat
-    of the row (Linux): below the machine's count, a neighbour slowed the row.
+    of the row (Linux): below the machine's count, a neighbour slowed the row
+    (``busy_notes`` says so in words). Narrower than ``WIDE`` columns, only
+    workload, mode, wall, fastest, speedup, efficiency and cores free are shown;
+    names are never cut.
     """
     from rich.table import Table
 
+    wide = width is None or width >= WIDE
     table = Table(title=title, title_justify="left")
-    for name, justify in (
-        ("workload", "left"),
-        ("mode", "left"),
-        ("wall s (median)", "right"),
-        ("min s", "right"),
-        ("speedup", "right"),
-        ("parallelism", "right"),
-        ("lower bound s", "right"),
-        ("efficiency", "right"),
-        ("busy s by lane", "left"),
-        ("cores free", "right"),
-    ):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    # (key, header when wide, header when narrow or None: left out), in order.
+    columns = [
+        ("workload", "workload", "workload", "left"),
+        ("mode", "mode", "mode", "left"),
+        ("wall", "wall s (median)", "wall s", "right"),
+        ("min", "min s", "min s", "right"),
+        ("speedup", "speedup", "speedup", "right"),
+        ("parallelism", "parallelism", None, "right"),
+        ("bound", "lower bound s", None, "right"),
+        ("efficiency", "efficiency", "eff.", "right"),
+        ("lanes", "busy s by lane", None, "left"),
+        ("free", "cores free", "free", "right"),
+    ]
+    shown = [(key, wide_name if wide else narrow, just) for key, wide_name, narrow, just in columns]
+    shown = [(key, name, just) for key, name, just in shown if name is not None]
+    for _, name, justify in shown:
+        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     previous = None
     for r in results:
         if previous is not None and r.workload != previous:
             table.add_section()
         previous = r.workload
-        lanes = "  ".join(f"{k} {v:.2f}" for k, v in r.by_lane.items())
-        table.add_row(
-            r.workload if r.mode in ("sequential", _first_mode(results, r.workload)) else "",
-            r.mode,
-            f"{r.wall_s:.3f}",
-            f"{r.wall_min_s:.3f}",
-            "-" if r.speedup is None else f"{r.speedup:.2f}x",
-            f"{r.parallelism:.2f}",
-            f"{r.lower_bound_s:.3f}",
-            _efficiency(r.efficiency),
-            lanes,
-            "-" if r.free_cores is None else f"{r.free_cores:.1f}",
-        )
+        cells = {
+            "workload": r.workload if r.mode == _first_mode(results, r.workload) else "",
+            "mode": r.mode,
+            "wall": f"{r.wall_s:.3f}",
+            "min": f"{r.wall_min_s:.3f}",
+            "speedup": "-" if r.speedup is None else f"{r.speedup:.2f}x",
+            "parallelism": f"{r.parallelism:.2f}",
+            "bound": f"{r.lower_bound_s:.3f}",
+            "efficiency": _efficiency(r.efficiency),
+            "lanes": "  ".join(f"{k} {v:.2f}" for k, v in r.by_lane.items()),
+            "free": _free(r.free_cores, cores),
+        }
+        table.add_row(*(cells[key] for key, _, _ in shown))
     return table
+
+
+def _free(free: float | None, cores: float | None) -> str:
+    """Cores free, in yellow when a neighbour took enough to disturb the row."""
+    if free is None:
+        return "-"
+    if cores is not None and not GatePolicy().is_quiet(free, cores):
+        return f"[yellow]{free:.1f}[/yellow]"
+    return f"{free:.1f}"
 
 
 def _first_mode(results: Sequence[Result], workload: str) -> str:
@@ -141,15 +173,14 @@ def _repeat(m: Any, speedup: bool) -> str:
     return f"{m.ratio:.3f}/{m.threshold:.3f}{priced}{free}{procs}{busy}"
 
 
-def comparisons(results: Sequence[Result]) -> list[str]:
+def comparisons(results: Sequence[Result], workloads: Sequence[Workload]) -> list[str]:
     """Rows that are variants of a mode, against that mode, measured in the same run:
     ``auto_lanes: auto = 1.00x of parallel (hand-labelled) ...``."""
-    from workloads.graphs import WORKLOADS
-
     by_key = {(r.workload, r.mode): r for r in results}
+    specs = {w.name: w for w in workloads}
     lines = []
     for workload in dict.fromkeys(r.workload for r in results):
-        spec = WORKLOADS.get(workload)
+        spec = specs.get(workload)
         for v in spec.variants if spec is not None else ():
             mine, base = by_key.get((workload, v.label)), by_key.get((workload, v.mode))
             if mine is None or base is None or mine.wall_s <= 0:
@@ -186,6 +217,43 @@ def blocked_loops(samples: Sequence[Sample]) -> list[str]:
             f"{runs[(workload, mode)]} run(s), worst {worst * 1000:.0f} ms ({who})"
         )
     return lines
+
+
+def busy_notes(
+    results: Sequence[Result], cores: float, policy: GatePolicy | None = None
+) -> list[str]:
+    """In words: the workloads with rows measured while other processes took some of the
+    cores, what that does to their numbers, and what to do (nothing when all ran quiet)."""
+    policy = policy or GatePolicy()
+    by_workload: dict[str, list[Result]] = {}
+    for r in results:
+        if not policy.is_quiet(r.free_cores, cores):
+            by_workload.setdefault(r.workload, []).append(r)
+    if not by_workload:
+        return []
+    lines = [
+        "some rows ran while other processes used the cores (cores they took, per mode): "
+        "a busy run in a mode lowers that mode's speedup and a busy sequential run raises "
+        "every speedup of its workload, so these rows measure the machine's load as much "
+        "as the engine"
+    ]
+    for workload, rows in by_workload.items():
+        taken = ", ".join(f"{r.mode} {cores - (r.free_cores or 0.0):.1f}" for r in rows)
+        lines.append(f"  {workload}: {taken} of {cores:g}")
+    lines.append(
+        "rerun when the machine is quieter (see 'uptime'), or use 'python -m engine bench "
+        "--check', which times speedups only on quiet repeats and says when it cannot"
+    )
+    return lines
+
+
+def workload_line(name: str, samples: Sequence[Sample], elapsed_s: float) -> str:
+    """One log line for a finished workload (stdout not a terminal: no progress bar)."""
+    walls: dict[str, list[float]] = {}
+    for s in samples:
+        walls.setdefault(s.mode, []).append(s.wall_s)
+    parts = [f"{mode} {sorted(w)[len(w) // 2]:.3f} s" for mode, w in walls.items()]
+    return f"[{elapsed_s:5.0f} s] {name}: {', '.join(parts)} ({len(samples)} runs)"
 
 
 @contextlib.contextmanager
