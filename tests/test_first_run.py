@@ -78,10 +78,18 @@ class TestExplainChanges:
         assert "crunch: +1 calls, wall" in str(app.explain())
 
     def test_a_lane_change_is_listed(self) -> None:
-        """The first run moves a tiny undeclared node inline: explain() says so."""
+        """The first run moves a tiny undeclared node off the cpu lane: explain() says so.
+
+        Where it goes depends on what was measured (inline on a quiet machine; a
+        thread when a busy host preempted it mid-call, so it looked like waiting):
+        the change listed must be the one the explanation shows.
+        """
         g = Graph(State)
         g.add_node("tidy", _tiny)
         g.add_edge(START, "tidy")
         app = g.compile()
         app.run({})
-        assert "tidy: cpu -> inline" in str(app.explain())
+        explained = app.explain()
+        lane = explained.lane_of("tidy")
+        assert lane in ("inline", "thread")
+        assert f"tidy: cpu -> {lane}" in str(explained)
