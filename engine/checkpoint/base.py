@@ -76,6 +76,8 @@ class TaskRef(BaseModel, frozen=True):
     #: JSON data of a Send payload (None for edge-triggered).
     payload: Any = None
     payload_kind: Literal["none", "json", "state"] = "none"
+    #: For a "state" payload: which of the graph's schema classes it is ("" for the state's).
+    payload_schema: str = ""
 
 
 class PendingWrite(BaseModel, frozen=True):
@@ -117,6 +119,9 @@ class Checkpoint(BaseModel, frozen=True):
     source: Source = "loop"
     #: The channel values (or a pydantic state's fields) as JSON data (the codec's).
     state: dict[str, Any]
+    #: Channels whose value is plain data that validation into the channel's type
+    #: turns back into what it was (an enum member, a model...).
+    typed: list[str] = []
     #: What runs in ``step`` (empty, with status "done", when finished).
     next_tasks: list[TaskRef]
     #: Fan-in bookkeeping: edge key -> sources finished since its target last ran.

@@ -157,7 +157,8 @@ class SqliteCheckpointer(CheckpointerBase):
                 "its folder exists and is writable"
             ) from exc
         try:
-            _enter_wal(conn, self.busy_timeout_s)
+            if str(self.path) != ":memory:":  # an in-memory database has no journal file
+                _enter_wal(conn, self.busy_timeout_s)
             conn.execute(f"PRAGMA synchronous={'FULL' if self.durable else 'NORMAL'}")
             with _write_txn(conn):
                 # Not executescript(): it commits first, outside our transaction.
@@ -388,6 +389,18 @@ class SqliteCheckpointer(CheckpointerBase):
         try:
             # Queued behind every call already made, so those finish first.
             await loop.run_in_executor(self._executor, functools.partial(self._close_sync, held))
+        finally:
+            self._executor.shutdown(wait=False)
+
+    def close(self) -> None:
+        """``aclose`` for code without an event loop (a ``with`` block). Idempotent."""
+        if self._lifecycle is Lifecycle.CLOSED:
+            return
+        self._lifecycle = Lifecycle.CLOSED
+        held, self._held = list(self._held.items()), {}
+        try:
+            # Queued behind every call already made, so those finish first.
+            self._executor.submit(self._close_sync, held).result()
         finally:
             self._executor.shutdown(wait=False)
 
