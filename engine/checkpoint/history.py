@@ -26,8 +26,8 @@ from typing import Any, NamedTuple
 from ..errors import InvalidUpdateError
 from ..spec import START
 from ..state import Values, Write
-from . import codec
 from .base import Checkpoint
+from .codec import decode
 from .snapshot import RunCodec, TaskLike
 
 #: Task ids are uuid5s in this namespace of (checkpoint id, node, Send index): the
@@ -138,7 +138,7 @@ def snapshot(run_codec: RunCodec, cp: Checkpoint, *, latest: bool = False) -> St
         values=run_codec.schema.all_values(values),
         next=tuple(ref.node for ref in nxt),
         config=config_of(cp.thread_id, cp.checkpoint_id, cp.checkpoint_ns),
-        metadata=codec.decode(cp.describe_metadata()),
+        metadata=decode(cp.describe_metadata()),
         created_at=dt.datetime.fromtimestamp(cp.created_at, dt.UTC).isoformat(),
         parent_config=parent,
         tasks=tasks,
