@@ -37,8 +37,10 @@ from pydantic import BaseModel, ValidationError
 from ..errors import CheckpointError
 from ..spec import START
 from ..state import StateSchema, Values
-from . import codec
 from .base import Checkpoint, PendingWrite, Source, TaskError, TaskRef
+from .codec import CodecError, difference
+from .codec import decode as decode_value
+from .codec import encode as encode_value
 
 #: One step's writes: (node, Send index) -> the updates that node call returned.
 Writes = Mapping[tuple[str, int], Mapping[str, Any]]
@@ -207,8 +209,8 @@ class RunCodec:
         if not metadata:
             return {}
         try:
-            enc = codec.encode(dict(metadata), "metadata")
-        except codec.CodecError as exc:
+            enc = encode_value(dict(metadata), "metadata")
+        except CodecError as exc:
             raise self._refusal(where, "the run's metadata", str(exc)) from exc
         if not enc.exact:
             raise self._refusal(
@@ -234,8 +236,8 @@ class RunCodec:
         typed: list[str] = []
         for key, value in values.items():
             try:
-                enc = codec.encode(value, key)
-            except codec.CodecError as exc:
+                enc = encode_value(value, key)
+            except CodecError as exc:
                 raise self._refusal(where, what(key), str(exc)) from exc
             if not enc.exact:
                 adapter = self.schema.adapter(key) if key in self.schema.channels else None
@@ -247,7 +249,7 @@ class RunCodec:
                         "back as plain data (its declared type cannot rebuild it)",
                     )
                 try:
-                    back = adapter.validate_python(codec.decode(enc.data))
+                    back = adapter.validate_python(decode_value(enc.data))
                 except ValidationError as exc:
                     raise self._refusal(
                         where,
@@ -255,7 +257,7 @@ class RunCodec:
                         f"holds a {enc.inexact_type} at {enc.inexact_at}, which does not "
                         f"validate back into the field's type: {exc.errors()[0]['msg']}",
                     ) from exc
-                diff = codec.difference(value, back, key)
+                diff = difference(value, back, key)
                 if diff is not None:
                     raise self._refusal(where, what(key), f"would come back changed: {diff}")
                 typed.append(key)
@@ -282,8 +284,8 @@ class RunCodec:
         check: set[str] = set()
         for name, v in dump.items():
             try:
-                enc = codec.encode(v, name)
-            except codec.CodecError as exc:
+                enc = encode_value(v, name)
+            except CodecError as exc:
                 raise self._refusal(where, what(name), str(exc)) from exc
             data[name] = enc.data
             if not enc.exact:
@@ -291,7 +293,7 @@ class RunCodec:
         own = self.schema.kind == "pydantic" and model is self.schema.state
         if not own or self.schema.unsure.whole:
             try:
-                back = model.model_validate(codec.decode(data))
+                back = model.model_validate(decode_value(data))
             except ValidationError as exc:
                 first = exc.errors()[0]
                 name = str(first["loc"][0]) if first["loc"] else "?"
@@ -308,7 +310,7 @@ class RunCodec:
             for name in sorted(check):
                 try:
                     adapter = self.schema.field_adapter(name)
-                    restored[name] = adapter.validate_python(codec.decode(data[name]))
+                    restored[name] = adapter.validate_python(decode_value(data[name]))
                 except ValidationError as exc:
                     raise self._refusal(
                         where,
@@ -317,7 +319,7 @@ class RunCodec:
                     ) from exc
         for name in dump:
             if name in check:
-                diff = codec.difference(_field(value, name), restored[name], name)
+                diff = difference(_field(value, name), restored[name], name)
                 if diff is not None:
                     raise self._refusal(where, what(name), f"would come back changed: {diff}")
         return data
@@ -354,8 +356,8 @@ class RunCodec:
     def _exact(self, value: Any, where: str, what: str) -> Any:
         """JSON data that decodes to exactly ``value`` (nothing declares its type)."""
         try:
-            enc = codec.encode(value, "payload")
-        except codec.CodecError as exc:
+            enc = encode_value(value, "payload")
+        except CodecError as exc:
             raise self._refusal(where, what, str(exc)) from exc
         if not enc.exact:
             raise self._refusal(
@@ -422,7 +424,7 @@ class RunCodec:
     @staticmethod
     def _reader(cp: Checkpoint) -> Callable[[Any], Any]:
         # Version 1 stored plain JSON (no tags): read it as it was written.
-        return codec.decode if cp.schema_version >= 2 else (lambda data: data)
+        return decode_value if cp.schema_version >= 2 else (lambda data: data)
 
     def load_state(self, cp: Checkpoint) -> Any:
         """The state ``cp`` holds: channel values, or a model instance (see ``held``)."""
