@@ -9,7 +9,7 @@ from .base import Checkpointer as Checkpointer
 from .base import PendingWrite as PendingWrite
 from .base import TaskError as TaskError
 from .base import TaskRef as TaskRef
-from .history import SnapshotTask as SnapshotTask
+from .history import PregelTask as PregelTask
 from .history import StateSnapshot as StateSnapshot
 from .memory import MemoryCheckpointer as MemoryCheckpointer
 from .postgres import PostgresCheckpointer as PostgresCheckpointer
@@ -26,7 +26,7 @@ __all__ = [
     "MemorySaver",
     "PendingWrite",
     "PostgresCheckpointer",
-    "SnapshotTask",
+    "PregelTask",
     "SqliteCheckpointer",
     "SqliteSaver",
     "StateSnapshot",

@@ -10,8 +10,8 @@ routes, these decide what to show and what to write::
     invoke(None, past config)  store.get(...) --fork()-->   Checkpoint(source="fork") --put,
                                then the run resumes from the fork
 
-Snapshots have LangGraph's shape (``StateSnapshot``, and ``SnapshotTask``
-for its ``PregelTask``), so the LangGraph layer re-exports them as they are.
+Snapshots have LangGraph's shape (``StateSnapshot``, ``PregelTask``), so
+the LangGraph layer re-exports them as they are.
 """
 
 from __future__ import annotations
@@ -40,10 +40,12 @@ def task_id(checkpoint_id: str, node: str, index: int = -1) -> str:
     return str(uuid.uuid5(TASK_IDS, f"{checkpoint_id}\x00{node}\x00{index}"))
 
 
-class SnapshotTask(NamedTuple):
-    """One task of a snapshot's ``next`` step, as LangGraph's ``PregelTask`` shows it.
+class PregelTask(NamedTuple):
+    """One task of a snapshot's ``next`` step.
 
-    A NamedTuple, as LangGraph's is: code that unpacks one keeps working.
+    Named and shaped as LangGraph's (a NamedTuple with the same fields), so
+    the LangGraph layer re-exports it as it is and code that unpacks one, or
+    checks its type's name, keeps working.
     """
 
     id: str
@@ -74,7 +76,7 @@ class StateSnapshot(NamedTuple):
     #: ISO 8601 in UTC; None for a thread with no checkpoint.
     created_at: str | None
     parent_config: dict[str, Any] | None
-    tasks: tuple[SnapshotTask, ...]
+    tasks: tuple[PregelTask, ...]
     interrupts: tuple[Any, ...] = ()
 
 
@@ -117,7 +119,7 @@ def snapshot(run_codec: RunCodec, cp: Checkpoint, *, latest: bool = False) -> St
     writes = run_codec.load_writes(cp) if cp.pending_writes else {}
     errors = {(e.node, e.index): e.error for e in cp.errors}
     tasks = tuple(
-        SnapshotTask(
+        PregelTask(
             id=task_id(cp.checkpoint_id, ref.node, ref.index),
             name=ref.node,
             path=("__pregel_push", ref.index, False)
