@@ -546,6 +546,13 @@ class TestViews:
         assert td.view("n", reads=["score"])({"name": "a", "score": 1}) == {"score": 1}
         got = pd.view("n", reads=["score"])({"name": "a", "score": 1})
         assert isinstance(got, StateView) and got.score == 1
+        # A key nothing wrote yet reads as its default, as the instance would hold it.
+        assert pd.view("n", reads=["score", "tags"])({"name": "a"}).model_dump() == {
+            "score": 0,
+            "tags": [],
+        }
+        dc = StateSchema.of(DC).view("n", reads=["score"])({"name": "a"})
+        assert dc.score == 0
         with pytest.raises(GraphError, match=r"reads= names fields \['nope'\]"):
             td.view("n", reads=["nope"])
         with pytest.raises(GraphError, match="reads= leaves out"):

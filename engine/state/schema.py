@@ -48,7 +48,7 @@ from .channels import (
 )
 from .merge import ABSENT, Write, assign, combine
 from .roundtrip import RoundTrip, round_trip
-from .views import View, build_of, same_field_types
+from .views import View, build_of, defaults_of, same_field_types
 
 #: The channel values of a run: channel name -> value, only channels that hold one.
 Values = dict[str, Any]
@@ -347,9 +347,10 @@ class StateSchema:
                 )
             wanted = tuple(dict.fromkeys(reads))
             if declared is None or declared is self.state:
-                return View(
-                    node, wanted, "dict" if self.kind == "typeddict" else "attrs", source="declared"
-                )
+                if self.kind == "typeddict":
+                    return View(node, wanted, "dict", source="declared")
+                defaults = defaults_of(self.state, wanted)
+                return View(node, wanted, "attrs", source="declared", defaults=defaults)
             names = field_names(declared)
             missing = [f for f in names if f not in wanted]
             if missing:

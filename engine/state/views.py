@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Mapping
-from dataclasses import dataclass
+import functools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel
@@ -46,6 +47,9 @@ class View:
     construct: bool = False
     #: Where the keys came from, for ``describe`` and messages.
     source: Literal["state", "schema", "declared"] = "state"
+    #: For a read-only view of a dataclass or pydantic state: how to make the default of
+    #: a key read that nothing wrote yet (its field's default), as an instance would hold.
+    defaults: Mapping[str, Callable[[], Any]] = field(default_factory=dict)
 
     def __call__(self, values: Mapping[str, Any], *, copy_values: bool = True) -> Any:
         """The node's argument; ``copy_values`` deep-copies the values read (in-process calls).
@@ -60,6 +64,9 @@ class View:
         if self.build == "dict":
             return got
         if self.build == "attrs":
+            for key, make in self.defaults.items():
+                if key not in got:
+                    got[key] = make()
             return StateView(self.node, got)
         if self.build == "dataclass":
             assert self.cls is not None
@@ -98,6 +105,26 @@ def build_of(kind: Kind) -> Build:
         "pydantic": "pydantic",
     }
     return builds[kind]
+
+
+def defaults_of(cls: type, keys: tuple[str, ...]) -> dict[str, Callable[[], Any]]:
+    """Factories of the defaults of ``keys`` in a dataclass or pydantic class (those that
+    have one): what an instance built without them would hold."""
+    out: dict[str, Callable[[], Any]] = {}
+    if isinstance(cls, type) and issubclass(cls, BaseModel):
+        for key in keys:
+            info = cls.model_fields.get(key)
+            if info is not None and not info.is_required():
+                out[key] = functools.partial(info.get_default, call_default_factory=True)
+    elif dataclasses.is_dataclass(cls):
+        for f in dataclasses.fields(cls):
+            if f.name not in keys:
+                continue
+            if f.default_factory is not dataclasses.MISSING:
+                out[f.name] = f.default_factory
+            elif f.default is not dataclasses.MISSING:
+                out[f.name] = functools.partial(copy.deepcopy, f.default)
+    return out
 
 
 def same_field_types(view: type[BaseModel], state: type[BaseModel]) -> bool:
