@@ -64,7 +64,7 @@ class Driver:
             names.update(t for t in self.edges.get(node, ()) if t != END)
             router = self.routers.get(node)
             if router is not None:
-                got = router(self.schema.view(node)(values))
+                got = router(self.schema.state_view(values))
                 for item in got if isinstance(got, list) else [got]:
                     if isinstance(item, Send):
                         sends.append(item)

@@ -359,7 +359,7 @@ class StateSchema:
                     f"reads= leaves out {missing}; add them to reads=, or drop reads= (the "
                     "annotation alone is enough)"
                 )
-            return self._schema_view(node, declared, "declared")
+            return self.view_as(node, declared, "declared")
         if declared is None or declared is self.state:
             return View(
                 node,
@@ -369,9 +369,14 @@ class StateSchema:
                 self.state_view.construct,
                 "state",
             )
-        return self._schema_view(node, declared, "schema")
+        return self.view_as(node, declared)
 
-    def _schema_view(self, node: str, cls: type, source: Literal["schema", "declared"]) -> View:
+    def view_as(
+        self, node: str, cls: type, source: Literal["schema", "declared"] = "schema"
+    ) -> View:
+        """The view that builds ``cls`` (a state class) from the channels it names: a
+        node's input schema, or a router's annotated parameter. Its keys should be channels
+        (pass the class in ``node_inputs`` so that keys the state lacks are)."""
         kind = kind_of(cls)
         assert kind is not None
         construct = (
