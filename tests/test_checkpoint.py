@@ -70,23 +70,28 @@ def _memory_backend() -> Backend:
     shared = MemoryCheckpointer()  # a memory store is its instance: peers share it
 
     async def corrupt(table: str, thread_id: str, step: int, raw: str | bytes) -> None:
-        if table == "checkpoints":
-            shared._rows[thread_id][step] = raw  # type: ignore[assignment]
-        else:
-            writes = shared._writes[thread_id][step]
-            for key in writes:
-                writes[key] = raw  # type: ignore[assignment]
+        for row in shared._trees[(thread_id, "")]:
+            if row.step != step:
+                continue
+            if table == "checkpoints":
+                row.data = raw  # type: ignore[assignment]
+            else:
+                for key in row.writes:
+                    row.writes[key] = raw  # type: ignore[assignment]
 
     return Backend("memory", lambda: shared, corrupt)
+
+
+# The rows (of either table) of a thread's checkpoint(s) at one step.
+_AT_STEP = (
+    "checkpoint_id IN (SELECT checkpoint_id FROM checkpoints WHERE thread_id = ? AND step = ?)"
+)
 
 
 def _sqlite_backend(path: Path) -> Backend:
     async def corrupt(table: str, thread_id: str, step: int, raw: str | bytes) -> None:
         with sqlite3.connect(path) as conn:
-            conn.execute(
-                f"UPDATE {table} SET data = ? WHERE thread_id = ? AND step = ?",
-                (raw, thread_id, step),
-            )
+            conn.execute(f"UPDATE {table} SET data = ? WHERE {_AT_STEP}", (raw, thread_id, step))
         conn.close()
 
     return Backend(
@@ -103,7 +108,7 @@ def _postgres_backend(dsn: str) -> Backend:
         async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
             try:
                 await conn.execute(
-                    f"UPDATE {table} SET data = %s::jsonb WHERE thread_id = %s AND step = %s",
+                    f"UPDATE {table} SET data = %s::jsonb WHERE {_AT_STEP.replace('?', '%s')}",
                     (raw, thread_id, step),
                 )
             except psycopg.errors.InvalidTextRepresentation:
@@ -219,9 +224,11 @@ class TestCheckpointer:
             created_at=1_700_000_123.456789,
             run_started_at=1_700_000_100.25,
         )
-        await cp.put(saved)
-        assert await cp.get_latest(tid("rt")) == saved
-        assert await cp.list(tid("rt")) == [saved]
+        kept = await cp.put(saved)
+        assert kept.checkpoint_id and kept.parent_id is None
+        assert kept == saved.model_copy(update={"checkpoint_id": kept.checkpoint_id})
+        assert await cp.get_latest(tid("rt")) == kept
+        assert await cp.list(tid("rt")) == [kept]
         assert await cp.get_latest(tid("absent")) is None
         assert await cp.list(tid("absent")) == []
 
@@ -240,16 +247,19 @@ class TestCheckpointer:
     async def test_latest_is_highest_step_and_list_is_oldest_first(
         self, backend: Backend, tid: Any
     ) -> None:
-        """A step saved as failed, then the resumed run's next step: latest and list agree."""
+        """A step saved as failed (the same checkpoint again), then the resumed run's next
+        step (its child): latest and list agree."""
         cp, t = backend.new(), tid("order")
         for step in (0, 1, 2):
             await cp.put(make_cp(t, step))
+        third = await cp.get_latest(t)
+        assert third is not None
         failed = make_cp(t, 2, "failed", writes=[PendingWrite(node="ok", updates={"n": 1})])
-        await cp.put(failed)  # same step, most recent put wins
-        assert await cp.get_latest(t) == failed
-        resumed = make_cp(t, 3)
-        await cp.put(resumed)
-        assert await cp.get_latest(t) == resumed
+        kept = await cp.put(failed)  # same step, most recent put wins: the same checkpoint
+        assert await cp.get_latest(t) == kept
+        assert (kept.checkpoint_id, kept.parent_id) == (third.checkpoint_id, third.parent_id)
+        kept = await cp.put(make_cp(t, 3))  # the resumed run's next step: a child
+        assert await cp.get_latest(t) == kept and kept.parent_id == third.checkpoint_id
         listed = await cp.list(t)
         assert [(c.step, c.status) for c in listed] == [
             (0, "running"),
@@ -259,16 +269,16 @@ class TestCheckpointer:
         ]
         assert listed[2].pending_writes == failed.pending_writes
         interrupted = make_cp(t, 3, "interrupted")
-        await cp.put(interrupted)
-        assert await cp.get_latest(t) == interrupted
+        kept = await cp.put(interrupted)
+        assert await cp.get_latest(t) == kept
 
     async def test_put_is_idempotent(self, backend: Backend, tid: Any) -> None:
         """Putting the same step twice stores it once."""
         cp, t = backend.new(), tid("idem")
         saved = make_cp(t, 0, "failed", writes=[PendingWrite(node="a", updates={"n": 1})])
-        await cp.put(saved)
-        await cp.put(saved)
-        assert await cp.list(t) == [saved]
+        first = await cp.put(saved)
+        assert await cp.put(saved) == first
+        assert await cp.list(t) == [first]
 
     async def test_writes_are_keyed_by_node_and_index(self, backend: Backend, tid: Any) -> None:
         """One write per (node, index), last one wins; a re-put of the step replaces them."""
@@ -293,8 +303,8 @@ class TestCheckpointer:
             ("s", 1, {"n": 4}),
         ]
         fewer = make_cp(t, 1, "interrupted", writes=[PendingWrite(node="s", index=1, updates={})])
-        await cp.put(fewer)
-        assert await cp.get_latest(t) == fewer
+        kept = await cp.put(fewer)
+        assert await cp.get_latest(t) == kept
 
     async def test_second_run_on_a_thread_is_refused(self, backend: Backend, tid: Any) -> None:
         """A live holder blocks other runs, named in the error; release lets the next in."""

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypedDict
 
 import pytest
 from hypothesis import HealthCheck, given, reject, settings
@@ -422,3 +422,86 @@ class TestRefusedAtLoad:
         assert back.state == State(notes=["x"], score=2.0, extra={"$float": "nan"})
         assert back.pending == {("join", -1): {"score": 3.0}}
         assert math.isnan(run_codec().load(stored(state={"score": {"$float": "nan"}})).state.score)
+
+
+# -- channel values (every kind of state) -------------------------------------------------
+
+
+def _typeddict_of(model: type[BaseModel]) -> Any:
+    """A TypedDict with the generated model's keys and types (reducers included)."""
+    fields: dict[str, Any] = {}
+    for name, info in model.model_fields.items():
+        ann = info.annotation
+        fields[name] = Annotated[(ann, *info.metadata)] if info.metadata else ann
+    return TypedDict("GeneratedTD", fields)  # type: ignore[operator]
+
+
+def _lost(value: Any) -> bool:
+    """Whether ``value`` holds an enum member, a Path or a model (LOST_IN_ANY's kinds)."""
+    if isinstance(value, Color | pathlib.Path | BaseModel):
+        return True
+    if isinstance(value, dict):
+        return any(_lost(k) or _lost(v) for k, v in value.items())
+    if isinstance(value, list | tuple | set | frozenset):
+        return any(_lost(v) for v in value)
+    return False
+
+
+class TestValuesExactOrRefused:
+    @settings(
+        max_examples=150,
+        deadline=None,
+        suppress_health_check=[
+            HealthCheck.function_scoped_fixture,
+            HealthCheck.too_slow,
+            HealthCheck.filter_too_much,
+        ],
+    )
+    @given(case=cases(), drop_first=st.booleans())
+    def test_channel_values_come_back_exactly_or_are_refused(
+        self, store: tuple[asyncio.Runner, Checkpointer], case: Case, drop_first: bool
+    ) -> None:
+        """The same generated values held as the channels of a TypedDict state (unvalidated,
+        some keys absent): back strictly as saved, absent keys still absent, values without
+        an exact form rebuilt by their key's declared type, or a refusal naming them."""
+        runner, cp = store
+        schema = StateSchema.of(_typeddict_of(case.model))
+        codec_ = RunCodec(schema, Topology(frozenset({"n", "m"}), {}), held="values")
+        values = {k: getattr(case.state, k) for k in type(case.state).model_fields}
+        if drop_first and len(values) > 1:
+            values.pop(next(iter(values)))
+        payload = case.payload if not isinstance(case.payload, BaseModel) else {"x": 1}
+        thread_id = f"vals-{uuid.uuid4().hex}"
+        args: dict[str, Any] = {
+            "thread_id": thread_id,
+            "run_id": "run",
+            "step": 3,
+            "state": values,
+            "tasks": [_Task("n", 0, payload, True), _Task("m", -1, None, False)],
+            "fanin": {},
+            "pending": {("n", 0): case.write},
+            "status": "failed",
+            "started_at": None,
+        }
+        # Lost: a value no declared type rebuilds, in an Any key or in the payload.
+        refusal = (
+            any(_lost(v) for k, v in values.items() if k.endswith("_any"))
+            or _lost(payload)
+            or any(_lost(v) for k, v in case.write.items() if k.endswith("_any"))
+        )
+        try:
+            saved = codec_.save(**args)
+        except CheckpointError as exc:
+            assert refusal, str(exc)
+            assert "Nothing was saved" in str(exc)
+            return
+        assert not refusal
+        runner.run(cp.put(saved))
+        loaded = runner.run(cp.get_latest(thread_id))
+        assert loaded is not None
+        back = codec_.load(loaded)
+        assert codec.difference(values, back.state) is None
+        sent = next(t for t in back.tasks if t.index == 0)
+        assert codec.difference(payload, sent.payload, "payload") is None
+        ((field, value),) = case.write.items()
+        assert codec.difference(value, back.pending[("n", 0)][field], field) is None

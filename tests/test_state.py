@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import operator
-from typing import Annotated
+from dataclasses import dataclass, field
+from typing import Annotated, Any, NotRequired, TypedDict
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pydantic import BaseModel, Field, ValidationError
 
 from engine import GraphError, InvalidUpdateError
-from engine.state import StateSchema, Write
+from engine.lean import StateView
+from engine.state import StateSchema, View, Write, input_type_of, kind_of
+from engine.state.channels import initial_of
 
 
 def keep_max(a: int, b: int) -> int:
@@ -209,7 +215,6 @@ class TestRoundTrip:
         """Closed types are vouched for; Any, bare containers, validators, model unions and
         function-validated types (Path) are checked on every save."""
         import pathlib
-        from typing import Any
 
         from pydantic import field_validator
 
@@ -254,3 +259,460 @@ class TestRoundTrip:
             n: int = 0
 
         assert StateSchema.of(V).unsure.whole and StateSchema.of(E).unsure.whole
+
+
+# -- TypedDict, dataclass and pydantic states: channels --------------------------------
+
+
+def add_or_set(a: int | None, b: int) -> int:
+    return (a or 0) + b
+
+
+class TD(TypedDict):
+    name: str
+    tags: Annotated[list[str], operator.add]
+    score: int
+    total: NotRequired[Annotated[int | None, add_or_set]]
+
+
+@dataclass
+class DC:
+    name: str
+    tags: Annotated[list[str], operator.add] = field(default_factory=list)
+    score: int = 0
+
+
+class PD(BaseModel):
+    name: str
+    tags: Annotated[list[str], operator.add] = []
+    score: int = 0
+
+
+class Question(TypedDict):
+    question: str
+
+
+class Answer(TypedDict):
+    answer: str
+
+
+class Overall(Question, Answer):
+    notes: str
+
+
+class Scratch(TypedDict):
+    scratch: str
+
+
+class TestKinds:
+    """The three kinds of state class and what each key becomes."""
+
+    def test_kinds(self) -> None:
+        """TypedDicts, dataclasses and pydantic models are state classes; nothing else is."""
+        assert [kind_of(t) for t in (TD, DC, PD, dict, int)] == [
+            "typeddict",
+            "dataclass",
+            "pydantic",
+            None,
+            None,
+        ]
+
+    @pytest.mark.parametrize("state", [TD, DC, PD])
+    def test_reducers_and_starting_values(self, state: type) -> None:
+        """A reducer from Annotated (through NotRequired too); a reducer channel whose type
+        can start empty starts with that value, the others start absent."""
+        schema = StateSchema.of(state)
+        assert schema.reducers["tags"] is operator.add and schema.reducers["score"] is None
+        assert schema.initial() == {"tags": []}
+        if state is TD:
+            assert schema.reducers["total"] is add_or_set
+            assert schema.channels["total"].initial is None
+
+    def test_initial_of_types(self) -> None:
+        """list/dict/str/int start empty; Optional, Any and models with required fields do
+        not."""
+        assert [f() for f in map(initial_of, (list[int], dict[str, int], str, int))] == [
+            [],
+            {},
+            "",
+            0,
+        ]
+        assert [initial_of(t) for t in (int | None, Any, PD)] == [None, None, None]
+
+    def test_not_a_state_class(self) -> None:
+        """Anything else is a GraphError that says what to pass."""
+        with pytest.raises(GraphError, match="TypedDict, a dataclass or a pydantic BaseModel"):
+            StateSchema.of(dict)
+
+    def test_only_pydantic_states_have_a_model(self) -> None:
+        """A TypedDict state has no model (the model-instance methods need one)."""
+        with pytest.raises(GraphError, match="typeddict state, which has no pydantic model"):
+            StateSchema.of(TD).model  # noqa: B018
+
+    def test_private_channels_come_from_input_schemas(self) -> None:
+        """Keys only an input/output schema or a node's input schema has become channels that
+        are not the state's (private)."""
+        schema = StateSchema.of(
+            Overall, input_schema=Question, output_schema=Answer, node_inputs={"d": Scratch}
+        )
+        assert list(schema.channels) == ["question", "answer", "notes", "scratch"]
+        assert [c.public for c in schema.channels.values()] == [True, True, True, False]
+        assert schema.input_keys == ("question",) and schema.output_keys == ("answer",)
+        assert schema.fields == ("question", "answer", "notes")
+
+    def test_input_type_of_a_node(self) -> None:
+        """A node's first parameter annotated with a state class is its input schema."""
+
+        def a(state: Question) -> None: ...
+        def b(state: dict[str, Any]) -> None: ...
+        def c(state) -> None: ...  # type: ignore[no-untyped-def]
+
+        assert [input_type_of(f) for f in (a, b, c)] == [Question, None, None]
+
+
+class TestValues:
+    """The run's state as channel values: absent until written."""
+
+    def test_unwritten_keys_are_absent(self) -> None:
+        """The input writes only the keys it gives; reducer channels hold their start."""
+        for state in (TD, DC, PD):
+            values = StateSchema.of(state).start({"name": "Cy"})
+            assert values == {"name": "Cy", "tags": []}, state
+
+    def test_input_goes_through_the_reducers(self) -> None:
+        """The input is written as ``__start__``'s update: a reducer folds it in."""
+        values = StateSchema.of(TD).start({"name": "a", "tags": ["x"], "total": 3})
+        assert values == {"name": "a", "tags": ["x"], "total": 3}
+        values = StateSchema.of(TD).apply(values, [Write("n", -1, {"total": 4})], 0)
+        assert values["total"] == 7
+
+    def test_an_absent_reducer_channel_takes_its_first_write(self) -> None:
+        """A reducer channel with no starting value takes its first write as it is."""
+        schema = StateSchema.of(TD)
+        values = schema.apply(schema.start({"name": "a"}), [Write("n", -1, {"total": 5})], 0)
+        assert values["total"] == 5
+
+    def test_apply_returns_new_values(self) -> None:
+        """apply never changes the values it is given; they keep channel order."""
+        schema = StateSchema.of(TD)
+        old = schema.start({"name": "a"})
+        new = schema.apply(old, [Write("n", -1, {"score": 1, "tags": ["t"]})], 0)
+        assert old == {"name": "a", "tags": []}
+        assert list(new) == ["name", "tags", "score"]
+
+    def test_typeddict_values_are_not_validated(self) -> None:
+        """A TypedDict's types are hints: a str in an int key flows through (as in
+        LangGraph); a pydantic state is validated on input and on every write."""
+        assert StateSchema.of(TD).start({"name": "a", "score": "high"})["score"] == "high"
+        pd = StateSchema.of(PD)
+        with pytest.raises(ValidationError):
+            pd.start({"name": "a", "score": "high"})
+        with pytest.raises(InvalidUpdateError, match=r"node 'n' \(step 3\).*field 'score'"):
+            pd.apply(pd.start({"name": "a"}), [Write("n", -1, {"score": "high"})], 3)
+        assert pd.apply(pd.start({"name": "a"}), [Write("n", -1, {"score": "7"})], 0)["score"] == 7
+
+    def test_pydantic_validators_run_on_writes(self) -> None:
+        """Field validators run on a write as pydantic runs them on assignment."""
+        from pydantic import field_validator
+
+        class Up(BaseModel):
+            name: str = ""
+
+            @field_validator("name")
+            @classmethod
+            def upper(cls, v: str) -> str:
+                return v.upper()
+
+        schema = StateSchema.of(Up)
+        assert schema.apply({}, [Write("n", -1, {"name": "ada"})], 0) == {"name": "ADA"}
+
+    def test_conflicting_writes(self) -> None:
+        """Two writes to a channel without reducer in one step: an InvalidUpdateError."""
+        schema = StateSchema.of(TD)
+        with pytest.raises(InvalidUpdateError, match="'a' and 'b' both wrote field 'score'"):
+            schema.apply({}, [Write("b", -1, {"score": 1}), Write("a", -1, {"score": 2})], 1)
+
+    def test_input_schema_and_output(self) -> None:
+        """Keys outside the input schema are ignored; output gives the output schema's keys
+        that hold a value, or one key's bare value; all_values shows private channels."""
+        schema = StateSchema.of(
+            Overall, input_schema=Question, output_schema=Answer, node_inputs={"d": Scratch}
+        )
+        values = schema.start({"question": "why?", "notes": "ignored"})
+        assert values == {"question": "why?"}
+        values = schema.apply(values, [Write("r", -1, {"scratch": "s", "answer": "42"})], 0)
+        assert schema.output(values) == {"answer": "42"}
+        assert schema.output(values, "answer") == "42"
+        assert schema.output(values, ["question", "answer"]) == {"question": "why?", "answer": "42"}
+        assert schema.all_values(values) == {"question": "why?", "answer": "42", "scratch": "s"}
+        assert schema.result(values) == {"question": "why?", "answer": "42"}
+
+    def test_results_per_kind(self) -> None:
+        """engine.Graph's result: a model, a dataclass instance (defaults for keys never
+        written), or a dict of the TypedDict's keys."""
+        inp = {"name": "a", "tags": ["t"]}
+        assert StateSchema.of(PD).result(StateSchema.of(PD).start(inp)) == PD(name="a", tags=["t"])
+        assert StateSchema.of(DC).result(StateSchema.of(DC).start(inp)) == DC("a", ["t"], 0)
+        assert StateSchema.of(TD).result(StateSchema.of(TD).start(inp)) == inp
+
+    def test_instances_as_input(self) -> None:
+        """A dataclass instance writes every field; a pydantic one every field under the
+        engine's conventions, the set or non-None ones under LangGraph's."""
+
+        class Opt(BaseModel):
+            name: str = ""
+            opt: str | None = None
+
+        assert StateSchema.of(DC).start(DC("a")) == {"name": "a", "tags": [], "score": 0}
+        eng, lg = StateSchema.of(Opt), StateSchema.of(Opt, conventions="langgraph")
+        assert eng.start(Opt(name="a")) == {"name": "a", "opt": None}
+        assert lg.start(Opt(name="a")) == {"name": "a"}
+        assert lg.start(Opt(name="a", opt=None)) == {"name": "a", "opt": None}
+
+
+class TestConventions:
+    def test_unknown_keys(self) -> None:
+        """A key that is no channel: an error naming it (engine), dropped (LangGraph)."""
+        with pytest.raises(InvalidUpdateError, match="wrote unknown field 'colour'"):
+            StateSchema.of(TD).check_update("n", 1, {"colour": "red", "score": 1})
+        lg = StateSchema.of(TD, conventions="langgraph")
+        assert lg.check_update("n", 1, {"colour": "red", "score": 1}) == {"score": 1}
+
+    def test_returned_instances(self) -> None:
+        """A returned state instance writes its fields (as the input would)."""
+        assert StateSchema.of(DC).check_update("n", 0, DC("z")) == {
+            "name": "z",
+            "tags": [],
+            "score": 0,
+        }
+        lg = StateSchema.of(PD, conventions="langgraph")
+        assert lg.check_update("n", 0, PD(name="z", score=3)) == {
+            "name": "z",
+            "tags": [],
+            "score": 3,
+        }
+        assert StateSchema.of(PD).check_update("n", 0, PD(name="z", score=3)) == {
+            "name": "z",
+            "score": 3,
+        }
+
+    def test_non_dict_update(self) -> None:
+        """Anything but a dict, None or a state instance names node, step and type."""
+        with pytest.raises(InvalidUpdateError, match=r"'n' \(step 2\) returned str"):
+            StateSchema.of(TD, conventions="langgraph").check_update("n", 2, "done")
+
+
+class TestViews:
+    """What a node receives: the class it asked for, with the channels it reads."""
+
+    def test_state_views_per_kind(self) -> None:
+        """A TypedDict node gets a dict of the keys written; dataclass and pydantic nodes get
+        instances with defaults filled in."""
+        inp = {"name": "Cy"}
+        td, dc, pd = (StateSchema.of(s) for s in (TD, DC, PD))
+        assert td.view("n")(td.start(inp)) == {"name": "Cy", "tags": []}
+        assert dc.view("n")(dc.start(inp)) == DC("Cy", [], 0)
+        assert pd.view("n")(pd.start(inp)) == PD(name="Cy")
+
+    def test_schema_views(self) -> None:
+        """A node annotated with another state class gets only that class's keys, built as
+        that class (a dict for a TypedDict, whatever kind the state is)."""
+
+        class Name(BaseModel):
+            name: str
+
+        @dataclass
+        class Tags:
+            tags: list[str]
+
+        schema = StateSchema.of(PD, node_inputs={"a": Name, "b": Tags, "c": Scratch})
+        values = schema.start({"name": "Ada", "tags": ["x"]})
+        assert schema.view("a")(values) == Name(name="Ada")
+        assert schema.view("a").construct  # same field types: no second validation
+        assert schema.view("b")(values) == Tags(["x"])
+        assert schema.view("c")(values) == {}
+
+    def test_missing_required_field(self) -> None:
+        """A dataclass view missing a required field is the dataclass's own TypeError (as
+        LangGraph builds the node's input)."""
+        schema = StateSchema.of(DC)
+        with pytest.raises(TypeError, match="missing 1 required positional argument: 'name'"):
+            schema.view("n")(schema.start({"score": 3}))
+
+    def test_declared_reads(self) -> None:
+        """reads= projects every kind: a dict for a TypedDict state, a read-only view for the
+        others; a key no channel has is a GraphError."""
+        td, pd = StateSchema.of(TD), StateSchema.of(PD)
+        assert td.view("n", reads=["score"])({"name": "a", "score": 1}) == {"score": 1}
+        got = pd.view("n", reads=["score"])({"name": "a", "score": 1})
+        assert isinstance(got, StateView) and got.score == 1
+        # A key nothing wrote yet reads as its default, as the instance would hold it.
+        assert pd.view("n", reads=["score", "tags"])({"name": "a"}).model_dump() == {
+            "score": 0,
+            "tags": [],
+        }
+        dc = StateSchema.of(DC).view("n", reads=["score"])({"name": "a"})
+        assert dc.score == 0
+        with pytest.raises(GraphError, match=r"reads= names fields \['nope'\]"):
+            td.view("n", reads=["nope"])
+        with pytest.raises(GraphError, match="reads= leaves out"):
+            StateSchema.of(Overall, node_inputs={"n": Question}).view("n", reads=["notes"])
+
+    def test_views_copy_unless_told_not_to(self) -> None:
+        """In-process calls get private copies; a call that pickles anyway does not need one."""
+        values = StateSchema.of(TD).start({"name": "a", "tags": ["x"]})
+        view = StateSchema.of(TD).view("n")
+        mine = view(values)
+        mine["tags"].append("y")
+        assert values["tags"] == ["x"]
+        assert view(values, copy_values=False)["tags"] is values["tags"]
+
+    @pytest.mark.parametrize("state", [TD, DC, PD])
+    def test_lean_dispatch_sends_only_what_is_read(self, state: type) -> None:
+        """A node reading one small key of a big state pickles to a few hundred bytes, on
+        every kind of state (the whole state: over a megabyte)."""
+        import cloudpickle
+
+        schema = StateSchema.of(state)
+        values = schema.start({"name": "a", "tags": ["x" * 1_000_000]})
+        lean = cloudpickle.dumps(schema.view("n", reads=["name"])(values, copy_values=False))
+        whole = cloudpickle.dumps(schema.view("n")(values, copy_values=False))
+        assert len(lean) < 1_000 < 1_000_000 < len(whole)
+
+    def test_view_describes_itself(self) -> None:
+        """describe() says what a node reads and how."""
+        assert StateSchema.of(TD).view("n", reads=["name"]).describe() == (
+            "reads ['name'] (declared, as a dict)"
+        )
+        assert isinstance(StateSchema.of(TD).view("n"), View)
+
+
+# -- the same channel semantics as LangGraph, over generated schemas and steps ---------
+
+
+@st.composite
+def programs(draw: st.DrawFn) -> dict[str, Any]:
+    """A state schema of generated keys and a run of steps of nodes with fixed updates."""
+    kind = draw(st.sampled_from(["typeddict", "dataclass", "pydantic"]))
+    keys = draw(
+        st.lists(st.sampled_from(["p", "q", "r", "s"]), min_size=1, max_size=4, unique=True)
+    )
+    reducing = {k: draw(st.sampled_from(["plain", "add", "first"])) for k in keys}
+    steps = []
+    for i in range(draw(st.integers(1, 3))):
+        nodes = [f"n{i}_{j}" for j in range(draw(st.integers(1, 3)))]
+        updates: dict[str, dict[str, Any]] = {n: {} for n in nodes}
+        for key in keys:
+            writers = draw(st.lists(st.sampled_from(nodes), max_size=2, unique=True))
+            if reducing[key] == "plain":
+                writers = writers[:1]  # one write per step: no conflict
+            for node in writers:
+                updates[node][key] = (
+                    [draw(st.integers(0, 9))] if reducing[key] == "add" else draw(st.integers(0, 9))
+                )
+        for node in nodes:
+            if draw(st.integers(0, 5)) == 0:
+                updates[node]["unknown"] = 1  # dropped by both
+        steps.append(updates)
+    given_keys = draw(st.lists(st.sampled_from(keys), min_size=1, unique=True))
+    inp = {k: [1] if reducing[k] == "add" else 1 for k in given_keys}
+    return {"kind": kind, "keys": keys, "reducing": reducing, "steps": steps, "input": inp}
+
+
+def _first(a: int | None, b: int) -> int:
+    return b if a is None else a
+
+
+def _make_state(kind: str, keys: list[str], reducing: dict[str, str]) -> type:
+    anns: dict[str, Any] = {}
+    defaults: dict[str, Any] = {}
+    for key in keys:
+        if reducing[key] == "add":
+            anns[key], defaults[key] = Annotated[list[int], operator.add], []
+        elif reducing[key] == "first":
+            anns[key], defaults[key] = Annotated[int | None, _first], None
+        else:
+            anns[key], defaults[key] = int, 0
+    if kind == "typeddict":
+        return TypedDict("GenTD", anns)  # type: ignore[operator]
+    if kind == "dataclass":
+        return dataclasses.make_dataclass(
+            "GenDC",
+            [
+                (
+                    k,
+                    anns[k],
+                    field(default_factory=list)
+                    if reducing[k] == "add"
+                    else field(default=defaults[k]),
+                )
+                for k in keys
+            ],
+        )
+    from pydantic import create_model
+
+    return create_model("GenPD", **{k: (anns[k], defaults[k]) for k in keys})  # type: ignore[call-overload]
+
+
+def _seen(state: Any) -> tuple[str, dict[str, Any]]:
+    if isinstance(state, dict):
+        return "dict", dict(state)
+    if isinstance(state, BaseModel):
+        return type(state).__name__, state.model_dump()
+    return type(state).__name__, dataclasses.asdict(state)
+
+
+class TestAgainstLangGraph:
+    @settings(
+        max_examples=40,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+    @given(program=programs())
+    def test_values_stream_node_inputs_and_result(self, program: dict[str, Any]) -> None:
+        """Over generated schemas (TypedDict, dataclass, pydantic; plain keys, list reducers,
+        reducers that start absent) and steps of parallel nodes: the values after each step
+        (LangGraph's values stream), what every node receives, and invoke's result are the
+        same as LangGraph's."""
+        pytest.importorskip("langgraph")
+        from langgraph.graph import END, START, StateGraph
+
+        state = _make_state(program["kind"], program["keys"], program["reducing"])
+        seen: list[tuple[str, str, dict[str, Any]]] = []
+
+        def node(name: str, update: dict[str, Any]) -> Any:
+            def fn(s: Any) -> dict[str, Any]:
+                seen.append((name, *_seen(s)))
+                return dict(update)
+
+            return fn
+
+        builder = StateGraph(state)
+        previous = [START]
+        for updates in program["steps"]:
+            for name, update in updates.items():
+                builder.add_node(name, node(name, update))
+                builder.add_edge(previous if len(previous) > 1 else previous[0], name)
+            previous = list(updates)
+        for name in previous:
+            builder.add_edge(name, END)
+        graph = builder.compile()
+        expected_chunks = list(graph.stream(program["input"], stream_mode="values"))
+        expected_seen = sorted(seen)
+        expected_result = graph.invoke(program["input"])
+        seen.clear()
+
+        schema = StateSchema.of(state, conventions="langgraph")
+        values = schema.start(program["input"])
+        chunks = [schema.all_values(values)]
+        for step, updates in enumerate(program["steps"]):
+            writes = []
+            for name, update in updates.items():
+                seen.append((name, *_seen(schema.view(name)(values))))
+                writes.append(Write(name, -1, schema.check_update(name, step, update)))
+            if any(w.updates for w in writes):
+                values = schema.apply(values, writes, step)
+                chunks.append(schema.all_values(values))
+        assert chunks == expected_chunks
+        assert sorted(seen) == expected_seen
+        assert schema.output(values) == expected_result

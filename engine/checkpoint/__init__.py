@@ -7,17 +7,29 @@ constructed, so the package imports without the ``engine[postgres]`` extra.
 from .base import Checkpoint as Checkpoint
 from .base import Checkpointer as Checkpointer
 from .base import PendingWrite as PendingWrite
+from .base import TaskError as TaskError
 from .base import TaskRef as TaskRef
+from .history import PregelTask as PregelTask
+from .history import StateSnapshot as StateSnapshot
 from .memory import MemoryCheckpointer as MemoryCheckpointer
 from .postgres import PostgresCheckpointer as PostgresCheckpointer
+from .savers import InMemorySaver as InMemorySaver
+from .savers import MemorySaver as MemorySaver
+from .savers import SqliteSaver as SqliteSaver
 from .sqlite import SqliteCheckpointer as SqliteCheckpointer
 
 __all__ = [
     "Checkpoint",
     "Checkpointer",
+    "InMemorySaver",
     "MemoryCheckpointer",
+    "MemorySaver",
     "PendingWrite",
     "PostgresCheckpointer",
+    "PregelTask",
     "SqliteCheckpointer",
+    "SqliteSaver",
+    "StateSnapshot",
+    "TaskError",
     "TaskRef",
 ]

@@ -18,6 +18,9 @@ one-key object whose key is a tag::
     {"$time": [naive ISO, tz, fold]}           or {"zone": "Europe/Paris"}
     {"$timedelta": [days, seconds, microseconds]}
     {"$str": "<base64>"}         a str holding a surrogate pair as two code points
+    {"$message": [name, {...}]}  a chat message: langchain-core's classes
+                                 (``"lc:AIMessage"``...) or engine.messages' own
+                                 (``"engine:Message"``), its fields encoded
 
 Other strings need no tag: the text form (``dumps``) escapes every non-ASCII
 character, so NUL and lone surrogates travel as ``\\u0000``/``\\ud800`` and no
@@ -25,8 +28,9 @@ store ever sees them raw. Only a high surrogate followed by a low one cannot
 travel so: a JSON reader joins the two escapes into one character. Dict
 order is kept (JSON text keeps object order).
 
-Decoding builds only builtin and standard-library values: it never imports a
-name found in the data and never runs code from it. A value of any other type
+Decoding builds only builtin and standard-library values, and chat messages
+of a fixed list of classes named in this module (``MESSAGE_CLASSES``): it
+never imports a name found in the data and never runs code from it. A value of any other type
 (an enum member, a ``Path``, a pydantic model inside ``Any``...) is written in
 pydantic's JSON form and marked *inexact*: it comes back as plain data, which
 only validation into its declared type can turn back into the value. Callers
@@ -36,11 +40,13 @@ check that round trip (:func:`difference`) and refuse what it would change.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 import decimal
 import json
 import math
 import re
+import sys
 import uuid
 import zoneinfo
 from collections.abc import Callable, Iterable
@@ -145,6 +151,10 @@ class _Encoder:
         if special is not None:
             tag, write = special
             return {tag: write(self, v, path)}
+        name = _message_name(t)
+        if name is not None:
+            fields = {k: self.value(x, f"{path}.{k}") for k, x in _message_fields(v).items()}
+            return {"$message": [name, fields]}
         return self._fallback(v, path)
 
     def _dict(self, v: dict[Any, Any], path: str) -> Any:
@@ -241,6 +251,82 @@ _SPECIAL: dict[type, tuple[str, Callable[[_Encoder, Any, str], Any]]] = {
     dt.time: ("$time", _time),
     dt.timedelta: ("$timedelta", lambda enc, v, path: [v.days, v.seconds, v.microseconds]),
 }
+
+
+# -- chat messages ----------------------------------------------------------------
+
+#: langchain-core's message classes a checkpoint keeps exactly, by name. A fixed list:
+#: decoding looks a stored name up here and nowhere else.
+LANGCHAIN_MESSAGES = (
+    "AIMessage",
+    "AIMessageChunk",
+    "ChatMessage",
+    "ChatMessageChunk",
+    "FunctionMessage",
+    "FunctionMessageChunk",
+    "HumanMessage",
+    "HumanMessageChunk",
+    "RemoveMessage",
+    "SystemMessage",
+    "SystemMessageChunk",
+    "ToolMessage",
+    "ToolMessageChunk",
+)
+
+#: engine.messages' own classes (dataclasses), by name.
+ENGINE_MESSAGES = ("Message", "RemoveMessage")
+
+#: Every name a ``$message`` tag may carry.
+MESSAGE_CLASSES = tuple(f"lc:{n}" for n in LANGCHAIN_MESSAGES) + tuple(
+    f"engine:{n}" for n in ENGINE_MESSAGES
+)
+
+
+def _message_name(t: type) -> str | None:
+    """The ``$message`` name of exactly this class, or None (subclasses are not kept exactly).
+
+    Only modules already imported are looked at: a value of a message class
+    means its module is loaded, and nothing is imported to find out.
+    """
+    module = getattr(t, "__module__", "")
+    name = t.__name__
+    if module.startswith("langchain_core.messages") and name in LANGCHAIN_MESSAGES:
+        lc = sys.modules.get("langchain_core.messages")
+        if lc is not None and getattr(lc, name, None) is t:
+            return f"lc:{name}"
+    if module == "engine.messages" and name in ENGINE_MESSAGES:
+        return f"engine:{name}"
+    return None
+
+
+def _message_fields(v: Any) -> dict[str, Any]:
+    if isinstance(v, BaseModel):
+        return {k: getattr(v, k) for k in type(v).model_fields}
+    return {f.name: getattr(v, f.name) for f in dataclasses.fields(v)}
+
+
+def _read_message(body: Any, path: str) -> Any:
+    if type(body) is not list or len(body) != 2 or type(body[1]) is not dict:
+        raise ValueError("expected [class name, {fields}]")
+    name = _text(body[0])
+    if name not in MESSAGE_CLASSES:
+        raise ValueError(f"{name[:40]!r} is not a message class a checkpoint keeps")
+    fields = {k: _decode(x, f"{path}.{k}") for k, x in body[1].items()}
+    family, cls_name = name.split(":")
+    if family == "engine":
+        from ..messages import Message, RemoveMessage
+
+        native: dict[str, Any] = {"Message": Message, "RemoveMessage": RemoveMessage}
+        return native[cls_name](**fields)
+    try:
+        import langchain_core.messages as lc
+    except ImportError as exc:
+        raise CodecError(
+            f"the checkpoint holds a langchain-core {cls_name}, but langchain-core is not "
+            "installed: pip install 'engine[langgraph]'",
+            path,
+        ) from exc
+    return getattr(lc, cls_name).model_validate(fields)
 
 
 # -- decoding --------------------------------------------------------------------
@@ -373,6 +459,7 @@ _READERS: dict[str, Callable[[Any, str], Any]] = {
     "$datetime": _read_datetime,
     "$time": _read_time,
     "$timedelta": _read_timedelta,
+    "$message": _read_message,
 }
 
 

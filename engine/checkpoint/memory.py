@@ -1,21 +1,42 @@
-"""In-process checkpoints: dicts of JSON text, for tests and throwaway runs."""
+"""In-process checkpoints: JSON text in dicts, for tests and throwaway runs."""
 
 from __future__ import annotations
 
 import builtins
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from ..errors import CheckpointError
 from .base import (
     Checkpoint,
     CheckpointerBase,
+    Identity,
+    Latest,
     Lifecycle,
     busy_message,
+    check_limit,
     check_thread_id,
     decode,
     encode,
+    matches,
+    new_checkpoint_id,
+    place,
+    stored,
     this_host,
 )
+
+
+@dataclass
+class _Row:
+    """One stored checkpoint: its place in the tree, its JSON text and its writes."""
+
+    checkpoint_id: str
+    parent_id: str | None
+    step: int
+    data: str
+    writes: dict[tuple[str, int], str] = field(default_factory=dict)
 
 
 class MemoryCheckpointer(CheckpointerBase):
@@ -27,14 +48,14 @@ class MemoryCheckpointer(CheckpointerBase):
     process off a thread, nothing more.
     """
 
-    # Invariant: ``_rows[t][s]`` is the JSON text of thread t's step s, and
-    # ``_writes[t][s]`` its pending writes keyed (node, index); both change
-    # together, with no await in between, so readers see whole steps.
+    # Invariant: ``_trees[(t, ns)]`` lists thread t's checkpoints of namespace
+    # ns in the order they were first stored (a row replaced in place keeps
+    # its position), each id at most once; a put changes a row and its
+    # parent's writes with no await in between, so readers see whole puts.
     # ``_locks[t]`` is the run id driving thread t.
 
     def __init__(self) -> None:
-        self._rows: dict[str, dict[int, str]] = {}
-        self._writes: dict[str, dict[int, dict[tuple[str, int], str]]] = {}
+        self._trees: dict[tuple[str, str], list[_Row]] = {}
         self._locks: dict[str, str] = {}
 
     def _location(self) -> str:
@@ -45,34 +66,86 @@ class MemoryCheckpointer(CheckpointerBase):
         self._check_usable("set up")
         self._lifecycle = Lifecycle.OPEN
 
-    async def put(self, checkpoint: Checkpoint) -> None:
-        """Store one step; a re-put of the same step replaces it."""
+    async def put(self, checkpoint: Checkpoint) -> Checkpoint:
+        """Store one checkpoint (see ``Checkpointer.put``); returns it as stored."""
         self._check_usable("put a checkpoint")
         self._lifecycle = Lifecycle.OPEN
-        data, writes = encode(checkpoint)
-        tid, step = checkpoint.thread_id, checkpoint.step
-        self._rows.setdefault(tid, {})[step] = data
-        self._writes.setdefault(tid, {})[step] = {(n, i): text for n, i, text in writes}
+        enc = encode(checkpoint)
+        rows = self._trees.setdefault((checkpoint.thread_id, checkpoint.checkpoint_ns), [])
+        latest = Latest(rows[-1].checkpoint_id, rows[-1].parent_id, rows[-1].step) if rows else None
+        where = place(checkpoint, latest, new_checkpoint_id())
+        row = _Row(
+            where.checkpoint_id,
+            where.parent_id,
+            checkpoint.step,
+            enc.data,
+            {(n, i): text for n, i, text in enc.writes},
+        )
+        at = next((i for i, r in enumerate(rows) if r.checkpoint_id == row.checkpoint_id), None)
+        if at is None:
+            rows.append(row)
+        else:
+            rows[at] = row
+        if where.parent_id is not None and enc.parent_writes:
+            parent = next((r for r in rows if r.checkpoint_id == where.parent_id), None)
+            if parent is not None:
+                parent.writes = {(n, i): text for n, i, text in enc.parent_writes}
+        return stored(checkpoint, where)
 
-    def _load(self, thread_id: str, step: int) -> Checkpoint:
-        writes = self._writes.get(thread_id, {}).get(step, {})
-        rows = [(n, i, text) for (n, i), text in sorted(writes.items())]
-        return decode(thread_id, step, self._rows[thread_id][step], rows)
+    def _load(self, thread_id: str, ns: str, row: _Row) -> Checkpoint:
+        writes = [(n, i, text) for (n, i), text in sorted(row.writes.items())]
+        identity = Identity(ns, row.checkpoint_id, row.parent_id)
+        return decode(thread_id, row.step, row.data, writes, identity)
+
+    def _rows(self, thread_id: str, ns: str) -> builtins.list[_Row]:
+        check_thread_id(thread_id)
+        return self._trees.get((thread_id, ns), [])
 
     async def get_latest(self, thread_id: str) -> Checkpoint | None:
-        """The checkpoint with the highest step, or None."""
+        """The newest checkpoint of the thread, or None."""
+        return await self.get(thread_id)
+
+    async def get(
+        self, thread_id: str, checkpoint_id: str | None = None, *, checkpoint_ns: str = ""
+    ) -> Checkpoint | None:
+        """The checkpoint ``checkpoint_id`` (the newest when None), or None."""
         self._check_usable("read a checkpoint")
-        check_thread_id(thread_id)
-        steps = self._rows.get(thread_id)
-        if not steps:
-            return None
-        return self._load(thread_id, max(steps))
+        rows = self._rows(thread_id, checkpoint_ns)
+        if checkpoint_id is None:
+            found = rows[-1] if rows else None
+        else:
+            found = next((r for r in rows if r.checkpoint_id == checkpoint_id), None)
+        return None if found is None else self._load(thread_id, checkpoint_ns, found)
+
+    async def history(
+        self,
+        thread_id: str,
+        *,
+        checkpoint_ns: str = "",
+        before: str | None = None,
+        limit: int | None = None,
+        filter: Mapping[str, Any] | None = None,
+    ) -> builtins.list[Checkpoint]:
+        """The thread's checkpoints, newest first (see ``Checkpointer.history``)."""
+        self._check_usable("list checkpoints")
+        check_limit(limit)
+        rows = self._rows(thread_id, checkpoint_ns)
+        if before is not None:
+            cut = next((i for i, r in enumerate(rows) if r.checkpoint_id == before), 0)
+            rows = rows[:cut]
+        out: builtins.list[Checkpoint] = []
+        for row in reversed(rows):
+            if limit is not None and len(out) >= limit:
+                break
+            cp = self._load(thread_id, checkpoint_ns, row)
+            if matches(cp, filter):
+                out.append(cp)
+        return out
 
     async def list(self, thread_id: str) -> builtins.list[Checkpoint]:
-        """Every checkpoint of the thread, oldest step first."""
+        """Every checkpoint of the thread, oldest first."""
         self._check_usable("list checkpoints")
-        check_thread_id(thread_id)
-        return [self._load(thread_id, s) for s in sorted(self._rows.get(thread_id, {}))]
+        return [self._load(thread_id, "", r) for r in self._rows(thread_id, "")]
 
     async def acquire(self, thread_id: str, run_id: str) -> None:
         """Take the thread for ``run_id`` or raise CheckpointError naming the holder."""
@@ -91,14 +164,14 @@ class MemoryCheckpointer(CheckpointerBase):
             del self._locks[thread_id]
 
     async def delete_thread(self, thread_id: str) -> None:
-        """Delete the thread's checkpoints; refused while a run holds the thread."""
+        """Delete the thread's checkpoints (every namespace); refused while a run holds it."""
         self._check_usable("delete a thread")
         check_thread_id(thread_id)
         holder = self._locks.get(thread_id)
         if holder is not None:
             raise CheckpointError(busy_message(thread_id, holder, os.getpid(), this_host()))
-        self._rows.pop(thread_id, None)
-        self._writes.pop(thread_id, None)
+        for key in [k for k in self._trees if k[0] == thread_id]:
+            del self._trees[key]
 
     async def aclose(self) -> None:
         """Drop the locks; stored checkpoints become unreachable. Idempotent."""

@@ -41,7 +41,7 @@ import functools
 import hashlib
 import json
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import CheckpointError
@@ -49,15 +49,25 @@ from ..logs import get_logger
 from .base import (
     Checkpoint,
     CheckpointerBase,
+    Encoded,
+    Identity,
+    Latest,
     Lifecycle,
+    Placement,
     busy_message,
     busy_unnamed_message,
+    check_limit,
     check_thread_id,
     decode,
     encode,
+    matches,
+    new_checkpoint_id,
     now,
+    place,
+    stored,
     this_host,
 )
+from .migrate import layout, move
 
 if TYPE_CHECKING:
     import psycopg
@@ -77,20 +87,28 @@ BUSY_LOOKUP_S = 1.0
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS checkpoints (
+        seq BIGSERIAL,
         thread_id TEXT NOT NULL,
+        checkpoint_ns TEXT NOT NULL,
+        checkpoint_id TEXT NOT NULL,
+        parent_id TEXT,
         step INTEGER NOT NULL,
+        source TEXT NOT NULL,
         run_id TEXT NOT NULL,
         status TEXT NOT NULL,
         created_at DOUBLE PRECISION NOT NULL,
         data JSONB NOT NULL,
-        PRIMARY KEY (thread_id, step))""",
+        PRIMARY KEY (thread_id, checkpoint_ns, checkpoint_id))""",
+    """CREATE INDEX IF NOT EXISTS checkpoints_in_order
+        ON checkpoints (thread_id, checkpoint_ns, seq)""",
     """CREATE TABLE IF NOT EXISTS writes (
         thread_id TEXT NOT NULL,
-        step INTEGER NOT NULL,
+        checkpoint_ns TEXT NOT NULL,
+        checkpoint_id TEXT NOT NULL,
         node TEXT NOT NULL,
         idx INTEGER NOT NULL,
         data JSONB NOT NULL,
-        PRIMARY KEY (thread_id, step, node, idx))""",
+        PRIMARY KEY (thread_id, checkpoint_ns, checkpoint_id, node, idx))""",
     """CREATE TABLE IF NOT EXISTS locks (
         thread_id TEXT PRIMARY KEY,
         run_id TEXT NOT NULL,
@@ -107,14 +125,15 @@ _SETUP_LOCK_KEY = 0x656E67696E65  # "engine"
 # schema_version 1 row, written before rows were stored as strings.
 _TEXT = "CASE WHEN jsonb_typeof({0}) = 'string' THEN {0} #>> '{{}}' ELSE {0}::text END"
 
-# Every checkpoint of a thread with its writes, in one statement (one snapshot).
+# Checkpoints of a thread and namespace with their writes, in one statement (one snapshot).
 _SELECT = f"""
-SELECT c.step, {_TEXT.format("c.data")},
+SELECT c.checkpoint_id, c.parent_id, c.step, {_TEXT.format("c.data")},
        COALESCE((SELECT json_agg(json_build_array(w.node, w.idx, {_TEXT.format("w.data")})
                                  ORDER BY w.node, w.idx)
-                 FROM writes w WHERE w.thread_id = c.thread_id AND w.step = c.step),
+                 FROM writes w WHERE w.thread_id = c.thread_id
+                   AND w.checkpoint_ns = c.checkpoint_ns AND w.checkpoint_id = c.checkpoint_id),
                 '[]'::json)::text
-FROM checkpoints c WHERE c.thread_id = %s
+FROM checkpoints c WHERE c.thread_id = %s AND c.checkpoint_ns = %s
 """
 
 
@@ -269,8 +288,7 @@ class PostgresCheckpointer(CheckpointerBase):
                 await pool.open(wait=True, timeout=self.connect_timeout_s)
                 async with pool.connection() as conn, conn.transaction():
                     await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SETUP_LOCK_KEY,))
-                    for statement in _SCHEMA:
-                        await conn.execute(statement)
+                    await _create_tables(conn)
             except BaseException as exc:
                 await pool.close()
                 if isinstance(exc, self._psycopg.Error):
@@ -288,18 +306,21 @@ class PostgresCheckpointer(CheckpointerBase):
 
     # -- protocol ----------------------------------------------------------
 
-    async def put(self, checkpoint: Checkpoint) -> None:
-        """Store the checkpoint and its pending writes in one transaction."""
-        data, writes = encode(checkpoint)
+    async def put(self, checkpoint: Checkpoint) -> Checkpoint:
+        """Store one checkpoint, its writes and its parent's writes in one transaction."""
+        enc = encode(checkpoint)
+        # Minted before the transaction: a put retried on a fresh connection
+        # lands on the same row.
+        fresh = new_checkpoint_id()
         tid, step = checkpoint.thread_id, checkpoint.step
         doing = f"save thread {tid!r} step {step}"
         for attempt in (1, 2):
             run = self._held.get(tid)
             try:
-                await self._db(
-                    doing, functools.partial(self._put_txn, checkpoint, data, writes, run)
+                where = await self._db(
+                    doing, functools.partial(self._put_txn, checkpoint, enc, fresh, run)
                 )
-                return
+                return stored(checkpoint, where)
             except _LockLost:
                 if attempt == 2:
                     break
@@ -313,34 +334,49 @@ class PostgresCheckpointer(CheckpointerBase):
     async def _put_txn(
         self,
         cp: Checkpoint,
-        data: str,
-        writes: builtins.list[tuple[str, int, str]],
+        enc: Encoded,
+        fresh: str,
         run: str | None,
         conn: psycopg.AsyncConnection[Any],
-    ) -> None:
-        tid, step = cp.thread_id, cp.step
+    ) -> Placement:
+        tid, ns, step = cp.thread_id, cp.checkpoint_ns, cp.step
         async with conn.transaction():
             if run is not None:
                 await self._fence(conn, tid, run, step)
+            cur = await conn.execute(
+                "SELECT checkpoint_id, parent_id, step FROM checkpoints WHERE thread_id = %s"
+                " AND checkpoint_ns = %s ORDER BY seq DESC LIMIT 1",
+                (tid, ns),
+            )
+            row = await cur.fetchone()
+            where = place(cp, Latest(*row) if row else None, fresh)
             await conn.execute(
-                "INSERT INTO checkpoints (thread_id, step, run_id, status, created_at, data)"
-                " VALUES (%s, %s, %s, %s, %s, to_jsonb(%s::text))"
-                " ON CONFLICT (thread_id, step) DO UPDATE SET run_id = EXCLUDED.run_id,"
+                "INSERT INTO checkpoints (thread_id, checkpoint_ns, checkpoint_id, parent_id,"
+                " step, source, run_id, status, created_at, data)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, to_jsonb(%s::text))"
+                " ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id) DO UPDATE SET"
+                " parent_id = EXCLUDED.parent_id, step = EXCLUDED.step,"
+                " source = EXCLUDED.source, run_id = EXCLUDED.run_id,"
                 " status = EXCLUDED.status, created_at = EXCLUDED.created_at,"
                 " data = EXCLUDED.data",
-                (tid, step, cp.run_id, cp.status, cp.created_at, data),
+                (
+                    tid,
+                    ns,
+                    where.checkpoint_id,
+                    where.parent_id,
+                    step,
+                    cp.source,
+                    cp.run_id,
+                    cp.status,
+                    cp.created_at,
+                    enc.data,
+                ),
             )
-            # A re-put of the step is the whole truth about it.
-            await conn.execute("DELETE FROM writes WHERE thread_id = %s AND step = %s", (tid, step))
-            if writes:
-                async with conn.cursor() as cur:
-                    await cur.executemany(
-                        "INSERT INTO writes (thread_id, step, node, idx, data)"
-                        " VALUES (%s, %s, %s, %s, to_jsonb(%s::text))"
-                        " ON CONFLICT (thread_id, step, node, idx)"
-                        " DO UPDATE SET data = EXCLUDED.data",
-                        [(tid, step, n, i, text) for n, i, text in writes],
-                    )
+            # A checkpoint's writes are replaced with it: a re-put is the whole truth.
+            await _replace_writes(conn, tid, ns, where.checkpoint_id, enc.writes)
+            if where.parent_id is not None and enc.parent_writes:
+                await _replace_writes(conn, tid, ns, where.parent_id, enc.parent_writes)
+        return where
 
     async def _fence(
         self, conn: psycopg.AsyncConnection[Any], tid: str, run: str, step: int
@@ -400,25 +436,75 @@ class PostgresCheckpointer(CheckpointerBase):
             log.warning("checkpoint_lock_retaken", thread_id=tid, run_id=run, step=step)
 
     async def get_latest(self, thread_id: str) -> Checkpoint | None:
-        """The checkpoint with the highest step, or None."""
-        found = await self._load(thread_id, "ORDER BY c.step DESC LIMIT 1", "read")
+        """The newest checkpoint of the thread, or None."""
+        return await self.get(thread_id)
+
+    async def get(
+        self, thread_id: str, checkpoint_id: str | None = None, *, checkpoint_ns: str = ""
+    ) -> Checkpoint | None:
+        """The checkpoint ``checkpoint_id`` (the newest when None), or None."""
+        if checkpoint_id is None:
+            found = await self._load(
+                thread_id, checkpoint_ns, "ORDER BY c.seq DESC LIMIT 1", (), "read"
+            )
+        else:
+            found = await self._load(
+                thread_id, checkpoint_ns, "AND c.checkpoint_id = %s", (checkpoint_id,), "read"
+            )
         return found[0] if found else None
 
-    async def list(self, thread_id: str) -> builtins.list[Checkpoint]:
-        """Every checkpoint of the thread, oldest step first."""
-        return await self._load(thread_id, "ORDER BY c.step ASC", "list the checkpoints of")
+    async def history(
+        self,
+        thread_id: str,
+        *,
+        checkpoint_ns: str = "",
+        before: str | None = None,
+        limit: int | None = None,
+        filter: Mapping[str, Any] | None = None,
+    ) -> builtins.list[Checkpoint]:
+        """The thread's checkpoints, newest first (see ``Checkpointer.history``)."""
+        check_limit(limit)
+        sql, args = "", list[Any]()
+        if before is not None:
+            sql += (
+                " AND c.seq < (SELECT b.seq FROM checkpoints b WHERE b.thread_id = c.thread_id"
+                " AND b.checkpoint_ns = c.checkpoint_ns AND b.checkpoint_id = %s)"
+            )
+            args.append(before)
+        sql += " ORDER BY c.seq DESC"
+        if limit is not None and not filter:
+            # With a filter the limit counts matches, so it cannot go into the SQL.
+            sql += " LIMIT %s"
+            args.append(limit)
+        found = await self._load(
+            thread_id, checkpoint_ns, sql, tuple(args), "list the checkpoints of"
+        )
+        found = [cp for cp in found if matches(cp, filter)]
+        return found if limit is None else found[:limit]
 
-    async def _load(self, thread_id: str, order: str, what: str) -> builtins.list[Checkpoint]:
+    async def list(self, thread_id: str) -> builtins.list[Checkpoint]:
+        """Every checkpoint of the thread, oldest first."""
+        return await self._load(thread_id, "", "ORDER BY c.seq ASC", (), "list the checkpoints of")
+
+    async def _load(
+        self, thread_id: str, ns: str, rest: str, args: tuple[Any, ...], what: str
+    ) -> builtins.list[Checkpoint]:
         check_thread_id(thread_id)
 
         async def select(conn: psycopg.AsyncConnection[Any]) -> builtins.list[Any]:
-            cur = await conn.execute(_SELECT + order, (thread_id,))
+            cur = await conn.execute(_SELECT + rest, (thread_id, ns, *args))
             return await cur.fetchall()
 
         rows = await self._db(f"{what} thread {thread_id!r}", select)
         return [
-            decode(thread_id, step, data, [tuple(w) for w in json.loads(writes)])
-            for step, data, writes in rows
+            decode(
+                thread_id,
+                step,
+                data,
+                [tuple(w) for w in json.loads(writes)],
+                Identity(ns, cid, parent),
+            )
+            for cid, parent, step, data, writes in rows
         ]
 
     async def _lock_connection(self) -> psycopg.AsyncConnection[Any]:
@@ -629,3 +715,74 @@ class PostgresCheckpointer(CheckpointerBase):
             finally:
                 if pool is not None:
                     await pool.close()
+
+
+async def _replace_writes(
+    conn: psycopg.AsyncConnection[Any],
+    tid: str,
+    ns: str,
+    checkpoint_id: str,
+    writes: builtins.list[tuple[str, int, str]],
+) -> None:
+    await conn.execute(
+        "DELETE FROM writes WHERE thread_id = %s AND checkpoint_ns = %s AND checkpoint_id = %s",
+        (tid, ns, checkpoint_id),
+    )
+    if writes:
+        async with conn.cursor() as cur:
+            await cur.executemany(
+                "INSERT INTO writes (thread_id, checkpoint_ns, checkpoint_id, node, idx, data)"
+                " VALUES (%s, %s, %s, %s, %s, to_jsonb(%s::text))",
+                [(tid, ns, checkpoint_id, n, i, text) for n, i, text in writes],
+            )
+
+
+async def _create_tables(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Create the tables, moving a store of the first layout into the tree layout first.
+
+    Runs in the setup's transaction, under the setup lock: one driver moves
+    the rows, every other one then finds the tree layout. Another program's
+    ``checkpoints`` table is left alone.
+    """
+    cur = await conn.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'checkpoints'"
+        " AND table_schema = current_schema()"
+    )
+    found = layout(row[0] for row in await cur.fetchall())
+    if found == "old":
+        cur = await conn.execute(
+            f"SELECT thread_id, step, run_id, status, created_at, {_TEXT.format('data')}"
+            " FROM checkpoints"
+        )
+        old = await cur.fetchall()
+        cur = await conn.execute(
+            f"SELECT thread_id, step, node, idx, {_TEXT.format('data')} FROM writes"
+        )
+        old_writes = await cur.fetchall()
+        await conn.execute("DROP TABLE checkpoints")
+        await conn.execute("DROP TABLE writes")
+    for statement in _SCHEMA:
+        if found == "foreign" and "CREATE INDEX" in statement:
+            continue  # no index on another program's table: its columns are not ours
+        await conn.execute(statement)
+    if found != "old":
+        return
+    moved = move(old, old_writes)
+    async with conn.cursor() as c:
+        await c.executemany(
+            "INSERT INTO checkpoints (thread_id, checkpoint_ns, checkpoint_id, parent_id, step,"
+            " source, run_id, status, created_at, data)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, to_jsonb(%s::text))",
+            moved.checkpoints,
+        )
+        await c.executemany(
+            "INSERT INTO writes (thread_id, checkpoint_ns, checkpoint_id, node, idx, data)"
+            " VALUES (%s, %s, %s, %s, %s, to_jsonb(%s::text))",
+            moved.writes,
+        )
+    log.warning(
+        "checkpoint_store_migrated",
+        store="postgres",
+        checkpoints=len(moved.checkpoints),
+        writes=len(moved.writes),
+    )

@@ -5,12 +5,17 @@
     scheduler cursor --save()--> Checkpoint (JSON data) --backend--> JSON text
     JSON text --backend--> Checkpoint --load()--> the pieces of a cursor
 
-``save`` writes the state from ``model_dump(mode="python")`` with the codec
-(``codec.py``), reads it back and validates it, and refuses the checkpoint
-when that round trip would not give the very same state (or the same pending
-write, or the same ``Send`` payload): a :class:`CheckpointError` naming the
-step, the field and the node that wrote it, raised before the backend
-replaces anything. ``load`` decodes and validates what ``save`` wrote.
+The state is held one of two ways (``RunCodec.held``): as channel values (a
+dict, ``StateSchema``'s representation for every kind of state), or as a
+pydantic model instance (how the scheduler holds a pydantic state today).
+
+``save`` writes every value with the codec (``codec.py``) and refuses the
+checkpoint when a value would not come back as the very same value: a
+:class:`CheckpointError` naming the step, the field and the node that wrote
+it, raised before the backend replaces anything. A value the codec writes
+exactly needs no checking; one it writes as plain data (an enum member, a
+nested model) is validated back into its channel's declared type and
+compared, and marked ``typed`` so that ``load`` rebuilds it the same way.
 
 Both directions check the checkpoint against the graph's :class:`Topology`: a
 save that would name a task the graph cannot run, and a stored checkpoint
@@ -21,25 +26,29 @@ them.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ValidationError
 
 from ..errors import CheckpointError
-from ..state import StateSchema
-from . import codec
-from .base import Checkpoint, PendingWrite, TaskRef
+from ..spec import START
+from ..state import StateSchema, Values
+from .base import Checkpoint, PendingWrite, Source, TaskError, TaskRef
+from .codec import CodecError, difference
+from .codec import decode as decode_value
+from .codec import encode as encode_value
 
 #: One step's writes: (node, Send index) -> the updates that node call returned.
 Writes = Mapping[tuple[str, int], Mapping[str, Any]]
 
 #: What a checkpoint can hold, said once for every refusal.
 _KEEPABLE = (
-    "JSON types, tuples, sets, bytes, datetimes, Decimals, UUIDs, or models and enums of a "
-    "declared field type"
+    "JSON types, tuples, sets, bytes, datetimes, Decimals, UUIDs, chat messages, or models "
+    "and enums of a declared field type"
 )
 
 
@@ -76,13 +85,25 @@ class Topology:
 
 @dataclass(frozen=True)
 class Restored:
-    """A checkpoint read back: what the scheduler's cursor is made of."""
+    """A checkpoint read back: what the scheduler's cursor is made of.
 
-    state: BaseModel
+    ``state`` is a dict of channel values, or a model instance when the
+    codec holds states as models.
+    """
+
+    state: Any
     step: int
     tasks: list[SavedTask]
     fanin: dict[str, set[str]]
     pending: dict[tuple[str, int], Mapping[str, Any]]
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Values as JSON data, and which of them only their declared type rebuilds."""
+
+    data: dict[str, Any]
+    typed: list[str]
 
 
 @dataclass(frozen=True)
@@ -91,6 +112,7 @@ class RunCodec:
 
     schema: StateSchema
     topology: Topology
+    held: Literal["values", "model"] = "model"
 
     # -- save --------------------------------------------------------------------
 
@@ -100,38 +122,79 @@ class RunCodec:
         thread_id: str,
         run_id: str,
         step: int,
-        state: BaseModel,
+        state: Any,
         tasks: Iterable[TaskLike],
         fanin: Mapping[str, Iterable[str]],
         pending: Writes,
         status: str,
         started_at: float | None,
         written: Writes | None = None,
+        source: Source = "loop",
+        checkpoint_ns: str = "",
+        checkpoint_id: str = "",
+        parent_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        errors: Mapping[tuple[str, int], BaseException | str] | None = None,
+        writers: Iterable[str] | None = None,
     ) -> Checkpoint:
         """The checkpoint of ``state`` before step ``step``, or a CheckpointError.
 
-        ``written`` is the previous step's writes (which made ``state``): a
-        field that cannot be saved is blamed on the node(s) that wrote it.
+        ``written`` is the writes that made ``state`` (the previous step's,
+        or the input's as ``__start__``): a field that cannot be saved is
+        blamed on the node(s) that wrote it, and a ``loop`` checkpoint hands
+        them to its store as its parent's task writes. ``errors`` are the
+        step's failed tasks (their ``repr`` is kept); ``writers`` default to
+        the nodes of ``written``. ``checkpoint_id``/``parent_id``: see
+        ``Checkpointer.put``.
         """
         where = f"cannot save step {step} of thread {thread_id!r}"
         blame = _Blame(step - 1, written)
-        data = self._model(state, where, lambda f: f"state field {f!r}{blame.of(f)}")
+
+        def what(name: str) -> str:
+            return f"state field {name!r}{blame.of(name)}"
+
+        if self.held == "model":
+            data, typed = self._model(state, where, what), []
+        else:
+            enc = self._values(state, where, what)
+            data, typed = enc.data, enc.typed
         refs = [self._task(t, where) for t in tasks]
         writes = [
             self._write(node, index, updates, step, where)
             for (node, index), updates in sorted(pending.items())
         ]
+        made_by: list[PendingWrite] = []
+        if written is not None and source == "loop":
+            made_by = [
+                self._write(node, index, updates, step - 1, where)
+                for (node, index), updates in sorted(written.items())
+            ]
+        if writers is None:
+            writers = sorted({node for node, _ in written}) if written else []
+        meta = self._metadata(metadata, where)
         cp = Checkpoint(
             thread_id=thread_id,
+            checkpoint_ns=checkpoint_ns,
+            checkpoint_id=checkpoint_id,
+            parent_id=parent_id,
             run_id=run_id,
             step=step,
+            source=source,
             state=data,
+            typed=typed,
             next_tasks=refs,
             fanin={k: sorted(v) for k, v in fanin.items()},
             pending_writes=writes,
+            parent_writes=made_by,
+            writers=list(writers),
+            errors=[
+                TaskError(node=node, index=index, error=e if isinstance(e, str) else repr(e))
+                for (node, index), e in sorted((errors or {}).items())
+            ],
             status=status,  # type: ignore[arg-type]
             created_at=time.time(),
             run_started_at=started_at,
+            metadata=meta,
         )
         problem = self._problem(cp)
         if problem is not None:
@@ -142,8 +205,67 @@ class RunCodec:
             )
         return cp
 
+    def _metadata(self, metadata: Mapping[str, Any] | None, where: str) -> dict[str, Any]:
+        if not metadata:
+            return {}
+        try:
+            enc = encode_value(dict(metadata), "metadata")
+        except CodecError as exc:
+            raise self._refusal(where, "the run's metadata", str(exc)) from exc
+        if not enc.exact:
+            raise self._refusal(
+                where,
+                "the run's metadata",
+                f"holds a {enc.inexact_type} at {enc.inexact_at}, which would come back as "
+                "plain data",
+                fix="keep config['metadata'] to JSON types",
+            )
+        assert isinstance(enc.data, dict)
+        return enc.data
+
+    def _values(self, values: Values, where: str, what: Callable[[str], str]) -> Encoded:
+        """Channel values as JSON data, each checked to come back as it is."""
+        if not isinstance(values, dict):
+            raise TypeError(f"a codec holding values saves a dict, got {type(values).__name__}")
+        return self._fields(values, where, what)
+
+    def _fields(self, values: Mapping[str, Any], where: str, what: Callable[[str], str]) -> Encoded:
+        """Values of channels as JSON data; one without an exact form must be rebuilt exactly
+        by validating it into its channel's declared type (it is then ``typed``)."""
+        data: dict[str, Any] = {}
+        typed: list[str] = []
+        for key, value in values.items():
+            try:
+                enc = encode_value(value, key)
+            except CodecError as exc:
+                raise self._refusal(where, what(key), str(exc)) from exc
+            if not enc.exact:
+                adapter = self.schema.adapter(key) if key in self.schema.channels else None
+                if adapter is None:
+                    raise self._refusal(
+                        where,
+                        what(key),
+                        f"holds a {enc.inexact_type} at {enc.inexact_at}, which would come "
+                        "back as plain data (its declared type cannot rebuild it)",
+                    )
+                try:
+                    back = adapter.validate_python(decode_value(enc.data))
+                except ValidationError as exc:
+                    raise self._refusal(
+                        where,
+                        what(key),
+                        f"holds a {enc.inexact_type} at {enc.inexact_at}, which does not "
+                        f"validate back into the field's type: {exc.errors()[0]['msg']}",
+                    ) from exc
+                diff = difference(value, back, key)
+                if diff is not None:
+                    raise self._refusal(where, what(key), f"would come back changed: {diff}")
+                typed.append(key)
+            data[key] = enc.data
+        return Encoded(data, typed)
+
     def _model(self, value: BaseModel, where: str, what: Callable[[str], str]) -> dict[str, Any]:
-        """A state instance as JSON data, checked to validate back into the same instance.
+        """A model instance as JSON data, checked to validate back into the same instance.
 
         Fields whose type the schema vouches for (``StateSchema.unsure``) and
         whose value the codec wrote exactly are not read back: their round
@@ -162,33 +284,33 @@ class RunCodec:
         check: set[str] = set()
         for name, v in dump.items():
             try:
-                enc = codec.encode(v, name)
-            except codec.CodecError as exc:
+                enc = encode_value(v, name)
+            except CodecError as exc:
                 raise self._refusal(where, what(name), str(exc)) from exc
             data[name] = enc.data
             if not enc.exact:
                 check.add(name)
-        unsure = self.schema.unsure
-        if model is not self.schema.model or unsure.whole:
+        own = self.schema.kind == "pydantic" and model is self.schema.state
+        if not own or self.schema.unsure.whole:
             try:
-                back = self.schema.model.model_validate(codec.decode(data))
+                back = model.model_validate(decode_value(data))
             except ValidationError as exc:
                 first = exc.errors()[0]
                 name = str(first["loc"][0]) if first["loc"] else "?"
                 raise self._refusal(
                     where,
                     what(name),
-                    f"does not validate back into {self.schema.model.__name__}: {first['msg']}",
+                    f"does not validate back into {model.__name__}: {first['msg']}",
                 ) from exc
             restored = {name: _field(back, name) for name in dump}
             check = set(dump)
         else:
-            check |= unsure.fields & set(dump)
+            check |= self.schema.unsure.fields & set(dump)
             restored = {}
             for name in sorted(check):
                 try:
                     adapter = self.schema.field_adapter(name)
-                    restored[name] = adapter.validate_python(codec.decode(data[name]))
+                    restored[name] = adapter.validate_python(decode_value(data[name]))
                 except ValidationError as exc:
                     raise self._refusal(
                         where,
@@ -197,7 +319,7 @@ class RunCodec:
                     ) from exc
         for name in dump:
             if name in check:
-                diff = codec.difference(_field(value, name), restored[name], name)
+                diff = difference(_field(value, name), restored[name], name)
                 if diff is not None:
                     raise self._refusal(where, what(name), f"would come back changed: {diff}")
         return data
@@ -206,12 +328,36 @@ class RunCodec:
         if not task.has_payload:
             return TaskRef(node=task.node, index=task.index)
         what = f"the payload of Send {task.index} to node {task.node!r}"
-        if isinstance(task.payload, self.schema.model):
-            data = self._model(task.payload, where, lambda f: f"{what}, field {f!r},")
-            return TaskRef(node=task.node, index=task.index, payload=data, payload_kind="state")
+        if task.node == START:
+            what = "the run's input"
+        payload: Any = task.payload
+        for name, cls in self.schema.classes.items():
+            if type(payload) is not cls:
+                continue
+            schema = "" if cls is self.schema.state else name
+            if isinstance(payload, BaseModel):
+                data = self._model(payload, where, lambda f: f"{what}, field {f!r},")
+            else:
+                data = self._exact(_init_fields(payload), where, what)
+            return TaskRef(
+                node=task.node,
+                index=task.index,
+                payload=data,
+                payload_kind="state",
+                payload_schema=schema,
+            )
+        return TaskRef(
+            node=task.node,
+            index=task.index,
+            payload=self._exact(payload, where, what),
+            payload_kind="json",
+        )
+
+    def _exact(self, value: Any, where: str, what: str) -> Any:
+        """JSON data that decodes to exactly ``value`` (nothing declares its type)."""
         try:
-            enc = codec.encode(task.payload, "payload")
-        except codec.CodecError as exc:
+            enc = encode_value(value, "payload")
+        except CodecError as exc:
             raise self._refusal(where, what, str(exc)) from exc
         if not enc.exact:
             raise self._refusal(
@@ -220,41 +366,20 @@ class RunCodec:
                 f"holds a {enc.inexact_type} at {enc.inexact_at}, which "
                 "would come back as plain data (a Send payload has no declared type to "
                 "rebuild it with)",
-                fix="send a dict of JSON types, tuples, sets, bytes, datetimes, Decimals or "
-                "UUIDs, or an instance of the state model",
+                fix="send a dict of JSON types, tuples, sets, bytes, datetimes, Decimals, "
+                "UUIDs or chat messages, or an instance of the state's (or a node's input's) "
+                "class",
             )
-        return TaskRef(node=task.node, index=task.index, payload=enc.data, payload_kind="json")
+        return enc.data
 
     def _write(
         self, node: str, index: int, updates: Mapping[str, Any], step: int, where: str
     ) -> PendingWrite:
         who = f"node {node!r}" + (f" (Send {index})" if index >= 0 else "")
-        data: dict[str, Any] = {}
-        typed: list[str] = []
-        for key, value in updates.items():
-            what = f"the write of {who} in step {step} to field {key!r}"
-            try:
-                enc = codec.encode(value, key)
-            except codec.CodecError as exc:
-                raise self._refusal(where, what, str(exc)) from exc
-            if not enc.exact:
-                # Plain data there: only the field's type can rebuild it on load.
-                try:
-                    back = self.schema.field_adapter(key).validate_python(codec.decode(enc.data))
-                except ValidationError as exc:
-                    raise self._refusal(
-                        where,
-                        what,
-                        f"holds a {enc.inexact_type} at {enc.inexact_at}, "
-                        f"which does not validate back into the field's type: "
-                        f"{exc.errors()[0]['msg']}",
-                    ) from exc
-                diff = codec.difference(value, back, key)
-                if diff is not None:
-                    raise self._refusal(where, what, f"would come back changed: {diff}")
-                typed.append(key)
-            data[key] = enc.data
-        return PendingWrite(node=node, index=index, updates=data, typed=typed)
+        enc = self._fields(
+            updates, where, lambda key: f"the write of {who} in step {step} to field {key!r}"
+        )
+        return PendingWrite(node=node, index=index, updates=enc.data, typed=enc.typed)
 
     @staticmethod
     def _refusal(where: str, what: str, why: str, fix: str = "") -> CheckpointError:
@@ -276,28 +401,12 @@ class RunCodec:
                 "graph, or altered. Resume it with the graph that saved it, or abandon the "
                 f"thread with checkpointer.delete_thread({cp.thread_id!r})"
             )
-        # Version 1 stored plain JSON (no tags): read it as it was written.
-        read = codec.decode if cp.schema_version >= 2 else (lambda data: data)
-        model = self.schema.model
         try:
-            state = model.model_validate(read(cp.state))
-            tasks = []
-            for ref in cp.next_tasks:
-                payload: Any = None
-                if ref.payload_kind == "state":
-                    payload = model.model_validate(read(ref.payload))
-                elif ref.payload_kind == "json":
-                    payload = read(ref.payload)
-                tasks.append(SavedTask(ref.node, ref.index, payload, ref.payload_kind != "none"))
+            state = self.load_state(cp)
+            tasks = [self._saved_task(cp, ref) for ref in cp.next_tasks]
             pending: dict[tuple[str, int], Mapping[str, Any]] = {}
             if cp.status in ("failed", "interrupted"):
-                for w in cp.pending_writes:
-                    updates = dict(self.schema.check_update(w.node, cp.step, read(w.updates)))
-                    for key in w.typed:
-                        if key not in updates:
-                            raise ValueError(f"typed field {key!r} is not in the write")
-                        updates[key] = self.schema.field_adapter(key).validate_python(updates[key])
-                    pending[(w.node, w.index)] = updates
+                pending = self.load_writes(cp)
         except Exception as exc:
             raise CheckpointError(
                 f"{where} does not fit this graph: {type(exc).__name__}: {exc}; resume it with "
@@ -312,6 +421,67 @@ class RunCodec:
             pending=pending,
         )
 
+    @staticmethod
+    def _reader(cp: Checkpoint) -> Callable[[Any], Any]:
+        # Version 1 stored plain JSON (no tags): read it as it was written.
+        return decode_value if cp.schema_version >= 2 else (lambda data: data)
+
+    def load_state(self, cp: Checkpoint) -> Any:
+        """The state ``cp`` holds: channel values, or a model instance (see ``held``)."""
+        read = self._reader(cp)
+        if self.held == "model":
+            return self.schema.model.model_validate(read(cp.state))
+        return self._typed(read(cp.state), cp.typed, check=True)
+
+    def load_writes(self, cp: Checkpoint) -> dict[tuple[str, int], Mapping[str, Any]]:
+        """The writes of ``cp``'s tasks, as the nodes returned them."""
+        read = self._reader(cp)
+        out: dict[tuple[str, int], Mapping[str, Any]] = {}
+        for w in cp.pending_writes:
+            if w.node == START:
+                updates = dict(read(w.updates))
+            else:
+                updates = dict(self.schema.check_update(w.node, cp.step, read(w.updates)))
+            out[(w.node, w.index)] = self._typed(updates, w.typed, check=False)
+        return out
+
+    def _typed(self, values: dict[str, Any], typed: list[str], *, check: bool) -> dict[str, Any]:
+        """``values`` with its ``typed`` keys rebuilt by their channel's type; ``check``: also
+        refuse a value of a pydantic state's field that its type rejects (a corrupt row)."""
+        for key in typed:
+            if key not in values:
+                raise ValueError(f"typed field {key!r} is not in the write")
+            adapter = self.schema.adapter(key) if key in self.schema.channels else None
+            if adapter is None:
+                raise ValueError(f"typed field {key!r} has no type to rebuild it with")
+            values[key] = adapter.validate_python(values[key])
+        if check and self.schema.kind == "pydantic":
+            for key, value in values.items():
+                channel = self.schema.channels.get(key)
+                if channel is None:
+                    raise ValueError(f"{key!r} is no field of {self.schema.state.__qualname__}")
+                adapter = self.schema.adapter(key)
+                if key not in typed and channel.public and adapter is not None:
+                    adapter.validate_python(value)  # a ValidationError for a corrupt value
+        return values
+
+    def _saved_task(self, cp: Checkpoint, ref: TaskRef) -> SavedTask:
+        read = self._reader(cp)
+        payload: Any = None
+        if ref.payload_kind == "state":
+            cls = self.schema.classes.get(ref.payload_schema) if ref.payload_schema else None
+            if ref.payload_schema and cls is None:
+                raise ValueError(f"payload class {ref.payload_schema!r} is not in this graph")
+            cls = cls or self.schema.state
+            data = read(ref.payload)
+            if isinstance(cls, type) and issubclass(cls, BaseModel):
+                payload = cls.model_validate(data)
+            else:
+                payload = cls(**data)
+        elif ref.payload_kind == "json":
+            payload = read(ref.payload)
+        return SavedTask(ref.node, ref.index, payload, ref.payload_kind != "none")
+
     # -- both --------------------------------------------------------------------
 
     def _problem(self, cp: Checkpoint) -> str | None:
@@ -320,10 +490,11 @@ class RunCodec:
         known = f"(its nodes: {sorted(nodes)})"
         orders: set[tuple[str, int]] = set()
         for ref in cp.next_tasks:
-            if ref.node not in nodes:
+            start = ref.node == START and cp.source == "input"
+            if ref.node not in nodes and not start:
                 return f"names task {ref.node!r}, a node the graph does not have {known}"
             sent = ref.payload_kind != "none"
-            if (ref.index >= 0) != sent or ref.index < -1:
+            if (not start and (ref.index >= 0) != sent) or ref.index < -1:
                 return (
                     f"has a malformed task: node {ref.node!r}, index {ref.index}, "
                     f"payload {ref.payload_kind}"
@@ -342,7 +513,7 @@ class RunCodec:
             if stray:
                 return f"counts {stray} as sources of fan-in edge {key!r}, which they are not"
         for w in cp.pending_writes:
-            if w.node not in nodes:
+            if w.node not in nodes and w.node != START:
                 return (
                     f"holds a pending write of node {w.node!r}, a node the graph does not have "
                     f"{known}"
@@ -373,6 +544,11 @@ class _Blame:
         if not who:
             return f" (not written in step {self.step}: it came from the input or an earlier step)"
         return f" (written by node {', '.join(who)} in step {self.step})"
+
+
+def _init_fields(obj: Any) -> dict[str, Any]:
+    """A dataclass instance's fields that its constructor takes (enough to build it again)."""
+    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj) if f.init}
 
 
 def _field(model: BaseModel, name: str) -> Any:

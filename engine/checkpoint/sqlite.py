@@ -18,26 +18,35 @@ import functools
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ..errors import CheckpointError
 from ..logs import get_logger
 from .base import (
     Checkpoint,
     CheckpointerBase,
+    Identity,
+    Latest,
     Lifecycle,
     busy_message,
+    check_limit,
     check_thread_id,
     decode,
     encode,
     lock_is_stale,
+    matches,
+    new_checkpoint_id,
     now,
+    place,
+    stored,
     this_host,
 )
+from .migrate import layout, move
 
 log = get_logger("engine.checkpoint")
 
@@ -45,21 +54,28 @@ T = TypeVar("T")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS checkpoints (
+    seq INTEGER PRIMARY KEY,
     thread_id TEXT NOT NULL,
+    checkpoint_ns TEXT NOT NULL,
+    checkpoint_id TEXT NOT NULL,
+    parent_id TEXT,
     step INTEGER NOT NULL,
+    source TEXT NOT NULL,
     run_id TEXT NOT NULL,
     status TEXT NOT NULL,
     created_at REAL NOT NULL,
     data TEXT NOT NULL,
-    PRIMARY KEY (thread_id, step)
+    UNIQUE (thread_id, checkpoint_ns, checkpoint_id)
 );
+CREATE INDEX IF NOT EXISTS checkpoints_in_order ON checkpoints (thread_id, checkpoint_ns, seq);
 CREATE TABLE IF NOT EXISTS writes (
     thread_id TEXT NOT NULL,
-    step INTEGER NOT NULL,
+    checkpoint_ns TEXT NOT NULL,
+    checkpoint_id TEXT NOT NULL,
     node TEXT NOT NULL,
     idx INTEGER NOT NULL,
     data TEXT NOT NULL,
-    PRIMARY KEY (thread_id, step, node, idx)
+    PRIMARY KEY (thread_id, checkpoint_ns, checkpoint_id, node, idx)
 );
 CREATE TABLE IF NOT EXISTS locks (
     thread_id TEXT PRIMARY KEY,
@@ -141,7 +157,8 @@ class SqliteCheckpointer(CheckpointerBase):
                 "its folder exists and is writable"
             ) from exc
         try:
-            _enter_wal(conn, self.busy_timeout_s)
+            if str(self.path) != ":memory:":  # an in-memory database has no journal file
+                _enter_wal(conn, self.busy_timeout_s)
             conn.execute(f"PRAGMA synchronous={'FULL' if self.durable else 'NORMAL'}")
             with _write_txn(conn):
                 # Not executescript(): it commits first, outside our transaction.
@@ -157,73 +174,147 @@ class SqliteCheckpointer(CheckpointerBase):
         """Create the file's tables (idempotent)."""
         await self._call("set up", lambda: None)
 
-    async def put(self, checkpoint: Checkpoint) -> None:
-        """Store the checkpoint and its pending writes in one transaction."""
-        await self._call("put a checkpoint", functools.partial(self._put_sync, checkpoint))
+    async def put(self, checkpoint: Checkpoint) -> Checkpoint:
+        """Store one checkpoint, its writes and its parent's writes in one transaction."""
+        return await self._call(
+            "put a checkpoint", functools.partial(self._put_sync, checkpoint, new_checkpoint_id())
+        )
 
-    def _put_sync(self, cp: Checkpoint) -> None:
-        data, writes = encode(cp)
+    def _put_sync(self, cp: Checkpoint, fresh_id: str) -> Checkpoint:
+        enc = encode(cp)
         conn = self._connection()
+        tid, ns = cp.thread_id, cp.checkpoint_ns
         try:
             with _write_txn(conn):
+                row = conn.execute(
+                    "SELECT checkpoint_id, parent_id, step FROM checkpoints WHERE thread_id = ?"
+                    " AND checkpoint_ns = ? ORDER BY seq DESC LIMIT 1",
+                    (tid, ns),
+                ).fetchone()
+                where = place(cp, Latest(*row) if row else None, fresh_id)
                 conn.execute(
-                    "INSERT INTO checkpoints (thread_id, step, run_id, status, created_at, data)"
-                    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (thread_id, step) DO UPDATE SET"
-                    " run_id = excluded.run_id, status = excluded.status,"
-                    " created_at = excluded.created_at, data = excluded.data",
-                    (cp.thread_id, cp.step, cp.run_id, cp.status, cp.created_at, data),
+                    "INSERT INTO checkpoints (thread_id, checkpoint_ns, checkpoint_id, parent_id,"
+                    " step, source, run_id, status, created_at, data)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id) DO UPDATE SET"
+                    " parent_id = excluded.parent_id, step = excluded.step,"
+                    " source = excluded.source, run_id = excluded.run_id,"
+                    " status = excluded.status, created_at = excluded.created_at,"
+                    " data = excluded.data",
+                    (
+                        tid,
+                        ns,
+                        where.checkpoint_id,
+                        where.parent_id,
+                        cp.step,
+                        cp.source,
+                        cp.run_id,
+                        cp.status,
+                        cp.created_at,
+                        enc.data,
+                    ),
                 )
-                # The step's writes are replaced with the checkpoint: a re-put
-                # of the step is the whole truth about it.
-                conn.execute(
-                    "DELETE FROM writes WHERE thread_id = ? AND step = ?", (cp.thread_id, cp.step)
-                )
-                conn.executemany(
-                    "INSERT INTO writes (thread_id, step, node, idx, data) VALUES (?, ?, ?, ?, ?)"
-                    " ON CONFLICT (thread_id, step, node, idx) DO UPDATE SET data = excluded.data",
-                    [(cp.thread_id, cp.step, n, i, text) for n, i, text in writes],
-                )
+                # A checkpoint's writes are replaced with it: a re-put is the whole truth.
+                _replace_writes(conn, tid, ns, where.checkpoint_id, enc.writes)
+                if where.parent_id is not None and enc.parent_writes:
+                    _replace_writes(conn, tid, ns, where.parent_id, enc.parent_writes)
         except sqlite3.Error as exc:
             raise CheckpointError(
-                f"cannot save the checkpoint of thread {cp.thread_id!r} at step {cp.step} to "
+                f"cannot save the checkpoint of thread {tid!r} at step {cp.step} to "
                 f"{str(self.path)!r}: {exc}"
             ) from exc
+        return stored(cp, where)
 
     async def get_latest(self, thread_id: str) -> Checkpoint | None:
-        """The checkpoint with the highest step, or None."""
+        """The newest checkpoint of the thread, or None."""
+        return await self.get(thread_id)
+
+    async def get(
+        self, thread_id: str, checkpoint_id: str | None = None, *, checkpoint_ns: str = ""
+    ) -> Checkpoint | None:
+        """The checkpoint ``checkpoint_id`` (the newest when None), or None."""
         check_thread_id(thread_id)
-        found = await self._call(
-            "read a checkpoint", functools.partial(self._load_sync, thread_id, latest=True)
-        )
+        if checkpoint_id is None:
+            query = _Query(thread_id, checkpoint_ns, order="DESC", limit=1)
+        else:
+            query = _Query(thread_id, checkpoint_ns, order="DESC", only=checkpoint_id)
+        found = await self._call("read a checkpoint", functools.partial(self._load_sync, query))
         return found[0] if found else None
 
+    async def history(
+        self,
+        thread_id: str,
+        *,
+        checkpoint_ns: str = "",
+        before: str | None = None,
+        limit: int | None = None,
+        filter: Mapping[str, Any] | None = None,
+    ) -> builtins.list[Checkpoint]:
+        """The thread's checkpoints, newest first (see ``Checkpointer.history``)."""
+        check_thread_id(thread_id)
+        check_limit(limit)
+        # With a filter the limit counts matches, so it cannot go into the SQL.
+        query = _Query(
+            thread_id,
+            checkpoint_ns,
+            order="DESC",
+            limit=limit if not filter else None,
+            before=before,
+        )
+        found = await self._call("list checkpoints", functools.partial(self._load_sync, query))
+        found = [cp for cp in found if matches(cp, filter)]
+        return found if limit is None else found[:limit]
+
     async def list(self, thread_id: str) -> builtins.list[Checkpoint]:
-        """Every checkpoint of the thread, oldest step first."""
+        """Every checkpoint of the thread, oldest first."""
         check_thread_id(thread_id)
         return await self._call(
-            "list checkpoints", functools.partial(self._load_sync, thread_id, latest=False)
+            "list checkpoints", functools.partial(self._load_sync, _Query(thread_id, "", "ASC"))
         )
 
-    def _load_sync(self, thread_id: str, *, latest: bool) -> builtins.list[Checkpoint]:
+    def _load_sync(self, q: _Query) -> builtins.list[Checkpoint]:
         conn = self._connection()
-        order = "DESC LIMIT 1" if latest else "ASC"
+        sql = (
+            "SELECT checkpoint_id, parent_id, step, data FROM checkpoints"
+            " WHERE thread_id = ? AND checkpoint_ns = ?"
+        )
+        args: builtins.list[Any] = [q.thread_id, q.ns]
+        if q.only is not None:
+            sql += " AND checkpoint_id = ?"
+            args.append(q.only)
+        if q.before is not None:
+            sql += (
+                " AND seq < (SELECT seq FROM checkpoints WHERE thread_id = ?"
+                " AND checkpoint_ns = ? AND checkpoint_id = ?)"
+            )
+            args += [q.thread_id, q.ns, q.before]
+        sql += f" ORDER BY seq {q.order}"
+        if q.limit is not None:
+            sql += " LIMIT ?"
+            args.append(q.limit)
         # One read transaction: the rows and their writes are one snapshot.
         conn.execute("BEGIN")
         try:
-            rows = conn.execute(
-                f"SELECT step, data FROM checkpoints WHERE thread_id = ? ORDER BY step {order}",
-                (thread_id,),
-            ).fetchall()
-            writes: dict[int, builtins.list[tuple[str, int, str | bytes]]] = {}
-            for step, node, idx, text in conn.execute(
-                "SELECT step, node, idx, data FROM writes WHERE thread_id = ?"
-                " ORDER BY step, node, idx",
-                (thread_id,),
-            ):
-                writes.setdefault(step, []).append((node, idx, text))
+            rows = conn.execute(sql, args).fetchall()
+            ids = [r[0] for r in rows]
+            writes: dict[str, builtins.list[tuple[str, int, str | bytes]]] = {}
+            # In chunks: SQLite caps the number of parameters of one statement.
+            for i in range(0, len(ids), 500):
+                chunk = ids[i : i + 500]
+                marks = ",".join("?" * len(chunk))
+                for cid, node, idx, text in conn.execute(
+                    "SELECT checkpoint_id, node, idx, data FROM writes WHERE thread_id = ?"
+                    f" AND checkpoint_ns = ? AND checkpoint_id IN ({marks})"
+                    " ORDER BY checkpoint_id, node, idx",
+                    (q.thread_id, q.ns, *chunk),
+                ):
+                    writes.setdefault(cid, []).append((node, idx, text))
         finally:
             conn.execute("COMMIT")
-        return [decode(thread_id, step, data, writes.get(step, [])) for step, data in rows]
+        return [
+            decode(q.thread_id, step, data, writes.get(cid, []), Identity(q.ns, cid, parent))
+            for cid, parent, step, data in rows
+        ]
 
     async def acquire(self, thread_id: str, run_id: str) -> None:
         """Take the thread for ``run_id``; a dead holder's lock is taken over."""
@@ -301,6 +392,18 @@ class SqliteCheckpointer(CheckpointerBase):
         finally:
             self._executor.shutdown(wait=False)
 
+    def close(self) -> None:
+        """``aclose`` for code without an event loop (a ``with`` block). Idempotent."""
+        if self._lifecycle is Lifecycle.CLOSED:
+            return
+        self._lifecycle = Lifecycle.CLOSED
+        held, self._held = list(self._held.items()), {}
+        try:
+            # Queued behind every call already made, so those finish first.
+            self._executor.submit(self._close_sync, held).result()
+        finally:
+            self._executor.shutdown(wait=False)
+
     def _close_sync(self, held: builtins.list[tuple[str, str]]) -> None:
         conn, self._conn = self._conn, None
         if conn is None:
@@ -341,9 +444,80 @@ def _enter_wal(conn: sqlite3.Connection, timeout_s: float) -> None:
         return
 
 
+@dataclass(frozen=True)
+class _Query:
+    """Which checkpoints of one thread and namespace to read, in which order."""
+
+    thread_id: str
+    ns: str
+    order: str  # "ASC" or "DESC", by seq
+    limit: int | None = None
+    only: str | None = None  # one checkpoint id
+    before: str | None = None  # made before this checkpoint id
+
+
+def _replace_writes(
+    conn: sqlite3.Connection,
+    tid: str,
+    ns: str,
+    checkpoint_id: str,
+    writes: builtins.list[tuple[str, int, str]],
+) -> None:
+    conn.execute(
+        "DELETE FROM writes WHERE thread_id = ? AND checkpoint_ns = ? AND checkpoint_id = ?",
+        (tid, ns, checkpoint_id),
+    )
+    conn.executemany(
+        "INSERT INTO writes (thread_id, checkpoint_ns, checkpoint_id, node, idx, data)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        [(tid, ns, checkpoint_id, n, i, text) for n, i, text in writes],
+    )
+
+
+def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+
+
 def _create_tables(conn: sqlite3.Connection) -> None:
+    """Create the tables, moving a store of the first layout into the tree layout first.
+
+    Runs in the setup's write transaction: a crash midway leaves the old
+    layout as it was. Another program's ``checkpoints`` table is left alone.
+    """
+    found = layout(_columns(conn, "checkpoints"))
+    if found == "old":
+        old = conn.execute(
+            "SELECT thread_id, step, run_id, status, created_at, data FROM checkpoints"
+        ).fetchall()
+        old_writes = conn.execute("SELECT thread_id, step, node, idx, data FROM writes").fetchall()
+        conn.execute("DROP TABLE checkpoints")
+        conn.execute("DROP TABLE writes")
+        _create(conn, foreign=False)
+        moved = move(old, old_writes)
+        conn.executemany(
+            "INSERT INTO checkpoints (thread_id, checkpoint_ns, checkpoint_id, parent_id, step,"
+            " source, run_id, status, created_at, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            moved.checkpoints,
+        )
+        conn.executemany(
+            "INSERT INTO writes (thread_id, checkpoint_ns, checkpoint_id, node, idx, data)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            moved.writes,
+        )
+        log.warning(
+            "checkpoint_store_migrated",
+            path="sqlite",
+            checkpoints=len(moved.checkpoints),
+            writes=len(moved.writes),
+        )
+        return
+    _create(conn, foreign=found == "foreign")
+
+
+def _create(conn: sqlite3.Connection, *, foreign: bool) -> None:
     for statement in _SCHEMA.split(";"):
-        if statement.strip():
+        # No index on another program's table: its columns are not ours.
+        if statement.strip() and not (foreign and "CREATE INDEX" in statement):
             conn.execute(statement)
 
 
