@@ -188,3 +188,45 @@ class TestDriverKilled:
         left = await still_alive(pids)
         reap(left | {p for p in everything if pid_alive(p)})
         assert left == set(), f"{kind} on {executor}: alive {GONE_WITHIN_S} s after the SIGKILL"
+
+
+class TestWorkerThenDriverKilled:
+    @pytest.mark.parametrize("workers", [2, 1])
+    async def test_tree_of_a_worker_killed_just_before_its_driver(
+        self, workers: int, tmp_path: Path
+    ) -> None:
+        """A worker is SIGKILLed mid-call and its driver a moment later, before it judged
+        that break: what the dead worker's node started is gone too. With a sibling worker,
+        its parent guard kills it within 2 s; with none, the next driver to run a cpu call
+        does. (It lived on, re-parented to init: only the driver killed that group, when
+        it judged the break.)"""
+        ready = tmp_path / "ready"
+        env = {**os.environ, "ENGINE_CPU_WORKERS": str(workers)}
+        proc = subprocess.Popen(
+            [sys.executable, "-c", DRIVER, "popen", str(ready), "default"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        pids: set[int] = set()
+        try:
+            worker = await wait_ready(ready)
+            pids = tree(worker, "popen") - {worker}  # what its node started
+            os.kill(worker, signal.SIGKILL)
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        if workers == 1:
+            # No worker of that driver is left to notice: the next driver's first cpu call.
+            nxt = tmp_path / "next"
+            g = Graph(FaultState)
+            g.add_node("n", functools.partial(crashers.sibling, str(nxt), "n", 0.0), lane="cpu")
+            g.add_edge(START, "n")
+            await g.compile().arun({})
+        left = await still_alive(pids)
+        stats = {p: Path(f"/proc/{p}/stat").read_text()[:60] for p in left}
+        reap(left)
+        assert left == set(), f"{workers} worker(s), worker {worker}: still alive {stats}"
