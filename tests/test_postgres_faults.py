@@ -192,9 +192,7 @@ class TestLockSessionClosedAtOnce:
             await refused_to_an_intruder(dsn, t)
 
         async with PostgresCheckpointer(dsn, pool_size=1) as cp:
-            app = three_steps(hooks={"first": terminate, "second": check}).compile(
-                checkpointer=cp
-            )
+            app = three_steps(hooks={"first": terminate, "second": check}).compile(checkpointer=cp)
             result = await app.arun({}, thread_id=t)
             assert result.state.steps == FINAL
             assert [c.step for c in await cp.list(t)] == [0, 1, 2, 3]
