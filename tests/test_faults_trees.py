@@ -19,12 +19,13 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import cloudpickle
 import pytest
 
 import tests.crashers as crashers
-from engine import START, Graph, NodeTimeoutError
+from engine import START, Graph, NodeTimeoutError, WorkerCrashedError
 from engine.procs import descendants, pid_alive
 from tests.crashers import FaultState
 
@@ -146,6 +147,9 @@ g = Graph(C.FaultState)
 g.add_node("spawner", functools.partial(C.spawn_and_stall, kind, ready), lane="cpu")
 g.add_edge(START, "spawner")
 pool = ProcessPoolExecutor(2) if executor == "stdlib" else None
+if executor == "warm":  # the default pool, every worker started first
+    from engine.lanes.pool import default_executor, warm
+    warm(default_executor())
 asyncio.run(g.compile().ainvoke({}, executor=pool))
 """
 
@@ -196,14 +200,14 @@ class TestWorkerThenDriverKilled:
         self, workers: int, tmp_path: Path
     ) -> None:
         """A worker is SIGKILLed mid-call and its driver a moment later, before it judged
-        that break: what the dead worker's node started is gone too. With a sibling worker,
-        its parent guard kills it within 2 s; with none, the next driver to run a cpu call
-        does. (It lived on, re-parented to init: only the driver killed that group, when
-        it judged the break.)"""
+        that break: what the dead worker's node started is gone too. With a sibling worker
+        (started), its parent guard kills it within 2 s; with none, the next driver to run
+        a cpu call does. (It lived on, re-parented to init: only the driver killed that
+        group, when it judged the break.)"""
         ready = tmp_path / "ready"
         env = {**os.environ, "ENGINE_CPU_WORKERS": str(workers)}
         proc = subprocess.Popen(
-            [sys.executable, "-c", DRIVER, "popen", str(ready), "default"],
+            [sys.executable, "-c", DRIVER, "popen", str(ready), "warm"],
             cwd=ROOT,
             env=env,
             stdout=subprocess.DEVNULL,
@@ -230,3 +234,42 @@ class TestWorkerThenDriverKilled:
         stats = {p: Path(f"/proc/{p}/stat").read_text()[:60] for p in left}
         reap(left)
         assert left == set(), f"{workers} worker(s), worker {worker}: still alive {stats}"
+
+
+class TestBrokenPool:
+    async def test_what_an_innocent_sibling_started_does_not_outlive_the_break(
+        self, tmp_path: Path
+    ) -> None:
+        """A worker dies while its sibling's node has a process in the sibling's group that
+        is not its child (started through a shell that exited), and the driver is busy for a
+        moment: loky kills the sibling (with its children only) and empties its list of
+        workers before the driver replaces the pool, so the engine buried nobody and that
+        process lived on. It is gone 2 s after the run."""
+        ready = tmp_path / "ready"
+
+        async def busy_driver(state: FaultState) -> dict[str, Any]:
+            # The event loop is held while the pool breaks (a long inline call, a
+            # loaded machine): the pool's own thread handles the break meanwhile.
+            await wait_ready(ready)
+            time.sleep(1.0)
+            return {}
+
+        g = Graph(FaultState)
+        g.add_node("crash", functools.partial(crashers.kill_self_when, str(ready), 0.1), lane="cpu")
+        g.add_node(
+            "daemon",
+            functools.partial(crashers.start_daemon_then_burn, str(ready), 0.3),
+            lane="cpu",
+        )
+        g.add_node("busy", busy_driver, lane="io")
+        for name in ("crash", "daemon", "busy"):
+            g.add_edge(START, name)
+        run = asyncio.create_task(g.compile().arun({}, loop_threshold=None))
+        first = await wait_ready(ready)
+        await asyncio.sleep(0.5)  # the crash has happened: its next attempts do not wait
+        ready.unlink()
+        with contextlib.suppress(WorkerCrashedError):
+            await run  # the crash is poison after its 3rd attempt
+        left = await still_alive({first})
+        reap(left)
+        assert left == set(), "the daemon of the innocent sibling outlived the break"
