@@ -76,6 +76,7 @@ class ThreadRun:
     armed_at: int = 0
     hold: bool = False
     cancel_sent: bool = False
+    cpu_peers: set[str] = field(default_factory=set)  # in their cpu step as it was sent
     excuses: Counter[tuple[str, int, int]] = field(default_factory=Counter)
     errors: list[str] = field(default_factory=list)
     final: dict[str, Any] | None = None
@@ -296,15 +297,19 @@ class Controller:
         self.fig.worker_kills_mid_call += mid_call
         self.log(what="worker_kill", thread=tr.thread, node=line.node, pid=line.pid, mid=mid_call)
 
-    def pool_breaks(self, driver: DriverProc, *, but: ThreadRun | None = None) -> None:
+    def pool_breaks(self, driver: DriverProc) -> None:
         """A worker of ``driver``'s pool is about to die: the pool breaks, and every cpu call
-        then in it may run again (docs/faults.md: "at least once under faults"), in each
-        thread of the driver that is in its cpu step (``but`` that one)."""
-        for name in driver.threads:
-            other = self.threads[name]
-            if other is not but and in_cpu_step(other):
-                for node in CPU_NODES:
-                    other.excuses[(node, STEP[node], -1)] += 1
+        then in it may run again (docs/faults.md: "at least once under faults")."""
+        self.excuse_cpu_calls(self.in_cpu_step(driver))
+
+    def in_cpu_step(self, driver: DriverProc) -> set[str]:
+        """The threads of ``driver`` in their cpu step: their calls may be in its pool."""
+        return {t for t in driver.threads if in_cpu_step(self.threads[t])}
+
+    def excuse_cpu_calls(self, threads: set[str]) -> None:
+        for name in threads:
+            for node in CPU_NODES:
+                self.threads[name].excuses[(node, STEP[node], -1)] += 1
 
     async def drop_connections(self, tr: ThreadRun, line: Line) -> None:
         assert self.dsn is not None
@@ -330,10 +335,7 @@ class Controller:
             tr.hold = False
             return
         self.read_side()
-        if in_cpu_step(tr):
-            # The cancel kills the workers running its cpu calls: the other threads'
-            # calls in the pool may run again (its own: per its resume's checkpoint).
-            self.pool_breaks(self.driver, but=tr)
+        tr.cpu_peers = self.in_cpu_step(self.driver) - {tr.thread}
         tr.cancel_sent = True
         await self.send(self.driver, {"op": "cancel", "thread": tr.thread})
         self.log(what="cancel_sent", thread=tr.thread, at=line.node + ":" + line.phase)
@@ -415,6 +417,13 @@ class Controller:
                 self.fig.cancels_late += 1
             self.log(what="done", thread=tr.thread, s=round(time.monotonic() - tr.started, 2))
         elif kind == "cancelled":
+            self.read_side()
+            if in_cpu_step(tr):
+                # The cancel killed the workers running its cpu calls, breaking the
+                # pool: the calls of the threads in their cpu step meanwhile may run
+                # again (its own: as its resume's checkpoint says).
+                peers = tr.cpu_peers | self.in_cpu_step(driver)
+                self.excuse_cpu_calls(peers - {tr.thread})
             if tr.cancel_sent:
                 self.fig.fired["cancel"] += 1
             tr.cancel_sent = False

@@ -161,9 +161,11 @@ class Figures:
         sqlite, pg = self.backends["sqlite"], self.backends["postgres"]
         yield f"runs: {self.runs} ({sqlite} SQLite, {pg} PostgreSQL), wall {self.wall_s:.0f} s"
         fired = ", ".join(
-            f"{LABELS[k]} {self.fired[k]}" for k in KINDS if self.planned[k] or self.fired[k]
+            f"{LABELS[k]} {self.fired[k]} of {self.planned[k]}"
+            for k in KINDS
+            if self.planned[k] or self.fired[k]
         )
-        yield f"faults: {fired} ({sum(self.fired.values())} in all)"
+        yield f"faults fired (of planned): {fired} ({sum(self.fired.values())} in all)"
         yield (
             f"  worker SIGKILLs mid-call: {self.worker_kills_mid_call}; cancels that came "
             f"after the run ended: {self.cancels_late}; PostgreSQL backends terminated: "
