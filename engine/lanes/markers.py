@@ -21,7 +21,7 @@ from typing import Any
 
 from ..procs import pid_alive
 from .worker import MARKER_PREFIX as PREFIX
-from .worker import bury_dead_workers, make_mark, marker_base, read_mark
+from .worker import bury_dead_workers, make_mark, marked_pids, marker_base, read_mark
 
 
 def running_on(pids: Mapping[int, Any]) -> bool:
@@ -31,24 +31,7 @@ def running_on(pids: Mapping[int, Any]) -> bool:
     one holding a dead worker's pid belongs to a call that was running when
     that worker died (or that a lane killed, which ``_Breaks`` knows anyway).
     """
-    if not pids:
-        return False
-    base = marker_base()
-    mine = f"{PREFIX}{os.getpid()}-"
-    try:
-        dirs = [os.path.join(base, n) for n in os.listdir(base) if n.startswith(mine)]
-    except OSError:
-        return False
-    for d in dirs:
-        try:
-            names = os.listdir(d)
-        except OSError:
-            continue
-        for name in names:
-            pid = read_pid(os.path.join(d, name))
-            if pid is not None and pid in pids:
-                return True
-    return False
+    return bool(pids) and any(pid in pids for pid in marked_pids(os.getpid()))
 
 
 def sweep(base: str) -> None:

@@ -710,12 +710,24 @@ def bury_dead_workers(driver_pid: int) -> None:
     ``GUARD_INTERVAL_S``) and by the next driver's sweep; ``kill_group``
     leaves a live worker alone (its own guard takes its tree).
     """
+    for pid in marked_pids(driver_pid):
+        if pid != os.getpid():
+            kill_group(pid)
+
+
+def marked_pids(driver_pid: int) -> list[int]:
+    """The worker pids in the markers of ``driver_pid``'s calls.
+
+    A marker is removed when its call ends, so one that holds a dead worker's
+    pid belongs to a call that was running when that worker died.
+    """
     base = marker_base()
     mine = f"{MARKER_PREFIX}{driver_pid}-"
     try:
         dirs = [os.path.join(base, n) for n in os.listdir(base) if n.startswith(mine)]
     except OSError:
-        return
+        return []
+    found = []
     for d in dirs:
         try:
             names = os.listdir(d)
@@ -723,8 +735,9 @@ def bury_dead_workers(driver_pid: int) -> None:
             continue
         for name in names:
             text = read_mark(os.path.join(d, name))
-            if text is not None and text.isdigit() and int(text) != os.getpid():
-                kill_group(int(text))
+            if text is not None and text.isdigit():
+                found.append(int(text))
+    return found
 
 
 #: How often a worker's guard looks for its driver (seconds): the longest an
