@@ -154,6 +154,22 @@ asyncio.run(g.compile().ainvoke({}, executor=pool))
 """
 
 
+def start_driver(
+    kind: str, ready: Path, executor: str, workers: int | None = None
+) -> subprocess.Popen[bytes]:
+    """``DRIVER`` in a process of its own (with ``workers`` default-pool workers if given)."""
+    env = dict(os.environ)
+    if workers is not None:
+        env["ENGINE_CPU_WORKERS"] = str(workers)
+    return subprocess.Popen(
+        [sys.executable, "-c", DRIVER, kind, str(ready), executor],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 class TestDriverKilled:
     @pytest.mark.parametrize(
         ("kind", "executor"),
@@ -170,12 +186,7 @@ class TestDriverKilled:
         the standard library's to end and outlives its driver either way).
         """
         ready = tmp_path / "ready"
-        proc = subprocess.Popen(
-            [sys.executable, "-c", DRIVER, kind, str(ready), executor],
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        proc = start_driver(kind, ready, executor)
         everything: set[int] = set()
         try:
             worker = await wait_ready(ready)
@@ -205,14 +216,7 @@ class TestWorkerThenDriverKilled:
         a cpu call does. (It lived on, re-parented to init: only the driver killed that
         group, when it judged the break.)"""
         ready = tmp_path / "ready"
-        env = {**os.environ, "ENGINE_CPU_WORKERS": str(workers)}
-        proc = subprocess.Popen(
-            [sys.executable, "-c", DRIVER, "popen", str(ready), "warm"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        proc = start_driver("popen", ready, "warm", workers=workers)
         pids: set[int] = set()
         try:
             worker = await wait_ready(ready)

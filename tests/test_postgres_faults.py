@@ -61,6 +61,25 @@ async def checkpointer_backends(dsn: str) -> set[int]:
     return {row[0] for row in rows}
 
 
+async def terminate_checkpointer_backends(dsn: str) -> None:
+    """pg_terminate_backend of every checkpointer connection (pool and lock); wait till gone."""
+    victims = await checkpointer_backends(dsn)
+    assert victims  # the pool's connection and the lock session
+    await admin(dsn, "SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) pid", list(victims))
+    async with asyncio.timeout(15):
+        while victims & await checkpointer_backends(dsn):
+            await asyncio.sleep(0.05)
+
+
+async def runs_to_the_end(dsn: str, t: str, hooks: dict[str, Any]) -> None:
+    """``three_steps`` with ``hooks`` on thread ``t`` finishes, every step saved."""
+    async with PostgresCheckpointer(dsn, pool_size=1) as cp:
+        app = three_steps(hooks=hooks).compile(checkpointer=cp)
+        result = await app.arun({}, thread_id=t)
+        assert result.state.steps == FINAL
+        assert [c.step for c in await cp.list(t)] == [0, 1, 2, 3]
+
+
 class TestConnectionsClosedByTheServer:
     async def test_idle_session_timeout_shorter_than_a_step(self) -> None:
         """The server ends every session idle for 0.2 s while each step takes 0.6 s: the run
@@ -95,23 +114,12 @@ class TestConnectionsClosedByTheServer:
         t = thread()
 
         async def terminate() -> None:
-            victims = await checkpointer_backends(dsn)
-            assert victims  # the pool's connection and the lock session
-            await admin(
-                dsn, "SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) pid", list(victims)
-            )
-            async with asyncio.timeout(15):
-                while victims & await checkpointer_backends(dsn):
-                    await asyncio.sleep(0.05)
+            await terminate_checkpointer_backends(dsn)
 
         async def check() -> None:
             await refused_to_an_intruder(dsn, t)
 
-        async with PostgresCheckpointer(dsn, pool_size=1) as cp:
-            app = three_steps(hooks={"first": terminate, "second": check}).compile(checkpointer=cp)
-            result = await app.arun({}, thread_id=t)
-            assert result.state.steps == FINAL
-            assert [c.step for c in await cp.list(t)] == [0, 1, 2, 3]
+        await runs_to_the_end(dsn, t, {"first": terminate, "second": check})
 
 
 class LockSessions:
@@ -161,11 +169,7 @@ class TestLockSessionClosedAtOnce:
         async def check() -> None:
             await refused_to_an_intruder(dsn, t)
 
-        async with PostgresCheckpointer(dsn, pool_size=1) as cp:
-            app = three_steps(hooks={"second": check}).compile(checkpointer=cp)
-            result = await app.arun({}, thread_id=t)
-            assert result.state.steps == FINAL
-            assert [c.step for c in await cp.list(t)] == [0, 1, 2, 3]
+        await runs_to_the_end(dsn, t, {"second": check})
         assert sessions.ended == 1
 
     async def test_retaken_lock_on_a_session_closed_at_once(
@@ -179,23 +183,13 @@ class TestLockSessionClosedAtOnce:
         t = thread()
 
         async def terminate() -> None:
-            victims = await checkpointer_backends(dsn)
-            await admin(
-                dsn, "SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) pid", list(victims)
-            )
-            async with asyncio.timeout(15):
-                while victims & await checkpointer_backends(dsn):
-                    await asyncio.sleep(0.05)
+            await terminate_checkpointer_backends(dsn)
             sessions.n = 1  # the next lock session dies at once
 
         async def check() -> None:
             await refused_to_an_intruder(dsn, t)
 
-        async with PostgresCheckpointer(dsn, pool_size=1) as cp:
-            app = three_steps(hooks={"first": terminate, "second": check}).compile(checkpointer=cp)
-            result = await app.arun({}, thread_id=t)
-            assert result.state.steps == FINAL
-            assert [c.step for c in await cp.list(t)] == [0, 1, 2, 3]
+        await runs_to_the_end(dsn, t, {"first": terminate, "second": check})
         assert sessions.ended == 1
 
 
