@@ -431,3 +431,29 @@ def large_text(size: int, arg: Any) -> dict[str, Any]:
 def many_strings(n: int, arg: Any) -> dict[str, Any]:
     """A result of ``n`` short distinct strings."""
     return {"items": [f"item-{i:012d}" for i in range(n)]}
+
+
+def kill_self_when(ready: str, delay: float, arg: Any) -> dict[str, Any]:
+    """SIGKILL this worker (breaking the pool) ``delay`` s after ``ready`` exists."""
+    deadline = time.monotonic() + 30
+    while not os.path.exists(ready) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    time.sleep(delay)
+    os.kill(os.getpid(), signal.SIGKILL)
+    return {}
+
+
+def start_daemon_then_burn(ready: str, seconds: float, arg: Any) -> dict[str, Any]:
+    """Start ``sleep 60`` through a shell that exits at once (so it is not this worker's
+    child, but stays in its process group), publish its pid in ``ready``, compute."""
+    out = subprocess.run(
+        ["sh", "-c", "sleep 60 >/dev/null 2>&1 & echo $!"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    tmp = f"{ready}.tmp"
+    Path(tmp).write_text(out.stdout.strip())
+    os.replace(tmp, ready)
+    burn(seconds)
+    return {"items": ["daemon"]}

@@ -19,12 +19,13 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import cloudpickle
 import pytest
 
 import tests.crashers as crashers
-from engine import START, Graph, NodeTimeoutError
+from engine import START, Graph, NodeTimeoutError, WorkerCrashedError
 from engine.procs import descendants, pid_alive
 from tests.crashers import FaultState
 
@@ -146,8 +147,27 @@ g = Graph(C.FaultState)
 g.add_node("spawner", functools.partial(C.spawn_and_stall, kind, ready), lane="cpu")
 g.add_edge(START, "spawner")
 pool = ProcessPoolExecutor(2) if executor == "stdlib" else None
+if executor == "warm":  # the default pool, every worker started first
+    from engine.lanes.pool import default_executor, warm
+    warm(default_executor())
 asyncio.run(g.compile().ainvoke({}, executor=pool))
 """
+
+
+def start_driver(
+    kind: str, ready: Path, executor: str, workers: int | None = None
+) -> subprocess.Popen[bytes]:
+    """``DRIVER`` in a process of its own (with ``workers`` default-pool workers if given)."""
+    env = dict(os.environ)
+    if workers is not None:
+        env["ENGINE_CPU_WORKERS"] = str(workers)
+    return subprocess.Popen(
+        [sys.executable, "-c", DRIVER, kind, str(ready), executor],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 class TestDriverKilled:
@@ -166,12 +186,7 @@ class TestDriverKilled:
         the standard library's to end and outlives its driver either way).
         """
         ready = tmp_path / "ready"
-        proc = subprocess.Popen(
-            [sys.executable, "-c", DRIVER, kind, str(ready), executor],
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        proc = start_driver(kind, ready, executor)
         everything: set[int] = set()
         try:
             worker = await wait_ready(ready)
@@ -188,3 +203,77 @@ class TestDriverKilled:
         left = await still_alive(pids)
         reap(left | {p for p in everything if pid_alive(p)})
         assert left == set(), f"{kind} on {executor}: alive {GONE_WITHIN_S} s after the SIGKILL"
+
+
+class TestWorkerThenDriverKilled:
+    @pytest.mark.parametrize("workers", [2, 1])
+    async def test_tree_of_a_worker_killed_just_before_its_driver(
+        self, workers: int, tmp_path: Path
+    ) -> None:
+        """A worker is SIGKILLed mid-call and its driver a moment later, before it judged
+        that break: what the dead worker's node started is gone too. With a sibling worker
+        (started), its parent guard kills it within 2 s; with none, the next driver to run
+        a cpu call does. (It lived on, re-parented to init: only the driver killed that
+        group, when it judged the break.)"""
+        ready = tmp_path / "ready"
+        proc = start_driver("popen", ready, "warm", workers=workers)
+        pids: set[int] = set()
+        try:
+            worker = await wait_ready(ready)
+            pids = tree(worker, "popen") - {worker}  # what its node started
+            os.kill(worker, signal.SIGKILL)
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        if workers == 1:
+            # No worker of that driver is left to notice: the next driver's first cpu call.
+            nxt = tmp_path / "next"
+            g = Graph(FaultState)
+            g.add_node("n", functools.partial(crashers.sibling, str(nxt), "n", 0.0), lane="cpu")
+            g.add_edge(START, "n")
+            await g.compile().arun({})
+        left = await still_alive(pids)
+        stats = {p: Path(f"/proc/{p}/stat").read_text()[:60] for p in left}
+        reap(left)
+        assert left == set(), f"{workers} worker(s), worker {worker}: still alive {stats}"
+
+
+class TestBrokenPool:
+    async def test_what_an_innocent_sibling_started_does_not_outlive_the_break(
+        self, tmp_path: Path
+    ) -> None:
+        """A worker dies while its sibling's node has a process in the sibling's group that
+        is not its child (started through a shell that exited), and the driver is busy for a
+        moment: loky kills the sibling (with its children only) and empties its list of
+        workers before the driver replaces the pool, so the engine buried nobody and that
+        process lived on. It is gone 2 s after the run."""
+        ready = tmp_path / "ready"
+
+        async def busy_driver(state: FaultState) -> dict[str, Any]:
+            # The event loop is held while the pool breaks (a long inline call, a
+            # loaded machine): the pool's own thread handles the break meanwhile.
+            await wait_ready(ready)
+            time.sleep(1.0)
+            return {}
+
+        g = Graph(FaultState)
+        g.add_node("crash", functools.partial(crashers.kill_self_when, str(ready), 0.1), lane="cpu")
+        g.add_node(
+            "daemon",
+            functools.partial(crashers.start_daemon_then_burn, str(ready), 0.3),
+            lane="cpu",
+        )
+        g.add_node("busy", busy_driver, lane="io")
+        for name in ("crash", "daemon", "busy"):
+            g.add_edge(START, name)
+        run = asyncio.create_task(g.compile().arun({}, loop_threshold=None))
+        first = await wait_ready(ready)
+        await asyncio.sleep(0.5)  # the crash has happened: its next attempts do not wait
+        ready.unlink()
+        with contextlib.suppress(WorkerCrashedError):
+            await run  # the crash is poison after its 3rd attempt
+        left = await still_alive({first})
+        reap(left)
+        assert left == set(), "the daemon of the innocent sibling outlived the break"

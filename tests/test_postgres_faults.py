@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -60,6 +61,25 @@ async def checkpointer_backends(dsn: str) -> set[int]:
     return {row[0] for row in rows}
 
 
+async def terminate_checkpointer_backends(dsn: str) -> None:
+    """pg_terminate_backend of every checkpointer connection (pool and lock); wait till gone."""
+    victims = await checkpointer_backends(dsn)
+    assert victims  # the pool's connection and the lock session
+    await admin(dsn, "SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) pid", list(victims))
+    async with asyncio.timeout(15):
+        while victims & await checkpointer_backends(dsn):
+            await asyncio.sleep(0.05)
+
+
+async def runs_to_the_end(dsn: str, t: str, hooks: dict[str, Any]) -> None:
+    """``three_steps`` with ``hooks`` on thread ``t`` finishes, every step saved."""
+    async with PostgresCheckpointer(dsn, pool_size=1) as cp:
+        app = three_steps(hooks=hooks).compile(checkpointer=cp)
+        result = await app.arun({}, thread_id=t)
+        assert result.state.steps == FINAL
+        assert [c.step for c in await cp.list(t)] == [0, 1, 2, 3]
+
+
 class TestConnectionsClosedByTheServer:
     async def test_idle_session_timeout_shorter_than_a_step(self) -> None:
         """The server ends every session idle for 0.2 s while each step takes 0.6 s: the run
@@ -94,23 +114,83 @@ class TestConnectionsClosedByTheServer:
         t = thread()
 
         async def terminate() -> None:
-            victims = await checkpointer_backends(dsn)
-            assert victims  # the pool's connection and the lock session
-            await admin(
-                dsn, "SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) pid", list(victims)
-            )
-            async with asyncio.timeout(15):
-                while victims & await checkpointer_backends(dsn):
-                    await asyncio.sleep(0.05)
+            await terminate_checkpointer_backends(dsn)
 
         async def check() -> None:
             await refused_to_an_intruder(dsn, t)
 
-        async with PostgresCheckpointer(dsn, pool_size=1) as cp:
-            app = three_steps(hooks={"first": terminate, "second": check}).compile(checkpointer=cp)
-            result = await app.arun({}, thread_id=t)
-            assert result.state.steps == FINAL
-            assert [c.step for c in await cp.list(t)] == [0, 1, 2, 3]
+        await runs_to_the_end(dsn, t, {"first": terminate, "second": check})
+
+
+class LockSessions:
+    """Has the server end each of the next ``n`` lock sessions right after it opened them,
+    before the checkpointer's first statement on it (``pg_terminate_backend``, as a drop
+    racing a reconnection does); ``ended`` counts them."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, dsn: str) -> None:
+        import psycopg
+
+        self.dsn, self.n, self.ended = dsn, 0, 0
+        real = psycopg.AsyncConnection.connect
+
+        async def connect(cls: Any, *args: Any, **kwargs: Any) -> Any:
+            conn = await real(*args, **kwargs)
+            if kwargs.get("application_name") == "engine-checkpoint-locks" and self.n:
+                self.n -= 1
+                await asyncio.to_thread(self._terminate, conn.info.backend_pid)
+                self.ended += 1
+            return conn
+
+        monkeypatch.setattr(psycopg.AsyncConnection, "connect", classmethod(connect))
+
+    def _terminate(self, pid: int) -> None:
+        import psycopg
+
+        with psycopg.connect(self.dsn, autocommit=True) as admin_conn:
+            admin_conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            while admin_conn.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)
+            ).fetchone():
+                time.sleep(0.01)
+
+
+class TestLockSessionClosedAtOnce:
+    async def test_first_lock_session_closed_before_its_first_statement(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The server closes the run's new lock session before its first statement: the lock
+        is taken on another new session and the run finishes (it failed with 'cannot lock
+        thread': only the lock query itself was retried, not the session's set-up)."""
+        dsn = postgres_dsn()
+        sessions = LockSessions(monkeypatch, dsn)
+        sessions.n = 1
+        t = thread()
+
+        async def check() -> None:
+            await refused_to_an_intruder(dsn, t)
+
+        await runs_to_the_end(dsn, t, {"second": check})
+        assert sessions.ended == 1
+
+    async def test_retaken_lock_on_a_session_closed_at_once(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The lock session is terminated during step 0, and the new session the next save
+        opens to take the lock again is closed before its first statement too: the save
+        takes it on a third session and the run finishes holding the thread."""
+        dsn = postgres_dsn()
+        sessions = LockSessions(monkeypatch, dsn)
+        t = thread()
+
+        async def terminate() -> None:
+            await terminate_checkpointer_backends(dsn)
+            sessions.n = 1  # the next lock session dies at once
+
+        async def check() -> None:
+            await refused_to_an_intruder(dsn, t)
+
+        await runs_to_the_end(dsn, t, {"first": terminate, "second": check})
+        assert sessions.ended == 1
 
 
 # -- the server stopped -----------------------------------------------------------------

@@ -515,31 +515,42 @@ class PostgresCheckpointer(CheckpointerBase):
                 # fence in put() takes them again (or refuses the put).
                 log.warning("checkpoint_lock_session_lost", threads=sorted(self._session))
             self._session.clear()
+            self._lock_conn = None
+            if conn is not None:
+                await conn.close()  # a broken one still holds its socket
             conn = await self._psycopg.AsyncConnection.connect(
                 self.dsn,
                 autocommit=True,
                 application_name="engine-checkpoint-locks",
                 connect_timeout=max(1, round(self.connect_timeout_s)),
             )
+            # Kept before its first statement: if the server closes it under
+            # that statement, the caller sees it broken and opens another.
+            self._lock_conn = conn
             if conn.info.server_version >= 140000:
                 # This session idles for as long as a run holds a thread:
                 # a server-wide idle_session_timeout must not end it (and the
                 # locks with it). PostgreSQL 13 and older have no such timeout.
                 await conn.execute("SET idle_session_timeout = 0")
-            self._lock_conn = conn
         return conn
 
     async def _try_lock(self, thread_id: str) -> bool:
         """``pg_try_advisory_lock`` on the lock session, on a fresh one if it died."""
-        for attempt in (1, 2):
-            conn = await self._lock_connection()
+        for attempt in (1, 2, 3):
             try:
+                conn = await self._lock_connection()
                 cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", (lock_key(thread_id),))
                 row = await cur.fetchone()
             except self._psycopg.OperationalError:
                 # psycopg learns that a session died only when it uses it:
-                # retry once on a new one (broken marks the old one dead).
-                if attempt == 2 or not conn.broken:
+                # retry on a new one (broken marks the old one dead).
+                # Scenario: the idle session was closed (found on use), and
+                # the server also ends the new one under its first statement
+                # (a pg_terminate_backend racing the reconnection): two lost
+                # sessions in one call. A session that could not be opened at
+                # all (the server is down) is not kept, and not retried.
+                lost = self._lock_conn
+                if attempt == 3 or lost is None or not lost.broken:
                     raise
                 continue
             return bool(row is not None and row[0])

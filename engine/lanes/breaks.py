@@ -46,6 +46,9 @@ class Break:
     #: A dead worker was running a call (its marker held its pid), or a lane
     #: killed it on purpose (a timeout, a cancellation): the break has a culprit.
     attributed: bool
+    #: Every worker the pool had then, dead or alive: loky empties its own list
+    #: when it kills the survivors, and the lane buries them all from this one.
+    workers: frozenset[int] = frozenset()
 
 
 class _Breaks:
@@ -112,7 +115,7 @@ class _Breaks:
                     break
                 time.sleep(0.002)
             attributed = any(pid in self._killed for pid in dead) or running_on(dead)
-            brk = Break(dead=dead, attributed=attributed)
+            brk = Break(dead=dead, attributed=attributed, workers=frozenset(procs))
             for pid in dead:
                 # What a dead worker's node started lives on in its process
                 # group (a Popen, a nested pool): nothing of it may outlive it.

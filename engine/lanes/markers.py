@@ -15,21 +15,13 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Mapping
 from typing import Any
 
 from ..procs import pid_alive
-from .worker import make_mark, read_mark
-
-PREFIX = "engine-cpu-"
-
-
-def marker_base() -> str:
-    """Where marker directories live: tmpfs (``/dev/shm``) where there is one."""
-    shm = "/dev/shm"
-    return shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else tempfile.gettempdir()
+from .worker import MARKER_PREFIX as PREFIX
+from .worker import bury_dead_workers, make_mark, marked_pids, marker_base, read_mark
 
 
 def running_on(pids: Mapping[int, Any]) -> bool:
@@ -39,24 +31,7 @@ def running_on(pids: Mapping[int, Any]) -> bool:
     one holding a dead worker's pid belongs to a call that was running when
     that worker died (or that a lane killed, which ``_Breaks`` knows anyway).
     """
-    if not pids:
-        return False
-    base = marker_base()
-    mine = f"{PREFIX}{os.getpid()}-"
-    try:
-        dirs = [os.path.join(base, n) for n in os.listdir(base) if n.startswith(mine)]
-    except OSError:
-        return False
-    for d in dirs:
-        try:
-            names = os.listdir(d)
-        except OSError:
-            continue
-        for name in names:
-            pid = read_pid(os.path.join(d, name))
-            if pid is not None and pid in pids:
-                return True
-    return False
+    return bool(pids) and any(pid in pids for pid in marked_pids(os.getpid()))
 
 
 def sweep(base: str) -> None:
@@ -74,6 +49,9 @@ def sweep(base: str) -> None:
             continue
         pid = name[len(PREFIX) :].split("-", 1)[0]
         if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+            # A worker of that driver that died mid-call, with no sibling
+            # left to bury its group: what its node started goes now.
+            bury_dead_workers(int(pid))
             shutil.rmtree(os.path.join(base, name), ignore_errors=True)
 
 

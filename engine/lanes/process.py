@@ -362,7 +362,12 @@ class ProcessLane:
         """
         if not self._default and is_shut_down(broken):
             raise self._refuse(_shut_down(broken))
-        bury(list(self._local(broken)[0] or ()))
+        # Scenario: loky kills the survivors of a break with the children it
+        # finds, and empties its list of workers, before this runs; a worker that
+        # died on its own meanwhile, or a process in a survivor's group that is
+        # not its child, would live on. Bury every worker the break saw as well.
+        known = BREAKS.known(broken)
+        bury({*(self._local(broken)[0] or ()), *(known.workers if known else ())})
         try:
             found = replacement(broken, default=self._default)
         except OSError as exc:

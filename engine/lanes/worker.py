@@ -28,6 +28,7 @@ import os
 import pickle
 import socket
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -38,7 +39,7 @@ from typing import Any
 
 import cloudpickle
 
-from ..procs import become_group_leader, kill_own_tree
+from ..procs import become_group_leader, kill_group, kill_own_tree
 
 
 @dataclass(frozen=True)
@@ -687,6 +688,58 @@ def read_mark(marker: str) -> str | None:
         return None
 
 
+#: Marker directories are named this, then the driver's pid and a dash (``markers.py``).
+MARKER_PREFIX = "engine-cpu-"
+
+
+def marker_base() -> str:
+    """Where marker directories live: tmpfs (``/dev/shm``) where there is one."""
+    shm = "/dev/shm"
+    return shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else tempfile.gettempdir()
+
+
+def bury_dead_workers(driver_pid: int) -> None:
+    """Kill what is left of the process groups of ``driver_pid``'s workers that died mid-call.
+
+    Scenario: a worker dies while it runs a call (the OOM killer, a SIGKILL
+    from outside) and its driver is SIGKILLed before it judged that break,
+    which is when it kills what the dead worker's node started: that group
+    has no guard left and lives on, re-parented to init. The call's marker,
+    never removed, still names its worker, whose pid is the group's id. Run
+    by the guard of every worker of that driver (which outlives it by up to
+    ``GUARD_INTERVAL_S``) and by the next driver's sweep; ``kill_group``
+    leaves a live worker alone (its own guard takes its tree).
+    """
+    for pid in marked_pids(driver_pid):
+        if pid != os.getpid():
+            kill_group(pid)
+
+
+def marked_pids(driver_pid: int) -> list[int]:
+    """The worker pids in the markers of ``driver_pid``'s calls.
+
+    A marker is removed when its call ends, so one that holds a dead worker's
+    pid belongs to a call that was running when that worker died.
+    """
+    base = marker_base()
+    mine = f"{MARKER_PREFIX}{driver_pid}-"
+    try:
+        dirs = [os.path.join(base, n) for n in os.listdir(base) if n.startswith(mine)]
+    except OSError:
+        return []
+    found = []
+    for d in dirs:
+        try:
+            names = os.listdir(d)
+        except OSError:
+            continue
+        for name in names:
+            text = read_mark(os.path.join(d, name))
+            if text is not None and text.isdigit():
+                found.append(int(text))
+    return found
+
+
 #: How often a worker's guard looks for its driver (seconds): the longest an
 #: orphan computes on after its driver died.
 GUARD_INTERVAL_S = 0.1
@@ -704,9 +757,11 @@ def guard_parent(parent_pid: int) -> None:
     short-lived thread (``app.invoke()`` there) would die under the next
     run's calls. The cost is one ``getppid`` ten times a second. A call
     stuck in native code that holds the GIL keeps the watcher from running
-    until it lets go. If the driver died before this ran, exit now.
+    until it lets go. If the driver died before this ran, exit now (after
+    burying what its workers that died mid-call left: ``bury_dead_workers``).
     """
     if os.getppid() != parent_pid:
+        bury_dead_workers(parent_pid)
         os._exit(0)
     become_worker()
 
@@ -737,8 +792,11 @@ def _watch_parent(parent_pid: int) -> None:
         time.sleep(GUARD_INTERVAL_S)
         if os.getppid() != parent_pid:
             # Everything this worker started goes with it: Popen'ed
-            # programs, nested pools' workers (and this process, by its group).
+            # programs, nested pools' workers (and this process, by its group);
+            # so does what is left of the groups of its siblings that died
+            # mid-call just before the driver.
             try:
+                bury_dead_workers(parent_pid)
                 kill_own_tree()
             finally:
                 os._exit(0)
