@@ -177,7 +177,9 @@ def check_resources(ctl: Controller) -> None:
             )
 
 
-async def leftovers_at_end(ctl: Controller) -> None:
+async def leftovers_at_end(ctl: Controller, before: set[int]) -> None:
+    """Tagged processes still alive, and children of this process the run started
+    (``before``: the ones it already had, such as a test session's default pool)."""
     deadline = time.monotonic() + GONE_WITHIN_S
     while time.monotonic() < deadline and tagged(ctl.tag):
         await asyncio.sleep(0.05)
@@ -185,7 +187,7 @@ async def leftovers_at_end(ctl: Controller) -> None:
         ctl.fig.leftover_at_end.append(describe(pid))
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
-    for pid in descendants(os.getpid()):
+    for pid in sorted(set(descendants(os.getpid())) - before):
         ctl.fig.leftover_at_end.append(f"the controller's own: {describe(pid)}")
 
 
@@ -216,6 +218,7 @@ async def run_chaos(cfg: ChaosConfig) -> Figures:
     work = cfg.workdir or Path(tempfile.mkdtemp(prefix="engine-chaos-"))
     work.mkdir(parents=True, exist_ok=True)
     units = units_for(cfg.cpu_s, calibrate())
+    before = set(descendants(os.getpid()))
     server = LLMServer.start_in_thread(latency_s=cfg.api_s)
     t0 = time.perf_counter()
     try:
@@ -234,7 +237,7 @@ async def run_chaos(cfg: ChaosConfig) -> Figures:
             finally:
                 ctl.journal.close()
             ctl.fig.wall_s = time.perf_counter() - t0
-            await leftovers_at_end(ctl)
+            await leftovers_at_end(ctl, before)
             check_side_effects(ctl)
             check_resources(ctl)
             await check_stores(ctl, refs)

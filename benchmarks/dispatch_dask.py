@@ -1,7 +1,7 @@
 """Cpu-lane dispatch overhead: the default loky pool vs a Dask cluster, in one run.
 
 A trivial cpu node (it returns at once) is called through the engine's cpu
-lane (``LaneRunner.call``: pickle, submit, run in a worker, unpickle), so
+lane (``CpuLane.run``: pickle, submit, run in a worker, unpickle), so
 what is timed is the round trip the lane adds to every cpu call:
 
 - back-to-back: one call at a time, each right after the previous one;
@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.backends.dask import dask_executor
-from engine.lanes import LaneRunner
+from engine.lanes import Call, CpuLane, Lanes
 from engine.lanes.pool import default_executor, warm
+from engine.spec import Task
 
 IDLE_GAP_S = 0.05
 
@@ -45,12 +46,12 @@ class Timing:
     burst_ms: float
 
 
-async def _call(runner: LaneRunner) -> None:
-    outcome = await runner.call("noop", "cpu", noop, None, is_coroutine=False)
-    assert outcome.ok, outcome.error_message
+async def _call(runner: CpuLane) -> None:
+    outcome = await runner.run(Call(Task("noop"), 0), noop, None)
+    assert outcome.ok, outcome.failure
 
 
-async def _one_at_a_time(runner: LaneRunner, n: int, gap_s: float) -> list[float]:
+async def _one_at_a_time(runner: CpuLane, n: int, gap_s: float) -> list[float]:
     samples = []
     for _ in range(n):
         t0 = time.perf_counter()
@@ -63,7 +64,8 @@ async def _one_at_a_time(runner: LaneRunner, n: int, gap_s: float) -> list[float
 
 async def measure(name: str, executor: Executor, calls: int, burst: int) -> Timing:
     """Time the cpu-lane round trip on ``executor``."""
-    runner = LaneRunner("parallel", executor)
+    lanes = Lanes("parallel", executor)
+    runner = lanes.cpu
     try:
         await _one_at_a_time(runner, 20, 0.0)  # warm: workers, function cache, connections
         b2b = await _one_at_a_time(runner, calls, 0.0)
@@ -72,7 +74,7 @@ async def measure(name: str, executor: Executor, calls: int, burst: int) -> Timi
         await asyncio.gather(*(_call(runner) for _ in range(burst)))
         burst_ms = (time.perf_counter() - t0) * 1e3 / burst
     finally:
-        await runner.aclose()
+        await lanes.aclose()
     return Timing(
         name=name,
         back_to_back_ms=statistics.median(b2b),

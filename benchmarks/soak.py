@@ -2,9 +2,10 @@
 
 Each run is a fresh ``arun`` of the same compiled graph (an io node, two cpu
 nodes on the default loky pool, a thread node, a fan-in), so every run
-creates and closes its own lane runner, process lane and marker directory.
-Driver RSS, live child processes, open file descriptors, threads and marker
-directories are sampled after a warm-up run, halfway, and at the end; the
+creates and closes its own lanes and process lane, and leaves a marker per
+cpu call in the driver's marker directory while it runs. Driver RSS, live
+child processes, open file descriptors, threads and the markers left behind
+are sampled after a warm-up run, halfway, and at the end; the
 script fails (exit status 1) when any of them grows past its bound.
 
 ``--crash-every N`` makes every Nth run also run a node that kills its
@@ -98,8 +99,10 @@ def rss_mb() -> float:
 
 
 def marker_dirs() -> int:
-    """This driver's marker directories (other drivers on the machine have their own)."""
-    return sum(1 for _ in Path(marker_base()).glob(f"engine-cpu-{os.getpid()}-*"))
+    """Markers left in this driver's marker directory (other drivers have their own)."""
+    return sum(
+        1 for d in Path(marker_base()).glob(f"engine-cpu-{os.getpid()}-*") for _ in d.iterdir()
+    )
 
 
 @dataclass(frozen=True)
@@ -185,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     if last.children > default_workers() + 2:  # the workers, plus loky's resource tracker
         problems.append(f"{last.children} child processes for {default_workers()} workers")
     if last.marker_dirs > first.marker_dirs:
-        problems.append(f"{last.marker_dirs - first.marker_dirs} marker directories left")
+        problems.append(f"{last.marker_dirs - first.marker_dirs} markers left behind")
     for p in problems:
         print(f"UNBOUNDED: {p}")
     print("bounded" if not problems else "NOT bounded")

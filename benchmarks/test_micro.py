@@ -6,7 +6,7 @@
   once through the engine's lane, against raw ``loop.run_in_executor`` on the
   same loky pool and on a stdlib ``ProcessPoolExecutor``;
 - state size (1 KB to 10 MB) against the cpu lane's round trip;
-- lean dispatch (issue 5): a cpu node that reads one small field
+- lean dispatch: a cpu node that reads one small field
   (``add_node(..., reads=["small"])``) of a 10 MB state, against the same node
   on a tiny state and against sending it the whole 10 MB state.
 
@@ -18,21 +18,17 @@ pickle the same functions the same way, by reference.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import operator
 from concurrent.futures import Executor
 from typing import Annotated, Any
 
 import pytest
+from micro import Counter, add_one, chain_app, fanout_app, trivial  # benchmarks/micro.py
 from pydantic import BaseModel
 
-from engine import END, START, Graph, Send
-from engine.lanes import LaneRunner
-
-
-class Counter(BaseModel):
-    n: int = 0
-    total: Annotated[int, operator.add] = 0
+from engine import END, START, Graph
+from engine.lanes import Call, Lanes
+from engine.spec import Task
 
 
 class Blob(BaseModel):
@@ -46,39 +42,12 @@ class Lean(BaseModel):
     total: Annotated[int, operator.add] = 0
 
 
-async def add_one(arg: Any) -> dict[str, int]:
-    return {"total": 1}
-
-
-def fan_out(n: int, state: Counter) -> list[Send]:
-    return [Send("work", i) for i in range(n)]
-
-
-def trivial(arg: Any) -> dict[str, int]:
-    """The cheapest cpu node: what is left to time is the dispatch."""
-    return {"total": 1}
-
-
 def _fanout_graph(n: int) -> Any:
-    import functools
-
-    g = Graph(Counter)
-    g.add_node("work", add_one, lane="io")
-    g.add_conditional_edges(START, functools.partial(fan_out, n))
-    g.add_edge("work", END)
-    return g.compile()
+    return fanout_app(add_one, n, "io")
 
 
 def _chain_graph(n: int) -> Any:
-    g = Graph(Counter)
-    names = [f"n{i:03d}" for i in range(n)]
-    for name in names:
-        g.add_node(name, add_one, lane="io")
-    g.add_edge(START, names[0])
-    for a, b in itertools.pairwise(names):
-        g.add_edge(a, b)
-    g.add_edge(names[-1], END)
-    return g.compile()
+    return chain_app(n)
 
 
 # -- scheduler overhead per node ---------------------------------------------------
@@ -112,13 +81,13 @@ ROUND_TRIPS = 50
 
 
 async def _engine_round_trips(pool: Executor, state: Any, n: int) -> None:
-    runner = LaneRunner("parallel", pool)
+    lanes = Lanes("parallel", pool)
     try:
         for _ in range(n):
-            out = await runner.call("trivial", "cpu", trivial, state, is_coroutine=False)
+            out = await lanes.cpu.run(Call(Task("trivial"), 0), trivial, state)
             assert out.ok
     finally:
-        await runner.aclose()
+        await lanes.aclose()
 
 
 async def _raw_round_trips(pool: Executor, state: Any, n: int) -> None:
@@ -179,14 +148,14 @@ AT_ONCE = 200
 
 
 async def _engine_at_once(pool: Executor, n: int) -> None:
-    runner = LaneRunner("parallel", pool)
+    lanes = Lanes("parallel", pool)
     try:
         outs = await asyncio.gather(
-            *(runner.call("trivial", "cpu", trivial, i, is_coroutine=False) for i in range(n))
+            *(lanes.cpu.run(Call(Task("trivial", i), 0), trivial, i) for i in range(n))
         )
         assert all(o.ok for o in outs)
     finally:
-        await runner.aclose()
+        await lanes.aclose()
 
 
 async def _raw_at_once(pool: Executor, n: int) -> None:

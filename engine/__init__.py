@@ -6,7 +6,10 @@ public API; ``tests/test_api.py`` checks the exported surface.
 """
 
 from .app import CompiledGraph as CompiledGraph
+from .app import ExplainRow as ExplainRow
 from .app import Explanation as Explanation
+from .app import RunKwargs as RunKwargs
+from .app import RunOptions as RunOptions
 from .app import run_sync as run_sync
 from .classify import LaneDecision as LaneDecision
 from .classify import cpu as cpu
@@ -29,6 +32,7 @@ from .events import NodeFinished as NodeFinished
 from .events import NodeStarted as NodeStarted
 from .events import RunFinished as RunFinished
 from .events import RunStarted as RunStarted
+from .events import RunStatus as RunStatus
 from .events import StepFinished as StepFinished
 from .events import StepStarted as StepStarted
 from .events import WorkerLoaded as WorkerLoaded
@@ -38,6 +42,9 @@ from .graph import Graph as Graph
 from .graph import Send as Send
 from .lanes.pool import default_executor as default_executor
 from .policy import RetryPolicy as RetryPolicy
+from .resources import Clock as Clock
+from .resources import FakeClock as FakeClock
+from .resources import Rate as Rate
 from .scheduler import RunResult as RunResult
 from .trace import Metrics as Metrics
 from .trace import NodeCall as NodeCall
@@ -50,10 +57,13 @@ __all__ = [
     "START",
     "BudgetWaited",
     "CheckpointError",
+    "Clock",
     "CompiledGraph",
     "EngineError",
     "Event",
+    "ExplainRow",
     "Explanation",
+    "FakeClock",
     "Graph",
     "GraphError",
     "InvalidUpdateError",
@@ -66,11 +76,15 @@ __all__ = [
     "NodeFinished",
     "NodeStarted",
     "NodeTimeoutError",
+    "Rate",
     "RecursionLimitError",
     "RetryPolicy",
     "RunFinished",
+    "RunKwargs",
+    "RunOptions",
     "RunResult",
     "RunStarted",
+    "RunStatus",
     "Send",
     "StepFinished",
     "StepStarted",

@@ -1,40 +1,121 @@
-"""``CompiledGraph``: the runnable face of a plan (arun, ainvoke, invoke, astream, explain)."""
+"""``CompiledGraph``: the runnable face of a plan (arun, ainvoke, invoke, astream, explain).
+
+It wires one run's parts together, each with one concern::
+
+    RunOptions -> Lanes (where calls run)            -> Dispatcher (a step's calls)
+               -> Recorder (events, logs, trace)     -> Scheduler (route, dispatch,
+               -> RunSaver (checkpoints)                barrier, merge, save)
+               -> LoopWatchdog (the loop's guard)
+"""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, MutableMapping
+from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping, MutableMapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypedDict, TypeVar
 
-from pydantic import BaseModel
+from typing_extensions import Unpack
 
+from .dispatch import Dispatcher, Route, plan_routes
 from .errors import CheckpointError
 from .events import Event
-from .lanes import MODES, LaneRunner, Mode
-from .lanes.pool import default_workers, executor_workers
-from .lanes.worker import Resources
+from .lanes import MODES, Lanes, Mode
+from .lanes.measure import Resources
+from .lanes.pool import default_workers, executor_workers, measure_dispatch
 from .lean import estimate_payload
 from .logs import get_logger
 from .plan import Plan
-from .profile import MeasuredPolicy, Profile, measure_dispatch, redecide
-from .resources import Budgets, Rate
-from .scheduler import RunCursor, RunResult, Scheduler
+from .profile import MeasuredPolicy, Profile, redecide
+from .recorder import EventSink, Recorder
+from .resources import Budgets, Clock, Rate, SystemClock
+from .saving import RunCursor, RunSaver
+from .scheduler import RunResult, Scheduler
 from .warm import parse_size, workers_for_memory
 from .watchdog import DEFAULT_THRESHOLD_S, LoopWatchdog
 
 if TYPE_CHECKING:
     from .checkpoint import Checkpointer
 
+S = TypeVar("S")
+T = TypeVar("T")
+
 log = get_logger("engine")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunOptions:
+    """How one run runs: every option of ``arun`` in one typed, validated object.
+
+    Pass one (``app.arun(state, RunOptions(mode="sequential"))``), keywords
+    (``app.arun(state, mode="sequential")``), or both: keywords replace the
+    object's values.
+    """
+
+    #: ``sequential`` (one call at a time), ``concurrent`` (asyncio only: cpu
+    #: nodes on threads), ``parallel`` (the hybrid: cpu nodes in processes).
+    mode: Mode = "parallel"
+    #: The cpu lane's executor in ``parallel`` mode: any ``concurrent.futures.Executor``
+    #: (a loky or stdlib process pool, a Dask client's); None: the default loky pool.
+    executor: Executor | None = None
+    #: The thread whose checkpoints the run saves (needs a checkpointer); with
+    #: ``input=None``, the thread to resume.
+    thread_id: str | None = None
+    #: At most this many steps; one more is a ``RecursionLimitError``.
+    recursion_limit: int = 100
+    #: Called with every event as it happens (an observer that raises is dropped).
+    on_event: EventSink | None = None
+    #: Calls at once per resource nodes declare (``add_node(..., resources=...)``).
+    limits: Mapping[str, int] | None = None
+    #: Calls per period per resource: ``{"openai": "60/min"}``.
+    rates: Mapping[str, str | Rate] | None = None
+    #: Calls at once per lane: ``{"cpu": 4}``.
+    max_concurrency: Mapping[str, int] | None = None
+    #: Seconds the event loop may be blocked before the watchdog reports it (None: off).
+    loop_threshold: float | None = DEFAULT_THRESHOLD_S
+    #: Bytes (or ``"2GB"``) a cpu worker may use; caps the pool to what memory can hold.
+    memory_per_worker: int | str | None = None
+    #: The run's clock (events' times, retry waits, budgets): a ``FakeClock`` in tests.
+    clock: Clock | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"unknown mode {self.mode!r}; use one of {', '.join(MODES)}")
+        if self.recursion_limit < 1:
+            raise ValueError(f"recursion_limit must be >= 1, got {self.recursion_limit}")
+
+
+class RunKwargs(TypedDict, total=False):
+    """``RunOptions`` as keywords (``app.arun(state, mode="sequential")``)."""
+
+    mode: Mode
+    executor: Executor | None
+    thread_id: str | None
+    recursion_limit: int
+    on_event: EventSink | None
+    limits: Mapping[str, int] | None
+    rates: Mapping[str, str | Rate] | None
+    max_concurrency: Mapping[str, int] | None
+    loop_threshold: float | None
+    memory_per_worker: int | str | None
+    clock: Clock | None
+
+
+def _options(options: RunOptions | None, kwargs: RunKwargs) -> RunOptions:
+    if options is None:
+        return RunOptions(**kwargs)
+    return dataclasses.replace(options, **kwargs) if kwargs else options
 
 
 @dataclass(frozen=True)
 class ExplainRow:
+    """One node in ``explain()``: its lane, why, and the numbers behind the decision."""
+
     node: str
     lane: str
     reason: str
@@ -56,7 +137,7 @@ class Explanation:
     changes: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[ExplainRow]:
         return iter(self.rows)
 
     def __len__(self) -> int:
@@ -94,14 +175,14 @@ class Explanation:
 class _Sinks:
     """Event observers. Invariant: a sink that raised once is dropped (and logged once)."""
 
-    def __init__(self, sinks: list[Callable[[Any], None]]) -> None:
+    def __init__(self, sinks: list[EventSink]) -> None:
         self._sinks = list(sinks)
 
     def __bool__(self) -> bool:
-        """False when nobody listens: the scheduler then skips building per-call events."""
+        """False when nobody listens: the run then skips building per-call events."""
         return bool(self._sinks)
 
-    def __call__(self, event: Any) -> None:
+    def __call__(self, event: Event) -> None:
         for sink in list(self._sinks):
             try:
                 sink(event)
@@ -110,13 +191,16 @@ class _Sinks:
                 log.exception("event_sink_failed_and_dropped", sink=repr(sink))
 
 
-class CompiledGraph:
+class CompiledGraph(Generic[S]):
     """A validated graph, ready to run any number of times, in any mode.
+
+    ``S`` is the state's type: ``ainvoke`` returns one, ``arun``'s result
+    holds one.
 
     Invariant: ``plan`` is replaced only between runs, when the profile moves
     an undeclared node's lane (``_plan_for_run``); a run keeps the plan it
     started with, so a decision never changes mid-step. Per-run state lives
-    in the ``Scheduler`` each run creates; ``profile`` learns from every run.
+    in the parts each run wires (``arun``); ``profile`` learns from every run.
     """
 
     def __init__(
@@ -138,6 +222,8 @@ class CompiledGraph:
         # Pool sizes decided from memory hints: (hint, size) -> workers. Decided once:
         # later runs would count this app's own warm workers' memory as taken.
         self._caps: dict[tuple[int, int], int] = {}
+        # Routes of runs without budgets, per (mode, guarded), for the current plan.
+        self._routes: tuple[Plan, dict[tuple[str, bool], dict[str, Route]]] = (plan, {})
 
     def __repr__(self) -> str:
         return f"<CompiledGraph nodes={list(self.plan.nodes)}>"
@@ -215,46 +301,49 @@ class CompiledGraph:
         self.profile.apply_decisions({n: node.decision for n, node in self.plan.nodes.items()})
         return self.plan, policy
 
-    async def _measure_dispatch(self, runner: LaneRunner, scheduler: Scheduler) -> None:
+    def _routes_for(self, plan: Plan, mode: Mode, guarded: bool) -> dict[str, Route]:
+        """The routes of ``plan`` in ``mode``, decided once per plan (lanes change between runs)."""
+        kept, by_mode = self._routes
+        if kept is not plan:
+            by_mode = {}
+            self._routes = (plan, by_mode)
+        routes = by_mode.get((mode, guarded))
+        if routes is None:
+            routes = by_mode[(mode, guarded)] = plan_routes(plan, mode, guarded=guarded)
+        return routes
+
+    async def _measure_dispatch(self, lanes: Lanes, recorder: Recorder) -> None:
         """After a parallel run that used the pool, measure its dispatch cost once."""
-        if self.profile.dispatch is not None or not any(
-            c.lane == "cpu" and c.pid != os.getpid() for c in scheduler.calls
-        ):
+        if self.profile.dispatch is not None or not lanes.used_pool:
+            return
+        if not any(c.lane == "cpu" and c.pid != os.getpid() for c in recorder.calls):
             return
         try:
-            self.profile.observe_dispatch(await measure_dispatch(runner.process_executor))
+            self.profile.observe_dispatch(await measure_dispatch(lanes.process_executor))
         except Exception:  # a measurement must never fail the run it follows
             log.exception("dispatch_measurement_failed")
 
     async def arun(
         self,
-        input: BaseModel | dict[str, Any] | None,
-        *,
-        mode: Mode = "parallel",
-        executor: Executor | None = None,
-        thread_id: str | None = None,
-        recursion_limit: int = 100,
-        on_event: Callable[[Any], None] | None = None,
-        limits: Mapping[str, int] | None = None,
-        rates: Mapping[str, str | Rate] | None = None,
-        max_concurrency: Mapping[str, int] | None = None,
-        loop_threshold: float | None = DEFAULT_THRESHOLD_S,
-        memory_per_worker: int | str | None = None,
-    ) -> RunResult:
+        input: S | Mapping[str, Any] | None,
+        options: RunOptions | None = None,
+        /,
+        **kwargs: Unpack[RunKwargs],
+    ) -> RunResult[S]:
         """Run the graph to the end; ``input=None`` resumes ``thread_id``.
 
-        ``limits``/``rates`` budget the resources nodes declare
-        (``add_node(..., resources=...)``) across the whole run, Send fan-outs
-        included; ``max_concurrency`` caps calls per lane; ``loop_threshold``
-        (seconds, None to disable) is when the watchdog reports a blocked loop.
+        Options (``RunOptions``, or the same names as keywords): ``mode``,
+        ``executor``, ``thread_id``, ``recursion_limit``, ``on_event``,
+        ``limits``/``rates`` (budget the resources nodes declare with
+        ``add_node(..., resources=...)``, across the whole run, Send fan-outs
+        included), ``max_concurrency`` (calls per lane), ``loop_threshold``
+        (seconds before the watchdog reports a blocked loop; None: off),
         ``memory_per_worker`` (bytes, or ``"2GB"``; the largest of it and the
-        cpu nodes' own hints counts) caps the process pool at what the memory
-        available now can hold.
+        cpu nodes' own hints caps the process pool at what the memory
+        available now can hold), ``clock``.
         """
-        if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
-        if recursion_limit < 1:
-            raise ValueError(f"recursion_limit must be >= 1, got {recursion_limit}")
+        opts = _options(options, kwargs)
+        thread_id = opts.thread_id
         if thread_id is not None and self.checkpointer is None:
             raise ValueError(
                 f"thread_id={thread_id!r} needs a checkpointer: compile(checkpointer=...)"
@@ -263,65 +352,88 @@ class CompiledGraph:
             raise ValueError("arun(None) resumes a thread: pass thread_id= (and a checkpointer)")
         # Validate before anything runs (pydantic ValidationError on bad input).
         state = self.plan.schema.validate_input(input) if input is not None else None
+        clock = opts.clock or SystemClock()
         budgets = None
-        if limits or rates or max_concurrency:
-            budgets = Budgets(limits=limits, rates=rates, max_concurrency=max_concurrency)
+        if opts.limits or opts.rates or opts.max_concurrency:
+            budgets = Budgets(
+                limits=opts.limits,
+                rates=opts.rates,
+                max_concurrency=opts.max_concurrency,
+                clock=clock,
+            )
             for name, node in self.plan.nodes.items():
                 budgets.check_node(name, node.spec.resources)
         plan, policy = self._plan_for_run()
         run_id = uuid.uuid4().hex[:12]
-        pool_size = _pool_cap(plan, mode, executor, memory_per_worker, run_id, self._caps)
-        runner = LaneRunner(
-            mode,
-            executor,
-            fn_cache=self._fn_cache,
-            resources=self._resources,
-            pool_size=pool_size,
-            memory_limit=parse_size(memory_per_worker) if memory_per_worker is not None else None,
-        )
-        emit = _Sinks([on_event] if on_event else [])
+        mode = opts.mode
+        sinks = _Sinks([opts.on_event] if opts.on_event else [])
         watchdog = None
-        if loop_threshold is not None and mode != "sequential":
+        if opts.loop_threshold is not None and mode != "sequential":
             # Sequential mode runs everything on the loop by design: nothing to guard.
             watchdog = LoopWatchdog(
-                threshold_s=loop_threshold,
-                interval_s=min(0.01, loop_threshold / 2),
+                threshold_s=opts.loop_threshold,
+                interval_s=min(0.01, opts.loop_threshold / 2),
                 run_id=run_id,
-                emit=emit,
+                emit=sinks,
             )
-        scheduler = Scheduler(
-            plan,
-            runner,
-            run_id=run_id,
+        memory = opts.memory_per_worker
+        lanes = Lanes(
+            mode,
+            opts.executor,
+            fn_cache=self._fn_cache,
+            resources=self._resources,
+            pool_size=_pool_cap(plan, mode, opts.executor, memory, run_id, self._caps),
+            memory_limit=parse_size(memory) if memory is not None else None,
+            guard=watchdog,
+        )
+        recorder = Recorder(
+            run_id,
             thread_id=thread_id,
-            recursion_limit=recursion_limit,
-            checkpointer=self.checkpointer,
-            emit=emit,
+            mode=mode,
+            sink=sinks,
+            clock=clock,
             watchdog=watchdog,
             budgets=budgets,
+        )
+        dispatcher = Dispatcher(
+            plan,
+            lanes,
+            recorder,
+            clock=clock,
+            budgets=budgets,
+            watchdog=watchdog,
             measured=policy,
+            routes=self._routes_for(plan, mode, watchdog is not None) if budgets is None else None,
+        )
+        saver = RunSaver(plan, self.checkpointer, thread_id=thread_id, run_id=run_id)
+        scheduler = Scheduler(
+            plan, dispatcher, recorder, saver, clock=clock, recursion_limit=opts.recursion_limit
         )
         cp = self.checkpointer
         try:
             if cp is not None and thread_id is not None:
                 await cp.acquire(thread_id, run_id)
             try:
-                cursor = await self._cursor(scheduler, state, thread_id)
-                result = await scheduler.run(cursor, resumed=state is None)
+                cursor = await self._cursor(scheduler, saver, state, thread_id)
+                if watchdog is None:
+                    result = await scheduler.run(cursor, resumed=state is None)
+                else:
+                    async with watchdog:
+                        result = await scheduler.run(cursor, resumed=state is None)
             finally:
                 # Learn from every run, failed ones too (between runs: the next
                 # run's plan reads it, this one's never does).
                 blamed = watchdog.blamed() if watchdog is not None else None
-                self.profile.observe_run(scheduler.calls, blamed=blamed)
+                self.profile.observe_run(recorder.calls, blamed=blamed)
                 if cp is not None and thread_id is not None:
                     await asyncio.shield(cp.release(thread_id, run_id))
-            await self._measure_dispatch(runner, scheduler)
+            await self._measure_dispatch(lanes, recorder)
             return result
         finally:
-            await asyncio.shield(runner.aclose())
+            await asyncio.shield(lanes.aclose())
 
     async def _cursor(
-        self, scheduler: Scheduler, state: BaseModel | None, thread_id: str | None
+        self, scheduler: Scheduler, saver: RunSaver, state: Any, thread_id: str | None
     ) -> RunCursor:
         latest = None
         if self.checkpointer is not None and thread_id is not None:
@@ -331,7 +443,7 @@ class CompiledGraph:
                 raise CheckpointError(
                     f"thread {thread_id!r} has no checkpoint to resume; start it with an input"
                 )
-            return scheduler.from_checkpoint(latest)
+            return saver.cursor_of(latest)
         if latest is not None and latest.status != "done":
             raise CheckpointError(
                 f"thread {thread_id!r} has an unfinished run (step {latest.step}, "
@@ -342,39 +454,62 @@ class CompiledGraph:
         # A new input on a finished thread continues its step numbering.
         return scheduler.start_cursor(state, step=latest.step + 1 if latest else 0)
 
-    async def ainvoke(self, input: BaseModel | dict[str, Any] | None, **kwargs: Any) -> BaseModel:
+    async def ainvoke(
+        self,
+        input: S | Mapping[str, Any] | None,
+        options: RunOptions | None = None,
+        /,
+        **kwargs: Unpack[RunKwargs],
+    ) -> S:
         """Run and return only the final state."""
-        return (await self.arun(input, **kwargs)).state
+        return (await self.arun(input, options, **kwargs)).state
 
-    def invoke(self, input: BaseModel | dict[str, Any] | None, **kwargs: Any) -> BaseModel:
+    def invoke(
+        self,
+        input: S | Mapping[str, Any] | None,
+        options: RunOptions | None = None,
+        /,
+        **kwargs: Unpack[RunKwargs],
+    ) -> S:
         """Synchronous ``ainvoke`` on a fresh event loop (uvloop when importable)."""
-        return run_sync(self.ainvoke(input, **kwargs))
+        return run_sync(self.ainvoke(input, options, **kwargs))
 
-    def run(self, input: BaseModel | dict[str, Any] | None, **kwargs: Any) -> RunResult:
+    def run(
+        self,
+        input: S | Mapping[str, Any] | None,
+        options: RunOptions | None = None,
+        /,
+        **kwargs: Unpack[RunKwargs],
+    ) -> RunResult[S]:
         """Synchronous ``arun`` on a fresh event loop (uvloop when importable)."""
-        return run_sync(self.arun(input, **kwargs))
+        return run_sync(self.arun(input, options, **kwargs))
 
     async def astream(
-        self, input: BaseModel | dict[str, Any] | None, **kwargs: Any
+        self,
+        input: S | Mapping[str, Any] | None,
+        options: RunOptions | None = None,
+        /,
+        **kwargs: Unpack[RunKwargs],
     ) -> AsyncIterator[Event]:
-        """Yield typed events as they happen; raises the run's error at the end."""
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        done = object()
-        user_sink = kwargs.pop("on_event", None)
-        # The user's observer is dropped on its own when it raises; the stream's
-        # queue must keep receiving every event regardless.
-        observers = _Sinks([user_sink] if user_sink is not None else [])
+        """Yield typed events as they happen; raises the run's error at the end.
 
-        def sink(event: Any) -> None:
+        An ``on_event`` observer given too hears the same events; one that
+        raises is dropped on its own, and the stream keeps receiving.
+        """
+        opts = _options(options, kwargs)
+        queue: asyncio.Queue[Event | None] = asyncio.Queue()
+        observers = _Sinks([opts.on_event] if opts.on_event is not None else [])
+
+        def sink(event: Event) -> None:
             queue.put_nowait(event)
             observers(event)
 
-        task = asyncio.create_task(self.arun(input, on_event=sink, **kwargs))
-        task.add_done_callback(lambda _: queue.put_nowait(done))
+        task = asyncio.create_task(self.arun(input, dataclasses.replace(opts, on_event=sink)))
+        task.add_done_callback(lambda _: queue.put_nowait(None))
         try:
             while True:
                 item = await queue.get()
-                if item is done:
+                if item is None:
                     break
                 yield item
             task.result()  # re-raise the run's error, if any
@@ -418,7 +553,7 @@ def _pool_cap(
     return decided[key]
 
 
-def run_sync(coro: Any) -> Any:
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine to completion on a new loop: uvloop's when it is installed.
 
     SIGINT and SIGTERM (in the main thread) cancel the coroutine instead of
@@ -446,7 +581,7 @@ def run_sync(coro: Any) -> Any:
     raise SystemExit(128 + terminated[0])
 
 
-async def _cancel_on_sigterm(coro: Any, terminated: list[int]) -> Any:
+async def _cancel_on_sigterm(coro: Coroutine[Any, Any, T], terminated: list[int]) -> T:
     import signal
     import threading
 

@@ -1,5 +1,6 @@
-"""The ``Graph`` builder. It records nodes and edges; ``compile()`` validates them
-into an immutable plan. Nothing here runs a node.
+"""The ``Graph`` builder. It records nodes and edges; ``compile()`` freezes them
+into a ``GraphSpec`` that ``plan`` validates into an immutable plan. Nothing
+below this module sees the builder, and nothing here runs a node.
 """
 
 from __future__ import annotations
@@ -8,12 +9,12 @@ import os
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .classify import LANES, Lane, declared_lane, is_coroutine_function, pickle_problem
 from .errors import GraphError
 from .policy import RetryPolicy
-from .spec import END, RESERVED, START, Branch, NodeSpec, Send
+from .spec import END, RESERVED, START, Branch, GraphSpec, NodeSpec, Send
 from .state import StateSchema
 
 if TYPE_CHECKING:
@@ -22,15 +23,18 @@ if TYPE_CHECKING:
     from .profile import Profile
 
 
+S = TypeVar("S")
+
+
 @dataclass
-class Graph:
-    """Builder for an agent graph over a pydantic state model.
+class Graph(Generic[S]):
+    """Builder for an agent graph over a pydantic state model (``S``, the state's type).
 
     Invariant: ``nodes`` holds only validly named, distinct nodes; edges may
     name nodes not added yet (checked at ``compile``).
     """
 
-    state: type[Any]
+    state: type[S]
     nodes: dict[str, NodeSpec] = field(default_factory=dict, init=False)
     edges: list[tuple[tuple[str, ...], str]] = field(default_factory=list, init=False)
     branches: list[Branch] = field(default_factory=list, init=False)
@@ -51,7 +55,7 @@ class Graph:
         worker_init: Callable[[], Any] | None = None,
         memory_per_worker: int | str | None = None,
         batch: bool = True,
-    ) -> Graph:
+    ) -> Graph[S]:
         """Add a node; ``add_node(fn)`` names it after the function.
 
         ``resources={"openai": 1}`` counts each call against the run's
@@ -135,7 +139,7 @@ class Graph:
         )
         return self
 
-    def add_edge(self, source: str | Sequence[str], target: str) -> Graph:
+    def add_edge(self, source: str | Sequence[str], target: str) -> Graph[S]:
         """Static edge; a list of sources is a fan-in that waits for all of them."""
         sources = (source,) if isinstance(source, str) else tuple(source)
         if not sources:
@@ -156,7 +160,7 @@ class Graph:
         source: str,
         route: Callable[..., Any],
         path_map: Mapping[Hashable, str] | Sequence[str] | None = None,
-    ) -> Graph:
+    ) -> Graph[S]:
         """After ``source`` runs, ``route(state)`` picks the next node(s).
 
         ``route`` returns a node name, a list of names, a list of ``Send``, or
@@ -183,12 +187,21 @@ class Graph:
         self.branches.append(Branch(source=source, route=route, path_map=mapping))
         return self
 
+    def freeze(self) -> GraphSpec:
+        """What the builder holds now, as an immutable ``GraphSpec``."""
+        return GraphSpec(
+            schema=self.schema,
+            nodes=MappingProxyType(dict(self.nodes)),
+            edges=tuple(self.edges),
+            branches=tuple(self.branches),
+        )
+
     def compile(
         self,
         checkpointer: Checkpointer | None = None,
         *,
         profile: str | os.PathLike[str] | Profile | None = None,
-    ) -> CompiledGraph:
+    ) -> CompiledGraph[S]:
         """Validate the graph and freeze it into a runnable ``CompiledGraph``.
 
         ``profile`` is a path to a saved profile (``app.save_profile(path)``;
@@ -209,7 +222,7 @@ class Graph:
         else:
             path = profile
             prof = Profile.load(profile, missing_ok=True)
-        plan = build_plan(self, prof.policy())
+        plan = build_plan(self.freeze(), prof.policy())
         payload_warnings([n for n, pn in plan.nodes.items() if pn.lane == "cpu"], prof)
         return CompiledGraph(plan, checkpointer=checkpointer, profile=prof, profile_path=path)
 

@@ -8,7 +8,7 @@
     Reads(fields=("query",), model=None)   Reads(fields=Query's fields, model=Query)
             \\___________________  _____________________/
                                 \\/
-    scheduler, per call:  arg = reads.project(state)   (a StateView or a Query)
+    dispatcher, per call: arg = reads.project(state)   (a StateView or a Query)
             -> pickled for the cpu lane: bytes follow the fields read, not the state
 
 The projection is applied on every lane, not only the cpu lane, so a node
@@ -30,10 +30,12 @@ import cloudpickle
 from pydantic import BaseModel
 
 from .errors import GraphError
+from .fmt import fmt_bytes, fmt_seconds
 from .logs import get_logger
 
 if TYPE_CHECKING:
-    from .profile import DispatchCost, NodeProfile, Profile
+    from .measured import DispatchCost, NodeProfile
+    from .profile import Profile
 
 log = get_logger("engine.lean")
 
@@ -229,7 +231,6 @@ class PayloadEstimate:
         return self.send_s > self.compute_s
 
     def message(self) -> str:
-        from .profile import fmt_bytes, fmt_seconds
 
         return (
             f"node {self.node!r} sends {fmt_bytes(self.bytes_in)} in and "

@@ -65,6 +65,15 @@ class EngineLogger:
     def bind(self, **values: Any) -> EngineLogger:
         return EngineLogger(self._name, {**self._context, **values})
 
+    def enabled(self, method: str) -> bool:
+        """Whether a line at this level goes anywhere (always, once structlog is configured).
+
+        Lets a caller skip building a line's values (one per node call) when
+        its level is off; the answer can change when the application
+        reconfigures logging, so ask it per run, not per process.
+        """
+        return structlog.is_configured() or self._std.isEnabledFor(_LEVELS[method])
+
     def _emit(self, method: str, event: str, values: Mapping[str, Any]) -> None:
         if structlog.is_configured():
             logger: Any = structlog.get_logger(self._name)

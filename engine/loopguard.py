@@ -13,7 +13,7 @@
     run end (LoopWatchdog.flush):                     code"), where, and the loop
       the beat is late already? measure it now,       thread's CPU clock
       deliver to that run before RunFinished
-    scheduler: with watchdog.running(node): ...   (registry of calls on the loop, by run)
+    dispatcher: watchdog.enter/leave per call     (registry of calls on the loop, by run)
 
 Why two threads of evidence: a blocked loop cannot observe itself. The
 monitor task only measures the lag once the loop runs again, and by then the
@@ -39,7 +39,8 @@ would wake only after the run is gone.
 
 The loops' guards live in the ``PerLoop`` registry ``GUARDS`` (process-wide
 state, documented in ``engine.perloop``): created lazily by a loop's first
-run, closed by its last, or by the sampler when it finds the loop closed.
+run, closed ``GUARD_LINGER_S`` after its last one if no run came meanwhile,
+or by the sampler when it finds the loop closed.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ import asyncio
 import contextlib
 import contextvars
 import enum
+import itertools
 import sys
 import threading
 import time
@@ -55,7 +57,7 @@ import weakref
 from collections import Counter, deque
 from dataclasses import dataclass
 from types import CodeType
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from .blocks import (
     BlockReport,
@@ -98,17 +100,18 @@ class Beat:
         return now - self.t - self.interval
 
 
-@dataclass
-class _Entry:
+class _Entry(NamedTuple):
+    """A node call registered as running on the loop (one per call: a named tuple)."""
+
     owner: int
     node: str
-    index: int
+    send_index: int
     task: asyncio.Task[Any] | None
     codes: frozenset[CodeType]
 
 
 class _Running:
-    """One registration in the guard's registry (a plain class: it runs per call)."""
+    """One registration in the guard's registry, as a context manager."""
 
     __slots__ = ("_entry", "_guard", "_key")
 
@@ -118,10 +121,10 @@ class _Running:
         self._key = -1
 
     def __enter__(self) -> None:
-        self._key = self._guard._enter(self._entry)
+        self._key = self._guard.enter(self._entry)
 
     def __exit__(self, *exc: object) -> None:
-        self._guard._leave(self._key, self._entry)
+        self._guard.leave(self._key)
 
 
 class _State(enum.Enum):
@@ -142,9 +145,14 @@ class LoopGuard:
     Invariant: the monitor task exists exactly while RUNNING, the sampler
     thread while RUNNING and some attached run asked for it; ``_watchers``
     are the attached runs by key, ``_recent`` holds each one's last calls
-    that left the registry, ``_entries`` the calls inside ``running()``
-    now. ``_lock`` guards ``_watchers``, ``_entries``, ``_recent``,
-    ``_episode`` and ``_flushed``, the state shared with the sampler.
+    that left the registry, ``_entries`` the calls registered now (between
+    ``enter`` and ``leave``). ``_lock`` guards ``_watchers``, ``_episode``
+    and ``_flushed``, the state shared with the sampler. ``_entries`` and
+    ``_recent`` are written only on the loop's thread, one dict or deque
+    operation at a time (atomic under the GIL), without the lock: a call on
+    the loop registers on every call, and the sampler reads ``_entries``
+    through one ``list(...)`` of its values, a single step the loop thread
+    cannot interleave with (CPython's GIL).
     ``_interval``/``_threshold`` are the smallest of the attached runs'
     (``_intervals``/``_thresholds`` count the runs asking for each value).
     """
@@ -161,6 +169,7 @@ class LoopGuard:
         self._state = _State.CREATED
         self._watchers: dict[int, Watcher] = {}
         self._entries: dict[int, _Entry] = {}
+        self._entry_keys = itertools.count()
         self._recent: dict[int, deque[tuple[_Entry, float]]] = {}
         self._flushed: dict[int, float] = {}  # run key -> the beat its end reported
         self._led: float | None = None  # the last beat whose unpinned block a run announced
@@ -182,6 +191,11 @@ class LoopGuard:
 
     def __repr__(self) -> str:
         return f"<LoopGuard {self._state.value} runs={len(self._watchers)}>"
+
+    @property
+    def clock(self) -> Clock:
+        """The clock the guard times beats, samples and the registry's windows with."""
+        return self._clock
 
     @property
     def runs(self) -> int:
@@ -285,7 +299,7 @@ class LoopGuard:
             # The sampler waits on _stop, so it leaves at once.
             thread.join(timeout=1.0)
 
-    # -- the registry the scheduler updates ----------------------------------
+    # -- the registry the dispatcher updates ---------------------------------
 
     def running(
         self,
@@ -299,25 +313,27 @@ class LoopGuard:
         """Mark run ``owner``'s node call as running on the loop for the block."""
         return _Running(self, _Entry(owner, node, index, task, codes))
 
-    def _enter(self, entry: _Entry) -> int:
-        with self._lock:
-            key = self._next_key
-            self._next_key += 1
-            self._entries[key] = entry
+    def enter(self, entry: _Entry) -> int:
+        """Register a call as running on the loop; the key ``leave`` takes.
+
+        The dispatcher's path (one pair per call on the loop): no context
+        manager object, one lock each way.
+        """
+        key = next(self._entry_keys)
+        self._entries[key] = entry
         return key
 
-    def _leave(self, key: int, entry: _Entry) -> None:
-        left = self._clock.monotonic()
-        with self._lock:
-            self._entries.pop(key, None)
+    def leave(self, key: int) -> None:
+        """The call registered under ``key`` left the loop (kept a while for the fallback)."""
+        entry = self._entries.pop(key, None)
+        if entry is not None:
             recent = self._recent.get(entry.owner)
             if recent is not None:
-                recent.append((entry, left))
+                recent.append((entry, self._clock.monotonic()))
 
     def on_loop(self, owner: int) -> list[str]:
         """Names of run ``owner``'s node calls registered as running on the loop now."""
-        with self._lock:
-            return sorted(e.node for e in self._entries.values() if e.owner == owner)
+        return sorted(e.node for e in list(self._entries.values()) if e.owner == owner)
 
     # -- the loop side ---------------------------------------------------
 
@@ -363,7 +379,7 @@ class LoopGuard:
             keys = [only] if only is not None else list(pinned or self._watchers)
             # The nodes each run had on the loop in the window, in one pass.
             window: dict[int, set[str]] = {}
-            for e in self._entries.values():
+            for e in list(self._entries.values()):
                 window.setdefault(e.owner, set()).add(e.node)
             targets = []
             for key in keys:
@@ -440,7 +456,7 @@ class LoopGuard:
     def _sample(self, beat: float) -> None:
         """Note who is running on the loop right now (called while it is blocked)."""
         with self._lock:
-            entries = [e for e in self._entries.values() if e.owner in self._watchers]
+            entries = [e for e in list(self._entries.values()) if e.owner in self._watchers]
         task = current_task_of(self._loop_ref())
         by_task = {(e.owner, e.node) for e in entries if task is not None and e.task is task}
         frame = sys._current_frames().get(self._loop_thread or -1)
@@ -469,9 +485,14 @@ class LoopGuard:
             episode.add(who, how, place, now, cpu, queued)
 
 
+#: A guard whose last run ended stays this long, idle, for the loop's next run.
+GUARD_LINGER_S = 2.0
+
 #: The loops' shared guards: ``GUARDS.acquire(loop)``, ``await GUARDS.release(loop,
-#: guard)``, ``GUARDS.peek(loop)`` (see the module docstring and engine.perloop).
-GUARDS: PerLoop[LoopGuard] = PerLoop(LoopGuard)
+#: guard)``, ``GUARDS.peek(loop)`` (see the module docstring and engine.perloop). A
+#: guard lingers ``GUARD_LINGER_S`` after its loop's last run: runs one after another
+#: share it instead of each starting a sampler thread (the start alone took 0.1-1 ms).
+GUARDS: PerLoop[LoopGuard] = PerLoop(LoopGuard, linger_s=GUARD_LINGER_S)
 
 
 __all__ = ["GUARDS", "Beat", "LoopGuard", "Watcher"]

@@ -1,8 +1,9 @@
 """Validation and the immutable compiled plan.
 
-``build_plan(graph)`` checks the graph once and freezes it: nodes with their
-lane decisions, static edges by source, fan-in edges, conditional branches and
-the entry nodes. The scheduler only ever reads a ``Plan``.
+``build_plan(spec)`` checks a frozen ``GraphSpec`` once and indexes it: nodes
+with their lane decisions, static edges by source, fan-in edges, conditional
+branches. The scheduler only ever reads a ``Plan``; nothing here sees the
+``Graph`` builder.
 """
 
 from __future__ import annotations
@@ -10,16 +11,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING
 
 from .classify import LaneDecision, ProfilePolicy, classify
 from .errors import GraphError
 from .lean import Reads, infer_reads
-from .spec import END, START, Branch, NodeSpec
+from .spec import END, START, Branch, GraphSpec, NodeSpec
 from .state import StateSchema
-
-if TYPE_CHECKING:
-    from .graph import Graph
 
 
 @dataclass(frozen=True)
@@ -75,7 +72,7 @@ class Plan:
         )
 
 
-def _check_names(graph: Graph) -> None:
+def _check_names(graph: GraphSpec) -> None:
     known = set(graph.nodes)
     for sources, target in graph.edges:
         for name in sources:
@@ -103,7 +100,7 @@ def _check_names(graph: Graph) -> None:
                 )
 
 
-def _reachable(graph: Graph) -> set[str]:
+def _reachable(graph: GraphSpec) -> set[str]:
     """Nodes some path from START reaches. A branch without a path_map may reach any node."""
     succ: dict[str, set[str]] = {}
     for sources, target in graph.edges:
@@ -122,8 +119,8 @@ def _reachable(graph: Graph) -> set[str]:
     return seen
 
 
-def build_plan(graph: Graph, policy: ProfilePolicy | None = None) -> Plan:
-    """Validate ``graph`` and freeze it; raises GraphError naming the culprit."""
+def build_plan(graph: GraphSpec, policy: ProfilePolicy | None = None) -> Plan:
+    """Validate a frozen graph and index it; raises GraphError naming the culprit."""
     if not graph.nodes:
         raise GraphError("the graph has no nodes; add_node at least one")
     _check_names(graph)

@@ -1,4 +1,5 @@
-"""Processes on this host: is one alive, what runs under it, how much memory, kill a tree.
+"""Processes on this host: is one alive, what runs under it, how much memory, kill a tree,
+and which host (or Dask worker) this is.
 
 One home for what the process lane, the workers, the checkpointers' lock
 and the tests each need to know about processes. Standard library only: it
@@ -18,8 +19,10 @@ the tree is stopped so that nothing can fork or re-parent during the walk.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
+import socket
 import sys
 
 _PROC = "/proc"
@@ -233,10 +236,35 @@ def _signal(pid: int, sig: int, *, group: bool) -> None:
             os.kill(pid, sig)
 
 
+def hostname() -> str:
+    """Where a call runs: the Dask worker's address inside a Dask task, else the machine.
+
+    A worker address (``tcp://10.0.0.7:38211``) names one worker process, so
+    the trace shows one row per Dask worker. Dask is never imported here: a
+    process that is running a Dask task has imported ``distributed`` already,
+    so any other process pays one dict lookup. The address is looked up per
+    call, not cached per process: it is a context-variable read, and one
+    process may host several in-process workers (``LocalCluster(processes=False)``).
+    """
+    dask_worker = sys.modules.get("distributed.worker")
+    if dask_worker is not None:
+        try:
+            return str(dask_worker.get_worker().address)
+        except Exception:  # not inside a Dask task (ValueError), or an older API
+            pass
+    return _machine_name()
+
+
+@functools.cache
+def _machine_name() -> str:
+    return socket.gethostname()
+
+
 __all__ = [
     "become_group_leader",
     "children",
     "descendants",
+    "hostname",
     "kill_group",
     "kill_own_tree",
     "kill_tree",

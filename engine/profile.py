@@ -1,10 +1,12 @@
-"""Measured node profiles, and the lane policy that decides from them.
+"""What one compiled graph learns about its nodes across runs (``Profile``).
 
-Data flow (between runs, never mid-step)::
+The numbers and the policy that decides lanes from them live in
+``engine.measured``; this module folds runs into them, diffs them, and
+saves them. Data flow (between runs, never mid-step)::
 
     a run's NodeCall records ----+
     watchdog blame (LoopBlocked) -+--observe_run--> Profile (EWMA per node)
-    measure_dispatch(pool) ---------observe_dispatch--^        |
+    lanes.pool.measure_dispatch -----observe_dispatch--^        |
                                                       snapshot |  policy()
                                                                v
     classify(..., policy=MeasuredPolicy) --> LaneDecision (reason shows the numbers)
@@ -18,25 +20,29 @@ lane is never overridden (``classify`` checks declarations first).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import os
-import statistics
 import tempfile
 import threading
-import time
-from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import Executor
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-import cloudpickle
-
-from .classify import LANES, LaneDecision, classify, is_coroutine_function
+from .classify import LANES, LaneDecision
 from .errors import EngineError
+from .fmt import fmt_bytes, fmt_seconds
 from .logs import get_logger
+from .measured import (
+    Blame,
+    DispatchCost,
+    MeasuredPolicy,
+    NodeProfile,
+    PlanNodeLike,
+    Thresholds,
+    redecide,
+)
 
 if TYPE_CHECKING:
     from .trace import NodeCall
@@ -48,91 +54,6 @@ FORMAT_VERSION = 1
 
 class ProfileError(EngineError, ValueError):
     """A saved profile cannot be read: not JSON, a foreign format, or a bad value."""
-
-
-# -- the numbers --------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DispatchCost:
-    """What one cpu-lane call costs on top of its work, measured on a running pool.
-
-    ``fixed_s`` is the median round trip of a no-op call (pickle, submit, run,
-    return, unpickle); ``per_byte_s`` is the extra time per payload byte.
-    """
-
-    fixed_s: float
-    per_byte_s: float
-    samples: int
-    workers: int
-    measured_at: float
-
-    def cost(self, nbytes: float = 0.0) -> float:
-        """Seconds to dispatch one call whose payload (in + out) is ``nbytes``."""
-        return self.fixed_s + self.per_byte_s * max(0.0, nbytes)
-
-
-@dataclass(frozen=True)
-class Blame:
-    """Loop-blocking evidence for one node from one run (see ``engine.watchdog``)."""
-
-    blocked_s: float
-    cpu_s: float
-    reports: int
-    queued_s: float = 0.0  # of blocked_s, the loop thread was preempted (not its doing)
-
-
-@dataclass(frozen=True)
-class NodeProfile:
-    """What a node was measured to do, smoothed over calls (EWMA).
-
-    ``wall_s`` leaves out time a call's thread spent preempted on a run queue
-    when the record carries it (``queued_s``), so a busy machine does not make
-    CPU work look like waiting. ``cpu_ratio`` is CPU seconds over those wall
-    seconds, for calls where CPU time is attributable (not coroutines on the
-    shared loop, not calls that shared the GIL with other calls: their low
-    ratio could be GIL waiting, not I/O).
-    ``bytes_in``/``bytes_out`` come from calls that crossed a process boundary
-    (None until one has). ``blocked_s`` is the loop-blocking time per call the
-    watchdog blamed on the node, and ``blocked_cpu`` the CPU share of it.
-    """
-
-    node: str
-    calls: int = 0
-    runs: int = 0
-    failures: int = 0
-    wall_s: float | None = None
-    cpu_ratio: float | None = None
-    bytes_in: float | None = None
-    bytes_out: float | None = None
-    blocked_s: float = 0.0
-    blocked_cpu: float | None = None
-    blocks: int = 0
-    last_lane: str = ""
-
-    @property
-    def payload_bytes(self) -> float | None:
-        if self.bytes_in is None and self.bytes_out is None:
-            return None
-        return (self.bytes_in or 0.0) + (self.bytes_out or 0.0)
-
-    def describe(self) -> str:
-        """The numbers in one line, for ``explain()`` and decision reasons."""
-        if self.calls == 0:
-            return "not measured yet"
-        parts = [f"{self.calls} call{'s' if self.calls != 1 else ''}"]
-        if self.wall_s is not None:
-            parts.append(f"{fmt_seconds(self.wall_s)} per call")
-        if self.cpu_ratio is not None:
-            parts.append(f"cpu/wall {self.cpu_ratio:.2f}")
-        if self.payload_bytes is not None:
-            parts.append(f"in {fmt_bytes(self.bytes_in or 0)} out {fmt_bytes(self.bytes_out or 0)}")
-        if self.blocks:
-            share = f", {self.blocked_cpu:.0%} CPU" if self.blocked_cpu is not None else ""
-            parts.append(f"blocked the loop {fmt_seconds(self.blocked_s)} per call{share}")
-        if self.failures:
-            parts.append(f"{self.failures} failed")
-        return ", ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -202,165 +123,6 @@ class NodeDelta:
         if a.blocks > b.blocks:
             parts.append(f"+{a.blocks - b.blocks} loop blocks")
         return f"{self.node}: " + ", ".join(parts)
-
-
-# -- the policy ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """The rules of the measured policy, as numbers (see ``docs/lanes.md``)."""
-
-    cpu_ratio: float = 0.5  # at or above: CPU-bound
-    hysteresis: float = 0.1  # a node on cpu leaves it only below cpu_ratio - hysteresis
-    dispatch_multiple: float = 3.0  # cpu lane only when a call is this many dispatches long
-    inline_max_s: float = 0.002  # never run anything longer than this on the loop
-    min_calls: int = 1  # evidence needed before the profile decides
-    blocked_share: float = 0.5  # an async def that blocks the loop this much of its wall
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.cpu_ratio <= 1.0:
-            raise ValueError(f"cpu_ratio must be in (0, 1], got {self.cpu_ratio}")
-        if not 0.0 <= self.hysteresis < self.cpu_ratio:
-            raise ValueError(f"hysteresis must be in [0, cpu_ratio), got {self.hysteresis}")
-        if self.dispatch_multiple < 1.0:
-            raise ValueError(f"dispatch_multiple must be >= 1, got {self.dispatch_multiple}")
-        if self.min_calls < 1:
-            raise ValueError(f"min_calls must be >= 1, got {self.min_calls}")
-
-
-@dataclass(frozen=True)
-class MeasuredPolicy:
-    """A frozen snapshot of a profile that decides lanes (classify's ``ProfilePolicy``).
-
-    It abstains (returns None) where it has no evidence, so classify falls
-    back to its default; it is only asked about nodes without a declared lane.
-    """
-
-    nodes: Mapping[str, NodeProfile]
-    dispatch: DispatchCost | None
-    previous: Mapping[str, str] = field(default_factory=dict)  # node -> lane of the last run
-    thresholds: Thresholds = field(default_factory=Thresholds)
-
-    def decide(self, node: str, fn: Callable[..., Any]) -> LaneDecision | None:
-        prof = self.nodes.get(node)
-        if prof is None or prof.calls < self.thresholds.min_calls:
-            return None
-        if is_coroutine_function(fn):
-            return self._decide_coroutine(prof)
-        return self._decide_sync(prof)
-
-    def _dispatch_s(self, prof: NodeProfile) -> tuple[float, str] | None:
-        if self.dispatch is None:
-            return None
-        payload = prof.payload_bytes
-        cost = self.dispatch.cost(payload or 0.0)
-        what = f"the measured dispatch cost {fmt_seconds(cost)}"
-        if payload:
-            what += f", incl. {fmt_bytes(payload)} payload"
-        return cost, what
-
-    def _decide_sync(self, prof: NodeProfile) -> LaneDecision | None:
-        t = self.thresholds
-        wall = prof.wall_s
-        if wall is None:
-            return None
-        seen = f"{prof.calls} call{'s' if prof.calls != 1 else ''}"
-        dispatch = self._dispatch_s(prof)
-        if dispatch is not None:
-            cost, what = dispatch
-            if wall <= cost and wall <= t.inline_max_s:
-                return LaneDecision(
-                    "inline",
-                    f"measured {fmt_seconds(wall)} per call over {seen}, under one dispatch "
-                    f"({what}): runs inline on the loop",
-                    "profile",
-                )
-        ratio = prof.cpu_ratio
-        if ratio is None:
-            return None
-        # Hysteresis: a node already on cpu needs clear evidence to leave it.
-        bar = t.cpu_ratio - (t.hysteresis if self.previous.get(prof.node) == "cpu" else 0.0)
-        if ratio >= bar:
-            if dispatch is None:
-                return LaneDecision(
-                    "cpu",
-                    f"measured CPU-bound (cpu/wall {ratio:.2f} >= {bar:.2f}, "
-                    f"{fmt_seconds(wall)} per call over {seen}); dispatch cost not measured "
-                    "yet: process pool",
-                    "profile",
-                )
-            cost, what = dispatch
-            times = wall / cost if cost > 0 else math.inf
-            if times >= t.dispatch_multiple:
-                return LaneDecision(
-                    "cpu",
-                    f"measured CPU-bound (cpu/wall {ratio:.2f} >= {bar:.2f}), "
-                    f"{fmt_seconds(wall)} per call over {seen} = {times:.0f}x {what}: "
-                    "process pool",
-                    "profile",
-                )
-            return LaneDecision(
-                "thread",
-                f"measured CPU-bound (cpu/wall {ratio:.2f}) but {fmt_seconds(wall)} per call "
-                f"is under {t.dispatch_multiple:g}x {what}: a worker costs more than it saves; "
-                "runs on a thread",
-                "profile",
-            )
-        return LaneDecision(
-            "thread",
-            f"measured mostly waiting (cpu/wall {ratio:.2f} < {bar:.2f}, "
-            f"{fmt_seconds(wall)} per call over {seen}): runs on a thread",
-            "profile",
-        )
-
-    def _decide_coroutine(self, prof: NodeProfile) -> LaneDecision | None:
-        # An async def stays on the loop unless the watchdog caught it burning
-        # CPU there: then it is sent whole to a worker's own event loop.
-        t = self.thresholds
-        if not prof.blocks or prof.wall_s is None or prof.blocked_cpu is None:
-            return None
-        share = prof.blocked_s / prof.wall_s if prof.wall_s > 0 else 0.0
-        if share < t.blocked_share or prof.blocked_cpu < t.cpu_ratio:
-            return None
-        dispatch = self._dispatch_s(prof)
-        if dispatch is not None and prof.blocked_s < t.dispatch_multiple * dispatch[0]:
-            return None
-        return LaneDecision(
-            "cpu",
-            f"async def blocked the event loop {fmt_seconds(prof.blocked_s)} per call "
-            f"({min(share, 1.0):.0%} of its {fmt_seconds(prof.wall_s)}, "
-            f"{prof.blocked_cpu:.0%} CPU) over {prof.blocks} report(s): runs whole on an "
-            "event loop in a worker process",
-            "profile",
-        )
-
-
-class PlanNodeLike(Protocol):
-    """What ``redecide`` needs of a compiled plan node (``engine.plan.PlanNode``)."""
-
-    @property
-    def decision(self) -> LaneDecision: ...
-
-    @property
-    def spec(self) -> Any: ...
-
-
-def redecide(nodes: Mapping[str, PlanNodeLike], policy: MeasuredPolicy) -> dict[str, LaneDecision]:
-    """New decisions for the nodes the profile may move; declared nodes are left out.
-
-    Only nodes without a declared lane whose last decision came from the
-    coroutine rule, the profile or the default are asked again: a declared
-    lane or a picklability verdict does not depend on measurements.
-    """
-    out: dict[str, LaneDecision] = {}
-    for name, node in nodes.items():
-        if node.spec.lane is not None:
-            continue
-        if node.decision.source not in ("coroutine", "profile", "default"):
-            continue
-        out[name] = classify(name, node.spec.fn, None, policy)
-    return out
 
 
 # -- the profile --------------------------------------------------------------
@@ -458,56 +220,39 @@ class Profile:
         shared = _gil_shared(calls, pid)
         with self._lock:
             self._before = dict(self._nodes)
-            touched: dict[str, int] = {}
+            by_node: dict[str, list[int]] = {}
             for i, c in enumerate(calls):
-                prof = self._nodes.get(c.node) or NodeProfile(node=c.node)
-                touched[c.node] = touched.get(c.node, 0) + 1
-                self._nodes[c.node] = self._fold(prof, c, contended=i in shared)
-            for node, blame in (blamed or {}).items():
-                prof = self._nodes.get(node) or NodeProfile(node=node)
-                per_call = blame.blocked_s / max(1, touched.get(node, 1))
-                ran = blame.blocked_s - blame.queued_s  # preempted time is no evidence
-                cpu_share = blame.cpu_s / ran if ran > 0 else 0.0
-                self._nodes[node] = replace(
-                    prof,
-                    blocked_s=_ewma(prof.blocked_s if prof.blocks else None, per_call, self.alpha),
-                    blocked_cpu=_ewma(prof.blocked_cpu, min(1.0, cpu_share), self.alpha),
-                    blocks=prof.blocks + blame.reports,
-                )
-            for node in touched:
-                p = self._nodes[node]
-                if p.blocks and node not in (blamed or {}) and p.last_lane in ("io", "inline"):
+                at = by_node.get(c.node)
+                if at is None:
+                    by_node[c.node] = [i]
+                else:
+                    at.append(i)
+            folds: dict[str, _Fold] = {}
+            for node, at in by_node.items():
+                fold = folds[node] = _Fold(self._nodes.get(node) or NodeProfile(node))
+                # Only a node's newest calls move its averages measurably: the
+                # older ones' weight is below (1 - alpha) ** FOLD_NEWEST. They count.
+                older = at[:-FOLD_NEWEST]
+                fold.calls += len(older)
+                fold.failures += sum(1 for i in older if not calls[i].ok)
+                for i in at[-FOLD_NEWEST:]:
+                    fold.add(calls[i], self.alpha, self.thresholds.cpu_ratio, contended=i in shared)
+            blamed = blamed or {}
+            for node, blame in blamed.items():
+                if node not in folds:  # blamed, but no call of it recorded: evidence all the same
+                    self._nodes[node] = _blamed(
+                        self._nodes.get(node) or NodeProfile(node), blame, 1, self.alpha
+                    )
+            for node, fold in folds.items():
+                p = fold.profile()
+                evidence = blamed.get(node)
+                if evidence is not None:
+                    p = _blamed(p, evidence, fold.calls - fold.before.calls, self.alpha)
+                elif p.blocks and p.last_lane in ("io", "inline"):
                     # Ran on the loop again without blocking it: the evidence fades.
                     # (Off the loop there is no evidence either way, so it stays.)
                     p = replace(p, blocked_s=_ewma(p.blocked_s, 0.0, self.alpha))
-                self._nodes[node] = replace(p, runs=p.runs + 1)
-
-    def _fold(self, p: NodeProfile, c: NodeCall, *, contended: bool) -> NodeProfile:
-        # One replace per call: a fan-out of thousands of calls folds them all.
-        a = self.alpha
-        if not c.ok:
-            return replace(p, calls=p.calls + 1, last_lane=c.lane, failures=p.failures + 1)
-        # Time spent runnable but not running (preempted by other processes:
-        # Linux schedstat, where the worker records it) is not the node's doing.
-        queued = float(getattr(c, "queued_s", 0.0) or 0.0)
-        wall = max(c.wall_s - queued, c.cpu_s, 0.0)
-        ratio = min(1.0, c.cpu_s / wall) if wall > 0 else None
-        attributable = ratio is not None and not (c.lane == "io" and c.cpu_s == 0.0)
-        if contended and ratio is not None and ratio < self.thresholds.cpu_ratio:
-            # Low ratio under GIL sharing: waiting for the GIL or for I/O?
-            return replace(p, calls=p.calls + 1, last_lane=c.lane)
-        moved = c.bytes_in or c.bytes_out
-        return replace(
-            p,
-            calls=p.calls + 1,
-            last_lane=c.lane,
-            wall_s=_ewma(p.wall_s, wall, a),
-            cpu_ratio=(
-                _ewma(p.cpu_ratio, ratio, a) if attributable and ratio is not None else p.cpu_ratio
-            ),
-            bytes_in=_ewma(p.bytes_in, float(c.bytes_in), a) if moved else p.bytes_in,
-            bytes_out=_ewma(p.bytes_out, float(c.bytes_out), a) if moved else p.bytes_out,
-        )
+                self._nodes[node] = p
 
     # -- deciding -------------------------------------------------------
 
@@ -638,58 +383,75 @@ class Profile:
         return cls.from_dict(data, where=f"profile {str(src)!r}")
 
 
-# -- measuring the pool -------------------------------------------------------
-
-
-async def measure_dispatch(
-    executor: Executor,
-    *,
-    samples: int = 15,
-    probe_bytes: int = 1 << 20,
-    workers: int | None = None,
-) -> DispatchCost:
-    """Measure what one cpu-lane call costs on ``executor``, the way the lane sends it.
-
-    Round trips of a no-op in the cpu lane's own wire format
-    (``engine.lanes.worker.run_call``: the argument pickled for the worker,
-    the outcome decoded in the driver) give
-    the fixed cost (median); round trips carrying ``probe_bytes`` give the
-    cost per byte. The pool is warmed first, so process start-up is not
-    counted. Takes a few tens of milliseconds on a warm local pool.
-    """
-    from .lanes.pool import executor_workers
-    from .lanes.worker import call_payload, dumps_for_worker, load_outcome, run_call
-
-    if samples < 3:
-        raise ValueError(f"samples must be >= 3, got {samples}")
-    loop = asyncio.get_running_loop()
-    n_workers = workers or executor_workers(executor)
-    fn_bytes = cloudpickle.dumps(len)
-
-    async def round_trip(arg: bytes) -> float:
-        t0 = time.perf_counter()
-        payload = call_payload(fn_bytes, dumps_for_worker(arg))
-        data = await loop.run_in_executor(executor, run_call, payload)
-        load_outcome(data)
-        return time.perf_counter() - t0
-
-    # Warm every worker (start-up is not dispatch), concurrently.
-    await asyncio.gather(*(round_trip(b"") for _ in range(2 * n_workers)))
-    small = [await round_trip(b"") for _ in range(samples)]
-    big_arg = b"\0" * probe_bytes
-    big = [await round_trip(big_arg) for _ in range(max(3, samples // 3))]
-    fixed = statistics.median(small)
-    per_byte = max(0.0, (statistics.median(big) - fixed) / probe_bytes) if probe_bytes else 0.0
-    return DispatchCost(
-        fixed_s=fixed,
-        per_byte_s=per_byte,
-        samples=len(small) + len(big),
-        workers=n_workers,
-        measured_at=time.time(),
-    )
-
-
 # -- helpers -----------------------------------------------------------------
+
+
+#: The newest calls of a node per run folded into its averages (the rest only counted):
+#: with alpha=0.3 an older call weighs less than 0.7 ** 64, about 1e-10.
+FOLD_NEWEST = 64
+
+
+class _Fold:
+    """One node's profile while a run's calls are folded into it, one call at a time.
+
+    A fan-out of thousands of calls used to build a new frozen profile per
+    call; this keeps the numbers in plain attributes and builds one at the end.
+    Invariant: ``calls`` counts ``before``'s calls and those folded since.
+    """
+
+    __slots__ = (
+        "before", "bytes_in", "bytes_out", "calls", "cpu_ratio", "failures", "last_lane", "wall_s",
+    )  # fmt: skip
+
+    def __init__(self, before: NodeProfile) -> None:
+        self.before = before
+        self.calls = before.calls
+        self.failures = before.failures
+        self.last_lane = before.last_lane
+        self.wall_s = before.wall_s
+        self.cpu_ratio = before.cpu_ratio
+        self.bytes_in = before.bytes_in
+        self.bytes_out = before.bytes_out
+
+    def add(self, c: NodeCall, alpha: float, cpu_bar: float, *, contended: bool) -> None:
+        self.calls += 1
+        self.last_lane = c.lane
+        if not c.ok:
+            self.failures += 1
+            return
+        # Time spent runnable but not running (preempted by other processes:
+        # Linux schedstat, where the worker records it) is not the node's doing.
+        wall = max(c.wall_s - c.queued_s, c.cpu_s, 0.0)
+        ratio = min(1.0, c.cpu_s / wall) if wall > 0 else None
+        if contended and ratio is not None and ratio < cpu_bar:
+            return  # a low ratio under GIL sharing: waiting for the GIL or for I/O?
+        self.wall_s = _ewma(self.wall_s, wall, alpha)
+        if ratio is not None and not (c.lane == "io" and c.cpu_s == 0.0):
+            self.cpu_ratio = _ewma(self.cpu_ratio, ratio, alpha)
+        if c.bytes_in or c.bytes_out:
+            self.bytes_in = _ewma(self.bytes_in, float(c.bytes_in), alpha)
+            self.bytes_out = _ewma(self.bytes_out, float(c.bytes_out), alpha)
+
+    def profile(self) -> NodeProfile:
+        """The node's profile after this run (one more run of it)."""
+        b = self.before
+        return NodeProfile(
+            b.node, self.calls, b.runs + 1, self.failures, self.wall_s, self.cpu_ratio,
+            self.bytes_in, self.bytes_out, b.blocked_s, b.blocked_cpu, b.blocks, self.last_lane,
+        )  # fmt: skip
+
+
+def _blamed(prof: NodeProfile, blame: Blame, calls: int, alpha: float) -> NodeProfile:
+    """``prof`` with one run's loop-blocking evidence (``calls`` calls of it) folded in."""
+    per_call = blame.blocked_s / max(1, calls)
+    ran = blame.blocked_s - blame.queued_s  # preempted time is no evidence
+    cpu_share = blame.cpu_s / ran if ran > 0 else 0.0
+    return replace(
+        prof,
+        blocked_s=_ewma(prof.blocked_s if prof.blocks else None, per_call, alpha),
+        blocked_cpu=_ewma(prof.blocked_cpu, min(1.0, cpu_share), alpha),
+        blocks=prof.blocks + blame.reports,
+    )
 
 
 def _ewma(old: float | None, new: float, alpha: float) -> float:
@@ -713,23 +475,6 @@ def _gil_shared(calls: list[NodeCall], driver_pid: int) -> set[int]:
     return shared
 
 
-def fmt_seconds(seconds: float) -> str:
-    ms = seconds * 1e3
-    if ms >= 100:
-        return f"{ms:.0f} ms"
-    if ms >= 1:
-        return f"{ms:.1f} ms"
-    return f"{ms:.2f} ms"
-
-
-def fmt_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GB"  # pragma: no cover - loop always returns
-
-
 __all__ = [
     "Blame",
     "DispatchCost",
@@ -737,9 +482,11 @@ __all__ = [
     "MeasuredPolicy",
     "NodeDelta",
     "NodeProfile",
+    "PlanNodeLike",
     "Profile",
     "ProfileError",
     "Thresholds",
-    "measure_dispatch",
+    "fmt_bytes",
+    "fmt_seconds",
     "redecide",
 ]

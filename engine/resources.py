@@ -5,7 +5,7 @@
     add_node(..., resources={"openai": 1})        arun(..., limits={"openai": 8},
                     |                                      rates={"openai": "60/min"},
                     v                                      max_concurrency={"cpu": 4})
-    async with budgets.acquire({"openai": 1}, lane="io", node="ask"):   <- scheduler
+    async with budgets.acquire({"openai": 1}, lane="io", node="ask"):   <- dispatcher
         1. a slot of each limited resource (sorted by name: no deadlock between
            calls that need several),
         2. a slot of the lane's max_concurrency,
@@ -32,8 +32,8 @@ from types import MappingProxyType
 from typing import Protocol
 
 from .errors import GraphError
-from .lanes.worker import hostname
 from .marks import Mark
+from .procs import hostname
 
 LANE_NAMES = ("io", "thread", "cpu", "inline")
 

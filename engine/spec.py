@@ -1,7 +1,8 @@
-"""The graph's vocabulary: ``START``, ``END``, ``Send`` and the frozen records of
-nodes and conditional edges that ``Graph`` builds and the plan and the
-scheduler read. It imports nothing from the engine's later stages, so every
-stage can depend on it without depending on the builder.
+"""The graph's vocabulary: ``START``, ``END``, ``Send``, ``Task``, and the frozen
+records ``Graph`` builds (``NodeSpec``, ``Branch``) and freezes into a
+``GraphSpec``, which ``plan`` validates. It imports nothing from the engine's
+later stages, so every stage can depend on it without depending on the
+mutable builder.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from .classify import Lane
 from .policy import RetryPolicy
 
 if TYPE_CHECKING:
+    from .state import StateSchema
     from .warm import WorkerInit
 
 START = "__start__"
@@ -31,6 +33,25 @@ class Send:
 
     node: str
     arg: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """One call to make in a step: a node, and its Send payload if it has one.
+
+    Routing makes them; the dispatcher runs them (as ``Call``s: a task at a
+    step and an attempt); checkpoints save the next step's.
+    """
+
+    node: str
+    index: int = -1  # Send index within the step; -1 when triggered by an edge
+    payload: Any = None
+    has_payload: bool = False
+
+    @property
+    def order(self) -> tuple[str, int]:
+        """Where its writes go in the step's merge: node name, then Send index."""
+        return (self.node, self.index)
 
 
 @dataclass(frozen=True)
@@ -59,4 +80,32 @@ class Branch:
     path_map: Mapping[Hashable, str] | None
 
 
-__all__ = ["END", "RESERVED", "START", "Branch", "NodeSpec", "Send"]
+#: A static edge: its sources (several: a fan-in that waits for all) and its target.
+Edge = tuple[tuple[str, ...], str]
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """A graph as built, frozen by ``Graph.compile``: what ``plan`` validates.
+
+    Nothing in it changes after the builder is used again: the node and
+    branch records are frozen, the containers are read-only copies.
+    """
+
+    schema: StateSchema
+    nodes: Mapping[str, NodeSpec]
+    edges: tuple[Edge, ...]
+    branches: tuple[Branch, ...]
+
+
+__all__ = [
+    "END",
+    "RESERVED",
+    "START",
+    "Branch",
+    "Edge",
+    "GraphSpec",
+    "NodeSpec",
+    "Send",
+    "Task",
+]

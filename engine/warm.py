@@ -3,11 +3,11 @@
 ::
 
     add_node("tokenize", tokenize, worker_init=load_tokenizer)
-    driver: run_call payload (fn_bytes, arg, WorkerInit) --bytes--> worker:
+    driver: frames.request(fn_bytes, WorkerInit, [arg]) --bytes--> worker:
               resource = worker_resources().get(init)   built once per process;
                                                         the first call pays the load
               fn(arg, resource), timed apart from the load
-    driver: CallOutcome(load_name, load_start, load_end) <--bytes--
+    driver: the call's Outcome, with its Load (name, start, end) <--frame--
 
 The node receives the resource as its second positional argument:
 ``def tokenize(state, tokenizer) -> dict``. Its build is timed apart from

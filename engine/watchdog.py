@@ -14,7 +14,7 @@ thread,
 - evidence for the profile (``blamed()``).
 
 A run's end flushes a block the monitor has not measured yet (``flush``):
-the scheduler calls it before ``RunFinished``, so a block in the last step
+the recorder calls it before ``RunFinished``, so a block in the last step
 is reported like any other.
 """
 
@@ -24,19 +24,18 @@ import asyncio
 import contextlib
 import enum
 import os
-import time
 from collections.abc import Callable
 from types import CodeType
 from typing import Any
 
 from .blocks import BlockReport, LagSample, Share, codes_of
 from .events import LoopBlocked
-from .lanes.placement import runs_on_loop
-from .lanes.worker import hostname
 from .logs import get_logger
-from .loopguard import GUARDS, LoopGuard
+from .loopguard import GUARDS, LoopGuard, _Entry
 from .marks import Mark
-from .profile import Blame
+from .measured import Blame
+from .procs import hostname
+from .resources import Clock, SystemClock
 
 log = get_logger("engine.watchdog")
 
@@ -58,10 +57,12 @@ class _State(enum.Enum):
 class LoopWatchdog:
     """Watches the event loop for one run.
 
-    Use as ``async with LoopWatchdog(emit=...) as wd:``; the scheduler wraps
-    every call that runs on the loop in ``with wd.running(node, fn=fn):``
-    and calls ``wd.flush()`` as the run ends. ``guard`` attaches to that
-    guard instead of the loop's shared one (a test's, with its clock).
+    Use as ``async with LoopWatchdog(emit=...) as wd:``; the dispatcher
+    registers every call that runs on the loop (``enter``/``leave``, or
+    ``with wd.running(node, fn=fn):``) and the recorder calls ``wd.flush()``
+    as the run ends. ``guard`` attaches to that guard instead of the loop's
+    shared one (a test's, with its clock: the watchdog's times are its
+    guard's clock's).
     ``sampler=False`` starts no sampler thread for this run (a shared
     guard's sampler, started for another run, still serves it).
 
@@ -94,6 +95,7 @@ class LoopWatchdog:
         self._use_sampler = sampler
         self._given_guard = guard
         self._guard: LoopGuard | None = None
+        self._clock: Clock = SystemClock()  # the guard's, once attached
         self._loop: asyncio.AbstractEventLoop | None = None
         self._key = -1
         self._state = _State.CREATED
@@ -124,7 +126,8 @@ class LoopWatchdog:
         loop = asyncio.get_running_loop()
         guard = self._given_guard or GUARDS.acquire(loop)
         self._loop, self._guard = loop, guard
-        self.samples.append(LagSample(time.time(), 0.0))
+        self._clock = guard.clock
+        self.samples.append(LagSample(self._clock.time(), 0.0))
         # A registered guard is open (a closing one left the registry first).
         self._key = guard.attach(self, sampler=self._use_sampler)
         self._state = _State.RUNNING
@@ -140,11 +143,11 @@ class LoopWatchdog:
         assert guard is not None and loop is not None
         guard.detach(self._key)
         if self.samples and self.samples[-1].lag_s != 0.0:
-            self.samples.append(LagSample(time.time(), 0.0))
+            self.samples.append(LagSample(self._clock.time(), 0.0))
         if self._given_guard is None:
             await GUARDS.release(loop, guard)
 
-    # -- the registry the scheduler updates ----------------------------------
+    # -- the registry the dispatcher updates ---------------------------------
 
     def running(
         self, node: str, *, index: int = -1, fn: Callable[..., Any] | None = None
@@ -156,17 +159,35 @@ class LoopWatchdog:
         guard = self._guard
         if self._state is not _State.RUNNING or guard is None:
             return _NOT_WATCHING
+        return guard.running(self._key, node, index=index, task=_task(), codes=self._codes_of(fn))
+
+    def enter(self, node: str, index: int, fn: Callable[..., Any] | None) -> int:
+        """``running`` without the context manager: a key for ``leave`` (-1: not watching).
+
+        The dispatcher's path, once per call that runs on the loop's thread.
+        """
+        guard = self._guard
+        if guard is None or self._state is not _State.RUNNING:
+            return -1
         try:
-            task: asyncio.Task[Any] | None = asyncio.current_task()
-        except RuntimeError:  # not on a loop (a sync test): the frame match still works
-            task = None
+            codes = self._codes[fn]
+        except (KeyError, TypeError):
+            codes = self._codes_of(fn)
+        return guard.enter(_Entry(self._key, node, index, asyncio.current_task(), codes))
+
+    def leave(self, key: int) -> None:
+        """The call ``enter`` registered under ``key`` left the loop."""
+        if key >= 0 and self._guard is not None:
+            self._guard.leave(key)
+
+    def _codes_of(self, fn: Callable[..., Any] | None) -> frozenset[CodeType]:
         try:
             codes = self._codes[fn]
         except KeyError:
             codes = self._codes[fn] = codes_of(fn)
         except TypeError:  # an unhashable callable: not cached
             codes = codes_of(fn)
-        return guard.running(self._key, node, index=index, task=task, codes=codes)
+        return codes
 
     def on_loop(self) -> list[str]:
         """Names of this run's node calls registered as running on the loop now."""
@@ -219,7 +240,10 @@ class LoopWatchdog:
         try:
             self._emit(
                 LoopBlocked(
-                    run_id=self.run_id, time=time.time(), lag_s=lag, nodes=list(report.nodes)
+                    run_id=self.run_id,
+                    time=self._clock.time(),
+                    lag_s=lag,
+                    nodes=list(report.nodes),
                 )
             )
         except Exception:
@@ -291,6 +315,14 @@ class LoopWatchdog:
         return out
 
 
+def _task() -> asyncio.Task[Any] | None:
+    """The task running now; None off a loop (a sync test: the frame match still works)."""
+    try:
+        return asyncio.current_task()
+    except RuntimeError:
+        return None
+
+
 __all__ = [
     "DEFAULT_INTERVAL_S",
     "DEFAULT_THRESHOLD_S",
@@ -299,5 +331,4 @@ __all__ = [
     "LoopGuard",
     "LoopWatchdog",
     "Share",
-    "runs_on_loop",
 ]

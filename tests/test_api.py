@@ -11,11 +11,12 @@ from engine import START, Graph
 from tests.support import State, append
 
 EXPECTED = {
-    "END", "START", "BudgetWaited", "CheckpointError", "CompiledGraph", "EngineError",
-    "Event", "Explanation", "Graph", "GraphError", "InvalidUpdateError", "LaneDecision",
-    "LoopBlocked", "Metrics", "NodeCall", "NodeError", "NodeFailed", "NodeFinished",
-    "NodeStarted", "NodeTimeoutError", "RecursionLimitError", "RetryPolicy", "RunFinished",
-    "RunResult", "RunStarted", "Send", "StepFinished", "StepStarted", "Trace",
+    "END", "START", "BudgetWaited", "CheckpointError", "Clock", "CompiledGraph", "EngineError",
+    "Event", "ExplainRow", "Explanation", "FakeClock", "Graph", "GraphError",
+    "InvalidUpdateError", "LaneDecision", "LoopBlocked", "Metrics", "NodeCall", "NodeError",
+    "NodeFailed", "NodeFinished", "NodeStarted", "NodeTimeoutError", "Rate",
+    "RecursionLimitError", "RetryPolicy", "RunFinished", "RunKwargs", "RunOptions",
+    "RunResult", "RunStarted", "RunStatus", "Send", "StepFinished", "StepStarted", "Trace",
     "WorkerCrashedError", "WorkerLoaded", "cpu", "default_executor", "inline", "io",
     "run_sync", "thread",
 }  # fmt: skip
@@ -48,6 +49,28 @@ class TestExports:
             "CheckpointError",
         ):
             assert issubclass(getattr(engine, name), engine.EngineError), name
+
+    def test_every_exported_type_and_function_is_documented(self) -> None:
+        """Each exported class and function says what it is in a docstring of its own."""
+        import inspect
+
+        bare = []
+        for name in engine.__all__:
+            obj = getattr(engine, name)
+            if not (inspect.isclass(obj) or inspect.isfunction(obj)):
+                continue
+            doc = obj.__dict__.get("__doc__") if inspect.isclass(obj) else obj.__doc__
+            # a dataclass without a docstring gets its signature as one: not documentation
+            if not doc or not doc.strip() or doc.startswith(f"{name}("):
+                bare.append(name)
+        assert bare == []
+
+    def test_run_options_and_their_keywords_are_the_same_options(self) -> None:
+        """RunKwargs (keywords of arun, ainvoke, invoke, run, astream) lists RunOptions' fields."""
+        import dataclasses
+
+        fields = {f.name for f in dataclasses.fields(engine.RunOptions)}
+        assert set(engine.RunKwargs.__annotations__) == fields
 
     def test_start_and_end_are_distinct_strings(self) -> None:
         """START and END are distinct reserved strings."""
@@ -114,6 +137,21 @@ class TestArguments:
         """Misused arun arguments are a ValueError saying what to do."""
         with pytest.raises(ValueError, match=pattern):
             await one_node_app().arun({}, **kwargs)  # type: ignore[arg-type]
+
+    async def test_an_options_object_and_keywords_combine(self) -> None:
+        """RunOptions gives the run's options; keywords given too replace its values."""
+        options = engine.RunOptions(mode="sequential", recursion_limit=5)
+        r = await one_node_app().arun({}, options, mode="concurrent")
+        assert r.mode == "concurrent" and options.mode == "sequential"
+        with pytest.raises(ValueError, match="unknown mode 'turbo'"):
+            engine.RunOptions(mode="turbo")  # type: ignore[arg-type]
+
+    async def test_run_finished_says_how_with_a_status_enum(self) -> None:
+        """RunFinished.status is a RunStatus (equal to its string value too)."""
+        events: list[engine.Event] = []
+        await one_node_app().arun({}, on_event=events.append)
+        (done,) = [e for e in events if isinstance(e, engine.RunFinished)]
+        assert done.status is engine.RunStatus.DONE and done.status == "done"
 
     async def test_none_input_needs_a_thread(self) -> None:
         """arun(None) means resume, which needs a thread_id."""

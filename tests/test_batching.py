@@ -24,7 +24,13 @@ from structlog.testing import capture_logs
 
 import engine
 from engine import END, START, Graph, NodeError, RetryPolicy, Send, WorkerCrashedError
-from engine.lanes.batching import ChunkPlan, plan_chunks, replan, should_batch
+from engine.lanes.batching import (
+    DEFAULT_CHUNKS_PER_WORKER,
+    ChunkPlan,
+    plan_chunks,
+    replan,
+    should_batch,
+)
 from engine.lanes.pool import default_executor, executor_workers, is_broken, warm
 from engine.lanes.process import pid_alive
 from engine.lanes.worker import run_marked
@@ -95,10 +101,10 @@ class CountingExecutor(Executor):
 
 class TestPlan:
     def test_many_millisecond_calls_get_a_few_chunks_per_worker(self) -> None:
-        """5000 calls of 1 ms, dispatch 0.5 ms, 2 workers: 8 chunks of 625."""
+        """5000 calls of 1 ms, dispatch 0.5 ms, 2 workers: 16 chunks of 312-313."""
         plan = plan_chunks(5000, workers=2, dispatch_s=0.0005, call_s=0.001)
-        assert plan.sizes == (625,) * 8
-        assert "5000 calls of 1.00 ms" in plan.reason and "8 chunk(s)" in plan.reason
+        assert plan.sizes == (313,) * 8 + (312,) * 8
+        assert "5000 calls of 1.00 ms" in plan.reason and "16 chunk(s)" in plan.reason
 
     def test_tiny_calls_are_not_spread_thinner_than_a_dispatch(self) -> None:
         """20 calls of 0.1 ms with a 0.5 ms dispatch: one chunk (spreading costs more)."""
@@ -168,7 +174,8 @@ class TestFanOut:
             {"n": 400}, mode="parallel", executor=pool, on_event=events.append
         )
         workers = executor_workers(pool.inner)
-        assert 1 <= pool.submitted <= 4 * workers  # unmeasured plan: 4 chunks per worker
+        # unmeasured plan: DEFAULT_CHUNKS_PER_WORKER chunks per worker
+        assert 1 <= pool.submitted <= DEFAULT_CHUNKS_PER_WORKER * workers
         calls = [c for c in r.trace.calls if c.node == "work"]
         assert len(calls) == 400 and all(c.ok for c in calls)
         assert sorted(c.index for c in calls) == list(range(400))

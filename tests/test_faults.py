@@ -89,7 +89,8 @@ def with_sibling(
 
 
 async def normal_run_works() -> None:
-    """The pool (replaced or not) runs two cpu nodes in parallel workers."""
+    """The pool (replaced or not) runs two cpu nodes in parallel workers, and no marker
+    of a call of a broken pool is left behind in the driver's marker directory."""
     g = Graph(FaultState)
     for name in ("n1", "n2"):
         g.add_node(name, functools.partial(crashers.sibling, os.devnull, name, 0.05), lane="cpu")
@@ -97,6 +98,10 @@ async def normal_run_works() -> None:
     result = await g.compile().arun({})
     assert sorted(result.state.items) == ["n1", "n2"]
     assert all(c.ok and c.pid != os.getpid() for c in result.trace.calls)
+    from engine.lanes.process import marker_base
+
+    left = [p for d in Path(marker_base()).glob(f"engine-cpu-{os.getpid()}-*") for p in d.iterdir()]
+    assert left == []
 
 
 def sibling_events_ok(events: list[Any]) -> None:
@@ -128,7 +133,7 @@ MATRIX = [
         crashers.touch_payload,
         crashers.FailsToUnpickle(),
         NodeError,
-        r"could not unpickle the node's function or input: refuses to be unpickled",
+        r"could not unpickle its input: refuses to be unpickled",
         False,
     ),
     (
@@ -532,17 +537,17 @@ class TestUnexpectedError:
     ) -> None:
         """An engine error (not a node's) in one call: the step's other calls are stopped and
         awaited before arun raises it; the finished call's write is kept as pending."""
-        from engine.lanes import LaneRunner
+        from engine.dispatch import Dispatcher
 
         pid_file, side = tmp_path / "pid", tmp_path / "side"
-        real = LaneRunner.call
+        real = Dispatcher._on_lane
         stopped: list[str] = []
 
-        async def call(self: LaneRunner, node: str, *args: Any, **kwargs: Any) -> Any:
-            if node == "bad":
+        async def call(self: Dispatcher, call: Any, route: Any, arg: Any) -> Any:
+            if call.task.node == "bad":
                 await wait_for_pid(pid_file)  # the cpu sibling computes, the io one sleeps
                 raise RuntimeError("an engine bug")
-            return await real(self, node, *args, **kwargs)
+            return await real(self, call, route, arg)
 
         async def sleeper(state: FaultState) -> dict[str, Any]:
             try:
@@ -551,7 +556,7 @@ class TestUnexpectedError:
                 stopped.append("sleeper")
             return {}
 
-        monkeypatch.setattr(LaneRunner, "call", call)
+        monkeypatch.setattr(Dispatcher, "_on_lane", call)
         g = Graph(FaultState)
         g.add_node("bad", functools.partial(crashers.io_sibling, os.devnull, "bad", 0.0))
         g.add_node("quick", functools.partial(crashers.io_sibling, str(side), "quick", 0.0))
@@ -564,7 +569,9 @@ class TestUnexpectedError:
             await g.compile(checkpointer=cp).arun({}, thread_id="t")
         # Nothing of the step runs on: the io call was cancelled and awaited ...
         assert stopped == ["sleeper"]
-        assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
+        # (the loop guard's monitor lingers for the loop's next run: not the step's)
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        assert [t for t in others if t.get_name() != "engine-loop-guard"] == []
         # ... and the cpu call's worker was killed.
         assert await wait_gone(int(pid_file.read_text())) < 2.0
         latest = await cp.get_latest("t")
@@ -687,7 +694,9 @@ class TestCancellation:
             await run
         for b in blockers:
             await asyncio.wrap_future(b)
-        await asyncio.sleep(0.5)  # time enough for a call that was kept to run
+        # Proof, not a wait: once every worker has answered a call sent after the
+        # cancel, whatever was ahead of it in the pool's queue has run, or been skipped.
+        await asyncio.to_thread(warm, pool)
         assert not marker.exists()
         await normal_run_works()
 
@@ -723,14 +732,16 @@ class TestCancellation:
             await run
         (lane,) = lanes
         assert "running=0" in repr(lane)  # ... so nothing it sent is left running
-        await asyncio.sleep(1.0)  # the call would have finished by now
-        assert not ran.exists()
         monkeypatch.undo()
+        # Every worker answering a call sent after it proves the call was skipped
+        # (a worker that had taken it would run it, 0.5 s, before the new one).
+        await asyncio.to_thread(warm, default_executor())
+        assert not ran.exists()
         await normal_run_works()
 
-    async def test_concurrent_cold_submissions_leave_no_marker_directory(self) -> None:
-        """Calls submitted at once to a cold pool (each from its own thread) share one
-        marker directory, removed when the run ends."""
+    async def test_concurrent_cold_submissions_leave_no_marker_behind(self) -> None:
+        """Calls submitted at once to a cold pool (each from its own thread) share the
+        driver's one marker directory, which holds no marker once the run ends."""
         from engine.lanes.process import marker_base
 
         mine = f"engine-cpu-{os.getpid()}-*"
@@ -744,7 +755,8 @@ class TestCancellation:
             default_executor().shutdown(wait=True)  # cold: every submission goes off the loop
             result = await app.arun({})
             assert len(result.state.items) == 4
-            assert list(Path(marker_base()).glob(mine)) == []
+            dirs = list(Path(marker_base()).glob(mine))
+            assert len(dirs) == 1 and list(dirs[0].iterdir()) == []
 
     async def test_cancel_mid_step_saves_finished_writes_and_leaves_no_process(
         self, tmp_path: Path

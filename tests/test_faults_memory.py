@@ -18,7 +18,7 @@ from structlog.testing import capture_logs
 import tests.crashers as crashers
 from engine import START, Graph, Send, WorkerCrashedError
 from engine.events import NodeFailed, NodeFinished
-from engine.lanes import LaneRunner
+from engine.lanes import Lanes
 from tests.crashers import FaultState, lines
 
 cloudpickle.register_pickle_by_value(crashers)
@@ -93,7 +93,7 @@ class TestMemoryLimit:
 class TestRunnerLimit:
     def test_a_call_may_use_its_nodes_limit_or_the_runs_whichever_is_larger(self) -> None:
         """memory_limit (the run's) is the floor; a node's own larger hint wins."""
-        runner = LaneRunner("parallel", memory_limit=500)
-        assert runner._limit(None) == 500
-        assert runner._limit(300) == 500 and runner._limit(800) == 800
-        assert LaneRunner("parallel")._limit(None) is None
+        cpu = Lanes("parallel", memory_limit=500).cpu
+        assert cpu.limit(None) == 500
+        assert cpu.limit(300) == 500 and cpu.limit(800) == 800
+        assert Lanes("parallel").cpu.limit(None) is None

@@ -247,7 +247,7 @@ class TestCpuLanePayloads:
         import cloudpickle
 
         from engine.checkpoint import TaskRef
-        from engine.lanes.worker import dumps_for_worker
+        from engine.lanes.frames import dumps_for_worker
 
         plain = TaskRef(node="x", payload={"k": [1, 2]})
         assert dumps_for_worker(plain) == pickle.dumps(plain, protocol=pickle.HIGHEST_PROTOCOL)
@@ -257,18 +257,23 @@ class TestCpuLanePayloads:
         assert dumps_for_worker(fn) == cloudpickle.dumps(fn)
         assert pickle.loads(dumps_for_worker(plain)) == plain
 
-    def test_fast_outcome_is_an_ordinary_call_outcome(self) -> None:
-        """The lane's quick CallOutcome constructor builds the same frozen record."""
+    def test_fast_record_is_an_ordinary_node_call(self) -> None:
+        """The lanes' quick NodeCall constructor builds the same frozen record."""
         import dataclasses
 
-        from engine.lanes.worker import CallOutcome, _outcome
+        from engine.trace import call_record
 
-        fields = {"ok": True, "value": {"a": 1}, "pid": 7, "thread": 8, "host": "h"}
-        times = {"start": 1.0, "end": 2.0, "cpu_s": 0.5}
-        quick, slow = _outcome({**fields, **times}), CallOutcome(**fields, **times)
-        assert quick == slow and repr(quick) == repr(slow)
+        quick = call_record(
+            "n", 3, "cpu", 2, 5, 7, 8, "h", 1.0, 2.0, 0.5, 10, 20, False, "RuntimeError", 0.1, 0.2
+        )
+        slow = NodeCall(
+            node="n", step=3, lane="cpu", attempt=2, index=5, pid=7, thread=8, host="h",
+            start=1.0, end=2.0, cpu_s=0.5, bytes_in=10, bytes_out=20, ok=False,
+            error="RuntimeError", queued_s=0.1, load_s=0.2,
+        )  # fmt: skip
+        assert quick == slow and repr(quick) == repr(slow) and hash(quick) == hash(slow)
         with pytest.raises(dataclasses.FrozenInstanceError):
-            quick.ok = False  # type: ignore[misc]
+            quick.ok = True  # type: ignore[misc]
 
 
 class TestIoLane:

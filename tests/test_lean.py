@@ -14,8 +14,9 @@ from pydantic import BaseModel, field_validator
 from structlog.testing import capture_logs
 
 from engine import START, Graph, GraphError
+from engine.lanes.frames import Decoded, decode, dumps_for_worker, request
 from engine.lanes.pool import default_executor
-from engine.lanes.worker import CallOutcome, call_payload, dumps_for_worker, load_outcome, run_call
+from engine.lanes.worker import run_calls
 from engine.lean import (
     Reads,
     StateView,
@@ -196,7 +197,7 @@ class TestProjection:
         """A StateView is sent to a worker the way the cpu lane sends inputs, and read there."""
         view = infer_reads("n", unannotated, Big, ["query"]).project(big_state(10))  # type: ignore[union-attr]
         outcome = await round_trip(default_executor(), cloudpickle.dumps(topic_length), view)
-        assert outcome.ok and outcome.value == len("what is lean dispatch")
+        assert outcome.measured.ok and outcome.measured.value == len("what is lean dispatch")
         assert outcome.bytes_in < 4096
 
     async def test_lean_dispatch_costs_about_the_same_as_a_tiny_state(self) -> None:
@@ -227,13 +228,13 @@ class TestProjection:
         assert full > 3 * t  # without projection the big state is the cost
 
 
-async def round_trip(pool: Any, fn_bytes: bytes, arg: Any) -> CallOutcome:
-    """One call to a worker in the cpu lane's own wire format (``run_call``)."""
-    payload = call_payload(fn_bytes, dumps_for_worker(arg))
-    data = await asyncio.get_running_loop().run_in_executor(pool, run_call, payload)
-    outcome, _, error = load_outcome(data)
-    assert error is None, error
-    return outcome
+async def round_trip(pool: Any, fn_bytes: bytes, arg: Any) -> Decoded:
+    """One call to a worker in the cpu lane's own wire format (``run_calls``)."""
+    payload = request(fn_bytes, None, [dumps_for_worker(arg)])
+    data = await asyncio.get_running_loop().run_in_executor(pool, run_calls, payload)
+    (one,) = decode(data)
+    assert one.unloadable is None, one.unloadable
+    return one
 
 
 class TestPayloadWarning:

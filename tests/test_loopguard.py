@@ -63,6 +63,15 @@ async def until(condition: Any, turns: int = 1000) -> None:
     raise AssertionError("the condition never held")
 
 
+async def within(seconds: float, condition: Any) -> None:
+    """Wait (real time, at most ``seconds``) until ``condition()`` holds."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"the condition did not hold within {seconds} s")
+        await asyncio.sleep(0.005)
+
+
 class TestRunEnd:
     async def test_a_block_the_monitor_never_measured_is_reported_at_the_end(
         self, clock: FakeClock, guard: LoopGuard
@@ -179,9 +188,13 @@ class TestAttribution:
 
 
 class TestSharing:
-    async def test_runs_on_one_loop_share_one_monitor_and_one_sampler(self) -> None:
-        """50 runs on one loop: one guard, one sampler thread, one monitor task; the last
-        run to end closes them, and the next run starts a fresh guard."""
+    async def test_runs_on_one_loop_share_one_monitor_and_one_sampler(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """50 runs on one loop: one guard, one sampler thread, one monitor task. The last
+        run to end leaves it lingering; a run that starts meanwhile takes it over, and
+        once it has lingered unused it closes, and the next run starts a fresh guard."""
+        monkeypatch.setattr(GUARDS, "linger_s", 0.05)
         loop = asyncio.get_running_loop()
         assert GUARDS.peek(loop) is None
         runs = [LoopWatchdog(run_id=f"r{i}") for i in range(50)]
@@ -196,8 +209,12 @@ class TestSharing:
             await wd.aclose()
         assert GUARDS.peek(loop) is guard and guard.runs == 1
         await runs[-1].aclose()
-        assert GUARDS.peek(loop) is None and monitors[0].done()
-        assert not samplers[0].is_alive() and "closed" in repr(guard)
+        assert GUARDS.peek(loop) is guard and guard.runs == 0  # lingering, still open
+        async with LoopWatchdog():
+            assert GUARDS.peek(loop) is guard and guard.runs == 1  # taken over
+        await within(5.0, lambda: GUARDS.peek(loop) is None)
+        await within(5.0, lambda: monitors[0].done() and not samplers[0].is_alive())
+        assert "closed" in repr(guard)
         async with LoopWatchdog() as wd:
             fresh = GUARDS.peek(loop)
             assert fresh is not None and fresh is not guard and wd.on_loop() == []

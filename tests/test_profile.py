@@ -18,7 +18,7 @@ from structlog.testing import capture_logs
 import engine
 from engine import START, Graph, NodeCall
 from engine.classify import classify
-from engine.lanes.pool import default_executor
+from engine.lanes.pool import default_executor, measure_dispatch
 from engine.plan import build_plan
 from engine.profile import (
     Blame,
@@ -29,7 +29,6 @@ from engine.profile import (
     Profile,
     ProfileError,
     Thresholds,
-    measure_dispatch,
     redecide,
 )
 from tests.support import State, burn
@@ -156,6 +155,31 @@ class TestObserve:
         h = p.get("h")
         assert h is not None and h.blocks == 1
         assert h.blocked_s == pytest.approx(0.28) and h.blocked_cpu == pytest.approx(0.27 / 0.28)
+
+
+class TestBigRuns:
+    def test_a_fan_out_of_thousands_folds_as_if_every_call_counted(self) -> None:
+        """3,000 calls of one node (a few failed): counts are exact and the averages
+        match folding every call one by one, to 1e-9 (only the newest calls are folded)."""
+        calls = [
+            rec("w", 0.001 * (1 + i % 7), 0.0009 * (1 + i % 7), bytes_in=10 + i, ok=i % 97 != 0)
+            for i in range(3000)
+        ]
+        p = profiled(*calls)
+        got = p.get("w")
+        assert got is not None
+        alpha, wall, ratio, b_in = p.alpha, None, None, None
+        for c in calls:
+            if not c.ok:
+                continue
+            wall = c.wall_s if wall is None else alpha * c.wall_s + (1 - alpha) * wall
+            r = c.cpu_s / c.wall_s
+            ratio = r if ratio is None else alpha * r + (1 - alpha) * ratio
+            b_in = c.bytes_in if b_in is None else alpha * c.bytes_in + (1 - alpha) * b_in
+        assert got.calls == 3000 and got.failures == sum(1 for c in calls if not c.ok)
+        assert got.wall_s == pytest.approx(wall, rel=1e-9)
+        assert got.cpu_ratio == pytest.approx(ratio, rel=1e-9)
+        assert got.bytes_in == pytest.approx(b_in, rel=1e-9)
 
 
 class TestPolicy:
@@ -294,7 +318,7 @@ class TestChanges:
         g.add_edge(START, "auto")
         g.add_edge(START, "pinned")
         g.add_edge(START, "coro")
-        plan = build_plan(g)
+        plan = build_plan(g.freeze())
         p = profiled(rec("auto", 0.2, 0.001), rec("pinned", 0.2, 0.001))
         decisions = redecide(plan.nodes, p.policy())
         assert set(decisions) == {"auto", "coro"}

@@ -22,18 +22,13 @@ import pytest
 
 import tests.crashers as crashers
 from engine import START, Graph
-from engine.lanes import LaneRunner
+from engine.lanes import Call, Lanes
+from engine.lanes import cpu as cpu_lane
+from engine.lanes.frames import SLICE_ITEMS, SPILLED, decode, encode, request
+from engine.lanes.measure import OK, Measured
 from engine.lanes.pool import default_executor
-from engine.lanes.worker import (
-    LARGE_RESULT_BYTES,
-    SLICE_ITEMS,
-    SPILLED,
-    CallOutcome,
-    _encode,
-    load_outcome,
-    run_call,
-    run_marked,
-)
+from engine.lanes.worker import LARGE_RESULT_BYTES, run_calls, run_marked
+from engine.spec import Task
 from tests.crashers import FaultState
 
 cloudpickle.register_pickle_by_value(crashers)
@@ -80,10 +75,8 @@ class SpyGuard:
             self.held = False
 
 
-def outcome(value: Any) -> CallOutcome:
-    return CallOutcome(
-        ok=True, value=value, pid=1, thread=1, host="h", start=0.0, end=1.0, cpu_s=0.5
-    )
+def measured(value: Any) -> Measured:
+    return Measured(OK, 1, 1, "h", 0.0, 1.0, 0.5, value=value)
 
 
 class TestLargeResults:
@@ -105,31 +98,25 @@ class TestLargeResults:
     async def test_a_large_result_is_decoded_off_the_loop_registered_as_its_node(self) -> None:
         """Decoding runs in another thread, with the node registered with the loop guard."""
         seen: dict[str, Any] = {}
-        import engine.lanes as lanes
+        real = cpu_lane._decode_large
 
-        real = lanes._decoded
-
-        def spying(data: bytes) -> CallOutcome:
+        def spying(data: bytes) -> Any:
             seen["thread"] = threading.get_ident()
             seen["registered"] = guard.held
             return real(data)
 
         guard = SpyGuard()
-        runner = LaneRunner("parallel")
+        lanes = Lanes("parallel", guard=guard)
         try:
             with pytest.MonkeyPatch.context() as mp:
-                mp.setattr(lanes, "_decoded", spying)
-                out = await runner.call(
-                    "big",
-                    "cpu",
+                mp.setattr(cpu_lane, "_decode_large", spying)
+                out = await lanes.cpu.run(
+                    Call(Task("big", 3), 0),
                     functools.partial(crashers.large_text, 2 * LARGE_RESULT_BYTES),
                     {},
-                    is_coroutine=False,
-                    guard=guard,
-                    index=3,
                 )
         finally:
-            await runner.aclose()
+            await lanes.aclose()
         assert out.ok and len(out.value["log"][0]) == 2 * LARGE_RESULT_BYTES
         assert seen == {"thread": seen["thread"], "registered": True}
         assert seen["thread"] != threading.get_ident()
@@ -138,42 +125,37 @@ class TestLargeResults:
     async def test_a_small_result_is_decoded_on_the_loop_unregistered(self) -> None:
         """Small results keep the fast path: no thread, no registration."""
         guard = SpyGuard()
-        runner = LaneRunner("parallel")
+        lanes = Lanes("parallel", guard=guard)
         try:
-            out = await runner.call(
-                "small",
-                "cpu",
-                functools.partial(crashers.large_text, 1000),
-                {},
-                is_coroutine=False,
-                guard=guard,
+            out = await lanes.cpu.run(
+                Call(Task("small"), 0), functools.partial(crashers.large_text, 1000), {}
             )
         finally:
-            await runner.aclose()
+            await lanes.aclose()
         assert out.ok and guard.registered == []
 
     def test_a_large_result_travels_through_a_file_that_reading_removes(
         self, tmp_path: Path
     ) -> None:
         """From a pool worker with a marker on tmpfs: SPILLED + path; decoding unlinks it."""
-        import engine.lanes as lanes
         from engine.lanes.markers import marker_base
 
         if marker_base() != "/dev/shm":
             pytest.skip("no writable /dev/shm")
         fn = cloudpickle.dumps(functools.partial(crashers.large_text, LARGE_RESULT_BYTES))
         arg = pickle.dumps({})
-        payload = pickle.dumps((fn, arg, None))
+        payload = request(fn, None, [arg])
         directory = Path(os.path.join("/dev/shm", f"engine-test-{os.getpid()}"))
         directory.mkdir()
         try:
-            data = default_executor().submit(run_marked, "call", payload, str(directory / "0"))
+            data = default_executor().submit(run_marked, "calls", payload, str(directory / "0"))
             got = data.result(timeout=60)
             assert got.startswith(SPILLED)
             path = Path(os.fsdecode(got[len(SPILLED) :]))
             assert path.parent == directory and path.stat().st_size > LARGE_RESULT_BYTES
-            decoded = lanes._decoded(got)
-            assert decoded.ok and len(decoded.value["log"][0]) == LARGE_RESULT_BYTES
+            (decoded,) = cpu_lane._decode_large(got)
+            value = decoded.measured.value
+            assert decoded.measured.ok and len(value["log"][0]) == LARGE_RESULT_BYTES
             assert list(directory.iterdir()) == []  # the file and the marker are gone
         finally:
             for leftover in directory.iterdir():
@@ -183,30 +165,32 @@ class TestLargeResults:
     def test_small_results_and_results_without_a_marker_take_the_pipe(self) -> None:
         """Under the threshold, or outside a local pool (no marker): the frame itself."""
         fn = cloudpickle.dumps(functools.partial(crashers.large_text, LARGE_RESULT_BYTES))
-        payload = pickle.dumps((fn, pickle.dumps({}), None))
-        data = run_marked("call", payload, None)
+        payload = request(fn, None, [pickle.dumps({})])
+        data = run_marked("calls", payload, None)
         assert not data.startswith(SPILLED) and len(data) > LARGE_RESULT_BYTES
-        assert load_outcome(data)[0].value["log"][0] == "x" * LARGE_RESULT_BYTES
-        assert run_call(pickle.dumps((cloudpickle.dumps(len), pickle.dumps("abc"), None)))
+        assert decode(data)[0].measured.value["log"][0] == "x" * LARGE_RESULT_BYTES
+        (small,) = decode(run_calls(request(cloudpickle.dumps(len), None, [pickle.dumps("abc")])))
+        assert small.measured.value == 3
 
 
 class TestSlicedLists:
     def test_a_long_list_of_plain_items_travels_in_slices_and_comes_back_equal(self) -> None:
         """More than SLICE_ITEMS plain items: several parts, rebuilt into the same list."""
         value = {"items": [f"s{i}" for i in range(2 * SLICE_ITEMS + 7)] + [1, 2.5, None, b"x"]}
-        frame = _encode(outcome(value), 0)
-        head = pickle.loads(frame[11 : 11 + int.from_bytes(frame[3:11], "little")])
-        (_, type_name, sizes) = head[1][0]
+        frame = encode([(measured(value), 0)])
+        _, metas = pickle.loads(frame[11 : 11 + int.from_bytes(frame[3:11], "little")])
+        (_, type_name, sizes) = metas[0][1][0]
         assert type_name == "list" and len(sizes) == 3
-        back, _, error = load_outcome(frame)
-        assert error is None and back.value == value and type(back.value["items"]) is list
+        (back,) = decode(frame)
+        assert back.unloadable is None and back.measured.value == value
+        assert type(back.measured.value["items"]) is list
 
     def test_lists_with_shared_or_nested_items_stay_whole(self) -> None:
         """Items that are not plain (dicts, shared objects) keep one pickle: identity kept."""
         shared = {"k": 1}
         value = {"items": [shared] * (SLICE_ITEMS + 1)}
-        frame = _encode(outcome(value), 0)
-        head = pickle.loads(frame[11 : 11 + int.from_bytes(frame[3:11], "little")])
-        assert len(head[1][0][2]) == 1
-        back = load_outcome(frame)[0].value["items"]
+        frame = encode([(measured(value), 0)])
+        _, metas = pickle.loads(frame[11 : 11 + int.from_bytes(frame[3:11], "little")])
+        assert len(metas[0][1][0][2]) == 1
+        back = decode(frame)[0].measured.value["items"]
         assert back[0] is back[-1]

@@ -537,48 +537,21 @@ def test_dispatch_order_is_sorted() -> None:
     assert all(x.end <= y.start for x, y in itertools.pairwise(starts))
 
 
-class TestManyCalls:
-    async def test_a_big_step_lets_the_loop_turn_while_its_calls_start(self) -> None:
-        """Thousands of calls start a slice per turn of the loop, not all in one turn."""
+class TestOwnCancellation:
+    async def test_a_node_that_cancels_itself_fails_its_step_not_the_run(self) -> None:
+        """An async def raising CancelledError when nobody cancelled the run: a NodeError
+        (error_type CancelledError) with the node named; the run is not cancelled."""
         import asyncio
 
-        from engine.scheduler import START_SLICE, _all_or_none
+        async def gives_up(state: State) -> dict[str, Any]:
+            raise asyncio.CancelledError("gave up")
 
-        order: list[object] = []
-        loop = asyncio.get_running_loop()
-
-        async def call(i: int) -> None:
-            order.append(i)
-            if i == 0:  # something else the loop has to do, scheduled by the first call
-                loop.call_soon(order.append, "tick")
-
-        await _all_or_none([call(i) for i in range(10 * START_SLICE)])
-        assert order.index("tick") <= START_SLICE
-        assert sorted(x for x in order if isinstance(x, int)) == list(range(10 * START_SLICE))
-
-    async def test_cancelled_while_starting_leaves_no_coroutine_unawaited(self) -> None:
-        """A step cancelled mid-start closes the calls it never started (no warnings)."""
-        import asyncio
-
-        from engine.scheduler import START_SLICE, _all_or_none
-
-        started: list[int] = []
-
-        async def call(i: int) -> None:
-            started.append(i)
-            await asyncio.sleep(10)
-
-        with warnings.catch_warnings(record=True) as seen:
-            warnings.simplefilter("always")
-            task = asyncio.ensure_future(_all_or_none([call(i) for i in range(4 * START_SLICE)]))
-            await asyncio.sleep(0)
-            await asyncio.sleep(0)
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-            gc.collect()
-        assert 0 < len(started) < 4 * START_SLICE
-        assert [w for w in seen if "never awaited" in str(w.message)] == []
+        g = Graph(State)
+        g.add_node("quitter", gives_up)
+        g.add_edge(START, "quitter")
+        with pytest.raises(NodeError, match=r"'quitter'.*cancelled by its own code") as info:
+            await g.compile().arun({})
+        assert info.value.error_type == "CancelledError" and info.value.node == "quitter"
 
 
 class TestContext:
@@ -603,3 +576,28 @@ class TestContext:
         g.add_edge([f"s{i}" for i in range(width)], "r")
         r = await g.compile().arun({}, mode="parallel")
         assert r.state.report == "unset" and var.get() == "unset"
+
+
+class TestClock:
+    async def test_retry_waits_are_taken_on_the_runs_clock(self, tmp_path: Path) -> None:
+        """A node failing twice under a policy that waits 30 s, then 60 s: on a FakeClock the
+        run takes no real time, and its events show both waits on that clock."""
+        import time
+
+        from engine import NodeStarted, RunOptions
+        from engine.resources import FakeClock
+
+        g = Graph(State)
+        policy = RetryPolicy(max_attempts=3, initial_interval=30.0, jitter=False)
+        g.add_node(
+            "f", functools.partial(flaky, str(tmp_path / "n"), 2), lane="inline", retry=policy
+        )
+        g.add_edge(START, "f")
+        clock = FakeClock()
+        events: list[Any] = []
+        t0 = time.monotonic()
+        r = await g.compile().arun({}, RunOptions(clock=clock, on_event=events.append))
+        assert time.monotonic() - t0 < 5.0 and r.state.report == "ok after 3"
+        starts = [e.time for e in events if isinstance(e, NodeStarted)]
+        assert [round(b - a, 6) for a, b in itertools.pairwise(starts)] == [30.0, 60.0]
+        assert clock.monotonic() == pytest.approx(90.0)

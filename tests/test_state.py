@@ -95,6 +95,24 @@ class TestCopy:
         c.items.append("y")
         assert s.items == ["x"] and c.items == ["x", "y"]
 
+    def test_copy_keeps_shared_values_shared_and_extras_private(self) -> None:
+        """Two fields holding one list still hold one (copied) list; extra fields and an
+        assignment to the copy stay the copy's own."""
+
+        class Open(BaseModel, extra="allow"):
+            a: list[int] = []
+            b: list[int] = []
+            n: int = 0
+
+        one = [1]
+        s = Open.model_construct(a=one, b=one, n=3, more=[7])
+        c = StateSchema.of(Open).copy(s)
+        assert c.a is c.b and c.a is not one and c.a == [1]
+        c.a.append(2)
+        c.more.append(8)  # type: ignore[attr-defined]
+        c.n = 4
+        assert one == [1] and s.more == [7] and s.n == 3  # type: ignore[attr-defined]
+
 
 class TestCheckUpdate:
     def test_unknown_key(self) -> None:

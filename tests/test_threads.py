@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from engine import START, Graph, NodeStarted, NodeTimeoutError, Send
-from engine.lanes import LaneRunner
+from engine.lanes import Lanes
 from engine.lanes.threads import POOLS, LoopThreads
 from tests.support import State, thread_probe
 
@@ -26,14 +26,14 @@ class TestSharedPool:
     async def test_runners_on_one_loop_share_one_pool(self) -> None:
         """Two runs' thread calls go to one pool; the last run to close shuts it down."""
         loop = asyncio.get_running_loop()
-        a, b = LaneRunner("concurrent"), LaneRunner("concurrent")
+        a, b = Lanes("concurrent"), Lanes("concurrent")
         out = await asyncio.gather(
-            a.call("x", "thread", native_thread, None, is_coroutine=False),
-            b.call("y", "thread", native_thread, None, is_coroutine=False),
+            a.threads().run(functools.partial(native_thread, None)),
+            b.threads().run(functools.partial(native_thread, None)),
         )
-        assert all(o.ok for o in out)
+        assert all(isinstance(tid, int) for tid in out)
         pool = POOLS.peek(loop)
-        assert pool is not None and a._thread_pool() is pool is b._thread_pool()
+        assert pool is not None and a.threads() is pool is b.threads()
         await a.aclose()
         assert POOLS.peek(loop) is pool  # b still holds it
         await b.aclose()

@@ -203,7 +203,7 @@ class TestMemoryCap:
     def test_a_worker_keeps_only_its_most_recent_resources(self) -> None:
         """A long-lived worker serving app after app keeps ``keep`` resources, the least
         recently used dropped first (and built again if it is needed again)."""
-        from engine.lanes.worker import Resources
+        from engine.lanes.measure import Resources
 
         res = Resources(keep=2)
         a, b, c = (WorkerInit.of(vocab_loader(t), node=t) for t in ("a", "b", "c"))

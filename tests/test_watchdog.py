@@ -9,6 +9,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import cloudpickle
@@ -17,10 +18,13 @@ from structlog.testing import capture_logs
 
 from engine import END, START, Graph, LoopBlocked, NodeStarted, RunFinished
 from engine.classify import classify
+from engine.lanes.placement import place
 from engine.lanes.threads import THREADS_PER_LOOP
+from engine.loopguard import LoopGuard
 from engine.marks import chrome_events, simple_pid_of
 from engine.profile import Profile
-from engine.watchdog import LoopWatchdog, runs_on_loop
+from engine.resources import FakeClock
+from engine.watchdog import LoopWatchdog
 from tests.support import State, burn, thread_probe
 
 # Worker processes cannot import the tests package: node functions travel by value.
@@ -47,6 +51,39 @@ def unregistered_sleep(seconds: float) -> None:
 async def polite(seconds: float, state: Any) -> dict[str, Any]:
     await asyncio.sleep(seconds)
     return {}
+
+
+async def node_fn(state: Any) -> None:
+    return None
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def guard(clock: FakeClock) -> AsyncIterator[LoopGuard]:
+    """A guard of the test's loop on the fake clock, with no sampler thread."""
+    guard = LoopGuard(asyncio.get_running_loop(), clock=clock)
+    yield guard
+    await guard.aclose()
+
+
+def hold_loop(guard: LoopGuard, clock: FakeClock, seconds: float) -> None:
+    """Stand for code holding the loop ``seconds``: its clock moves on meanwhile."""
+    clock.advance(seconds)
+    guard.sample()
+
+
+async def monitor_woke(guard: LoopGuard) -> None:
+    """Let the loop turn until the guard's monitor has taken its next beat."""
+    beat = guard._beat
+    for _ in range(1000):
+        await asyncio.sleep(0)
+        if guard._beat is not beat:
+            return
+    raise AssertionError("the monitor never woke")
 
 
 async def call_as_scheduler(wd: LoopWatchdog, node: str, fn: Any) -> Any:
@@ -107,13 +144,16 @@ class TestDetection:
         assert report.nodes == ("sleeper",) and report.cpu_s < 0.25 * report.lag_s
         assert "a blocking wait" in report.message()
 
-    async def test_short_blocks_are_not_reported(self) -> None:
-        """Blocks under the threshold (20 ms each, threshold 50 ms) leave no report, no mark."""
+    async def test_short_blocks_are_not_reported(self, clock: FakeClock, guard: LoopGuard) -> None:
+        """Blocks under the threshold (20 ms each, threshold 50 ms) leave no report, no mark,
+        though the monitor measured each (on the guard's clock: no real time needed)."""
         events: list[Any] = []
-        async with LoopWatchdog(emit=events.append) as wd:
+        async with LoopWatchdog(emit=events.append, sampler=False, guard=guard) as wd:
             for i in range(3):
-                await call_as_scheduler(wd, f"n{i}", functools.partial(hog, 0.02))
-                await asyncio.sleep(0.02)  # the loop runs in between
+                with wd.running(f"n{i}", fn=node_fn):
+                    hold_loop(guard, clock, 0.02)
+                await monitor_woke(guard)
+            wd.flush()
         assert wd.reports == [] and events == [] and wd.marks() == []
 
     async def test_short_blocks_in_one_loop_iteration_add_up(self) -> None:
@@ -150,14 +190,18 @@ class TestDetection:
         blame = wd.blamed()
         assert set(blame) == {"hog"} and blame["hog"].blocked_s == pytest.approx(t1 - t0, abs=0.07)
 
-    async def test_threshold_is_configurable(self) -> None:
-        """A lower threshold catches shorter blocks."""
+    async def test_threshold_is_configurable(self, clock: FakeClock, guard: LoopGuard) -> None:
+        """A lower threshold catches shorter blocks: 40 ms held, a 10 ms threshold reports it."""
         events: list[Any] = []
-        async with LoopWatchdog(threshold_s=0.01, interval_s=0.005, emit=events.append) as wd:
-            await asyncio.sleep(0.02)
-            await call_as_scheduler(wd, "n", functools.partial(hog, 0.04))
-            await asyncio.sleep(0.02)
+        wd = LoopWatchdog(
+            threshold_s=0.01, interval_s=0.005, emit=events.append, sampler=False, guard=guard
+        )
+        async with wd:
+            with wd.running("n", fn=node_fn):
+                hold_loop(guard, clock, 0.04)
+            await monitor_woke(guard)
         assert [e.nodes for e in events] == [["n"]]
+        assert events[0].time == pytest.approx(clock.time())  # the guard's clock, not the wall
 
 
 class TestEvidence:
@@ -365,7 +409,7 @@ class TestConcurrentRuns:
 )
 def test_runs_on_loop(lane: str, mode: str, coro: bool, expected: bool) -> None:
     """Which calls execute on the loop's thread (and so can block it), per lane and mode."""
-    assert runs_on_loop(lane, mode, is_coroutine=coro) is expected
+    assert place(lane, mode, is_coroutine=coro).on_loop is expected
 
 
 async def test_async_def_on_the_cpu_lane_runs_on_a_worker_loop() -> None:

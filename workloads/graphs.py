@@ -107,7 +107,7 @@ class Endpoint:
         )
 
 
-Built = tuple[CompiledGraph, BaseModel]
+Built = tuple[CompiledGraph[Any], BaseModel]
 
 
 # -- io_fanout ------------------------------------------------------------------

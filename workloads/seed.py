@@ -81,7 +81,7 @@ def compile_report(state: SeedState) -> dict[str, Any]:
     return {"report": " | ".join(parts)}
 
 
-def build(base_url: str | None = None) -> CompiledGraph:
+def build(base_url: str | None = None) -> CompiledGraph[Any]:
     """The seed graph; API calls go to ``base_url`` (None: a stand-in ``asyncio.sleep``)."""
     g = Graph(SeedState)
     for role in AGENTS:
@@ -102,7 +102,7 @@ def bench(
     cpu_s: float = 0.15,
     cal: Calibration | None = None,
     scale: float = 1.0,
-) -> tuple[CompiledGraph, SeedState]:
+) -> tuple[CompiledGraph[Any], SeedState]:
     """The seed graph at the benchmark's sizes (0.3 of the standalone script's, so the
     default benchmark stays near two minutes), every duration x ``scale``."""
     cal = cal or calibrate()
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
             server.stop()
 
 
-def _run_modes(app: CompiledGraph, state: SeedState) -> None:
+def _run_modes(app: CompiledGraph[Any], state: SeedState) -> None:
     engine.default_executor()  # warm the pool so no mode pays for process start-up
     app.run(state, mode="parallel")
     walls: dict[str, float] = {}

@@ -12,7 +12,7 @@
         result = app.run(state, executor=executor)
 
 The engine pickles each cpu-lane call itself and submits one function,
-``engine.lanes.worker.run_call`` (or ``run_chunk`` for a batch); Dask
+``engine.lanes.worker.run_calls`` (a lone call, or a batch's chunk); Dask
 only carries bytes, so nodes and state classes defined in ``__main__`` reach
 the workers by value, and any Dask ``ClientExecutor`` works as is. This module
 adds the lifecycle: start (or connect to) a cluster, hand out

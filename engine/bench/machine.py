@@ -35,7 +35,7 @@ def cores() -> int:
     """CPUs this process may use (affinity and cgroup quotas), not the pool size."""
     from loky import cpu_count
 
-    return max(1, cpu_count())
+    return max(1, int(cpu_count()))
 
 
 def machine_info(**extra: Any) -> dict[str, Any]:

@@ -210,7 +210,7 @@ def _written_as_is(items: Iterable[Any]) -> bool:
         return not any(map(_PAIR.search, items))
     if kinds == {int}:
         numbers: Any = items
-        return max(max(numbers), -min(numbers)).bit_length() <= BIG_INT_BITS
+        return bool(max(max(numbers), -min(numbers)).bit_length() <= BIG_INT_BITS)
     if kinds == {float}:
         return all(map(math.isfinite, items))
     return False

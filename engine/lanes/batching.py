@@ -1,50 +1,42 @@
-"""Batching a ``Send`` fan-out of many small cpu calls into chunks per worker.
+"""How a ``Send`` fan-out of many small cpu calls is cut into chunks per worker.
 
 ::
 
-    scheduler, at the start of a step with n Sends of cpu node X (parallel mode):
-      plan_chunks(n, workers, measured dispatch, measured call) -> sizes
-      runner.open_batch(X, fn, plan, {(X, i): arg})   every arg pickled on its own
-        -> Batch: one ProcessLane.run(run_chunk, ...) per chunk, sent at once
-    each call of the step (its own task, events and record, as ever):
-      runner.call(..., batched=True) -> Batch.result((X, i))
-        <- its own run_call-format bytes, one per call, in the chunk's result
+    dispatcher, at the start of a step with n Sends of cpu node X (parallel mode):
+      chunk_plan(n, workers, measured dispatch, measured call) -> sizes, or None
+      every argument pickled on its own (a bad one fails its own call, now)
+      one CpuLane.run_chunk per chunk, one started per turn of the loop: each comes back as
+        one Outcome per call, settled as they arrive (no task per call)
 
 One submission per chunk instead of per call: the dispatch cost is paid once
 per chunk, while every call keeps its own result, error, timing, bytes and
-trace record, and its own NodeStarted/NodeFinished events (the scheduler
-still runs each call as its own task). A chunk holds one slot of the process
-lane, so the crash, timeout and cancellation machinery treats it as one call:
+trace record, and its own NodeStarted/NodeFinished events. A chunk is one
+submission to the process lane, so the crash and cancellation machinery
+treats it as one call:
 
 - its worker died: nobody knows which call killed it, so its calls run again
   one by one, not charged; only the call that kills its worker again is
   charged (``WorkerCrashedError``), as without batching. Calls of that chunk
   that had finished before the crash ran twice: batching is for pure cpu work.
-- every waiter of a chunk was cancelled (the step was), or the step ended
-  first: the chunk is taken back like any cpu call (its worker killed if it
-  started).
-- an argument that cannot be pickled fails its own call, before anything is
-  sent; a retry of a batched call goes to the pool on its own.
+- the step is cancelled, or ends first (an engine error): the chunk is taken
+  back like any cpu call (its worker killed if it started).
+- a retry of a batched call goes to the pool on its own.
 - nodes with a ``timeout`` are not batched: a timeout kills the worker, which
-  would take the chunk's innocent calls with it.
+  would take the chunk's innocent calls with it; nor are calls under a
+  budget (it lets them through a few at a time, which chunks would only delay).
+
+This module only plans; ``engine.dispatch`` sends the chunks.
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
-from collections.abc import Awaitable, Callable, Hashable, Mapping
 from dataclasses import dataclass
-
-from ..logs import get_logger
-from .process import WorkerLost
-
-log = get_logger("engine")
 
 # A chunk should cost at most this fraction of its work in dispatch.
 DEFAULT_MAX_OVERHEAD = 0.05
 # At least this many chunks per worker, so a slow chunk does not idle the rest.
-DEFAULT_CHUNKS_PER_WORKER = 4
+DEFAULT_CHUNKS_PER_WORKER = 8
 
 
 @dataclass(frozen=True)
@@ -144,157 +136,20 @@ def replan(plan: ChunkPlan, n: int) -> ChunkPlan:
     return ChunkPlan(sizes, f"{plan.reason}; {plan.n - n} refused -> {count} chunk(s)")
 
 
-# -- the driver's side --------------------------------------------------------------
-
-#: Calls of a finished chunk woken per turn of the event loop.
-WAKE_SLICE = 64
-
-SubmitChunk = Callable[[list[bytes]], Awaitable[list[bytes]]]
-SubmitOne = Callable[[bytes], Awaitable[bytes]]
-
-
-class _Chunk:
-    """Calls sent in one submission. Invariant: ``live`` counts the calls whose
-    waiter has not left; the chunk is taken back when it drops to zero."""
-
-    __slots__ = ("blobs", "futures", "live", "task")
-
-    def __init__(self, blobs: list[bytes], futures: list[asyncio.Future[bytes]]) -> None:
-        self.blobs = blobs
-        self.futures = futures
-        self.live = len(blobs)
-        self.task: asyncio.Task[None] | None = None
+def chunk_plan(
+    n: int, *, workers: int, dispatch_s: float | None, call_s: float | None
+) -> ChunkPlan | None:
+    """How to cut ``n`` calls of one node into chunks, or None when they should go alone."""
+    if not should_batch(n, workers=workers, dispatch_s=dispatch_s, call_s=call_s):
+        return None
+    return plan_chunks(n, workers=workers, dispatch_s=dispatch_s, call_s=call_s)
 
 
-class Batch:
-    """The calls of one node in one step, sent to the pool in planned chunks.
-
-    Every argument is pickled and every chunk is on its way when the batch is
-    opened, before the step's calls start: the workers start computing while
-    the driver is still creating the step's tasks. Each call then waits for
-    its own result (``result``).
-
-    Invariant: ``_where`` maps a call's key to its chunk and future; a key
-    that failed to pickle is in ``_refused`` instead; chunks are in
-    ``_chunks`` until ``aclose``.
-    """
-
-    def __init__(
-        self,
-        node: str,
-        plan: ChunkPlan,
-        blobs: Mapping[Hashable, bytes],
-        *,
-        submit_chunk: SubmitChunk,
-        submit_one: SubmitOne,
-    ) -> None:
-        if plan.n != len(blobs):
-            raise ValueError(f"plan covers {plan.n} calls but {len(blobs)} were given")
-        self.node = node
-        self.plan = plan
-        self._submit_chunk = submit_chunk
-        self._submit_one = submit_one
-        self._where: dict[Hashable, tuple[_Chunk, asyncio.Future[bytes]]] = {}
-        self._chunks: list[_Chunk] = []
-        loop = asyncio.get_running_loop()
-        keys = list(blobs)
-        for part in plan.slices():
-            mine = keys[part]
-            futures = [loop.create_future() for _ in mine]
-            chunk = _Chunk([blobs[k] for k in mine], futures)
-            for k, fut in zip(mine, futures, strict=True):
-                self._where[k] = (chunk, fut)
-            chunk.task = loop.create_task(self._run(chunk))
-            self._chunks.append(chunk)
-        #: Chunks whose worker died, whose calls ran again one by one.
-        self.chunks_rerun = 0
-
-    def __repr__(self) -> str:
-        running = sum(1 for c in self._chunks if c.task is not None and not c.task.done())
-        return f"<Batch {self.node!r} chunks={len(self._chunks)} running={running}>"
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._where
-
-    async def result(self, key: Hashable) -> bytes:
-        """The result bytes (``run_call`` format) of the call ``key``, once its chunk ran."""
-        chunk, fut = self._where.pop(key)  # one waiter per call: a retry goes alone
-        try:
-            return await fut
-        except asyncio.CancelledError:
-            chunk.live -= 1
-            if chunk.live == 0 and chunk.task is not None and not chunk.task.done():
-                chunk.task.cancel()  # nobody waits for it: take it back from the pool
-            raise
-
-    async def aclose(self) -> None:
-        """Stop chunks still running (the step is over) and wait for them. Idempotent."""
-        tasks = [c.task for c in self._chunks if c.task is not None and not c.task.done()]
-        for t in tasks:
-            t.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
-        for _, fut in self._where.values():
-            fut.cancel()  # calls that never came for their result (the step failed early)
-        self._where.clear()
-
-    async def _run(self, chunk: _Chunk) -> None:
-        try:
-            results = await self._submit_chunk(chunk.blobs)
-        except asyncio.CancelledError:
-            for fut in chunk.futures:
-                fut.cancel()
-            raise
-        except WorkerLost as exc:
-            # One of these calls killed its worker, or none did (it was killed
-            # from outside): run each alone, so only a culprit is ever charged.
-            self.chunks_rerun += 1
-            log.warning(
-                "cpu_chunk_lost_rerun_singly",
-                node=self.node,
-                calls=len(chunk.blobs),
-                error=str(exc),
-            )
-            await asyncio.gather(
-                *(self._one(b, f) for b, f in zip(chunk.blobs, chunk.futures, strict=True))
-            )
-            return
-        except BaseException as exc:
-            for fut in chunk.futures:
-                if not fut.done():
-                    fut.set_exception(exc)
-            return
-        if len(results) != len(chunk.futures):
-            error = RuntimeError(
-                f"a chunk of {len(chunk.futures)} calls of {self.node!r} came back with "
-                f"{len(results)} results"
-            )
-            for fut in chunk.futures:
-                if not fut.done():
-                    fut.set_exception(error)
-            return
-        for i, (fut, data) in enumerate(zip(chunk.futures, results, strict=True)):
-            if not fut.done():
-                fut.set_result(data)
-            if (i + 1) % WAKE_SLICE == 0:
-                # Each result wakes its call, which decodes, checks and records
-                # it: hundreds at once would block the loop for a step's worth.
-                await asyncio.sleep(0)
-
-    async def _one(self, blob: bytes, fut: asyncio.Future[bytes]) -> None:
-        if fut.done():  # its waiter left
-            return
-        try:
-            data = await self._submit_one(blob)
-        except asyncio.CancelledError:
-            fut.cancel()
-            raise
-        except BaseException as exc:
-            if not fut.done():
-                fut.set_exception(exc)
-            return
-        if not fut.done():
-            fut.set_result(data)
-
-
-__all__ = ["Batch", "ChunkPlan", "plan_chunks", "replan", "should_batch"]
+__all__ = [
+    "DEFAULT_CHUNKS_PER_WORKER",
+    "ChunkPlan",
+    "chunk_plan",
+    "plan_chunks",
+    "replan",
+    "should_batch",
+]

@@ -1,9 +1,9 @@
 """Broken pools: who died, and whether anyone is to blame.
 
 loky and the stdlib pool fail *every* pending call when one worker dies.
-The process lane judges each call's part in a break (``_Submission.judge``
-in ``process.py``) from the break as it was first seen, recorded here once
-per pool for the whole driver.
+Each submission of the process lane (``Submission``) judges its call's
+part in a break (``Submission.judge``) from the break as it was first
+seen, recorded here once per pool for the whole driver (``BREAKS``).
 """
 
 from __future__ import annotations
@@ -14,12 +14,16 @@ import re
 import threading
 import time
 from collections.abc import Mapping
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..procs import kill_group, pid_alive
-from .markers import running_on
+from .failures import is_worker_crash
+from .markers import read_pid, running_on
+
+if TYPE_CHECKING:
+    from .memory import Watched
 
 
 @dataclass(frozen=True)
@@ -130,6 +134,58 @@ class _Breaks:
 BREAKS = _Breaks()
 
 
+class Submission:
+    """One submission of one call to the pool.
+
+    Invariant: ``verdict`` is written at most once, by the pool's thread, in
+    a done-callback registered before the loop wraps ``future``, so the loop
+    reads it only after it was written. ``watch`` is the call's entry in the
+    memory watch while it runs under a limit (else None).
+    """
+
+    __slots__ = ("executor", "future", "marker", "procs", "verdict", "watch")
+
+    def __init__(
+        self,
+        executor: Executor,
+        marker: str | None,
+        procs: dict[int, Any] | None,
+    ) -> None:
+        self.executor = executor
+        self.marker = marker
+        self.procs = procs
+        self.future: Future[bytes] | None = None
+        self.verdict: Verdict | None = None
+        self.watch: Watched | None = None
+
+    def judge(self, fut: Future[bytes]) -> None:
+        """Done-callback, in the pool's thread: blame this call, or not, for a break.
+
+        Both loky and the stdlib fail the pending futures *before* killing the
+        surviving workers, so here the worker that died is dead and the
+        others are still alive: liveness tells culprit from innocent.
+        """
+        if fut.cancelled() or self.marker is None:
+            return
+        exc = fut.exception()
+        if exc is None or not is_worker_crash(exc):
+            return
+        pid = read_pid(self.marker)
+        brk = BREAKS.of(self.executor, self.procs or {})
+        if pid is None:  # never started, or finished before the break
+            self.verdict = Verdict(culprit=False, attributed=brk.attributed)
+            return
+        if pid not in brk.dead and (pid in (self.procs or {}) or pid_alive(pid)):
+            self.verdict = Verdict(culprit=False, pid=pid, attributed=brk.attributed)
+            return
+        code = brk.dead.get(pid)
+        if code is None:
+            code = exitcode_of(self.procs, pid)
+        if code is None:
+            code = exitcode_from_message(str(exc))
+        self.verdict = Verdict(culprit=True, pid=pid, exitcode=code, attributed=True)
+
+
 def exitcode_of(procs: Mapping[int, Any] | None, pid: int) -> int | None:
     """The exit code of dead worker ``pid``: from the pool's process object, else waitid."""
     proc = (procs or {}).get(pid)
@@ -161,4 +217,4 @@ def exitcode_from_message(message: str) -> int | None:
     return int(codes[0]) if "exit codes" in message and len(set(codes)) == 1 else None
 
 
-__all__ = ["BREAKS", "Break", "Verdict", "exitcode_from_message", "exitcode_of"]
+__all__ = ["BREAKS", "Break", "Submission", "Verdict", "exitcode_from_message", "exitcode_of"]

@@ -5,23 +5,63 @@ takes the call first: the worker, writing its pid, before it runs the call;
 or the driver, writing ``CLAIMED``, to take back a call still queued (the
 worker then skips it). The worker removes it when the call ends, so a
 marker holding a dead worker's pid belongs to a call that was running when
-that worker died. Markers live in a per-lane directory named after the
-driver's pid, on tmpfs (``/dev/shm``) where there is one; directories of
-drivers that died are swept by the next driver.
+that worker died. A claimed marker stays until the call can no longer be
+started (its future is done), then goes too.
+
+Markers live in one directory per driver process (``new_marker``), named
+after its pid, on tmpfs (``/dev/shm``) where there is one: process-wide
+state like the default pool, created lazily under a lock by the first cpu
+call, removed when the driver exits. Directories of drivers that died without
+cleaning up are swept by every driver that makes cpu calls, at most once per
+``SWEEP_EVERY_S`` (the sweep also buries what their dead workers' nodes
+started). (A directory and a sweep per run cost each run a ``mkdtemp``, a
+``listdir`` and an ``rmtree``: a fifth of a one-node cpu run.)
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import itertools
 import os
 import shutil
+import tempfile
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ..procs import pid_alive
 from .worker import MARKER_PREFIX as PREFIX
 from .worker import bury_dead_workers, make_mark, marked_pids, marker_base, read_mark
+
+# This driver's marker directory, as (pid, path): see the module docstring.
+_dir_lock = threading.Lock()
+_dir: tuple[int, str] | None = None
+_names = itertools.count()
+_swept_at = 0.0  # monotonic time of this driver's last sweep
+
+#: How often a driver making cpu calls sweeps dead drivers' marker directories.
+SWEEP_EVERY_S = 0.5
+
+
+def new_marker() -> str:
+    """A fresh marker path in this driver's directory (created on first use)."""
+    global _dir, _swept_at
+    here = _dir
+    pid = os.getpid()
+    now = time.monotonic()
+    if here is None or here[0] != pid or now - _swept_at > SWEEP_EVERY_S:
+        with _dir_lock:
+            here = _dir
+            if now - _swept_at > SWEEP_EVERY_S:
+                _swept_at = now
+                sweep(marker_base())
+            if here is None or here[0] != pid:  # none yet, or a forked child's inheritance
+                path = tempfile.mkdtemp(prefix=f"{PREFIX}{pid}-", dir=marker_base())
+                atexit.register(shutil.rmtree, path, True)
+                here = _dir = (pid, path)
+    return f"{here[1]}{os.sep}{next(_names)}"
 
 
 def running_on(pids: Mapping[int, Any]) -> bool:
@@ -32,6 +72,22 @@ def running_on(pids: Mapping[int, Any]) -> bool:
     that worker died (or that a lane killed, which ``_Breaks`` knows anyway).
     """
     return bool(pids) and any(pid in pids for pid in marked_pids(os.getpid()))
+
+
+def forget(pids: Iterable[int]) -> None:
+    """Remove this driver's markers that hold one of ``pids`` (workers of a replaced pool)."""
+    here = _dir
+    dead = {str(p) for p in pids}
+    if here is None or here[0] != os.getpid() or not dead:
+        return
+    try:
+        names = os.listdir(here[1])
+    except OSError:
+        return
+    for name in names:
+        path = os.path.join(here[1], name)
+        if read_mark(path) in dead:
+            unlink(path)
 
 
 def sweep(base: str) -> None:
@@ -105,8 +161,11 @@ def unlink(marker: str | None) -> None:
 __all__ = [
     "CLAIMED",
     "PREFIX",
+    "SWEEP_EVERY_S",
     "claim",
+    "forget",
     "marker_base",
+    "new_marker",
     "read_pid",
     "running_on",
     "started_at",

@@ -8,7 +8,7 @@
       WATCH.unwatch(entry)                     rss > N: entry.exceeded = (pid, rss)
                                                         kill_tree(pid)   the pool breaks:
                                                         this call is the culprit
-                                                        (WorkerLost), the others innocents
+                                                        (WorkerDied), the others innocents
 
 Dask's nanny polls its worker's RSS (every 100 ms) and restarts a worker
 that passes 95% of its memory limit, whatever it runs; the task is

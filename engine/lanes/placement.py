@@ -1,8 +1,10 @@
-"""Where one node call executes, per lane and mode: the one answer everyone asks.
+"""Where one node call executes, per lane and mode: the one answer, asked once.
 
-``LaneRunner.call`` dispatches on it, and the loop guard asks it which calls
-can block the event loop (``runs_on_loop``); a dispatcher in front of the
-lanes can call ``place`` alone.
+The dispatcher asks ``place`` once per node and run, and everything that
+depends on where a call runs follows from its answer: which lane runs it,
+whether its input is copied (a worker gets its own by unpickling), whether
+it is registered with the loop guard (it can block the loop), what a
+timeout does to it.
 """
 
 from __future__ import annotations
@@ -43,9 +45,4 @@ def place(lane: str, mode: str, *, is_coroutine: bool) -> Placement:
     return Placement.THREAD
 
 
-def runs_on_loop(lane: str, mode: str, *, is_coroutine: bool) -> bool:
-    """True when a call on ``lane`` in ``mode`` executes on the event loop's thread."""
-    return place(lane, mode, is_coroutine=is_coroutine).on_loop
-
-
-__all__ = ["Placement", "place", "runs_on_loop"]
+__all__ = ["Placement", "place"]

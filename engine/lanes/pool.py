@@ -19,7 +19,10 @@ one pool per size per driver.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import os
+import statistics
 import tempfile
 import threading
 import time
@@ -27,12 +30,15 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, ProcessPoolExecutor
 from typing import Any
 
+import cloudpickle
 import loky
 from loky import cpu_count
 from loky.reusable_executor import _ReusablePoolExecutor as _LOKY_REUSABLE
 
+from ..measured import DispatchCost
 from ..procs import kill_group, kill_tree, pid_alive
-from .worker import guard_parent, pid_after, report_initializer
+from .frames import decode, dumps_for_worker, request
+from .worker import guard_parent, pid_after, report_initializer, run_calls
 
 # The default pools by size, and the lock that guards them (see the module docstring).
 _lock = threading.Lock()
@@ -53,7 +59,19 @@ def default_workers() -> int:
         if n < 1:
             raise ValueError(f"ENGINE_CPU_WORKERS must be >= 1, got {n}")
         return n
-    return max(1, cpu_count())
+    return machine_workers()
+
+
+@functools.cache
+def machine_workers() -> int:
+    """The CPUs this process may use (affinity, cgroup quota), counted once per process.
+
+    ``loky.cpu_count`` reads the cgroup's files every time it is asked (tens
+    of microseconds): every run asks (the metrics' lower bound), so the
+    answer is kept, as the host name is (``procs.hostname``). A process
+    whose affinity or quota changes while it runs keeps the first count.
+    """
+    return max(1, int(cpu_count()))
 
 
 def default_executor(max_workers: int | None = None) -> Executor:
@@ -174,7 +192,7 @@ def clone(
     ):
         call_queue = getattr(executor, "_call_queue", None)
         result_queue = getattr(executor, "_result_queue", None)
-        return loky.ProcessPoolExecutor(
+        fresh: Executor = loky.ProcessPoolExecutor(
             max_workers=n,
             job_reducers=getattr(call_queue, "_reducers", None),
             result_reducers=getattr(result_queue, "_reducers", None),
@@ -184,6 +202,7 @@ def clone(
             initargs=args,
             env=getattr(executor, "_env", None),
         )
+        return fresh
     if type(executor) is ProcessPoolExecutor:
         kwargs: dict[str, Any] = {}
         per_child = getattr(executor, "_max_tasks_per_child", None)
@@ -254,10 +273,55 @@ def executor_workers(executor: Executor) -> int:
     client: Any = getattr(executor, "_client", None)
     if client is not None:
         try:
-            return max(1, sum(client.nthreads().values()))
+            return max(1, int(sum(client.nthreads().values())))
         except Exception:  # a closed client: fall back below
             pass
     return default_workers()
+
+
+async def measure_dispatch(
+    executor: Executor,
+    *,
+    samples: int = 15,
+    probe_bytes: int = 1 << 20,
+    workers: int | None = None,
+) -> DispatchCost:
+    """Measure what one cpu-lane call costs on ``executor``, the way the lane sends it.
+
+    Round trips of a no-op in the cpu lane's own wire format
+    (``worker.run_calls``: the argument pickled for the worker, the result
+    frame decoded in the driver) give the fixed cost (median); round trips
+    carrying ``probe_bytes`` give the cost per byte. The pool is warmed
+    first, so process start-up is not counted. Takes a few tens of
+    milliseconds on a warm local pool.
+    """
+    if samples < 3:
+        raise ValueError(f"samples must be >= 3, got {samples}")
+    loop = asyncio.get_running_loop()
+    n_workers = workers or executor_workers(executor)
+    fn_bytes = cloudpickle.dumps(len)
+
+    async def round_trip(arg: bytes) -> float:
+        t0 = time.perf_counter()
+        payload = request(fn_bytes, None, [dumps_for_worker(arg)])
+        data = await loop.run_in_executor(executor, run_calls, payload)
+        decode(data)
+        return time.perf_counter() - t0
+
+    # Warm every worker (start-up is not dispatch), concurrently.
+    await asyncio.gather(*(round_trip(b"") for _ in range(2 * n_workers)))
+    small = [await round_trip(b"") for _ in range(samples)]
+    big_arg = b"\0" * probe_bytes
+    big = [await round_trip(big_arg) for _ in range(max(3, samples // 3))]
+    fixed = statistics.median(small)
+    per_byte = max(0.0, (statistics.median(big) - fixed) / probe_bytes) if probe_bytes else 0.0
+    return DispatchCost(
+        fixed_s=fixed,
+        per_byte_s=per_byte,
+        samples=len(small) + len(big),
+        workers=n_workers,
+        measured_at=time.time(),
+    )
 
 
 def warm(executor: Executor, n: int | None = None, *, timeout: float = 60.0) -> None:

@@ -5,22 +5,24 @@ call, and fail *every* pending call when one worker dies, killing the other
 workers as they go. This module puts a queue and a bookkeeper in front of
 the pool so that a crash costs only the call that caused it::
 
-    LaneRunner (pickled payload; an unpicklable input failed before this)
+    CpuLane (a pickled request; an unpicklable input failed before this)
       |
       v
     ProcessLane.run ---- waits for a slot: our own FIFO (a Semaphore), so
       |                  cancelling a queued call removes exactly that call
-      |  at most `workers` calls in the pool at once, one slot per call,
-      |  held across re-dispatches
+      |  at most `workers` x IN_FLIGHT_PER_WORKER calls in a local pool at
+      |  once (`workers` elsewhere), one slot per call, held across
+      |  re-dispatches: the pool's own queue stays fed, so a worker that
+      |  finishes takes the next call without waiting for the driver
       v
-    executor.submit(run_marked, entry, payload, marker)
+    executor.submit(run_marked, "calls", payload, marker)
       |                                      worker: marker <- its pid (exclusive)
-      |                                              entry(payload)
+      |                                              run_calls(payload)
       |                                              marker removed
       +-- bytes ------------------------------> the caller decodes them
       +-- pool broken (a worker died) --------> verdict, taken in the pool's
       |     thread by a done-callback, *before* the pool kills the others:
-      |       this call's worker is dead      -> culprit: WorkerLost (charged)
+      |       this call's worker is dead      -> culprit: WorkerDied (charged)
       |       alive, or the call never started -> innocent: replace the pool,
       |                                          submit again (not charged)
       +-- deadline or cancelled -------------> take the call back: claim its
@@ -33,8 +35,8 @@ the pool so that a crash costs only the call that caused it::
             (failures.py)                      an initializer that raises, no
                                                worker can be started
 
-Which worker runs which call is a marker per submission in a per-lane
-directory (on tmpfs where there is one): a symbolic link whose target is the
+Which worker runs which call is a marker per submission in the driver's
+marker directory (on tmpfs where there is one): a symbolic link whose target is the
 pid of the worker running the call (an ``O_EXCL`` file on Windows). It works
 with any local pool without touching its internals or initializer, survives
 the worker's death (the evidence a crash needs), and creating it is atomic
@@ -45,7 +47,7 @@ workers are not local processes (Dask) get the queue and the bound but no
 markers: Dask attributes its own crashes (``KilledWorker``) and a timed-out
 call is cancelled, not killed.
 
-The parts live beside this module: ``failures`` (what the scheduler sees),
+The parts live beside this module: ``failures`` (what can go wrong before a result comes back),
 ``markers``, ``breaks`` (who died, who is to blame), ``memory`` (the
 memory watch), ``results`` (large results, received off the loop) and
 ``pool`` (the default pools, cloning a user's pool).
@@ -54,24 +56,29 @@ memory watch), ``results`` (large results, received off the loop) and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
-import errno
-import itertools
+import functools
 import os
-import shutil
-import tempfile
 import time
-from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from ..logs import get_logger
 from ..procs import kill_tree, pid_alive
-from .breaks import BREAKS, Verdict, exitcode_from_message, exitcode_of
-from .failures import ExecutorUnusable, WorkerLost, describe_exit, is_worker_crash
-from .markers import PREFIX, claim, marker_base, read_pid, started_at, sweep, unlink
-from .memory import WATCH, Watched
+from .breaks import BREAKS, Submission, exitcode_from_message
+from .failures import (
+    ExecutorUnusable,
+    WorkerDied,
+    describe_exit,
+    is_worker_crash,
+    mb,
+    shut_down_message,
+    spawn_failed_message,
+)
+from .markers import claim, forget, marker_base, new_marker, started_at, unlink
+from .memory import WATCH
 from .pool import (
     bury,
     default_executor,
@@ -85,66 +92,17 @@ from .pool import (
     worker_processes,
 )
 from .results import discard
-from .worker import ENTRY_NAMES, NOT_RUN, run_marked
+from .worker import NOT_RUN, run_marked
 
 log = get_logger("engine")
+
+#: Calls in a local pool's queue per worker, at most (see ProcessLane.run).
+IN_FLIGHT_PER_WORKER = 2
 
 #: An innocent call whose pool broke this many times under it *with nobody to
 #: blame* (a worker that died idle, or after it returned) fails anyway: such a
 #: crash loop must not run for ever. Breaks with a culprit never count.
 MAX_DISRUPTIONS = 3
-
-
-class _Submission:
-    """One submission of one call to the pool.
-
-    Invariant: ``verdict`` is written at most once, by the pool's thread, in
-    a done-callback registered before the loop wraps ``future``, so the loop
-    reads it only after it was written. ``watch`` is the call's entry in the
-    memory watch while it runs under a limit (else None).
-    """
-
-    __slots__ = ("executor", "future", "marker", "procs", "verdict", "watch")
-
-    def __init__(
-        self,
-        executor: Executor,
-        marker: str | None,
-        procs: dict[int, Any] | None,
-    ) -> None:
-        self.executor = executor
-        self.marker = marker
-        self.procs = procs
-        self.future: Future[bytes] | None = None
-        self.verdict: Verdict | None = None
-        self.watch: Watched | None = None
-
-    def judge(self, fut: Future[bytes]) -> None:
-        """Done-callback, in the pool's thread: blame this call, or not, for a break.
-
-        Both loky and the stdlib fail the pending futures *before* killing the
-        surviving workers, so here the worker that died is dead and the
-        others are still alive: liveness tells culprit from innocent.
-        """
-        if fut.cancelled() or self.marker is None:
-            return
-        exc = fut.exception()
-        if exc is None or not is_worker_crash(exc):
-            return
-        pid = read_pid(self.marker)
-        brk = BREAKS.of(self.executor, self.procs or {})
-        if pid is None:  # never started, or finished before the break
-            self.verdict = Verdict(culprit=False, attributed=brk.attributed)
-            return
-        if pid not in brk.dead and (pid in (self.procs or {}) or pid_alive(pid)):
-            self.verdict = Verdict(culprit=False, pid=pid, attributed=brk.attributed)
-            return
-        code = brk.dead.get(pid)
-        if code is None:
-            code = exitcode_of(self.procs, pid)
-        if code is None:
-            code = exitcode_from_message(str(exc))
-        self.verdict = Verdict(culprit=True, pid=pid, exitcode=code, attributed=True)
 
 
 class _State(enum.Enum):
@@ -155,9 +113,9 @@ class _State(enum.Enum):
 class ProcessLane:
     """Runs pickled calls on a process pool for one run; see the module docstring.
 
-    Invariant: at most ``workers`` calls are submitted and unfinished at once
+    Invariant: at most ``_window`` calls are submitted and unfinished at once
     (one slot each, held across re-dispatches); every submission to a local
-    pool has its own marker under ``_dir``; a call is only submitted to an
+    pool has its own marker (``markers.new_marker``); a call is only submitted to an
     executor that is not broken (it is replaced first); pools in ``_owned``
     were made here and are shut down by ``aclose``; once ``_unusable`` is
     set, every call fails with it (the executor cannot run anything).
@@ -172,11 +130,21 @@ class ProcessLane:
         self._default = is_default_pool(executor)
         self._executor: Executor | None = executor
         self._owned: list[Executor] = []
-        self._slots = asyncio.Semaphore(max(1, workers))
+        # A local pool's queue is kept fed beyond its workers: a call waiting
+        # there is still the driver's to take back (its marker claims it) and
+        # its timeout starts only when a worker takes it (the marker's time).
+        # Elsewhere (Dask) a timeout starts at the submission: one per worker.
+        local = executor is None or worker_processes(executor) is not None
+        self._window = max(1, workers) * (IN_FLIGHT_PER_WORKER if local else 1)
+        self._slots = asyncio.Semaphore(self._window)
+        if executor is None:
+            # Looked up now (creating the pool object starts no process): the
+            # first call then skips the replacement path. One that cannot be
+            # made (no file descriptor left) is the first call's to report.
+            with contextlib.suppress(OSError):
+                self._executor = default_executor(pool_size)
         self._replacing = asyncio.Lock()
-        self._dir: str | None = None
-        self._seq = itertools.count()
-        self._live: set[_Submission] = set()
+        self._live: set[Submission] = set()
         # Pools in which this lane killed a worker: about to break, so nothing
         # new goes there (a call sent now would only be lost and re-run).
         self._doomed: list[Executor] = []
@@ -192,6 +160,8 @@ class ProcessLane:
         self.redispatched = 0
         #: Worker pids this lane killed to stop a timed-out or cancelled call.
         self.killed: list[int] = []
+        # Workers of the pools this lane replaced (broken): their markers go at aclose.
+        self._buried: list[int] = []
 
     def __repr__(self) -> str:
         kind = "default" if self._default else type(self._given).__name__
@@ -209,18 +179,17 @@ class ProcessLane:
 
     async def run(
         self,
-        entry: Callable[[bytes], bytes],
         payload: bytes,
         *,
         timeout: float | None = None,
         what: str = "call",
         memory_limit: int | None = None,
     ) -> bytes:
-        """``entry(payload)`` in a worker process; its bytes (``results.opened`` reads them).
+        """``worker.run_calls(payload)`` in a worker process; its frame (``results.opened``).
 
         Raises ``TimeoutError`` once the call has run ``timeout`` seconds in a
         worker (see ``_wait``; restarted when an innocent call is submitted
-        again), after making sure the call stops; ``WorkerLost`` when its own
+        again), after making sure the call stops; ``WorkerDied`` when its own
         worker died, or was ended because it (and what it started) used more
         than ``memory_limit`` bytes; ``ExecutorUnusable`` when the executor
         cannot run any call; ``CancelledError`` after taking the call back.
@@ -237,9 +206,9 @@ class ProcessLane:
                     executor = await self._usable_executor()
                 prepared = self._submission(executor)
                 if self._cold(executor):
-                    sub = await self._submit_off_loop(prepared, entry, payload)
+                    sub = await self._submit_off_loop(prepared, payload)
                 else:
-                    sub = self._submit(prepared, entry, payload)
+                    sub = self._submit(prepared, payload)
                 if sub is not None:
                     self._live.add(sub)
                 if sub is None:  # the pool broke between our check and the submit
@@ -248,7 +217,7 @@ class ProcessLane:
                         disruptions += 1
                         await self._check_initializer(executor, what)
                     if disruptions >= MAX_DISRUPTIONS:
-                        raise WorkerLost(
+                        raise WorkerDied(
                             f"{what}: the process pool broke {disruptions} times before the "
                             "call could start, with no call to blame; check what kills its workers"
                         )
@@ -280,7 +249,7 @@ class ProcessLane:
                         disruptions += 1
                         await self._check_initializer(sub.executor, what)
                     if disruptions >= MAX_DISRUPTIONS:
-                        raise WorkerLost(
+                        raise WorkerDied(
                             f"{what}: the process pool broke {disruptions} times while the call "
                             "ran on a healthy worker, each time with no call to blame (a worker "
                             f"died idle or after it returned: {exc}); check what kills its workers"
@@ -300,7 +269,7 @@ class ProcessLane:
                 return data
 
     async def _wait(
-        self, sub: _Submission, waiting: asyncio.Future[bytes], timeout: float | None
+        self, sub: Submission, waiting: asyncio.Future[bytes], timeout: float | None
     ) -> bytes:
         """The call's bytes; ``TimeoutError`` once it has *run* for ``timeout`` seconds.
 
@@ -346,7 +315,9 @@ class ProcessLane:
                 try:
                     executor = default_executor(self._pool_size)
                 except OSError as exc:  # its pipes and locks need file descriptors
-                    raise self._refuse(_spawn_failed(None, exc), exc, sticky=False) from exc
+                    raise self._refuse(
+                        spawn_failed_message(None, exc, default=True), exc, sticky=False
+                    ) from exc
             elif is_broken(executor):
                 # Shutting a broken pool down may join its threads: off the loop.
                 executor = await asyncio.to_thread(self._replace, executor)
@@ -361,17 +332,21 @@ class ProcessLane:
         the engine cannot rebuild faithfully.
         """
         if not self._default and is_shut_down(broken):
-            raise self._refuse(_shut_down(broken))
+            raise self._refuse(shut_down_message(broken))
         # Scenario: loky kills the survivors of a break with the children it
         # finds, and empties its list of workers, before this runs; a worker that
         # died on its own meanwhile, or a process in a survivor's group that is
         # not its child, would live on. Bury every worker the break saw as well.
         known = BREAKS.known(broken)
-        bury({*(self._local(broken)[0] or ()), *(known.workers if known else ())})
+        workers = list({*(self._local(broken)[0] or ()), *(known.workers if known else ())})
+        bury(workers)
+        self._buried += workers
         try:
             found = replacement(broken, default=self._default)
         except OSError as exc:
-            raise self._refuse(_spawn_failed(broken, exc), exc, sticky=False) from exc
+            raise self._refuse(
+                spawn_failed_message(broken, exc, default=self._default), exc, sticky=False
+            ) from exc
         if found is None:
             raise self._refuse(
                 f"the executor you passed ({type(broken).__name__}) broke (a worker process "
@@ -401,22 +376,20 @@ class ProcessLane:
         procs, size = self._local(executor)
         return procs is not None and len(procs) < size
 
-    def _submission(self, executor: Executor) -> _Submission:
+    def _submission(self, executor: Executor) -> Submission:
         """A submission to ``executor`` with its marker's path, made on the loop's thread.
 
         Never in ``_submit``'s thread: two cold submissions at once would each
         create the lane's marker directory, and one would be left behind.
         """
         procs, _ = self._local(executor)
-        return _Submission(executor, self._marker() if procs is not None else None, procs)
+        return Submission(executor, new_marker() if procs is not None else None, procs)
 
-    def _submit(
-        self, sub: _Submission, entry: Callable[[bytes], bytes], payload: bytes
-    ) -> _Submission | None:
+    def _submit(self, sub: Submission, payload: bytes) -> Submission | None:
         """Hand ``sub`` to its executor; None if the pool broke first. Any thread."""
         executor = sub.executor
         try:
-            fut = executor.submit(run_marked, ENTRY_NAMES.get(entry, entry), payload, sub.marker)
+            fut = executor.submit(run_marked, "calls", payload, sub.marker)
         except BrokenProcessPool:
             return None
         except RuntimeError as exc:
@@ -424,7 +397,7 @@ class ProcessLane:
             if self._default and is_broken(executor):
                 return None
             if is_shut_down(executor) or "shutdown" in str(exc):
-                raise self._refuse(_shut_down(executor), exc) from exc
+                raise self._refuse(shut_down_message(executor), exc) from exc
             raise
         except OSError as exc:
             # Starting a worker failed (no file descriptor or process left).
@@ -432,14 +405,14 @@ class ProcessLane:
             # that no worker ever runs it.
             if sub.marker is not None:
                 claim(sub.marker)
-            raise self._refuse(_spawn_failed(executor, exc), exc, sticky=False) from exc
+            raise self._refuse(
+                spawn_failed_message(executor, exc, default=self._default), exc, sticky=False
+            ) from exc
         sub.future = fut
-        fut.add_done_callback(sub.judge)  # before wrap_future's: see _Submission
+        fut.add_done_callback(sub.judge)  # before wrap_future's: see Submission
         return sub
 
-    async def _submit_off_loop(
-        self, sub: _Submission, entry: Callable[[bytes], bytes], payload: bytes
-    ) -> _Submission | None:
+    async def _submit_off_loop(self, sub: Submission, payload: bytes) -> Submission | None:
         """``_submit`` in a thread: a cold pool starts its workers inside ``submit``.
 
         Spawning costs ~20 ms a worker (0.37 s for 16), which on the loop's
@@ -447,7 +420,7 @@ class ProcessLane:
         cancelled while the thread submits. The submission is then waited
         for and taken back, so no call is left running unsupervised.
         """
-        fut = asyncio.ensure_future(asyncio.to_thread(self._submit, sub, entry, payload))
+        fut = asyncio.ensure_future(asyncio.to_thread(self._submit, sub, payload))
         try:
             return await asyncio.shield(fut)
         except asyncio.CancelledError:
@@ -459,16 +432,9 @@ class ProcessLane:
                     self._take_back(sent)
             raise
 
-    def _marker(self) -> str:
-        if self._dir is None:
-            base = marker_base()
-            sweep(base)
-            self._dir = tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=base)
-        return f"{self._dir}{os.sep}{next(self._seq)}"
-
     # -- faults ----------------------------------------------------------------
 
-    def _lost(self, what: str, exc: BaseException, sub: _Submission) -> WorkerLost:
+    def _lost(self, what: str, exc: BaseException, sub: Submission) -> WorkerDied:
         verdict = sub.verdict
         pid = verdict.pid if verdict else None
         code = verdict.exitcode if verdict else None
@@ -478,14 +444,14 @@ class ProcessLane:
         over = sub.watch.exceeded if sub.watch is not None else None
         if over is not None:
             limit = sub.watch.limit if sub.watch is not None else 0
-            return WorkerLost(
-                f"the worker process running it (pid {over[0]}) used {_mb(over[1])} with what "
-                f"it started, more than memory_per_worker={_mb(limit)}, and was killed; "
+            return WorkerDied(
+                f"the worker process running it (pid {over[0]}) used {mb(over[1])} with what "
+                f"it started, more than memory_per_worker={mb(limit)}, and was killed; "
                 "raise memory_per_worker, or make the node use less memory per call",
                 pid=over[0],
                 exitcode=code,
             )
-        return WorkerLost(
+        return WorkerDied(
             f"the worker process running it{where} died: {describe_exit(code)}",
             pid=pid,
             exitcode=code,
@@ -533,7 +499,7 @@ class ProcessLane:
                 + failed
             )
 
-    def _take_back(self, sub: _Submission) -> None:
+    def _take_back(self, sub: Submission) -> None:
         """Make sure an abandoned call stops using a worker; never blocks for long.
 
         A call still in the executor's queue is cancelled, or claimed through
@@ -542,13 +508,21 @@ class ProcessLane:
         """
         self._live.discard(sub)
         WATCH.unwatch(sub.watch)
-        if sub.future is not None:
-            if sub.future.done() and not sub.future.cancelled() and not sub.future.exception():
-                discard(sub.future.result())  # a result spilled to a file nobody will read
-            sub.future.cancel()
+        fut = sub.future
+        if fut is not None:
+            if fut.done() and not fut.cancelled() and not fut.exception():
+                discard(fut.result())  # a result spilled to a file nobody will read
+            if fut.cancel():
+                return  # still in the executor's own queue: no worker will ever take it
         if sub.marker is None:
             return  # not a local pool: cancelling the future is all there is
         pid = claim(sub.marker)
+        # The marker (our claim, or the worker's pid: the evidence a break's
+        # verdict reads first) goes once the call is over for the pool.
+        if fut is not None:
+            fut.add_done_callback(functools.partial(_forget, sub.marker))
+        else:
+            unlink(sub.marker)
         if pid is None:
             return
         # Only ever a worker of this pool: never the driver or a stranger.
@@ -568,75 +542,24 @@ class ProcessLane:
         self._state = _State.CLOSED
         for sub in list(self._live):
             self._take_back(sub)
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
+        # A queued call that a surviving worker of a broken pool took just before
+        # the pool killed it leaves a marker nobody removes. Not at the break:
+        # other calls' verdicts on it may still be reading their markers then.
+        forget(self._buried)
         owned, self._owned = self._owned, []
         for pool in owned:
             await asyncio.to_thread(pool.shutdown, wait=True)
 
 
-def _mb(n: int) -> str:
-    return f"{n / 1e6:,.0f} MB"
-
-
-def _shut_down(executor: Executor) -> str:
-    return (
-        f"the executor you passed ({type(executor).__name__}) was shut down while the run "
-        "still had calls for it, so it cannot run this one; shut it down only after arun "
-        "returns (or use it in a with block around the run), or pass none for the default pool"
-    )
-
-
-def _spawn_failed(executor: Executor | None, exc: OSError) -> str:
-    """Why no worker process could be started, with the numbers that say which limit."""
-    kind = "the default pool" if is_default_pool(executor) else type(executor).__name__
-    said = f"no worker process could be started for it ({kind}): {type(exc).__name__}: {exc}"
-    if exc.errno in (errno.EMFILE, errno.ENFILE):
-        opened, limit = _fds()
-        return (
-            f"{said}; this driver has {opened} file descriptors open of its limit of {limit} "
-            "(RLIMIT_NOFILE), and each worker needs a few: raise the limit (ulimit -n, or "
-            "resource.setrlimit(resource.RLIMIT_NOFILE, ...)) or close the files, sockets "
-            "and connections the app keeps open"
-        )
-    if exc.errno in (errno.EAGAIN, errno.ENOMEM):
-        return (
-            f"{said}; the system refused a new process (a limit on processes, RLIMIT_NPROC "
-            "or a container's pids limit, or memory): raise it, or use fewer workers "
-            "(ENGINE_CPU_WORKERS, memory_per_worker)"
-        )
-    return f"{said}; check the limits of this process (ulimit -a)"
-
-
-def _fds() -> tuple[int | str, int | str]:
-    """(file descriptors this process has open, its soft RLIMIT_NOFILE), as far as known.
-
-    Counted without opening one (listing /proc/self/fd needs a descriptor,
-    which is exactly what is missing): an ``fstat`` of each possible one.
-    """
-    try:
-        import resource
-
-        limit: int | str = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    except (ImportError, OSError, ValueError):
-        limit = "?"
-    if not isinstance(limit, int) or not 0 < limit <= 1 << 16:
-        return "?", limit
-    opened = 0
-    for fd in range(limit):
-        try:
-            os.fstat(fd)
-        except OSError:
-            continue
-        opened += 1
-    return opened, limit
+def _forget(marker: str, _fut: Future[bytes]) -> None:
+    unlink(marker)
 
 
 __all__ = [
     "MAX_DISRUPTIONS",
     "ExecutorUnusable",
     "ProcessLane",
-    "WorkerLost",
+    "WorkerDied",
     "describe_exit",
     "is_worker_crash",
     "marker_base",

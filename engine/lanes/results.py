@@ -2,7 +2,7 @@
 
 ::
 
-    worker: run_call -> frame bytes            (worker.py: _encode)
+    worker: run_calls -> frame bytes           (frames.encode)
             >= LARGE_RESULT_BYTES, on tmpfs:   frame -> file beside the marker,
                                                SPILLED + path through the pool
     driver: ProcessLane.run -> bytes
@@ -29,7 +29,8 @@ import mmap
 import os
 from collections.abc import Iterator
 
-from .worker import LARGE_RESULT_BYTES, SPILLED
+from .frames import SPILLED
+from .worker import LARGE_RESULT_BYTES
 
 
 def is_large(data: bytes) -> bool:

@@ -157,5 +157,5 @@ class _Walker:
             return self._model_like(s["schema"])
         if t == "definition-ref":
             target = self.defs.get(s["schema_ref"], {})
-            return target.get("type") != "enum"
+            return bool(target.get("type") != "enum")
         return t in ("model", "typed-dict", "dataclass", "model-fields")

@@ -27,6 +27,7 @@ them until it moves to ``Values``.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -49,6 +50,10 @@ from .channels import (
 from .merge import ABSENT, Write, assign, combine
 from .roundtrip import RoundTrip, round_trip
 from .views import View, build_of, defaults_of, same_field_types
+
+#: Values nothing can change in place: a copy of the state shares them.
+_ATOMS = frozenset({str, int, float, complex, bool, bytes, type(None)})
+
 
 #: The channel values of a run: channel name -> value, only channels that hold one.
 Values = dict[str, Any]
@@ -424,8 +429,29 @@ class StateSchema:
         return model.model_validate(value)
 
     def copy(self, state: BaseModel) -> BaseModel:
-        """A private copy for one node: no node can see or mutate another's view."""
-        return state.model_copy(deep=True)
+        """A private copy for one node: no node can see or mutate another's view.
+
+        A new instance (an assignment to it stays its own) whose values are
+        deep copies, but for values nothing can change in place (str, int,
+        float, bool, bytes, None), which are shared: a deep copy of those
+        costs a node call more than the call itself on a small state. One
+        memo for the whole copy keeps values that several fields share
+        shared in the copy too, as ``model_copy(deep=True)`` does.
+        """
+        new = state.model_copy()
+        values = new.__dict__
+        memo: dict[int, Any] = {}
+        for key, value in values.items():
+            if type(value) not in _ATOMS:
+                values[key] = copy.deepcopy(value, memo)
+        if new.__pydantic_extra__:
+            object.__setattr__(
+                new, "__pydantic_extra__", copy.deepcopy(new.__pydantic_extra__, memo)
+            )
+        if new.__pydantic_private__:
+            private = copy.deepcopy(new.__pydantic_private__, memo)
+            object.__setattr__(new, "__pydantic_private__", private)
+        return new
 
     def merge(self, state: BaseModel, writes: Iterable[Write], step: int) -> BaseModel:
         """``apply`` for a state held as a model instance; returns a new instance."""

@@ -1,0 +1,183 @@
+"""A step's attempts as they settle: what each outcome means, and whether its call runs again.
+
+::
+
+    dispatcher --Outcome--> StepAttempts.settle              --> None: settled
+                              ok: the update checked (a bad one: InvalidUpdateError)
+                                  -> the step's write
+                              failed: the run's error for it (names node, step,
+                                  lane, attempt; NodeTimeoutError, WorkerCrashedError)
+                                  run it again?  -> a delay: the call runs again
+                              the recorder hears every attempt (NodeFinished / NodeFailed)
+
+Two budgets per task. ``failures`` (the node's own errors, its timeouts, and
+crashes an executor attributed itself, such as Dask's ``KilledWorker``) go
+through the node's ``RetryPolicy``; a worker the engine found dead under
+the call (``WorkerLost``) is the engine's: the call runs again at once,
+whatever its policy says, until its ``POISON_AFTER_CRASHES``-th crash fails
+it as poison. A crash is often not the call's doing (a neighbour's memory,
+a worker dying just after it returned a result), so one must not fail a
+run with no policy. What cannot cross the process boundary (``Refused``)
+and updates the schema rejects fail the same way again: never retried.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from .dispatch import exit_detail
+from .errors import InvalidUpdateError, NodeError, NodeTimeoutError, WorkerCrashedError
+from .lanes.calls import Cancelled, Failure, NodeRaised, Outcome, Refused, TimedOut, WorkerLost
+from .policy import NO_RETRY
+
+if TYPE_CHECKING:
+    from .plan import Plan
+    from .recorder import Recorder
+
+#: A call whose worker died this many times is poison: no retry policy runs it again.
+POISON_AFTER_CRASHES = 3
+
+Order = tuple[str, int]
+
+
+class StepAttempts:
+    """The attempts of one step's calls, settled one outcome at a time.
+
+    Invariant: a task's order is in at most one of ``writes`` and ``failed``,
+    and only once its last attempt settled; ``_tries`` holds (failures,
+    crashes) so far for the tasks that failed at least once.
+    """
+
+    def __init__(self, plan: Plan, step: int, recorder: Recorder) -> None:
+        self.plan = plan
+        self.step = step
+        self.recorder = recorder
+        self.writes: dict[Order, Mapping[str, Any]] = {}
+        self.failed: dict[Order, NodeError | InvalidUpdateError] = {}
+        self._tries: dict[Order, list[int]] = {}
+
+    def __repr__(self) -> str:
+        return f"<StepAttempts step={self.step} ok={len(self.writes)} failed={len(self.failed)}>"
+
+    def settle(self, out: Outcome) -> float | None:
+        """Take one attempt's outcome; the seconds after which its call runs again, or None."""
+        call = out.call
+        task = call.task
+        if out.failure is None:
+            try:
+                updates = self.plan.schema.check_update(task.node, self.step, out.value)
+            except InvalidUpdateError as exc:
+                self.recorder.call_failed(out, exc, will_retry=False)
+                self.failed[task.order] = exc
+                return None
+            self.recorder.call_finished(out)
+            self.writes[task.order] = updates
+            return None
+        node = self.plan.nodes[task.node]
+        error = run_error(out, node.lane)
+        failure = out.failure
+        tries = self._tries.setdefault(task.order, [0, 0])
+        delay = 0.0
+        if isinstance(failure, WorkerLost):
+            tries[1] += 1
+        if isinstance(failure, WorkerLost) and not failure.by_executor:
+            retry = tries[1] < POISON_AFTER_CRASHES
+        else:
+            tries[0] += 1
+            policy = node.spec.retry or NO_RETRY
+            cause = failure.error if failure.error is not None else error
+            retry = (
+                not isinstance(failure, Refused)
+                and tries[1] < POISON_AFTER_CRASHES
+                and (policy.should_retry(cause, tries[0]) or policy.should_retry(error, tries[0]))
+            )
+            delay = policy.delay(tries[0])
+        if isinstance(failure, WorkerLost) and tries[1] >= POISON_AFTER_CRASHES:
+            error.add_note(
+                f"poison: {task.node!r} crashed its worker {tries[1]} times, so it is not "
+                "run again (the engine re-runs a crashed call, apart from its RetryPolicy, "
+                f"until its {POISON_AFTER_CRASHES}rd crash); find what kills the process "
+                "(memory, native code)"
+            )
+        self.recorder.call_failed(out, error, will_retry=retry)
+        if retry:
+            return delay
+        self.failed[task.order] = error
+        return None
+
+    def first_error(self) -> NodeError | InvalidUpdateError | None:
+        """The step's error: its first failed call's, in (node, Send index) order."""
+        if not self.failed:
+            return None
+        orders = sorted(self.failed)
+        first = self.failed[orders[0]]
+        if len(orders) > 1:
+            others = ", ".join(repr(node) for node, _ in orders[1:])
+            first.add_note(f"in the same step {others} also failed")
+        return first
+
+
+def run_error(out: Outcome, lane: str) -> NodeError:
+    """The run's error for a failed attempt: where it failed, what happened, what to do."""
+    failure: Failure | None = out.failure
+    assert failure is not None
+    call = out.call
+    node, step, attempt = call.task.node, call.step, call.attempt
+    where = f"node {node!r} (step {step}, lane {lane!r}, attempt {attempt})"
+    at: dict[str, Any] = {"node": node, "step": step, "lane": lane, "attempt": attempt}
+    err: NodeError
+    if isinstance(failure, TimedOut):
+        stopped = (
+            "; its worker process was killed and its writes discarded"
+            if failure.stopped == "killed"
+            else ""
+        )
+        err = NodeTimeoutError(
+            f"{where} ran past its timeout of {failure.timeout_s} s{stopped}; make it faster, "
+            "raise timeout=, or add a RetryPolicy",
+            error_type="TimeoutError",
+            error_message=failure.message,
+            **at,
+        )
+    elif isinstance(failure, WorkerLost):
+        kind = type(failure.error).__name__ if failure.error is not None else "WorkerLost"
+        err = WorkerCrashedError(
+            f"{where}: {failure.message}; the other calls of the step were not charged. Find "
+            "what kills the process (memory, native code)",
+            error_type=kind,
+            error_message=exit_detail(failure),
+            exitcode=failure.exitcode,
+            pid=failure.pid,
+            **at,
+        )
+    elif isinstance(failure, Refused):
+        err = NodeError(
+            f"{where}: {failure.message}",
+            error_type=failure.error_type,
+            error_message=failure.message,
+            **at,
+        )
+    elif isinstance(failure, Cancelled):
+        err = NodeError(
+            f"{where} was cancelled by its own code ({failure.message}); a node that stops "
+            "itself fails its step: return instead, or raise an error that says why",
+            error_type="CancelledError",
+            error_message=failure.message,
+            **at,
+        )
+    else:
+        raised = failure if isinstance(failure, NodeRaised) else NodeRaised(failure.message)
+        err = NodeError(
+            f"{where} raised {raised.error_type}: {raised.message}",
+            error_type=raised.error_type,
+            error_message=raised.message,
+            traceback_text=raised.traceback,
+            **at,
+        )
+    if failure.error is not None:
+        err.__cause__ = failure.error
+    return err
+
+
+__all__ = ["POISON_AFTER_CRASHES", "StepAttempts", "run_error"]

@@ -1,0 +1,316 @@
+"""The cpu lane's wire format: arguments to a worker, measured results back.
+
+Imported inside worker processes: standard library and cloudpickle only.
+
+::
+
+    driver: dumps_for_worker(arg) -> blob           (one per call: a bad one fails alone)
+            request(fn_bytes, init, [blob, ...])    --bytes-->  worker (worker.run_calls)
+    worker: one Measured per call -> encode(...)    --frame-->  driver: decode(frame)
+              FRAME | len(meta) | meta | blobs                    -> one Decoded per call
+
+A frame carries the results of any number of calls (one for a lone call, a
+chunk's worth for a batch). Its meta, pickled once, holds each call's head
+(``Measured`` but the value and the exception) and the layout of its blobs;
+the blobs are each call's value (or exception) pickled on its own, one per
+field when it is a dict of updates, each with its type's name. So whatever
+fails to cross, in either direction, fails only its own call and is named
+down to the field; the driver unpickles each blob straight out of the frame
+(a view, never a copy), so a 200 MB result costs it the frame and the
+value, not a third copy in between.
+"""
+
+from __future__ import annotations
+
+import mmap
+import pickle
+import traceback
+from typing import Any, NamedTuple
+
+import cloudpickle
+
+from .measure import HEAD, OK, PAYLOAD, Measured
+
+#: What every frame starts with (a version: the driver refuses another).
+FRAME = b"EF2"
+#: What a result moved to a file starts with; the file's path follows (``worker.run_marked``).
+SPILLED = b"ES1"
+
+#: A list longer than this, of plain items only, travels in slices of this many items.
+SLICE_ITEMS = 50_000
+_PLAIN = frozenset({str, bytes, int, float, bool, type(None)})
+
+#: Where a frame's blobs are: (type name, part lengths), or one (field, ...) per field.
+Layout = tuple[str, tuple[int, ...]] | list[tuple[str, str, tuple[int, ...]]]
+
+
+def dumps_for_worker(obj: Any) -> bytes:
+    """``obj`` pickled to travel to a worker: by the stdlib when that is safe, else cloudpickle.
+
+    The stdlib pickler is 3-5x faster, but pickles every class and function
+    by reference, which is wrong for what cloudpickle sends by value: what
+    lives in ``__main__`` and in modules registered with
+    ``cloudpickle.register_pickle_by_value`` (a worker cannot import those),
+    and what cannot be imported at all (the stdlib refuses that). A class
+    pickled by reference leaves its module's name in the bytes, so bytes
+    naming ``__main__`` or a by-value module are made again by cloudpickle;
+    a false alarm (the name inside the data) only costs that.
+    """
+    try:
+        data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        return _cloud(obj)
+    if b"__main__" in data:
+        return _cloud(obj)
+    by_value = getattr(cloudpickle.cloudpickle, "_PICKLE_BY_VALUE_MODULES", None)
+    if by_value is None or any(name.encode() in data for name in by_value):
+        return _cloud(obj)  # (without cloudpickle's list, trust only it)
+    return data
+
+
+def _cloud(obj: Any) -> bytes:
+    """``cloudpickle.dumps`` (typed)."""
+    data: bytes = cloudpickle.dumps(obj)
+    return data
+
+
+def request(fn_bytes: bytes, init: Any, blobs: list[bytes]) -> bytes:
+    """What ``worker.run_calls`` takes: parts pickled already, so this cannot fail.
+
+    ``init`` is None or a ``WorkerInit`` (``engine.warm``) whose resource the
+    node receives as its second argument.
+    """
+    return pickle.dumps((fn_bytes, init, blobs), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+# -- the worker's side --------------------------------------------------------------
+
+
+def encode(results: list[tuple[Measured, int]], *, queued: float = 0.0) -> bytes:
+    """Measured calls (each with the size of its input) as one frame.
+
+    ``queued``: seconds the calls' thread waited on a run queue while they
+    ran, all together (``decode`` shares it out by wall time; a call's own
+    ``queued_s`` is added to its share). A value that cannot be pickled
+    turns its call into a ``payload`` failure whose message names the field
+    and its type; an exception that cannot be pickled travels as its text
+    (the head) alone.
+    """
+    metas: list[tuple[tuple[Any, ...], Layout, int]] = []
+    blobs: list[bytes] = []
+    for m, bytes_in in results:
+        obj = m.value if m.kind == OK else m.error
+        try:
+            layout = _dump(obj, blobs)
+        except _Unpicklable as bad:
+            if m.kind == OK:
+                m = m._replace(
+                    kind=PAYLOAD,
+                    error_type=type(bad.error).__qualname__,
+                    error_message=(
+                        f"{bad.what} cannot be pickled to return from the worker: "
+                        f"{type(bad.error).__name__}: {bad.error}; return plain data (dicts, "
+                        "lists, str, numbers, pydantic models)"
+                    ),
+                    traceback_text="".join(traceback.format_exception(bad.error)),
+                )
+            layout = _dump(None, blobs)
+        metas.append((m[:HEAD], layout, bytes_in))
+    meta = pickle.dumps((queued, metas), protocol=pickle.HIGHEST_PROTOCOL)
+    return b"".join([FRAME, len(meta).to_bytes(8, "little"), meta, *blobs])
+
+
+def _dump(obj: Any, blobs: list[bytes]) -> Layout:
+    """Append ``obj``'s parts to ``blobs``; their layout. Nothing is appended if it raises.
+
+    A dict of updates is pickled field by field (so what fails to cross is
+    named down to the field); a field of a plain type (str, int, ...) cannot
+    fail, so it takes the short way (one call per field: chunks have thousands).
+    """
+    if type(obj) is dict and all(type(k) is str for k in obj):
+        layout: list[tuple[str, str, tuple[int, ...]]] = []
+        parts: list[bytes] = []
+        for key, value in obj.items():
+            cls = type(value)
+            if cls in _PLAIN:
+                blob = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+                parts.append(blob)
+                layout.append((key, cls.__name__, (len(blob),)))
+                continue
+            name = _type_name(value)
+            more = _parts(value, key, name)
+            parts += more
+            layout.append((key, name, tuple(map(len, more))))
+        blobs += parts
+        return layout
+    name = _type_name(obj)
+    more = _parts(obj, None, name)
+    blobs += more
+    return (name, tuple(map(len, more)))
+
+
+class _Unpicklable(Exception):
+    def __init__(self, what: str, error: BaseException) -> None:
+        super().__init__(what)
+        self.what = what
+        self.error = error
+
+
+def _field_what(key: str, type_name: str) -> str:
+    return f"its result's field {key!r} (type {type_name})"
+
+
+def _value_what(type_name: str) -> str:
+    return f"its result of type {type_name}"
+
+
+def _parts(obj: Any, key: str | None, type_name: str) -> list[bytes]:
+    """``obj`` pickled: one part; a long list of plain items, one part per ``SLICE_ITEMS``.
+
+    The driver builds a value with the GIL held for as long as unpickling
+    it takes: half a second for a list of millions of strings, all that
+    time a stalled event loop. Slices let it build the list a slice at a
+    time, letting the loop run in between (``decode``). Only lists of
+    plain items (str, bytes, numbers, None): slicing would copy an object
+    that several items share, and those have no identity to keep.
+    """
+    if type(obj) is list and len(obj) > SLICE_ITEMS and all(type(x) in _PLAIN for x in obj):
+        n = SLICE_ITEMS
+        return [_dumps(obj[i : i + n], key, type_name) for i in range(0, len(obj), n)]
+    return [_dumps(obj, key, type_name)]
+
+
+def _dumps(obj: Any, key: str | None, type_name: str) -> bytes:
+    """``obj`` pickled: by the stdlib where it can (3-5x faster), else by cloudpickle.
+
+    The stdlib pickles a class or function by reference only when importing
+    its name here yields that very object (else it raises), so whatever it
+    accepts loads in the driver the same way; what it refuses (classes and
+    functions that came by value, lambdas) goes through cloudpickle.
+    """
+    try:
+        return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    except BaseException:  # __reduce__ may raise anything; cloudpickle has the last word
+        pass
+    try:
+        return _cloud(obj)
+    except BaseException as exc:
+        what = _field_what(key, type_name) if key is not None else _value_what(type_name)
+        raise _Unpicklable(what, exc) from exc
+
+
+def _type_name(obj: object) -> str:
+    cls = type(obj)
+    if cls.__module__ == "builtins":
+        return cls.__qualname__
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+# -- the driver's side --------------------------------------------------------------
+
+
+class Decoded(NamedTuple):
+    """One call of a frame, as the driver rebuilt it: its head (``Measured`` but the
+    value and the exception), and its value, or its exception when it failed."""
+
+    head: tuple[Any, ...]
+    obj: Any
+    bytes_in: int
+    bytes_out: int
+    #: Seconds the call waited on a run queue: its own, or its share of its chunk's.
+    queued_s: float = 0.0
+    #: What came back but cannot be unpickled here (a value's field, named), with why.
+    unloadable: tuple[str, BaseException] | None = None
+
+    @property
+    def measured(self) -> Measured:
+        """The call as measured where it ran (its value or its exception included)."""
+        m = Measured(*self.head)._replace(queued_s=self.queued_s)
+        if self.unloadable is not None:
+            return m
+        if m.kind == OK:
+            return m._replace(value=self.obj)
+        return m._replace(error=self.obj if isinstance(self.obj, BaseException) else None)
+
+
+def decode(data: bytes | memoryview | mmap.mmap) -> list[Decoded]:
+    """The calls of a frame (``encode``), as bytes or a view of a mapped file.
+
+    Each blob is unpickled from a view of the frame, never copied out first.
+    A call's ``bytes_out`` is its share of the frame: its blobs and its part
+    of the meta (a lone call's is the whole frame). A value that fails to
+    unpickle here fails only its call and leaves the pool untouched: the
+    bytes came back whole, only this driver cannot rebuild the object.
+    """
+    with memoryview(data) as view:
+        if view[: len(FRAME)] != FRAME:
+            raise ValueError(f"not a cpu-lane result frame (starts {bytes(view[:8])!r})")
+        at = len(FRAME) + 8
+        size = int.from_bytes(view[len(FRAME) : at], "little")
+        queued, metas = pickle.loads(view[at : at + size])
+        at += size
+        count = len(metas)
+        overhead = at / count  # the frame's header and meta, shared; the rest is blobs
+        # The chunk's run-queue wait, shared out by the calls' wall times.
+        total = sum(max(0.0, head[5] - head[4]) for head, _, _ in metas)
+        share = queued / total if total > 0 else 0.0
+        even = 0.0 if total > 0 else queued / count
+        loads = pickle.loads
+        out: list[Decoded] = []
+        for head, layout, bytes_in in metas:
+            start = at
+            key: str | None = None
+            type_name = ""
+            problem: tuple[str, BaseException] | None = None
+            obj: Any = None
+            try:
+                if type(layout) is list:
+                    obj = {}
+                    for key, type_name, sizes in layout:  # noqa: B007 (named if loads() fails)
+                        if len(sizes) == 1:
+                            end = at + sizes[0]
+                            obj[key] = loads(view[at:end])
+                            at = end
+                        else:
+                            obj[key], at = _load_parts(view, at, sizes)
+                else:
+                    type_name, sizes = layout
+                    obj, at = _load_parts(view, at, sizes)
+            except Exception as exc:
+                what = _field_what(key, type_name) if key is not None else _value_what(type_name)
+                problem = (what, exc)
+                at = start + _blob_bytes(layout)
+                obj = None
+            wall = head[5] - head[4]
+            waited = head[7] + (wall * share if wall > 0 else 0.0) + even
+            out.append(Decoded(head, obj, bytes_in, int(at - start + overhead), waited, problem))
+        return out
+
+
+def _blob_bytes(layout: Layout) -> int:
+    if isinstance(layout, list):
+        return sum(sum(sizes) for _, _, sizes in layout)
+    return sum(layout[1])
+
+
+def _load_parts(view: memoryview, at: int, sizes: tuple[int, ...]) -> tuple[Any, int]:
+    """The value whose parts start at ``at`` (a list rebuilt slice by slice), and where it ends."""
+    if len(sizes) == 1:
+        return pickle.loads(view[at : at + sizes[0]]), at + sizes[0]
+    value: list[Any] = []
+    for n in sizes:
+        value.extend(pickle.loads(view[at : at + n]))
+        at += n
+    return value, at
+
+
+__all__ = [
+    "FRAME",
+    "SLICE_ITEMS",
+    "SPILLED",
+    "Decoded",
+    "decode",
+    "dumps_for_worker",
+    "encode",
+    "request",
+]

@@ -1,0 +1,143 @@
+"""Routing: the next step's tasks, from the plan, the nodes that ran, and the merged state.
+
+A pure function of its inputs (it only updates the fan-in bookkeeping it is
+handed): static edges, fan-ins whose sources have all run since their target
+last ran, conditional edges evaluated on the merged state, and the ``Send``s
+routers return. The tasks come back sorted by (node, Send index): the order
+a step's writes are merged in.
+
+Where a node's ``Command(goto=...)`` will plug in: its targets join
+``triggered`` (names) and ``sends`` (``Send``s) exactly as a router's
+results do, through ``_interpret``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from .errors import GraphError
+from .plan import Plan
+from .spec import END, START, Send, Task
+
+
+def start_tasks(plan: Plan, state: Any) -> list[Task]:
+    """The tasks of a fresh run's first step: START's edges and branches on the input."""
+    return next_tasks(plan, [START], state, step=-1, fanin={})
+
+
+def next_tasks(
+    plan: Plan, ran: Sequence[str], state: Any, step: int, fanin: dict[str, set[str]]
+) -> list[Task]:
+    """The tasks of the step after ``step``, in which the nodes ``ran`` ran (sorted).
+
+    ``fanin`` (fan-in key -> sources run since its target last ran) is
+    updated in place; a router that raises or returns what is not a node is
+    a ``GraphError`` naming the edge and the step.
+    """
+    triggered: set[str] = set()
+    sends: list[Send] = []
+    for name in ran:
+        triggered.update(t for t in plan.edges.get(name, ()) if t != END)
+        for fan in plan.fanins_by_source.get(name, ()):
+            fanin.setdefault(fan.key, set()).add(name)
+        for branch in plan.branches.get(name, ()):
+            try:
+                result = branch.route(plan.schema.copy(state))
+            except Exception as exc:
+                raise GraphError(
+                    f"the router of the conditional edge from {name!r} raised "
+                    f"{type(exc).__name__}: {exc} ({_routing(step)}); fix the router, then "
+                    "resume: the step's writes are kept, its nodes do not run again",
+                    node=name,
+                    step=step,
+                ) from exc
+            if inspect.isawaitable(result):
+                if inspect.iscoroutine(result):
+                    result.close()  # never awaited: close it so it does not warn later
+                raise GraphError(
+                    f"the router of the conditional edge from {name!r} is async "
+                    f"({_routing(step)}); routers must be plain functions of the state",
+                    node=name,
+                    step=step,
+                )
+            _interpret(plan, name, branch.path_map, result, triggered, sends, step)
+    for fan in plan.fanins:
+        if fanin.get(fan.key, set()) >= fan.sources:
+            triggered.add(fan.target)
+    for fan in plan.fanins:
+        # A fan-in target that runs starts counting its sources afresh.
+        if fan.target in triggered:
+            fanin.pop(fan.key, None)
+    tasks = [Task(n) for n in triggered]
+    tasks += [Task(s.node, i, s.arg, True) for i, s in enumerate(sends)]
+    tasks.sort(key=_order)
+    return tasks
+
+
+def _order(task: Task) -> tuple[str, int]:
+    return (task.node, task.index)
+
+
+def _interpret(
+    plan: Plan,
+    source: str,
+    path_map: Mapping[Any, str] | None,
+    result: Any,
+    triggered: set[str],
+    sends: list[Send],
+    step: int,
+) -> None:
+    items: Iterable[Any] = result if isinstance(result, list | tuple) else [result]
+    for item in items:
+        if isinstance(item, Send):
+            if item.node not in plan.nodes:
+                raise GraphError(
+                    f"the router of {source!r} sent to unknown node {item.node!r} "
+                    f"({_routing(step)})",
+                    node=source,
+                    step=step,
+                )
+            sends.append(item)
+            continue
+        if item is None and (path_map is None or None not in path_map):
+            # Most likely a branch of the router that forgot to return:
+            # ending the run silently would hide it (LangGraph refuses it too).
+            raise GraphError(
+                f"the router of the conditional edge from {source!r} returned None "
+                f"({_routing(step)}); return END to end the run there (or a node name, a "
+                "list of them, or Sends)",
+                node=source,
+                step=step,
+            )
+        if item == END:
+            continue
+        target = item
+        if path_map is not None:
+            if item not in path_map:
+                raise GraphError(
+                    f"the router of {source!r} returned {item!r}, which is not in its "
+                    f"path_map {sorted(map(str, path_map))} ({_routing(step)})",
+                    node=source,
+                    step=step,
+                )
+            target = path_map[item]
+            if target == END:
+                continue
+        if target not in plan.nodes:
+            raise GraphError(
+                f"the router of {source!r} returned {target!r}, which is not a node "
+                f"(known: {sorted(plan.nodes)}; {_routing(step)})",
+                node=source,
+                step=step,
+            )
+        triggered.add(target)
+
+
+def _routing(step: int) -> str:
+    """Which routing a router error happened in, for its message."""
+    return "routing the input, before step 0" if step < 0 else f"routing after step {step}"
+
+
+__all__ = ["next_tasks", "start_tasks"]

@@ -1,0 +1,179 @@
+"""Where a run stands between steps (``RunCursor``), and saving it after every step.
+
+::
+
+    scheduler, at a barrier --RunCursor--> RunSaver.save  --> checkpoint.snapshot.RunCodec
+                                                              (state -> JSON, validated)
+                                                          --> Checkpointer.put
+    app, to resume  <--RunCursor-- RunSaver.cursor_of(checkpoint)
+
+A cursor is what a checkpoint holds: the state, the step, the step's tasks,
+the fan-in bookkeeping, and the writes the step's calls already made (a
+step that failed or was stopped keeps those, so a resume runs only the
+rest). A save that the run's cancellation interrupts is finished first
+(``finish``): a checkpoint is never left half written behind a run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .logs import get_logger
+from .spec import Task
+
+if TYPE_CHECKING:
+    from .checkpoint import Checkpoint, Checkpointer
+    from .checkpoint.snapshot import RunCodec
+    from .plan import Plan
+
+log = get_logger("engine")
+
+Writes = Mapping[tuple[str, int], Mapping[str, Any]]
+
+
+@dataclass
+class RunCursor:
+    """Where a run stands between steps (what a checkpoint saves).
+
+    Invariant: ``tasks`` are the tasks of step ``step``, sorted by order;
+    ``pending`` holds writes already made in step ``step`` by a previous,
+    failed (or stopped) attempt at it.
+    """
+
+    state: Any
+    step: int
+    tasks: list[Task]
+    fanin: dict[str, set[str]] = field(default_factory=dict)
+    pending: dict[tuple[str, int], Mapping[str, Any]] = field(default_factory=dict)
+
+    def todo(self) -> list[Task]:
+        """The step's tasks that have not written yet."""
+        if not self.pending:
+            return self.tasks
+        return [t for t in self.tasks if (t.node, t.index) not in self.pending]
+
+    def with_pending(self, writes: Writes) -> RunCursor:
+        """This step again, with ``writes`` kept for the resume."""
+        return RunCursor(self.state, self.step, self.tasks, self.fanin, dict(writes))
+
+
+class RunSaver:
+    """Saves one run's cursors to its thread's checkpointer (or nowhere).
+
+    Invariant: ``active`` exactly when there is a checkpointer and a
+    thread; the codec is built once, from the plan the run keeps.
+    """
+
+    def __init__(
+        self,
+        plan: Plan,
+        checkpointer: Checkpointer | None,
+        *,
+        thread_id: str | None,
+        run_id: str,
+    ) -> None:
+        self.plan = plan
+        self.checkpointer = checkpointer
+        self.thread_id = thread_id
+        self.run_id = run_id
+        self.started_at: float | None = None  # time.time() when the run began
+        self._codec: RunCodec | None = None
+
+    def __repr__(self) -> str:
+        return f"<RunSaver thread={self.thread_id!r} active={self.active}>"
+
+    @property
+    def active(self) -> bool:
+        return self.checkpointer is not None and self.thread_id is not None
+
+    @property
+    def codec(self) -> RunCodec:
+        if self._codec is None:
+            from .checkpoint.snapshot import RunCodec, Topology
+
+            topology = Topology(
+                nodes=frozenset(self.plan.nodes),
+                fanins={f.key: f.sources for f in self.plan.fanins},
+            )
+            self._codec = RunCodec(self.plan.schema, topology)
+        return self._codec
+
+    async def save(self, cursor: RunCursor, status: str, written: Writes | None = None) -> None:
+        """Save ``cursor`` with ``status``, to the end even if the run is cancelled meanwhile.
+
+        ``written``: the writes of the step that made ``cursor.state``, to
+        name the node behind a value that cannot be saved.
+        """
+        if self.active:
+            await finish(self._put(cursor, status, written))
+
+    async def save_stopped(self, cursor: RunCursor, writes: Writes, status: str) -> None:
+        """Save a step that was stopped (cancelled, or an engine error) with what it wrote.
+
+        Never raises: the run is already on its way out with its own error.
+        """
+        if not self.active:
+            return
+        kept = dict(cursor.pending)
+        kept.update(writes)
+        try:
+            await finish(self._put(cursor.with_pending(kept), status, None))
+        except Exception:
+            log.exception("checkpoint_on_stop_failed", step=cursor.step, status=status)
+
+    async def _put(self, cursor: RunCursor, status: str, written: Writes | None) -> None:
+        assert self.checkpointer is not None
+        await self.checkpointer.put(self.checkpoint_of(cursor, status, written))
+
+    def checkpoint_of(
+        self, cursor: RunCursor, status: str, written: Writes | None = None
+    ) -> Checkpoint:
+        """The checkpoint of ``cursor`` (``engine.checkpoint.snapshot``), or CheckpointError."""
+        return self.codec.save(
+            thread_id=self.thread_id or "",
+            run_id=self.run_id,
+            step=cursor.step,
+            state=cursor.state,
+            tasks=cursor.tasks,
+            fanin=cursor.fanin,
+            pending=cursor.pending,
+            status=status,
+            started_at=self.started_at,
+            written=written,
+        )
+
+    def cursor_of(self, cp: Checkpoint) -> RunCursor:
+        """The cursor a checkpoint describes; validated, never executes stored code."""
+        restored = self.codec.load(cp)
+        return RunCursor(
+            state=restored.state,
+            step=restored.step,
+            tasks=[Task(t.node, t.index, t.payload, t.has_payload) for t in restored.tasks],
+            fanin=restored.fanin,
+            pending=restored.pending,
+        )
+
+
+async def finish(save: Coroutine[Any, Any, None]) -> None:
+    """Await a checkpoint write to its end even when cancelled, then let the cancel through.
+
+    Scenario: the run is cancelled while a step's checkpoint is being
+    written. ``shield`` alone would raise at once and leave the write running
+    unsupervised past the run's end (and past the release of the thread's
+    lock); here the cancelled run waits for the write, then stops.
+    """
+    task = asyncio.ensure_future(save)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if not task.done():
+            await asyncio.wait({task})
+        if not task.cancelled() and task.exception() is not None:
+            log.error("checkpoint_failed_while_cancelling", error=repr(task.exception()))
+        raise
+
+
+__all__ = ["RunCursor", "RunSaver", "finish"]

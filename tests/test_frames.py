@@ -1,0 +1,84 @@
+"""The cpu lane's wire format: one frame for any number of calls, each call on its own."""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+import cloudpickle
+import pytest
+
+from engine.lanes.frames import decode, encode, request
+from engine.lanes.measure import OK, PAYLOAD, RAISED, Measured
+from engine.lanes.worker import run_calls
+
+
+def measured(value: Any, start: float = 0.0, end: float = 1.0, **more: Any) -> Measured:
+    return Measured(OK, 7, 8, "h", start, end, 0.5, value=value, **more)
+
+
+class NotHere:
+    """Pickles fine; cannot be rebuilt in this process (its reducer refuses)."""
+
+    def __reduce__(self) -> Any:
+        return (_refuse, ())
+
+
+def _refuse() -> None:
+    raise ModuleNotFoundError("No module named 'elsewhere'")
+
+
+class Unpicklable:
+    def __reduce__(self) -> Any:
+        raise TypeError("refuses to be pickled")
+
+
+class TestFrames:
+    def test_calls_of_one_frame_come_back_each_with_its_own_value(self) -> None:
+        """Three calls in one frame: values, the head fields, the input sizes, in order."""
+        frame = encode([(measured({"a": i}, i, i + 1.0), 10 + i) for i in range(3)])
+        back = decode(frame)
+        assert [d.obj for d in back] == [{"a": 0}, {"a": 1}, {"a": 2}]
+        assert [d.bytes_in for d in back] == [10, 11, 12]
+        assert [d.measured.start for d in back] == [0, 1, 2]
+        assert sum(d.bytes_out for d in back) == pytest.approx(len(frame), abs=3)
+
+    def test_a_value_that_cannot_cross_fails_only_its_call_naming_the_field(self) -> None:
+        """One call returns what cannot be pickled, one what the driver cannot rebuild:
+        each fails alone with the field named; the third comes back."""
+        frame = encode(
+            [
+                (measured({"ok": 1, "bad": Unpicklable()}), 0),
+                (measured({"far": [NotHere()]}), 0),
+                (measured({"ok": 3}), 0),
+            ]
+        )
+        first, second, third = decode(frame)
+        assert first.measured.kind == PAYLOAD
+        assert "field 'bad'" in first.measured.error_message
+        assert second.unloadable is not None and "field 'far' (type list)" in second.unloadable[0]
+        assert third.obj == {"ok": 3} and third.unloadable is None
+
+    def test_a_chunks_run_queue_wait_is_shared_out_by_wall_time(self) -> None:
+        """0.4 s queued over calls of 1 s and 3 s: 0.1 s and 0.3 s."""
+        frame = encode([(measured({}, 0.0, 1.0), 0), (measured({}, 1.0, 4.0), 0)], queued=0.4)
+        assert [round(d.queued_s, 6) for d in decode(frame)] == [0.1, 0.3]
+
+
+class TestWorkerEntry:
+    def test_a_chunk_whose_input_cannot_be_unpickled_fails_that_call_alone(self) -> None:
+        """run_calls: a bad input fails its own call as a payload error; the others run."""
+        bad = pickle.dumps(NotHere())
+        blobs = [pickle.dumps({"n": 1}), bad, pickle.dumps({"n": 3})]
+        back = decode(run_calls(request(cloudpickle.dumps(len), None, blobs)))
+        assert [d.measured.kind for d in back] == [OK, PAYLOAD, OK]
+        assert [d.obj for d in back if d.measured.kind == OK] == [1, 1]
+        assert "could not unpickle its input" in back[1].measured.error_message
+        assert [d.bytes_in for d in back] == [len(b) for b in blobs]
+
+    def test_a_raising_node_fails_its_call_with_its_exception(self) -> None:
+        """The node's exception comes back whole, as the failure of its call only."""
+        back = decode(run_calls(request(cloudpickle.dumps(int), None, [pickle.dumps("x")])))
+        (one,) = back
+        assert one.measured.kind == RAISED and isinstance(one.measured.error, ValueError)
+        assert one.measured.error_type == "ValueError" and "Traceback" in one.head[11]
