@@ -1,6 +1,6 @@
 """Fixtures for the microbenchmarks, and a summary of them against the targets.
 
-Run them with ``python -m engine micro`` (or ``pytest benchmarks/``); the
+Run them with ``python -m engine micro --pytest`` (or ``pytest benchmarks/``); the
 default test run (``testpaths = ["tests"]``) leaves them out.
 
 Every benchmark runs its coroutines on one long-lived event loop (uvloop

@@ -5,7 +5,8 @@
     engine bench [TARGET ...] [--modes ...] [--repeat N] [--quick] [--check] [--peers] ...
     engine run TARGET [--mode M] [--trace FILE.json] [--input JSON|@FILE] ...
     engine predict TRACE.json [--workers 1,2,4,8,16] [--plot FILE.png] ...
-    engine micro [PYTEST ARGS ...]
+    engine micro [--rounds N] [-k NAME] [--scale] [--json FILE]
+    engine micro --pytest [PYTEST ARGS ...]
 
 A TARGET is a built-in workload (``--list``) or your own graph as
 ``module:attr``. This module only parses arguments; ``engine.bench.commands``
@@ -191,10 +192,22 @@ def _parser(prog: str) -> argparse.ArgumentParser:
 
     micro = sub.add_parser(
         "micro",
-        help="pytest-benchmark microbenchmarks (benchmarks/test_micro.py of a clone)",
-        description="Extra arguments go to pytest, e.g. -k dispatch.",
+        help="the engine's cost per node and per call as ratios to asyncio's and loky's "
+        "(benchmarks/micro.py of a clone)",
+        description="Each figure is timed interleaved with its reference in one process; the "
+        "ratio is the result. The JSON (every round) goes to results/micro.json unless "
+        "--json says where. `micro --pytest ARGS` runs the pytest-benchmark suite "
+        "(benchmarks/test_micro.py) instead; the arguments after --pytest go to pytest.",
     )
-    micro.add_argument("pytest_args", nargs=argparse.REMAINDER, help="arguments for pytest")
+    micro.add_argument("--rounds", type=int, default=7, help="rounds per figure (default 7)")
+    micro.add_argument("-k", dest="only", help="only figures whose name contains this")
+    micro.add_argument(
+        "--scale", action="store_true", help="the scale checks (linear growth) instead"
+    )
+    micro.add_argument("--json", metavar="FILE", help="where to write every round's numbers")
+    micro.add_argument(
+        "--pytest", action="store_true", help="run benchmarks/test_micro.py under pytest"
+    )
     return parser
 
 
@@ -216,15 +229,15 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "engine") -> int:
     """The ``engine`` console script (``python -m engine`` passes its own ``prog``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        if argv[:1] == ["micro"] and not {"-h", "--help"} & set(argv[1:2]):
-            # Everything after "micro" belongs to pytest, options included.
-            return _micro(argv[1:])
+        if argv[:2] == ["micro", "--pytest"]:
+            # Everything after "--pytest" belongs to pytest, options included.
+            return _micro_pytest(argv[2:])
         args = _parser(prog).parse_args(argv)
         # The benchmark reports blocked loops in its summary (blocked_loops), not
         # as warnings in the middle of its progress and tables.
         _quiet_logs(frozenset({"loop_blocked"}) if args.command == "bench" else frozenset())
         if args.command == "micro":
-            return _micro(args.pytest_args)
+            return _micro(args)
         if args.command != "predict":
             _need_bench_extra()
         from .bench import commands
@@ -274,13 +287,35 @@ def _importable(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def _micro(extra: Sequence[str]) -> int:
-    """Run benchmarks/test_micro.py under pytest-benchmark (not part of the test run)."""
+def _benchmarks_file(name: str) -> Any:
     from .bench.commands import floors_path
 
-    path = floors_path().parent / "test_micro.py"
+    path = floors_path().parent / name
     if not path.exists():
         raise RuntimeError(f"{path} not found: run this from a clone of engine")
+    return path
+
+
+def _micro(args: argparse.Namespace) -> int:
+    """Run benchmarks/micro.py (the ratios to the floor) in a process of its own."""
+    path = _benchmarks_file("micro.py")
+    out = args.json or os.path.join("results", "micro.json")
+    if os.path.dirname(out):
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+    cmd = [sys.executable, str(path), "--rounds", str(args.rounds), "--json", out]
+    if args.only:
+        cmd += ["-k", args.only]
+    if args.scale:
+        cmd.append("--scale")
+    rc = subprocess.call(cmd, env={**os.environ})
+    if rc == 0:
+        print(f"every round's numbers: {out}")
+    return rc
+
+
+def _micro_pytest(extra: Sequence[str]) -> int:
+    """Run benchmarks/test_micro.py under pytest-benchmark (not part of the test run)."""
+    path = _benchmarks_file("test_micro.py")
     if not _importable("pytest_benchmark"):
         raise ImportError("the microbenchmarks need pytest-benchmark: pip install 'engine[dev]'")
     cmd = [sys.executable, "-m", "pytest", str(path), "-p", "no:cacheprovider", "-q", *extra]

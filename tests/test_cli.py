@@ -74,3 +74,18 @@ def test_run_lists_the_workloads(capsys: Any) -> None:
 def test_run_without_a_target_is_a_usage_error(capsys: Any) -> None:
     assert main(["run"]) == 2
     assert "run needs a TARGET" in capsys.readouterr().err
+
+
+def test_micro_times_a_figure_against_its_reference_and_keeps_the_json(tmp_path: Path) -> None:
+    """``micro`` runs benchmarks/micro.py: each figure's ratio to its reference, every round
+    kept in the JSON, with the target it is judged against."""
+    out = tmp_path / "micro.json"
+    assert main(["micro", "-k", "chain", "--rounds", "2", "--json", str(out)]) == 0
+    import json
+
+    doc = json.loads(out.read_text())
+    chain = doc["figures"]["chain"]
+    assert list(doc["figures"]) == ["chain"]
+    assert len(chain["ratios"]) == 2 and all(r > 1.0 for r in chain["ratios"])
+    assert set(chain["rounds"][0]) == {"engine", "reference"}
+    assert chain["target"] == ["<=", 8.0]
