@@ -11,6 +11,10 @@ from .app import Explanation as Explanation
 from .app import RunKwargs as RunKwargs
 from .app import RunOptions as RunOptions
 from .app import run_sync as run_sync
+from .cache import CachePolicy as CachePolicy
+from .cache import InMemoryCache as InMemoryCache
+from .cache import NodeCache as NodeCache
+from .cache import SqliteCache as SqliteCache
 from .classify import LaneDecision as LaneDecision
 from .classify import cpu as cpu
 from .classify import inline as inline
@@ -56,6 +60,7 @@ __all__ = [
     "END",
     "START",
     "BudgetWaited",
+    "CachePolicy",
     "CheckpointError",
     "Clock",
     "CompiledGraph",
@@ -66,10 +71,12 @@ __all__ = [
     "FakeClock",
     "Graph",
     "GraphError",
+    "InMemoryCache",
     "InvalidUpdateError",
     "LaneDecision",
     "LoopBlocked",
     "Metrics",
+    "NodeCache",
     "NodeCall",
     "NodeError",
     "NodeFailed",
@@ -86,6 +93,7 @@ __all__ = [
     "RunStarted",
     "RunStatus",
     "Send",
+    "SqliteCache",
     "StepFinished",
     "StepStarted",
     "Trace",

@@ -14,7 +14,7 @@ import asyncio
 import dataclasses
 import os
 import uuid
-from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping, MutableMapping
+from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping, MutableMapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypedDict, TypeVar
 from typing_extensions import Unpack
 
 from .dispatch import Dispatcher, Route, plan_routes
-from .errors import CheckpointError
+from .errors import CheckpointError, GraphError
 from .events import Event
 from .lanes import MODES, Lanes, Mode
 from .lanes.measure import Resources
@@ -40,6 +40,7 @@ from .warm import parse_size, workers_for_memory
 from .watchdog import DEFAULT_THRESHOLD_S, LoopWatchdog
 
 if TYPE_CHECKING:
+    from .cache import NodeCache
     from .checkpoint import Checkpointer
 
 S = TypeVar("S")
@@ -210,9 +211,12 @@ class CompiledGraph(Generic[S]):
         checkpointer: Checkpointer | None = None,
         profile: Profile | None = None,
         profile_path: str | os.PathLike[str] | None = None,
+        cache: NodeCache | None = None,
     ) -> None:
         self.plan = plan
         self.checkpointer = checkpointer
+        #: Where results of nodes with a ``cache_policy`` are kept (``compile(cache=...)``).
+        self.cache = cache
         self.profile = profile if profile is not None else Profile()
         self._profile_path = profile_path
         # Pickled node functions, reused across runs (a node's function never changes).
@@ -227,6 +231,20 @@ class CompiledGraph(Generic[S]):
 
     def __repr__(self) -> str:
         return f"<CompiledGraph nodes={list(self.plan.nodes)}>"
+
+    def clear_cache(self, nodes: Sequence[str] | None = None) -> None:
+        """Forget the cached results of every node (of ``nodes`` only, when given)."""
+        if self.cache is None:
+            return
+        if nodes is not None:
+            unknown = [n for n in nodes if n not in self.plan.nodes]
+            if unknown:
+                raise GraphError(f"clear_cache(nodes=...) names unknown nodes {unknown}")
+        self.cache.clear(None if nodes is None else list(nodes))
+
+    async def aclear_cache(self, nodes: Sequence[str] | None = None) -> None:
+        """``clear_cache`` off the event loop (a SQLite cache writes a file)."""
+        await asyncio.to_thread(self.clear_cache, nodes)
 
     def explain(self) -> Explanation:
         """Lane and reason for every node as the next run will decide them, with the
@@ -403,6 +421,7 @@ class CompiledGraph(Generic[S]):
             budgets=budgets,
             watchdog=watchdog,
             measured=policy,
+            cache=self.cache,
             routes=self._routes_for(plan, mode, watchdog is not None) if budgets is None else None,
         )
         saver = RunSaver(plan, self.checkpointer, thread_id=thread_id, run_id=run_id)

@@ -74,6 +74,7 @@ class NodeFinished(_Event):
     attempt: int
     duration_s: float
     pid: int
+    cached: bool = False  # answered from the node cache: the node did not run
 
 
 class NodeFailed(_Event):

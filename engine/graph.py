@@ -19,6 +19,7 @@ from .state import StateSchema
 
 if TYPE_CHECKING:
     from .app import CompiledGraph
+    from .cache import CachePolicy, NodeCache
     from .checkpoint import Checkpointer
     from .profile import Profile
 
@@ -55,6 +56,7 @@ class Graph(Generic[S]):
         worker_init: Callable[[], Any] | None = None,
         memory_per_worker: int | str | None = None,
         batch: bool = True,
+        cache_policy: CachePolicy | None = None,
     ) -> Graph[S]:
         """Add a node; ``add_node(fn)`` names it after the function.
 
@@ -66,6 +68,8 @@ class Graph(Generic[S]):
         per worker fits in the memory available when a run starts.
         ``batch=False`` sends every call of a ``Send`` fan-out on its own
         (by default, many short cpu calls go to the pool in chunks).
+        ``cache_policy=CachePolicy(...)`` keeps the node's results by a key
+        of its input in the cache given to ``compile(cache=...)``.
         """
         if fn is None:
             if not callable(name):
@@ -136,6 +140,7 @@ class Graph(Generic[S]):
             worker_init=init,
             memory_per_worker=memory,
             batch=bool(batch),
+            cache_policy=_cache_policy(name, cache_policy),
         )
         return self
 
@@ -201,6 +206,7 @@ class Graph(Generic[S]):
         checkpointer: Checkpointer | None = None,
         *,
         profile: str | os.PathLike[str] | Profile | None = None,
+        cache: NodeCache | None = None,
     ) -> CompiledGraph[S]:
         """Validate the graph and freeze it into a runnable ``CompiledGraph``.
 
@@ -208,6 +214,8 @@ class Graph(Generic[S]):
         a missing file starts an empty one) or a ``Profile``: undeclared
         nodes are decided from its measurements, and a cpu node whose
         measured payload costs more to send than to compute is logged.
+        ``cache`` (``InMemoryCache()``, ``SqliteCache(path)``) keeps the
+        results of nodes added with a ``cache_policy``.
         """
         from .app import CompiledGraph
         from .lean import payload_warnings
@@ -224,7 +232,20 @@ class Graph(Generic[S]):
             prof = Profile.load(profile, missing_ok=True)
         plan = build_plan(self.freeze(), prof.policy())
         payload_warnings([n for n, pn in plan.nodes.items() if pn.lane == "cpu"], prof)
-        return CompiledGraph(plan, checkpointer=checkpointer, profile=prof, profile_path=path)
+        return CompiledGraph(
+            plan, checkpointer=checkpointer, profile=prof, profile_path=path, cache=cache
+        )
+
+
+def _cache_policy(name: str, policy: Any) -> CachePolicy | None:
+    from .cache import CachePolicy
+
+    if policy is not None and not isinstance(policy, CachePolicy):
+        raise GraphError(
+            f"node {name!r}: cache_policy must be a CachePolicy(key_func=..., ttl=...), "
+            f"got {policy!r}"
+        )
+    return policy
 
 
 __all__ = ["END", "START", "Branch", "Graph", "NodeSpec", "Send"]

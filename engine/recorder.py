@@ -201,6 +201,7 @@ class Recorder:
                     attempt=record.attempt,
                     duration_s=record.end - record.start,
                     pid=record.pid,
+                    cached=record.cached,
                 )
             )
 

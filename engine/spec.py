@@ -15,6 +15,7 @@ from .classify import Lane
 from .policy import RetryPolicy
 
 if TYPE_CHECKING:
+    from .cache import CachePolicy
     from .state import StateSchema
     from .warm import WorkerInit
 
@@ -69,6 +70,7 @@ class NodeSpec:
     worker_init: WorkerInit | None = None  # per-worker resource, the node's 2nd argument
     memory_per_worker: int | None = None  # bytes one worker needs for this node (pool cap)
     batch: bool = True  # a fan-out of its short cpu calls may go to the pool in chunks
+    cache_policy: CachePolicy | None = None  # results kept by a key of the input (engine.cache)
 
 
 @dataclass(frozen=True)

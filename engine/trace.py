@@ -54,6 +54,7 @@ class NodeCall:
     error: str | None = None
     queued_s: float = 0.0  # preempted on a run queue during the call (Linux; 0 elsewhere)
     load_s: float = 0.0  # building the node's worker_init resource, before (not in) the call
+    cached: bool = False  # answered from the node cache (engine.cache): the node did not run
 
     @property
     def wall_s(self) -> float:
