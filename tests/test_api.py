@@ -18,7 +18,7 @@ EXPECTED = {
     "RecursionLimitError", "RetryPolicy", "RunFinished", "RunKwargs", "RunOptions",
     "RunResult", "RunStarted", "RunStatus", "Send", "StepFinished", "StepStarted", "Trace",
     "WorkerCrashedError", "WorkerLoaded", "cpu", "default_executor", "inline", "io",
-    "run_sync", "thread",
+    "run_sync", "thread", "CachePolicy", "InMemoryCache", "NodeCache", "SqliteCache",
 }  # fmt: skip
 
 
