@@ -189,6 +189,7 @@ class Dispatcher:
         self._watchdog = watchdog
         self._measured = measured
         self._cache = cache
+        self._values = plan.schema.held == "values"
         if routes is None:
             routes = plan_routes(plan, lanes.mode, budgets=budgets, guarded=watchdog is not None)
         self._routes = routes
@@ -285,7 +286,11 @@ class Dispatcher:
             return copy.deepcopy(payload)
         if route.reads is not None:
             return route.reads.project(state, copy_values=not route.crosses)
-        return state if route.crosses else self.plan.schema.copy(state)
+        if not route.crosses:
+            return self.plan.schema.copy(state)
+        if self._values:  # channel values: the node's view of them (pickling copies it)
+            return self.plan.schema.state_view(state, copy_values=False)
+        return state
 
     async def _on_lane(self, call: Call, route: Route, arg: Any) -> Outcome:
         started = time.time()

@@ -101,16 +101,23 @@ class Reads:
     model: type[BaseModel] | None  # the smaller model it annotates; None: a StateView
     source: Literal["declared", "annotation"]
     construct: bool = False  # build ``model`` without re-validating (same field types)
+    plain: bool = False  # a TypedDict state's node: its input is a dict of ``fields``
 
-    def project(self, state: BaseModel, *, copy_values: bool = False) -> Any:
-        """The node's input from ``state``: only ``fields``.
+    def project(self, state: Any, *, copy_values: bool = False) -> Any:
+        """The node's input from ``state`` (a model instance, or channel values): only
+        ``fields``.
 
         ``copy_values`` deep-copies the values read, for calls that run in this
         process (a worker gets its own copy by unpickling).
         """
-        values = {f: getattr(state, f) for f in self.fields}
+        if isinstance(state, dict):
+            values = {f: state[f] for f in self.fields if f in state}
+        else:
+            values = {f: getattr(state, f) for f in self.fields}
         if copy_values:
             values = copy.deepcopy(values)
+        if self.plain:
+            return values
         if self.model is None:
             return StateView(self.node, values)
         if self.construct:

@@ -169,7 +169,7 @@ def build_plan(graph: GraphSpec, policy: ProfilePolicy | None = None) -> Plan:
         name: PlanNode(
             spec,
             classify(name, spec.fn, spec.lane, policy),
-            infer_reads(name, spec.fn, graph.schema.model, spec.reads),
+            _reads(graph, name, spec),
         )
         for name, spec in graph.nodes.items()
     }
@@ -181,3 +181,14 @@ def build_plan(graph: GraphSpec, policy: ProfilePolicy | None = None) -> Plan:
         fanins_by_source=MappingProxyType({k: tuple(v) for k, v in by_source.items()}),
         branches=MappingProxyType({k: tuple(v) for k, v in branches.items()}),
     )
+
+
+def _reads(graph: GraphSpec, name: str, spec: NodeSpec) -> Reads | None:
+    """What a node reads: declared with ``reads=``, or (pydantic states) the smaller model
+    its first parameter annotates."""
+    schema = graph.schema
+    if schema.kind == "pydantic":
+        return infer_reads(name, spec.fn, schema.model, spec.reads)
+    if spec.reads is None:
+        return None
+    return Reads(name, tuple(spec.reads), None, "declared", plain=schema.kind == "typeddict")

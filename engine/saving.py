@@ -98,7 +98,7 @@ class RunSaver:
                 nodes=frozenset(self.plan.nodes),
                 fanins={f.key: f.sources for f in self.plan.fanins},
             )
-            self._codec = RunCodec(self.plan.schema, topology)
+            self._codec = RunCodec(self.plan.schema, topology, held=self.plan.schema.held)
         return self._codec
 
     async def save(self, cursor: RunCursor, status: str, written: Writes | None = None) -> None:

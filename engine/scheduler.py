@@ -124,7 +124,7 @@ class Scheduler:
             wall = self.clock.monotonic() - t0
             self.recorder.run_finished(status, cursor.step - first, wall, error)
         return RunResult(
-            state=cursor.state,
+            state=self.plan.schema.final(cursor.state),
             trace=self.recorder.trace(),
             metrics=compute_metrics(
                 self.recorder.calls, wall, cursor.step - first, self.dispatcher.lanes.cpu_workers

@@ -417,10 +417,32 @@ class StateSchema:
         the state's keys that hold a value."""
         return self.state_view(values, copy_values=False)
 
-    # -- pydantic states held as model instances ----------------------------
+    # -- the state as a run holds it -----------------------------------------
+    #
+    # A pydantic state is held as a model instance; a TypedDict or dataclass
+    # state as its channel values (``Values``). The methods below take and
+    # return the state the way it is held (``held``), so the scheduler, the
+    # dispatcher and routing never ask which.
 
-    def validate_input(self, value: object) -> BaseModel:
-        """A state instance from a state or a dict; pydantic's ValidationError if bad."""
+    @property
+    def held(self) -> Literal["values", "model"]:
+        """How a run holds this state: a pydantic model instance, or channel values."""
+        return "model" if self.kind == "pydantic" else "values"
+
+    def final(self, state: Any) -> Any:
+        """What a run returns as its state: the model instance, a dataclass instance, or
+        for a TypedDict a dict of the output keys that hold a value."""
+        if self.kind == "pydantic":
+            return state
+        if self.kind == "typeddict":
+            return self.output(state)
+        return self.result(state)
+
+    def validate_input(self, value: object) -> Any:
+        """The state a run starts from: for a pydantic state an instance from a state or a
+        dict (pydantic's ValidationError if bad); otherwise the input written as ``START``."""
+        if self.kind != "pydantic":
+            return self.start(value)
         model = self.model
         if isinstance(value, model):
             return value.model_copy(deep=True)
@@ -428,8 +450,11 @@ class StateSchema:
             value = value.model_dump()
         return model.model_validate(value)
 
-    def copy(self, state: BaseModel) -> BaseModel:
+    def copy(self, state: Any) -> Any:
         """A private copy for one node: no node can see or mutate another's view.
+
+        For a state held as channel values, the node's view of them (a dict for
+        a TypedDict, a dataclass instance), its values deep-copied.
 
         A new instance (an assignment to it stays its own) whose values are
         deep copies, but for values nothing can change in place (str, int,
@@ -438,6 +463,8 @@ class StateSchema:
         memo for the whole copy keeps values that several fields share
         shared in the copy too, as ``model_copy(deep=True)`` does.
         """
+        if self.kind != "pydantic":
+            return self.state_view(state, copy_values=True)
         new = state.model_copy()
         values = new.__dict__
         memo: dict[int, Any] = {}
@@ -453,8 +480,10 @@ class StateSchema:
             object.__setattr__(new, "__pydantic_private__", private)
         return new
 
-    def merge(self, state: BaseModel, writes: Iterable[Write], step: int) -> BaseModel:
-        """``apply`` for a state held as a model instance; returns a new instance."""
+    def merge(self, state: Any, writes: Iterable[Write], step: int) -> Any:
+        """``state`` after one step's writes: a new instance, or (values) ``apply``."""
+        if self.kind != "pydantic":
+            return self.apply(state, writes, step)
         combined = combine(lambda k: getattr(state, k), self.reducers, writes, step)
         if not combined.values:
             return state
@@ -462,6 +491,8 @@ class StateSchema:
         assign(new, combined, step, combined.values)
         return new
 
-    def values_of(self, state: BaseModel) -> Values:
-        """The channel values of a state held as a model instance (every field)."""
+    def values_of(self, state: Any) -> Values:
+        """The channel values of a state as a run holds it (a model instance: every field)."""
+        if self.kind != "pydantic":
+            return dict(state)
         return {k: getattr(state, k) for k in self.fields}
