@@ -36,6 +36,7 @@ from .recorder import EventSink, Recorder
 from .resources import Budgets, Clock, Rate, SystemClock
 from .saving import RunCursor, RunSaver
 from .scheduler import RunResult, Scheduler
+from .streaming import ChunkSink, chunks_of, iterate_sync, parse_modes
 from .warm import parse_size, workers_for_memory
 from .watchdog import DEFAULT_THRESHOLD_S, LoopWatchdog
 
@@ -83,6 +84,8 @@ class RunOptions:
     memory_per_worker: int | str | None = None
     #: The run's clock (events' times, retry waits, budgets): a ``FakeClock`` in tests.
     clock: Clock | None = None
+    #: Called with ``(mode, chunk)`` for the stream modes (``astream(stream_mode=...)``).
+    on_chunk: ChunkSink | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -105,6 +108,7 @@ class RunKwargs(TypedDict, total=False):
     loop_threshold: float | None
     memory_per_worker: int | str | None
     clock: Clock | None
+    on_chunk: ChunkSink | None
 
 
 def _options(options: RunOptions | None, kwargs: RunKwargs) -> RunOptions:
@@ -412,6 +416,7 @@ class CompiledGraph(Generic[S]):
             clock=clock,
             watchdog=watchdog,
             budgets=budgets,
+            chunks=opts.on_chunk,
         )
         dispatcher = Dispatcher(
             plan,
@@ -503,19 +508,50 @@ class CompiledGraph(Generic[S]):
         """Synchronous ``arun`` on a fresh event loop (uvloop when importable)."""
         return run_sync(self.arun(input, options, **kwargs))
 
-    async def astream(
+    def astream(
         self,
         input: S | Mapping[str, Any] | None,
         options: RunOptions | None = None,
         /,
+        *,
+        stream_mode: str | Sequence[str] | None = None,
         **kwargs: Unpack[RunKwargs],
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncIterator[Any]:
         """Yield typed events as they happen; raises the run's error at the end.
 
-        An ``on_event`` observer given too hears the same events; one that
-        raises is dropped on its own, and the stream keeps receiving.
+        With ``stream_mode`` (``"values"``, ``"updates"``, ``"custom"`` or a
+        list of them) it yields those chunks instead: the state after the
+        input and after each step, each node's update as ``{node: update}``,
+        what nodes write with ``get_stream_writer()``; a list yields
+        ``(mode, chunk)`` pairs. An ``on_event`` observer given too hears the
+        events; one that raises is dropped on its own.
         """
         opts = _options(options, kwargs)
+        if stream_mode is None:
+            return self._events(input, opts)
+        modes, pairs = parse_modes(stream_mode)
+        return chunks_of(
+            lambda sink: self.arun(input, dataclasses.replace(opts, on_chunk=sink)), modes, pairs
+        )
+
+    def stream(
+        self,
+        input: S | Mapping[str, Any] | None,
+        options: RunOptions | None = None,
+        /,
+        *,
+        stream_mode: str | Sequence[str] | None = None,
+        **kwargs: Unpack[RunKwargs],
+    ) -> Iterator[Any]:
+        """``astream`` from synchronous code (inside a running event loop too)."""
+        opts = _options(options, kwargs)
+        if stream_mode is not None:
+            parse_modes(stream_mode)  # a bad mode fails here, not at the first item
+        return iterate_sync(lambda: self.astream(input, opts, stream_mode=stream_mode))
+
+    async def _events(
+        self, input: S | Mapping[str, Any] | None, opts: RunOptions
+    ) -> AsyncIterator[Event]:
         queue: asyncio.Queue[Event | None] = asyncio.Queue()
         observers = _Sinks([opts.on_event] if opts.on_event is not None else [])
 
@@ -581,7 +617,21 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     nodes that finished as pending writes. Then SIGINT raises
     ``KeyboardInterrupt`` (asyncio's own behaviour) and SIGTERM raises
     ``SystemExit(128 + SIGTERM)``, the exit status a shell expects.
+
+    Called where an event loop is running already (a Jupyter cell, sync code
+    called from an async handler), it runs the coroutine on a loop of its own
+    in a helper thread and waits for it there.
     """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        import concurrent.futures
+
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="engine-sync") as one:
+            done: concurrent.futures.Future[T] = one.submit(run_sync, coro)  # type: ignore[arg-type]
+            return done.result()
     try:
         import uvloop
 

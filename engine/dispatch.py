@@ -61,6 +61,7 @@ from .lanes.placement import Placement, place
 from .logs import get_logger
 from .procs import hostname
 from .spec import Task
+from .streaming import reset_writer, set_writer
 from .trace import call_record
 
 if TYPE_CHECKING:
@@ -190,6 +191,8 @@ class Dispatcher:
         self._measured = measured
         self._cache = cache
         self._values = plan.schema.held == "values"
+        #: The run's ``custom`` chunk writer for calls in this process (None: nobody streams).
+        self._writer = recorder.writer() if recorder.chunks is not None else None
         if routes is None:
             routes = plan_routes(plan, lanes.mode, budgets=budgets, guarded=watchdog is not None)
         self._routes = routes
@@ -293,6 +296,15 @@ class Dispatcher:
         return state
 
     async def _on_lane(self, call: Call, route: Route, arg: Any) -> Outcome:
+        if self._writer is None or route.placement is Placement.PROCESS:
+            return await self._placed(call, route, arg)
+        token = set_writer(self._writer)  # get_stream_writer() in the node finds it
+        try:
+            return await self._placed(call, route, arg)
+        finally:
+            reset_writer(token)
+
+    async def _placed(self, call: Call, route: Route, arg: Any) -> Outcome:
         started = time.time()
         lanes = self.lanes
         try:

@@ -20,8 +20,10 @@ event at all.
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .events import (
@@ -46,6 +48,7 @@ from .warm import load_mark
 if TYPE_CHECKING:
     from .errors import InvalidUpdateError, NodeError
     from .resources import Budgets, BudgetWait, Clock
+    from .streaming import ChunkSink
     from .watchdog import LoopWatchdog
 
 log = get_logger("engine")
@@ -84,8 +87,11 @@ class Recorder:
         clock: Clock,
         watchdog: LoopWatchdog | None = None,
         budgets: Budgets | None = None,
+        chunks: ChunkSink | None = None,
     ) -> None:
         self.run_id = run_id
+        #: Where the stream modes' chunks go (None: nobody streams them).
+        self.chunks = chunks
         self.thread_id = thread_id
         self.mode = mode
         self._sink = sink
@@ -106,6 +112,36 @@ class Recorder:
         if self._listening:
             self._sink(event)
         getattr(self.log, level)(event.type, **event.fields())
+
+    # -- stream chunks -------------------------------------------------------------
+
+    def values(self, state: Any) -> None:
+        """The state a step starts from: a ``values`` chunk."""
+        if self.chunks is not None:
+            self.chunks("values", state)
+
+    def updates(self, writes: Iterable[tuple[str, Any]]) -> None:
+        """A step's writes, ``(node, update)`` in (node, Send index) order: ``updates`` chunks."""
+        if self.chunks is not None:
+            for node, update in writes:
+                self.chunks("updates", {node: update})
+
+    def writer(self) -> Callable[[Any], None] | None:
+        """A node's stream writer for this run: ``custom`` chunks, from the loop's thread or
+        any other (a thread-lane call's chunks are handed to the loop in order)."""
+        chunks = self.chunks
+        if chunks is None:
+            return None
+        loop = asyncio.get_running_loop()
+        loop_thread = threading.get_ident()
+
+        def write(chunk: Any) -> None:
+            if threading.get_ident() == loop_thread:
+                chunks("custom", chunk)
+            else:
+                loop.call_soon_threadsafe(chunks, "custom", chunk)
+
+        return write
 
     # -- the run -------------------------------------------------------------------
 

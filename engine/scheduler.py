@@ -100,6 +100,8 @@ class Scheduler:
         t0 = self.clock.monotonic()
         first = cursor.step
         self.recorder.run_started(first, resumed=resumed)
+        if self.recorder.chunks is not None:
+            self.recorder.values(self.plan.schema.final(cursor.state))
         status, error = RunStatus.FAILED, None
         try:
             if not resumed:
@@ -173,10 +175,17 @@ class Scheduler:
             # a resume merges and routes again without re-running the calls.
             await self.saver.save(cursor.with_pending(writes), "failed")
             raise
+        if self.recorder.chunks is not None:
+            self.recorder.updates((w.node, w.updates) for w in sorted(merged, key=_order))
+            self.recorder.values(self.plan.schema.final(state))
         # save
         nxt = RunCursor(state=state, step=step + 1, tasks=tasks, fanin=fanin)
         await self.saver.save(nxt, "running" if tasks else "done", writes)
         return nxt
+
+
+def _order(write: Write) -> tuple[str, int]:
+    return (write.node, write.index)
 
 
 __all__ = ["RunCursor", "RunResult", "Scheduler"]

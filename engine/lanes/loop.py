@@ -12,6 +12,7 @@ holds the loop until it returns).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import threading
 import time
@@ -93,7 +94,11 @@ async def run_on_thread(
     resources: Resources,
 ) -> Outcome:
     """``fn(arg)`` on a thread of the loop's pool; past ``timeout`` it is abandoned."""
-    job = functools.partial(call_with_init, fn, arg, init, resources, in_driver=True)
+    # The call sees the caller's context variables (a node's stream writer), as
+    # ``asyncio.to_thread`` would give it.
+    job = functools.partial(
+        contextvars.copy_context().run, call_with_init, fn, arg, init, resources, in_driver=True
+    )
     measured: Measured = await pool.run(job, timeout)
     return outcome(call, lane, measured)
 
