@@ -630,7 +630,7 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
         import concurrent.futures
 
         with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="engine-sync") as one:
-            done: concurrent.futures.Future[T] = one.submit(run_sync, coro)  # type: ignore[arg-type]
+            done: concurrent.futures.Future[T] = one.submit(run_sync, coro)
             return done.result()
     try:
         import uvloop
