@@ -10,7 +10,6 @@ from .app import ExplainRow as ExplainRow
 from .app import Explanation as Explanation
 from .app import RunKwargs as RunKwargs
 from .app import RunOptions as RunOptions
-from .app import run_sync as run_sync
 from .cache import CachePolicy as CachePolicy
 from .cache import InMemoryCache as InMemoryCache
 from .cache import NodeCache as NodeCache
@@ -49,6 +48,7 @@ from .policy import RetryPolicy as RetryPolicy
 from .resources import Clock as Clock
 from .resources import FakeClock as FakeClock
 from .resources import Rate as Rate
+from .running import run_sync as run_sync
 from .scheduler import RunResult as RunResult
 from .trace import Metrics as Metrics
 from .trace import NodeCall as NodeCall

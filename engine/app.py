@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypedDict, TypeVar
 from typing_extensions import Unpack
 
 from .dispatch import Dispatcher, Route, plan_routes
+from .drawing import Drawing
 from .errors import CheckpointError, GraphError
 from .events import Event
 from .lanes import MODES, Lanes, Mode
@@ -34,6 +35,7 @@ from .plan import Plan
 from .profile import MeasuredPolicy, Profile, redecide
 from .recorder import EventSink, Recorder
 from .resources import Budgets, Clock, Rate, SystemClock
+from .running import run_sync
 from .saving import RunCursor, RunSaver
 from .scheduler import RunResult, Scheduler
 from .streaming import ChunkSink, chunks_of, iterate_sync, parse_modes
@@ -84,7 +86,8 @@ class RunOptions:
     memory_per_worker: int | str | None = None
     #: The run's clock (events' times, retry waits, budgets): a ``FakeClock`` in tests.
     clock: Clock | None = None
-    #: Called with ``(mode, chunk)`` for the stream modes (``astream(stream_mode=...)``).
+    #: Called with ``(mode, chunk)`` for the stream modes (``astream(stream_mode=...)``);
+    #: a ``values`` chunk is the state as the run holds it (a model instance, or values).
     on_chunk: ChunkSink | None = None
 
     def __post_init__(self) -> None:
@@ -235,6 +238,10 @@ class CompiledGraph(Generic[S]):
 
     def __repr__(self) -> str:
         return f"<CompiledGraph nodes={list(self.plan.nodes)}>"
+
+    def get_graph(self) -> Drawing:
+        """The graph's nodes and edges, to draw: ``app.get_graph().draw_mermaid()``."""
+        return Drawing.of(self.plan)
 
     def clear_cache(self, nodes: Sequence[str] | None = None) -> None:
         """Forget the cached results of every node (of ``nodes`` only, when given)."""
@@ -530,9 +537,15 @@ class CompiledGraph(Generic[S]):
         if stream_mode is None:
             return self._events(input, opts)
         modes, pairs = parse_modes(stream_mode)
-        return chunks_of(
-            lambda sink: self.arun(input, dataclasses.replace(opts, on_chunk=sink)), modes, pairs
-        )
+        final = self.plan.schema.final
+
+        def run(sink: ChunkSink) -> Coroutine[Any, Any, RunResult[S]]:
+            def shaped(mode: str, chunk: Any) -> None:
+                sink(mode, final(chunk) if mode == "values" else chunk)
+
+            return self.arun(input, dataclasses.replace(opts, on_chunk=shaped))
+
+        return chunks_of(run, modes, pairs)
 
     def stream(
         self,
@@ -606,71 +619,3 @@ def _pool_cap(
             )
         decided[key] = cap.workers
     return decided[key]
-
-
-def run_sync(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine to completion on a new loop: uvloop's when it is installed.
-
-    SIGINT and SIGTERM (in the main thread) cancel the coroutine instead of
-    killing the process where it stands: a run stops dispatching, cancels its
-    io calls and kills its cpu calls' workers, and saves the writes of the
-    nodes that finished as pending writes. Then SIGINT raises
-    ``KeyboardInterrupt`` (asyncio's own behaviour) and SIGTERM raises
-    ``SystemExit(128 + SIGTERM)``, the exit status a shell expects.
-
-    Called where an event loop is running already (a Jupyter cell, sync code
-    called from an async handler), it runs the coroutine on a loop of its own
-    in a helper thread and waits for it there.
-    """
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        pass
-    else:
-        import concurrent.futures
-
-        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="engine-sync") as one:
-            done: concurrent.futures.Future[T] = one.submit(run_sync, coro)
-            return done.result()
-    try:
-        import uvloop
-
-        factory: Any = uvloop.new_event_loop
-    except ImportError:  # uvloop is optional (e.g. on Windows)
-        factory = None
-    terminated: list[int] = []
-    with asyncio.Runner(loop_factory=factory) as runner:
-        # asyncio.Runner turns SIGINT into a cancellation of the main task
-        # already; SIGTERM gets the same treatment here.
-        try:
-            return runner.run(_cancel_on_sigterm(coro, terminated))
-        except asyncio.CancelledError:
-            if not terminated:
-                raise
-    raise SystemExit(128 + terminated[0])
-
-
-async def _cancel_on_sigterm(coro: Coroutine[Any, Any, T], terminated: list[int]) -> T:
-    import signal
-    import threading
-
-    loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-    assert task is not None
-
-    def on_sigterm() -> None:
-        terminated.append(int(signal.SIGTERM))
-        task.cancel()
-
-    installed = False
-    if threading.current_thread() is threading.main_thread():
-        try:
-            loop.add_signal_handler(signal.SIGTERM, on_sigterm)
-            installed = True
-        except (NotImplementedError, RuntimeError, ValueError):  # e.g. Windows
-            pass
-    try:
-        return await coro
-    finally:
-        if installed:
-            loop.remove_signal_handler(signal.SIGTERM)

@@ -99,25 +99,23 @@ class Reads:
     node: str
     fields: tuple[str, ...]
     model: type[BaseModel] | None  # the smaller model it annotates; None: a StateView
-    source: Literal["declared", "annotation"]
+    source: Literal["declared", "annotation", "schema", "state"]
     construct: bool = False  # build ``model`` without re-validating (same field types)
-    plain: bool = False  # a TypedDict state's node: its input is a dict of ``fields``
+    #: A state held as channel values: the node's view of them (engine.state.View).
+    view: Any = None
 
     def project(self, state: Any, *, copy_values: bool = False) -> Any:
-        """The node's input from ``state`` (a model instance, or channel values): only
-        ``fields``.
+        """The node's input from ``state`` (a model instance, or channel values, through
+        ``view``): only ``fields``.
 
         ``copy_values`` deep-copies the values read, for calls that run in this
         process (a worker gets its own copy by unpickling).
         """
-        if isinstance(state, dict):
-            values = {f: state[f] for f in self.fields if f in state}
-        else:
-            values = {f: getattr(state, f) for f in self.fields}
+        if self.view is not None:
+            return self.view(state, copy_values=copy_values)
+        values = {f: getattr(state, f) for f in self.fields}
         if copy_values:
             values = copy.deepcopy(values)
-        if self.plain:
-            return values
         if self.model is None:
             return StateView(self.node, values)
         if self.construct:

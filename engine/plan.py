@@ -187,8 +187,9 @@ def _reads(graph: GraphSpec, name: str, spec: NodeSpec) -> Reads | None:
     """What a node reads: declared with ``reads=``, or (pydantic states) the smaller model
     its first parameter annotates."""
     schema = graph.schema
-    if schema.kind == "pydantic":
+    if schema.held == "model":
         return infer_reads(name, spec.fn, schema.model, spec.reads)
-    if spec.reads is None:
+    if spec.reads is None and name not in schema.node_inputs:
         return None
-    return Reads(name, tuple(spec.reads), None, "declared", plain=schema.kind == "typeddict")
+    view = schema.view(name, spec.reads)
+    return Reads(name, view.keys, None, view.source, view=view)

@@ -120,11 +120,18 @@ class Recorder:
         if self.chunks is not None:
             self.chunks("values", state)
 
-    def updates(self, writes: Iterable[tuple[str, Any]]) -> None:
-        """A step's writes, ``(node, update)`` in (node, Send index) order: ``updates`` chunks."""
-        if self.chunks is not None:
-            for node, update in writes:
-                self.chunks("updates", {node: update})
+    def updates(self, step: int, writes: Iterable[tuple[str, int, Any]]) -> None:
+        """A step's writes, ``(node, index, update)`` in (node, Send index) order:
+        ``updates`` chunks, ``{node: update}``, with ``"__metadata__": {"cached": True}``
+        for an update the node cache gave."""
+        if self.chunks is None:
+            return
+        cached = {(c.node, c.index) for c in self.calls if c.step == step and c.cached}
+        for node, index, update in writes:
+            chunk = {node: update}
+            if (node, index) in cached:
+                chunk["__metadata__"] = {"cached": True}
+            self.chunks("updates", chunk)
 
     def writer(self) -> Callable[[Any], None] | None:
         """A node's stream writer for this run: ``custom`` chunks, from the loop's thread or

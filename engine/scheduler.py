@@ -59,6 +59,8 @@ class RunResult(Generic[S]):
     run_id: str
     thread_id: str | None
     mode: str
+    #: The final channel values, for a state the run holds as values (None otherwise).
+    values: Mapping[str, Any] | None = None
 
 
 class Scheduler:
@@ -101,7 +103,7 @@ class Scheduler:
         first = cursor.step
         self.recorder.run_started(first, resumed=resumed)
         if self.recorder.chunks is not None:
-            self.recorder.values(self.plan.schema.final(cursor.state))
+            self.recorder.values(cursor.state)
         status, error = RunStatus.FAILED, None
         try:
             if not resumed:
@@ -134,6 +136,7 @@ class Scheduler:
             run_id=self.recorder.run_id,
             thread_id=self.saver.thread_id,
             mode=self.dispatcher.mode,
+            values=cursor.state if self.plan.schema.held == "values" else None,
         )
 
     async def _step(self, cursor: RunCursor) -> RunCursor:
@@ -176,8 +179,9 @@ class Scheduler:
             await self.saver.save(cursor.with_pending(writes), "failed")
             raise
         if self.recorder.chunks is not None:
-            self.recorder.updates((w.node, w.updates) for w in sorted(merged, key=_order))
-            self.recorder.values(self.plan.schema.final(state))
+            ordered = sorted(merged, key=_order)
+            self.recorder.updates(step, ((w.node, w.index, w.updates) for w in ordered))
+            self.recorder.values(state)
         # save
         nxt = RunCursor(state=state, step=step + 1, tasks=tasks, fanin=fanin)
         await self.saver.save(nxt, "running" if tasks else "done", writes)

@@ -105,7 +105,7 @@ async def chunks_of(
 def iterate_sync(make: Callable[[], AsyncIterator[T]]) -> Iterator[T]:
     """Iterate ``make()`` from synchronous code: its event loop runs in a thread of its own
     (so this works inside a running event loop too), items handed over as they come."""
-    from .app import run_sync
+    from .running import run_sync
 
     items: queue.Queue[tuple[str, Any]] = queue.Queue()
     running: list[tuple[asyncio.AbstractEventLoop, asyncio.Task[Any]]] = []

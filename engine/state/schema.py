@@ -426,13 +426,15 @@ class StateSchema:
 
     @property
     def held(self) -> Literal["values", "model"]:
-        """How a run holds this state: a pydantic model instance, or channel values."""
-        return "model" if self.kind == "pydantic" else "values"
+        """How a run holds this state: a pydantic model instance (engine.Graph's pydantic
+        states), or channel values (every other state, and every state under LangGraph's
+        conventions, where a field nothing wrote holds no value)."""
+        return "model" if self.kind == "pydantic" and self.conventions == "engine" else "values"
 
     def final(self, state: Any) -> Any:
         """What a run returns as its state: the model instance, a dataclass instance, or
         for a TypedDict a dict of the output keys that hold a value."""
-        if self.kind == "pydantic":
+        if self.held == "model":
             return state
         if self.kind == "typeddict":
             return self.output(state)
@@ -441,7 +443,7 @@ class StateSchema:
     def validate_input(self, value: object) -> Any:
         """The state a run starts from: for a pydantic state an instance from a state or a
         dict (pydantic's ValidationError if bad); otherwise the input written as ``START``."""
-        if self.kind != "pydantic":
+        if self.held == "values":
             return self.start(value)
         model = self.model
         if isinstance(value, model):
@@ -463,7 +465,7 @@ class StateSchema:
         memo for the whole copy keeps values that several fields share
         shared in the copy too, as ``model_copy(deep=True)`` does.
         """
-        if self.kind != "pydantic":
+        if self.held == "values":
             return self.state_view(state, copy_values=True)
         new = state.model_copy()
         values = new.__dict__
@@ -482,7 +484,7 @@ class StateSchema:
 
     def merge(self, state: Any, writes: Iterable[Write], step: int) -> Any:
         """``state`` after one step's writes: a new instance, or (values) ``apply``."""
-        if self.kind != "pydantic":
+        if self.held == "values":
             return self.apply(state, writes, step)
         combined = combine(lambda k: getattr(state, k), self.reducers, writes, step)
         if not combined.values:
@@ -493,6 +495,6 @@ class StateSchema:
 
     def values_of(self, state: Any) -> Values:
         """The channel values of a state as a run holds it (a model instance: every field)."""
-        if self.kind != "pydantic":
+        if self.held == "values":
             return dict(state)
         return {k: getattr(state, k) for k in self.fields}

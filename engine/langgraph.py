@@ -1,0 +1,558 @@
+"""LangGraph's names over the engine: move an app by changing its imports to this module.
+
+::
+
+    from engine.langgraph import StateGraph, START, END, Send   # was: from langgraph.graph ...
+
+``StateGraph`` builds an ``engine.Graph`` under LangGraph's conventions (a
+key a node returns that is no channel is dropped, an instance's fields that
+are not None are its update), and its compiled graph runs on the engine's
+scheduler: this module holds names and conventions, never a scheduler of its
+own. What differs from ``engine.Graph``:
+
+- **Where nodes run**: as LangGraph runs them by default: an ``async def`` on
+  the event loop, a plain function on a thread of the driver (its effects on
+  module globals happen, nothing moves to a process silently). One keyword
+  puts a CPU-bound node in a worker process: ``add_node(..., lane="cpu")``;
+  ``compile(lanes="auto")`` lets the engine's measured profile decide.
+- **What comes back**: ``invoke`` returns a dict of the output channels, for
+  every kind of state; ``stream`` defaults to ``stream_mode="updates"``.
+- **Errors**: a node's own exception reaches the caller as its own type, the
+  engine's details (node, step, lane, attempt, the worker's traceback) as
+  exception notes; the recursion limit is LangGraph's (``GraphRecursionError``
+  past ``config["recursion_limit"]``, default 10,007).
+- **config and runtime**: a node taking ``config`` gets the run's config
+  (``configurable``, ``thread_id``, ``recursion_limit``, ``tags``,
+  ``metadata``, ``run_name``); one taking ``runtime`` a ``Runtime`` whose
+  ``context`` is ``invoke(..., context=...)``. Nodes on the driver's lanes
+  only: a cpu-lane node gets neither (see docs/migrating.md).
+
+Names whose feature the engine does not have yet (``interrupt``,
+``Command``) raise ``NotImplementedError`` saying so when used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import dataclasses
+import functools
+import inspect
+import typing
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Hashable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from typing import Any, Generic, TypeVar
+
+from .app import CompiledGraph, RunOptions
+from .cache import CachePolicy, InMemoryCache, SqliteCache
+from .checkpoint.savers import InMemorySaver, MemorySaver, SqliteSaver
+from .classify import is_coroutine_function
+from .drawing import Drawing
+from .errors import InvalidUpdateError, NodeError, NodeTimeoutError, RecursionLimitError
+from .graph import Graph
+from .messages import REMOVE_ALL_MESSAGES, MessagesState, RemoveMessage, add_messages
+from .policy import RetryPolicy
+from .running import run_sync
+from .spec import END, START, Send
+from .state import StateSchema, kind_of
+from .streaming import ChunkSink, chunks_of, get_stream_writer, iterate_sync, parse_modes
+
+S = TypeVar("S")
+
+#: LangGraph's default recursion limit (``config["recursion_limit"]``).
+DEFAULT_RECURSION_LIMIT = 10_007
+
+
+class GraphRecursionError(RecursionLimitError):
+    """The run took more steps than ``config["recursion_limit"]`` (a ``RecursionError``)."""
+
+
+# The config and runtime of the run a node call belongs to (driver lanes).
+_config: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "engine_langgraph_config", default=None
+)
+_runtime: contextvars.ContextVar[Runtime[Any] | None] = contextvars.ContextVar(
+    "engine_langgraph_runtime", default=None
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Runtime(Generic[S]):
+    """What a node taking ``runtime`` gets: the run's ``context`` and its stream writer."""
+
+    context: Any = None
+    stream_writer: Callable[[Any], None] = dataclasses.field(default=get_stream_writer())
+    store: Any = None
+    previous: Any = None
+
+
+def get_config() -> dict[str, Any]:
+    """The config of the run the calling node belongs to."""
+    config = _config.get()
+    if config is None:
+        raise RuntimeError("get_config() called outside of a run of a graph")
+    return config
+
+
+def get_runtime() -> Runtime[Any]:
+    """The runtime of the run the calling node belongs to."""
+    runtime = _runtime.get()
+    if runtime is None:
+        raise RuntimeError("get_runtime() called outside of a run of a graph")
+    return runtime
+
+
+def _not_yet(name: str, what: str) -> Callable[..., Any]:
+    def missing(*args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError(
+            f"{name} is not supported by engine.langgraph yet: {what}. "
+            "See docs/migrating.md for what works."
+        )
+
+    missing.__name__ = name
+    return missing
+
+
+interrupt = _not_yet("interrupt", "human-in-the-loop interrupts are not built yet")
+
+
+class Command:
+    """LangGraph's ``Command``: not supported yet (creating one says so)."""
+
+    PARENT = "__parent__"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        _not_yet("Command", "goto/update/resume commands are not built yet")()
+
+
+# -- calling nodes the way their signatures ask ------------------------------------------
+
+
+def _wants(fn: Callable[..., Any]) -> tuple[bool, bool]:
+    """Whether ``fn`` takes ``config`` and ``runtime`` (LangGraph's node signatures)."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False, False
+    return "config" in params, "runtime" in params
+
+
+def _extras(config: bool, runtime: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if config:
+        out["config"] = _config.get() or {}
+    if runtime:
+        out["runtime"] = _runtime.get() or Runtime(stream_writer=get_stream_writer())
+    return out
+
+
+def _call(fn: Callable[..., Any], config: bool, runtime: bool, state: Any) -> Any:
+    return fn(state, **_extras(config, runtime))
+
+
+async def _acall(fn: Callable[..., Any], config: bool, runtime: bool, state: Any) -> Any:
+    return await fn(state, **_extras(config, runtime))
+
+
+def _input_schema(fn: Callable[..., Any]) -> type | None:
+    """The state class a node's first parameter is annotated with, if any."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+        hints = typing.get_type_hints(fn)
+    except Exception:
+        return None
+    if not params:
+        return None
+    hint = hints.get(params[0].name)
+    return hint if isinstance(hint, type) and kind_of(hint) is not None else None
+
+
+def _adapt(fn: Callable[..., Any]) -> Callable[..., Any]:
+    config, runtime = _wants(fn)
+    if not (config or runtime):
+        return fn
+    call = _acall if is_coroutine_function(fn) else _call
+    return functools.partial(call, fn, config, runtime)
+
+
+# -- the builder --------------------------------------------------------------------------
+
+
+class StateGraph(Generic[S]):
+    """LangGraph's ``StateGraph`` over ``engine.Graph``."""
+
+    def __init__(
+        self,
+        state_schema: type[S],
+        context_schema: type | None = None,
+        *,
+        input_schema: type | None = None,
+        output_schema: type | None = None,
+    ) -> None:
+        self.state_schema = state_schema
+        self.context_schema = context_schema
+        self.input_schema = input_schema
+        self.output_schema = output_schema
+        self._node_inputs: dict[str, type] = {}
+        self._graph: Graph[S] = Graph(state_schema)
+        self._graph.schema = self._schema()
+
+    def _schema(self) -> StateSchema:
+        return StateSchema.of(
+            self.state_schema,
+            input_schema=self.input_schema,
+            output_schema=self.output_schema,
+            node_inputs=self._node_inputs,
+            conventions="langgraph",
+        )
+
+    @property
+    def nodes(self) -> dict[str, Any]:
+        return dict(self._graph.nodes)
+
+    def add_node(
+        self,
+        node: str | Callable[..., Any],
+        action: Callable[..., Any] | None = None,
+        *,
+        retry_policy: RetryPolicy | None = None,
+        cache_policy: CachePolicy | None = None,
+        lane: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        input_schema: type | None = None,
+        destinations: Any = None,
+        defer: bool = False,
+        **engine_options: Any,
+    ) -> StateGraph[S]:
+        """``add_node(name, fn)`` or ``add_node(fn)``; ``lane="cpu"`` runs it in a worker."""
+        if action is None:
+            if not callable(node):
+                raise ValueError(f"add_node({node!r}) needs a function")
+            action, name = node, getattr(node, "__name__", repr(node))
+        else:
+            name = str(node)
+        if defer:
+            raise NotImplementedError(
+                f"add_node({name!r}, defer=True) is not supported by engine.langgraph yet"
+            )
+        declared = input_schema if input_schema is not None else _input_schema(action)
+        if declared is not None and declared is not self.state_schema:
+            self._node_inputs[name] = declared
+        if lane is None:
+            # LangGraph's observable behaviour: sync nodes on the driver's threads.
+            lane = "io" if is_coroutine_function(action) else "thread"
+        self._graph.add_node(
+            name,
+            _adapt(action),
+            lane=lane,
+            retry=retry_policy,
+            cache_policy=cache_policy,
+            **engine_options,
+        )
+        return self
+
+    def add_edge(self, start_key: str | Sequence[str], end_key: str) -> StateGraph[S]:
+        self._graph.add_edge(start_key, end_key)
+        return self
+
+    def add_conditional_edges(
+        self,
+        source: str,
+        path: Callable[..., Any],
+        path_map: Mapping[Hashable, str] | Sequence[str] | None = None,
+    ) -> StateGraph[S]:
+        self._graph.add_conditional_edges(source, _adapt(path), path_map)
+        return self
+
+    def add_sequence(
+        self, nodes: Sequence[Callable[..., Any] | tuple[str, Callable[..., Any]]]
+    ) -> StateGraph[S]:
+        """Add ``nodes`` (functions, or ``(name, function)`` pairs) with an edge between each
+        and the next."""
+        if not nodes:
+            raise ValueError("add_sequence needs at least one node")
+        previous: str | None = None
+        for item in nodes:
+            if isinstance(item, tuple):
+                name, fn = item
+            else:
+                fn, name = item, getattr(item, "__name__", repr(item))
+            self.add_node(name, fn)
+            if previous is not None:
+                self.add_edge(previous, name)
+            previous = name
+        return self
+
+    def set_entry_point(self, key: str) -> StateGraph[S]:
+        return self.add_edge(START, key)
+
+    def set_finish_point(self, key: str) -> StateGraph[S]:
+        return self.add_edge(key, END)
+
+    def set_conditional_entry_point(
+        self,
+        path: Callable[..., Any],
+        path_map: Mapping[Hashable, str] | Sequence[str] | None = None,
+    ) -> StateGraph[S]:
+        return self.add_conditional_edges(START, path, path_map)
+
+    def compile(
+        self,
+        checkpointer: Any = None,
+        *,
+        cache: Any = None,
+        interrupt_before: Any = None,
+        interrupt_after: Any = None,
+        debug: bool = False,
+        name: str | None = None,
+        lanes: str | None = None,
+    ) -> CompiledStateGraph[S]:
+        """The runnable graph. ``lanes="auto"`` lets the engine move CPU-bound sync nodes
+        to worker processes once a run has measured them."""
+        if interrupt_before or interrupt_after:
+            raise NotImplementedError(
+                "interrupt_before/interrupt_after are not supported by engine.langgraph yet"
+            )
+        if lanes not in (None, "auto"):
+            raise ValueError(f"lanes must be None or 'auto', got {lanes!r}")
+        graph = self._graph
+        graph.schema = self._schema()  # with the node input schemas added meanwhile
+        if lanes == "auto":
+            graph = _auto(graph)
+        app = graph.compile(checkpointer, cache=cache)
+        return CompiledStateGraph(app, self, name or "LangGraph")
+
+
+def _auto(graph: Graph[S]) -> Graph[S]:
+    """A copy of ``graph`` whose sync nodes on the default thread lane are left to the
+    engine's measured lane policy."""
+    auto: Graph[S] = Graph(graph.state)
+    auto.schema = graph.schema
+    auto.edges = list(graph.edges)
+    auto.branches = list(graph.branches)
+    for name, spec in graph.nodes.items():
+        lane = None if spec.lane == "thread" else spec.lane
+        auto.nodes[name] = dataclasses.replace(spec, lane=lane)
+    return auto
+
+
+# -- the compiled graph -------------------------------------------------------------------
+
+
+class CompiledStateGraph(Generic[S]):
+    """LangGraph's compiled graph over the engine's ``CompiledGraph``."""
+
+    def __init__(self, app: CompiledGraph[S], builder: StateGraph[S], name: str) -> None:
+        self.app = app
+        self.builder = builder
+        self.name = name
+        self.stream_mode = "updates"
+
+    def __repr__(self) -> str:
+        return f"<CompiledStateGraph {self.name} nodes={list(self.app.plan.nodes)}>"
+
+    @property
+    def nodes(self) -> dict[str, Any]:
+        return {START: None, **dict.fromkeys(self.app.plan.nodes)}
+
+    @property
+    def checkpointer(self) -> Any:
+        return self.app.checkpointer
+
+    def _options(self, config: Mapping[str, Any] | None, context: Any) -> RunOptions:
+        config = dict(config or {})
+        configurable = dict(config.get("configurable") or {})
+        limit = int(config.get("recursion_limit", DEFAULT_RECURSION_LIMIT))
+        return RunOptions(
+            mode="parallel",
+            thread_id=configurable.get("thread_id"),
+            recursion_limit=limit,
+        )
+
+    def _context(self, context: Any) -> Any:
+        """A dict given as the context becomes the ``context_schema`` it describes."""
+        cls = self.builder.context_schema
+        if isinstance(context, Mapping) and isinstance(cls, type) and cls is not dict:
+            return cls(**context)
+        return context
+
+    def _run_config(self, config: Mapping[str, Any] | None) -> dict[str, Any]:
+        run = dict(config or {})
+        run.setdefault("recursion_limit", DEFAULT_RECURSION_LIMIT)
+        run.setdefault("tags", [])
+        run.setdefault("metadata", {})
+        run["configurable"] = dict(run.get("configurable") or {})
+        return run
+
+    def _output(
+        self, values: Mapping[str, Any] | None, output_keys: str | Sequence[str] | None = None
+    ) -> Any:
+        assert values is not None  # LangGraph's conventions: every state is held as values
+        return self.app.plan.schema.output(dict(values), output_keys)
+
+    async def ainvoke(
+        self,
+        input: Any,
+        config: Mapping[str, Any] | None = None,
+        *,
+        context: Any = None,
+        stream_mode: str = "values",
+        output_keys: str | Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        opts = self._options(config, context)
+        _config.set(self._run_config(config))
+        _runtime.set(Runtime(context=self._context(context), stream_writer=get_stream_writer()))
+        try:
+            result = await self.app.arun(input, opts)
+        except (NodeError, RecursionLimitError) as exc:
+            raise _own(exc) from None
+        return self._output(result.values, output_keys)
+
+    def invoke(
+        self,
+        input: Any,
+        config: Mapping[str, Any] | None = None,
+        *,
+        context: Any = None,
+        stream_mode: str = "values",
+        output_keys: str | Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        return run_sync(
+            self.ainvoke(input, config, context=context, output_keys=output_keys, **kwargs)
+        )
+
+    async def abatch(
+        self, inputs: Sequence[Any], config: Any = None, *, return_exceptions: bool = False
+    ) -> list[Any]:
+        configs = config if isinstance(config, list) else [config] * len(inputs)
+        runs = [self.ainvoke(i, c) for i, c in zip(inputs, configs, strict=True)]
+        return list(await asyncio.gather(*runs, return_exceptions=return_exceptions))
+
+    def batch(
+        self, inputs: Sequence[Any], config: Any = None, *, return_exceptions: bool = False
+    ) -> list[Any]:
+        return run_sync(self.abatch(inputs, config, return_exceptions=return_exceptions))
+
+    async def _astream(
+        self,
+        input: Any,
+        config: Mapping[str, Any] | None,
+        context: Any,
+        stream_mode: str | Sequence[str] | None,
+    ) -> AsyncIterator[Any]:
+        opts = self._options(config, context)
+        _config.set(self._run_config(config))
+        _runtime.set(Runtime(context=self._context(context), stream_writer=get_stream_writer()))
+        modes, pairs = parse_modes(self.stream_mode if stream_mode is None else stream_mode)
+        schema = self.app.plan.schema
+
+        def run(sink: ChunkSink) -> Awaitable[Any]:
+            def shaped(mode: str, chunk: Any) -> None:
+                if mode == "values":
+                    chunk = schema.all_values(chunk)
+                elif mode == "updates":
+                    chunk = {
+                        node: (dict(upd) if upd and node != "__metadata__" else upd or None)
+                        for node, upd in chunk.items()
+                    }
+                sink(mode, chunk)
+
+            return self.app.arun(input, dataclasses.replace(opts, on_chunk=shaped))
+
+        try:
+            async for item in chunks_of(run, modes, pairs):
+                yield item
+        except (NodeError, RecursionLimitError) as exc:
+            raise _own(exc) from None
+
+    def astream(
+        self,
+        input: Any,
+        config: Mapping[str, Any] | None = None,
+        *,
+        context: Any = None,
+        stream_mode: str | Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[Any]:
+        if stream_mode is not None:
+            parse_modes(stream_mode)
+        return self._astream(input, config, context, stream_mode)
+
+    def stream(
+        self,
+        input: Any,
+        config: Mapping[str, Any] | None = None,
+        *,
+        context: Any = None,
+        stream_mode: str | Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> Iterator[Any]:
+        if stream_mode is not None:
+            parse_modes(stream_mode)
+        return iterate_sync(lambda: self._astream(input, config, context, stream_mode))
+
+    def get_graph(self) -> Drawing:
+        return self.app.get_graph()
+
+    def clear_cache(self, nodes: Sequence[str] | None = None) -> None:
+        self.app.clear_cache(nodes)
+
+    async def aclear_cache(self, nodes: Sequence[str] | None = None) -> None:
+        await self.app.aclear_cache(nodes)
+
+
+def _own(exc: NodeError | RecursionLimitError) -> BaseException:
+    """The node's own exception, with the engine's details as notes; the NodeError itself
+    when the original could not be brought back. A recursion limit: GraphRecursionError."""
+    if isinstance(exc, RecursionLimitError):
+        return exc if isinstance(exc, GraphRecursionError) else GraphRecursionError(str(exc))
+    cause = exc.__cause__
+    if cause is None or isinstance(cause, NodeError):
+        return exc
+    cause.add_note(
+        f"During task with name {exc.node!r} (step {exc.step}, lane {exc.lane!r}, "
+        f"attempt {exc.attempt})"
+    )
+    if exc.traceback_text and exc.lane == "cpu":
+        cause.add_note(f"In the worker process:\n{exc.traceback_text}")
+    return cause
+
+
+__all__ = [
+    "DEFAULT_RECURSION_LIMIT",
+    "END",
+    "REMOVE_ALL_MESSAGES",
+    "START",
+    "CachePolicy",
+    "Command",
+    "CompiledStateGraph",
+    "GraphRecursionError",
+    "InMemoryCache",
+    "InMemorySaver",
+    "InvalidUpdateError",
+    "MemorySaver",
+    "MessagesState",
+    "NodeError",
+    "NodeTimeoutError",
+    "RemoveMessage",
+    "RetryPolicy",
+    "Runtime",
+    "Send",
+    "SqliteCache",
+    "SqliteSaver",
+    "StateGraph",
+    "add_messages",
+    "get_config",
+    "get_runtime",
+    "get_stream_writer",
+    "interrupt",
+]
