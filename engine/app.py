@@ -39,6 +39,7 @@ from .running import run_sync
 from .saving import RunCursor, RunSaver
 from .scheduler import RunResult, Scheduler
 from .streaming import ChunkSink, chunks_of, iterate_sync, parse_modes
+from .threads import StateSnapshot, get_state, get_state_history, picked_for_run, update_state
 from .warm import parse_size, workers_for_memory
 from .watchdog import DEFAULT_THRESHOLD_S, LoopWatchdog
 
@@ -70,6 +71,9 @@ class RunOptions:
     #: The thread whose checkpoints the run saves (needs a checkpointer); with
     #: ``input=None``, the thread to resume.
     thread_id: str | None = None
+    #: With ``input=None`` and ``thread_id``: run from this past checkpoint of the thread
+    #: (time travel: a fork of it; its later history stays as it was).
+    checkpoint_id: str | None = None
     #: At most this many steps; one more is a ``RecursionLimitError``.
     recursion_limit: int = 100
     #: Called with every event as it happens (an observer that raises is dropped).
@@ -103,6 +107,7 @@ class RunKwargs(TypedDict, total=False):
     mode: Mode
     executor: Executor | None
     thread_id: str | None
+    checkpoint_id: str | None
     recursion_limit: int
     on_event: EventSink | None
     limits: Mapping[str, int] | None
@@ -238,6 +243,73 @@ class CompiledGraph(Generic[S]):
 
     def __repr__(self) -> str:
         return f"<CompiledGraph nodes={list(self.plan.nodes)}>"
+
+    # -- the state API (needs a checkpointer) --------------------------------------
+
+    async def aget_state(self, thread_id: str, checkpoint_id: str | None = None) -> StateSnapshot:
+        """The thread's state at ``checkpoint_id`` (its latest when None): values, next
+        tasks, config, metadata, created_at, parent_config, tasks."""
+        return await get_state(self.plan, self.checkpointer, thread_id, checkpoint_id)
+
+    def get_state(self, thread_id: str, checkpoint_id: str | None = None) -> StateSnapshot:
+        return run_sync(self.aget_state(thread_id, checkpoint_id))
+
+    async def aget_state_history(
+        self,
+        thread_id: str,
+        *,
+        before: str | None = None,
+        limit: int | None = None,
+        filter: Mapping[str, Any] | None = None,
+    ) -> list[StateSnapshot]:
+        """The thread's snapshots, newest first, across every branch (forks included)."""
+        return await get_state_history(
+            self.plan, self.checkpointer, thread_id, before=before, limit=limit, filter=filter
+        )
+
+    def get_state_history(
+        self,
+        thread_id: str,
+        *,
+        before: str | None = None,
+        limit: int | None = None,
+        filter: Mapping[str, Any] | None = None,
+    ) -> list[StateSnapshot]:
+        return run_sync(
+            self.aget_state_history(thread_id, before=before, limit=limit, filter=filter)
+        )
+
+    async def aupdate_state(
+        self,
+        thread_id: str,
+        values: object,
+        *,
+        as_node: str | None = None,
+        checkpoint_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Write ``values`` through the reducers as if ``as_node`` had returned them, as a
+        new checkpoint; the next tasks are what routing after ``as_node`` gives. Returns the
+        config naming the new checkpoint."""
+        return await update_state(
+            self.plan,
+            self.checkpointer,
+            thread_id,
+            values,
+            as_node=as_node,
+            checkpoint_id=checkpoint_id,
+        )
+
+    def update_state(
+        self,
+        thread_id: str,
+        values: object,
+        *,
+        as_node: str | None = None,
+        checkpoint_id: str | None = None,
+    ) -> dict[str, Any]:
+        return run_sync(
+            self.aupdate_state(thread_id, values, as_node=as_node, checkpoint_id=checkpoint_id)
+        )
 
     def get_graph(self) -> Drawing:
         """The graph's nodes and edges, to draw: ``app.get_graph().draw_mermaid()``."""
@@ -445,7 +517,7 @@ class CompiledGraph(Generic[S]):
             if cp is not None and thread_id is not None:
                 await cp.acquire(thread_id, run_id)
             try:
-                cursor = await self._cursor(scheduler, saver, state, thread_id)
+                cursor = await self._cursor(scheduler, saver, state, thread_id, opts.checkpoint_id)
                 if watchdog is None:
                     result = await scheduler.run(cursor, resumed=state is None)
                 else:
@@ -464,8 +536,21 @@ class CompiledGraph(Generic[S]):
             await asyncio.shield(lanes.aclose())
 
     async def _cursor(
-        self, scheduler: Scheduler, saver: RunSaver, state: Any, thread_id: str | None
+        self,
+        scheduler: Scheduler,
+        saver: RunSaver,
+        state: Any,
+        thread_id: str | None,
+        checkpoint_id: str | None = None,
     ) -> RunCursor:
+        if checkpoint_id is not None:
+            if self.checkpointer is None or thread_id is None or state is not None:
+                raise CheckpointError(
+                    "a run from checkpoint_id needs a checkpointer, a thread_id and input=None "
+                    f"(got input {type(state).__name__}); pass the input with update_state first"
+                )
+            picked = await picked_for_run(self.checkpointer, thread_id, checkpoint_id, saver.run_id)
+            return saver.cursor_of(picked)
         latest = None
         if self.checkpointer is not None and thread_id is not None:
             latest = await self.checkpointer.get_latest(thread_id)

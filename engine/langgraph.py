@@ -373,6 +373,7 @@ class CompiledStateGraph(Generic[S]):
         return RunOptions(
             mode="parallel",
             thread_id=configurable.get("thread_id"),
+            checkpoint_id=configurable.get("checkpoint_id"),
             recursion_limit=limit,
         )
 
@@ -502,6 +503,64 @@ class CompiledStateGraph(Generic[S]):
 
     def get_graph(self) -> Drawing:
         return self.app.get_graph()
+
+    # -- the state API ----------------------------------------------------------------
+
+    @staticmethod
+    def _thread(config: Mapping[str, Any], what: str) -> tuple[str, str | None]:
+        configurable = dict(config.get("configurable") or {})
+        if configurable.get("thread_id") is None:
+            raise ValueError(f"{what} needs config['configurable']['thread_id']")
+        return str(configurable["thread_id"]), configurable.get("checkpoint_id") or None
+
+    async def aget_state(self, config: Mapping[str, Any], *, subgraphs: bool = False) -> Any:
+        thread, checkpoint = self._thread(config, "get_state")
+        return await self.app.aget_state(thread, checkpoint)
+
+    def get_state(self, config: Mapping[str, Any], *, subgraphs: bool = False) -> Any:
+        return run_sync(self.aget_state(config, subgraphs=subgraphs))
+
+    async def aget_state_history(
+        self,
+        config: Mapping[str, Any],
+        *,
+        filter: Mapping[str, Any] | None = None,
+        before: Mapping[str, Any] | None = None,
+        limit: int | None = None,
+    ) -> AsyncIterator[Any]:
+        thread, _ = self._thread(config, "get_state_history")
+        until = self._thread(before, "before")[1] if before else None
+        for snap in await self.app.aget_state_history(
+            thread, before=until, limit=limit, filter=filter
+        ):
+            yield snap
+
+    def get_state_history(
+        self,
+        config: Mapping[str, Any],
+        *,
+        filter: Mapping[str, Any] | None = None,
+        before: Mapping[str, Any] | None = None,
+        limit: int | None = None,
+    ) -> Iterator[Any]:
+        thread, _ = self._thread(config, "get_state_history")
+        until = self._thread(before, "before")[1] if before else None
+        return iter(
+            run_sync(self.app.aget_state_history(thread, before=until, limit=limit, filter=filter))
+        )
+
+    async def aupdate_state(
+        self, config: Mapping[str, Any], values: Any, as_node: str | None = None
+    ) -> dict[str, Any]:
+        thread, checkpoint = self._thread(config, "update_state")
+        return await self.app.aupdate_state(
+            thread, values, as_node=as_node, checkpoint_id=checkpoint
+        )
+
+    def update_state(
+        self, config: Mapping[str, Any], values: Any, as_node: str | None = None
+    ) -> dict[str, Any]:
+        return run_sync(self.aupdate_state(config, values, as_node))
 
     def clear_cache(self, nodes: Sequence[str] | None = None) -> None:
         self.app.clear_cache(nodes)

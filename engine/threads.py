@@ -1,0 +1,147 @@
+"""The state API: a thread's state, its history, updates, and runs from a past checkpoint.
+
+::
+
+    app.aget_state(thread_id)                 checkpointer.get     -> history.snapshot
+    app.aget_state_history(thread_id, ...)    checkpointer.history -> [snapshot, ...]
+    app.aupdate_state(thread_id, values, as_node=...)
+                                              checkpointer.get -> history.update -> put
+    app.arun(None, thread_id=..., checkpoint_id=...)
+                                              checkpointer.get -> history.fork -> put,
+                                              then the run resumes from the fork
+
+``engine.checkpoint.history`` decides what to show and what to write (pure
+functions over checkpoints, LangGraph's ``StateSnapshot`` shape); this module
+reads and writes the store for a compiled graph. Values are channel values
+(a dict), whatever kind of state the graph has.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from .checkpoint.base import Checkpoint
+from .checkpoint.history import (
+    StateSnapshot,
+    config_of,
+    empty_snapshot,
+    fork,
+    snapshot,
+    starts_fork,
+    update,
+)
+from .errors import CheckpointError
+from .routing import next_tasks
+from .saving import RunSaver
+
+if TYPE_CHECKING:
+    from .checkpoint import Checkpointer
+    from .plan import Plan
+
+
+def _store(checkpointer: Checkpointer | None, what: str) -> Checkpointer:
+    if checkpointer is None:
+        raise CheckpointError(
+            f"{what} needs a checkpointer: compile(checkpointer=...) (MemoryCheckpointer, "
+            "SqliteCheckpointer, PostgresCheckpointer)"
+        )
+    return checkpointer
+
+
+def _saver(plan: Plan, checkpointer: Checkpointer, thread_id: str) -> RunSaver:
+    return RunSaver(plan, checkpointer, thread_id=thread_id, run_id=uuid.uuid4().hex[:12])
+
+
+async def get_state(
+    plan: Plan,
+    checkpointer: Checkpointer | None,
+    thread_id: str,
+    checkpoint_id: str | None = None,
+) -> StateSnapshot:
+    """The thread's state at ``checkpoint_id`` (its latest when None)."""
+    store = _store(checkpointer, "get_state")
+    cp = await store.get(thread_id, checkpoint_id)
+    if cp is None:
+        if checkpoint_id is not None:
+            raise CheckpointError(f"thread {thread_id!r} has no checkpoint {checkpoint_id!r}")
+        return empty_snapshot({"configurable": {"thread_id": thread_id}})
+    codec = _saver(plan, store, thread_id).codec
+    return snapshot(codec, cp, latest=checkpoint_id is None)
+
+
+async def get_state_history(
+    plan: Plan,
+    checkpointer: Checkpointer | None,
+    thread_id: str,
+    *,
+    before: str | None = None,
+    limit: int | None = None,
+    filter: Mapping[str, Any] | None = None,
+) -> list[StateSnapshot]:
+    """The thread's snapshots, newest first, across every branch."""
+    store = _store(checkpointer, "get_state_history")
+    codec = _saver(plan, store, thread_id).codec
+    cps = await store.history(thread_id, before=before, limit=limit, filter=filter)
+    return [snapshot(codec, cp) for cp in cps]
+
+
+async def update_state(
+    plan: Plan,
+    checkpointer: Checkpointer | None,
+    thread_id: str,
+    values: object,
+    *,
+    as_node: str | None = None,
+    checkpoint_id: str | None = None,
+) -> dict[str, Any]:
+    """Write ``values`` as if ``as_node`` had returned them, on top of ``checkpoint_id``
+    (the latest when None); the config naming the new checkpoint."""
+    store = _store(checkpointer, "update_state")
+    base = await store.get(thread_id, checkpoint_id)
+    if base is None and checkpoint_id is not None:
+        raise CheckpointError(f"thread {thread_id!r} has no checkpoint {checkpoint_id!r}")
+    saver = _saver(plan, store, thread_id)
+    schema = plan.schema
+
+    def route(
+        ran: Sequence[str], after: dict[str, Any], step: int, fanin: dict[str, set[str]]
+    ) -> Sequence[Any]:
+        state = after if schema.held == "values" else schema.result(after)
+        return next_tasks(plan, [n for n in ran if n in plan.nodes], state, step, fanin)
+
+    new = update(
+        saver.codec,
+        base,
+        values,
+        as_node,
+        thread_id=thread_id,
+        run_id=saver.run_id,
+        nodes=plan.nodes,
+        route=route,
+    )
+    stored = await store.put(new)
+    return config_of(thread_id, stored.checkpoint_id)
+
+
+async def picked_for_run(
+    checkpointer: Checkpointer, thread_id: str, checkpoint_id: str, run_id: str
+) -> Checkpoint:
+    """The checkpoint a run from ``checkpoint_id`` starts from: a ``fork`` of it, stored
+    (time travel: the thread's earlier history stays as it was), or an update's own."""
+    picked = await checkpointer.get(thread_id, checkpoint_id)
+    if picked is None:
+        raise CheckpointError(f"thread {thread_id!r} has no checkpoint {checkpoint_id!r}")
+    if not starts_fork(picked, named=True):
+        return picked
+    return await checkpointer.put(fork(picked, run_id=run_id))
+
+
+__all__ = [
+    "StateSnapshot",
+    "get_state",
+    "get_state_history",
+    "picked_for_run",
+    "update_state",
+]
