@@ -62,7 +62,14 @@ from .policy import RetryPolicy
 from .running import run_sync
 from .spec import END, START, Send
 from .state import StateSchema, kind_of
-from .streaming import ChunkSink, chunks_of, get_stream_writer, iterate_sync, parse_modes
+from .streaming import (
+    ChunkSink,
+    chunks_of,
+    get_stream_writer,
+    iterate_sync,
+    parse_modes,
+    shape_debug,
+)
 
 S = TypeVar("S")
 
@@ -460,6 +467,8 @@ class CompiledStateGraph(Generic[S]):
             def shaped(mode: str, chunk: Any) -> None:
                 if mode == "values":
                     chunk = schema.all_values(chunk)
+                elif mode == "debug":
+                    chunk = shape_debug(chunk, schema.all_values)
                 elif mode == "updates":
                     chunk = {
                         node: (dict(upd) if upd and node != "__metadata__" else upd or None)

@@ -2,42 +2,76 @@
 
 ::
 
-    scheduler, run start          -> ("values", state)            the input written
-    scheduler, each barrier       -> ("updates", (node, update))  each write, (node, Send) order
-                                  -> ("values", state)            the state after the merge
-    a node: get_stream_writer()(x) -> ("custom", x)                while it runs (driver lanes)
+    scheduler, run start           -> ("values", state)            the input written
+    recorder, a task's first try   -> ("debug", {"type": "task", ...})
+    a node: get_stream_writer()(x) -> ("custom", x)                while it runs, any lane
+    a node: get_message_writer()(t)-> ("messages", (chunk, meta))  a token, as it comes
+    recorder, a task settled       -> ("debug", {"type": "task_result", ...})
+    scheduler, each barrier        -> ("updates", {node: update})  each write, (node, Send) order
+                                   -> ("values", state)            the state after the merge
 
 ``app.astream(input, stream_mode="values")`` (or ``"updates"``, ``"custom"``,
-or a list of them, which yields ``(mode, chunk)`` pairs) turns these into
-LangGraph's chunk shapes: a ``values`` chunk is the state (a dict for a
-TypedDict state), an ``updates`` chunk is ``{node: update}``.
+``"messages"``, ``"debug"``, or a list of them, which yields ``(mode, chunk)``
+pairs) turns these into LangGraph's chunk shapes. Without ``stream_mode``
+``astream`` yields the engine's typed events (``engine.events``).
 
-A node's writer is a context variable set by the dispatcher around each call
-that runs in this process (the io, thread and inline lanes). A cpu-lane node
-in a worker process has no channel back to the driver while it runs: its
-``get_stream_writer()`` returns a writer that drops what it is given, as
-LangGraph's does outside a stream (documented in docs/migrating.md).
+A node finds its call's stream in a context variable: the dispatcher sets
+it around each call that runs in this process (io, thread and inline lanes);
+a cpu-lane worker sets it around the calls it runs, with a writer that sends
+each chunk back to the driver over the run's chunk channel
+(``engine.lanes.channel``) and returns once the driver has it. A run nobody
+streams sets no writer: ``get_stream_writer()`` then returns one that drops
+what it is given, as LangGraph's does outside a stream.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import dataclasses
+import datetime
 import queue
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
 T = TypeVar("T")
 
-StreamMode = Literal["values", "updates", "custom"]
-STREAM_MODES: tuple[StreamMode, ...] = ("values", "updates", "custom")
+StreamMode = Literal["values", "updates", "custom", "messages", "debug"]
+STREAM_MODES: tuple[StreamMode, ...] = ("values", "updates", "custom", "messages", "debug")
 
-#: Where a run's chunks go: ``(mode, chunk)``.
+#: Where a run's chunks go: ``(mode, chunk)``. Callable from any thread of the driver.
 ChunkSink = Callable[[str, Any], None]
 
-_writer: contextvars.ContextVar[Callable[[Any], None] | None] = contextvars.ContextVar(
-    "engine_stream_writer", default=None
+
+@dataclasses.dataclass(frozen=True)
+class CallStream:
+    """The stream of one node call: where its chunks go, and which call it is."""
+
+    emit: ChunkSink
+    node: str
+    step: int
+    index: int = -1
+
+    def custom(self, chunk: Any) -> None:
+        """A ``custom`` chunk (what ``get_stream_writer()`` returns)."""
+        self.emit("custom", chunk)
+
+    def metadata(self) -> dict[str, Any]:
+        """LangGraph's ``messages`` metadata for this call (its step counts from 1)."""
+        pushed = self.index >= 0
+        path = ("__pregel_push", self.index) if pushed else ("__pregel_pull", self.node)
+        return {
+            "langgraph_step": self.step + 1,
+            "langgraph_node": self.node,
+            "langgraph_triggers": ("__pregel_push",) if pushed else (f"branch:to:{self.node}",),
+            "langgraph_path": path,
+        }
+
+
+_stream: contextvars.ContextVar[CallStream | None] = contextvars.ContextVar(
+    "engine_call_stream", default=None
 )
 
 
@@ -48,17 +82,126 @@ def _drop(chunk: Any) -> None:
 def get_stream_writer() -> Callable[[Any], None]:
     """The writer of the node call running now: ``writer(chunk)`` emits a ``custom``
     chunk to the run's stream. Outside a streamed run it drops what it is given."""
-    writer = _writer.get()
-    return _drop if writer is None else writer
+    stream = _stream.get()
+    return _drop if stream is None else stream.custom
 
 
-def set_writer(writer: Callable[[Any], None] | None) -> contextvars.Token[Any]:
-    """Set the writer for the current context (the dispatcher, around one call)."""
-    return _writer.set(writer)
+def get_message_writer() -> Callable[[Any], None]:
+    """A writer of one message's tokens for the ``messages`` stream mode.
+
+    ``write = get_message_writer(); write("hel"); write("lo")`` emits
+    ``(chunk, metadata)`` pairs: ``chunk`` an ``AIMessageChunk`` (langchain-core's
+    when it is installed, else :class:`MessageChunk`), the same message id on every
+    token of one writer; ``metadata`` names the node (``langgraph_node``) and its
+    step. A chunk that is a message object already is passed on as it is.
+    Outside a streamed run it drops what it is given.
+    """
+    stream = _stream.get()
+    if stream is None:
+        return _drop
+    message_id = f"run-{uuid.uuid4()}"
+    metadata = stream.metadata()
+
+    def write(token: Any) -> None:
+        chunk = message_chunk(token, message_id) if isinstance(token, str) else token
+        stream.emit("messages", (chunk, dict(metadata)))
+
+    return write
+
+
+@dataclasses.dataclass(frozen=True)
+class MessageChunk:
+    """One token of an AI message when langchain-core is not installed."""
+
+    content: str
+    id: str | None = None
+    type: str = "AIMessageChunk"
+
+
+def message_chunk(text: str, message_id: str) -> Any:
+    """``text`` as an AI message chunk: langchain-core's class when importable."""
+    try:
+        from langchain_core.messages import AIMessageChunk
+    except ImportError:
+        return MessageChunk(content=text, id=message_id)
+    return AIMessageChunk(content=text, id=message_id)
+
+
+def set_stream(stream: CallStream | None) -> contextvars.Token[Any]:
+    """Set the call stream for the current context (around one call)."""
+    return _stream.set(stream)
+
+
+def reset_stream(token: contextvars.Token[Any]) -> None:
+    _stream.reset(token)
+
+
+def set_writer(
+    emit: ChunkSink | None, node: str = "", step: int = 0, index: int = -1
+) -> contextvars.Token[Any]:
+    """Set the stream of a call in this process: the dispatcher, around one call."""
+    return _stream.set(None if emit is None else CallStream(emit, node, step, index))
 
 
 def reset_writer(token: contextvars.Token[Any]) -> None:
-    _writer.reset(token)
+    _stream.reset(token)
+
+
+# -- debug chunks ------------------------------------------------------------------------
+
+
+def task_id(run_id: str, step: int, node: str, index: int) -> str:
+    """A task's id in ``debug`` chunks: the same for its ``task`` and ``task_result``."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{run_id}/{step}/{node}/{index}"))
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat()
+
+
+@dataclasses.dataclass(frozen=True)
+class StateInput:
+    """A debug ``task`` chunk's input that is the run's state, as held: shaped by the app."""
+
+    state: Any
+
+
+def debug_task(step: int, ident: str, node: str, index: int, input: Any) -> dict[str, Any]:
+    """LangGraph's ``debug`` chunk for a task about to run (its step counts from 1)."""
+    triggers = ("__pregel_push",) if index >= 0 else (f"branch:to:{node}",)
+    return {
+        "step": step + 1,
+        "timestamp": _now(),
+        "type": "task",
+        "payload": {"id": ident, "name": node, "input": input, "triggers": triggers},
+    }
+
+
+def debug_result(
+    step: int, ident: str, node: str, result: Any, error: BaseException | None
+) -> dict[str, Any]:
+    """LangGraph's ``debug`` chunk for a task that ended: its writes, or its error."""
+    if result is None:
+        writes: Any = {}
+    elif isinstance(result, Mapping):
+        writes = dict(result)
+    else:
+        writes = result
+    return {
+        "step": step + 1,
+        "timestamp": _now(),
+        "type": "task_result",
+        "payload": {"id": ident, "name": node, "error": error, "result": writes, "interrupts": []},
+    }
+
+
+def shape_debug(chunk: dict[str, Any], shape: Callable[[Any], Any]) -> dict[str, Any]:
+    """A ``debug`` chunk whose task input is the state, that state shaped by ``shape``."""
+    payload = chunk["payload"]
+    held = payload.get("input")
+    if not isinstance(held, StateInput):
+        return chunk
+    return {**chunk, "payload": {**payload, "input": shape(held.state)}}
 
 
 def parse_modes(stream_mode: str | Sequence[str]) -> tuple[tuple[StreamMode, ...], bool]:
@@ -149,12 +292,23 @@ def iterate_sync(make: Callable[[], AsyncIterator[T]]) -> Iterator[T]:
 
 __all__ = [
     "STREAM_MODES",
+    "CallStream",
     "ChunkSink",
+    "MessageChunk",
+    "StateInput",
     "StreamMode",
     "chunks_of",
+    "debug_result",
+    "debug_task",
+    "get_message_writer",
     "get_stream_writer",
     "iterate_sync",
+    "message_chunk",
     "parse_modes",
+    "reset_stream",
     "reset_writer",
+    "set_stream",
     "set_writer",
+    "shape_debug",
+    "task_id",
 ]

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..procs import become_group_leader, hostname, kill_group, kill_own_tree
+from .channel import worker_stream
 from .frames import SPILLED, encode
 from .measure import PAYLOAD, Measured, call_with_init, failed, load_fn, queued_s
 
@@ -51,7 +52,12 @@ def run_calls(payload: bytes) -> bytes:
     once, and the time this thread waited on a run queue is read once for
     them all (``frames.decode`` shares it out by wall time).
     """
-    fn_bytes, init, blobs = pickle.loads(payload)
+    fn_bytes, init, blobs, stream = pickle.loads(payload)
+    with worker_stream(stream):  # get_stream_writer() sends to the driver, if it streams
+        return _run_calls(fn_bytes, init, blobs)
+
+
+def _run_calls(fn_bytes: bytes, init: Any, blobs: list[bytes]) -> bytes:
     start = time.time()
     try:
         fn = load_fn(fn_bytes)
