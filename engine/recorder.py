@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .events import (
@@ -112,6 +112,7 @@ class Recorder:
         self._emit: ChunkSink | None = None  # node calls' chunk writer, made once
         self._channel: ChunkChannel | None = None  # cpu workers' chunks, opened on first use
         self._state: Any = None  # the state the running step started from (debug chunks)
+        self._wrote = True  # whether the last step wrote anything (a values chunk after it)
 
     def __repr__(self) -> str:
         return f"<Recorder run={self.run_id} calls={len(self.calls)}>"
@@ -124,23 +125,30 @@ class Recorder:
     # -- stream chunks -------------------------------------------------------------
 
     def values(self, state: Any) -> None:
-        """The state a step starts from: a ``values`` chunk."""
+        """The state a step starts from: a ``values`` chunk; none after a step that wrote
+        nothing (LangGraph's rule: the state did not change)."""
         if self.chunks is not None:
             self._state = state  # a debug task's input
-            self.chunks("values", state)
+            if self._wrote:
+                self.chunks("values", state)
+            self._wrote = True
 
     def updates(self, step: int, writes: Iterable[tuple[str, int, Any]]) -> None:
         """A step's writes, ``(node, index, update)`` in (node, Send index) order:
-        ``updates`` chunks, ``{node: update}``, with ``"__metadata__": {"cached": True}``
-        for an update the node cache gave."""
+        ``updates`` chunks, ``{node: update}`` (None for a node that wrote nothing), with
+        ``"__metadata__": {"cached": True}`` for an update the node cache gave."""
         if self.chunks is None:
             return
         cached = {(c.node, c.index) for c in self.calls if c.step == step and c.cached}
+        wrote = False
         for node, index, update in writes:
-            chunk = {node: update}
+            empty = update is None or (isinstance(update, Mapping) and not update)
+            wrote = wrote or not empty
+            chunk = {node: None if empty else update}
             if (node, index) in cached:
                 chunk["__metadata__"] = {"cached": True}
             self.chunks("updates", chunk)
+        self._wrote = wrote
 
     def writer(self) -> ChunkSink | None:
         """The run's ``(mode, chunk)`` writer for node calls, from the loop's thread or any
