@@ -56,6 +56,9 @@ class ChunkChannel:
         self._deliver = deliver
         self._authkey = os.urandom(16)
         self._listener = Listener(family="AF_UNIX", authkey=self._authkey)
+        address = self._listener.address
+        assert isinstance(address, str)
+        self.address = address
         self._closed = False
         self._lock = threading.Lock()
         self._readers: list[threading.Thread] = []
@@ -66,12 +69,6 @@ class ChunkChannel:
 
     def __repr__(self) -> str:
         return f"<ChunkChannel {self.address!r} readers={len(self._readers)}>"
-
-    @property
-    def address(self) -> str:
-        address = self._listener.address
-        assert isinstance(address, str)
-        return address
 
     def info(self, node: str, step: int, index: int = -1) -> StreamInfo:
         """What a call of ``node`` in ``step`` (its Send index) sends to its worker."""
