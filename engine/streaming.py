@@ -27,6 +27,7 @@ what it is given, as LangGraph's does outside a stream.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import dataclasses
 import datetime
@@ -286,7 +287,8 @@ def iterate_sync(make: Callable[[], AsyncIterator[T]]) -> Iterator[T]:
     finally:
         if thread.is_alive() and running:  # the consumer stopped early: cancel the run
             loop, task = running[0]
-            loop.call_soon_threadsafe(task.cancel)
+            with contextlib.suppress(RuntimeError):  # its loop closed meanwhile: it is over
+                loop.call_soon_threadsafe(task.cancel)
         thread.join()
 
 
