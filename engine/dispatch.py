@@ -299,7 +299,7 @@ class Dispatcher:
         if self._writer is None or route.placement is Placement.PROCESS:
             return await self._placed(call, route, arg)
         # get_stream_writer() in the node finds it
-        token = set_writer(self._writer, call.task.node, call.step, call.task.index)
+        token = set_writer(self._writer, call.task.node, call.step, call.task.index, arg)
         try:
             return await self._placed(call, route, arg)
         finally:

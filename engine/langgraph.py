@@ -57,6 +57,7 @@ from .classify import is_coroutine_function
 from .drawing import Drawing
 from .errors import InvalidUpdateError, NodeError, NodeTimeoutError, RecursionLimitError
 from .graph import Graph
+from .lcmessages import run_config
 from .messages import REMOVE_ALL_MESSAGES, MessagesState, RemoveMessage, add_messages
 from .policy import RetryPolicy
 from .running import run_sync
@@ -417,6 +418,7 @@ class CompiledStateGraph(Generic[S]):
     ) -> Any:
         opts = self._options(config, context)
         _config.set(self._run_config(config))
+        run_config.set(_config.get())  # tags and metadata for chat models' messages
         _runtime.set(Runtime(context=self._context(context), stream_writer=get_stream_writer()))
         try:
             result = await self.app.arun(input, opts)
@@ -459,6 +461,7 @@ class CompiledStateGraph(Generic[S]):
     ) -> AsyncIterator[Any]:
         opts = self._options(config, context)
         _config.set(self._run_config(config))
+        run_config.set(_config.get())  # tags and metadata for chat models' messages
         _runtime.set(Runtime(context=self._context(context), stream_writer=get_stream_writer()))
         modes, pairs = parse_modes(self.stream_mode if stream_mode is None else stream_mode)
         schema = self.app.plan.schema

@@ -30,6 +30,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
+from . import lcmessages
 from .events import (
     BudgetWaited,
     Event,
@@ -47,7 +48,15 @@ from .lanes.calls import Call, Outcome
 from .lanes.channel import ChunkChannel, StreamInfo
 from .logs import get_logger
 from .marks import Mark
-from .streaming import ChunkSink, StateInput, debug_result, debug_task, task_id
+from .streaming import (
+    CallStream,
+    ChunkSink,
+    RunStream,
+    StateInput,
+    debug_result,
+    debug_task,
+    task_id,
+)
 from .trace import NodeCall, Trace
 from .warm import load_mark
 
@@ -109,7 +118,7 @@ class Recorder:
         self.calls: list[NodeCall] = []
         self._loads: list[Mark] = []
         self._failures_logged: dict[int, int] = {}  # step -> node_failed lines so far
-        self._emit: ChunkSink | None = None  # node calls' chunk writer, made once
+        self._emit: RunStream | None = None  # node calls' chunk writer, made once
         self._channel: ChunkChannel | None = None  # cpu workers' chunks, opened on first use
         self._state: Any = None  # the state the running step started from (debug chunks)
         self._wrote = True  # whether the last step wrote anything (a values chunk after it)
@@ -150,7 +159,7 @@ class Recorder:
             self.chunks("updates", chunk)
         self._wrote = wrote
 
-    def writer(self) -> ChunkSink | None:
+    def writer(self) -> RunStream | None:
         """The run's ``(mode, chunk)`` writer for node calls, from the loop's thread or any
         other (a chunk from another thread is handed to the loop, in order); None when
         nobody streams."""
@@ -167,7 +176,7 @@ class Recorder:
                 else:
                     loop.call_soon_threadsafe(chunks, mode, chunk)
 
-            self._emit = emit
+            self._emit = RunStream(emit)
         return self._emit
 
     def stream_info(self, node: str, step: int, index: int = -1) -> StreamInfo | None:
@@ -288,6 +297,10 @@ class Recorder:
         record = self._keep(out)
         if self.chunks is not None:
             self._debug_result(out, None)
+            if self._emit is not None and lcmessages.wanted():  # messages a node returned
+                task = out.call.task
+                stream = CallStream(self._emit, task.node, out.call.step, task.index)
+                lcmessages.node_output(self._emit, stream, out.value)
         if self._chatty:
             self._tell(
                 NodeFinished(

@@ -32,6 +32,7 @@ import contextvars
 import dataclasses
 import datetime
 import queue
+import sys
 import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
@@ -44,6 +45,26 @@ STREAM_MODES: tuple[StreamMode, ...] = ("values", "updates", "custom", "messages
 
 #: Where a run's chunks go: ``(mode, chunk)``. Callable from any thread of the driver.
 ChunkSink = Callable[[str, Any], None]
+
+
+class RunStream:
+    """One run's chunk writer for its node calls: ``(mode, chunk)`` from any thread, and
+    the message ids the ``messages`` mode has seen (a message is streamed once)."""
+
+    def __init__(self, emit: ChunkSink) -> None:
+        self._emit = emit
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, mode: str, chunk: Any) -> None:
+        self._emit(mode, chunk)
+
+    def see(self, message_id: str) -> bool:
+        """Mark a message id seen; True when it was not seen before."""
+        with self._lock:
+            fresh = message_id not in self._seen
+            self._seen.add(message_id)
+            return fresh
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +94,10 @@ class CallStream:
 
 _stream: contextvars.ContextVar[CallStream | None] = contextvars.ContextVar(
     "engine_call_stream", default=None
+)
+#: The modes the run being streamed asked for (set by ``chunks_of`` for its run's task).
+_modes: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar(
+    "engine_stream_modes", default=frozenset()
 )
 
 
@@ -137,15 +162,42 @@ def reset_stream(token: contextvars.Token[Any]) -> None:
     _stream.reset(token)
 
 
+def streaming_modes() -> frozenset[str]:
+    """The stream modes of the run in this context (empty when nobody streams it)."""
+    return _modes.get()
+
+
+class _Installed:
+    """What ``set_writer`` set for one call, undone by ``reset_writer``."""
+
+    def __init__(self, stream: contextvars.Token[Any], langchain: contextvars.Token[Any] | None):
+        self.stream = stream
+        self.langchain = langchain
+
+
 def set_writer(
-    emit: ChunkSink | None, node: str = "", step: int = 0, index: int = -1
-) -> contextvars.Token[Any]:
-    """Set the stream of a call in this process: the dispatcher, around one call."""
-    return _stream.set(None if emit is None else CallStream(emit, node, step, index))
+    emit: ChunkSink | None, node: str = "", step: int = 0, index: int = -1, arg: Any = None
+) -> _Installed:
+    """Set the stream of a call in this process: the dispatcher, around one call (``arg``,
+    its input: the messages in it are not streamed again when the node returns them)."""
+    if emit is None:
+        return _Installed(_stream.set(None), None)
+    stream = CallStream(emit, node, step, index)
+    langchain = None
+    if "messages" in _modes.get() and "langchain_core" in sys.modules:
+        # A chat model in the node streams its tokens, as under LangGraph's messages mode.
+        from .lcmessages import install
+
+        langchain = install(stream, arg)
+    return _Installed(_stream.set(stream), langchain)
 
 
-def reset_writer(token: contextvars.Token[Any]) -> None:
-    _stream.reset(token)
+def reset_writer(installed: _Installed) -> None:
+    if installed.langchain is not None:
+        from .lcmessages import uninstall
+
+        uninstall(installed.langchain)
+    _stream.reset(installed.stream)
 
 
 # -- debug chunks ------------------------------------------------------------------------
@@ -231,7 +283,11 @@ async def chunks_of(
         if mode in wanted:
             queue.put_nowait((mode, chunk))
 
-    task = asyncio.ensure_future(start(sink))
+    token = _modes.set(wanted)  # the run's task is created in this context: it sees them
+    try:
+        task = asyncio.ensure_future(start(sink))
+    finally:
+        _modes.reset(token)
     task.add_done_callback(lambda _: queue.put_nowait(None))
     try:
         while True:
@@ -297,6 +353,7 @@ __all__ = [
     "CallStream",
     "ChunkSink",
     "MessageChunk",
+    "RunStream",
     "StateInput",
     "StreamMode",
     "chunks_of",
@@ -312,5 +369,6 @@ __all__ = [
     "set_stream",
     "set_writer",
     "shape_debug",
+    "streaming_modes",
     "task_id",
 ]

@@ -35,7 +35,6 @@ if importlib.util.find_spec("engine.langgraph") is None:
 
 #: Program -> what engine.langgraph still lacks for it. Each is an xfail(strict=True).
 PENDING: dict[str, str] = {
-    "chatbot_tools": "needs the messages stream mode (chat model tokens via LangChain callbacks)",
     "config_context": "a node's config lacks LangGraph's per-task keys (checkpoint_ns, "
     "langgraph_step/langgraph_node metadata, callbacks)",
     "errors": "LangGraph saves an input checkpoint (step -1, source 'input') before step 0 "
