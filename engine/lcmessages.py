@@ -116,7 +116,7 @@ def _handler_class() -> type:
     from langchain_core.outputs import ChatGenerationChunk
     from langchain_core.tracers._streaming import _StreamingCallbackHandler
 
-    class MessagesHandler(BaseCallbackHandler, _StreamingCallbackHandler):
+    class MessagesHandler(BaseCallbackHandler, _StreamingCallbackHandler[Any]):
         """Sends a chat model's tokens to the run's ``messages`` stream, with its metadata."""
 
         run_inline = True
@@ -144,7 +144,14 @@ def _handler_class() -> type:
             self._metadata[run_id] = meta
 
         def on_llm_new_token(
-            self, token: str, *, chunk: Any = None, run_id: uuid.UUID, **kwargs: Any
+            self,
+            token: str | list[str | dict[str, Any]],
+            *,
+            chunk: Any = None,
+            run_id: uuid.UUID,
+            parent_run_id: uuid.UUID | None = None,
+            tags: list[str] | None = None,
+            **kwargs: Any,
         ) -> None:
             meta = self._metadata.get(run_id)
             if meta is None or not isinstance(chunk, ChatGenerationChunk):

@@ -41,7 +41,7 @@ class StreamInfo(NamedTuple):
     authkey: bytes
     node: str
     step: int
-    index: int = -1
+    send_index: int = -1
 
 
 class ChunkChannel:
@@ -151,7 +151,7 @@ def worker_stream(info: StreamInfo | None) -> Iterator[None]:
     from ..streaming import CallStream, reset_stream, set_stream
 
     writer = WorkerWriter(info)
-    token = set_stream(CallStream(writer, info.node, info.step, info.index))
+    token = set_stream(CallStream(writer, info.node, info.step, info.send_index))
     try:
         yield
     finally:
