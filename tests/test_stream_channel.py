@@ -151,3 +151,13 @@ def test_the_channel_delivers_in_order_and_its_threads_end() -> None:
     channel.close()
     assert channel.alive() == 0
     assert not os.path.exists(channel.address)
+
+
+def test_a_worker_that_cannot_reach_the_driver_drops_its_chunks(tmp_path: Path) -> None:
+    info = StreamInfo(str(tmp_path / "no-such-socket"), b"key", "n", 0)
+    writer = WorkerWriter(info)
+    assert writer.reachable  # nothing tried yet
+    writer("custom", "lost")  # no error: streaming never fails a node
+    assert not writer.reachable
+    writer("custom", "lost too")  # dropped without another try
+    writer.close()

@@ -123,15 +123,31 @@ class ChunkChannel:
 
 
 class WorkerWriter:
-    """A worker's end: connects on the first chunk, sends each and waits for its ack."""
+    """A worker's end: connects on the first chunk, sends each and waits for its ack.
+
+    A worker that cannot reach the driver's socket (a remote executor's, on
+    another host) drops its chunks: streaming never fails a node.
+    """
 
     def __init__(self, info: StreamInfo) -> None:
         self._info = info
         self._conn: Connection | None = None
+        self._unreachable = False
+
+    @property
+    def reachable(self) -> bool:
+        """False once a connection to the driver failed (its chunks are dropped since)."""
+        return not self._unreachable
 
     def __call__(self, mode: str, chunk: Any) -> None:
+        if self._unreachable:
+            return
         if self._conn is None:
-            self._conn = Client(self._info.address, authkey=self._info.authkey)
+            try:
+                self._conn = Client(self._info.address, authkey=self._info.authkey)
+            except OSError:
+                self._unreachable = True
+                return
         self._conn.send((mode, chunk))
         self._conn.recv_bytes()  # the driver has it
 
