@@ -85,6 +85,7 @@ from .streaming import (
     iterate_sync,
     parse_modes,
     shape_debug,
+    write_custom,
 )
 
 S = TypeVar("S")
@@ -111,7 +112,7 @@ class Runtime(Generic[S]):
     """What a node taking ``runtime`` gets: the run's ``context`` and its stream writer."""
 
     context: Any = None
-    stream_writer: Callable[[Any], None] = dataclasses.field(default=get_stream_writer())
+    stream_writer: Callable[[Any], None] = write_custom
     store: Any = None
     previous: Any = None
 
@@ -172,7 +173,7 @@ def _extras(config: bool, runtime: bool) -> dict[str, Any]:
     if config:
         out["config"] = _config.get() or {}
     if runtime:
-        out["runtime"] = _runtime.get() or Runtime(stream_writer=get_stream_writer())
+        out["runtime"] = _runtime.get() or Runtime()
     return out
 
 
@@ -434,7 +435,7 @@ class CompiledStateGraph(Generic[S]):
         opts = self._options(config, context)
         _config.set(self._run_config(config))
         run_config.set(_config.get())  # tags and metadata for chat models' messages
-        _runtime.set(Runtime(context=self._context(context), stream_writer=get_stream_writer()))
+        _runtime.set(Runtime(context=self._context(context)))
         try:
             result = await self.app.arun(input, opts)
         except (NodeError, RecursionLimitError) as exc:
@@ -477,7 +478,7 @@ class CompiledStateGraph(Generic[S]):
         opts = self._options(config, context)
         _config.set(self._run_config(config))
         run_config.set(_config.get())  # tags and metadata for chat models' messages
-        _runtime.set(Runtime(context=self._context(context), stream_writer=get_stream_writer()))
+        _runtime.set(Runtime(context=self._context(context)))
         modes, pairs = parse_modes(self.stream_mode if stream_mode is None else stream_mode)
         schema = self.app.plan.schema
 

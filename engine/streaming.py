@@ -112,6 +112,12 @@ def get_stream_writer() -> Callable[[Any], None]:
     return _drop if stream is None else stream.custom
 
 
+def write_custom(chunk: Any) -> None:
+    """``get_stream_writer()(chunk)``, the writer looked up at each call: a writer that
+    can be held before the node runs (``runtime.stream_writer``)."""
+    get_stream_writer()(chunk)
+
+
 def get_message_writer() -> Callable[[Any], None]:
     """A writer of one message's tokens for the ``messages`` stream mode.
 
@@ -371,4 +377,5 @@ __all__ = [
     "shape_debug",
     "streaming_modes",
     "task_id",
+    "write_custom",
 ]

@@ -3,6 +3,8 @@ channel, engine.lanes.channel): ordering proved by a node that waits for its con
 
 from __future__ import annotations
 
+import functools
+import importlib
 import operator
 import os
 import sys
@@ -161,3 +163,42 @@ def test_a_worker_that_cannot_reach_the_driver_drops_its_chunks(tmp_path: Path) 
     assert not writer.reachable
     writer("custom", "lost too")  # dropped without another try
     writer.close()
+
+
+class R(TypedDict):
+    x: int
+
+
+def via_runtime(s: R, *, runtime: Any) -> dict[str, Any]:
+    runtime.stream_writer("via runtime")
+    return {"x": 1}
+
+
+def via_writer(config_module: str, s: R) -> dict[str, Any]:
+    importlib.import_module(config_module).get_stream_writer()("via writer")
+    return {"x": 2}
+
+
+def _runtime_graph(module: str, cpu: bool) -> Any:
+    lg = importlib.import_module(module)
+    config_module = "engine.langgraph" if cpu else "langgraph.config"
+    b = lg.StateGraph(R)
+    b.add_node("n", via_runtime)
+    b.add_node(
+        "m", functools.partial(via_writer, config_module), **({"lane": "cpu"} if cpu else {})
+    )
+    b.add_edge(lg.START, "n")
+    b.add_edge("n", "m")
+    b.add_edge("m", lg.END)
+    return b.compile()
+
+
+def test_the_facade_streams_runtime_and_cpu_lane_chunks_as_langgraph() -> None:
+    """``runtime.stream_writer`` and a ``lane="cpu"`` node's writer, under engine.langgraph."""
+    expected = list(
+        _runtime_graph("langgraph.graph", False).stream({"x": 0}, stream_mode=["custom", "updates"])
+    )
+    got = list(
+        _runtime_graph("engine.langgraph", True).stream({"x": 0}, stream_mode=["custom", "updates"])
+    )
+    assert got == expected
