@@ -64,6 +64,7 @@ from .lgtypes import (
     EmptyInputError,
     GraphBubbleUp,
     GraphInterrupt,
+    GraphOutput,
     Interrupt,
     NodeInterrupt,
     Overwrite,
@@ -72,6 +73,7 @@ from .lgtypes import (
     StreamMode,
     StreamWriter,
     get_store,
+    stream_part,
 )
 from .messages import REMOVE_ALL_MESSAGES, MessagesState, RemoveMessage, add_messages
 from .policy import RetryPolicy
@@ -81,12 +83,13 @@ from .state import StateSchema, kind_of
 from .streaming import (
     ChunkSink,
     chunks_of,
-    get_stream_writer,
+    current_stream,
     iterate_sync,
     parse_modes,
     shape_debug,
     write_custom,
 )
+from .streaming import get_stream_writer as engine_stream_writer
 
 S = TypeVar("S")
 
@@ -115,6 +118,14 @@ class Runtime(Generic[S]):
     stream_writer: Callable[[Any], None] = write_custom
     store: Any = None
     previous: Any = None
+
+
+def get_stream_writer() -> Callable[[Any], None]:
+    """The running node's ``custom`` chunk writer (it drops what it is given when the run
+    is not streamed); ``RuntimeError`` outside a run, as LangGraph's."""
+    if current_stream() is None and _config.get() is None:
+        raise RuntimeError("get_stream_writer() called outside of a run of a graph")
+    return engine_stream_writer()
 
 
 def get_config() -> dict[str, Any]:
@@ -430,8 +441,12 @@ class CompiledStateGraph(Generic[S]):
         context: Any = None,
         stream_mode: str = "values",
         output_keys: str | Sequence[str] | None = None,
+        version: str = "v1",
         **kwargs: Any,
     ) -> Any:
+        if stream_mode != "values":  # LangGraph's invoke: the list of that mode's chunks
+            chunks = [c async for c in self._astream(input, config, context, stream_mode, "v1")]
+            return GraphOutput(chunks) if version == "v2" else chunks
         opts = self._options(config, context)
         _config.set(self._run_config(config))
         run_config.set(_config.get())  # tags and metadata for chat models' messages
@@ -440,7 +455,8 @@ class CompiledStateGraph(Generic[S]):
             result = await self.app.arun(input, opts)
         except (NodeError, RecursionLimitError) as exc:
             raise _own(exc) from None
-        return self._output(result.values, output_keys)
+        output = self._output(result.values, output_keys)
+        return GraphOutput(output) if version == "v2" else output
 
     def invoke(
         self,
@@ -450,10 +466,19 @@ class CompiledStateGraph(Generic[S]):
         context: Any = None,
         stream_mode: str = "values",
         output_keys: str | Sequence[str] | None = None,
+        version: str = "v1",
         **kwargs: Any,
     ) -> Any:
         return run_sync(
-            self.ainvoke(input, config, context=context, output_keys=output_keys, **kwargs)
+            self.ainvoke(
+                input,
+                config,
+                context=context,
+                stream_mode=stream_mode,
+                output_keys=output_keys,
+                version=version,
+                **kwargs,
+            )
         )
 
     async def abatch(
@@ -474,7 +499,10 @@ class CompiledStateGraph(Generic[S]):
         config: Mapping[str, Any] | None,
         context: Any,
         stream_mode: str | Sequence[str] | None,
+        version: str = "v1",
     ) -> AsyncIterator[Any]:
+        if version not in ("v1", "v2"):
+            raise ValueError(f"unknown version {version!r}: use 'v1' or 'v2'")
         opts = self._options(config, context)
         _config.set(self._run_config(config))
         run_config.set(_config.get())  # tags and metadata for chat models' messages
@@ -498,8 +526,12 @@ class CompiledStateGraph(Generic[S]):
             return self.app.arun(input, dataclasses.replace(opts, on_chunk=shaped))
 
         try:
-            async for item in chunks_of(run, modes, pairs):
-                yield item
+            if version == "v2":
+                async for mode, chunk in chunks_of(run, modes, True):
+                    yield stream_part(mode, chunk)
+            else:
+                async for item in chunks_of(run, modes, pairs):
+                    yield item
         except (NodeError, RecursionLimitError) as exc:
             raise _own(exc) from None
 
@@ -510,11 +542,12 @@ class CompiledStateGraph(Generic[S]):
         *,
         context: Any = None,
         stream_mode: str | Sequence[str] | None = None,
+        version: str = "v1",
         **kwargs: Any,
     ) -> AsyncIterator[Any]:
         if stream_mode is not None:
             parse_modes(stream_mode)
-        return self._astream(input, config, context, stream_mode)
+        return self._astream(input, config, context, stream_mode, version)
 
     def stream(
         self,
@@ -523,11 +556,12 @@ class CompiledStateGraph(Generic[S]):
         *,
         context: Any = None,
         stream_mode: str | Sequence[str] | None = None,
+        version: str = "v1",
         **kwargs: Any,
     ) -> Iterator[Any]:
         if stream_mode is not None:
             parse_modes(stream_mode)
-        return iterate_sync(lambda: self._astream(input, config, context, stream_mode))
+        return iterate_sync(lambda: self._astream(input, config, context, stream_mode, version))
 
     def get_graph(self) -> Drawing:
         return self.app.get_graph()
@@ -627,6 +661,7 @@ __all__ = [
     "EmptyInputError",
     "GraphBubbleUp",
     "GraphInterrupt",
+    "GraphOutput",
     "GraphRecursionError",
     "InMemoryCache",
     "InMemorySaver",

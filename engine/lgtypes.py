@@ -16,6 +16,7 @@ Apps import these from ``langgraph.types``, ``langgraph.config`` and
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -33,6 +34,22 @@ Durability = Literal["sync", "async", "exit"]
 
 #: A node's ``config`` parameter: a dict (LangChain's ``RunnableConfig`` is a TypedDict of it).
 RunnableConfig = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class GraphOutput:
+    """What ``invoke(..., version="v2")`` returns: the output, and the run's interrupts."""
+
+    value: Any
+    interrupts: tuple[Any, ...] = ()
+
+
+def stream_part(mode: str, chunk: Any) -> dict[str, Any]:
+    """A ``version="v2"`` stream part: ``{"type", "ns", "data"}`` (values add ``interrupts``)."""
+    part: dict[str, Any] = {"type": mode, "ns": (), "data": chunk}
+    if mode == "values":
+        part["interrupts"] = ()
+    return part
 
 
 def _missing(name: str, what: str) -> NotImplementedError:
@@ -87,6 +104,7 @@ __all__ = [
     "EmptyInputError",
     "GraphBubbleUp",
     "GraphInterrupt",
+    "GraphOutput",
     "Interrupt",
     "NodeInterrupt",
     "Overwrite",
@@ -95,4 +113,5 @@ __all__ = [
     "StreamMode",
     "StreamWriter",
     "get_store",
+    "stream_part",
 ]

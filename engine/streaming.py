@@ -3,15 +3,15 @@
 ::
 
     scheduler, run start           -> ("values", state)            the input written
-    recorder, a task's first try   -> ("debug", {"type": "task", ...})
+    recorder, a task's first try   -> ("debug", {"type": "task", ...}), ("tasks", payload)
     a node: get_stream_writer()(x) -> ("custom", x)                while it runs, any lane
     a node: get_message_writer()(t)-> ("messages", (chunk, meta))  a token, as it comes
-    recorder, a task settled       -> ("debug", {"type": "task_result", ...})
+    recorder, a task settled       -> ("debug", {"type": "task_result", ...}), ("tasks", ...)
     scheduler, each barrier        -> ("updates", {node: update})  each write, (node, Send) order
                                    -> ("values", state)            the state after the merge
 
 ``app.astream(input, stream_mode="values")`` (or ``"updates"``, ``"custom"``,
-``"messages"``, ``"debug"``, or a list of them, which yields ``(mode, chunk)``
+``"messages"``, ``"debug"``, ``"tasks"``, or a list of them, which yields ``(mode, chunk)``
 pairs) turns these into LangGraph's chunk shapes. Without ``stream_mode``
 ``astream`` yields the engine's typed events (``engine.events``).
 
@@ -40,8 +40,15 @@ from typing import Any, Literal, TypeVar
 
 T = TypeVar("T")
 
-StreamMode = Literal["values", "updates", "custom", "messages", "debug"]
-STREAM_MODES: tuple[StreamMode, ...] = ("values", "updates", "custom", "messages", "debug")
+StreamMode = Literal["values", "updates", "custom", "messages", "debug", "tasks"]
+STREAM_MODES: tuple[StreamMode, ...] = (
+    "values",
+    "updates",
+    "custom",
+    "messages",
+    "debug",
+    "tasks",
+)
 
 #: Where a run's chunks go: ``(mode, chunk)``. Callable from any thread of the driver.
 ChunkSink = Callable[[str, Any], None]
@@ -105,11 +112,25 @@ def _drop(chunk: Any) -> None:
     """The writer outside a streamed call: what it is given goes nowhere."""
 
 
+def _drop_chunk(mode: str, chunk: Any) -> None:
+    """Where the chunks of a call nobody streams go: nowhere."""
+
+
+#: The stream of a call in a run nobody streams (a cpu-lane worker sets it: "in a run").
+UNSTREAMED = CallStream(_drop_chunk, "", -1)
+
+
+def current_stream() -> CallStream | None:
+    """The stream of the node call running now (``UNSTREAMED`` in a worker's call of a run
+    nobody streams); None outside any call that set one."""
+    return _stream.get()
+
+
 def get_stream_writer() -> Callable[[Any], None]:
     """The writer of the node call running now: ``writer(chunk)`` emits a ``custom``
     chunk to the run's stream. Outside a streamed run it drops what it is given."""
     stream = _stream.get()
-    return _drop if stream is None else stream.custom
+    return _drop if stream is None or stream.emit is _drop_chunk else stream.custom
 
 
 def write_custom(chunk: Any) -> None:
@@ -129,7 +150,7 @@ def get_message_writer() -> Callable[[Any], None]:
     Outside a streamed run it drops what it is given.
     """
     stream = _stream.get()
-    if stream is None:
+    if stream is None or stream.emit is _drop_chunk:
         return _drop
     message_id = f"run-{uuid.uuid4()}"
     metadata = stream.metadata()
@@ -285,9 +306,13 @@ async def chunks_of(
     queue: asyncio.Queue[tuple[str, Any] | None] = asyncio.Queue()
     wanted = frozenset(modes)
 
+    tasks = "tasks" in wanted
+
     def sink(mode: str, chunk: Any) -> None:
         if mode in wanted:
             queue.put_nowait((mode, chunk))
+        if tasks and mode == "debug":  # a "tasks" chunk is a debug chunk's payload
+            queue.put_nowait(("tasks", chunk["payload"]))
 
     token = _modes.set(wanted)  # the run's task is created in this context: it sees them
     try:
@@ -356,6 +381,7 @@ def iterate_sync(make: Callable[[], AsyncIterator[T]]) -> Iterator[T]:
 
 __all__ = [
     "STREAM_MODES",
+    "UNSTREAMED",
     "CallStream",
     "ChunkSink",
     "MessageChunk",
@@ -363,6 +389,7 @@ __all__ = [
     "StateInput",
     "StreamMode",
     "chunks_of",
+    "current_stream",
     "debug_result",
     "debug_task",
     "get_message_writer",

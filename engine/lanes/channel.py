@@ -160,11 +160,17 @@ class WorkerWriter:
 
 @contextlib.contextmanager
 def worker_stream(info: StreamInfo | None) -> Iterator[None]:
-    """In a worker: the stream of the calls run inside (nothing when nobody streams)."""
+    """In a worker: the stream of the calls run inside (``UNSTREAMED`` when nobody streams:
+    its writers drop what they are given, and a node can tell it runs in a run)."""
+    from ..streaming import UNSTREAMED, CallStream, reset_stream, set_stream
+
     if info is None:
-        yield
+        token = set_stream(UNSTREAMED)
+        try:
+            yield
+        finally:
+            reset_stream(token)
         return
-    from ..streaming import CallStream, reset_stream, set_stream
 
     writer = WorkerWriter(info)
     token = set_stream(CallStream(writer, info.node, info.step, info.send_index))

@@ -41,10 +41,8 @@ PENDING: dict[str, str] = {
     "and records a failed task's error on it: checkpoint ids, parents and tasks differ",
     "state_api": "LangGraph saves an input checkpoint (step -1) before step 0: the history "
     "has one more snapshot and every parent link differs",
-    "stream_modes": "needs the checkpoints and tasks stream modes, debug's checkpoint chunks "
-    "(LangGraph's input checkpoint at step -1 first), version='v2' stream parts and "
-    "invoke(stream_mode=...); and get_stream_writer() outside a run raises RuntimeError "
-    "under LangGraph (the engine's drops what it is given)",
+    "stream_modes": "needs the checkpoints stream mode and debug's checkpoint chunks, "
+    "which start with LangGraph's input checkpoint (step -1); every other entry matches",
     "human_review": "needs interrupt() and Command(resume=...)",
     "parallel_interrupts": "needs interrupt() and Command(resume=...)",
     "supervisor_handoff": "needs Command(goto=...) returned by nodes",
