@@ -1,8 +1,8 @@
 """What a worker process of the cpu lane runs: its entry point, its marker, its guard.
 
 Imported inside worker processes, so it stays small and imports nothing of
-the engine but ``engine.procs`` and its two light siblings (``measure``,
-``frames``). Data flow of a cpu-lane call (``process.py`` has the driver's
+the engine but ``engine.procs`` and its light siblings (``measure``,
+``frames``, ``channel``: the stream writer of a streamed run's calls). Data flow of a cpu-lane call (``process.py`` has the driver's
 side)::
 
     driver: frames.request(fn, init, [arg blob, ...])  --bytes-->  worker:
