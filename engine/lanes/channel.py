@@ -13,8 +13,9 @@
 A worker's writer returns only once the driver's reader has handed the chunk
 to the run's sink, so every chunk a node wrote is in the stream before its
 call's result can arrive (same order as on the driver's lanes); chunks the
-consumer has not read yet wait in the driver, as on every lane. The channel is opened only for a run that streams and has a
-cpu call; a worker connects only when its node writes. A worker that dies
+consumer has not read yet wait in the driver, as on every lane. The channel
+is opened only for a run that streams and has a cpu call; a worker connects
+only when its node writes. A worker that dies
 closes its end like any other (the reader sees EOF): crash attribution stays
 the markers' (``process.py``). Connections are authenticated with a key made
 per run and sent with the call.

@@ -2,8 +2,8 @@
 
 Imported inside worker processes, so it stays small and imports nothing of
 the engine but ``engine.procs`` and its light siblings (``measure``,
-``frames``, ``channel``: the stream writer of a streamed run's calls). Data flow of a cpu-lane call (``process.py`` has the driver's
-side)::
+``frames``, ``channel``: the stream writer of a streamed run's calls).
+Data flow of a cpu-lane call (``process.py`` has the driver's side)::
 
     driver: frames.request(fn, init, [arg blob, ...])  --bytes-->  worker:
                 run_marked("calls", payload, marker)    marker <- its pid (O_EXCL)
