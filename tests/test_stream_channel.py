@@ -202,3 +202,17 @@ def test_the_facade_streams_runtime_and_cpu_lane_chunks_as_langgraph() -> None:
         _runtime_graph("engine.langgraph", True).stream({"x": 0}, stream_mode=["custom", "updates"])
     )
     assert got == expected
+
+
+def writes_a_lock(s: S) -> dict[str, Any]:
+    get_stream_writer()(threading.Lock())
+    return {"log": ["not reached"]}
+
+
+async def test_a_chunk_that_cannot_pickle_fails_its_node_saying_why() -> None:
+    with pytest.raises(NodeError, match="must pickle to reach the driver") as caught:
+        async for _ in one_node(writes_a_lock).astream(
+            {"path": "", "log": []}, stream_mode="custom"
+        ):
+            pass
+    assert caught.value.node == "work"

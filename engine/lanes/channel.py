@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import threading
 from collections.abc import Callable, Iterator
 from multiprocessing.connection import Client, Connection, Listener
@@ -148,7 +149,15 @@ class WorkerWriter:
             except OSError:
                 self._unreachable = True
                 return
-        self._conn.send((mode, chunk))
+        try:
+            data = pickle.dumps((mode, chunk), protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:
+            raise TypeError(
+                f"a {mode!r} stream chunk written in a cpu-lane worker must pickle to reach "
+                f"the driver ({type(exc).__name__}: {exc}); write plain data, or run the "
+                "node on a driver lane"
+            ) from exc
+        self._conn.send_bytes(data)
         self._conn.recv_bytes()  # the driver has it
 
     def close(self) -> None:
