@@ -431,7 +431,9 @@ class Dispatcher:
                     route.fn,
                     init=route.init,
                     memory=route.memory,
-                    stream=self.recorder.stream_info(route.node, step),
+                    stream=self.recorder.stream_info(
+                        route.node, step, indexes=tuple(c.task.index for c in calls)
+                    ),
                 )
                 if calls
                 else []

@@ -179,15 +179,18 @@ class Recorder:
             self._emit = RunStream(emit)
         return self._emit
 
-    def stream_info(self, node: str, step: int, index: int = -1) -> StreamInfo | None:
-        """What a cpu-lane call sends to its worker to stream its chunks while it runs:
-        the run's chunk channel, opened at the first such call; None when nobody streams."""
+    def stream_info(
+        self, node: str, step: int, index: int = -1, indexes: tuple[int, ...] = ()
+    ) -> StreamInfo | None:
+        """What a cpu-lane call (a chunk of Send calls: ``indexes``) sends to its worker to
+        stream its chunks while it runs: the run's chunk channel, opened at the first such
+        call; None when nobody streams."""
         emit = self.writer()
         if emit is None:
             return None
         if self._channel is None:
             self._channel = ChunkChannel(emit)
-        return self._channel.info(node, step, index)
+        return self._channel.info(node, step, index, indexes)
 
     def close_channel(self) -> None:
         """Close the run's chunk channel, if a cpu call opened one."""

@@ -216,3 +216,25 @@ async def test_a_chunk_that_cannot_pickle_fails_its_node_saying_why() -> None:
         ):
             pass
     assert caught.value.node == "work"
+
+
+def many(s: S) -> list[Send]:
+    return [Send("work", {"path": str(i), "log": []}) for i in range(64)]
+
+
+def says_its_path(s: S) -> dict[str, Any]:
+    get_message_writer()(s["path"])
+    return {"log": [s["path"]]}
+
+
+async def test_each_call_of_a_batched_fan_out_is_named_in_its_tokens_metadata() -> None:
+    """64 Sends go to the pool in chunks; each token's metadata has its own call's Send index."""
+    g = Graph(S)
+    g.add_node("work", says_its_path, lane="cpu")
+    g.add_conditional_edges(START, many, ["work"])
+    g.add_edge("work", END)
+    got = [c async for c in g.compile().astream({"path": "", "log": []}, stream_mode="messages")]
+    assert len(got) == 64
+    for chunk, meta in got:
+        assert meta["langgraph_path"] == ("__pregel_push", int(chunk.content))
+        assert meta["langgraph_triggers"] == ("__pregel_push",)

@@ -43,6 +43,8 @@ class StreamInfo(NamedTuple):
     node: str
     step: int
     send_index: int = -1
+    #: A chunk of Send calls in one submission: each call's Send index, in order.
+    send_indexes: tuple[int, ...] = ()
 
 
 class ChunkChannel:
@@ -71,9 +73,12 @@ class ChunkChannel:
     def __repr__(self) -> str:
         return f"<ChunkChannel {self.address!r} readers={len(self._readers)}>"
 
-    def info(self, node: str, step: int, index: int = -1) -> StreamInfo:
-        """What a call of ``node`` in ``step`` (its Send index) sends to its worker."""
-        return StreamInfo(self.address, self._authkey, node, step, index)
+    def info(
+        self, node: str, step: int, index: int = -1, indexes: tuple[int, ...] = ()
+    ) -> StreamInfo:
+        """What a call of ``node`` in ``step`` (its Send index; a chunk's: each call's)
+        sends to its worker."""
+        return StreamInfo(self.address, self._authkey, node, step, index, indexes)
 
     def _accept(self) -> None:
         while True:
@@ -168,26 +173,36 @@ class WorkerWriter:
 
 
 @contextlib.contextmanager
-def worker_stream(info: StreamInfo | None) -> Iterator[None]:
+def worker_stream(info: StreamInfo | None) -> Iterator[Callable[[int], None]]:
     """In a worker: the stream of the calls run inside (``UNSTREAMED`` when nobody streams:
-    its writers drop what they are given, and a node can tell it runs in a run)."""
+    its writers drop what they are given, and a node can tell it runs in a run). Yields
+    ``at(i)``: the ``i``-th call of a chunk of Send calls is about to run."""
     from ..streaming import UNSTREAMED, CallStream, reset_stream, set_stream
 
     if info is None:
         token = set_stream(UNSTREAMED)
         try:
-            yield
+            yield _nowhere
         finally:
             reset_stream(token)
         return
 
     writer = WorkerWriter(info)
     token = set_stream(CallStream(writer, info.node, info.step, info.send_index))
+
+    def at(i: int) -> None:
+        if info.send_indexes:
+            set_stream(CallStream(writer, info.node, info.step, info.send_indexes[i]))
+
     try:
-        yield
+        yield at
     finally:
-        reset_stream(token)
+        reset_stream(token)  # the value before the first set, whatever ``at`` set since
         writer.close()
+
+
+def _nowhere(i: int) -> None:
+    """``at`` of a run nobody streams: nothing to say which call runs."""
 
 
 __all__ = ["ChunkChannel", "StreamInfo", "WorkerWriter", "worker_stream"]

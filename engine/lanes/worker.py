@@ -53,11 +53,11 @@ def run_calls(payload: bytes) -> bytes:
     them all (``frames.decode`` shares it out by wall time).
     """
     fn_bytes, init, blobs, stream = pickle.loads(payload)
-    with worker_stream(stream):  # get_stream_writer() sends to the driver, if it streams
-        return _run_calls(fn_bytes, init, blobs)
+    with worker_stream(stream) as at:  # get_stream_writer() sends to the driver, if streamed
+        return _run_calls(fn_bytes, init, blobs, at)
 
 
-def _run_calls(fn_bytes: bytes, init: Any, blobs: list[bytes]) -> bytes:
+def _run_calls(fn_bytes: bytes, init: Any, blobs: list[bytes], at: Callable[[int], None]) -> bytes:
     start = time.time()
     try:
         fn = load_fn(fn_bytes)
@@ -67,7 +67,8 @@ def _run_calls(fn_bytes: bytes, init: Any, blobs: list[bytes]) -> bytes:
     where = (os.getpid(), threading.get_native_id(), hostname())
     queued0 = queued_s()
     results: list[tuple[Measured, int]] = []
-    for blob in blobs:
+    for i, blob in enumerate(blobs):
+        at(i)  # the stream knows which call of a chunk runs
         try:
             arg = pickle.loads(blob)
         except BaseException as exc:
