@@ -38,7 +38,7 @@ from .resources import Budgets, Clock, Rate, SystemClock
 from .running import run_sync
 from .saving import RunCursor, RunSaver
 from .scheduler import RunResult, Scheduler
-from .streaming import ChunkSink, chunks_of, iterate_sync, parse_modes
+from .streaming import ChunkSink, chunks_of, iterate_sync, parse_modes, shape_debug
 from .threads import StateSnapshot, get_state, get_state_history, picked_for_run, update_state
 from .warm import parse_size, workers_for_memory
 from .watchdog import DEFAULT_THRESHOLD_S, LoopWatchdog
@@ -611,12 +611,14 @@ class CompiledGraph(Generic[S]):
     ) -> AsyncIterator[Any]:
         """Yield typed events as they happen; raises the run's error at the end.
 
-        With ``stream_mode`` (``"values"``, ``"updates"``, ``"custom"`` or a
-        list of them) it yields those chunks instead: the state after the
-        input and after each step, each node's update as ``{node: update}``,
-        what nodes write with ``get_stream_writer()``; a list yields
-        ``(mode, chunk)`` pairs. An ``on_event`` observer given too hears the
-        events; one that raises is dropped on its own.
+        With ``stream_mode`` (``"values"``, ``"updates"``, ``"custom"``,
+        ``"messages"``, ``"debug"`` or a list of them) it yields LangGraph's
+        chunks instead: the state after the input and after each step, each
+        node's update as ``{node: update}``, what nodes write with
+        ``get_stream_writer()`` (from every lane, while they run), tokens as
+        ``(message_chunk, metadata)``, each task and its result; a list
+        yields ``(mode, chunk)`` pairs. An ``on_event`` observer given too
+        hears the events; one that raises is dropped on its own.
         """
         opts = _options(options, kwargs)
         if stream_mode is None:
@@ -626,7 +628,11 @@ class CompiledGraph(Generic[S]):
 
         def run(sink: ChunkSink) -> Coroutine[Any, Any, RunResult[S]]:
             def shaped(mode: str, chunk: Any) -> None:
-                sink(mode, final(chunk) if mode == "values" else chunk)
+                if mode == "values":
+                    chunk = final(chunk)
+                elif mode == "debug":
+                    chunk = shape_debug(chunk, final)
+                sink(mode, chunk)
 
             return self.arun(input, dataclasses.replace(opts, on_chunk=shaped))
 

@@ -298,7 +298,8 @@ class Dispatcher:
     async def _on_lane(self, call: Call, route: Route, arg: Any) -> Outcome:
         if self._writer is None or route.placement is Placement.PROCESS:
             return await self._placed(call, route, arg)
-        token = set_writer(self._writer)  # get_stream_writer() in the node finds it
+        # get_stream_writer() in the node finds it
+        token = set_writer(self._writer, call.task.node, call.step, call.task.index, arg)
         try:
             return await self._placed(call, route, arg)
         finally:
@@ -323,9 +324,11 @@ class Dispatcher:
                 finally:
                     watchdog.leave(key)
             if where is Placement.PROCESS:
+                stream = self.recorder.stream_info(call.task.node, call.step, call.task.index)
                 return await lanes.cpu.run(
-                    call, route.fn, arg, timeout=route.timeout, init=route.init, memory=route.memory
-                )
+                    call, route.fn, arg, timeout=route.timeout, init=route.init,
+                    memory=route.memory, stream=stream,
+                )  # fmt: skip
             if where is Placement.LOOP_CALL:
                 if not route.guarded:
                     return run_here(call, route.lane, route.fn, arg, route.init, lanes.resources)
@@ -423,7 +426,14 @@ class Dispatcher:
         try:
             outcomes = (
                 await self.lanes.cpu.run_chunk(
-                    calls, blobs, route.fn, init=route.init, memory=route.memory
+                    calls,
+                    blobs,
+                    route.fn,
+                    init=route.init,
+                    memory=route.memory,
+                    stream=self.recorder.stream_info(
+                        route.node, step, indexes=tuple(c.task.index for c in calls)
+                    ),
                 )
                 if calls
                 else []
@@ -460,8 +470,9 @@ class Dispatcher:
         started = time.time()
         try:
             (out,) = await self.lanes.cpu.run_chunk(
-                [call], [blob], route.fn, init=route.init, memory=route.memory
-            )
+                [call], [blob], route.fn, init=route.init, memory=route.memory,
+                stream=self.recorder.stream_info(route.node, call.step, call.task.index),
+            )  # fmt: skip
         except Exception as exc:
             failure = _failure(exc, route)
             if failure is None:

@@ -57,12 +57,39 @@ from .classify import is_coroutine_function
 from .drawing import Drawing
 from .errors import InvalidUpdateError, NodeError, NodeTimeoutError, RecursionLimitError
 from .graph import Graph
+from .lcmessages import run_config
+from .lgtypes import (
+    All,
+    Durability,
+    EmptyInputError,
+    GraphBubbleUp,
+    GraphInterrupt,
+    GraphOutput,
+    Interrupt,
+    NodeInterrupt,
+    Overwrite,
+    ParentCommand,
+    RunnableConfig,
+    StreamMode,
+    StreamWriter,
+    get_store,
+    stream_part,
+)
 from .messages import REMOVE_ALL_MESSAGES, MessagesState, RemoveMessage, add_messages
 from .policy import RetryPolicy
 from .running import run_sync
 from .spec import END, START, Send
 from .state import StateSchema, kind_of
-from .streaming import ChunkSink, chunks_of, get_stream_writer, iterate_sync, parse_modes
+from .streaming import (
+    ChunkSink,
+    chunks_of,
+    current_stream,
+    iterate_sync,
+    parse_modes,
+    shape_debug,
+    write_custom,
+)
+from .streaming import get_stream_writer as engine_stream_writer
 
 S = TypeVar("S")
 
@@ -88,9 +115,17 @@ class Runtime(Generic[S]):
     """What a node taking ``runtime`` gets: the run's ``context`` and its stream writer."""
 
     context: Any = None
-    stream_writer: Callable[[Any], None] = dataclasses.field(default=get_stream_writer())
+    stream_writer: Callable[[Any], None] = write_custom
     store: Any = None
     previous: Any = None
+
+
+def get_stream_writer() -> Callable[[Any], None]:
+    """The running node's ``custom`` chunk writer (it drops what it is given when the run
+    is not streamed); ``RuntimeError`` outside a run, as LangGraph's."""
+    if current_stream() is None and _config.get() is None:
+        raise RuntimeError("get_stream_writer() called outside of a run of a graph")
+    return engine_stream_writer()
 
 
 def get_config() -> dict[str, Any]:
@@ -149,7 +184,7 @@ def _extras(config: bool, runtime: bool) -> dict[str, Any]:
     if config:
         out["config"] = _config.get() or {}
     if runtime:
-        out["runtime"] = _runtime.get() or Runtime(stream_writer=get_stream_writer())
+        out["runtime"] = _runtime.get() or Runtime()
     return out
 
 
@@ -406,16 +441,22 @@ class CompiledStateGraph(Generic[S]):
         context: Any = None,
         stream_mode: str = "values",
         output_keys: str | Sequence[str] | None = None,
+        version: str = "v1",
         **kwargs: Any,
     ) -> Any:
+        if stream_mode != "values":  # LangGraph's invoke: the list of that mode's chunks
+            chunks = [c async for c in self._astream(input, config, context, stream_mode, "v1")]
+            return GraphOutput(chunks) if version == "v2" else chunks
         opts = self._options(config, context)
         _config.set(self._run_config(config))
-        _runtime.set(Runtime(context=self._context(context), stream_writer=get_stream_writer()))
+        run_config.set(_config.get())  # tags and metadata for chat models' messages
+        _runtime.set(Runtime(context=self._context(context)))
         try:
             result = await self.app.arun(input, opts)
         except (NodeError, RecursionLimitError) as exc:
             raise _own(exc) from None
-        return self._output(result.values, output_keys)
+        output = self._output(result.values, output_keys)
+        return GraphOutput(output) if version == "v2" else output
 
     def invoke(
         self,
@@ -425,10 +466,19 @@ class CompiledStateGraph(Generic[S]):
         context: Any = None,
         stream_mode: str = "values",
         output_keys: str | Sequence[str] | None = None,
+        version: str = "v1",
         **kwargs: Any,
     ) -> Any:
         return run_sync(
-            self.ainvoke(input, config, context=context, output_keys=output_keys, **kwargs)
+            self.ainvoke(
+                input,
+                config,
+                context=context,
+                stream_mode=stream_mode,
+                output_keys=output_keys,
+                version=version,
+                **kwargs,
+            )
         )
 
     async def abatch(
@@ -449,10 +499,14 @@ class CompiledStateGraph(Generic[S]):
         config: Mapping[str, Any] | None,
         context: Any,
         stream_mode: str | Sequence[str] | None,
+        version: str = "v1",
     ) -> AsyncIterator[Any]:
+        if version not in ("v1", "v2"):
+            raise ValueError(f"unknown version {version!r}: use 'v1' or 'v2'")
         opts = self._options(config, context)
         _config.set(self._run_config(config))
-        _runtime.set(Runtime(context=self._context(context), stream_writer=get_stream_writer()))
+        run_config.set(_config.get())  # tags and metadata for chat models' messages
+        _runtime.set(Runtime(context=self._context(context)))
         modes, pairs = parse_modes(self.stream_mode if stream_mode is None else stream_mode)
         schema = self.app.plan.schema
 
@@ -460,6 +514,8 @@ class CompiledStateGraph(Generic[S]):
             def shaped(mode: str, chunk: Any) -> None:
                 if mode == "values":
                     chunk = schema.all_values(chunk)
+                elif mode == "debug":
+                    chunk = shape_debug(chunk, schema.all_values)
                 elif mode == "updates":
                     chunk = {
                         node: (dict(upd) if upd and node != "__metadata__" else upd or None)
@@ -470,8 +526,12 @@ class CompiledStateGraph(Generic[S]):
             return self.app.arun(input, dataclasses.replace(opts, on_chunk=shaped))
 
         try:
-            async for item in chunks_of(run, modes, pairs):
-                yield item
+            if version == "v2":
+                async for mode, chunk in chunks_of(run, modes, True):
+                    yield stream_part(mode, chunk)
+            else:
+                async for item in chunks_of(run, modes, pairs):
+                    yield item
         except (NodeError, RecursionLimitError) as exc:
             raise _own(exc) from None
 
@@ -482,11 +542,12 @@ class CompiledStateGraph(Generic[S]):
         *,
         context: Any = None,
         stream_mode: str | Sequence[str] | None = None,
+        version: str = "v1",
         **kwargs: Any,
     ) -> AsyncIterator[Any]:
         if stream_mode is not None:
             parse_modes(stream_mode)
-        return self._astream(input, config, context, stream_mode)
+        return self._astream(input, config, context, stream_mode, version)
 
     def stream(
         self,
@@ -495,11 +556,12 @@ class CompiledStateGraph(Generic[S]):
         *,
         context: Any = None,
         stream_mode: str | Sequence[str] | None = None,
+        version: str = "v1",
         **kwargs: Any,
     ) -> Iterator[Any]:
         if stream_mode is not None:
             parse_modes(stream_mode)
-        return iterate_sync(lambda: self._astream(input, config, context, stream_mode))
+        return iterate_sync(lambda: self._astream(input, config, context, stream_mode, version))
 
     def get_graph(self) -> Drawing:
         return self.app.get_graph()
@@ -591,27 +653,41 @@ __all__ = [
     "END",
     "REMOVE_ALL_MESSAGES",
     "START",
+    "All",
     "CachePolicy",
     "Command",
     "CompiledStateGraph",
+    "Durability",
+    "EmptyInputError",
+    "GraphBubbleUp",
+    "GraphInterrupt",
+    "GraphOutput",
     "GraphRecursionError",
     "InMemoryCache",
     "InMemorySaver",
+    "Interrupt",
     "InvalidUpdateError",
     "MemorySaver",
     "MessagesState",
     "NodeError",
+    "NodeInterrupt",
     "NodeTimeoutError",
+    "Overwrite",
+    "ParentCommand",
     "RemoveMessage",
     "RetryPolicy",
+    "RunnableConfig",
     "Runtime",
     "Send",
     "SqliteCache",
     "SqliteSaver",
     "StateGraph",
+    "StreamMode",
+    "StreamWriter",
     "add_messages",
     "get_config",
     "get_runtime",
+    "get_store",
     "get_stream_writer",
     "interrupt",
 ]

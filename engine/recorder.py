@@ -11,6 +11,10 @@
                                                where the call was measured) -> ``calls``
                                                worker_init builds, budget waits, loop lags
                                                -> ``marks``
+      values(state), updates(step, writes)     stream chunks (engine.streaming), when the
+      call_started / finished / failed           run streams: values, updates, debug; the
+                                                 node calls' writer and the cpu workers'
+                                                 chunk channel (lanes.channel)
 
 Nothing is copied field by field from one record into a look-alike: a call's
 ``NodeCall`` comes built in its ``Outcome``, and a log line is the event it
@@ -23,9 +27,10 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
+from . import lcmessages
 from .events import (
     BudgetWaited,
     Event,
@@ -40,15 +45,24 @@ from .events import (
     WorkerLoaded,
 )
 from .lanes.calls import Call, Outcome
+from .lanes.channel import ChunkChannel, StreamInfo
 from .logs import get_logger
 from .marks import Mark
+from .streaming import (
+    CallStream,
+    ChunkSink,
+    RunStream,
+    StateInput,
+    debug_result,
+    debug_task,
+    task_id,
+)
 from .trace import NodeCall, Trace
 from .warm import load_mark
 
 if TYPE_CHECKING:
     from .errors import InvalidUpdateError, NodeError
     from .resources import Budgets, BudgetWait, Clock
-    from .streaming import ChunkSink
     from .watchdog import LoopWatchdog
 
 log = get_logger("engine")
@@ -104,6 +118,10 @@ class Recorder:
         self.calls: list[NodeCall] = []
         self._loads: list[Mark] = []
         self._failures_logged: dict[int, int] = {}  # step -> node_failed lines so far
+        self._emit: RunStream | None = None  # node calls' chunk writer, made once
+        self._channel: ChunkChannel | None = None  # cpu workers' chunks, opened on first use
+        self._state: Any = None  # the state the running step started from (debug chunks)
+        self._wrote = True  # whether the last step wrote anything (a values chunk after it)
 
     def __repr__(self) -> str:
         return f"<Recorder run={self.run_id} calls={len(self.calls)}>"
@@ -116,39 +134,84 @@ class Recorder:
     # -- stream chunks -------------------------------------------------------------
 
     def values(self, state: Any) -> None:
-        """The state a step starts from: a ``values`` chunk."""
+        """The state a step starts from: a ``values`` chunk; none after a step that wrote
+        nothing (LangGraph's rule: the state did not change)."""
         if self.chunks is not None:
-            self.chunks("values", state)
+            self._state = state  # a debug task's input
+            if self._wrote:
+                self.chunks("values", state)
+            self._wrote = True
 
     def updates(self, step: int, writes: Iterable[tuple[str, int, Any]]) -> None:
         """A step's writes, ``(node, index, update)`` in (node, Send index) order:
-        ``updates`` chunks, ``{node: update}``, with ``"__metadata__": {"cached": True}``
-        for an update the node cache gave."""
+        ``updates`` chunks, ``{node: update}`` (None for a node that wrote nothing), with
+        ``"__metadata__": {"cached": True}`` for an update the node cache gave."""
         if self.chunks is None:
             return
         cached = {(c.node, c.index) for c in self.calls if c.step == step and c.cached}
+        wrote = False
         for node, index, update in writes:
-            chunk = {node: update}
+            empty = update is None or (isinstance(update, Mapping) and not update)
+            wrote = wrote or not empty
+            chunk = {node: None if empty else update}
             if (node, index) in cached:
                 chunk["__metadata__"] = {"cached": True}
             self.chunks("updates", chunk)
+        self._wrote = wrote
 
-    def writer(self) -> Callable[[Any], None] | None:
-        """A node's stream writer for this run: ``custom`` chunks, from the loop's thread or
-        any other (a thread-lane call's chunks are handed to the loop in order)."""
+    def writer(self) -> RunStream | None:
+        """The run's ``(mode, chunk)`` writer for node calls, from the loop's thread or any
+        other (a chunk from another thread is handed to the loop, in order); None when
+        nobody streams."""
         chunks = self.chunks
         if chunks is None:
             return None
-        loop = asyncio.get_running_loop()
-        loop_thread = threading.get_ident()
+        if self._emit is None:
+            loop = asyncio.get_running_loop()
+            loop_thread = threading.get_ident()
 
-        def write(chunk: Any) -> None:
-            if threading.get_ident() == loop_thread:
-                chunks("custom", chunk)
-            else:
-                loop.call_soon_threadsafe(chunks, "custom", chunk)
+            def emit(mode: str, chunk: Any) -> None:
+                if threading.get_ident() == loop_thread:
+                    chunks(mode, chunk)
+                else:
+                    loop.call_soon_threadsafe(chunks, mode, chunk)
 
-        return write
+            self._emit = RunStream(emit)
+        return self._emit
+
+    def stream_info(
+        self, node: str, step: int, index: int = -1, indexes: tuple[int, ...] = ()
+    ) -> StreamInfo | None:
+        """What a cpu-lane call (a chunk of Send calls: ``indexes``) sends to its worker to
+        stream its chunks while it runs: the run's chunk channel, opened at the first such
+        call; None when nobody streams."""
+        emit = self.writer()
+        if emit is None:
+            return None
+        if self._channel is None:
+            self._channel = ChunkChannel(emit)
+        return self._channel.info(node, step, index, indexes)
+
+    def close_channel(self) -> None:
+        """Close the run's chunk channel, if a cpu call opened one."""
+        if self._channel is not None:
+            self._channel.close()
+
+    # -- debug chunks ----------------------------------------------------------------
+
+    def _debug_task(self, call: Call) -> None:
+        assert self.chunks is not None
+        task = call.task
+        ident = task_id(self.run_id, call.step, task.node, task.index)
+        arg = task.payload if task.has_payload else StateInput(self._state)
+        self.chunks("debug", debug_task(call.step, ident, task.node, task.index, arg))
+
+    def _debug_result(self, out: Outcome, error: BaseException | None) -> None:
+        assert self.chunks is not None
+        call = out.call
+        ident = task_id(self.run_id, call.step, call.task.node, call.task.index)
+        value = None if error is not None else out.value
+        self.chunks("debug", debug_result(call.step, ident, call.task.node, value, error))
 
     # -- the run -------------------------------------------------------------------
 
@@ -168,6 +231,7 @@ class Recorder:
     def run_finished(
         self, status: RunStatus, steps: int, wall_s: float, error: BaseException | None
     ) -> None:
+        self.close_channel()
         if self._watchdog is not None:
             self._watchdog.flush()  # a block in the last step, before RunFinished
         self._tell(
@@ -215,6 +279,8 @@ class Recorder:
     # -- calls ---------------------------------------------------------------------
 
     def call_started(self, call: Call, lane: str) -> None:
+        if self.chunks is not None and call.attempt == 1:
+            self._debug_task(call)
         if self._chatty:
             task = call.task
             self._tell(
@@ -232,6 +298,12 @@ class Recorder:
     def call_finished(self, out: Outcome) -> None:
         """A call that succeeded: its record, its worker_init build, NodeFinished."""
         record = self._keep(out)
+        if self.chunks is not None:
+            self._debug_result(out, None)
+            if self._emit is not None and lcmessages.wanted():  # messages a node returned
+                task = out.call.task
+                stream = CallStream(self._emit, task.node, out.call.step, task.index)
+                lcmessages.node_output(self._emit, stream, out.value)
         if self._chatty:
             self._tell(
                 NodeFinished(
@@ -253,6 +325,8 @@ class Recorder:
     ) -> None:
         """A failed attempt: its record, NodeFailed; a warning for the step's first few."""
         record = self._keep(out)
+        if self.chunks is not None and not will_retry:
+            self._debug_result(out, out.failure.error if out.failure is not None else error)
         logged = self._failures_logged.get(record.step, 0) + 1
         self._failures_logged[record.step] = logged
         error_type = getattr(error, "error_type", "") or type(error).__name__

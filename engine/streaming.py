@@ -2,42 +2,109 @@
 
 ::
 
-    scheduler, run start          -> ("values", state)            the input written
-    scheduler, each barrier       -> ("updates", (node, update))  each write, (node, Send) order
-                                  -> ("values", state)            the state after the merge
-    a node: get_stream_writer()(x) -> ("custom", x)                while it runs (driver lanes)
+    scheduler, run start           -> ("values", state)            the input written
+    recorder, a task's first try   -> ("debug", {"type": "task", ...}), ("tasks", payload)
+    a node: get_stream_writer()(x) -> ("custom", x)                while it runs, any lane
+    a node: get_message_writer()(t)-> ("messages", (chunk, meta))  a token, as it comes
+    recorder, a task settled       -> ("debug", {"type": "task_result", ...}), ("tasks", ...)
+    scheduler, each barrier        -> ("updates", {node: update})  each write, (node, Send) order
+                                   -> ("values", state)            the state after the merge
 
 ``app.astream(input, stream_mode="values")`` (or ``"updates"``, ``"custom"``,
-or a list of them, which yields ``(mode, chunk)`` pairs) turns these into
-LangGraph's chunk shapes: a ``values`` chunk is the state (a dict for a
-TypedDict state), an ``updates`` chunk is ``{node: update}``.
+``"messages"``, ``"debug"``, ``"tasks"``, or a list of them, which yields ``(mode, chunk)``
+pairs) turns these into LangGraph's chunk shapes. Without ``stream_mode``
+``astream`` yields the engine's typed events (``engine.events``).
 
-A node's writer is a context variable set by the dispatcher around each call
-that runs in this process (the io, thread and inline lanes). A cpu-lane node
-in a worker process has no channel back to the driver while it runs: its
-``get_stream_writer()`` returns a writer that drops what it is given, as
-LangGraph's does outside a stream (documented in docs/migrating.md).
+A node finds its call's stream in a context variable: the dispatcher sets
+it around each call that runs in this process (io, thread and inline lanes);
+a cpu-lane worker sets it around the calls it runs, with a writer that sends
+each chunk back to the driver over the run's chunk channel
+(``engine.lanes.channel``) and returns once the driver has it. A run nobody
+streams sets no writer: ``get_stream_writer()`` then returns one that drops
+what it is given, as LangGraph's does outside a stream.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
+import dataclasses
+import datetime
 import queue
+import sys
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
 T = TypeVar("T")
 
-StreamMode = Literal["values", "updates", "custom"]
-STREAM_MODES: tuple[StreamMode, ...] = ("values", "updates", "custom")
+StreamMode = Literal["values", "updates", "custom", "messages", "debug", "tasks"]
+STREAM_MODES: tuple[StreamMode, ...] = (
+    "values",
+    "updates",
+    "custom",
+    "messages",
+    "debug",
+    "tasks",
+)
 
-#: Where a run's chunks go: ``(mode, chunk)``.
+#: Where a run's chunks go: ``(mode, chunk)``. Callable from any thread of the driver.
 ChunkSink = Callable[[str, Any], None]
 
-_writer: contextvars.ContextVar[Callable[[Any], None] | None] = contextvars.ContextVar(
-    "engine_stream_writer", default=None
+
+class RunStream:
+    """One run's chunk writer for its node calls: ``(mode, chunk)`` from any thread, and
+    the message ids the ``messages`` mode has seen (a message is streamed once)."""
+
+    def __init__(self, emit: ChunkSink) -> None:
+        self._emit = emit
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, mode: str, chunk: Any) -> None:
+        self._emit(mode, chunk)
+
+    def see(self, message_id: str) -> bool:
+        """Mark a message id seen; True when it was not seen before."""
+        with self._lock:
+            fresh = message_id not in self._seen
+            self._seen.add(message_id)
+            return fresh
+
+
+@dataclasses.dataclass(frozen=True)
+class CallStream:
+    """The stream of one node call: where its chunks go, and which call it is."""
+
+    emit: ChunkSink
+    node: str
+    step: int
+    index: int = -1
+
+    def custom(self, chunk: Any) -> None:
+        """A ``custom`` chunk (what ``get_stream_writer()`` returns)."""
+        self.emit("custom", chunk)
+
+    def metadata(self) -> dict[str, Any]:
+        """LangGraph's ``messages`` metadata for this call (its step counts from 1)."""
+        pushed = self.index >= 0
+        path = ("__pregel_push", self.index) if pushed else ("__pregel_pull", self.node)
+        return {
+            "langgraph_step": self.step + 1,
+            "langgraph_node": self.node,
+            "langgraph_triggers": ("__pregel_push",) if pushed else (f"branch:to:{self.node}",),
+            "langgraph_path": path,
+        }
+
+
+_stream: contextvars.ContextVar[CallStream | None] = contextvars.ContextVar(
+    "engine_call_stream", default=None
+)
+#: The modes the run being streamed asked for (set by ``chunks_of`` for its run's task).
+_modes: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar(
+    "engine_stream_modes", default=frozenset()
 )
 
 
@@ -45,20 +112,176 @@ def _drop(chunk: Any) -> None:
     """The writer outside a streamed call: what it is given goes nowhere."""
 
 
+def _drop_chunk(mode: str, chunk: Any) -> None:
+    """Where the chunks of a call nobody streams go: nowhere."""
+
+
+#: The stream of a call in a run nobody streams (a cpu-lane worker sets it: "in a run").
+UNSTREAMED = CallStream(_drop_chunk, "", -1)
+
+
+def current_stream() -> CallStream | None:
+    """The stream of the node call running now (``UNSTREAMED`` in a worker's call of a run
+    nobody streams); None outside any call that set one."""
+    return _stream.get()
+
+
 def get_stream_writer() -> Callable[[Any], None]:
     """The writer of the node call running now: ``writer(chunk)`` emits a ``custom``
     chunk to the run's stream. Outside a streamed run it drops what it is given."""
-    writer = _writer.get()
-    return _drop if writer is None else writer
+    stream = _stream.get()
+    return _drop if stream is None or stream.emit is _drop_chunk else stream.custom
 
 
-def set_writer(writer: Callable[[Any], None] | None) -> contextvars.Token[Any]:
-    """Set the writer for the current context (the dispatcher, around one call)."""
-    return _writer.set(writer)
+def write_custom(chunk: Any) -> None:
+    """``get_stream_writer()(chunk)``, the writer looked up at each call: a writer that
+    can be held before the node runs (``runtime.stream_writer``)."""
+    get_stream_writer()(chunk)
 
 
-def reset_writer(token: contextvars.Token[Any]) -> None:
-    _writer.reset(token)
+def get_message_writer() -> Callable[[Any], None]:
+    """A writer of one message's tokens for the ``messages`` stream mode.
+
+    ``write = get_message_writer(); write("hel"); write("lo")`` emits
+    ``(chunk, metadata)`` pairs: ``chunk`` an ``AIMessageChunk`` (langchain-core's
+    when it is installed, else :class:`MessageChunk`), the same message id on every
+    token of one writer; ``metadata`` names the node (``langgraph_node``) and its
+    step. A chunk that is a message object already is passed on as it is.
+    Outside a streamed run it drops what it is given.
+    """
+    stream = _stream.get()
+    if stream is None or stream.emit is _drop_chunk:
+        return _drop
+    message_id = f"run-{uuid.uuid4()}"
+    metadata = stream.metadata()
+
+    def write(token: Any) -> None:
+        chunk = message_chunk(token, message_id) if isinstance(token, str) else token
+        stream.emit("messages", (chunk, dict(metadata)))
+
+    return write
+
+
+@dataclasses.dataclass(frozen=True)
+class MessageChunk:
+    """One token of an AI message when langchain-core is not installed."""
+
+    content: str
+    id: str | None = None
+    type: str = "AIMessageChunk"
+
+
+def message_chunk(text: str, message_id: str) -> Any:
+    """``text`` as an AI message chunk: langchain-core's class when importable."""
+    try:
+        from langchain_core.messages import AIMessageChunk
+    except ImportError:
+        return MessageChunk(content=text, id=message_id)
+    return AIMessageChunk(content=text, id=message_id)
+
+
+def set_stream(stream: CallStream | None) -> contextvars.Token[Any]:
+    """Set the call stream for the current context (around one call)."""
+    return _stream.set(stream)
+
+
+def reset_stream(token: contextvars.Token[Any]) -> None:
+    _stream.reset(token)
+
+
+def streaming_modes() -> frozenset[str]:
+    """The stream modes of the run in this context (empty when nobody streams it)."""
+    return _modes.get()
+
+
+class _Installed:
+    """What ``set_writer`` set for one call, undone by ``reset_writer``."""
+
+    def __init__(self, stream: contextvars.Token[Any], langchain: contextvars.Token[Any] | None):
+        self.stream = stream
+        self.langchain = langchain
+
+
+def set_writer(
+    emit: ChunkSink | None, node: str = "", step: int = 0, index: int = -1, arg: Any = None
+) -> _Installed:
+    """Set the stream of a call in this process: the dispatcher, around one call (``arg``,
+    its input: the messages in it are not streamed again when the node returns them)."""
+    if emit is None:
+        return _Installed(_stream.set(None), None)
+    stream = CallStream(emit, node, step, index)
+    langchain = None
+    if "messages" in _modes.get() and "langchain_core" in sys.modules:
+        # A chat model in the node streams its tokens, as under LangGraph's messages mode.
+        from .lcmessages import install
+
+        langchain = install(stream, arg)
+    return _Installed(_stream.set(stream), langchain)
+
+
+def reset_writer(installed: _Installed) -> None:
+    if installed.langchain is not None:
+        from .lcmessages import uninstall
+
+        uninstall(installed.langchain)
+    _stream.reset(installed.stream)
+
+
+# -- debug chunks ------------------------------------------------------------------------
+
+
+def task_id(run_id: str, step: int, node: str, index: int) -> str:
+    """A task's id in ``debug`` chunks: the same for its ``task`` and ``task_result``."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{run_id}/{step}/{node}/{index}"))
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat()
+
+
+@dataclasses.dataclass(frozen=True)
+class StateInput:
+    """A debug ``task`` chunk's input that is the run's state, as held: shaped by the app."""
+
+    state: Any
+
+
+def debug_task(step: int, ident: str, node: str, index: int, input: Any) -> dict[str, Any]:
+    """LangGraph's ``debug`` chunk for a task about to run (its step counts from 1)."""
+    triggers = ("__pregel_push",) if index >= 0 else (f"branch:to:{node}",)
+    return {
+        "step": step + 1,
+        "timestamp": _now(),
+        "type": "task",
+        "payload": {"id": ident, "name": node, "input": input, "triggers": triggers},
+    }
+
+
+def debug_result(
+    step: int, ident: str, node: str, result: Any, error: BaseException | None
+) -> dict[str, Any]:
+    """LangGraph's ``debug`` chunk for a task that ended: its writes, or its error."""
+    if result is None:
+        writes: Any = {}
+    elif isinstance(result, Mapping):
+        writes = dict(result)
+    else:
+        writes = result
+    return {
+        "step": step + 1,
+        "timestamp": _now(),
+        "type": "task_result",
+        "payload": {"id": ident, "name": node, "error": error, "result": writes, "interrupts": []},
+    }
+
+
+def shape_debug(chunk: dict[str, Any], shape: Callable[[Any], Any]) -> dict[str, Any]:
+    """A ``debug`` chunk whose task input is the state, that state shaped by ``shape``."""
+    payload = chunk["payload"]
+    held = payload.get("input")
+    if not isinstance(held, StateInput):
+        return chunk
+    return {**chunk, "payload": {**payload, "input": shape(held.state)}}
 
 
 def parse_modes(stream_mode: str | Sequence[str]) -> tuple[tuple[StreamMode, ...], bool]:
@@ -83,11 +306,19 @@ async def chunks_of(
     queue: asyncio.Queue[tuple[str, Any] | None] = asyncio.Queue()
     wanted = frozenset(modes)
 
+    tasks = "tasks" in wanted
+
     def sink(mode: str, chunk: Any) -> None:
         if mode in wanted:
             queue.put_nowait((mode, chunk))
+        if tasks and mode == "debug":  # a "tasks" chunk is a debug chunk's payload
+            queue.put_nowait(("tasks", chunk["payload"]))
 
-    task = asyncio.ensure_future(start(sink))
+    token = _modes.set(wanted)  # the run's task is created in this context: it sees them
+    try:
+        task = asyncio.ensure_future(start(sink))
+    finally:
+        _modes.reset(token)
     task.add_done_callback(lambda _: queue.put_nowait(None))
     try:
         while True:
@@ -143,18 +374,35 @@ def iterate_sync(make: Callable[[], AsyncIterator[T]]) -> Iterator[T]:
     finally:
         if thread.is_alive() and running:  # the consumer stopped early: cancel the run
             loop, task = running[0]
-            loop.call_soon_threadsafe(task.cancel)
+            with contextlib.suppress(RuntimeError):  # its loop closed meanwhile: it is over
+                loop.call_soon_threadsafe(task.cancel)
         thread.join()
 
 
 __all__ = [
     "STREAM_MODES",
+    "UNSTREAMED",
+    "CallStream",
     "ChunkSink",
+    "MessageChunk",
+    "RunStream",
+    "StateInput",
     "StreamMode",
     "chunks_of",
+    "current_stream",
+    "debug_result",
+    "debug_task",
+    "get_message_writer",
     "get_stream_writer",
     "iterate_sync",
+    "message_chunk",
     "parse_modes",
+    "reset_stream",
     "reset_writer",
+    "set_stream",
     "set_writer",
+    "shape_debug",
+    "streaming_modes",
+    "task_id",
+    "write_custom",
 ]

@@ -58,6 +58,8 @@ from typing import Any, NoReturn, Self
 import httpx
 from aiohttp import web
 
+from engine.streaming import get_message_writer
+
 from .genai import corpus
 
 __all__ = [
@@ -623,8 +625,10 @@ class LLMClient:
 
 
 async def _read_stream(lines: AsyncIterator[str], base_url: str) -> str:
-    """Join the ``delta.content`` of choice 0 over an SSE stream, up to ``[DONE]``."""
+    """Join the ``delta.content`` of choice 0 over an SSE stream, up to ``[DONE]``; each
+    piece goes to the engine's ``messages`` stream mode as it comes, when the run streams."""
     parts: list[str] = []
+    write_token = get_message_writer()
     async for line in lines:
         if not line.startswith("data:"):
             continue  # blank separators, comments, event names
@@ -637,7 +641,10 @@ async def _read_stream(lines: AsyncIterator[str], base_url: str) -> str:
             raise LLMResponseError(f"bad stream chunk from {base_url}: {payload[:200]}") from exc
         for choice in chunk.get("choices") or ():
             if choice.get("index", 0) == 0:
-                parts.append((choice.get("delta") or {}).get("content") or "")
+                piece = (choice.get("delta") or {}).get("content") or ""
+                if piece:
+                    write_token(piece)
+                parts.append(piece)
     return "".join(parts)
 
 

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import cloudpickle
 
 from .calls import Call, Outcome, decoded
+from .channel import StreamInfo
 from .failures import PayloadError
 from .frames import Decoded, decode, dumps_for_worker, request
 from .process import ProcessLane
@@ -102,12 +103,14 @@ class CpuLane:
         timeout: float | None = None,
         init: WorkerInit | None = None,
         memory: int | None = None,
+        stream: StreamInfo | None = None,
     ) -> Outcome:
         """One call in a worker. In a worker process the call may use ``memory`` bytes
         (its node's ``memory_per_worker``; the run's, if that is larger), its worker and
-        what it starts together: past that, the worker is ended (``WorkerDied``)."""
+        what it starts together: past that, the worker is ended (``WorkerDied``).
+        ``stream``: the run's chunk channel, when the run streams."""
         fn_bytes = self.fn_bytes(call.task.node, fn)
-        payload = request(fn_bytes, init, [pickled(arg)])
+        payload = request(fn_bytes, init, [pickled(arg)], stream)
         data = await self.process.run(
             payload, timeout=timeout, what=call.task.node, memory_limit=self.limit(memory)
         )
@@ -122,11 +125,12 @@ class CpuLane:
         *,
         init: WorkerInit | None = None,
         memory: int | None = None,
+        stream: StreamInfo | None = None,
     ) -> list[Outcome]:
         """Calls of one node sent as one submission (``pickled`` arguments), run one after
         another in one worker; each comes back with its own outcome."""
         node = calls[0].task.node
-        payload = request(self.fn_bytes(node, fn), init, blobs)
+        payload = request(self.fn_bytes(node, fn), init, blobs, stream)
         what = f"{node} (a chunk of {len(calls)} calls)"
         data = await self.process.run(payload, what=what, memory_limit=self.limit(memory))
         results = await self._decode(data, node, -1, fn)

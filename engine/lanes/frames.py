@@ -74,13 +74,14 @@ def _cloud(obj: Any) -> bytes:
     return data
 
 
-def request(fn_bytes: bytes, init: Any, blobs: list[bytes]) -> bytes:
+def request(fn_bytes: bytes, init: Any, blobs: list[bytes], stream: Any = None) -> bytes:
     """What ``worker.run_calls`` takes: parts pickled already, so this cannot fail.
 
     ``init`` is None or a ``WorkerInit`` (``engine.warm``) whose resource the
-    node receives as its second argument.
+    node receives as its second argument; ``stream`` None or the run's chunk
+    channel (``channel.StreamInfo``) when the run streams.
     """
-    return pickle.dumps((fn_bytes, init, blobs), protocol=pickle.HIGHEST_PROTOCOL)
+    return pickle.dumps((fn_bytes, init, blobs, stream), protocol=pickle.HIGHEST_PROTOCOL)
 
 
 # -- the worker's side --------------------------------------------------------------

@@ -1,9 +1,9 @@
 """What a worker process of the cpu lane runs: its entry point, its marker, its guard.
 
 Imported inside worker processes, so it stays small and imports nothing of
-the engine but ``engine.procs`` and its two light siblings (``measure``,
-``frames``). Data flow of a cpu-lane call (``process.py`` has the driver's
-side)::
+the engine but ``engine.procs`` and its light siblings (``measure``,
+``frames``, ``channel``: the stream writer of a streamed run's calls).
+Data flow of a cpu-lane call (``process.py`` has the driver's side)::
 
     driver: frames.request(fn, init, [arg blob, ...])  --bytes-->  worker:
                 run_marked("calls", payload, marker)    marker <- its pid (O_EXCL)
@@ -33,6 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..procs import become_group_leader, hostname, kill_group, kill_own_tree
+from .channel import worker_stream
 from .frames import SPILLED, encode
 from .measure import PAYLOAD, Measured, call_with_init, failed, load_fn, queued_s
 
@@ -51,7 +52,12 @@ def run_calls(payload: bytes) -> bytes:
     once, and the time this thread waited on a run queue is read once for
     them all (``frames.decode`` shares it out by wall time).
     """
-    fn_bytes, init, blobs = pickle.loads(payload)
+    fn_bytes, init, blobs, stream = pickle.loads(payload)
+    with worker_stream(stream) as at:  # get_stream_writer() sends to the driver, if streamed
+        return _run_calls(fn_bytes, init, blobs, at)
+
+
+def _run_calls(fn_bytes: bytes, init: Any, blobs: list[bytes], at: Callable[[int], None]) -> bytes:
     start = time.time()
     try:
         fn = load_fn(fn_bytes)
@@ -61,7 +67,8 @@ def run_calls(payload: bytes) -> bytes:
     where = (os.getpid(), threading.get_native_id(), hostname())
     queued0 = queued_s()
     results: list[tuple[Measured, int]] = []
-    for blob in blobs:
+    for i, blob in enumerate(blobs):
+        at(i)  # the stream knows which call of a chunk runs
         try:
             arg = pickle.loads(blob)
         except BaseException as exc:

@@ -1,0 +1,117 @@
+"""LangGraph's type names, error classes and not-yet features, for ``engine.langgraph``.
+
+Apps import these from ``langgraph.types``, ``langgraph.config`` and
+``langgraph.errors`` for annotations and ``except`` clauses:
+
+- **types** (``StreamWriter``, ``StreamMode``, ``All``, ``Durability``,
+  ``RunnableConfig``): the same shapes, so annotations keep meaning what they
+  meant;
+- **error classes** of features the engine does not have yet
+  (``GraphInterrupt``, ``NodeInterrupt``, ``ParentCommand``...): they exist so
+  that ``except`` clauses and ``isinstance`` checks keep working; the engine
+  never raises them;
+- **not-yet features** (``Interrupt``, ``Overwrite``, ``get_store``): using one
+  raises ``NotImplementedError`` naming what is missing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, Literal
+
+#: What ``get_stream_writer()`` returns.
+StreamWriter = Callable[[Any], None]
+
+#: LangGraph's stream modes (``checkpoints`` and ``tasks`` are not streamed by the engine yet).
+StreamMode = Literal["values", "updates", "checkpoints", "tasks", "debug", "messages", "custom"]
+
+#: ``interrupt_before="*"``: every node.
+All = Literal["*"]
+
+#: When a run's checkpoints are written (``durability=`` is not supported yet).
+Durability = Literal["sync", "async", "exit"]
+
+#: A node's ``config`` parameter: a dict (LangChain's ``RunnableConfig`` is a TypedDict of it).
+RunnableConfig = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class GraphOutput:
+    """What ``invoke(..., version="v2")`` returns: the output, and the run's interrupts."""
+
+    value: Any
+    interrupts: tuple[Any, ...] = ()
+
+
+def stream_part(mode: str, chunk: Any) -> dict[str, Any]:
+    """A ``version="v2"`` stream part: ``{"type", "ns", "data"}`` (values add ``interrupts``)."""
+    part: dict[str, Any] = {"type": mode, "ns": (), "data": chunk}
+    if mode == "values":
+        part["interrupts"] = ()
+    return part
+
+
+def _missing(name: str, what: str) -> NotImplementedError:
+    return NotImplementedError(
+        f"{name} is not supported by engine.langgraph yet: {what}. "
+        "See docs/migrating.md for what works."
+    )
+
+
+class Interrupt:
+    """LangGraph's ``Interrupt`` record: not supported yet (creating one says so)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        raise _missing("Interrupt", "human-in-the-loop interrupts are not built yet")
+
+
+class Overwrite:
+    """LangGraph's ``Overwrite`` (a write that bypasses the reducer): not supported yet."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        raise _missing("Overwrite", "writes that bypass a channel's reducer are not built yet")
+
+
+def get_store() -> Any:
+    """LangGraph's long-term memory store: not supported yet."""
+    raise _missing("get_store", "stores (long-term memory across threads) are not built yet")
+
+
+class GraphBubbleUp(Exception):
+    """LangGraph's base of exceptions that travel up through a graph (never raised here)."""
+
+
+class GraphInterrupt(GraphBubbleUp):
+    """A run interrupted (interrupts are not built yet: the engine never raises it)."""
+
+
+class NodeInterrupt(GraphInterrupt):
+    """A node asking to interrupt (not built yet: raising it fails the node like any error)."""
+
+
+class ParentCommand(GraphBubbleUp):
+    """A ``Command`` for the parent graph (subgraphs are not built yet: never raised)."""
+
+
+class EmptyInputError(Exception):
+    """A graph invoked with empty input (LangGraph's class; the engine never raises it)."""
+
+
+__all__ = [
+    "All",
+    "Durability",
+    "EmptyInputError",
+    "GraphBubbleUp",
+    "GraphInterrupt",
+    "GraphOutput",
+    "Interrupt",
+    "NodeInterrupt",
+    "Overwrite",
+    "ParentCommand",
+    "RunnableConfig",
+    "StreamMode",
+    "StreamWriter",
+    "get_store",
+    "stream_part",
+]
