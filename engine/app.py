@@ -39,7 +39,16 @@ from .running import run_sync
 from .saving import RunCursor, RunSaver
 from .scheduler import RunResult, Scheduler
 from .streaming import ChunkSink, chunks_of, iterate_sync, parse_modes
-from .threads import StateSnapshot, get_state, get_state_history, picked_for_run, update_state
+from .threads import (
+    StateSnapshot,
+    get_state,
+    get_state_history,
+    input_cursor,
+    picked_for_run,
+    resumed_cursor,
+    update_state,
+    writes_input,
+)
 from .warm import parse_size, workers_for_memory
 from .watchdog import DEFAULT_THRESHOLD_S, LoopWatchdog
 
@@ -517,7 +526,9 @@ class CompiledGraph(Generic[S]):
             if cp is not None and thread_id is not None:
                 await cp.acquire(thread_id, run_id)
             try:
-                cursor = await self._cursor(scheduler, saver, state, thread_id, opts.checkpoint_id)
+                cursor = await self._cursor(
+                    scheduler, saver, state, thread_id, opts.checkpoint_id, input
+                )
                 if watchdog is None:
                     result = await scheduler.run(cursor, resumed=state is None)
                 else:
@@ -542,6 +553,7 @@ class CompiledGraph(Generic[S]):
         state: Any,
         thread_id: str | None,
         checkpoint_id: str | None = None,
+        input: object = None,
     ) -> RunCursor:
         if checkpoint_id is not None:
             if self.checkpointer is None or thread_id is None or state is not None:
@@ -550,7 +562,7 @@ class CompiledGraph(Generic[S]):
                     f"(got input {type(state).__name__}); pass the input with update_state first"
                 )
             picked = await picked_for_run(self.checkpointer, thread_id, checkpoint_id, saver.run_id)
-            return saver.cursor_of(picked)
+            return await resumed_cursor(saver, picked)
         latest = None
         if self.checkpointer is not None and thread_id is not None:
             latest = await self.checkpointer.get_latest(thread_id)
@@ -559,7 +571,7 @@ class CompiledGraph(Generic[S]):
                 raise CheckpointError(
                     f"thread {thread_id!r} has no checkpoint to resume; start it with an input"
                 )
-            return saver.cursor_of(latest)
+            return await resumed_cursor(saver, latest)
         if latest is not None and latest.status != "done":
             raise CheckpointError(
                 f"thread {thread_id!r} has an unfinished run (step {latest.step}, "
@@ -567,6 +579,9 @@ class CompiledGraph(Generic[S]):
                 f"abandon it with `await checkpointer.delete_thread({thread_id!r})`, "
                 "or use a new thread_id"
             )
+        if writes_input(saver):
+            # The input checkpoint first; the run continues the thread's values.
+            return await input_cursor(saver, latest, input)
         # A new input on a finished thread continues its step numbering.
         return scheduler.start_cursor(state, step=latest.step + 1 if latest else 0)
 

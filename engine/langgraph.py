@@ -370,6 +370,10 @@ class CompiledStateGraph(Generic[S]):
         config = dict(config or {})
         configurable = dict(config.get("configurable") or {})
         limit = int(config.get("recursion_limit", DEFAULT_RECURSION_LIMIT))
+        if self.app.checkpointer is not None and configurable.get("thread_id") is None:
+            raise ValueError(
+                "this graph has a checkpointer: pass config={'configurable': {'thread_id': ...}}"
+            )
         return RunOptions(
             mode="parallel",
             thread_id=configurable.get("thread_id"),

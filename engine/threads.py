@@ -9,6 +9,9 @@
     app.arun(None, thread_id=..., checkpoint_id=...)
                                               checkpointer.get -> history.fork -> put,
                                               then the run resumes from the fork
+    app.arun(input, thread_id=...)            input_cursor: the input checkpoint
+                                              (source "input", its task ``__start__``
+                                              writing the input) -> put, then the run
 
 ``engine.checkpoint.history`` decides what to show and what to write (pure
 functions over checkpoints, LangGraph's ``StateSnapshot`` shape); this module
@@ -31,10 +34,13 @@ from .checkpoint.history import (
     snapshot,
     starts_fork,
     update,
+    values_of,
 )
 from .errors import CheckpointError
-from .routing import next_tasks
-from .saving import RunSaver
+from .routing import next_tasks, start_tasks
+from .saving import RunCursor, RunSaver, finish
+from .spec import START, Task
+from .state import Write
 
 if TYPE_CHECKING:
     from .checkpoint import Checkpointer
@@ -43,7 +49,8 @@ if TYPE_CHECKING:
 
 def _store(checkpointer: Checkpointer | None, what: str) -> Checkpointer:
     if checkpointer is None:
-        raise CheckpointError(
+        # A ValueError, as LangGraph raises: the call, not a store, is at fault.
+        raise ValueError(
             f"{what} needs a checkpointer: compile(checkpointer=...) (MemoryCheckpointer, "
             "SqliteCheckpointer, PostgresCheckpointer)"
         )
@@ -109,6 +116,8 @@ async def update_state(
         ran: Sequence[str], after: dict[str, Any], step: int, fanin: dict[str, set[str]]
     ) -> Sequence[Any]:
         state = after if schema.held == "values" else schema.result(after)
+        if START in ran:  # an update as the input: START's edges, as a run's first step
+            return start_tasks(plan, state)
         return next_tasks(plan, [n for n in ran if n in plan.nodes], state, step, fanin)
 
     new = update(
@@ -138,10 +147,73 @@ async def picked_for_run(
     return await checkpointer.put(fork(picked, run_id=run_id))
 
 
+def writes_input(saver: RunSaver) -> bool:
+    """Whether a run of this saver's graph starts with an input checkpoint: a state held as
+    channel values on a thread (a pydantic state on ``engine.Graph`` is replaced whole by
+    its input, and has no values before it)."""
+    return saver.active and saver.plan.schema.held == "values"
+
+
+async def input_cursor(saver: RunSaver, latest: Checkpoint | None, input: object) -> RunCursor:
+    """Save the run's input checkpoint and return the cursor of its first step.
+
+    As LangGraph does, a run with an input first saves the thread's values
+    before it (the latest checkpoint's, or the empty channels of a new
+    thread) with one task, ``__start__``, whose write is the input: step -1
+    on a new thread, the step after the latest otherwise, child of the
+    latest. The run's first step then starts from those values with the
+    input written through the reducers (a message list keeps its history).
+    """
+    schema = saver.plan.schema
+    updates = dict(schema.input_updates(input))
+    before = values_of(saver.codec, latest) if latest is not None else schema.initial()
+    step = latest.step + 1 if latest is not None else -1
+    assert saver.checkpointer is not None
+    cp = saver.codec.save(
+        thread_id=saver.thread_id or "",
+        run_id=saver.run_id,
+        step=step,
+        state=before,
+        tasks=[Task(START)],
+        fanin={},
+        pending={(START, -1): updates},
+        status="running",
+        started_at=saver.started_at,
+        source="input",
+    )
+    await finish(_put(saver.checkpointer, cp))
+    return _first_step(saver, before, updates, step)
+
+
+async def _put(checkpointer: Checkpointer, cp: Checkpoint) -> None:
+    await checkpointer.put(cp)
+
+
+def _first_step(saver: RunSaver, before: Any, updates: Mapping[str, Any], step: int) -> RunCursor:
+    state = saver.plan.schema.apply(before, [Write(START, -1, updates)], step)
+    return RunCursor(state=state, step=step + 1, tasks=start_tasks(saver.plan, state))
+
+
+async def resumed_cursor(saver: RunSaver, cp: Checkpoint) -> RunCursor:
+    """The cursor a run resumed from ``cp`` starts with. An input checkpoint (the run
+    stopped before its first step was saved): its first step, saved now, as a child of it."""
+    if cp.source != "input":
+        return saver.cursor_of(cp)
+    writes = saver.codec.load_writes(cp)
+    cursor = _first_step(saver, values_of(saver.codec, cp), writes.get((START, -1), {}), cp.step)
+    assert saver.checkpointer is not None
+    first = saver.checkpoint_of(cursor, "running" if cursor.tasks else "done")
+    await finish(_put(saver.checkpointer, first.model_copy(update={"parent_id": cp.checkpoint_id})))
+    return cursor
+
+
 __all__ = [
     "StateSnapshot",
     "get_state",
     "get_state_history",
+    "input_cursor",
     "picked_for_run",
+    "resumed_cursor",
+    "writes_input",
     "update_state",
 ]

@@ -14,6 +14,8 @@ import pytest
 from engine import END, START, CheckpointError, Graph
 from engine.checkpoint import MemoryCheckpointer, PostgresCheckpointer, SqliteCheckpointer
 from engine.checkpoint.history import StateSnapshot
+from engine.saving import RunSaver
+from engine.threads import input_cursor
 from tests.conftest import postgres_dsn
 
 
@@ -76,12 +78,83 @@ async def test_history_is_newest_first_and_chained_by_parents(store: Any) -> Non
     app, thread = build(store), tid()
     await app.arun({"topic": "x", "trail": [], "verdict": ""}, thread_id=thread)
     history = await app.aget_state_history(thread)
-    assert [h.next for h in history] == [(), ("review",), ("write",)]
+    assert [h.next for h in history] == [(), ("review",), ("write",), ("__start__",)]
+    assert [(h.metadata or {}).get("source") for h in history] == ["loop"] * 3 + ["input"]
+    assert [(h.metadata or {}).get("step") for h in history] == [2, 1, 0, -1]
     ids = [h.config["configurable"]["checkpoint_id"] for h in history]
     parents = [h.parent_config["configurable"]["checkpoint_id"] for h in history[:-1]]
-    assert parents == ids[1:]
-    assert [h.values.get("trail") for h in history] == [["write:x", "review"], ["write:x"], []]
-    assert len(await app.aget_state_history(thread, limit=1)) == 1
+    assert parents == ids[1:] and history[-1].parent_config is None
+    assert [h.values.get("trail") for h in history] == [["write:x", "review"], ["write:x"], [], []]
+    # The input checkpoint: the values before the input, its one task writing the input.
+    first = history[-1]
+    assert first.values == {"trail": []}
+    assert [(t.name, t.result) for t in first.tasks] == [
+        ("__start__", {"topic": "x", "trail": [], "verdict": ""})
+    ]
+
+
+async def test_history_limit_before_and_filter(store: Any) -> None:
+    app, thread = build(store), tid()
+    await app.arun({"topic": "x", "trail": [], "verdict": ""}, thread_id=thread)
+    every = await app.aget_state_history(thread)
+    ids = [h.config["configurable"]["checkpoint_id"] for h in every]
+    assert [h.config for h in await app.aget_state_history(thread, limit=2)] == [
+        h.config for h in every[:2]
+    ]
+    before = await app.aget_state_history(thread, before=ids[1])
+    assert [h.config["configurable"]["checkpoint_id"] for h in before] == ids[2:]
+    inputs = await app.aget_state_history(thread, filter={"source": "input"})
+    assert [h.config for h in inputs] == [every[-1].config]
+    assert await app.aget_state_history(thread, filter={"step": 1}) == [every[1]]
+
+
+async def test_a_second_input_continues_the_thread(store: Any) -> None:
+    """A new input on a finished thread goes through the reducers on top of its values,
+    after an input checkpoint one step past the latest (LangGraph's numbering)."""
+    app, thread = build(store), tid()
+    await app.arun({"topic": "x", "trail": [], "verdict": ""}, thread_id=thread)
+    result = await app.arun({"topic": "y"}, thread_id=thread)
+    assert result.state["trail"] == ["write:x", "review", "write:y", "review"]
+    history = await app.aget_state_history(thread)
+    assert [(h.metadata or {}).get("step") for h in history] == [6, 5, 4, 3, 2, 1, 0, -1]
+    assert history[3].metadata is not None and history[3].metadata["source"] == "input"
+    assert history[3].values["topic"] == "x" and history[3].tasks[0].result == {"topic": "y"}
+
+
+async def test_update_state_on_a_new_thread_starts_from_start(store: Any) -> None:
+    app, thread = build(store), tid()
+    config = await app.aupdate_state(thread, {"topic": "z", "trail": [], "verdict": ""})
+    snap = await app.aget_state(thread)
+    assert snap.config == config and snap.next == ("write",)
+    assert snap.metadata is not None and snap.metadata["source"] == "update"
+    result = await app.arun(None, thread_id=thread)
+    assert result.state["trail"] == ["write:z", "review"]
+
+
+async def test_running_from_the_input_checkpoint_branches(store: Any) -> None:
+    app, thread = build(store), tid()
+    await app.arun({"topic": "x", "trail": [], "verdict": ""}, thread_id=thread)
+    before = await app.aget_state_history(thread)
+    first = before[-1].config["configurable"]["checkpoint_id"]
+    result = await app.arun(None, thread_id=thread, checkpoint_id=first)
+    assert result.state["trail"] == ["write:x", "review"]
+    after = await app.aget_state_history(thread)
+    assert len(after) == len(before) + 3  # a second branch of the three loop steps
+    branch = after[2]  # the new branch's first step, a child of the input checkpoint
+    assert branch.parent_config is not None
+    assert branch.parent_config["configurable"]["checkpoint_id"] == first
+
+
+async def test_a_run_stopped_before_its_first_step_resumes(store: Any) -> None:
+    """Only the input checkpoint was saved (the process died): a resume runs the input."""
+    app, thread = build(store), tid()
+    saver = RunSaver(app.plan, store, thread_id=thread, run_id="r1")
+    await input_cursor(saver, None, {"topic": "q", "trail": [], "verdict": ""})
+    assert (await app.aget_state(thread)).next == ("__start__",)
+    result = await app.arun(None, thread_id=thread)
+    assert result.state["trail"] == ["write:q", "review"]
+    history = await app.aget_state_history(thread)
+    assert [(h.metadata or {}).get("step") for h in history] == [2, 1, 0, -1]
 
 
 async def test_update_state_as_a_node_then_resume(store: Any) -> None:
@@ -120,7 +193,7 @@ async def test_a_thread_without_checkpoints_and_a_graph_without_a_store() -> Non
     assert snap.values == {} and snap.next == () and snap.metadata is None
     with pytest.raises(CheckpointError, match="no checkpoint 'nope'"):
         await app.aget_state("nobody", "nope")
-    with pytest.raises(CheckpointError, match="needs a checkpointer"):
+    with pytest.raises(ValueError, match="needs a checkpointer"):
         await build(None).aget_state("t")
 
 
@@ -128,6 +201,57 @@ def test_sync_twins() -> None:
     app, thread = build(MemoryCheckpointer()), tid()
     app.run({"topic": "y", "trail": [], "verdict": ""}, thread_id=thread)
     assert app.get_state(thread).values["verdict"] == "ok"
-    assert len(app.get_state_history(thread)) == 3
+    assert len(app.get_state_history(thread)) == 4
     app.update_state(thread, {"verdict": "overruled"}, as_node="review")
     assert app.get_state(thread).values["verdict"] == "overruled"
+
+
+# -- the same program under LangGraph -------------------------------------------
+
+
+def _history_rows(graph: Any, config: dict[str, Any]) -> list[tuple[Any, ...]]:
+    return [
+        (
+            (h.metadata or {}).get("step"),
+            (h.metadata or {}).get("source"),
+            h.next,
+            h.values,
+            [(t.name, t.result) for t in h.tasks],
+            h.parent_config is None,
+        )
+        for h in graph.get_state_history(config)
+    ]
+
+
+def _lg_program(module: Any, saver: Any) -> list[Any]:
+    """Two inputs, an update as a node, a fork; what get_state/history show after each."""
+    b = module.StateGraph(S)
+    b.add_node("write", write)
+    b.add_node("review", review)
+    b.add_edge(module.START, "write")
+    b.add_edge("write", "review")
+    b.add_edge("review", module.END)
+    graph = b.compile(checkpointer=saver)
+    config = {"configurable": {"thread_id": "t"}}
+    out: list[Any] = [graph.invoke({"topic": "x", "trail": [], "verdict": ""}, config)]
+    out.append(graph.invoke({"topic": "y"}, config))
+    out.append(_history_rows(graph, config))
+    past = list(graph.get_state_history(config))[5]  # before the first review
+    edited = graph.update_state(past.config, {"trail": ["edited"]}, as_node="write")
+    state = graph.get_state(edited)
+    out.append((state.next, state.values, (state.metadata or {}).get("source")))
+    out.append(graph.invoke(None, edited))
+    out.append(graph.invoke(None, past.config))
+    out.append(_history_rows(graph, config)[:6])
+    return out
+
+
+def test_state_api_matches_langgraph() -> None:
+    import langgraph.checkpoint.memory
+    import langgraph.graph
+
+    import engine.langgraph
+
+    ours = _lg_program(engine.langgraph, engine.langgraph.InMemorySaver())
+    theirs = _lg_program(langgraph.graph, langgraph.checkpoint.memory.InMemorySaver())
+    assert ours == theirs

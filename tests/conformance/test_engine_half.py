@@ -38,10 +38,7 @@ PENDING: dict[str, str] = {
     "chatbot_tools": "needs the messages stream mode (chat model tokens via LangChain callbacks)",
     "config_context": "a node's config lacks LangGraph's per-task keys (checkpoint_ns, "
     "langgraph_step/langgraph_node metadata, callbacks)",
-    "errors": "LangGraph saves an input checkpoint (step -1, source 'input') before step 0 "
-    "and records a failed task's error on it: checkpoint ids, parents and tasks differ",
-    "state_api": "LangGraph saves an input checkpoint (step -1) before step 0: the history "
-    "has one more snapshot and every parent link differs",
+    "errors": "a failed task's error is not recorded on its checkpoint (PregelTask.error)",
     "stream_modes": "needs the debug, checkpoints and tasks stream modes and version='v2'",
     "human_review": "needs interrupt() and Command(resume=...)",
     "parallel_interrupts": "needs interrupt() and Command(resume=...)",
