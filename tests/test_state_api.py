@@ -197,6 +197,25 @@ async def test_a_thread_without_checkpoints_and_a_graph_without_a_store() -> Non
         await build(None).aget_state("t")
 
 
+def explode(state: S) -> dict[str, Any]:
+    raise KeyError(state["topic"])
+
+
+async def test_a_failed_task_shows_its_error(store: Any) -> None:
+    g: Graph[Any] = Graph(S)
+    g.add_node("write", write, lane="thread")
+    g.add_node("review", explode, lane="thread")
+    g.add_edge(START, "write")
+    g.add_edge("write", "review")
+    g.add_edge("review", END)
+    app, thread = g.compile(checkpointer=store), tid()
+    with pytest.raises(Exception, match="review"):
+        await app.arun({"topic": "pear", "trail": [], "verdict": ""}, thread_id=thread)
+    snap = await app.aget_state(thread)
+    assert snap.next == ("review",)
+    assert [(t.name, t.error) for t in snap.tasks] == [("review", "KeyError('pear')")]
+
+
 def test_sync_twins() -> None:
     app, thread = build(MemoryCheckpointer()), tid()
     app.run({"topic": "y", "trail": [], "verdict": ""}, thread_id=thread)

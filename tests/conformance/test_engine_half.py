@@ -38,7 +38,6 @@ PENDING: dict[str, str] = {
     "chatbot_tools": "needs the messages stream mode (chat model tokens via LangChain callbacks)",
     "config_context": "a node's config lacks LangGraph's per-task keys (checkpoint_ns, "
     "langgraph_step/langgraph_node metadata, callbacks)",
-    "errors": "a failed task's error is not recorded on its checkpoint (PregelTask.error)",
     "stream_modes": "needs the debug, checkpoints and tasks stream modes and version='v2'",
     "human_review": "needs interrupt() and Command(resume=...)",
     "parallel_interrupts": "needs interrupt() and Command(resume=...)",
