@@ -4,6 +4,7 @@ past checkpoint (time travel), on the memory, SQLite and PostgreSQL checkpointer
 from __future__ import annotations
 
 import operator
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,8 +13,19 @@ from typing import Annotated, Any, TypedDict
 import pytest
 
 from engine import END, START, CheckpointError, Graph
-from engine.checkpoint import MemoryCheckpointer, PostgresCheckpointer, SqliteCheckpointer
+from engine.checkpoint import (
+    AsyncPostgresSaver,
+    AsyncSqliteSaver,
+    InMemorySaver,
+    MemoryCheckpointer,
+    MemorySaver,
+    PostgresCheckpointer,
+    PostgresSaver,
+    SqliteCheckpointer,
+    SqliteSaver,
+)
 from engine.checkpoint.history import StateSnapshot
+from engine.running import run_sync
 from engine.saving import RunSaver
 from engine.threads import input_cursor
 from tests.conftest import postgres_dsn
@@ -274,3 +286,67 @@ def test_state_api_matches_langgraph() -> None:
     ours = _lg_program(engine.langgraph, engine.langgraph.InMemorySaver())
     theirs = _lg_program(langgraph.graph, langgraph.checkpoint.memory.InMemorySaver())
     assert ours == theirs
+
+
+# -- LangGraph's checkpointer constructors -----------------------------------------
+
+
+def _two_runs(saver: Any) -> list[Any]:
+    """Two sync invokes on one thread (each on a new loop), the history's steps."""
+    app = build(saver)
+    thread = tid()
+    app.run({"topic": "a", "trail": [], "verdict": ""}, thread_id=thread)
+    app.run({"topic": "b"}, thread_id=thread)
+    return [(h.metadata or {}).get("step") for h in app.get_state_history(thread)]
+
+
+STEPS = [6, 5, 4, 3, 2, 1, 0, -1]
+
+
+def test_memory_saver_names() -> None:
+    assert MemorySaver is InMemorySaver and issubclass(InMemorySaver, MemoryCheckpointer)
+    assert _two_runs(InMemorySaver()) == STEPS
+
+
+def test_sqlite_saver_from_a_connection_and_a_conn_string(tmp_path: Path) -> None:
+    path = tmp_path / "lg.db"
+    conn = sqlite3.connect(path)
+    saver = SqliteSaver(conn)
+    try:
+        assert _two_runs(saver) == STEPS
+    finally:
+        saver.close()
+        conn.close()
+    with SqliteSaver.from_conn_string(str(path)) as again:  # the same file, read back
+        assert len(run_sync(again.history(_any_thread(again)))) == len(STEPS)
+    with pytest.raises(ValueError, match="in-memory"):
+        SqliteSaver(sqlite3.connect(":memory:"))
+
+
+def _any_thread(saver: SqliteCheckpointer) -> str:
+    rows = sqlite3.connect(saver.path).execute("SELECT DISTINCT thread_id FROM checkpoints")
+    (thread,) = rows.fetchone()
+    return str(thread)
+
+
+async def test_async_sqlite_saver(tmp_path: Path) -> None:
+    async with AsyncSqliteSaver.from_conn_string(tmp_path / "a.db") as saver:
+        app, thread = build(saver), tid()
+        await app.arun({"topic": "a", "trail": [], "verdict": ""}, thread_id=thread)
+        assert len(await app.aget_state_history(thread)) == 4
+
+
+@pytest.mark.postgres
+def test_postgres_saver_serves_sync_invokes_on_new_loops() -> None:
+    with PostgresSaver.from_conn_string(postgres_dsn()) as saver:
+        saver.setup()  # synchronous, as LangGraph's
+        assert _two_runs(saver) == STEPS
+
+
+@pytest.mark.postgres
+async def test_async_postgres_saver() -> None:
+    async with AsyncPostgresSaver.from_conn_string(postgres_dsn()) as saver:
+        await saver.setup()
+        app, thread = build(saver), tid()
+        await app.arun({"topic": "a", "trail": [], "verdict": ""}, thread_id=thread)
+        assert (await app.aget_state(thread)).values["trail"] == ["write:a", "review"]
