@@ -52,7 +52,14 @@ from typing import Any, Generic, TypeVar
 
 from .app import CompiledGraph, RunOptions
 from .cache import CachePolicy, InMemoryCache, SqliteCache
-from .checkpoint.savers import InMemorySaver, MemorySaver, SqliteSaver
+from .checkpoint.savers import (
+    AsyncPostgresSaver,
+    AsyncSqliteSaver,
+    InMemorySaver,
+    MemorySaver,
+    PostgresSaver,
+    SqliteSaver,
+)
 from .classify import is_coroutine_function
 from .drawing import Drawing
 from .errors import InvalidUpdateError, NodeError, NodeTimeoutError, RecursionLimitError
@@ -595,6 +602,8 @@ __all__ = [
     "END",
     "REMOVE_ALL_MESSAGES",
     "START",
+    "AsyncPostgresSaver",
+    "AsyncSqliteSaver",
     "CachePolicy",
     "Command",
     "CompiledStateGraph",
@@ -606,6 +615,7 @@ __all__ = [
     "MessagesState",
     "NodeError",
     "NodeTimeoutError",
+    "PostgresSaver",
     "RemoveMessage",
     "RetryPolicy",
     "Runtime",

@@ -214,6 +214,6 @@ __all__ = [
     "input_cursor",
     "picked_for_run",
     "resumed_cursor",
-    "writes_input",
     "update_state",
+    "writes_input",
 ]

@@ -113,8 +113,9 @@ def snapshot(run_codec: RunCodec, cp: Checkpoint, *, latest: bool = False) -> St
     writes of the tasks that finished in a step that stopped are applied to
     the values, and ``next`` keeps only the tasks still to run, as LangGraph
     shows it (not on an input checkpoint: its one task, ``__start__``, is
-    shown still to run until the run's first step is saved). Applying them raises what the step raised when its writes
-    conflict (``InvalidUpdateError``): that state cannot be shown.
+    shown still to run until the run's first step is saved). Applying them
+    raises what the step raised when its writes conflict
+    (``InvalidUpdateError``): that state cannot be shown.
     """
     values = values_of(run_codec, cp)
     writes = run_codec.load_writes(cp) if cp.pending_writes else {}
