@@ -41,6 +41,7 @@ from .scheduler import RunResult, Scheduler
 from .streaming import ChunkSink, chunks_of, iterate_sync, parse_modes
 from .threads import (
     StateSnapshot,
+    Target,
     get_state,
     get_state_history,
     input_cursor,
@@ -254,43 +255,43 @@ class CompiledGraph(Generic[S]):
         return f"<CompiledGraph nodes={list(self.plan.nodes)}>"
 
     # -- the state API (needs a checkpointer) --------------------------------------
+    # ``thread``: a thread id, or a LangGraph-style config naming the thread (and a
+    # checkpoint: ``{"configurable": {"thread_id": ..., "checkpoint_id": ...}}``).
 
-    async def aget_state(self, thread_id: str, checkpoint_id: str | None = None) -> StateSnapshot:
+    async def aget_state(self, thread: Target, checkpoint_id: str | None = None) -> StateSnapshot:
         """The thread's state at ``checkpoint_id`` (its latest when None): values, next
         tasks, config, metadata, created_at, parent_config, tasks."""
-        return await get_state(self.plan, self.checkpointer, thread_id, checkpoint_id)
+        return await get_state(self.plan, self.checkpointer, thread, checkpoint_id)
 
-    def get_state(self, thread_id: str, checkpoint_id: str | None = None) -> StateSnapshot:
-        return run_sync(self.aget_state(thread_id, checkpoint_id))
+    def get_state(self, thread: Target, checkpoint_id: str | None = None) -> StateSnapshot:
+        return run_sync(self.aget_state(thread, checkpoint_id))
 
     async def aget_state_history(
         self,
-        thread_id: str,
+        thread: Target,
         *,
-        before: str | None = None,
+        before: Target | None = None,
         limit: int | None = None,
         filter: Mapping[str, Any] | None = None,
     ) -> list[StateSnapshot]:
         """The thread's snapshots, newest first, across every branch (forks included)."""
         return await get_state_history(
-            self.plan, self.checkpointer, thread_id, before=before, limit=limit, filter=filter
+            self.plan, self.checkpointer, thread, before=before, limit=limit, filter=filter
         )
 
     def get_state_history(
         self,
-        thread_id: str,
+        thread: Target,
         *,
-        before: str | None = None,
+        before: Target | None = None,
         limit: int | None = None,
         filter: Mapping[str, Any] | None = None,
     ) -> list[StateSnapshot]:
-        return run_sync(
-            self.aget_state_history(thread_id, before=before, limit=limit, filter=filter)
-        )
+        return run_sync(self.aget_state_history(thread, before=before, limit=limit, filter=filter))
 
     async def aupdate_state(
         self,
-        thread_id: str,
+        thread: Target,
         values: object,
         *,
         as_node: str | None = None,
@@ -302,7 +303,7 @@ class CompiledGraph(Generic[S]):
         return await update_state(
             self.plan,
             self.checkpointer,
-            thread_id,
+            thread,
             values,
             as_node=as_node,
             checkpoint_id=checkpoint_id,
@@ -310,14 +311,14 @@ class CompiledGraph(Generic[S]):
 
     def update_state(
         self,
-        thread_id: str,
+        thread: Target,
         values: object,
         *,
         as_node: str | None = None,
         checkpoint_id: str | None = None,
     ) -> dict[str, Any]:
         return run_sync(
-            self.aupdate_state(thread_id, values, as_node=as_node, checkpoint_id=checkpoint_id)
+            self.aupdate_state(thread, values, as_node=as_node, checkpoint_id=checkpoint_id)
         )
 
     def get_graph(self) -> Drawing:

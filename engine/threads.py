@@ -47,6 +47,26 @@ if TYPE_CHECKING:
     from .plan import Plan
 
 
+#: A thread as the state API takes it: its id, or a LangGraph-style config naming it
+#: (``{"configurable": {"thread_id": ..., "checkpoint_id": ...}}``).
+Target = str | Mapping[str, Any]
+
+
+def named(target: Target, checkpoint_id: str | None, what: str) -> tuple[str, str | None]:
+    """The thread id and checkpoint id ``target`` names (``checkpoint_id`` wins when given)."""
+    if isinstance(target, str):
+        return target, checkpoint_id
+    configurable = target.get("configurable") if isinstance(target, Mapping) else None
+    thread = configurable.get("thread_id") if isinstance(configurable, Mapping) else None
+    if thread is None:
+        raise ValueError(
+            f"{what} needs a thread: its id, or a config {{'configurable': {{'thread_id': ...}}}}"
+            f" (got {target!r:.80})"
+        )
+    assert isinstance(configurable, Mapping)
+    return str(thread), checkpoint_id or configurable.get("checkpoint_id") or None
+
+
 def _store(checkpointer: Checkpointer | None, what: str) -> Checkpointer:
     if checkpointer is None:
         # A ValueError, as LangGraph raises: the call, not a store, is at fault.
@@ -64,11 +84,12 @@ def _saver(plan: Plan, checkpointer: Checkpointer, thread_id: str) -> RunSaver:
 async def get_state(
     plan: Plan,
     checkpointer: Checkpointer | None,
-    thread_id: str,
+    target: Target,
     checkpoint_id: str | None = None,
 ) -> StateSnapshot:
     """The thread's state at ``checkpoint_id`` (its latest when None)."""
     store = _store(checkpointer, "get_state")
+    thread_id, checkpoint_id = named(target, checkpoint_id, "get_state")
     cp = await store.get(thread_id, checkpoint_id)
     if cp is None:
         if checkpoint_id is not None:
@@ -81,14 +102,18 @@ async def get_state(
 async def get_state_history(
     plan: Plan,
     checkpointer: Checkpointer | None,
-    thread_id: str,
+    target: Target,
     *,
-    before: str | None = None,
+    before: Target | None = None,
     limit: int | None = None,
     filter: Mapping[str, Any] | None = None,
 ) -> list[StateSnapshot]:
-    """The thread's snapshots, newest first, across every branch."""
+    """The thread's snapshots, newest first, across every branch; ``before``: a checkpoint
+    id, or a config naming one."""
     store = _store(checkpointer, "get_state_history")
+    thread_id, _ = named(target, None, "get_state_history")
+    if before is not None and not isinstance(before, str):
+        before = named(before, None, "get_state_history(before=...)")[1]
     codec = _saver(plan, store, thread_id).codec
     cps = await store.history(thread_id, before=before, limit=limit, filter=filter)
     return [snapshot(codec, cp) for cp in cps]
@@ -97,7 +122,7 @@ async def get_state_history(
 async def update_state(
     plan: Plan,
     checkpointer: Checkpointer | None,
-    thread_id: str,
+    target: Target,
     values: object,
     *,
     as_node: str | None = None,
@@ -106,6 +131,7 @@ async def update_state(
     """Write ``values`` as if ``as_node`` had returned them, on top of ``checkpoint_id``
     (the latest when None); the config naming the new checkpoint."""
     store = _store(checkpointer, "update_state")
+    thread_id, checkpoint_id = named(target, checkpoint_id, "update_state")
     base = await store.get(thread_id, checkpoint_id)
     if base is None and checkpoint_id is not None:
         raise CheckpointError(f"thread {thread_id!r} has no checkpoint {checkpoint_id!r}")
@@ -209,9 +235,11 @@ async def resumed_cursor(saver: RunSaver, cp: Checkpoint) -> RunCursor:
 
 __all__ = [
     "StateSnapshot",
+    "Target",
     "get_state",
     "get_state_history",
     "input_cursor",
+    "named",
     "picked_for_run",
     "resumed_cursor",
     "update_state",

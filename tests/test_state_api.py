@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
 import pytest
+from pydantic import BaseModel
 
 from engine import END, START, CheckpointError, Graph
 from engine.checkpoint import (
@@ -226,6 +227,46 @@ async def test_a_failed_task_shows_its_error(store: Any) -> None:
     snap = await app.aget_state(thread)
     assert snap.next == ("review",)
     assert [(t.name, t.error) for t in snap.tasks] == [("review", "KeyError('pear')")]
+
+
+async def test_a_config_names_the_thread_and_checkpoint(store: Any) -> None:
+    app, thread = build(store), tid()
+    await app.arun({"topic": "x", "trail": [], "verdict": ""}, thread_id=thread)
+    history = await app.aget_state_history({"configurable": {"thread_id": thread}})
+    assert history == await app.aget_state_history(thread)
+    past = history[1].config
+    assert (await app.aget_state(past)) == history[1]
+    older = await app.aget_state_history(thread, before=past)
+    assert older == history[2:]
+    config = await app.aupdate_state(past, {"verdict": "by hand"}, as_node="review")
+    snap = await app.aget_state(config)
+    assert snap.parent_config == past and snap.values["verdict"] == "by hand"
+    with pytest.raises(ValueError, match="thread_id"):
+        await app.aget_state({"configurable": {}})
+
+
+class Doc(BaseModel):
+    text: str = ""
+    notes: Annotated[list[str], operator.add] = []
+
+
+def note(state: Doc) -> dict[str, Any]:
+    return {"notes": [f"read {state.text}"]}
+
+
+async def test_a_pydantic_state_has_no_input_checkpoint(store: Any) -> None:
+    """On engine.Graph a pydantic state's input replaces it whole: nothing before it to show."""
+    g: Graph[Doc] = Graph(Doc)
+    g.add_node("note", note, lane="thread")
+    g.add_edge(START, "note")
+    g.add_edge("note", END)
+    app, thread = g.compile(checkpointer=store), tid()
+    await app.arun(Doc(text="a"), thread_id=thread)
+    history = await app.aget_state_history(thread)
+    assert [(h.metadata or {}).get("source") for h in history] == ["loop", "loop"]
+    assert history[0].values == {"text": "a", "notes": ["read a"]}
+    config = await app.aupdate_state(thread, {"notes": ["by hand"]}, as_node="note")
+    assert (await app.aget_state(config)).values["notes"] == ["read a", "by hand"]
 
 
 def test_sync_twins() -> None:
