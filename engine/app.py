@@ -42,6 +42,7 @@ from .streaming import ChunkSink, chunks_of, iterate_sync, parse_modes
 from .threads import (
     StateSnapshot,
     Target,
+    checkpoint_named,
     get_state,
     get_state_history,
     input_cursor,
@@ -557,11 +558,18 @@ class CompiledGraph(Generic[S]):
         input: object = None,
     ) -> RunCursor:
         if checkpoint_id is not None:
-            if self.checkpointer is None or thread_id is None or state is not None:
+            with_input = state is not None
+            if self.checkpointer is None or thread_id is None or (
+                with_input and not writes_input(saver)
+            ):
                 raise CheckpointError(
-                    "a run from checkpoint_id needs a checkpointer, a thread_id and input=None "
-                    f"(got input {type(state).__name__}); pass the input with update_state first"
+                    "a run from checkpoint_id needs a checkpointer and a thread_id, and for "
+                    f"a pydantic state input=None (got input {type(state).__name__}); pass "
+                    "the input with update_state first"
                 )
+            if with_input:  # a new input on a past checkpoint: a branch from it
+                base = await checkpoint_named(self.checkpointer, thread_id, checkpoint_id)
+                return await input_cursor(saver, base, input)
             picked = await picked_for_run(self.checkpointer, thread_id, checkpoint_id, saver.run_id)
             return await resumed_cursor(saver, picked)
         latest = None

@@ -160,14 +160,22 @@ async def update_state(
     return config_of(thread_id, stored.checkpoint_id)
 
 
+async def checkpoint_named(
+    checkpointer: Checkpointer, thread_id: str, checkpoint_id: str
+) -> Checkpoint:
+    """The thread's checkpoint ``checkpoint_id``, or CheckpointError."""
+    picked = await checkpointer.get(thread_id, checkpoint_id)
+    if picked is None:
+        raise CheckpointError(f"thread {thread_id!r} has no checkpoint {checkpoint_id!r}")
+    return picked
+
+
 async def picked_for_run(
     checkpointer: Checkpointer, thread_id: str, checkpoint_id: str, run_id: str
 ) -> Checkpoint:
     """The checkpoint a run from ``checkpoint_id`` starts from: a ``fork`` of it, stored
     (time travel: the thread's earlier history stays as it was), or an update's own."""
-    picked = await checkpointer.get(thread_id, checkpoint_id)
-    if picked is None:
-        raise CheckpointError(f"thread {thread_id!r} has no checkpoint {checkpoint_id!r}")
+    picked = await checkpoint_named(checkpointer, thread_id, checkpoint_id)
     if not starts_fork(picked, named=True):
         return picked
     return await checkpointer.put(fork(picked, run_id=run_id))
@@ -184,11 +192,13 @@ async def input_cursor(saver: RunSaver, latest: Checkpoint | None, input: object
     """Save the run's input checkpoint and return the cursor of its first step.
 
     As LangGraph does, a run with an input first saves the thread's values
-    before it (the latest checkpoint's, or the empty channels of a new
-    thread) with one task, ``__start__``, whose write is the input: step -1
-    on a new thread, the step after the latest otherwise, child of the
-    latest. The run's first step then starts from those values with the
-    input written through the reducers (a message list keeps its history).
+    before it (``latest``'s: the thread's latest checkpoint, or a past one a
+    run with an input branches from; the empty channels of a new thread)
+    with one task, ``__start__``, whose write is the input: step -1 on a new
+    thread, one step after ``latest`` otherwise, its child. The run's first
+    step then starts from those values with the input written through the
+    reducers (a message list keeps its history); ``latest``'s own tasks are
+    dropped.
     """
     schema = saver.plan.schema
     updates = dict(schema.input_updates(input))
@@ -206,6 +216,7 @@ async def input_cursor(saver: RunSaver, latest: Checkpoint | None, input: object
         status="running",
         started_at=saver.started_at,
         source="input",
+        parent_id=latest.checkpoint_id if latest is not None else None,
     )
     await finish(_put(saver.checkpointer, cp))
     return _first_step(saver, before, updates, step)
@@ -236,6 +247,7 @@ async def resumed_cursor(saver: RunSaver, cp: Checkpoint) -> RunCursor:
 __all__ = [
     "StateSnapshot",
     "Target",
+    "checkpoint_named",
     "get_state",
     "get_state_history",
     "input_cursor",

@@ -158,6 +158,22 @@ async def test_running_from_the_input_checkpoint_branches(store: Any) -> None:
     assert branch.parent_config["configurable"]["checkpoint_id"] == first
 
 
+async def test_an_input_on_a_past_checkpoint_branches_from_it(store: Any) -> None:
+    app, thread = build(store), tid()
+    await app.arun({"topic": "x", "trail": [], "verdict": ""}, thread_id=thread)
+    before = await app.aget_state_history(thread)
+    past = before[2]  # step 0: before write ran
+    past_id = past.config["configurable"]["checkpoint_id"]
+    result = await app.arun({"topic": "z"}, thread_id=thread, checkpoint_id=past_id)
+    assert result.state["trail"] == ["write:z", "review"]
+    after = await app.aget_state_history(thread)
+    assert after[len(after) - len(before) :] == before  # the old branch as it was
+    branch = after[3]
+    assert branch.metadata is not None and branch.metadata["source"] == "input"
+    assert branch.metadata["step"] == 1 and branch.parent_config == past.config
+    assert branch.values == past.values
+
+
 async def test_a_run_stopped_before_its_first_step_resumes(store: Any) -> None:
     """Only the input checkpoint was saved (the process died): a resume runs the input."""
     app, thread = build(store), tid()
@@ -314,7 +330,8 @@ def _lg_program(module: Any, saver: Any) -> list[Any]:
     out.append((state.next, state.values, (state.metadata or {}).get("source")))
     out.append(graph.invoke(None, edited))
     out.append(graph.invoke(None, past.config))
-    out.append(_history_rows(graph, config)[:6])
+    out.append(graph.invoke({"topic": "z"}, past.config))  # a new input on a past checkpoint
+    out.append(_history_rows(graph, config)[:9])
     return out
 
 
