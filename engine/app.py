@@ -559,8 +559,10 @@ class CompiledGraph(Generic[S]):
     ) -> RunCursor:
         if checkpoint_id is not None:
             with_input = state is not None
-            if self.checkpointer is None or thread_id is None or (
-                with_input and not writes_input(saver)
+            if (
+                self.checkpointer is None
+                or thread_id is None
+                or (with_input and not writes_input(saver))
             ):
                 raise CheckpointError(
                     "a run from checkpoint_id needs a checkpointer and a thread_id, and for "
