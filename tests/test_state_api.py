@@ -3,8 +3,10 @@ past checkpoint (time travel), on the memory, SQLite and PostgreSQL checkpointer
 
 from __future__ import annotations
 
+import asyncio
 import operator
 import sqlite3
+import threading
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -26,6 +28,7 @@ from engine.checkpoint import (
     SqliteSaver,
 )
 from engine.checkpoint.history import StateSnapshot
+from engine.checkpoint.homeloop import HomeLoop
 from engine.running import run_sync
 from engine.saving import RunSaver
 from engine.threads import input_cursor
@@ -408,3 +411,23 @@ async def test_async_postgres_saver() -> None:
         app, thread = build(saver), tid()
         await app.arun({"topic": "a", "trail": [], "verdict": ""}, thread_id=thread)
         assert (await app.aget_state(thread)).values["trail"] == ["write:a", "review"]
+
+
+def test_home_loop_serves_every_loop_and_stops() -> None:
+    home = HomeLoop("test-home")
+    seen: list[object] = []
+
+    async def where() -> object:
+        seen.append(asyncio.get_running_loop())
+        return threading.current_thread().name
+
+    async def from_a_loop() -> object:
+        return await home.call(where())
+
+    assert run_sync(from_a_loop()) == "test-home"
+    assert run_sync(from_a_loop()) == "test-home"  # a second loop, the same home
+    assert home.block(where()) == "test-home"
+    assert len({id(loop) for loop in seen}) == 1
+    home.stop()
+    home.stop()  # idempotent
+    assert not any(t.name == "test-home" for t in threading.enumerate())
