@@ -539,10 +539,10 @@ class CompiledStateGraph(Generic[S]):
         before: Mapping[str, Any] | None = None,
         limit: int | None = None,
     ) -> AsyncIterator[Any]:
-        thread, _ = self._thread(config, "get_state_history")
+        self._thread(config, "get_state_history")
         until = self._thread(before, "before")[1] if before else None
         for snap in await self.app.aget_state_history(
-            thread, before=until, limit=limit, filter=filter
+            config, before=until, limit=limit, filter=filter
         ):
             yield snap
 
@@ -554,10 +554,10 @@ class CompiledStateGraph(Generic[S]):
         before: Mapping[str, Any] | None = None,
         limit: int | None = None,
     ) -> Iterator[Any]:
-        thread, _ = self._thread(config, "get_state_history")
+        self._thread(config, "get_state_history")
         until = self._thread(before, "before")[1] if before else None
         return iter(
-            run_sync(self.app.aget_state_history(thread, before=until, limit=limit, filter=filter))
+            run_sync(self.app.aget_state_history(config, before=until, limit=limit, filter=filter))
         )
 
     async def aupdate_state(

@@ -111,11 +111,15 @@ async def get_state_history(
     """The thread's snapshots, newest first, across every branch; ``before``: a checkpoint
     id, or a config naming one."""
     store = _store(checkpointer, "get_state_history")
-    thread_id, _ = named(target, None, "get_state_history")
+    thread_id, only = named(target, None, "get_state_history")
     if before is not None and not isinstance(before, str):
         before = named(before, None, "get_state_history(before=...)")[1]
     codec = _saver(plan, store, thread_id).codec
-    cps = await store.history(thread_id, before=before, limit=limit, filter=filter)
+    if only is not None:  # a config naming one checkpoint lists that one (LangGraph's)
+        cps = await store.history(thread_id, before=before, filter=filter)
+        cps = [cp for cp in cps if cp.checkpoint_id == only][:limit]
+    else:
+        cps = await store.history(thread_id, before=before, limit=limit, filter=filter)
     return [snapshot(codec, cp) for cp in cps]
 
 

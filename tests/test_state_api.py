@@ -254,6 +254,7 @@ async def test_a_config_names_the_thread_and_checkpoint(store: Any) -> None:
     history = await app.aget_state_history({"configurable": {"thread_id": thread}})
     assert history == await app.aget_state_history(thread)
     past = history[1].config
+    assert await app.aget_state_history(past) == [history[1]]  # the one it names
     assert (await app.aget_state(past)) == history[1]
     older = await app.aget_state_history(thread, before=past)
     assert older == history[2:]
@@ -335,6 +336,9 @@ def _lg_program(module: Any, saver: Any) -> list[Any]:
     out.append(graph.invoke(None, past.config))
     out.append(graph.invoke({"topic": "z"}, past.config))  # a new input on a past checkpoint
     out.append(_history_rows(graph, config)[:9])
+    # A config naming a checkpoint lists that one; before= and limit= as well.
+    out.append(_history_rows(graph, past.config))
+    out.append(len(list(graph.get_state_history(config, before=past.config, limit=2))))
     return out
 
 
