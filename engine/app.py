@@ -39,7 +39,18 @@ from .running import run_sync
 from .saving import RunCursor, RunSaver
 from .scheduler import RunResult, Scheduler
 from .streaming import ChunkSink, chunks_of, iterate_sync, parse_modes, shape_debug
-from .threads import StateSnapshot, get_state, get_state_history, picked_for_run, update_state
+from .threads import (
+    StateSnapshot,
+    Target,
+    checkpoint_named,
+    get_state,
+    get_state_history,
+    input_cursor,
+    picked_for_run,
+    resumed_cursor,
+    update_state,
+    writes_input,
+)
 from .warm import parse_size, workers_for_memory
 from .watchdog import DEFAULT_THRESHOLD_S, LoopWatchdog
 
@@ -245,43 +256,43 @@ class CompiledGraph(Generic[S]):
         return f"<CompiledGraph nodes={list(self.plan.nodes)}>"
 
     # -- the state API (needs a checkpointer) --------------------------------------
+    # ``thread``: a thread id, or a LangGraph-style config naming the thread (and a
+    # checkpoint: ``{"configurable": {"thread_id": ..., "checkpoint_id": ...}}``).
 
-    async def aget_state(self, thread_id: str, checkpoint_id: str | None = None) -> StateSnapshot:
+    async def aget_state(self, thread: Target, checkpoint_id: str | None = None) -> StateSnapshot:
         """The thread's state at ``checkpoint_id`` (its latest when None): values, next
         tasks, config, metadata, created_at, parent_config, tasks."""
-        return await get_state(self.plan, self.checkpointer, thread_id, checkpoint_id)
+        return await get_state(self.plan, self.checkpointer, thread, checkpoint_id)
 
-    def get_state(self, thread_id: str, checkpoint_id: str | None = None) -> StateSnapshot:
-        return run_sync(self.aget_state(thread_id, checkpoint_id))
+    def get_state(self, thread: Target, checkpoint_id: str | None = None) -> StateSnapshot:
+        return run_sync(self.aget_state(thread, checkpoint_id))
 
     async def aget_state_history(
         self,
-        thread_id: str,
+        thread: Target,
         *,
-        before: str | None = None,
+        before: Target | None = None,
         limit: int | None = None,
         filter: Mapping[str, Any] | None = None,
     ) -> list[StateSnapshot]:
         """The thread's snapshots, newest first, across every branch (forks included)."""
         return await get_state_history(
-            self.plan, self.checkpointer, thread_id, before=before, limit=limit, filter=filter
+            self.plan, self.checkpointer, thread, before=before, limit=limit, filter=filter
         )
 
     def get_state_history(
         self,
-        thread_id: str,
+        thread: Target,
         *,
-        before: str | None = None,
+        before: Target | None = None,
         limit: int | None = None,
         filter: Mapping[str, Any] | None = None,
     ) -> list[StateSnapshot]:
-        return run_sync(
-            self.aget_state_history(thread_id, before=before, limit=limit, filter=filter)
-        )
+        return run_sync(self.aget_state_history(thread, before=before, limit=limit, filter=filter))
 
     async def aupdate_state(
         self,
-        thread_id: str,
+        thread: Target,
         values: object,
         *,
         as_node: str | None = None,
@@ -293,7 +304,7 @@ class CompiledGraph(Generic[S]):
         return await update_state(
             self.plan,
             self.checkpointer,
-            thread_id,
+            thread,
             values,
             as_node=as_node,
             checkpoint_id=checkpoint_id,
@@ -301,14 +312,14 @@ class CompiledGraph(Generic[S]):
 
     def update_state(
         self,
-        thread_id: str,
+        thread: Target,
         values: object,
         *,
         as_node: str | None = None,
         checkpoint_id: str | None = None,
     ) -> dict[str, Any]:
         return run_sync(
-            self.aupdate_state(thread_id, values, as_node=as_node, checkpoint_id=checkpoint_id)
+            self.aupdate_state(thread, values, as_node=as_node, checkpoint_id=checkpoint_id)
         )
 
     def get_graph(self) -> Drawing:
@@ -517,7 +528,9 @@ class CompiledGraph(Generic[S]):
             if cp is not None and thread_id is not None:
                 await cp.acquire(thread_id, run_id)
             try:
-                cursor = await self._cursor(scheduler, saver, state, thread_id, opts.checkpoint_id)
+                cursor = await self._cursor(
+                    scheduler, saver, state, thread_id, opts.checkpoint_id, input
+                )
                 if watchdog is None:
                     result = await scheduler.run(cursor, resumed=state is None)
                 else:
@@ -542,15 +555,25 @@ class CompiledGraph(Generic[S]):
         state: Any,
         thread_id: str | None,
         checkpoint_id: str | None = None,
+        input: object = None,
     ) -> RunCursor:
         if checkpoint_id is not None:
-            if self.checkpointer is None or thread_id is None or state is not None:
+            with_input = state is not None
+            if (
+                self.checkpointer is None
+                or thread_id is None
+                or (with_input and not writes_input(saver))
+            ):
                 raise CheckpointError(
-                    "a run from checkpoint_id needs a checkpointer, a thread_id and input=None "
-                    f"(got input {type(state).__name__}); pass the input with update_state first"
+                    "a run from checkpoint_id needs a checkpointer and a thread_id, and for "
+                    f"a pydantic state input=None (got input {type(state).__name__}); pass "
+                    "the input with update_state first"
                 )
+            if with_input:  # a new input on a past checkpoint: a branch from it
+                base = await checkpoint_named(self.checkpointer, thread_id, checkpoint_id)
+                return await input_cursor(saver, base, input)
             picked = await picked_for_run(self.checkpointer, thread_id, checkpoint_id, saver.run_id)
-            return saver.cursor_of(picked)
+            return await resumed_cursor(saver, picked)
         latest = None
         if self.checkpointer is not None and thread_id is not None:
             latest = await self.checkpointer.get_latest(thread_id)
@@ -559,7 +582,7 @@ class CompiledGraph(Generic[S]):
                 raise CheckpointError(
                     f"thread {thread_id!r} has no checkpoint to resume; start it with an input"
                 )
-            return saver.cursor_of(latest)
+            return await resumed_cursor(saver, latest)
         if latest is not None and latest.status != "done":
             raise CheckpointError(
                 f"thread {thread_id!r} has an unfinished run (step {latest.step}, "
@@ -567,6 +590,9 @@ class CompiledGraph(Generic[S]):
                 f"abandon it with `await checkpointer.delete_thread({thread_id!r})`, "
                 "or use a new thread_id"
             )
+        if writes_input(saver):
+            # The input checkpoint first; the run continues the thread's values.
+            return await input_cursor(saver, latest, input)
         # A new input on a finished thread continues its step numbering.
         return scheduler.start_cursor(state, step=latest.step + 1 if latest else 0)
 

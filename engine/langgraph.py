@@ -52,7 +52,14 @@ from typing import Any, Generic, TypeVar
 
 from .app import CompiledGraph, RunOptions
 from .cache import CachePolicy, InMemoryCache, SqliteCache
-from .checkpoint.savers import InMemorySaver, MemorySaver, SqliteSaver
+from .checkpoint.savers import (
+    AsyncPostgresSaver,
+    AsyncSqliteSaver,
+    InMemorySaver,
+    MemorySaver,
+    PostgresSaver,
+    SqliteSaver,
+)
 from .classify import is_coroutine_function
 from .drawing import Drawing
 from .errors import InvalidUpdateError, NodeError, NodeTimeoutError, RecursionLimitError
@@ -405,6 +412,10 @@ class CompiledStateGraph(Generic[S]):
         config = dict(config or {})
         configurable = dict(config.get("configurable") or {})
         limit = int(config.get("recursion_limit", DEFAULT_RECURSION_LIMIT))
+        if self.app.checkpointer is not None and configurable.get("thread_id") is None:
+            raise ValueError(
+                "this graph has a checkpointer: pass config={'configurable': {'thread_id': ...}}"
+            )
         return RunOptions(
             mode="parallel",
             thread_id=configurable.get("thread_id"),
@@ -590,10 +601,10 @@ class CompiledStateGraph(Generic[S]):
         before: Mapping[str, Any] | None = None,
         limit: int | None = None,
     ) -> AsyncIterator[Any]:
-        thread, _ = self._thread(config, "get_state_history")
+        self._thread(config, "get_state_history")
         until = self._thread(before, "before")[1] if before else None
         for snap in await self.app.aget_state_history(
-            thread, before=until, limit=limit, filter=filter
+            config, before=until, limit=limit, filter=filter
         ):
             yield snap
 
@@ -605,10 +616,10 @@ class CompiledStateGraph(Generic[S]):
         before: Mapping[str, Any] | None = None,
         limit: int | None = None,
     ) -> Iterator[Any]:
-        thread, _ = self._thread(config, "get_state_history")
+        self._thread(config, "get_state_history")
         until = self._thread(before, "before")[1] if before else None
         return iter(
-            run_sync(self.app.aget_state_history(thread, before=until, limit=limit, filter=filter))
+            run_sync(self.app.aget_state_history(config, before=until, limit=limit, filter=filter))
         )
 
     async def aupdate_state(
@@ -654,6 +665,8 @@ __all__ = [
     "REMOVE_ALL_MESSAGES",
     "START",
     "All",
+    "AsyncPostgresSaver",
+    "AsyncSqliteSaver",
     "CachePolicy",
     "Command",
     "CompiledStateGraph",
@@ -674,6 +687,7 @@ __all__ = [
     "NodeTimeoutError",
     "Overwrite",
     "ParentCommand",
+    "PostgresSaver",
     "RemoveMessage",
     "RetryPolicy",
     "RunnableConfig",

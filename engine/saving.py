@@ -21,6 +21,7 @@ from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .errors import NodeError
 from .logs import get_logger
 from .spec import Task
 
@@ -101,14 +102,21 @@ class RunSaver:
             self._codec = RunCodec(self.plan.schema, topology, held=self.plan.schema.held)
         return self._codec
 
-    async def save(self, cursor: RunCursor, status: str, written: Writes | None = None) -> None:
+    async def save(
+        self,
+        cursor: RunCursor,
+        status: str,
+        written: Writes | None = None,
+        errors: Mapping[tuple[str, int], BaseException] | None = None,
+    ) -> None:
         """Save ``cursor`` with ``status``, to the end even if the run is cancelled meanwhile.
 
         ``written``: the writes of the step that made ``cursor.state``, to
-        name the node behind a value that cannot be saved.
+        name the node behind a value that cannot be saved. ``errors``: the
+        step's failed tasks, kept on the checkpoint (``get_state`` shows them).
         """
         if self.active:
-            await finish(self._put(cursor, status, written))
+            await finish(self._put(cursor, status, written, errors))
 
     async def save_stopped(self, cursor: RunCursor, writes: Writes, status: str) -> None:
         """Save a step that was stopped (cancelled, or an engine error) with what it wrote.
@@ -124,12 +132,22 @@ class RunSaver:
         except Exception:
             log.exception("checkpoint_on_stop_failed", step=cursor.step, status=status)
 
-    async def _put(self, cursor: RunCursor, status: str, written: Writes | None) -> None:
+    async def _put(
+        self,
+        cursor: RunCursor,
+        status: str,
+        written: Writes | None,
+        errors: Mapping[tuple[str, int], BaseException] | None = None,
+    ) -> None:
         assert self.checkpointer is not None
-        await self.checkpointer.put(self.checkpoint_of(cursor, status, written))
+        await self.checkpointer.put(self.checkpoint_of(cursor, status, written, errors))
 
     def checkpoint_of(
-        self, cursor: RunCursor, status: str, written: Writes | None = None
+        self,
+        cursor: RunCursor,
+        status: str,
+        written: Writes | None = None,
+        errors: Mapping[tuple[str, int], BaseException] | None = None,
     ) -> Checkpoint:
         """The checkpoint of ``cursor`` (``engine.checkpoint.snapshot``), or CheckpointError."""
         return self.codec.save(
@@ -143,6 +161,7 @@ class RunSaver:
             status=status,
             started_at=self.started_at,
             written=written,
+            errors={order: _shown(exc) for order, exc in (errors or {}).items()},
         )
 
     def cursor_of(self, cp: Checkpoint) -> RunCursor:
@@ -155,6 +174,14 @@ class RunSaver:
             fanin=restored.fanin,
             pending=restored.pending,
         )
+
+
+def _shown(exc: BaseException) -> BaseException:
+    """The error a checkpoint keeps for a failed task: the node's own exception where the
+    engine's error wraps one (its ``__cause__``), as LangGraph shows it."""
+    if isinstance(exc, NodeError) and exc.__cause__ is not None:
+        return exc.__cause__
+    return exc
 
 
 async def finish(save: Coroutine[Any, Any, None]) -> None:

@@ -163,7 +163,7 @@ class Scheduler:
         error = attempts.first_error()
         self.recorder.step_finished(step, time.perf_counter() - t0, ok=error is None)
         if error is not None:
-            await self.saver.save(cursor.with_pending(writes), "failed")
+            await self.saver.save(cursor.with_pending(writes), "failed", errors=attempts.failed)
             raise error
         try:
             # merge, route

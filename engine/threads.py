@@ -9,6 +9,9 @@
     app.arun(None, thread_id=..., checkpoint_id=...)
                                               checkpointer.get -> history.fork -> put,
                                               then the run resumes from the fork
+    app.arun(input, thread_id=...)            input_cursor: the input checkpoint
+                                              (source "input", its task ``__start__``
+                                              writing the input) -> put, then the run
 
 ``engine.checkpoint.history`` decides what to show and what to write (pure
 functions over checkpoints, LangGraph's ``StateSnapshot`` shape); this module
@@ -31,19 +34,43 @@ from .checkpoint.history import (
     snapshot,
     starts_fork,
     update,
+    values_of,
 )
 from .errors import CheckpointError
-from .routing import next_tasks
-from .saving import RunSaver
+from .routing import next_tasks, start_tasks
+from .saving import RunCursor, RunSaver, finish
+from .spec import START, Task
+from .state import Write
 
 if TYPE_CHECKING:
     from .checkpoint import Checkpointer
     from .plan import Plan
 
 
+#: A thread as the state API takes it: its id, or a LangGraph-style config naming it
+#: (``{"configurable": {"thread_id": ..., "checkpoint_id": ...}}``).
+Target = str | Mapping[str, Any]
+
+
+def named(target: Target, checkpoint_id: str | None, what: str) -> tuple[str, str | None]:
+    """The thread id and checkpoint id ``target`` names (``checkpoint_id`` wins when given)."""
+    if isinstance(target, str):
+        return target, checkpoint_id
+    configurable = target.get("configurable") if isinstance(target, Mapping) else None
+    thread = configurable.get("thread_id") if isinstance(configurable, Mapping) else None
+    if thread is None:
+        raise ValueError(
+            f"{what} needs a thread: its id, or a config {{'configurable': {{'thread_id': ...}}}}"
+            f" (got {target!r:.80})"
+        )
+    assert isinstance(configurable, Mapping)
+    return str(thread), checkpoint_id or configurable.get("checkpoint_id") or None
+
+
 def _store(checkpointer: Checkpointer | None, what: str) -> Checkpointer:
     if checkpointer is None:
-        raise CheckpointError(
+        # A ValueError, as LangGraph raises: the call, not a store, is at fault.
+        raise ValueError(
             f"{what} needs a checkpointer: compile(checkpointer=...) (MemoryCheckpointer, "
             "SqliteCheckpointer, PostgresCheckpointer)"
         )
@@ -57,11 +84,12 @@ def _saver(plan: Plan, checkpointer: Checkpointer, thread_id: str) -> RunSaver:
 async def get_state(
     plan: Plan,
     checkpointer: Checkpointer | None,
-    thread_id: str,
+    target: Target,
     checkpoint_id: str | None = None,
 ) -> StateSnapshot:
     """The thread's state at ``checkpoint_id`` (its latest when None)."""
     store = _store(checkpointer, "get_state")
+    thread_id, checkpoint_id = named(target, checkpoint_id, "get_state")
     cp = await store.get(thread_id, checkpoint_id)
     if cp is None:
         if checkpoint_id is not None:
@@ -74,23 +102,31 @@ async def get_state(
 async def get_state_history(
     plan: Plan,
     checkpointer: Checkpointer | None,
-    thread_id: str,
+    target: Target,
     *,
-    before: str | None = None,
+    before: Target | None = None,
     limit: int | None = None,
     filter: Mapping[str, Any] | None = None,
 ) -> list[StateSnapshot]:
-    """The thread's snapshots, newest first, across every branch."""
+    """The thread's snapshots, newest first, across every branch; ``before``: a checkpoint
+    id, or a config naming one."""
     store = _store(checkpointer, "get_state_history")
+    thread_id, only = named(target, None, "get_state_history")
+    if before is not None and not isinstance(before, str):
+        before = named(before, None, "get_state_history(before=...)")[1]
     codec = _saver(plan, store, thread_id).codec
-    cps = await store.history(thread_id, before=before, limit=limit, filter=filter)
+    if only is not None:  # a config naming one checkpoint lists that one (LangGraph's)
+        cps = await store.history(thread_id, before=before, filter=filter)
+        cps = [cp for cp in cps if cp.checkpoint_id == only][:limit]
+    else:
+        cps = await store.history(thread_id, before=before, limit=limit, filter=filter)
     return [snapshot(codec, cp) for cp in cps]
 
 
 async def update_state(
     plan: Plan,
     checkpointer: Checkpointer | None,
-    thread_id: str,
+    target: Target,
     values: object,
     *,
     as_node: str | None = None,
@@ -99,6 +135,7 @@ async def update_state(
     """Write ``values`` as if ``as_node`` had returned them, on top of ``checkpoint_id``
     (the latest when None); the config naming the new checkpoint."""
     store = _store(checkpointer, "update_state")
+    thread_id, checkpoint_id = named(target, checkpoint_id, "update_state")
     base = await store.get(thread_id, checkpoint_id)
     if base is None and checkpoint_id is not None:
         raise CheckpointError(f"thread {thread_id!r} has no checkpoint {checkpoint_id!r}")
@@ -109,6 +146,8 @@ async def update_state(
         ran: Sequence[str], after: dict[str, Any], step: int, fanin: dict[str, set[str]]
     ) -> Sequence[Any]:
         state = after if schema.held == "values" else schema.result(after)
+        if START in ran:  # an update as the input: START's edges, as a run's first step
+            return start_tasks(plan, state)
         return next_tasks(plan, [n for n in ran if n in plan.nodes], state, step, fanin)
 
     new = update(
@@ -125,23 +164,100 @@ async def update_state(
     return config_of(thread_id, stored.checkpoint_id)
 
 
+async def checkpoint_named(
+    checkpointer: Checkpointer, thread_id: str, checkpoint_id: str
+) -> Checkpoint:
+    """The thread's checkpoint ``checkpoint_id``, or CheckpointError."""
+    picked = await checkpointer.get(thread_id, checkpoint_id)
+    if picked is None:
+        raise CheckpointError(f"thread {thread_id!r} has no checkpoint {checkpoint_id!r}")
+    return picked
+
+
 async def picked_for_run(
     checkpointer: Checkpointer, thread_id: str, checkpoint_id: str, run_id: str
 ) -> Checkpoint:
     """The checkpoint a run from ``checkpoint_id`` starts from: a ``fork`` of it, stored
     (time travel: the thread's earlier history stays as it was), or an update's own."""
-    picked = await checkpointer.get(thread_id, checkpoint_id)
-    if picked is None:
-        raise CheckpointError(f"thread {thread_id!r} has no checkpoint {checkpoint_id!r}")
+    picked = await checkpoint_named(checkpointer, thread_id, checkpoint_id)
     if not starts_fork(picked, named=True):
         return picked
     return await checkpointer.put(fork(picked, run_id=run_id))
 
 
+def writes_input(saver: RunSaver) -> bool:
+    """Whether a run of this saver's graph starts with an input checkpoint: a state held as
+    channel values on a thread (a pydantic state on ``engine.Graph`` is replaced whole by
+    its input, and has no values before it)."""
+    return saver.active and saver.plan.schema.held == "values"
+
+
+async def input_cursor(saver: RunSaver, latest: Checkpoint | None, input: object) -> RunCursor:
+    """Save the run's input checkpoint and return the cursor of its first step.
+
+    As LangGraph does, a run with an input first saves the thread's values
+    before it (``latest``'s: the thread's latest checkpoint, or a past one a
+    run with an input branches from; the empty channels of a new thread)
+    with one task, ``__start__``, whose write is the input: step -1 on a new
+    thread, one step after ``latest`` otherwise, its child. The run's first
+    step then starts from those values with the input written through the
+    reducers (a message list keeps its history); ``latest``'s own tasks are
+    dropped.
+    """
+    schema = saver.plan.schema
+    updates = dict(schema.input_updates(input))
+    before = values_of(saver.codec, latest) if latest is not None else schema.initial()
+    step = latest.step + 1 if latest is not None else -1
+    assert saver.checkpointer is not None
+    cp = saver.codec.save(
+        thread_id=saver.thread_id or "",
+        run_id=saver.run_id,
+        step=step,
+        state=before,
+        tasks=[Task(START)],
+        fanin={},
+        pending={(START, -1): updates},
+        status="running",
+        started_at=saver.started_at,
+        source="input",
+        parent_id=latest.checkpoint_id if latest is not None else None,
+    )
+    await finish(_put(saver.checkpointer, cp))
+    return _first_step(saver, before, updates, step)
+
+
+async def _put(checkpointer: Checkpointer, cp: Checkpoint) -> None:
+    await checkpointer.put(cp)
+
+
+def _first_step(saver: RunSaver, before: Any, updates: Mapping[str, Any], step: int) -> RunCursor:
+    state = saver.plan.schema.apply(before, [Write(START, -1, updates)], step)
+    return RunCursor(state=state, step=step + 1, tasks=start_tasks(saver.plan, state))
+
+
+async def resumed_cursor(saver: RunSaver, cp: Checkpoint) -> RunCursor:
+    """The cursor a run resumed from ``cp`` starts with. An input checkpoint (the run
+    stopped before its first step was saved): its first step, saved now, as a child of it."""
+    if cp.source != "input":
+        return saver.cursor_of(cp)
+    writes = saver.codec.load_writes(cp)
+    cursor = _first_step(saver, values_of(saver.codec, cp), writes.get((START, -1), {}), cp.step)
+    assert saver.checkpointer is not None
+    first = saver.checkpoint_of(cursor, "running" if cursor.tasks else "done")
+    await finish(_put(saver.checkpointer, first.model_copy(update={"parent_id": cp.checkpoint_id})))
+    return cursor
+
+
 __all__ = [
     "StateSnapshot",
+    "Target",
+    "checkpoint_named",
     "get_state",
     "get_state_history",
+    "input_cursor",
+    "named",
     "picked_for_run",
+    "resumed_cursor",
     "update_state",
+    "writes_input",
 ]

@@ -13,12 +13,17 @@ from .history import PregelTask as PregelTask
 from .history import StateSnapshot as StateSnapshot
 from .memory import MemoryCheckpointer as MemoryCheckpointer
 from .postgres import PostgresCheckpointer as PostgresCheckpointer
+from .savers import AsyncPostgresSaver as AsyncPostgresSaver
+from .savers import AsyncSqliteSaver as AsyncSqliteSaver
 from .savers import InMemorySaver as InMemorySaver
 from .savers import MemorySaver as MemorySaver
+from .savers import PostgresSaver as PostgresSaver
 from .savers import SqliteSaver as SqliteSaver
 from .sqlite import SqliteCheckpointer as SqliteCheckpointer
 
 __all__ = [
+    "AsyncPostgresSaver",
+    "AsyncSqliteSaver",
     "Checkpoint",
     "Checkpointer",
     "InMemorySaver",
@@ -26,6 +31,7 @@ __all__ = [
     "MemorySaver",
     "PendingWrite",
     "PostgresCheckpointer",
+    "PostgresSaver",
     "PregelTask",
     "SqliteCheckpointer",
     "SqliteSaver",

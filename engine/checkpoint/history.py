@@ -112,8 +112,10 @@ def snapshot(run_codec: RunCodec, cp: Checkpoint, *, latest: bool = False) -> St
     caller asked for the thread's current state (no ``checkpoint_id``): the
     writes of the tasks that finished in a step that stopped are applied to
     the values, and ``next`` keeps only the tasks still to run, as LangGraph
-    shows it. Applying them raises what the step raised when its writes
-    conflict (``InvalidUpdateError``): that state cannot be shown.
+    shows it (not on an input checkpoint: its one task, ``__start__``, is
+    shown still to run until the run's first step is saved). Applying them
+    raises what the step raised when its writes conflict
+    (``InvalidUpdateError``): that state cannot be shown.
     """
     values = values_of(run_codec, cp)
     writes = run_codec.load_writes(cp) if cp.pending_writes else {}
@@ -131,7 +133,7 @@ def snapshot(run_codec: RunCodec, cp: Checkpoint, *, latest: bool = False) -> St
         for ref in cp.next_tasks
     )
     nxt = [ref for ref in cp.next_tasks]
-    if latest and writes:
+    if latest and writes and cp.source != "input":
         done = [Write(n, i, u) for (n, i), u in writes.items() if n != START]
         values = run_codec.schema.apply(values, done, cp.step)
         nxt = [ref for ref in nxt if (ref.node, ref.index) not in writes]
@@ -161,9 +163,10 @@ def starts_fork(picked: Checkpoint, *, named: bool) -> bool:
 
     ``named``: the caller's config named the checkpoint (``checkpoint_id``).
     A named checkpoint is forked, even the latest, unless ``update_state``
-    made it: its update is continued as it is (LangGraph's behaviour).
+    made it: its update is continued as it is (LangGraph's behaviour); a
+    run's input checkpoint is not either: its first step becomes a new child.
     """
-    return named and picked.source != "update"
+    return named and picked.source not in ("update", "input")
 
 
 def fork(picked: Checkpoint, *, run_id: str) -> Checkpoint:

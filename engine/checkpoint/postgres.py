@@ -210,7 +210,7 @@ class PostgresCheckpointer(CheckpointerBase):
     async def _ready(self, what: str) -> psycopg_pool.AsyncConnectionPool[Any]:
         self._check_usable(what)
         if self._pool is None:
-            await self.setup()
+            await self._open()
         assert self._pool is not None
         if asyncio.get_running_loop() is not self._loop:
             raise RuntimeError(
@@ -262,6 +262,9 @@ class PostgresCheckpointer(CheckpointerBase):
 
     async def setup(self) -> None:
         """Open the pool and create the tables (idempotent)."""
+        await self._open()
+
+    async def _open(self) -> None:
         self._check_usable("set up")
         async with self._guard:
             self._check_usable("set up")

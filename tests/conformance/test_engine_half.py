@@ -37,10 +37,6 @@ if importlib.util.find_spec("engine.langgraph") is None:
 PENDING: dict[str, str] = {
     "config_context": "a node's config lacks LangGraph's per-task keys (checkpoint_ns, "
     "langgraph_step/langgraph_node metadata, callbacks)",
-    "errors": "LangGraph saves an input checkpoint (step -1, source 'input') before step 0 "
-    "and records a failed task's error on it: checkpoint ids, parents and tasks differ",
-    "state_api": "LangGraph saves an input checkpoint (step -1) before step 0: the history "
-    "has one more snapshot and every parent link differs",
     "stream_modes": "needs the checkpoints stream mode and debug's checkpoint chunks, "
     "which start with LangGraph's input checkpoint (step -1); every other entry matches",
     "human_review": "needs interrupt() and Command(resume=...)",
