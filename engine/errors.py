@@ -144,6 +144,32 @@ class RecursionLimitError(EngineError, RecursionError):
     """The run took more super-steps than ``recursion_limit``."""
 
 
+class GraphRecursionError(RecursionLimitError):
+    """LangGraph's name for the recursion limit's error: the one the engine raises."""
+
+
+def own_error(err: NodeError) -> BaseException:
+    """The exception a run raises for ``err``: the node's own exception (an ``except
+    KeyError:`` around ``invoke`` keeps working), the engine's details added as notes.
+
+    ``err`` itself when there is no node exception to give back: a timeout, a dead
+    worker, a refused payload, an exception that could not cross from the worker
+    (these are the engine's own errors, ``NodeError`` subclasses).
+    """
+    cause = err.__cause__
+    if type(err) is not NodeError or cause is None or isinstance(cause, EngineError):
+        return err
+    if not isinstance(cause, Exception):
+        return err
+    cause.add_note(
+        f"During task with name {err.node!r} (step {err.step}, lane {err.lane!r}, "
+        f"attempt {err.attempt})"
+    )
+    if err.traceback_text and err.lane == "cpu":
+        cause.add_note(f"Traceback in the worker process:\n{err.traceback_text.rstrip()}")
+    return cause
+
+
 class CheckpointError(EngineError):
     """A checkpoint could not be saved or loaded (corrupt, foreign, or busy)."""
 
@@ -152,9 +178,11 @@ __all__ = [
     "CheckpointError",
     "EngineError",
     "GraphError",
+    "GraphRecursionError",
     "InvalidUpdateError",
     "NodeError",
     "NodeTimeoutError",
     "RecursionLimitError",
     "WorkerCrashedError",
+    "own_error",
 ]
