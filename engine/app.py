@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any, Generic, TypedDict, TypeVar
 
 from typing_extensions import Unpack
 
+from .context import RunContext, enter, leave
 from .dispatch import Dispatcher, Route, plan_routes
 from .drawing import Drawing
-from .context import RunContext, enter, leave
 from .errors import CheckpointError, GraphError, NodeError, own_error
 from .events import Event
 from .lanes import MODES, Lanes, Mode
@@ -135,7 +135,11 @@ class RunOptions:
             "checkpoint_id": configurable.get("checkpoint_id"),
             "recursion_limit": config.get("recursion_limit"),
         }
-        defaults = {"thread_id": None, "checkpoint_id": None, "recursion_limit": DEFAULT_RECURSION_LIMIT}
+        defaults = {
+            "thread_id": None,
+            "checkpoint_id": None,
+            "recursion_limit": DEFAULT_RECURSION_LIMIT,
+        }
         for name, value in taken.items():
             if value is None:
                 continue

@@ -8,6 +8,7 @@ what to do.
 
 from __future__ import annotations
 
+import contextlib
 from concurrent.futures.process import BrokenProcessPool
 
 
@@ -164,10 +165,8 @@ def own_error(err: NodeError) -> BaseException:
         return err
     if not isinstance(cause, Exception):
         return err
-    try:
+    with contextlib.suppress(AttributeError):  # a type without a __dict__: notes only
         cause.__engine_error__ = err  # type: ignore[attr-defined]
-    except AttributeError:  # an exception type without a __dict__: notes only
-        pass
     where = (
         f"During task with name {err.node!r} (step {err.step}, lane {err.lane!r}, "
         f"attempt {err.attempt})"

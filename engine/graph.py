@@ -6,6 +6,7 @@ below this module sees the builder, and nothing here runs a node.
 from __future__ import annotations
 
 import inspect
+import itertools
 import os
 import typing
 from collections.abc import Callable, Hashable, Mapping, Sequence
@@ -13,8 +14,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from .context import wants
 from .classify import LANES, Lane, declared_lane, is_coroutine_function, pickle_problem
+from .context import wants
 from .errors import GraphError
 from .policy import RetryPolicy
 from .spec import END, RESERVED, START, Branch, GraphSpec, NodeSpec, Send
@@ -206,7 +207,7 @@ class Graph(Generic[S]):
             else:
                 self.add_node(item)
                 names.append(list(self.nodes)[-1])
-        for source, target in zip(names, names[1:], strict=False):
+        for source, target in itertools.pairwise(names):
             self.add_edge(source, target)
         return self
 

@@ -78,7 +78,9 @@ async def test_config_and_runtime_reach_every_lane_in_every_mode(lane: str) -> N
         "recursion_limit": 9,
     }
     for mode in MODES:
-        out = await app.ainvoke({"x": 1, "log": []}, config=config, context={"user": "u"}, mode=mode)
+        out = await app.ainvoke(
+            {"x": 1, "log": []}, config=config, context={"user": "u"}, mode=mode
+        )
         first, second = out["log"][-2:]
         assert first.startswith(f"config:t-{lane}:1:['t']:meta:9:named:"), (mode, first)
         assert second == "runtime:u:1", mode
@@ -129,7 +131,9 @@ def test_invoke_inside_a_running_loop_passes_config() -> None:
     app = graph("thread").compile()
 
     async def handler() -> Any:
-        return app.invoke({"x": 1, "log": []}, config={"configurable": {"k": 1}}, context={"user": "j"})
+        return app.invoke(
+            {"x": 1, "log": []}, config={"configurable": {"k": 1}}, context={"user": "j"}
+        )
 
     out = asyncio.run(handler())
     assert out["log"][-1] == "runtime:j:1"

@@ -15,7 +15,6 @@ from engine import (
     START,
     Event,
     Graph,
-    NodeError,
     NodeFailed,
     NodeFinished,
     NodeStarted,

@@ -39,8 +39,8 @@ from engine import (
     Send,
     WorkerCrashedError,
 )
-from engine.errors import node_error_of
 from engine.checkpoint import MemoryCheckpointer
+from engine.errors import node_error_of
 from engine.events import NodeFailed, NodeFinished
 from engine.lanes import describe_exit, is_worker_crash
 from engine.lanes.pool import default_executor, default_workers, warm

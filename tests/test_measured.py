@@ -18,7 +18,7 @@ import pytest
 from pydantic import BaseModel
 from structlog.testing import capture_logs
 
-from engine import START, Graph, NodeError, Send
+from engine import START, Graph, Send
 from engine.events import BudgetWaited, LoopBlocked, NodeStarted
 from tests.support import State, burn
 

@@ -32,7 +32,6 @@ from pydantic import BaseModel
 
 import tests.crashers as crashers
 from engine import START, Graph, GraphError, InvalidUpdateError, RetryPolicy, Send
-from engine.errors import node_error_of
 from engine.checkpoint import (
     Checkpointer,
     MemoryCheckpointer,
@@ -40,7 +39,7 @@ from engine.checkpoint import (
     PostgresCheckpointer,
     SqliteCheckpointer,
 )
-from engine.errors import CheckpointError
+from engine.errors import CheckpointError, node_error_of
 from engine.procs import descendants, pid_alive
 from tests.conftest import postgres_dsn
 from tests.crashers import FaultState, lines

@@ -22,7 +22,7 @@ import pytest
 from pydantic import BaseModel
 
 import engine
-from engine import END, START, Graph, GraphError, NodeError, Send
+from engine import END, START, Graph, GraphError, Send
 from engine.lanes.pool import default_executor, warm
 from engine.warm import WorkerInit, available_memory, parse_size, workers_for_memory
 
