@@ -55,10 +55,8 @@ class RunContext:
     def wire(self) -> bytes:
         """The context pickled for a worker, once per run; TypeError saying what to fix."""
         if not self._wire:
-            import cloudpickle
-
             try:
-                self._wire.append(cloudpickle.dumps((dict(self.config), self.context)))
+                self._wire.append(_dumps((dict(self.config), self.context)))
             except Exception as exc:
                 raise TypeError(
                     "the run's config or context cannot be pickled for a cpu-lane worker "
@@ -66,6 +64,21 @@ class RunContext:
                     "and context=, or run the cpu nodes with lane='thread'"
                 ) from exc
         return self._wire[0]
+
+
+def _dumps(obj: Any) -> bytes:
+    """The stdlib pickler for plain data (fast); cloudpickle for what only it can send
+    (classes and functions of ``__main__``: a context_schema defined in a script)."""
+    try:
+        data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        data = b"__main__"
+    if b"__main__" not in data:
+        return data
+    import cloudpickle
+
+    out: bytes = cloudpickle.dumps(obj)
+    return out
 
 
 def from_wire(data: bytes) -> RunContext:
