@@ -532,6 +532,7 @@ class CompiledGraph(Generic[S]):
             for name, node in self.plan.nodes.items():
                 budgets.check_node(name, node.spec.resources)
         plan, policy = self._plan_for_run()
+        run_context = self._run_context(plan, opts)  # TypeError here, before anything starts
         run_id = uuid.uuid4().hex[:12]
         mode = opts.mode
         sinks = _Sinks([opts.on_event] if opts.on_event else [])
@@ -579,7 +580,6 @@ class CompiledGraph(Generic[S]):
         scheduler = Scheduler(
             plan, dispatcher, recorder, saver, clock=clock, recursion_limit=opts.recursion_limit
         )
-        run_context = self._run_context(plan, opts)
         entered = enter(run_context)
         cp = self.checkpointer
         try:

@@ -194,3 +194,17 @@ def test_retry_policy_is_langgraphs_name_for_retry() -> None:
     assert g.nodes["a"].retry is policy
     with pytest.raises(ValueError, match="retry= or retry_policy=, not both"):
         g.add_node("b", one, retry=policy, retry_policy=RetryPolicy(max_attempts=3))
+
+
+def test_stream_takes_config_and_context_too() -> None:
+    app = graph("thread").compile()
+    chunks = list(
+        app.stream(
+            {"x": 1, "log": []},
+            config={"configurable": {"k": 1}},
+            context={"user": "s"},
+            stream_mode="updates",
+        )
+    )
+    assert [next(iter(c)) for c in chunks] == ["a", "b"]
+    assert chunks[1]["b"] == {"log": ["runtime:s:1"]}
