@@ -62,11 +62,14 @@ class Graph(Generic[S]):
         self.schema = self._schema()
 
     def _schema(self) -> StateSchema:
+        held: StateSchema | None = getattr(self, "schema", None)
         return StateSchema.of(
             self.state,
             input_schema=self.input_schema,
             output_schema=self.output_schema,
             node_inputs=self._node_inputs,
+            # A schema set from outside (engine.langgraph's conventions) keeps them.
+            conventions=held.conventions if held is not None else "engine",
         )
 
     def add_node(

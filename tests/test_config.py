@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, TypedDict
 
 import pytest
+from pydantic import BaseModel
 
 from engine import END, START, Graph, RetryPolicy
 from engine.app import RunOptions
@@ -208,3 +209,23 @@ def test_stream_takes_config_and_context_too() -> None:
     )
     assert [next(iter(c)) for c in chunks] == ["a", "b"]
     assert chunks[1]["b"] == {"log": ["runtime:s:1"]}
+
+
+class P(BaseModel):
+    x: int = 0
+    log: Annotated[list[str], operator.add] = []
+
+
+def model_with_config(state: P, config: dict[str, Any]) -> dict[str, Any]:
+    return {"x": state.x + config["configurable"]["step"], "log": [type(state).__name__]}
+
+
+@pytest.mark.parametrize("lane", LANES)
+async def test_a_pydantic_state_node_takes_config_on_every_lane(lane: str) -> None:
+    g = Graph(P)
+    g.add_node("m", model_with_config, lane=lane)
+    g.add_edge(START, "m")
+    app = g.compile()
+    for mode in MODES:
+        out = await app.ainvoke(P(x=1), config={"configurable": {"step": 2}}, mode=mode)
+        assert out == P(x=3, log=["P"]), mode
