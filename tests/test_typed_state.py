@@ -13,6 +13,7 @@ from typing import Annotated, Any, TypedDict
 
 import cloudpickle
 import pytest
+from pydantic import BaseModel
 
 from engine import END, START, Graph, InvalidUpdateError, Send
 from engine.checkpoint import SqliteCheckpointer
@@ -236,3 +237,40 @@ async def test_input_output_schemas_and_a_private_channel_as_langgraph(lane: str
     for mode in MODES:
         out = await app.ainvoke({"question": "life"}, mode=mode)
         assert out == expected == {"answer": "thinking about life: 42"}, mode
+
+
+class FullModel(BaseModel):
+    question: str = ""
+    answer: str = ""
+
+
+class ScratchModel(BaseModel):
+    scratch: str = ""
+
+
+def think_model(state: FullModel) -> dict[str, Any]:
+    return {"scratch": f"about {state.question}"}
+
+
+def respond_model(state: ScratchModel) -> dict[str, Any]:
+    return {"answer": f"{state.scratch}: 42"}
+
+
+async def test_a_pydantic_state_with_a_private_channel_as_langgraph() -> None:
+    """A node whose input is another model (a private channel) on a pydantic state: the
+    run holds channel values, the node sees its own model, the result is the state's."""
+    lg = pytest.importorskip("langgraph.graph")
+
+    def build(builder: Any, start: Any) -> Any:
+        builder.add_node("think", think_model)
+        builder.add_node("respond", respond_model)
+        builder.add_edge(start, "think")
+        builder.add_edge("think", "respond")
+        return builder
+
+    theirs = build(lg.StateGraph(FullModel), lg.START).compile().invoke({"question": "life"})
+    g = build(Graph(FullModel), START)
+    assert g.schema.held == "values"
+    for mode in MODES:
+        out = await g.compile().ainvoke({"question": "life"}, mode=mode)
+        assert out == FullModel(**theirs) == FullModel(question="life", answer="about life: 42")
