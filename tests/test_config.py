@@ -229,3 +229,22 @@ async def test_a_pydantic_state_node_takes_config_on_every_lane(lane: str) -> No
     for mode in MODES:
         out = await app.ainvoke(P(x=1), config={"configurable": {"step": 2}}, mode=mode)
         assert out == P(x=3, log=["P"]), mode
+
+
+def item_with_config(arg: dict[str, int], config: dict[str, Any]) -> dict[str, Any]:
+    return {"log": [f"{arg['i']}:{config['configurable']['k']}:{os.getpid() != arg['driver']}"]}
+
+
+def fan_out(state: S) -> list[Any]:
+    from engine import Send
+
+    return [Send("item", {"i": i, "driver": os.getpid()}) for i in range(40)]
+
+
+async def test_a_batched_cpu_fan_out_gets_the_config_in_its_workers() -> None:
+    """Short cpu calls of a Send fan-out go to the pool in chunks; each call gets the config."""
+    g = Graph(S)
+    g.add_node("item", item_with_config, lane="cpu")
+    g.add_conditional_edges(START, fan_out, ["item"])
+    result = await g.compile().arun({"x": 0, "log": []}, config={"configurable": {"k": 7}})
+    assert result.state["log"] == [f"{i}:7:True" for i in range(40)]
