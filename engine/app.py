@@ -150,6 +150,12 @@ class RunOptions:
                 )
             object.__setattr__(self, name, value)
 
+    @property
+    def thread_from_config(self) -> bool:
+        """The run's ``thread_id`` is the one its ``config`` names."""
+        configurable = (self.config or {}).get("configurable") or {}
+        return self.thread_id is not None and configurable.get("thread_id") == self.thread_id
+
     def node_config(self) -> dict[str, Any]:
         """The config nodes taking ``config`` get: the one given, with the run's
         ``configurable`` (``thread_id`` in it), ``recursion_limit``, ``tags`` and ``metadata``."""
@@ -512,7 +518,11 @@ class CompiledGraph(Generic[S]):
         """
         opts = _options(options, kwargs)
         thread_id = opts.thread_id
-        if thread_id is not None and self.checkpointer is None:
+        if thread_id is not None and self.checkpointer is None and opts.thread_from_config:
+            # As in LangGraph: without a checkpointer a config's thread_id is only a name
+            # the nodes see; nothing is saved.
+            thread_id = None
+        elif thread_id is not None and self.checkpointer is None:
             raise ValueError(
                 f"thread_id={thread_id!r} needs a checkpointer: compile(checkpointer=...)"
             )

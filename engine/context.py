@@ -81,8 +81,10 @@ def _dumps(obj: Any) -> bytes:
     return out
 
 
+@functools.lru_cache(maxsize=8)
 def from_wire(data: bytes) -> RunContext:
-    """The ``RunContext`` a worker gets from ``wire()``'s bytes."""
+    """The ``RunContext`` a worker gets from ``wire()``'s bytes (unpickled once per run
+    and worker: a run's calls all carry the same bytes)."""
     config, context = pickle.loads(data)
     return RunContext(config, context)
 

@@ -248,3 +248,15 @@ async def test_a_batched_cpu_fan_out_gets_the_config_in_its_workers() -> None:
     g.add_conditional_edges(START, fan_out, ["item"])
     result = await g.compile().arun({"x": 0, "log": []}, config={"configurable": {"k": 7}})
     assert result.state["log"] == [f"{i}:7:True" for i in range(40)]
+
+
+async def test_a_config_thread_without_a_checkpointer_is_only_a_name() -> None:
+    """As in LangGraph: nothing to save to, so the run goes on; nodes still see it.
+    The engine's own thread_id= option still needs a checkpointer."""
+    app = graph("inline").compile()
+    out = await app.ainvoke(
+        {"x": 1, "log": []}, config={"configurable": {"thread_id": "n", "k": 0}}
+    )
+    assert out["log"][0].startswith("config:n:0:")
+    with pytest.raises(ValueError, match="needs a checkpointer"):
+        await app.ainvoke({"x": 1, "log": []}, thread_id="n")
