@@ -177,9 +177,10 @@ WORKER_SIDE = {
     "engine.lanes.measure",
     "engine.lanes.frames",
     "engine.context",  # the run's config and context, set around a worker's calls
+    "engine.lanes.channel",  # a worker's stream chunks, sent to the driver as they are written
 }
 #: Stdlib-only modules a worker may reach: a node's stream writer (``runtime.stream_writer``).
-WORKER_LIGHT = {"engine.procs", "engine.streaming", "engine.running"}
+WORKER_LIGHT = {"engine.procs", "engine.streaming", "engine.running", "engine.lcmessages"}
 
 
 def test_the_worker_side_stays_light() -> None:
