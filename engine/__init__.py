@@ -19,14 +19,19 @@ from .classify import cpu as cpu
 from .classify import inline as inline
 from .classify import io as io
 from .classify import thread as thread
+from .context import Runtime as Runtime
+from .context import get_config as get_config
+from .context import get_runtime as get_runtime
 from .errors import CheckpointError as CheckpointError
 from .errors import EngineError as EngineError
 from .errors import GraphError as GraphError
+from .errors import GraphRecursionError as GraphRecursionError
 from .errors import InvalidUpdateError as InvalidUpdateError
 from .errors import NodeError as NodeError
 from .errors import NodeTimeoutError as NodeTimeoutError
 from .errors import RecursionLimitError as RecursionLimitError
 from .errors import WorkerCrashedError as WorkerCrashedError
+from .errors import node_error_of as node_error_of
 from .events import BudgetWaited as BudgetWaited
 from .events import Event as Event
 from .events import LoopBlocked as LoopBlocked
@@ -71,6 +76,7 @@ __all__ = [
     "FakeClock",
     "Graph",
     "GraphError",
+    "GraphRecursionError",
     "InMemoryCache",
     "InvalidUpdateError",
     "LaneDecision",
@@ -92,6 +98,7 @@ __all__ = [
     "RunResult",
     "RunStarted",
     "RunStatus",
+    "Runtime",
     "Send",
     "SqliteCache",
     "StepFinished",
@@ -101,8 +108,11 @@ __all__ = [
     "WorkerLoaded",
     "cpu",
     "default_executor",
+    "get_config",
+    "get_runtime",
     "inline",
     "io",
+    "node_error_of",
     "run_sync",
     "thread",
 ]

@@ -22,9 +22,10 @@ from typing import TYPE_CHECKING, Any, Generic, TypedDict, TypeVar
 
 from typing_extensions import Unpack
 
+from .context import RunContext, enter, leave
 from .dispatch import Dispatcher, Route, plan_routes
 from .drawing import Drawing
-from .errors import CheckpointError, GraphError
+from .errors import CheckpointError, GraphError, NodeError, own_error
 from .events import Event
 from .lanes import MODES, Lanes, Mode
 from .lanes.measure import Resources
@@ -63,6 +64,9 @@ T = TypeVar("T")
 
 log = get_logger("engine")
 
+#: Steps a run may take when no ``recursion_limit`` is given: LangGraph's default.
+DEFAULT_RECURSION_LIMIT = 10_007
+
 
 @dataclass(frozen=True, kw_only=True)
 class RunOptions:
@@ -85,8 +89,9 @@ class RunOptions:
     #: With ``input=None`` and ``thread_id``: run from this past checkpoint of the thread
     #: (time travel: a fork of it; its later history stays as it was).
     checkpoint_id: str | None = None
-    #: At most this many steps; one more is a ``RecursionLimitError``.
-    recursion_limit: int = 100
+    #: At most this many steps; one more is a ``GraphRecursionError`` (LangGraph's
+    #: default limit and count).
+    recursion_limit: int = DEFAULT_RECURSION_LIMIT
     #: Called with every event as it happens (an observer that raises is dropped).
     on_event: EventSink | None = None
     #: Calls at once per resource nodes declare (``add_node(..., resources=...)``).
@@ -104,12 +109,67 @@ class RunOptions:
     #: Called with ``(mode, chunk)`` for the stream modes (``astream(stream_mode=...)``);
     #: a ``values`` chunk is the state as the run holds it (a model instance, or values).
     on_chunk: ChunkSink | None = None
+    #: A LangGraph-style config: ``{"configurable": {"thread_id": ...}, "recursion_limit":
+    #: n, "tags": [...], "metadata": {...}, "run_name": ...}``. Its ``thread_id``,
+    #: ``checkpoint_id`` and ``recursion_limit`` are the run's (unless given as options
+    #: too: then they must agree); nodes taking ``config`` get it, on every lane.
+    config: Mapping[str, Any] | None = None
+    #: What nodes taking ``runtime`` read as ``runtime.context`` (a dict is made the
+    #: graph's ``context_schema``). Config and context must pickle for cpu-lane nodes.
+    context: Any = None
 
     def __post_init__(self) -> None:
+        if self.config is not None:
+            self._take_config(self.config)
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}; use one of {', '.join(MODES)}")
         if self.recursion_limit < 1:
             raise ValueError(f"recursion_limit must be >= 1, got {self.recursion_limit}")
+
+    def _take_config(self, config: Mapping[str, Any]) -> None:
+        if not isinstance(config, Mapping):
+            raise TypeError(f"config must be a dict, got {type(config).__name__}")
+        configurable = config.get("configurable") or {}
+        taken = {
+            "thread_id": configurable.get("thread_id"),
+            "checkpoint_id": configurable.get("checkpoint_id"),
+            "recursion_limit": config.get("recursion_limit"),
+        }
+        defaults = {
+            "thread_id": None,
+            "checkpoint_id": None,
+            "recursion_limit": DEFAULT_RECURSION_LIMIT,
+        }
+        for name, value in taken.items():
+            if value is None:
+                continue
+            mine = getattr(self, name)
+            if mine != defaults[name] and mine != value:
+                raise ValueError(
+                    f"{name} is {mine!r} but config says {value!r}; give it in one place"
+                )
+            object.__setattr__(self, name, value)
+
+    @property
+    def thread_from_config(self) -> bool:
+        """The run's ``thread_id`` is the one its ``config`` names."""
+        configurable = (self.config or {}).get("configurable") or {}
+        return self.thread_id is not None and configurable.get("thread_id") == self.thread_id
+
+    def node_config(self) -> dict[str, Any]:
+        """The config nodes taking ``config`` get: the one given, with the run's
+        ``configurable`` (``thread_id`` in it), ``recursion_limit``, ``tags`` and ``metadata``."""
+        config = dict(self.config or {})
+        configurable = dict(config.get("configurable") or {})
+        metadata = dict(config.get("metadata") or {})
+        if self.thread_id is not None:
+            configurable["thread_id"] = self.thread_id
+            metadata.setdefault("thread_id", self.thread_id)
+        config["configurable"] = configurable
+        config["metadata"] = metadata
+        config["tags"] = list(config.get("tags") or [])
+        config["recursion_limit"] = self.recursion_limit
+        return config
 
 
 class RunKwargs(TypedDict, total=False):
@@ -128,6 +188,8 @@ class RunKwargs(TypedDict, total=False):
     memory_per_worker: int | str | None
     clock: Clock | None
     on_chunk: ChunkSink | None
+    config: Mapping[str, Any] | None
+    context: Any
 
 
 def _options(options: RunOptions | None, kwargs: RunKwargs) -> RunOptions:
@@ -456,7 +518,11 @@ class CompiledGraph(Generic[S]):
         """
         opts = _options(options, kwargs)
         thread_id = opts.thread_id
-        if thread_id is not None and self.checkpointer is None:
+        if thread_id is not None and self.checkpointer is None and opts.thread_from_config:
+            # As in LangGraph: without a checkpointer a config's thread_id is only a name
+            # the nodes see; nothing is saved.
+            thread_id = None
+        elif thread_id is not None and self.checkpointer is None:
             raise ValueError(
                 f"thread_id={thread_id!r} needs a checkpointer: compile(checkpointer=...)"
             )
@@ -476,6 +542,7 @@ class CompiledGraph(Generic[S]):
             for name, node in self.plan.nodes.items():
                 budgets.check_node(name, node.spec.resources)
         plan, policy = self._plan_for_run()
+        run_context = self._run_context(plan, opts)  # TypeError here, before anything starts
         run_id = uuid.uuid4().hex[:12]
         mode = opts.mode
         sinks = _Sinks([opts.on_event] if opts.on_event else [])
@@ -523,6 +590,7 @@ class CompiledGraph(Generic[S]):
         scheduler = Scheduler(
             plan, dispatcher, recorder, saver, clock=clock, recursion_limit=opts.recursion_limit
         )
+        entered = enter(run_context)
         cp = self.checkpointer
         try:
             if cp is not None and thread_id is not None:
@@ -545,8 +613,26 @@ class CompiledGraph(Generic[S]):
                     await asyncio.shield(cp.release(thread_id, run_id))
             await self._measure_dispatch(lanes, recorder)
             return result
+        except NodeError as exc:
+            own = own_error(exc)
+            if own is exc:
+                raise
         finally:
+            leave(entered)
             await asyncio.shield(lanes.aclose())
+        # Raised outside the handler: the node's exception keeps its own chain.
+        raise own
+
+    def _run_context(self, plan: Plan, opts: RunOptions) -> RunContext:
+        """The run's config and context, checked to pickle when a worker may need them."""
+        context = opts.context
+        cls = plan.context_schema
+        if isinstance(context, Mapping) and isinstance(cls, type) and not issubclass(cls, dict):
+            context = cls(**context)
+        ctx = RunContext(opts.node_config(), context)
+        if opts.mode == "parallel" and any(n.lane == "cpu" for n in plan.nodes.values()):
+            ctx.wire()  # TypeError, before anything runs, when it cannot reach a worker
+        return ctx
 
     async def _cursor(
         self,
@@ -615,6 +701,47 @@ class CompiledGraph(Generic[S]):
     ) -> S:
         """Synchronous ``ainvoke`` on a fresh event loop (uvloop when importable)."""
         return run_sync(self.ainvoke(input, options, **kwargs))
+
+    async def abatch(
+        self,
+        inputs: Sequence[S | Mapping[str, Any]],
+        options: RunOptions | None = None,
+        /,
+        *,
+        configs: Sequence[Mapping[str, Any] | None] | None = None,
+        return_exceptions: bool = False,
+        **kwargs: Unpack[RunKwargs],
+    ) -> list[Any]:
+        """``ainvoke`` each input, all at once; final states in the inputs' order.
+
+        ``configs``: one config per input (LangGraph's ``batch(inputs, [config, ...])``);
+        ``return_exceptions=True`` puts a run's error in its place instead of raising.
+        """
+        if configs is not None and len(configs) != len(inputs):
+            raise ValueError(f"abatch got {len(inputs)} inputs but {len(configs)} configs")
+        opts = _options(options, kwargs)
+        each = [opts] * len(inputs)
+        if configs is not None:
+            each = [dataclasses.replace(opts, config=c) if c else opts for c in configs]
+        runs = [self.ainvoke(i, o) for i, o in zip(inputs, each, strict=True)]
+        return list(await asyncio.gather(*runs, return_exceptions=return_exceptions))
+
+    def batch(
+        self,
+        inputs: Sequence[S | Mapping[str, Any]],
+        options: RunOptions | None = None,
+        /,
+        *,
+        configs: Sequence[Mapping[str, Any] | None] | None = None,
+        return_exceptions: bool = False,
+        **kwargs: Unpack[RunKwargs],
+    ) -> list[Any]:
+        """``abatch`` from synchronous code (inside a running event loop too)."""
+        return run_sync(
+            self.abatch(
+                inputs, options, configs=configs, return_exceptions=return_exceptions, **kwargs
+            )
+        )
 
     def run(
         self,

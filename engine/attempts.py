@@ -173,6 +173,7 @@ def run_error(out: Outcome, lane: str) -> NodeError:
             error_type=raised.error_type,
             error_message=raised.message,
             traceback_text=raised.traceback,
+            raised=isinstance(failure, NodeRaised),
             **at,
         )
     if failure.error is not None:

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from .cache import cache_key, dump_value, load_value
+from .context import adapt
 from .lanes import Lanes, Mode
 from .lanes.batching import ChunkPlan, chunk_plan
 from .lanes.calls import (
@@ -137,7 +138,7 @@ def plan_routes(
             node=name,
             lane=node.lane,
             placement=where,
-            fn=spec.fn,
+            fn=adapt(spec.fn, spec.takes, is_coroutine=spec.is_coroutine),
             timeout=spec.timeout,
             init=spec.worker_init,
             memory=spec.memory_per_worker,

@@ -8,6 +8,7 @@ what to do.
 
 from __future__ import annotations
 
+import contextlib
 from concurrent.futures.process import BrokenProcessPool
 
 
@@ -70,8 +71,11 @@ class NodeError(EngineError):
         error_type: str = "",
         error_message: str = "",
         traceback_text: str = "",
+        raised: bool = False,
     ) -> None:
         super().__init__(message)
+        #: The node's own code raised ``__cause__`` (a run raises that, ``own_error``).
+        self.raised = raised
         self.node = node
         self.step = step
         self.lane = lane
@@ -144,6 +148,50 @@ class RecursionLimitError(EngineError, RecursionError):
     """The run took more super-steps than ``recursion_limit``."""
 
 
+class GraphRecursionError(RecursionLimitError):
+    """LangGraph's name for the recursion limit's error: the one the engine raises."""
+
+
+def own_error(err: NodeError) -> BaseException:
+    """The exception a run raises for ``err``: the node's own exception (an ``except
+    KeyError:`` around ``invoke`` keeps working), the engine's details added as notes.
+
+    ``err`` itself when there is no node exception to give back: a timeout, a dead
+    worker, a refused payload, an exception that could not cross from the worker
+    (these are the engine's own errors, ``NodeError`` subclasses).
+    """
+    cause = err.__cause__
+    if not err.raised or cause is None or isinstance(cause, EngineError):
+        return err
+    if not isinstance(cause, Exception):
+        return err
+    with contextlib.suppress(AttributeError):  # a type without a __dict__: notes only
+        cause.__engine_error__ = err  # type: ignore[attr-defined]
+    where = (
+        f"During task with name {err.node!r} (step {err.step}, lane {err.lane!r}, "
+        f"attempt {err.attempt})"
+    )
+    if err.error_message and err.error_message != str(cause):
+        where += f": {err.error_message}"  # what the engine knows more (a worker_init's build)
+    cause.add_note(where)
+    if err.traceback_text and cause.__traceback__ is None:
+        # It came back from a worker process: its traceback stayed there.
+        cause.add_note(f"Traceback in the worker process:\n{err.traceback_text.rstrip()}")
+    for note in getattr(err, "__notes__", ()):
+        cause.add_note(note)
+    return cause
+
+
+def node_error_of(exc: BaseException) -> NodeError | None:
+    """The engine's record of a node's exception a run raised (``node``, ``step``,
+    ``lane``, ``attempt``, ``traceback_text``): ``exc`` itself when it is a
+    ``NodeError``, else the record ``own_error`` kept; None for any other exception."""
+    if isinstance(exc, NodeError):
+        return exc
+    found = getattr(exc, "__engine_error__", None)
+    return found if isinstance(found, NodeError) else None
+
+
 class CheckpointError(EngineError):
     """A checkpoint could not be saved or loaded (corrupt, foreign, or busy)."""
 
@@ -152,9 +200,12 @@ __all__ = [
     "CheckpointError",
     "EngineError",
     "GraphError",
+    "GraphRecursionError",
     "InvalidUpdateError",
     "NodeError",
     "NodeTimeoutError",
     "RecursionLimitError",
     "WorkerCrashedError",
+    "node_error_of",
+    "own_error",
 ]

@@ -5,17 +5,21 @@ below this module sees the builder, and nothing here runs a node.
 
 from __future__ import annotations
 
+import inspect
+import itertools
 import os
+import typing
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .classify import LANES, Lane, declared_lane, is_coroutine_function, pickle_problem
+from .context import wants
 from .errors import GraphError
 from .policy import RetryPolicy
 from .spec import END, RESERVED, START, Branch, GraphSpec, NodeSpec, Send
-from .state import StateSchema
+from .state import StateSchema, kind_of
 
 if TYPE_CHECKING:
     from .app import CompiledGraph
@@ -29,19 +33,44 @@ S = TypeVar("S")
 
 @dataclass
 class Graph(Generic[S]):
-    """Builder for an agent graph over a pydantic state model (``S``, the state's type).
+    """Builder for an agent graph over a state class (``S``): a TypedDict (its
+    ``Annotated[..., reducer]`` fields merged by the reducer), a dataclass or a
+    pydantic model.
+
+    ``input_schema``/``output_schema`` narrow what an input may write and what
+    a run returns; keys they declare that the state lacks are private
+    channels, as are those of a node's own input schema (its first
+    parameter's annotation, or ``add_node(..., input_schema=...)``).
+    ``context_schema``: the class of ``invoke(..., context=...)`` (a dict given
+    there is made one), which nodes taking ``runtime`` read as
+    ``runtime.context``.
 
     Invariant: ``nodes`` holds only validly named, distinct nodes; edges may
     name nodes not added yet (checked at ``compile``).
     """
 
     state: type[S]
+    input_schema: type | None = field(default=None, kw_only=True)
+    output_schema: type | None = field(default=None, kw_only=True)
+    context_schema: type | None = field(default=None, kw_only=True)
     nodes: dict[str, NodeSpec] = field(default_factory=dict, init=False)
     edges: list[tuple[tuple[str, ...], str]] = field(default_factory=list, init=False)
     branches: list[Branch] = field(default_factory=list, init=False)
+    _node_inputs: dict[str, type] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.schema = StateSchema.of(self.state)
+        self.schema = self._schema()
+
+    def _schema(self) -> StateSchema:
+        held: StateSchema | None = getattr(self, "schema", None)
+        return StateSchema.of(
+            self.state,
+            input_schema=self.input_schema,
+            output_schema=self.output_schema,
+            node_inputs=self._node_inputs,
+            # A schema set from outside (engine.langgraph's conventions) keeps them.
+            conventions=held.conventions if held is not None else "engine",
+        )
 
     def add_node(
         self,
@@ -50,6 +79,7 @@ class Graph(Generic[S]):
         *,
         lane: Lane | str | None = None,
         retry: RetryPolicy | None = None,
+        retry_policy: RetryPolicy | None = None,
         timeout: float | None = None,
         reads: Sequence[str] | None = None,
         resources: Mapping[str, int] | None = None,
@@ -57,8 +87,19 @@ class Graph(Generic[S]):
         memory_per_worker: int | str | None = None,
         batch: bool = True,
         cache_policy: CachePolicy | None = None,
+        input_schema: type | None = None,
     ) -> Graph[S]:
         """Add a node; ``add_node(fn)`` names it after the function.
+
+        ``fn(state)``, ``fn(state, config)`` or ``fn(state, *, runtime)``: a
+        node taking ``config`` gets the run's config (``configurable``,
+        ``thread_id``, ``recursion_limit``, ``tags``, ``metadata``,
+        ``run_name``), one taking ``runtime`` a ``Runtime`` whose ``context``
+        is the run's ``context=``; on every lane. ``retry=`` (or LangGraph's
+        name, ``retry_policy=``) retries failed calls; ``timeout=`` seconds
+        ends a call that runs longer. ``input_schema=`` (or the annotation of
+        ``fn``'s first parameter) is the class of the state the node sees:
+        its keys the state lacks are private channels.
 
         ``resources={"openai": 1}`` counts each call against the run's
         ``limits``/``rates`` budgets. ``worker_init=load`` builds ``load()``
@@ -108,6 +149,15 @@ class Graph(Generic[S]):
                     "Move what it closes over (locks, clients, open files) into the node, "
                     "or use lane='thread'"
                 )
+        if retry is not None and retry_policy is not None and retry is not retry_policy:
+            raise GraphError(f"node {name!r}: pass retry= or retry_policy=, not both")
+        retry = retry if retry is not None else retry_policy
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise GraphError(f"node {name!r}: retry must be a RetryPolicy(...), got {retry!r}")
+        declared = input_schema if input_schema is not None else node_input_schema(fn)
+        if declared is not None and declared is not self.state:
+            self._node_inputs[name] = declared
+            self.schema = self._schema()
         if timeout is not None and timeout <= 0:
             raise GraphError(f"node {name!r}: timeout must be > 0 seconds, got {timeout!r}")
         if reads is not None:
@@ -141,7 +191,27 @@ class Graph(Generic[S]):
             memory_per_worker=memory,
             batch=bool(batch),
             cache_policy=_cache_policy(name, cache_policy),
+            takes=wants(fn),
         )
+        return self
+
+    def add_sequence(
+        self, nodes: Sequence[Callable[..., Any] | tuple[str, Callable[..., Any]]]
+    ) -> Graph[S]:
+        """Add ``nodes`` (functions, or ``(name, fn)`` pairs) with an edge from each to the
+        next; the first has no incoming edge (add ``add_edge(START, first)``)."""
+        if not nodes:
+            raise GraphError("add_sequence needs at least one node")
+        names = []
+        for item in nodes:
+            if isinstance(item, tuple):
+                self.add_node(item[0], item[1])
+                names.append(item[0])
+            else:
+                self.add_node(item)
+                names.append(list(self.nodes)[-1])
+        for source, target in itertools.pairwise(names):
+            self.add_edge(source, target)
         return self
 
     def add_edge(self, source: str | Sequence[str], target: str) -> Graph[S]:
@@ -189,7 +259,9 @@ class Graph(Generic[S]):
         else:
             names: dict[Hashable, str] = {name: name for name in path_map}
             mapping = MappingProxyType(names)
-        self.branches.append(Branch(source=source, route=route, path_map=mapping))
+        self.branches.append(
+            Branch(source=source, route=route, path_map=mapping, takes=wants(route))
+        )
         return self
 
     def freeze(self) -> GraphSpec:
@@ -199,6 +271,7 @@ class Graph(Generic[S]):
             nodes=MappingProxyType(dict(self.nodes)),
             edges=tuple(self.edges),
             branches=tuple(self.branches),
+            context_schema=self.context_schema,
         )
 
     def compile(
@@ -235,6 +308,19 @@ class Graph(Generic[S]):
         return CompiledGraph(
             plan, checkpointer=checkpointer, profile=prof, profile_path=path, cache=cache
         )
+
+
+def node_input_schema(fn: Callable[..., Any]) -> type | None:
+    """The state class ``fn``'s first parameter is annotated with, if it is one."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+        hints = typing.get_type_hints(fn)
+    except Exception:
+        return None
+    if not params:
+        return None
+    hint = hints.get(params[0].name)
+    return hint if isinstance(hint, type) and kind_of(hint) is not None else None
 
 
 def _cache_policy(name: str, policy: Any) -> CachePolicy | None:

@@ -55,6 +55,7 @@ class Plan:
     fanins: tuple[FanIn, ...]
     fanins_by_source: Mapping[str, tuple[FanIn, ...]]
     branches: Mapping[str, tuple[Branch, ...]]  # source -> conditional edges
+    context_schema: type | None = None  # the class of a run's context=, if declared
 
     def with_decisions(self, decisions: Mapping[str, LaneDecision]) -> Plan:
         """A copy of this plan with some lane decisions replaced."""
@@ -69,6 +70,7 @@ class Plan:
             fanins=self.fanins,
             fanins_by_source=self.fanins_by_source,
             branches=self.branches,
+            context_schema=self.context_schema,
         )
 
 
@@ -180,6 +182,7 @@ def build_plan(graph: GraphSpec, policy: ProfilePolicy | None = None) -> Plan:
         fanins=tuple(fanins),
         fanins_by_source=MappingProxyType({k: tuple(v) for k, v in by_source.items()}),
         branches=MappingProxyType({k: tuple(v) for k, v in branches.items()}),
+        context_schema=graph.context_schema,
     )
 
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .attempts import StepAttempts
-from .errors import RecursionLimitError
+from .errors import GraphRecursionError
 from .events import RunStatus
 from .routing import next_tasks, start_tasks
 from .saving import RunCursor, RunSaver
@@ -110,7 +110,7 @@ class Scheduler:
                 await self.saver.save(cursor, "running")
             while cursor.tasks:
                 if cursor.step - first >= self.recursion_limit:
-                    raise RecursionLimitError(
+                    raise GraphRecursionError(
                         f"the run took more than recursion_limit={self.recursion_limit} "
                         f"steps (next step {cursor.step} would run "
                         f"{[t.node for t in cursor.tasks]}); check the graph's cycles for a "

@@ -71,6 +71,7 @@ class NodeSpec:
     memory_per_worker: int | None = None  # bytes one worker needs for this node (pool cap)
     batch: bool = True  # a fan-out of its short cpu calls may go to the pool in chunks
     cache_policy: CachePolicy | None = None  # results kept by a key of the input (engine.cache)
+    takes: tuple[str, ...] = ()  # what it asks for besides the state: "config", "runtime"
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,7 @@ class Branch:
     source: str
     route: Callable[..., Any]
     path_map: Mapping[Hashable, str] | None
+    takes: tuple[str, ...] = ()  # what the router asks for besides the state (config, runtime)
 
 
 #: A static edge: its sources (several: a fan-in that waits for all) and its target.
@@ -98,6 +100,8 @@ class GraphSpec:
     nodes: Mapping[str, NodeSpec]
     edges: tuple[Edge, ...]
     branches: tuple[Branch, ...]
+    #: The class of a run's ``context=`` (``Graph(..., context_schema=...)``), if declared.
+    context_schema: type | None = None
 
 
 __all__ = [

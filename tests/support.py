@@ -88,7 +88,7 @@ class State(BaseModel):
 
 def gen_update(name: str, weight: int, writes_last: bool, arg: Any) -> dict[str, Any]:
     """A generated node's update: deterministic in its name, weight and input."""
-    tag = f"{name}:{arg['v']}" if isinstance(arg, dict) else name
+    tag = f"{name}:{arg['v']}" if isinstance(arg, dict) and "v" in arg else name
     update: dict[str, Any] = {"log": [tag], "total": weight}
     if writes_last:
         update["last"] = tag
@@ -104,17 +104,22 @@ async def gen_async(name: str, weight: int, writes_last: bool, arg: Any) -> dict
     return gen_update(name, weight, writes_last, arg)
 
 
+def _total(state: Any) -> int:
+    """``total`` of a generated graph's state: a model instance, or a TypedDict's dict."""
+    return int(state["total"] if isinstance(state, dict) else state.total)
+
+
 def route_parity(even: list[str], odd: list[str], state: Any) -> list[str]:
-    return list(even if state.total % 2 == 0 else odd)
+    return list(even if _total(state) % 2 == 0 else odd)
 
 
 def route_sends(target: str, n: int, state: Any) -> list[Any]:
     from engine import Send
 
-    return [Send(target, {"v": state.total * 10 + i}) for i in range(n)]
+    return [Send(target, {"v": _total(state) * 10 + i}) for i in range(n)]
 
 
 def route_loop(target: str, limit: int, state: Any) -> str:
     from engine import END
 
-    return target if state.total < limit else END
+    return target if _total(state) < limit else END

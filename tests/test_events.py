@@ -15,7 +15,6 @@ from engine import (
     START,
     Event,
     Graph,
-    NodeError,
     NodeFailed,
     NodeFinished,
     NodeStarted,
@@ -105,12 +104,12 @@ class TestOrder:
 
 class TestFailure:
     async def test_failure_events_then_error(self, mode: str) -> None:
-        """A failing node yields NodeFailed, then iterating raises the NodeError."""
+        """A failing node yields NodeFailed, then iterating raises its own exception."""
         g = Graph(State)
         g.add_node("x", functools.partial(fail, "nope"), lane="cpu")
         g.add_edge(START, "x")
         seen: list[Any] = []
-        with pytest.raises(NodeError, match="nope"):
+        with pytest.raises(RuntimeError, match="nope"):
             async for e in g.compile().astream({}, mode=mode):
                 seen.append(e)
         failed = [e for e in seen if isinstance(e, NodeFailed)]

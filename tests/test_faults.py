@@ -40,6 +40,7 @@ from engine import (
     WorkerCrashedError,
 )
 from engine.checkpoint import MemoryCheckpointer
+from engine.errors import node_error_of
 from engine.events import NodeFailed, NodeFinished
 from engine.lanes import describe_exit, is_worker_crash
 from engine.lanes.pool import default_executor, default_workers, warm
@@ -470,8 +471,9 @@ class TestTimeouts:
             await normal_run_works()
 
     @pytest.mark.parametrize("timeout", [None, 5.0])
-    async def test_io_nodes_own_timeout_error_is_a_node_error(self, timeout: float | None) -> None:
-        """A TimeoutError of the node's own (its wait_for) is a NodeError with its traceback."""
+    async def test_io_nodes_own_timeout_error_is_its_own(self, timeout: float | None) -> None:
+        """A TimeoutError of the node's own (its wait_for) is raised as itself, never as
+        the engine's NodeTimeoutError; the engine's record keeps its traceback."""
 
         async def waits_too_little(state: FaultState) -> dict[str, Any]:
             await asyncio.wait_for(asyncio.sleep(5.0), 0.01)
@@ -480,11 +482,12 @@ class TestTimeouts:
         g = Graph(FaultState)
         g.add_node("impatient", waits_too_little, timeout=timeout)
         g.add_edge(START, "impatient")
-        with pytest.raises(NodeError, match=r"'impatient' .* raised TimeoutError") as info:
+        with pytest.raises(TimeoutError, match=r"'impatient' \(step 0") as info:
             await g.compile().arun({})
-        err = info.value
-        assert not isinstance(err, NodeTimeoutError) and "ran past its timeout" not in str(err)
-        assert err.error_type == "TimeoutError" and isinstance(err.__cause__, TimeoutError)
+        assert not isinstance(info.value, NodeError)
+        err = node_error_of(info.value)
+        assert err is not None and "ran past its timeout" not in str(err)
+        assert err.error_type == "TimeoutError"
         assert "waits_too_little" in err.traceback_text and "wait_for" in err.traceback_text
 
     async def test_cpu_timeout_then_retry_succeeds(self, tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ import pytest
 from pydantic import BaseModel
 from structlog.testing import capture_logs
 
-from engine import START, Graph, NodeError, Send
+from engine import START, Graph, Send
 from engine.events import BudgetWaited, LoopBlocked, NodeStarted
 from tests.support import State, burn
 
@@ -218,5 +218,5 @@ class TestLean:
         g = Graph(Big)
         g.add_node("n", reads_corpus, lane="cpu", reads=["topic"])
         g.add_edge(START, "n")
-        with pytest.raises(NodeError, match=r"declared reads=\['topic'\]"):
+        with pytest.raises(AttributeError, match=r"declared reads=\['topic'\]"):
             await g.compile().arun({"corpus": "x"}, mode=mode)

@@ -1,6 +1,7 @@
 """Property: over generated graphs, the three modes end in the same state after the same
 schedule of calls, and both equal what a small reference interpreter of the BSP rules
-(written here, independent of engine's scheduler) computes."""
+(written here, independent of engine's scheduler) computes; for a pydantic state (held
+as a model instance) and a TypedDict state (held as channel values) alike."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import asyncio
 import functools
 import operator
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, TypedDict
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -36,6 +37,14 @@ class GenState(BaseModel):
     log: Annotated[list[str], operator.add] = []
     total: Annotated[int, operator.add] = 0
     last: str = ""  # plain: one writer node, never a Send target
+
+
+class GenDict(TypedDict):
+    """``GenState`` as a TypedDict: the same channels and reducers."""
+
+    log: Annotated[list[str], operator.add]
+    total: Annotated[int, operator.add]
+    last: str
 
 
 @dataclass(frozen=True)
@@ -114,8 +123,8 @@ def specs(draw: st.DrawFn) -> Spec:
 ROUTES = {"parity": route_parity, "sends": route_sends, "loop": route_loop}
 
 
-def build(spec: Spec) -> Graph:
-    g = Graph(GenState)
+def build(spec: Spec, state: type = GenState) -> Graph[Any]:
+    g: Graph[Any] = Graph(state)
     for name, node in spec.nodes.items():
         fn = gen_async if node.is_async else gen_sync
         g.add_node(name, functools.partial(fn, name, node.weight, node.writes_last), lane=node.lane)
@@ -219,6 +228,29 @@ def test_modes_agree_with_reference(spec: Spec) -> None:
         calls = sorted((c.step, c.node, c.index) for c in result.trace.calls)
         assert calls == expected.calls, mode
         assert result.state.model_dump() == expected.state, mode
+
+
+@settings(
+    max_examples=15,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+@given(specs())
+def test_modes_agree_with_reference_on_a_typeddict_state(spec: Spec) -> None:
+    """The same, with the state a TypedDict: every lane sees a dict, every mode ends in
+    the reference's state, returned as a dict."""
+    expected = reference(spec)
+    app = build(spec, GenDict).compile()
+    start = {"log": [], "total": 0, "last": ""}
+
+    async def run_all() -> list[Any]:
+        return [await app.arun(start, mode=mode, recursion_limit=LIMIT) for mode in MODES]
+
+    assert expected is not None
+    for mode, result in zip(MODES, asyncio.run(run_all()), strict=True):
+        calls = sorted((c.step, c.node, c.index) for c in result.trace.calls)
+        assert calls == expected.calls, mode
+        assert result.state == expected.state, mode
 
 
 def test_reference_applies_the_rules() -> None:

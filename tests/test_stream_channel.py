@@ -17,7 +17,7 @@ import cloudpickle
 import pytest
 
 from engine import END, START, Graph, Send
-from engine.errors import NodeError
+from engine.errors import NodeError, node_error_of
 from engine.lanes.channel import ChunkChannel, StreamInfo, WorkerWriter
 from engine.streaming import get_message_writer, get_stream_writer
 
@@ -210,12 +210,14 @@ def writes_a_lock(s: S) -> dict[str, Any]:
 
 
 async def test_a_chunk_that_cannot_pickle_fails_its_node_saying_why() -> None:
-    with pytest.raises(NodeError, match="must pickle to reach the driver") as caught:
+    # The writer raises in the node's own call: the run raises that TypeError itself.
+    with pytest.raises(TypeError, match="must pickle to reach the driver") as caught:
         async for _ in one_node(writes_a_lock).astream(
             {"path": "", "log": []}, stream_mode="custom"
         ):
             pass
-    assert caught.value.node == "work"
+    record = node_error_of(caught.value)
+    assert record is not None and record.node == "work"
 
 
 def many(s: S) -> list[Send]:

@@ -13,6 +13,7 @@ from typing import Annotated, Any, TypedDict
 
 import cloudpickle
 import pytest
+from pydantic import BaseModel
 
 from engine import END, START, Graph, InvalidUpdateError, Send
 from engine.checkpoint import SqliteCheckpointer
@@ -183,3 +184,93 @@ async def test_a_typeddict_thread_resumes_from_its_checkpoint(tmp_path: Path) ->
         await app.arun({"done": ["in"]}, thread_id="t1", mode="parallel")
     result = await app.arun(None, thread_id="t1", mode="parallel")
     assert result.state == {"done": ["in", "a", "b"]}
+
+
+class Full(TypedDict):
+    question: str
+    answer: str
+
+
+class Ask(TypedDict):
+    question: str
+
+
+class Reply(TypedDict):
+    answer: str
+
+
+class Scratch(TypedDict):
+    scratch: str
+
+
+def think(state: Ask) -> dict[str, Any]:
+    return {"scratch": f"thinking about {state['question']}"}
+
+
+def respond(state: Scratch) -> dict[str, Any]:
+    return {"answer": f"{state['scratch']}: 42"}
+
+
+def _io_graph(builder: Any, start: Any, end: Any) -> Any:
+    builder.add_node("think", think)
+    builder.add_node("respond", respond)
+    builder.add_edge(start, "think")
+    builder.add_edge("think", "respond")
+    builder.add_edge("respond", end)
+    return builder
+
+
+@pytest.mark.parametrize("lane", ["inline", "cpu"])
+async def test_input_output_schemas_and_a_private_channel_as_langgraph(lane: str) -> None:
+    """Graph(State, input_schema=, output_schema=): the input writes only its keys, the
+    run returns only the output's, and a key only a node's input schema declares (its first
+    parameter's annotation) is a private channel between nodes; the same as LangGraph."""
+    lg = pytest.importorskip("langgraph.graph")
+    theirs = _io_graph(lg.StateGraph(Full, input_schema=Ask, output_schema=Reply), lg.START, lg.END)
+    expected = theirs.compile().invoke({"question": "life"})
+    g = Graph(Full, input_schema=Ask, output_schema=Reply)
+    _io_graph(g, START, END)
+    for name in g.nodes:  # the same graph on the lane under test
+        g.nodes[name] = dataclasses.replace(g.nodes[name], lane=lane)  # type: ignore[arg-type]
+    assert set(g.schema.channels) == {"question", "answer", "scratch"}
+    app = g.compile()
+    for mode in MODES:
+        out = await app.ainvoke({"question": "life"}, mode=mode)
+        assert out == expected == {"answer": "thinking about life: 42"}, mode
+
+
+class FullModel(BaseModel):
+    question: str = ""
+    answer: str = ""
+
+
+class ScratchModel(BaseModel):
+    scratch: str = ""
+
+
+def think_model(state: FullModel) -> dict[str, Any]:
+    return {"scratch": f"about {state.question}"}
+
+
+def respond_model(state: ScratchModel) -> dict[str, Any]:
+    return {"answer": f"{state.scratch}: 42"}
+
+
+async def test_a_pydantic_state_with_a_private_channel_as_langgraph() -> None:
+    """A node whose input is another model (a private channel) on a pydantic state: the
+    run holds channel values, the node sees its own model, the result is the state's."""
+    lg = pytest.importorskip("langgraph.graph")
+
+    def build(builder: Any, start: Any) -> Any:
+        builder.add_node("think", think_model)
+        builder.add_node("respond", respond_model)
+        builder.add_edge(start, "think")
+        builder.add_edge("think", "respond")
+        return builder
+
+    theirs = build(lg.StateGraph(FullModel), lg.START).compile().invoke({"question": "life"})
+    g = build(Graph(FullModel), START)
+    assert g.schema.held == "values"
+    for mode in MODES:
+        out = await g.compile().ainvoke({"question": "life"}, mode=mode)
+        assert out == FullModel(**theirs) == FullModel(question="life", answer="about life: 42")

@@ -22,7 +22,7 @@ import pytest
 from pydantic import BaseModel
 
 import engine
-from engine import END, START, Graph, GraphError, NodeError, Send
+from engine import END, START, Graph, GraphError, Send
 from engine.lanes.pool import default_executor, warm
 from engine.warm import WorkerInit, available_memory, parse_size, workers_for_memory
 
@@ -137,7 +137,7 @@ class TestWorkerInit:
         flag = tmp_path / "broken"
         flag.touch()
         app = warm_graph(vocab_loader(uuid.uuid4().hex, str(flag)), lane="cpu")
-        with pytest.raises(NodeError, match=r"worker_init .*load_vocab failed: model file missing"):
+        with pytest.raises(OSError, match=r"worker_init .*load_vocab failed: model file missing"):
             await app.arun({"n": 3}, mode=mode)
         flag.unlink()
         r = await app.arun({"n": 3}, mode=mode)

@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 
 import cloudpickle
 
+from ..context import current
 from .measure import HEAD, OK, PAYLOAD, Measured
 
 #: What every frame starts with (a version: the driver refuses another).
@@ -79,9 +80,13 @@ def request(fn_bytes: bytes, init: Any, blobs: list[bytes], stream: Any = None) 
 
     ``init`` is None or a ``WorkerInit`` (``engine.warm``) whose resource the
     node receives as its second argument; ``stream`` None or the run's chunk
-    channel (``channel.StreamInfo``) when the run streams.
+    channel (``channel.StreamInfo``) when the run streams. The run's
+    ``config``/``context`` (``engine.context``, current in the caller) travel
+    along, pickled once per run (``CompiledGraph.arun`` checked that they pickle).
     """
-    return pickle.dumps((fn_bytes, init, blobs, stream), protocol=pickle.HIGHEST_PROTOCOL)
+    ctx = current()
+    wire = ctx.wire() if ctx is not None else None
+    return pickle.dumps((fn_bytes, init, blobs, stream, wire), protocol=pickle.HIGHEST_PROTOCOL)
 
 
 # -- the worker's side --------------------------------------------------------------

@@ -32,6 +32,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from ..context import enter, from_wire, leave
 from ..procs import become_group_leader, hostname, kill_group, kill_own_tree
 from .channel import worker_stream
 from .frames import SPILLED, encode
@@ -52,9 +53,14 @@ def run_calls(payload: bytes) -> bytes:
     once, and the time this thread waited on a run queue is read once for
     them all (``frames.decode`` shares it out by wall time).
     """
-    fn_bytes, init, blobs, stream = pickle.loads(payload)
-    with worker_stream(stream) as at:  # get_stream_writer() sends to the driver, if streamed
-        return _run_calls(fn_bytes, init, blobs, at)
+    fn_bytes, init, blobs, stream, wire = pickle.loads(payload)
+    token = enter(from_wire(wire)) if wire is not None else None
+    try:
+        with worker_stream(stream) as at:  # get_stream_writer() sends to the driver, if streamed
+            return _run_calls(fn_bytes, init, blobs, at)
+    finally:
+        if token is not None:
+            leave(token)
 
 
 def _run_calls(fn_bytes: bytes, init: Any, blobs: list[bytes], at: Callable[[int], None]) -> bytes:

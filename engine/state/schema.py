@@ -424,12 +424,16 @@ class StateSchema:
     # return the state the way it is held (``held``), so the scheduler, the
     # dispatcher and routing never ask which.
 
-    @property
+    @cached_property
     def held(self) -> Literal["values", "model"]:
         """How a run holds this state: a pydantic model instance (engine.Graph's pydantic
-        states), or channel values (every other state, and every state under LangGraph's
-        conventions, where a field nothing wrote holds no value)."""
-        return "model" if self.kind == "pydantic" and self.conventions == "engine" else "values"
+        states), or channel values (every other state; a pydantic state with channels its
+        model lacks (private channels, an input or output schema's keys); every state under
+        LangGraph's conventions, where a field nothing wrote holds no value)."""
+        own = set(self.channels) == set(field_names(self.state))
+        plain = own and self.input_type is self.state and self.output_type is self.state
+        engine = self.kind == "pydantic" and self.conventions == "engine"
+        return "model" if engine and plain else "values"
 
     def final(self, state: Any) -> Any:
         """What a run returns as its state: the model instance, a dataclass instance, or

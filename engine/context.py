@@ -1,0 +1,185 @@
+"""A run's ``config`` and ``runtime``, reaching every node that asks for them, on every lane.
+
+A node (or a router) declares what it wants by its signature, as in
+LangGraph: ``fn(state)``, ``fn(state, config)``, ``fn(state, *, runtime)``
+(``config`` and ``runtime`` by name, in any position after the state). The
+builder reads the signature once (``wants``) and the dispatcher calls the
+node through ``adapt``, which passes them from the run's ``RunContext``:
+
+- in the driver, a context variable set by ``CompiledGraph.arun`` for the
+  run; the loop's tasks and the thread lane's calls inherit it;
+- in a cpu worker, the same context, pickled once per run (``wire``) and
+  carried by ``lanes.frames.request`` beside the node's function;
+  ``lanes.worker.run_calls`` sets the variable around the calls.
+
+``get_config()`` and ``get_runtime()`` read it from anywhere inside a call.
+Imported by worker processes: it imports nothing of the engine at module level.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import dataclasses
+import functools
+import inspect
+import pickle
+from collections.abc import Callable, Mapping
+from typing import Any, Generic, TypeVar
+
+C = TypeVar("C")
+
+#: The names a node may ask for besides its state.
+EXTRAS = ("config", "runtime")
+
+
+@dataclasses.dataclass(frozen=True)
+class Runtime(Generic[C]):
+    """What a node taking ``runtime`` gets: the run's ``context`` (``invoke(...,
+    context=...)``, made a ``context_schema`` instance when given as a dict), and
+    the node call's stream writer (``runtime.stream_writer(chunk)``)."""
+
+    context: C = None  # type: ignore[assignment]
+    stream_writer: Callable[[Any], None] = dataclasses.field(default=lambda chunk: None)
+    store: Any = None
+    previous: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class RunContext:
+    """One run's ``config`` (a plain dict) and ``context``; the same for every call of the run."""
+
+    config: Mapping[str, Any]
+    context: Any = None
+    _wire: list[bytes] = dataclasses.field(default_factory=list, compare=False, repr=False)
+
+    def wire(self) -> bytes:
+        """The context pickled for a worker, once per run; TypeError saying what to fix."""
+        if not self._wire:
+            try:
+                self._wire.append(_dumps((dict(self.config), self.context)))
+            except Exception as exc:
+                raise TypeError(
+                    "the run's config or context cannot be pickled for a cpu-lane worker "
+                    f"process ({type(exc).__name__}: {exc}); pass plain data in config= "
+                    "and context=, or run the cpu nodes with lane='thread'"
+                ) from exc
+        return self._wire[0]
+
+
+def _dumps(obj: Any) -> bytes:
+    """The stdlib pickler for plain data (fast); cloudpickle for what only it can send
+    (classes and functions of ``__main__``: a context_schema defined in a script)."""
+    try:
+        data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        data = b"__main__"
+    if b"__main__" not in data:
+        return data
+    import cloudpickle
+
+    out: bytes = cloudpickle.dumps(obj)
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def from_wire(data: bytes) -> RunContext:
+    """The ``RunContext`` a worker gets from ``wire()``'s bytes (unpickled once per run
+    and worker: a run's calls all carry the same bytes)."""
+    config, context = pickle.loads(data)
+    return RunContext(config, context)
+
+
+_current: contextvars.ContextVar[RunContext | None] = contextvars.ContextVar(
+    "engine_run_context", default=None
+)
+
+
+def current() -> RunContext | None:
+    """The context of the run the caller belongs to (None outside a run)."""
+    return _current.get()
+
+
+def enter(ctx: RunContext | None) -> contextvars.Token[RunContext | None]:
+    """Make ``ctx`` the current run's context; give the token to ``leave``."""
+    return _current.set(ctx)
+
+
+def leave(token: contextvars.Token[RunContext | None]) -> None:
+    _current.reset(token)
+
+
+def get_config() -> dict[str, Any]:
+    """The config of the run the calling node belongs to (every lane)."""
+    ctx = _current.get()
+    if ctx is None:
+        raise RuntimeError("get_config() called outside of a run of a graph")
+    return dict(ctx.config)
+
+
+def get_runtime() -> Runtime[Any]:
+    """The runtime of the run the calling node belongs to (every lane)."""
+    ctx = _current.get()
+    if ctx is None:
+        raise RuntimeError("get_runtime() called outside of a run of a graph")
+    return _runtime(ctx)
+
+
+def _runtime(ctx: RunContext | None) -> Runtime[Any]:
+    from .streaming import get_stream_writer
+
+    return Runtime(context=None if ctx is None else ctx.context, stream_writer=get_stream_writer())
+
+
+def wants(fn: Callable[..., Any]) -> tuple[str, ...]:
+    """Which of ``config`` and ``runtime`` ``fn`` takes by name (its signature, read once)."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return ()
+    return tuple(name for name in EXTRAS if name in params)
+
+
+def _extras(names: tuple[str, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if not names:
+        return out
+    ctx = _current.get()
+    if "config" in names:
+        out["config"] = dict(ctx.config) if ctx is not None else {}
+    if "runtime" in names:
+        out["runtime"] = _runtime(ctx)
+    return out
+
+
+def call_with(fn: Callable[..., Any], names: tuple[str, ...], *args: Any) -> Any:
+    """``fn(*args, config=..., runtime=...)``: the extras ``names`` asks for, from the run."""
+    return fn(*args, **_extras(names))
+
+
+async def acall_with(fn: Callable[..., Any], names: tuple[str, ...], *args: Any) -> Any:
+    return await fn(*args, **_extras(names))
+
+
+def adapt(fn: Callable[..., Any], names: tuple[str, ...], *, is_coroutine: bool) -> Any:
+    """``fn`` called the way its signature asks (``fn`` itself when it asks for nothing).
+
+    A ``functools.partial`` of this module's functions: it pickles (by
+    reference, the node's function by cloudpickle) to reach a worker.
+    """
+    if not names:
+        return fn
+    return functools.partial(acall_with if is_coroutine else call_with, fn, names)
+
+
+__all__ = [
+    "RunContext",
+    "Runtime",
+    "adapt",
+    "current",
+    "enter",
+    "from_wire",
+    "get_config",
+    "get_runtime",
+    "leave",
+    "wants",
+]
