@@ -1,6 +1,6 @@
 """The cpu lane's wire format: arguments to a worker, measured results back.
 
-Imported inside worker processes: standard library and cloudpickle only.
+Imported inside worker processes: standard library, cloudpickle and ``engine.otel``.
 
 ::
 
@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 
 import cloudpickle
 
+from ..otel import carrier
 from .measure import HEAD, OK, PAYLOAD, Measured
 
 #: What every frame starts with (a version: the driver refuses another).
@@ -79,9 +80,13 @@ def request(fn_bytes: bytes, init: Any, blobs: list[bytes], stream: Any = None) 
 
     ``init`` is None or a ``WorkerInit`` (``engine.warm``) whose resource the
     node receives as its second argument; ``stream`` None or the run's chunk
-    channel (``channel.StreamInfo``) when the run streams.
+    channel (``channel.StreamInfo``) when the run streams. The current
+    OpenTelemetry span's context (``engine.otel.carrier``: the node's span)
+    travels with it, so the worker's spans nest under it.
     """
-    return pickle.dumps((fn_bytes, init, blobs, stream), protocol=pickle.HIGHEST_PROTOCOL)
+    return pickle.dumps(
+        (fn_bytes, init, blobs, stream, carrier()), protocol=pickle.HIGHEST_PROTOCOL
+    )
 
 
 # -- the worker's side --------------------------------------------------------------
