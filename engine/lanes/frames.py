@@ -22,9 +22,12 @@ value, not a third copy in between.
 
 from __future__ import annotations
 
+import io
 import mmap
 import pickle
 import traceback
+import types
+from collections import ChainMap
 from typing import Any, NamedTuple
 
 import cloudpickle
@@ -70,9 +73,47 @@ def dumps_for_worker(obj: Any) -> bytes:
 
 
 def _cloud(obj: Any) -> bytes:
-    """``cloudpickle.dumps`` (typed)."""
-    data: bytes = cloudpickle.dumps(obj)
-    return data
+    """``cloudpickle.dumps``, but code sent by value keeps its file's name (``dumps_by_value``)."""
+    return dumps_by_value(obj)
+
+
+def dumps_by_value(obj: Any) -> bytes:
+    """``obj`` pickled by cloudpickle, keeping the file name of every function it sends by
+    value (the user's ``__main__``, a notebook, a by-value module).
+
+    cloudpickle writes ``<dynamic-code>`` for the file of such code, so a worker's
+    traceback would show ``File "<dynamic-code>", line 186`` instead of the user's
+    file: the name travels too, and the worker puts it back (``_named_code``); where
+    the file exists there, its lines show as well.
+    """
+    buffer = io.BytesIO()
+    _KeepFileNames(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+    return buffer.getvalue()
+
+
+def _reduce_code(code: types.CodeType) -> tuple[Any, ...]:
+    rebuild, args = _CODE_REDUCE(code)
+    return _named_code, (rebuild, args, code.co_filename)
+
+
+def _named_code(rebuild: Any, args: tuple[Any, ...], filename: str) -> types.CodeType:
+    """A code object rebuilt by cloudpickle, with the file name it had where it was defined."""
+    code: types.CodeType = rebuild(*args)
+    return code.replace(co_filename=filename)
+
+
+#: cloudpickle's reducer for code (a private name: without it, plain cloudpickle is used).
+_CODE_REDUCE: Any = getattr(cloudpickle.cloudpickle, "_code_reduce", None)
+
+
+class _KeepFileNames(cloudpickle.Pickler):  # type: ignore[misc]
+    """cloudpickle's pickler with ``_reduce_code`` for code objects."""
+
+    dispatch_table = (
+        ChainMap({types.CodeType: _reduce_code}, cloudpickle.Pickler.dispatch_table)
+        if _CODE_REDUCE is not None
+        else cloudpickle.Pickler.dispatch_table
+    )
 
 
 def request(fn_bytes: bytes, init: Any, blobs: list[bytes], stream: Any = None) -> bytes:
