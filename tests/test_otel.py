@@ -113,6 +113,21 @@ class TestSpans:
         assert mine["parent_id"] == around["span_id"]
         assert mine["trace_id"] == node.context.trace_id
 
+    def test_on_a_dask_worker_too(self, spans: InMemorySpanExporter) -> None:
+        """The context travels with the call to a Dask worker the same way."""
+        pytest.importorskip("distributed")
+        from engine.backends.dask import dask_executor
+
+        backend = dask_executor(n_workers=1, threads_per_worker=1)
+        with backend:
+            backend.client.run(otel_nodes.install_provider)
+            result = fan_out().compile().run({}, mode="parallel", executor=backend.executor)
+        (node,) = [s for s in named(spans, "engine.node") if s.attributes["engine.node"] == "score"]
+        (seen,) = result.state.seen
+        assert seen["around"]["name"] == "engine.worker"
+        assert seen["around"]["parent_id"] == node.context.span_id
+        assert seen["mine"]["parent_id"] == seen["around"]["span_id"]
+
     def test_a_batch_of_calls_nests_under_its_step(self, spans: InMemorySpanExporter) -> None:
         """Calls sent to a worker as one submission each still get a span under the step."""
         g = Graph(S)
