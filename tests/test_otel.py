@@ -113,6 +113,47 @@ class TestSpans:
         assert mine["parent_id"] == around["span_id"]
         assert mine["trace_id"] == node.context.trace_id
 
+    @pytest.mark.parametrize("lane", ["io", "thread", "inline"])
+    def test_a_span_opened_in_a_node_in_the_driver_nests_under_its_node_span(
+        self, spans: InMemorySpanExporter, lane: str
+    ) -> None:
+        """On the loop, on a thread, inline: the node's span is current while it runs."""
+
+        async def on_loop(state: S) -> dict[str, Any]:
+            with trace.get_tracer("user.code").start_as_current_span("user work"):
+                return {"n": 1}
+
+        def off_loop(state: S) -> dict[str, Any]:
+            with trace.get_tracer("user.code").start_as_current_span("user work"):
+                return {"n": 1}
+
+        g = Graph(S)
+        g.add_node("work", on_loop if lane == "io" else off_loop, lane=lane)
+        g.add_edge(START, "work")
+        g.compile().run({}, mode="parallel")
+        (node,) = named(spans, "engine.node")
+        (mine,) = named(spans, "user work")
+        assert parent_id(mine) == node.context.span_id
+
+    async def test_a_cancelled_run_ends_its_spans(self, spans: InMemorySpanExporter) -> None:
+        """Cancelled mid-call: the call's, the step's and the run's spans all end."""
+        import asyncio
+
+        g = Graph(S)
+        g.add_node("slow", otel_nodes.too_slow)
+        g.add_edge(START, "slow")
+        run = asyncio.create_task(g.compile().arun({}))
+        await asyncio.sleep(0.3)
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+        (node,) = named(spans, "engine.node")
+        (run_span,) = named(spans, "engine.run")
+        assert len(named(spans, "engine.step")) == 1
+        assert node.attributes["engine.outcome"] in ("cancelled", "failed")
+        assert run_span.attributes["engine.outcome"] == "cancelled"
+        assert trace.get_current_span() is trace.INVALID_SPAN  # nothing left current
+
     def test_on_a_dask_worker_too(self, spans: InMemorySpanExporter) -> None:
         """The context travels with the call to a Dask worker the same way."""
         pytest.importorskip("distributed")
