@@ -188,6 +188,24 @@ class TestSpans:
         assert len(scored) == 40
         assert {parent_id(s) for s in scored} == {steps[1].context.span_id}
 
+    def test_a_cache_hit_says_so(self, spans: InMemorySpanExporter) -> None:
+        """A call the node cache answered: engine.cache_hit true, outcome cached."""
+        g = Graph(S)
+        g.add_node("fetch", fetch, cache_policy=engine.CachePolicy())
+        g.add_edge(START, "fetch")
+        app = g.compile(cache=engine.InMemoryCache())
+        app.run({}, mode="parallel")
+        app.run({}, mode="parallel")
+        first, second = named(spans, "engine.node")
+        assert (first.attributes["engine.cache_hit"], first.attributes["engine.outcome"]) == (
+            False,
+            "ok",
+        )
+        assert (second.attributes["engine.cache_hit"], second.attributes["engine.outcome"]) == (
+            True,
+            "cached",
+        )
+
 
 class TestEvents:
     def test_a_retried_attempt_says_so(self, spans: InMemorySpanExporter) -> None:
