@@ -41,20 +41,6 @@ class TestWarm:
         finally:
             pool.shutdown(wait=True)
 
-    async def test_the_first_run_spreads_its_calls_without_warm(self, tmp_path: Path) -> None:
-        """Without warm(), a cold pool's first calls wait for every worker to start: a
-        worker ready 1.5 s after its sibling still gets its share of the step."""
-        pool = loky.ProcessPoolExecutor(
-            max_workers=2, initializer=stagger_start, initargs=(str(tmp_path),)
-        )
-        try:
-            r = await two_cpu_nodes(0.2).compile().arun({}, mode="parallel", executor=pool)
-            a, b = (r.trace.for_node(n)[0] for n in ("a", "b"))
-            assert a.pid != b.pid
-            assert max(a.start, b.start) < min(a.end, b.end)  # they overlapped
-        finally:
-            pool.shutdown(wait=True)
-
     async def test_warm_waits_for_a_worker_that_starts_late(self, tmp_path: Path) -> None:
         """A worker ready 1.5 s after its sibling: warm() waits for it, so the first run's
         two calls still go to two workers (on a cold pool the first worker takes both)."""

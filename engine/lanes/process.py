@@ -89,7 +89,6 @@ from .pool import (
     is_shut_down,
     probe_initializer,
     replacement,
-    warm,
     worker_processes,
 )
 from .results import discard
@@ -104,10 +103,6 @@ IN_FLIGHT_PER_WORKER = 2
 #: blame* (a worker that died idle, or after it returned) fails anyway: such a
 #: crash loop must not run for ever. Breaks with a culprit never count.
 MAX_DISRUPTIONS = 3
-
-#: How long the first calls of a cold pool wait for all its workers to start, at
-#: most (then they go in anyway, to the workers that did).
-COLD_START_WAIT_S = 30.0
 
 
 class _State(enum.Enum):
@@ -148,10 +143,6 @@ class ProcessLane:
             # made (no file descriptor left) is the first call's to report.
             with contextlib.suppress(OSError):
                 self._executor = default_executor(pool_size)
-        # The pool this lane starts with, and its start (``_started``); a replacement
-        # pool starts the way it always did.
-        self._first_pool = self._executor
-        self._starting: asyncio.Future[None] | None = None
         self._replacing = asyncio.Lock()
         self._live: set[Submission] = set()
         # Pools in which this lane killed a worker: about to break, so nothing
@@ -213,9 +204,8 @@ class ProcessLane:
                 executor = self._executor
                 if executor is None or self._doomed or is_broken(executor):
                     executor = await self._usable_executor()
-                waited = await self._started(executor)
                 prepared = self._submission(executor)
-                if waited or self._cold(executor):
+                if self._cold(executor):
                     sub = await self._submit_off_loop(prepared, payload)
                 else:
                     sub = self._submit(prepared, payload)
@@ -380,39 +370,6 @@ class ProcessLane:
         procs, size = worker_processes(executor), executor_workers(executor)
         self._known = (executor, procs, size)
         return procs, size
-
-    async def _started(self, executor: Executor) -> bool:
-        """Every worker of the lane's first pool started, when it is cold, before the first
-        calls go in; True when this call waited for that.
-
-        Scenario: a pool starts its workers on its first submit, and the first
-        one ready pulls calls off the shared queue; on a busy machine its sibling
-        can be ready a second later and find the step's calls all taken (both on
-        one worker: the step as slow as sequential). So the calls that find the
-        pool starting wait, together, until each worker has answered a call
-        (``pool.warm``, what ``app.warm()`` does ahead of time). A worker that
-        cannot start for want of descriptors or processes fails them as the
-        submit would; a pool that broke is left to the submit to find.
-        """
-        if executor is not self._first_pool:
-            return False
-        starting = self._starting
-        if starting is None:
-            if not self._cold(executor):
-                return False
-            starting = self._starting = asyncio.ensure_future(
-                asyncio.to_thread(warm, executor, timeout=COLD_START_WAIT_S)
-            )
-        elif starting.done():
-            return False
-        try:
-            await asyncio.shield(starting)
-        except OSError as exc:
-            message = spawn_failed_message(executor, exc, default=self._default)
-            raise self._refuse(message, exc, sticky=False) from exc
-        except Exception:
-            pass  # (a broken pool: the submit finds it and replaces the pool)
-        return True
 
     def _cold(self, executor: Executor) -> bool:
         """True when a local pool has fewer workers than its size: its next submit spawns."""
