@@ -206,6 +206,18 @@ class TestSpans:
             "cached",
         )
 
+    def test_a_streamed_run_streams_and_traces_its_cpu_calls(
+        self, spans: InMemorySpanExporter
+    ) -> None:
+        """A cpu node's custom chunks and its span context share the call's request."""
+        from tests.test_streaming import ours
+
+        chunks = list(ours("cpu").stream({"x": 1, "log": []}, stream_mode="custom"))
+        assert {"progress": "a"} in chunks and "b-chunk" in chunks
+        nodes = {s.attributes["engine.node"]: s for s in named(spans, "engine.node")}
+        assert nodes["a"].attributes["engine.lane"] == "cpu"
+        assert nodes["a"].attributes["engine.outcome"] == "ok"
+
 
 class TestEvents:
     def test_a_retried_attempt_says_so(self, spans: InMemorySpanExporter) -> None:
