@@ -23,6 +23,7 @@ and updates the schema rejects fail the same way again: never retried.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -68,8 +69,9 @@ class StepAttempts:
             try:
                 updates = self.plan.schema.check_update(task.node, self.step, out.value)
             except InvalidUpdateError as exc:
-                self.recorder.call_failed(out, exc, will_retry=False)
-                self.failed[task.order] = exc
+                bad = unawaited(exc, out.value)
+                self.recorder.call_failed(out, bad, will_retry=False)
+                self.failed[task.order] = bad
                 return None
             self.recorder.call_finished(out)
             self.writes[task.order] = updates
@@ -116,6 +118,24 @@ class StepAttempts:
             others = ", ".join(repr(node) for node, _ in orders[1:])
             first.add_note(f"in the same step {others} also failed")
         return first
+
+
+def unawaited(error: InvalidUpdateError, value: Any) -> InvalidUpdateError:
+    """The error for a node that returned an awaitable instead of its update: a missing
+    ``await``, said so (the coroutine is closed: it never ran, and never will)."""
+    if not inspect.isawaitable(value):
+        return error
+    name = getattr(value, "__qualname__", None) or type(value).__name__
+    if inspect.iscoroutine(value):
+        value.close()
+    node, step = error.node, error.step
+    return InvalidUpdateError(
+        f"node {node!r} (step {step}) returned {name}() un-awaited instead of its update: "
+        f"a missing 'await'. Write 'return await {name}(...)' in an 'async def' node "
+        "(a plain 'def' node cannot await: make it 'async def')",
+        node=node,
+        step=step,
+    )
 
 
 def run_error(out: Outcome, lane: str) -> NodeError:
@@ -181,4 +201,4 @@ def run_error(out: Outcome, lane: str) -> NodeError:
     return err
 
 
-__all__ = ["POISON_AFTER_CRASHES", "StepAttempts", "run_error"]
+__all__ = ["POISON_AFTER_CRASHES", "StepAttempts", "run_error", "unawaited"]

@@ -20,6 +20,7 @@ library never does.
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import subprocess
 import sys
@@ -208,7 +209,22 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     micro.add_argument(
         "--pytest", action="store_true", help="run benchmarks/test_micro.py under pytest"
     )
+    for command in (bench, run, predict, micro):
+        command.set_defaults(command_parser=command)
     return parser
+
+
+def _unrecognized(command: argparse.ArgumentParser, extra: list[str]) -> None:
+    """The command's usage and error for arguments it does not take, with the option
+    that was probably meant (``--repeats``: did you mean ``--repeat``?)."""
+    known = [o for a in command._actions for o in a.option_strings]
+    hints = []
+    for arg in extra:
+        close = difflib.get_close_matches(arg.split("=", 1)[0], known, n=1, cutoff=0.75)
+        if arg.startswith("-") and close:
+            hints.append(f"{arg}: did you mean {close[0]}?")
+    more = f" ({'; '.join(hints)})" if hints else ""
+    command.error(f"unrecognized arguments: {' '.join(extra)}{more}")
 
 
 def _executor_args(parser: argparse.ArgumentParser) -> None:
@@ -232,7 +248,9 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "engine") -> int:
         if argv[:2] == ["micro", "--pytest"]:
             # Everything after "--pytest" belongs to pytest, options included.
             return _micro_pytest(argv[2:])
-        args = _parser(prog).parse_args(argv)
+        args, extra = _parser(prog).parse_known_args(argv)
+        if extra:
+            _unrecognized(args.command_parser, extra)
         # The benchmark reports blocked loops in its summary (blocked_loops), not
         # as warnings in the middle of its progress and tables.
         _quiet_logs(frozenset({"loop_blocked"}) if args.command == "bench" else frozenset())

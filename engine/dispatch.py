@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from .cache import cache_key, dump_value, load_value
+from .callwriter import reset_writer, set_writer
 from .context import adapt
 from .lanes import Lanes, Mode
 from .lanes.batching import ChunkPlan, chunk_plan
@@ -62,7 +63,6 @@ from .lanes.placement import Placement, place
 from .logs import get_logger
 from .procs import hostname
 from .spec import Task
-from .streaming import reset_writer, set_writer
 from .trace import call_record
 
 if TYPE_CHECKING:

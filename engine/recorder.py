@@ -30,7 +30,6 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
-from . import lcmessages
 from .events import (
     BudgetWaited,
     Event,
@@ -46,8 +45,10 @@ from .events import (
 )
 from .lanes.calls import Call, Outcome
 from .lanes.channel import ChunkChannel, StreamInfo
+from .lcmessages import node_output, wanted
 from .logs import get_logger
 from .marks import Mark
+from .otel import spans_for
 from .streaming import (
     CallStream,
     ChunkSink,
@@ -122,6 +123,8 @@ class Recorder:
         self._channel: ChunkChannel | None = None  # cpu workers' chunks, opened on first use
         self._state: Any = None  # the state the running step started from (debug chunks)
         self._wrote = True  # whether the last step wrote anything (a values chunk after it)
+        # OpenTelemetry spans (engine.otel): None unless the extra is installed and configured.
+        self._spans = spans_for(run_id, thread_id=thread_id, mode=mode)
 
     def __repr__(self) -> str:
         return f"<Recorder run={self.run_id} calls={len(self.calls)}>"
@@ -216,6 +219,8 @@ class Recorder:
     # -- the run -------------------------------------------------------------------
 
     def run_started(self, step: int, *, resumed: bool) -> None:
+        if self._spans is not None:
+            self._spans.run_started(step, resumed=resumed)
         self._tell(
             RunStarted(
                 run_id=self.run_id,
@@ -245,16 +250,23 @@ class Recorder:
             ),
             "info",
         )
+        if self._spans is not None:
+            marks = self._watchdog.marks() if self._watchdog is not None else []
+            self._spans.run_finished(status, steps, error, marks)
 
     # -- steps ---------------------------------------------------------------------
 
     def step_started(self, step: int, nodes: list[str]) -> None:
+        if self._spans is not None:
+            self._spans.step_started(step, nodes)
         if self._chatty:
             self._tell(
                 StepStarted(run_id=self.run_id, time=self._clock.time(), step=step, nodes=nodes)
             )
 
     def step_finished(self, step: int, duration_s: float, ok: bool) -> None:
+        if self._spans is not None:
+            self._spans.step_finished(step, ok)
         logged = self._failures_logged.pop(step, 0)
         if logged > FAILURES_LOGGED_PER_STEP:
             # A fan-out that fails thousands of times must not print thousands of lines.
@@ -281,6 +293,8 @@ class Recorder:
     def call_started(self, call: Call, lane: str) -> None:
         if self.chunks is not None and call.attempt == 1:
             self._debug_task(call)
+        if self._spans is not None:
+            self._spans.call_started(call, lane)
         if self._chatty:
             task = call.task
             self._tell(
@@ -300,10 +314,12 @@ class Recorder:
         record = self._keep(out)
         if self.chunks is not None:
             self._debug_result(out, None)
-            if self._emit is not None and lcmessages.wanted():  # messages a node returned
+            if self._emit is not None and wanted():  # messages a node returned
                 task = out.call.task
                 stream = CallStream(self._emit, task.node, out.call.step, task.index)
-                lcmessages.node_output(self._emit, stream, out.value)
+                node_output(self._emit, stream, out.value)
+        if self._spans is not None:
+            self._spans.call_settled(record)
         if self._chatty:
             self._tell(
                 NodeFinished(
@@ -327,6 +343,8 @@ class Recorder:
         record = self._keep(out)
         if self.chunks is not None and not will_retry:
             self._debug_result(out, out.failure.error if out.failure is not None else error)
+        if self._spans is not None:
+            self._spans.call_settled(record, error, will_retry=will_retry)
         logged = self._failures_logged.get(record.step, 0) + 1
         self._failures_logged[record.step] = logged
         error_type = getattr(error, "error_type", "") or type(error).__name__

@@ -32,7 +32,6 @@ import contextvars
 import dataclasses
 import datetime
 import queue
-import sys
 import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
@@ -192,39 +191,6 @@ def reset_stream(token: contextvars.Token[Any]) -> None:
 def streaming_modes() -> frozenset[str]:
     """The stream modes of the run in this context (empty when nobody streams it)."""
     return _modes.get()
-
-
-class _Installed:
-    """What ``set_writer`` set for one call, undone by ``reset_writer``."""
-
-    def __init__(self, stream: contextvars.Token[Any], langchain: contextvars.Token[Any] | None):
-        self.stream = stream
-        self.langchain = langchain
-
-
-def set_writer(
-    emit: ChunkSink | None, node: str = "", step: int = 0, index: int = -1, arg: Any = None
-) -> _Installed:
-    """Set the stream of a call in this process: the dispatcher, around one call (``arg``,
-    its input: the messages in it are not streamed again when the node returns them)."""
-    if emit is None:
-        return _Installed(_stream.set(None), None)
-    stream = CallStream(emit, node, step, index)
-    langchain = None
-    if "messages" in _modes.get() and "langchain_core" in sys.modules:
-        # A chat model in the node streams its tokens, as under LangGraph's messages mode.
-        from .lcmessages import install
-
-        langchain = install(stream, arg)
-    return _Installed(_stream.set(stream), langchain)
-
-
-def reset_writer(installed: _Installed) -> None:
-    if installed.langchain is not None:
-        from .lcmessages import uninstall
-
-        uninstall(installed.langchain)
-    _stream.reset(installed.stream)
 
 
 # -- debug chunks ------------------------------------------------------------------------
@@ -398,9 +364,7 @@ __all__ = [
     "message_chunk",
     "parse_modes",
     "reset_stream",
-    "reset_writer",
     "set_stream",
-    "set_writer",
     "shape_debug",
     "streaming_modes",
     "task_id",

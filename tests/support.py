@@ -123,3 +123,12 @@ def route_loop(target: str, limit: int, state: Any) -> str:
     from engine import END
 
     return target if _total(state) < limit else END
+
+
+def stagger_start(folder: str) -> None:
+    """A pool initializer: the first worker to start is ready at once, the others 1.5 s
+    later (a busy machine's uneven process start, made certain)."""
+    try:
+        os.close(os.open(os.path.join(folder, "first"), os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        time.sleep(1.5)

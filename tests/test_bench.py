@@ -822,6 +822,38 @@ class TestTargets:
         assert "bound by node" in proc.stdout
         assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
 
+    def test_run_your_graph_with_a_typeddict_state(self, tmp_path: Path) -> None:
+        """A graph whose state is a TypedDict (its final state a dict, not a model) runs
+        and shows its final state like any other."""
+        (tmp_path / "ug_typed.py").write_text(TYPED_GRAPH)
+        proc = _engine_cli(tmp_path, "run", "ug_typed:app")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "out: [3, 3]" in proc.stdout
+
+
+TYPED_GRAPH = """
+import operator
+from typing import Annotated, TypedDict
+
+from engine import START, Graph
+
+
+class S(TypedDict, total=False):
+    out: Annotated[list[int], operator.add]
+
+
+def three(state: S) -> dict:
+    return {"out": [3]}
+
+
+g = Graph(S)
+g.add_node("a", three, lane="cpu")
+g.add_node("b", three, lane="cpu")
+g.add_edge(START, "a")
+g.add_edge(START, "b")
+app = g.compile()
+"""
+
 
 class TestResultsAndTables:
     def test_bench_writes_a_results_folder_by_default(

@@ -89,3 +89,14 @@ def test_micro_times_a_figure_against_its_reference_and_keeps_the_json(tmp_path:
     assert len(chain["ratios"]) == 2 and all(r > 1.0 for r in chain["ratios"])
     assert set(chain["rounds"][0]) == {"engine", "reference"}
     assert chain["target"] == ["<=", 8.0]
+
+
+def test_an_unknown_option_shows_the_commands_usage_and_what_was_meant(capsys: Any) -> None:
+    """A mistyped option is the command's usage error (not the top level's), naming the
+    option it probably meant."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "--repeats", "1"], prog="python -m engine")
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: python -m engine bench")
+    assert "unrecognized arguments: --repeats" in err and "did you mean --repeat?" in err

@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 import functools
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import loky
 
 from engine import START, Graph, NodeCall
 from engine.lanes.pool import worker_processes
-from tests.support import State, cpu_probe
+from tests.support import State, cpu_probe, stagger_start
 
 
 def two_cpu_nodes(seconds: float = 0.2) -> Graph:
@@ -37,6 +38,21 @@ class TestWarm:
             a, b = (r.trace.for_node(n)[0] for n in ("a", "b"))
             assert a.pid != b.pid and set(procs) >= {a.pid, b.pid}
             assert max(a.start, b.start) < min(a.end, b.end)  # they overlapped
+        finally:
+            pool.shutdown(wait=True)
+
+    async def test_warm_waits_for_a_worker_that_starts_late(self, tmp_path: Path) -> None:
+        """A worker ready 1.5 s after its sibling: warm() waits for it, so the first run's
+        two calls still go to two workers (on a cold pool the first worker takes both)."""
+        pool = loky.ProcessPoolExecutor(
+            max_workers=2, initializer=stagger_start, initargs=(str(tmp_path),)
+        )
+        try:
+            app = two_cpu_nodes(0.2).compile()
+            assert await asyncio.to_thread(app.warm, pool) == 2
+            r = await app.arun({}, mode="parallel", executor=pool)
+            a, b = (r.trace.for_node(n)[0] for n in ("a", "b"))
+            assert a.pid != b.pid
         finally:
             pool.shutdown(wait=True)
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import pickle
+import subprocess
+import sys
 from typing import Any
 
 import cloudpickle
 import pytest
 
-from engine.lanes.frames import decode, encode, request
+from engine.lanes.frames import decode, dumps_by_value, encode, request
 from engine.lanes.measure import OK, PAYLOAD, RAISED, Measured
 from engine.lanes.worker import run_calls
 
@@ -82,3 +84,58 @@ class TestWorkerEntry:
         (one,) = back
         assert one.measured.kind == RAISED and isinstance(one.measured.error, ValueError)
         assert one.measured.error_type == "ValueError" and "Traceback" in one.head[11]
+
+
+USER_SCRIPT = """\
+import engine
+from pydantic import BaseModel
+
+
+class S(BaseModel):
+    n: int = 0
+
+
+def helper(n):
+    raise ValueError("bad n")
+
+
+def crunch(state):
+    return helper(state.n)
+
+
+if __name__ == "__main__":
+    g = engine.Graph(S)
+    g.add_node("crunch", crunch, lane="cpu")
+    g.add_edge(engine.START, "crunch")
+    try:
+        g.compile().run({}, mode="parallel")
+    except engine.NodeError as exc:
+        print(exc.traceback_text)
+"""
+
+
+class TestCodeByValue:
+    def test_a_function_sent_by_value_keeps_its_file(self) -> None:
+        """A function cloudpickle sends by value (here a __main__ one) comes back with the
+        file it was defined in, for itself and for the code nested in it."""
+        ns: dict[str, Any] = {"__name__": "__main__"}
+        src = "def outer(x):\n    inner = lambda y: y + 1\n    return inner(x)\n"
+        exec(compile(src, "/home/me/app/graph.py", "exec"), ns)
+        back = pickle.loads(dumps_by_value(ns["outer"]))
+        assert back(1) == 2
+        assert back.__code__.co_filename == "/home/me/app/graph.py"
+        (nested,) = [c for c in back.__code__.co_consts if hasattr(c, "co_filename")]
+        assert nested.co_filename == "/home/me/app/graph.py"
+
+    def test_a_scripts_cpu_node_traceback_names_its_file_and_line(self, tmp_path: Any) -> None:
+        """A cpu node defined in the script being run: the worker's traceback shows the
+        script's file, the lines and their source, not <dynamic-code>."""
+        script = tmp_path / "my_app.py"
+        script.write_text(USER_SCRIPT)
+        out = subprocess.run(
+            [sys.executable, str(script)], capture_output=True, text=True, timeout=120
+        )
+        assert f'File "{script}", line 14, in crunch' in out.stdout, out.stdout + out.stderr
+        assert f'File "{script}", line 10, in helper' in out.stdout
+        assert 'raise ValueError("bad n")' in out.stdout
+        assert "<dynamic-code>" not in out.stdout

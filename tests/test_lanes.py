@@ -241,20 +241,20 @@ class TestCpuLanePayloads:
 
     def test_arguments_use_cloudpickle_only_for_what_a_worker_cannot_import(self) -> None:
         """Importable classes go by the stdlib pickler; by-value modules and lambdas by
-        cloudpickle, byte for byte as before."""
+        cloudpickle (keeping the file names of code sent by value: ``dumps_by_value``)."""
         import pickle
 
-        import cloudpickle
-
         from engine.checkpoint import TaskRef
-        from engine.lanes.frames import dumps_for_worker
+        from engine.lanes.frames import dumps_by_value, dumps_for_worker
 
         plain = TaskRef(node="x", payload={"k": [1, 2]})
         assert dumps_for_worker(plain) == pickle.dumps(plain, protocol=pickle.HIGHEST_PROTOCOL)
         by_value = State(topic="t")  # tests.support is registered by value (conftest.py)
-        assert dumps_for_worker(by_value) == cloudpickle.dumps(by_value)
+        assert dumps_for_worker(by_value) == dumps_by_value(by_value)
+        assert pickle.loads(dumps_for_worker(by_value)) == by_value
         fn = lambda x: x  # noqa: E731 (a lambda is the point)
-        assert dumps_for_worker(fn) == cloudpickle.dumps(fn)
+        assert dumps_for_worker(fn) == dumps_by_value(fn)
+        assert pickle.loads(dumps_for_worker(fn))(3) == 3
         assert pickle.loads(dumps_for_worker(plain)) == plain
 
     def test_fast_record_is_an_ordinary_node_call(self) -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
+from pydantic_core import to_jsonable_python
 
 from .. import LoopBlocked, NodeCall, RunStarted, StepFinished, Trace
 from .cpushare import free_cores, snapshot
@@ -142,6 +143,12 @@ def median_samples(samples: Iterable[Sample]) -> list[Sample]:
     return picked
 
 
+def jsonable(state: Any) -> Any:
+    """A final state as JSON-able data, whatever its schema (pydantic, TypedDict, dataclass):
+    what modes are compared on and what the JSON keeps."""
+    return to_jsonable_python(state, fallback=repr)
+
+
 async def run_engine(
     workload: str,
     mode: str,
@@ -190,7 +197,7 @@ async def run_engine(
         barriers=tuple(barriers),
         t0=started[0] if started else None,
         driver_pid=result.trace.driver_pid,
-        final=result.state.model_dump(mode="json"),
+        final=jsonable(result.state),
         free_cores=free_cores(before, after, wall, n),
         run_mode=mode,
         blocked=tuple(blocked),

@@ -34,7 +34,7 @@ import cloudpickle
 from .calls import Call, Outcome, decoded
 from .channel import StreamInfo
 from .failures import PayloadError
-from .frames import Decoded, decode, dumps_for_worker, request
+from .frames import Decoded, decode, dumps_by_value, dumps_for_worker, request
 from .process import ProcessLane
 from .results import is_large, opened
 
@@ -79,7 +79,7 @@ class CpuLane:
         data = self._fns.get(node)
         if data is None:
             try:
-                data = cloudpickle.dumps(fn)
+                data = dumps_by_value(fn)
             except Exception as exc:
                 raise PayloadError(
                     f"its function {fn!r} cannot be pickled for a worker process: "

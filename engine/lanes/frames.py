@@ -1,6 +1,6 @@
 """The cpu lane's wire format: arguments to a worker, measured results back.
 
-Imported inside worker processes: standard library and cloudpickle only.
+Imported inside worker processes: standard library, cloudpickle and ``engine.otel``.
 
 ::
 
@@ -22,14 +22,18 @@ value, not a third copy in between.
 
 from __future__ import annotations
 
+import io
 import mmap
 import pickle
 import traceback
+import types
+from collections import ChainMap
 from typing import Any, NamedTuple
 
 import cloudpickle
 
 from ..context import current
+from ..otel import carrier
 from .measure import HEAD, OK, PAYLOAD, Measured
 
 #: What every frame starts with (a version: the driver refuses another).
@@ -70,9 +74,47 @@ def dumps_for_worker(obj: Any) -> bytes:
 
 
 def _cloud(obj: Any) -> bytes:
-    """``cloudpickle.dumps`` (typed)."""
-    data: bytes = cloudpickle.dumps(obj)
-    return data
+    """``cloudpickle.dumps``, but code sent by value keeps its file's name (``dumps_by_value``)."""
+    return dumps_by_value(obj)
+
+
+def dumps_by_value(obj: Any) -> bytes:
+    """``obj`` pickled by cloudpickle, keeping the file name of every function it sends by
+    value (the user's ``__main__``, a notebook, a by-value module).
+
+    cloudpickle writes ``<dynamic-code>`` for the file of such code, so a worker's
+    traceback would show ``File "<dynamic-code>", line 186`` instead of the user's
+    file: the name travels too, and the worker puts it back (``_named_code``); where
+    the file exists there, its lines show as well.
+    """
+    buffer = io.BytesIO()
+    _KeepFileNames(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+    return buffer.getvalue()
+
+
+def _reduce_code(code: types.CodeType) -> tuple[Any, ...]:
+    rebuild, args = _CODE_REDUCE(code)
+    return _named_code, (rebuild, args, code.co_filename)
+
+
+def _named_code(rebuild: Any, args: tuple[Any, ...], filename: str) -> types.CodeType:
+    """A code object rebuilt by cloudpickle, with the file name it had where it was defined."""
+    code: types.CodeType = rebuild(*args)
+    return code.replace(co_filename=filename)
+
+
+#: cloudpickle's reducer for code (a private name: without it, plain cloudpickle is used).
+_CODE_REDUCE: Any = getattr(cloudpickle.cloudpickle, "_code_reduce", None)
+
+
+class _KeepFileNames(cloudpickle.Pickler):  # type: ignore[misc]
+    """cloudpickle's pickler with ``_reduce_code`` for code objects."""
+
+    dispatch_table = (
+        ChainMap({types.CodeType: _reduce_code}, cloudpickle.Pickler.dispatch_table)
+        if _CODE_REDUCE is not None
+        else cloudpickle.Pickler.dispatch_table
+    )
 
 
 def request(fn_bytes: bytes, init: Any, blobs: list[bytes], stream: Any = None) -> bytes:
@@ -82,11 +124,15 @@ def request(fn_bytes: bytes, init: Any, blobs: list[bytes], stream: Any = None) 
     node receives as its second argument; ``stream`` None or the run's chunk
     channel (``channel.StreamInfo``) when the run streams. The run's
     ``config``/``context`` (``engine.context``, current in the caller) travel
-    along, pickled once per run (``CompiledGraph.arun`` checked that they pickle).
+    along, pickled once per run (``CompiledGraph.arun`` checked that they pickle),
+    and the current OpenTelemetry span's context (``engine.otel.carrier``: the
+    node's span), so the worker's spans nest under it.
     """
     ctx = current()
     wire = ctx.wire() if ctx is not None else None
-    return pickle.dumps((fn_bytes, init, blobs, stream, wire), protocol=pickle.HIGHEST_PROTOCOL)
+    return pickle.dumps(
+        (fn_bytes, init, blobs, stream, wire, carrier()), protocol=pickle.HIGHEST_PROTOCOL
+    )
 
 
 # -- the worker's side --------------------------------------------------------------

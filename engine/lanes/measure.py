@@ -102,7 +102,9 @@ def timed_call(
     cpu0 = time.thread_time()
     try:
         value = fn(arg)
-        if type(value) is not dict and value is not None and inspect.isawaitable(value):
+        # An awaitable returned to a thread that runs a loop is a missing await (attempts).
+        awaits = type(value) is not dict and value is not None and inspect.isawaitable(value)
+        if awaits and not (in_driver and _loop_here()):
             value = asyncio.run(_await(value))
     except BaseException as exc:
         if in_driver and isinstance(exc, KeyboardInterrupt):
@@ -173,6 +175,15 @@ def queued_s() -> float:
         return int(os.pread(f.fileno(), 64, 0).split()[1]) / 1e9
     except (OSError, ValueError, IndexError):
         return 0.0
+
+
+def _loop_here() -> bool:
+    """Whether an event loop runs in this thread (where ``asyncio.run`` cannot)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 async def _await(awaitable: Any) -> Any:

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..context import enter, from_wire, leave
+from ..otel import worker_span
 from ..procs import become_group_leader, hostname, kill_group, kill_own_tree
 from .channel import worker_stream
 from .frames import SPILLED, encode
@@ -53,17 +54,23 @@ def run_calls(payload: bytes) -> bytes:
     once, and the time this thread waited on a run queue is read once for
     them all (``frames.decode`` shares it out by wall time).
     """
-    fn_bytes, init, blobs, stream, wire = pickle.loads(payload)
+    fn_bytes, init, blobs, stream, wire, headers = pickle.loads(payload)
     token = enter(from_wire(wire)) if wire is not None else None
     try:
         with worker_stream(stream) as at:  # get_stream_writer() sends to the driver, if streamed
-            return _run_calls(fn_bytes, init, blobs, at)
+            return _run_calls(fn_bytes, init, blobs, at, headers)
     finally:
         if token is not None:
             leave(token)
 
 
-def _run_calls(fn_bytes: bytes, init: Any, blobs: list[bytes], at: Callable[[int], None]) -> bytes:
+def _run_calls(
+    fn_bytes: bytes,
+    init: Any,
+    blobs: list[bytes],
+    at: Callable[[int], None],
+    headers: dict[str, str] | None,
+) -> bytes:
     start = time.time()
     try:
         fn = load_fn(fn_bytes)
@@ -80,7 +87,8 @@ def _run_calls(fn_bytes: bytes, init: Any, blobs: list[bytes], at: Callable[[int
         except BaseException as exc:
             measured = failed(exc, time.time(), f"could not unpickle its input: {exc}", PAYLOAD)
         else:
-            measured = call_with_init(fn, arg, init, where=where)
+            with worker_span(headers):  # (OpenTelemetry's, when installed: engine.otel)
+                measured = call_with_init(fn, arg, init, where=where)
         results.append((measured, len(blob)))
     return encode(results, queued=max(0.0, queued_s() - queued0))
 

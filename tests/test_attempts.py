@@ -1,0 +1,65 @@
+"""Settling attempts (engine.attempts): a node that returned an un-awaited coroutine is told
+it missed an ``await``."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import warnings
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from engine import START, Graph, InvalidUpdateError
+
+
+class S(BaseModel):
+    x: int = 0
+
+
+async def fetch() -> dict[str, Any]:
+    await asyncio.sleep(0)
+    return {"x": 1}
+
+
+async def returns_the_call(state: S) -> Any:
+    return fetch()  # the bug: 'return await fetch()'
+
+
+def sync_returns_the_call(state: S) -> Any:
+    return fetch()  # the bug: a plain def cannot await
+
+
+@pytest.mark.parametrize(
+    ("fn", "lane"),
+    [(returns_the_call, "io"), (sync_returns_the_call, "inline")],
+)
+@pytest.mark.parametrize("mode", ["sequential", "parallel"])
+def test_a_returned_coroutine_names_the_missing_await(fn: Any, lane: str, mode: str) -> None:
+    """The error names the node, the step, the coroutine and the fix; the coroutine is
+    closed, so Python adds no 'never awaited' warning of its own."""
+    g = Graph(S)
+    g.add_node("lookup", fn, lane=lane)
+    g.add_edge(START, "lookup")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with pytest.raises(InvalidUpdateError) as info:
+            g.compile().run({}, mode=mode)
+        gc.collect()
+    message = str(info.value)
+    assert "node 'lookup' (step 0)" in message
+    assert "returned fetch() un-awaited" in message
+    assert "missing 'await'" in message and "return await fetch(...)" in message
+    assert (info.value.node, info.value.step) == ("lookup", 0)
+    assert not [w for w in seen if "never awaited" in str(w.message)]
+
+
+def test_any_other_bad_return_keeps_its_own_message() -> None:
+    """A node that returns a non-awaitable wrong type is not told about await."""
+    g = Graph(S)
+    g.add_node("bad", lambda s: 42, lane="inline")
+    g.add_edge(START, "bad")
+    with pytest.raises(InvalidUpdateError, match="returned int") as info:
+        g.compile().run({})
+    assert "await" not in str(info.value)
