@@ -109,8 +109,8 @@ if __name__ == "__main__":
     g.add_edge(engine.START, "crunch")
     try:
         g.compile().run({}, mode="parallel")
-    except engine.NodeError as exc:
-        print(exc.traceback_text)
+    except ValueError as exc:  # the node's own exception; the engine's record beside it
+        print(engine.node_error_of(exc).traceback_text)
 """
 
 
