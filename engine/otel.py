@@ -30,7 +30,7 @@ import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from importlib import metadata
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 try:
     from opentelemetry import context as otel_context
@@ -216,7 +216,7 @@ class RunSpans:
         # calls settle in another order than they started.
         here = task is _current_task()
         if token is not None and here and otel_trace.get_current_span() is span:
-            otel_context.detach(token)
+            otel_context.detach(cast(Any, token))
 
 
 def _key(call: Call) -> CallKey:
