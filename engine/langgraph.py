@@ -38,7 +38,6 @@ import contextvars
 import dataclasses
 import functools
 import inspect
-import typing
 from collections.abc import (
     AsyncIterator,
     Awaitable,
@@ -63,7 +62,7 @@ from .checkpoint.savers import (
 from .classify import is_coroutine_function
 from .drawing import Drawing
 from .errors import InvalidUpdateError, NodeError, NodeTimeoutError, RecursionLimitError
-from .graph import Graph
+from .graph import Graph, node_input_schema
 from .lcmessages import run_config
 from .lgtypes import (
     All,
@@ -86,7 +85,7 @@ from .messages import REMOVE_ALL_MESSAGES, MessagesState, RemoveMessage, add_mes
 from .policy import RetryPolicy
 from .running import run_sync
 from .spec import END, START, Send
-from .state import StateSchema, kind_of
+from .state import StateSchema
 from .streaming import (
     ChunkSink,
     chunks_of,
@@ -203,19 +202,6 @@ async def _acall(fn: Callable[..., Any], config: bool, runtime: bool, state: Any
     return await fn(state, **_extras(config, runtime))
 
 
-def _input_schema(fn: Callable[..., Any]) -> type | None:
-    """The state class a node's first parameter is annotated with, if any."""
-    try:
-        params = list(inspect.signature(fn).parameters.values())
-        hints = typing.get_type_hints(fn)
-    except Exception:
-        return None
-    if not params:
-        return None
-    hint = hints.get(params[0].name)
-    return hint if isinstance(hint, type) and kind_of(hint) is not None else None
-
-
 def _adapt(fn: Callable[..., Any]) -> Callable[..., Any]:
     config, runtime = _wants(fn)
     if not (config or runtime):
@@ -284,7 +270,7 @@ class StateGraph(Generic[S]):
             raise NotImplementedError(
                 f"add_node({name!r}, defer=True) is not supported by engine.langgraph yet"
             )
-        declared = input_schema if input_schema is not None else _input_schema(action)
+        declared = input_schema if input_schema is not None else node_input_schema(action)
         if declared is not None and declared is not self.state_schema:
             self._node_inputs[name] = declared
         if lane is None:
