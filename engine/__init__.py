@@ -6,10 +6,6 @@ public API; ``tests/test_api.py`` checks the exported surface.
 """
 
 from .app import CompiledGraph as CompiledGraph
-from .app import ExplainRow as ExplainRow
-from .app import Explanation as Explanation
-from .app import RunKwargs as RunKwargs
-from .app import RunOptions as RunOptions
 from .cache import CachePolicy as CachePolicy
 from .cache import InMemoryCache as InMemoryCache
 from .cache import NodeCache as NodeCache
@@ -44,17 +40,22 @@ from .events import RunStatus as RunStatus
 from .events import StepFinished as StepFinished
 from .events import StepStarted as StepStarted
 from .events import WorkerLoaded as WorkerLoaded
+from .explain import ExplainRow as ExplainRow
+from .explain import Explanation as Explanation
 from .graph import END as END
 from .graph import START as START
 from .graph import Graph as Graph
 from .graph import Send as Send
 from .lanes.pool import default_executor as default_executor
+from .options import RunKwargs as RunKwargs
+from .options import RunOptions as RunOptions
 from .policy import RetryPolicy as RetryPolicy
 from .resources import Clock as Clock
 from .resources import FakeClock as FakeClock
 from .resources import Rate as Rate
 from .running import run_sync as run_sync
 from .scheduler import RunResult as RunResult
+from .spec import Command as Command
 from .trace import Metrics as Metrics
 from .trace import NodeCall as NodeCall
 from .trace import Trace as Trace
@@ -68,6 +69,7 @@ __all__ = [
     "CachePolicy",
     "CheckpointError",
     "Clock",
+    "Command",
     "CompiledGraph",
     "EngineError",
     "Event",

@@ -16,9 +16,8 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping, MutableMapping, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, TypedDict, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from typing_extensions import Unpack
 
@@ -27,15 +26,17 @@ from .dispatch import Dispatcher, Route, plan_routes
 from .drawing import Drawing
 from .errors import CheckpointError, GraphError, NodeError, own_error
 from .events import Event
-from .lanes import MODES, Lanes, Mode
+from .explain import ExplainRow, Explanation
+from .lanes import Lanes, Mode
 from .lanes.measure import Resources
 from .lanes.pool import default_workers, executor_workers, measure_dispatch
 from .lean import estimate_payload
 from .logs import get_logger
+from .options import RunKwargs, RunOptions, merged_options
 from .plan import Plan
 from .profile import MeasuredPolicy, Profile, redecide
 from .recorder import EventSink, Recorder
-from .resources import Budgets, Clock, Rate, SystemClock
+from .resources import Budgets, SystemClock
 from .running import run_sync
 from .saving import RunCursor, RunSaver
 from .scheduler import RunResult, Scheduler
@@ -53,7 +54,7 @@ from .threads import (
     writes_input,
 )
 from .warm import parse_size, workers_for_memory
-from .watchdog import DEFAULT_THRESHOLD_S, LoopWatchdog
+from .watchdog import LoopWatchdog
 
 if TYPE_CHECKING:
     from .cache import NodeCache
@@ -63,199 +64,6 @@ S = TypeVar("S")
 T = TypeVar("T")
 
 log = get_logger("engine")
-
-#: Steps a run may take when no ``recursion_limit`` is given: LangGraph's default.
-DEFAULT_RECURSION_LIMIT = 10_007
-
-
-@dataclass(frozen=True, kw_only=True)
-class RunOptions:
-    """How one run runs: every option of ``arun`` in one typed, validated object.
-
-    Pass one (``app.arun(state, RunOptions(mode="sequential"))``), keywords
-    (``app.arun(state, mode="sequential")``), or both: keywords replace the
-    object's values.
-    """
-
-    #: ``sequential`` (one call at a time), ``concurrent`` (asyncio only: cpu
-    #: nodes on threads), ``parallel`` (the hybrid: cpu nodes in processes).
-    mode: Mode = "parallel"
-    #: The cpu lane's executor in ``parallel`` mode: any ``concurrent.futures.Executor``
-    #: (a loky or stdlib process pool, a Dask client's); None: the default loky pool.
-    executor: Executor | None = None
-    #: The thread whose checkpoints the run saves (needs a checkpointer); with
-    #: ``input=None``, the thread to resume.
-    thread_id: str | None = None
-    #: With ``input=None`` and ``thread_id``: run from this past checkpoint of the thread
-    #: (time travel: a fork of it; its later history stays as it was).
-    checkpoint_id: str | None = None
-    #: At most this many steps; one more is a ``GraphRecursionError`` (LangGraph's
-    #: default limit and count).
-    recursion_limit: int = DEFAULT_RECURSION_LIMIT
-    #: Called with every event as it happens (an observer that raises is dropped).
-    on_event: EventSink | None = None
-    #: Calls at once per resource nodes declare (``add_node(..., resources=...)``).
-    limits: Mapping[str, int] | None = None
-    #: Calls per period per resource: ``{"openai": "60/min"}``.
-    rates: Mapping[str, str | Rate] | None = None
-    #: Calls at once per lane: ``{"cpu": 4}``.
-    max_concurrency: Mapping[str, int] | None = None
-    #: Seconds the event loop may be blocked before the watchdog reports it (None: off).
-    loop_threshold: float | None = DEFAULT_THRESHOLD_S
-    #: Bytes (or ``"2GB"``) a cpu worker may use; caps the pool to what memory can hold.
-    memory_per_worker: int | str | None = None
-    #: The run's clock (events' times, retry waits, budgets): a ``FakeClock`` in tests.
-    clock: Clock | None = None
-    #: Called with ``(mode, chunk)`` for the stream modes (``astream(stream_mode=...)``);
-    #: a ``values`` chunk is the state as the run holds it (a model instance, or values).
-    on_chunk: ChunkSink | None = None
-    #: A LangGraph-style config: ``{"configurable": {"thread_id": ...}, "recursion_limit":
-    #: n, "tags": [...], "metadata": {...}, "run_name": ...}``. Its ``thread_id``,
-    #: ``checkpoint_id`` and ``recursion_limit`` are the run's (unless given as options
-    #: too: then they must agree); nodes taking ``config`` get it, on every lane.
-    config: Mapping[str, Any] | None = None
-    #: What nodes taking ``runtime`` read as ``runtime.context`` (a dict is made the
-    #: graph's ``context_schema``). Config and context must pickle for cpu-lane nodes.
-    context: Any = None
-
-    def __post_init__(self) -> None:
-        if self.config is not None:
-            self._take_config(self.config)
-        if self.mode not in MODES:
-            raise ValueError(f"unknown mode {self.mode!r}; use one of {', '.join(MODES)}")
-        if self.recursion_limit < 1:
-            raise ValueError(f"recursion_limit must be >= 1, got {self.recursion_limit}")
-
-    def _take_config(self, config: Mapping[str, Any]) -> None:
-        if not isinstance(config, Mapping):
-            raise TypeError(f"config must be a dict, got {type(config).__name__}")
-        configurable = config.get("configurable") or {}
-        taken = {
-            "thread_id": configurable.get("thread_id"),
-            "checkpoint_id": configurable.get("checkpoint_id"),
-            "recursion_limit": config.get("recursion_limit"),
-        }
-        defaults = {
-            "thread_id": None,
-            "checkpoint_id": None,
-            "recursion_limit": DEFAULT_RECURSION_LIMIT,
-        }
-        for name, value in taken.items():
-            if value is None:
-                continue
-            mine = getattr(self, name)
-            if mine != defaults[name] and mine != value:
-                raise ValueError(
-                    f"{name} is {mine!r} but config says {value!r}; give it in one place"
-                )
-            object.__setattr__(self, name, value)
-
-    @property
-    def thread_from_config(self) -> bool:
-        """The run's ``thread_id`` is the one its ``config`` names."""
-        configurable = (self.config or {}).get("configurable") or {}
-        return self.thread_id is not None and configurable.get("thread_id") == self.thread_id
-
-    def node_config(self) -> dict[str, Any]:
-        """The config nodes taking ``config`` get: the one given, with the run's
-        ``configurable`` (``thread_id`` in it), ``recursion_limit``, ``tags`` and ``metadata``."""
-        config = dict(self.config or {})
-        configurable = dict(config.get("configurable") or {})
-        metadata = dict(config.get("metadata") or {})
-        if self.thread_id is not None:
-            configurable["thread_id"] = self.thread_id
-            metadata.setdefault("thread_id", self.thread_id)
-        config["configurable"] = configurable
-        config["metadata"] = metadata
-        config["tags"] = list(config.get("tags") or [])
-        config["recursion_limit"] = self.recursion_limit
-        return config
-
-
-class RunKwargs(TypedDict, total=False):
-    """``RunOptions`` as keywords (``app.arun(state, mode="sequential")``)."""
-
-    mode: Mode
-    executor: Executor | None
-    thread_id: str | None
-    checkpoint_id: str | None
-    recursion_limit: int
-    on_event: EventSink | None
-    limits: Mapping[str, int] | None
-    rates: Mapping[str, str | Rate] | None
-    max_concurrency: Mapping[str, int] | None
-    loop_threshold: float | None
-    memory_per_worker: int | str | None
-    clock: Clock | None
-    on_chunk: ChunkSink | None
-    config: Mapping[str, Any] | None
-    context: Any
-
-
-def _options(options: RunOptions | None, kwargs: RunKwargs) -> RunOptions:
-    if options is None:
-        return RunOptions(**kwargs)
-    return dataclasses.replace(options, **kwargs) if kwargs else options
-
-
-@dataclass(frozen=True)
-class ExplainRow:
-    """One node in ``explain()``: its lane, why, and the numbers behind the decision."""
-
-    node: str
-    lane: str
-    reason: str
-    source: str
-    measured: str = ""  # the profile's numbers for the node
-    change: str = ""  # "cpu -> thread" when the next run moves it
-    reads: str = ""  # lean dispatch: what it receives of the state
-
-
-@dataclass(frozen=True)
-class Explanation:
-    """One row per node: which lane it runs on and why. Prints as a table.
-
-    ``changes`` lists what changed since the last run (lanes, then numbers);
-    ``warnings`` the cpu nodes whose payload costs more to send than compute.
-    """
-
-    rows: tuple[ExplainRow, ...]
-    changes: tuple[str, ...] = ()
-    warnings: tuple[str, ...] = ()
-
-    def __iter__(self) -> Iterator[ExplainRow]:
-        return iter(self.rows)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def lane_of(self, node: str) -> str:
-        for row in self.rows:
-            if row.node == node:
-                return row.lane
-        raise KeyError(node)
-
-    def __str__(self) -> str:
-        headers = ("node", "lane", "decided by", "reason")
-        table = [headers] + [(r.node, r.lane, r.source, r.reason) for r in self.rows]
-        widths = [max(len(row[i]) for row in table) for i in range(3)]
-        lines = []
-        for i, row in enumerate(table):
-            cells = [row[j].ljust(widths[j]) for j in range(3)] + [row[3]]
-            lines.append("  ".join(cells).rstrip())
-            if i == 0:
-                lines.append("  ".join("-" * w for w in widths) + "  " + "-" * 6)
-        measured = [f"  {r.node}: {r.measured}" for r in self.rows if r.measured]
-        reads = [f"  {r.node}: {r.reads}" for r in self.rows if r.reads]
-        for title, items in (
-            ("measured:", measured),
-            ("lean dispatch:", reads),
-            ("changed since the last run:", [f"  {c}" for c in self.changes]),
-            ("warnings:", [f"  {w}" for w in self.warnings]),
-        ):
-            if items:
-                lines += ["", title, *items]
-        return "\n".join(lines)
 
 
 class _Sinks:
@@ -516,7 +324,7 @@ class CompiledGraph(Generic[S]):
         cpu nodes' own hints caps the process pool at what the memory
         available now can hold), ``clock``.
         """
-        opts = _options(options, kwargs)
+        opts = merged_options(options, kwargs)
         thread_id = opts.thread_id
         if thread_id is not None and self.checkpointer is None and opts.thread_from_config:
             # As in LangGraph: without a checkpointer a config's thread_id is only a name
@@ -719,7 +527,7 @@ class CompiledGraph(Generic[S]):
         """
         if configs is not None and len(configs) != len(inputs):
             raise ValueError(f"abatch got {len(inputs)} inputs but {len(configs)} configs")
-        opts = _options(options, kwargs)
+        opts = merged_options(options, kwargs)
         each = [opts] * len(inputs)
         if configs is not None:
             each = [dataclasses.replace(opts, config=c) if c else opts for c in configs]
@@ -773,7 +581,7 @@ class CompiledGraph(Generic[S]):
         yields ``(mode, chunk)`` pairs. An ``on_event`` observer given too
         hears the events; one that raises is dropped on its own.
         """
-        opts = _options(options, kwargs)
+        opts = merged_options(options, kwargs)
         if stream_mode is None:
             return self._events(input, opts)
         modes, pairs = parse_modes(stream_mode)
@@ -801,7 +609,7 @@ class CompiledGraph(Generic[S]):
         **kwargs: Unpack[RunKwargs],
     ) -> Iterator[Any]:
         """``astream`` from synchronous code (inside a running event loop too)."""
-        opts = _options(options, kwargs)
+        opts = merged_options(options, kwargs)
         if stream_mode is not None:
             parse_modes(stream_mode)  # a bad mode fails here, not at the first item
         return iterate_sync(lambda: self.astream(input, opts, stream_mode=stream_mode))

@@ -49,7 +49,7 @@ from collections.abc import (
 )
 from typing import Any, Generic, TypeVar
 
-from .app import CompiledGraph, RunOptions
+from .app import CompiledGraph
 from .cache import CachePolicy, InMemoryCache, SqliteCache
 from .checkpoint.savers import (
     AsyncPostgresSaver,
@@ -82,9 +82,10 @@ from .lgtypes import (
     stream_part,
 )
 from .messages import REMOVE_ALL_MESSAGES, MessagesState, RemoveMessage, add_messages
+from .options import RunOptions
 from .policy import RetryPolicy
 from .running import run_sync
-from .spec import END, START, Send
+from .spec import END, START, Command, Send
 from .state import StateSchema
 from .streaming import (
     ChunkSink,
@@ -162,15 +163,6 @@ def _not_yet(name: str, what: str) -> Callable[..., Any]:
 
 
 interrupt = _not_yet("interrupt", "human-in-the-loop interrupts are not built yet")
-
-
-class Command:
-    """LangGraph's ``Command``: not supported yet (creating one says so)."""
-
-    PARENT = "__parent__"
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        _not_yet("Command", "goto/update/resume commands are not built yet")()
 
 
 # -- calling nodes the way their signatures ask ------------------------------------------

@@ -7,9 +7,9 @@ mutable builder.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from .classify import Lane
 from .policy import RetryPolicy
@@ -23,6 +23,9 @@ START = "__start__"
 END = "__end__"
 RESERVED = frozenset({START, END})
 
+#: The node names a ``Command`` may go to: ``Command[Literal["a", "b"]]``.
+N = TypeVar("N")
+
 
 @dataclass(frozen=True)
 class Send:
@@ -34,6 +37,40 @@ class Send:
 
     node: str
     arg: Any
+
+
+@dataclass(frozen=True, kw_only=True)
+class Command(Generic[N]):
+    """What a node returns to update the state and pick where the run goes next.
+
+    ``update``: the node's update, as a plain return would give it. ``goto``:
+    a node name, a ``Send``, or a sequence of them, run in the next step (as
+    if a router had returned them). ``resume``: given to a run instead of an
+    input, the value an interrupted node's ``interrupt()`` returns (a mapping
+    of interrupt ids to values resumes several). ``graph``: ``Command.PARENT``
+    sends the command to the graph that holds this one as a subgraph.
+    """
+
+    graph: str | None = None
+    update: Any = None
+    resume: Any = None
+    goto: Send | N | Sequence[Send | N] = ()
+
+    #: ``Command(graph=Command.PARENT, ...)``: the parent graph's command.
+    PARENT: ClassVar[str] = "__parent__"
+
+    def __repr__(self) -> str:
+        shown = [
+            f"{name}={value!r}"
+            for name, value in (
+                ("graph", self.graph),
+                ("update", self.update),
+                ("resume", self.resume),
+                ("goto", self.goto),
+            )
+            if value is not None and value != ()
+        ]
+        return f"Command({', '.join(shown)})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +146,7 @@ __all__ = [
     "RESERVED",
     "START",
     "Branch",
+    "Command",
     "Edge",
     "GraphSpec",
     "NodeSpec",

@@ -15,9 +15,9 @@ import pytest
 from pydantic import BaseModel
 
 from engine import END, START, Graph, RetryPolicy
-from engine.app import RunOptions
 from engine.checkpoint import MemoryCheckpointer
 from engine.context import Runtime, get_config, get_runtime
+from engine.options import RunOptions
 
 LANES = ("io", "thread", "inline", "cpu")
 MODES = ("sequential", "concurrent", "parallel")

@@ -59,9 +59,21 @@ def test_error_classes_relate_as_langgraphs() -> None:
         (lambda: facade.Overwrite([1]), "Overwrite"),
         (lambda: facade.get_store(), "get_store"),
         (lambda: facade.interrupt("ask"), "interrupt"),
-        (lambda: facade.Command(goto="x"), "Command"),
     ],
 )
+def test_command_is_the_engines_own_with_langgraphs_fields_and_repr() -> None:
+    from typing import Literal
+
+    from langgraph.types import Command as Theirs
+
+    import engine
+
+    assert facade.Command is engine.Command
+    for kwargs in ({"goto": "x"}, {"update": {"a": 1}, "goto": ["x"]}, {"resume": 3}, {}):
+        assert repr(facade.Command[Literal["x"]](**kwargs)) == repr(Theirs(**kwargs))
+    assert facade.Command.PARENT == Theirs.PARENT
+
+
 def test_a_feature_not_built_yet_says_so_when_used(use: typing.Any, name: str) -> None:
     with pytest.raises(NotImplementedError, match=f"{name} is not supported by engine.langgraph"):
         use()

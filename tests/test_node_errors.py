@@ -12,8 +12,8 @@ from typing import Annotated, Any, TypedDict
 import pytest
 
 from engine import START, Graph, InvalidUpdateError, NodeTimeoutError
-from engine.app import DEFAULT_RECURSION_LIMIT, RunOptions
 from engine.errors import GraphRecursionError, NodeError, RecursionLimitError, node_error_of
+from engine.options import DEFAULT_RECURSION_LIMIT, RunOptions
 
 LANES = ("io", "thread", "inline", "cpu")
 
