@@ -52,15 +52,6 @@ def test_error_classes_relate_as_langgraphs() -> None:
     assert issubclass(facade.GraphRecursionError, RecursionError)
 
 
-@pytest.mark.parametrize(
-    ("use", "name"),
-    [
-        (lambda: facade.Interrupt("value"), "Interrupt"),
-        (lambda: facade.Overwrite([1]), "Overwrite"),
-        (lambda: facade.get_store(), "get_store"),
-        (lambda: facade.interrupt("ask"), "interrupt"),
-    ],
-)
 def test_command_is_the_engines_own_with_langgraphs_fields_and_repr() -> None:
     from typing import Literal
 
@@ -74,6 +65,15 @@ def test_command_is_the_engines_own_with_langgraphs_fields_and_repr() -> None:
     assert facade.Command.PARENT == Theirs.PARENT
 
 
+@pytest.mark.parametrize(
+    ("use", "name"),
+    [
+        (lambda: facade.Interrupt("value"), "Interrupt"),
+        (lambda: facade.Overwrite([1]), "Overwrite"),
+        (lambda: facade.get_store(), "get_store"),
+        (lambda: facade.interrupt("ask"), "interrupt"),
+    ],
+)
 def test_a_feature_not_built_yet_says_so_when_used(use: typing.Any, name: str) -> None:
     with pytest.raises(NotImplementedError, match=f"{name} is not supported by engine.langgraph"):
         use()
