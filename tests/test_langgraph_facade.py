@@ -16,7 +16,6 @@ import pytest
 from engine.langgraph import (
     END,
     START,
-    Command,
     GraphRecursionError,
     StateGraph,
     interrupt,
@@ -124,8 +123,6 @@ def test_lanes_auto_leaves_undeclared_sync_nodes_to_the_measured_policy() -> Non
 def test_what_is_not_built_yet_says_so() -> None:
     with pytest.raises(NotImplementedError, match="interrupt"):
         interrupt("approve?")
-    with pytest.raises(NotImplementedError, match="Command"):
-        Command(goto="x")
     with pytest.raises(NotImplementedError, match="interrupt_before"):
         two_nodes().compile(interrupt_before=["a"])
     with pytest.raises(NotImplementedError, match="defer"):
