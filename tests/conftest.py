@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 
@@ -63,3 +64,17 @@ def postgres_dsn() -> str:
 def pg_dsn() -> str:
     """``postgres_dsn()`` as a fixture."""
     return postgres_dsn()
+
+
+@pytest.fixture
+def llm_url() -> Iterator[str]:
+    """A local LLM server on its own thread and loop, as the harness runs it: a
+    blocking API call (auto_lanes' lookups) on the loop under test must not
+    block the server too."""
+    from workloads.llm import LLMServer
+
+    server = LLMServer.start_in_thread(latency_s=0.0)
+    try:
+        yield server.base_url
+    finally:
+        server.stop()

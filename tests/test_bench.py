@@ -553,20 +553,6 @@ def test_unknown_workload_is_a_usage_error(capsys: Any) -> None:
 # -- the workloads themselves ------------------------------------------------------------
 
 
-@pytest.fixture
-def llm_url() -> Iterator[str]:
-    """A local LLM server on its own thread and loop, as the harness runs it: a
-    blocking API call (auto_lanes' lookups) on the loop under test must not
-    block the server too."""
-    from workloads.llm import LLMServer
-
-    server = LLMServer.start_in_thread(latency_s=0.0)
-    try:
-        yield server.base_url
-    finally:
-        server.stop()
-
-
 async def test_every_graph_ends_in_the_same_state_in_every_mode(llm_url: str) -> None:
     """Each benchmark graph's final state is identical in the three modes."""
     from workloads import genai

@@ -46,3 +46,23 @@ async def test_only_the_import_line_differs_and_marked_nodes_run_in_workers() ->
         server.stop()
     cpu = [c for c in result.trace.calls if c.lane == "cpu"]
     assert len(cpu) == 5 and all(c.pid != os.getpid() for c in cpu)
+
+
+async def test_the_bench_target_runs_the_switched_app_next_to_langgraph(llm_url: str) -> None:
+    """`bench examples.ceo_bench:ceo_langgraph --peers`: the target builds the switched
+    file with its CPU nodes marked, its peer the file as written on LangGraph; both end
+    in the same state, and the marked nodes ran in worker processes."""
+    from engine.bench.targets import Workload, resolve
+    from workloads import genai
+    from workloads.suite import Environment
+
+    target = resolve("examples.ceo_bench:ceo_langgraph")
+    assert isinstance(target, Workload) and target.peer is not None
+    env = Environment(base_url=llm_url, cal=genai.calibrate())
+    app, state = target.build(env, 0.05)
+    result = await app.arun(state, mode="parallel")
+    outcome = await target.peer(env, 0.05, state).arun(type(result.state))
+    assert outcome.final == result.state.model_dump(mode="json")
+    assert {c.node for c in outcome.calls} == set(app.plan.nodes)
+    cpu = [c for c in result.trace.calls if c.lane == "cpu"]
+    assert len(cpu) == 5 and all(c.pid != os.getpid() for c in cpu)
