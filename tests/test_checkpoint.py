@@ -570,7 +570,7 @@ class TestBackendDetails:
         dsn = postgres_dsn()
         import psycopg
 
-        from engine.checkpoint.postgres import lock_key
+        from engine.checkpoint.pgschema import lock_key
 
         t, t2 = (f"t{uuid.uuid4().hex[:10]}-{name}" for name in ("fence", "other"))
         a = PostgresCheckpointer(dsn, pool_size=1)
@@ -641,7 +641,7 @@ class TestBackendDetails:
         dsn = postgres_dsn()
         import psycopg
 
-        from engine.checkpoint.postgres import lock_key
+        from engine.checkpoint.pgschema import lock_key
 
         t = f"t{uuid.uuid4().hex[:10]}-norow"
         async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as holder:

@@ -38,7 +38,6 @@ from __future__ import annotations
 import asyncio
 import builtins
 import functools
-import hashlib
 import json
 import os
 from collections.abc import Awaitable, Callable, Mapping
@@ -67,7 +66,7 @@ from .base import (
     stored,
     this_host,
 )
-from .migrate import layout, move
+from .pgschema import SELECT, SETUP_LOCK_KEY, create_tables, lock_key, lock_key_oids, replace_writes
 
 if TYPE_CHECKING:
     import psycopg
@@ -85,57 +84,6 @@ RELEASE_TIMEOUT_S = 5.0
 #: (it may be writing it, or releasing the lock) before saying it is unknown.
 BUSY_LOOKUP_S = 1.0
 
-_SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS checkpoints (
-        seq BIGSERIAL,
-        thread_id TEXT NOT NULL,
-        checkpoint_ns TEXT NOT NULL,
-        checkpoint_id TEXT NOT NULL,
-        parent_id TEXT,
-        step INTEGER NOT NULL,
-        source TEXT NOT NULL,
-        run_id TEXT NOT NULL,
-        status TEXT NOT NULL,
-        created_at DOUBLE PRECISION NOT NULL,
-        data JSONB NOT NULL,
-        PRIMARY KEY (thread_id, checkpoint_ns, checkpoint_id))""",
-    """CREATE INDEX IF NOT EXISTS checkpoints_in_order
-        ON checkpoints (thread_id, checkpoint_ns, seq)""",
-    """CREATE TABLE IF NOT EXISTS writes (
-        thread_id TEXT NOT NULL,
-        checkpoint_ns TEXT NOT NULL,
-        checkpoint_id TEXT NOT NULL,
-        node TEXT NOT NULL,
-        idx INTEGER NOT NULL,
-        data JSONB NOT NULL,
-        PRIMARY KEY (thread_id, checkpoint_ns, checkpoint_id, node, idx))""",
-    """CREATE TABLE IF NOT EXISTS locks (
-        thread_id TEXT PRIMARY KEY,
-        run_id TEXT NOT NULL,
-        pid INTEGER NOT NULL,
-        host TEXT NOT NULL,
-        acquired_at DOUBLE PRECISION NOT NULL)""",
-)
-
-# Serialises concurrent CREATE TABLE IF NOT EXISTS from several drivers,
-# which can otherwise collide in the catalog (duplicate pg_type rows).
-_SETUP_LOCK_KEY = 0x656E67696E65  # "engine"
-
-# A row's JSON text: a jsonb string holds it whole; a jsonb object is a
-# schema_version 1 row, written before rows were stored as strings.
-_TEXT = "CASE WHEN jsonb_typeof({0}) = 'string' THEN {0} #>> '{{}}' ELSE {0}::text END"
-
-# Checkpoints of a thread and namespace with their writes, in one statement (one snapshot).
-_SELECT = f"""
-SELECT c.checkpoint_id, c.parent_id, c.step, {_TEXT.format("c.data")},
-       COALESCE((SELECT json_agg(json_build_array(w.node, w.idx, {_TEXT.format("w.data")})
-                                 ORDER BY w.node, w.idx)
-                 FROM writes w WHERE w.thread_id = c.thread_id
-                   AND w.checkpoint_ns = c.checkpoint_ns AND w.checkpoint_id = c.checkpoint_id),
-                '[]'::json)::text
-FROM checkpoints c WHERE c.thread_id = %s AND c.checkpoint_ns = %s
-"""
-
 
 def _import_psycopg() -> tuple[Any, Any]:
     try:
@@ -146,18 +94,6 @@ def _import_psycopg() -> tuple[Any, Any]:
             "PostgresCheckpointer needs psycopg 3 and psycopg-pool: pip install 'engine[postgres]'"
         ) from exc
     return psycopg, psycopg_pool
-
-
-def lock_key(thread_id: str) -> int:
-    """The advisory lock key (signed 64-bit) of a thread id."""
-    digest = hashlib.blake2b(f"engine-thread:{thread_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
-
-
-def lock_key_oids(thread_id: str) -> tuple[int, int]:
-    """How ``pg_locks`` shows the thread's advisory lock: (classid, objid), objsubid 1."""
-    key = lock_key(thread_id) & 0xFFFF_FFFF_FFFF_FFFF
-    return key >> 32, key & 0xFFFF_FFFF
 
 
 class _LockLost(Exception):
@@ -290,8 +226,8 @@ class PostgresCheckpointer(CheckpointerBase):
             try:
                 await pool.open(wait=True, timeout=self.connect_timeout_s)
                 async with pool.connection() as conn, conn.transaction():
-                    await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SETUP_LOCK_KEY,))
-                    await _create_tables(conn)
+                    await conn.execute("SELECT pg_advisory_xact_lock(%s)", (SETUP_LOCK_KEY,))
+                    await create_tables(conn)
             except BaseException as exc:
                 await pool.close()
                 if isinstance(exc, self._psycopg.Error):
@@ -376,9 +312,9 @@ class PostgresCheckpointer(CheckpointerBase):
                 ),
             )
             # A checkpoint's writes are replaced with it: a re-put is the whole truth.
-            await _replace_writes(conn, tid, ns, where.checkpoint_id, enc.writes)
+            await replace_writes(conn, tid, ns, where.checkpoint_id, enc.writes)
             if where.parent_id is not None and enc.parent_writes:
-                await _replace_writes(conn, tid, ns, where.parent_id, enc.parent_writes)
+                await replace_writes(conn, tid, ns, where.parent_id, enc.parent_writes)
         return where
 
     async def _fence(
@@ -495,7 +431,7 @@ class PostgresCheckpointer(CheckpointerBase):
         check_thread_id(thread_id)
 
         async def select(conn: psycopg.AsyncConnection[Any]) -> builtins.list[Any]:
-            cur = await conn.execute(_SELECT + rest, (thread_id, ns, *args))
+            cur = await conn.execute(SELECT + rest, (thread_id, ns, *args))
             return await cur.fetchall()
 
         rows = await self._db(f"{what} thread {thread_id!r}", select)
@@ -729,74 +665,3 @@ class PostgresCheckpointer(CheckpointerBase):
             finally:
                 if pool is not None:
                     await pool.close()
-
-
-async def _replace_writes(
-    conn: psycopg.AsyncConnection[Any],
-    tid: str,
-    ns: str,
-    checkpoint_id: str,
-    writes: builtins.list[tuple[str, int, str]],
-) -> None:
-    await conn.execute(
-        "DELETE FROM writes WHERE thread_id = %s AND checkpoint_ns = %s AND checkpoint_id = %s",
-        (tid, ns, checkpoint_id),
-    )
-    if writes:
-        async with conn.cursor() as cur:
-            await cur.executemany(
-                "INSERT INTO writes (thread_id, checkpoint_ns, checkpoint_id, node, idx, data)"
-                " VALUES (%s, %s, %s, %s, %s, to_jsonb(%s::text))",
-                [(tid, ns, checkpoint_id, n, i, text) for n, i, text in writes],
-            )
-
-
-async def _create_tables(conn: psycopg.AsyncConnection[Any]) -> None:
-    """Create the tables, moving a store of the first layout into the tree layout first.
-
-    Runs in the setup's transaction, under the setup lock: one driver moves
-    the rows, every other one then finds the tree layout. Another program's
-    ``checkpoints`` table is left alone.
-    """
-    cur = await conn.execute(
-        "SELECT column_name FROM information_schema.columns WHERE table_name = 'checkpoints'"
-        " AND table_schema = current_schema()"
-    )
-    found = layout(row[0] for row in await cur.fetchall())
-    if found == "old":
-        cur = await conn.execute(
-            f"SELECT thread_id, step, run_id, status, created_at, {_TEXT.format('data')}"
-            " FROM checkpoints"
-        )
-        old = await cur.fetchall()
-        cur = await conn.execute(
-            f"SELECT thread_id, step, node, idx, {_TEXT.format('data')} FROM writes"
-        )
-        old_writes = await cur.fetchall()
-        await conn.execute("DROP TABLE checkpoints")
-        await conn.execute("DROP TABLE writes")
-    for statement in _SCHEMA:
-        if found == "foreign" and "CREATE INDEX" in statement:
-            continue  # no index on another program's table: its columns are not ours
-        await conn.execute(statement)
-    if found != "old":
-        return
-    moved = move(old, old_writes)
-    async with conn.cursor() as c:
-        await c.executemany(
-            "INSERT INTO checkpoints (thread_id, checkpoint_ns, checkpoint_id, parent_id, step,"
-            " source, run_id, status, created_at, data)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, to_jsonb(%s::text))",
-            moved.checkpoints,
-        )
-        await c.executemany(
-            "INSERT INTO writes (thread_id, checkpoint_ns, checkpoint_id, node, idx, data)"
-            " VALUES (%s, %s, %s, %s, %s, to_jsonb(%s::text))",
-            moved.writes,
-        )
-    log.warning(
-        "checkpoint_store_migrated",
-        store="postgres",
-        checkpoints=len(moved.checkpoints),
-        writes=len(moved.writes),
-    )
