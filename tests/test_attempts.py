@@ -63,3 +63,33 @@ def test_any_other_bad_return_keeps_its_own_message() -> None:
     with pytest.raises(InvalidUpdateError, match="returned int") as info:
         g.compile().run({})
     assert "await" not in str(info.value)
+
+
+class Loose(BaseModel):
+    x: Any = None
+
+
+async def stores_the_call(state: Loose) -> dict[str, Any]:
+    return {"x": fetch()}  # the bug: '"x": await fetch()'
+
+
+@pytest.mark.parametrize("mode", ["sequential", "parallel"])
+def test_a_coroutine_written_to_a_field_names_the_missing_await(mode: str) -> None:
+    """A coroutine in an update (a field typed Any takes it) fails the node that wrote it,
+    naming the field and the fix, instead of the next node failing to read or pickle it;
+    the coroutine is closed, so Python adds no 'never awaited' warning."""
+    g = Graph(Loose)
+    g.add_node("lookup", stores_the_call)
+    g.add_node("after", lambda s: {"x": s.x}, lane="cpu")
+    g.add_edge(START, "lookup")
+    g.add_edge("lookup", "after")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with pytest.raises(InvalidUpdateError) as info:
+            g.compile().run({}, mode=mode)
+        gc.collect()
+    message = str(info.value)
+    assert "node 'lookup' (step 0) wrote fetch() un-awaited to field 'x'" in message
+    assert "missing 'await'" in message and "await fetch(...)" in message
+    assert (info.value.node, info.value.step, info.value.field) == ("lookup", 0, "x")
+    assert not [w for w in seen if "never awaited" in str(w.message)]

@@ -31,6 +31,7 @@ import copy
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from types import CoroutineType
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, TypeAdapter
@@ -289,6 +290,9 @@ class StateSchema:
                 node=node,
                 step=step,
             )
+        for key, value in updates.items():
+            if type(value) is CoroutineType:
+                raise _unawaited_field(node, step, str(key), value)
         unknown = [key for key in updates if key not in self.channels]
         if not unknown:
             return updates
@@ -502,3 +506,20 @@ class StateSchema:
         if self.held == "values":
             return dict(state)
         return {k: getattr(state, k) for k in self.fields}
+
+
+def _unawaited_field(
+    node: str, step: int, key: str, value: CoroutineType[Any, Any, Any]
+) -> InvalidUpdateError:
+    """A coroutine written to a field: a call missing its ``await``, said so (the
+    coroutine is closed: it never ran, and would only fail later, where it is read)."""
+    name = value.__qualname__
+    value.close()
+    return InvalidUpdateError(
+        f"node {node!r} (step {step}) wrote {name}() un-awaited to field {key!r}: a "
+        f"missing 'await'. Return {{{key!r}: await {name}(...)}} from an 'async def' node "
+        "(a plain 'def' node cannot await: make it 'async def')",
+        node=node,
+        step=step,
+        field=key,
+    )
