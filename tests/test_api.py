@@ -19,7 +19,7 @@ EXPECTED = {
     "RunResult", "RunStarted", "RunStatus", "Send", "StepFinished", "StepStarted", "Trace",
     "WorkerCrashedError", "WorkerLoaded", "cpu", "default_executor", "inline", "io",
     "run_sync", "thread", "CachePolicy", "InMemoryCache", "NodeCache", "SqliteCache",
-    "GraphRecursionError", "Runtime", "get_config", "get_runtime", "node_error_of",
+    "GraphRecursionError", "Runtime", "get_config", "get_runtime", "node_error_of", "Command",
 }  # fmt: skip
 
 
