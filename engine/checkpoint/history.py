@@ -108,7 +108,9 @@ def snapshot(run_codec: RunCodec, cp: Checkpoint, *, latest: bool = False) -> St
     """The snapshot of a stored checkpoint.
 
     Its tasks are the tasks of its step, each with its writes once it ran
-    (``result``) or the ``repr`` of its failure (``error``). ``latest``: the
+    (``result``), the ``repr`` of its failure (``error``), or the questions
+    it asked and nobody answered yet (``interrupts``; the snapshot's
+    ``interrupts`` are all of them). ``latest``: the
     caller asked for the thread's current state (no ``checkpoint_id``): the
     writes of the tasks that finished in a step that stopped are applied to
     the values, and ``next`` keeps only the tasks still to run, as LangGraph
@@ -120,6 +122,9 @@ def snapshot(run_codec: RunCodec, cp: Checkpoint, *, latest: bool = False) -> St
     values = values_of(run_codec, cp)
     writes = run_codec.load_writes(cp) if cp.pending_writes else {}
     errors = {(e.node, e.index): e.error for e in cp.errors}
+    asked: dict[tuple[str, int], list[Any]] = {}
+    for a in run_codec.load_asked(cp):
+        asked.setdefault(a.order, []).append(a.interrupt)
     tasks = tuple(
         PregelTask(
             id=task_id(cp.checkpoint_id, ref.node, ref.index),
@@ -128,6 +133,7 @@ def snapshot(run_codec: RunCodec, cp: Checkpoint, *, latest: bool = False) -> St
             if ref.index >= 0
             else ("__pregel_pull", ref.node),
             error=errors.get((ref.node, ref.index)),
+            interrupts=tuple(asked.get((ref.node, ref.index), ())),
             result=writes.get((ref.node, ref.index)),
         )
         for ref in cp.next_tasks
@@ -146,6 +152,7 @@ def snapshot(run_codec: RunCodec, cp: Checkpoint, *, latest: bool = False) -> St
         created_at=dt.datetime.fromtimestamp(cp.created_at, dt.UTC).isoformat(),
         parent_config=parent,
         tasks=tasks,
+        interrupts=tuple(i for t in tasks for i in t.interrupts),
     )
 
 
