@@ -80,9 +80,9 @@ def interrupt(value: V) -> Any:
     repeat. Needs a checkpointer to be resumed (the run's thread keeps the
     question); works on every lane.
     """
-    from . import context
+    from .context import current
 
-    ctx = context.current()
+    ctx = current()
     if ctx is None:
         raise RuntimeError("interrupt() called outside of a run of a graph: call it inside a node")
     answers = ctx.answers

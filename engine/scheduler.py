@@ -39,8 +39,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from . import context
 from .attempts import StepAttempts
+from .context import current as current_context
+from .context import enter, leave, with_resumes
 from .errors import GraphRecursionError
 from .events import RunStatus
 from .interrupts import Asked, Interrupt, Paused, interrupt_id
@@ -248,9 +249,9 @@ class Scheduler:
         attempts = StepAttempts(self.plan, step, self.recorder)
         resuming = None
         if cursor.resumes:  # the interrupted calls find their answers (context.for_call)
-            ctx = context.current()
+            ctx = current_context()
             if ctx is not None:
-                resuming = context.enter(context.with_resumes(ctx, cursor.resumes))
+                resuming = enter(with_resumes(ctx, cursor.resumes))
         try:
             await self.dispatcher.run_step(step, cursor.state, todo, attempts.settle)
         except asyncio.CancelledError:
@@ -264,7 +265,7 @@ class Scheduler:
             raise
         finally:
             if resuming is not None:
-                context.leave(resuming)
+                leave(resuming)
         # barrier
         writes: dict[tuple[str, int], Mapping[str, Any]] = dict(attempts.writes)
         writes.update(cursor.pending)
