@@ -115,6 +115,12 @@ def with_resumes(ctx: RunContext, resumes: Mapping[tuple[str, int], tuple[Any, .
     return dataclasses.replace(ctx, _wire=[], resumes=dict(resumes))
 
 
+def resumed(task: Any) -> bool:
+    """Whether ``task`` (a ``spec.Task``) resumes with answers in the current run's step."""
+    ctx = _current.get()
+    return ctx is not None and bool(ctx.resumes) and (task.node, task.index) in ctx.resumes
+
+
 def for_call(node: str, index: int) -> contextvars.Token[RunContext | None] | None:
     """Around one call of a resumed step (the dispatcher): make its answers current.
 
@@ -223,6 +229,7 @@ __all__ = [
     "get_config",
     "get_runtime",
     "leave",
+    "resumed",
     "wants",
     "with_resumes",
 ]

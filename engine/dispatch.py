@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .cache import cache_key, dump_value, load_value
 from .callwriter import reset_writer, set_writer
-from .context import adapt, for_call, leave
+from .context import adapt, for_call, leave, resumed
 from .lanes import Lanes, Mode
 from .lanes.batching import ChunkPlan, chunk_plan
 from .lanes.calls import (
@@ -361,7 +361,8 @@ class Dispatcher:
         groups: dict[str, list[Task]] = {}
         singles: list[Task] = []
         for task in tasks:
-            if task.has_payload and self._routes[task.node].batchable:
+            # A resumed call goes alone: its answers travel in its own run context.
+            if task.has_payload and self._routes[task.node].batchable and not resumed(task):
                 groups.setdefault(task.node, []).append(task)
             else:
                 singles.append(task)

@@ -15,7 +15,7 @@ from typing import Annotated, Any, TypedDict
 import cloudpickle
 import pytest
 
-from engine import START, Command, Graph, Interrupt, RetryPolicy, interrupt
+from engine import START, Command, Graph, Interrupt, RetryPolicy, Send, interrupt
 from engine.checkpoint import MemoryCheckpointer
 from engine.interrupts import NodeInterrupt, interrupt_id
 from tests.conftest import postgres_dsn
@@ -71,6 +71,20 @@ def raise_node_interrupt(state: State) -> dict[str, Any]:
     if not state["log"]:
         raise NodeInterrupt("approve the empty log?")
     return {"log": ["went on"]}
+
+
+class Fan(TypedDict):
+    items: list[int]
+    log: Annotated[list[str], operator.add]
+
+
+def fan_out(state: Fan) -> list[Send]:
+    return [Send("work", {"i": i, "log": []}) for i in state["items"]]
+
+
+def ask_if_odd(arg: dict[str, Any]) -> dict[str, Any]:
+    answer = interrupt(f"odd {arg['i']}?") if arg["i"] % 2 else "even"
+    return {"log": [f"{arg['i']}={answer}"]}
 
 
 def step(name: str) -> Any:
@@ -175,6 +189,23 @@ class TestResume:
         done = await app.arun(Command(resume={ids["deadline?"]: "friday"}), thread_id="t")
         assert sorted(done.state["log"]) == ["budget=10k", "computed", "deadline=friday"]
         assert dict(CALLS) == {"budget": 2, "deadline": 3, "compute": 1}
+
+    async def test_sends_on_the_cpu_lane_are_answered_each_by_id(self) -> None:
+        """A Send fan-out of cpu calls (batched into chunks): each interrupted Send is its
+        own task with its own id; the resume runs just those, each with its answer."""
+        g: Graph[Fan] = Graph(Fan)
+        g.add_node("work", ask_if_odd, lane="cpu")
+        g.add_conditional_edges(START, fan_out)
+        app = g.compile(MemoryCheckpointer())
+        first = await app.arun({"items": list(range(6)), "log": []}, thread_id="t")
+        assert sorted(first.state["log"]) == ["0=even", "2=even", "4=even"]
+        answers = {i.id: i.value.replace("?", "!") for i in first.interrupts}
+        assert len(answers) == 3
+        done = await app.arun(Command(resume=answers), thread_id="t")
+        assert sorted(done.state["log"]) == [
+            "0=even", "1=odd 1!", "2=even", "3=odd 3!", "4=even", "5=odd 5!"
+        ]  # fmt: skip
+        assert len(done.trace.calls) == 3  # only the interrupted Sends ran again
 
     async def test_an_interrupt_is_never_retried(self) -> None:
         """A question is not a failure: a RetryPolicy does not run the node again."""
