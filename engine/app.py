@@ -504,7 +504,7 @@ class CompiledGraph(Generic[S]):
                     f"thread {thread_id!r} has no checkpoint to resume; start it with an input"
                 )
             return await resumed_cursor(saver, latest)
-        if latest is not None and latest.status not in ("done", "interrupted"):
+        if latest is not None and latest.status != "done" and not latest.paused:
             raise CheckpointError(
                 f"thread {thread_id!r} has an unfinished run (step {latest.step}, "
                 f"{latest.status}); resume it with arun(None, thread_id={thread_id!r}), "

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 V = TypeVar("V")
@@ -203,6 +203,13 @@ def breakpoints(
     return names
 
 
+def stops_at(points: Breakpoints, nodes: Iterable[str]) -> bool:
+    """Whether a step running (or having run) ``nodes`` hits one of the breakpoints."""
+    if points == "*":
+        return any(True for _ in nodes)
+    return any(n in points for n in nodes)
+
+
 def joined(a: Breakpoints, b: Breakpoints) -> Breakpoints:
     """Both sets of breakpoints (the compiled graph's and a run's own)."""
     if a == "*" or b == "*":
@@ -226,4 +233,5 @@ __all__ = [
     "is_interrupt",
     "joined",
     "shown_values",
+    "stops_at",
 ]

@@ -54,6 +54,8 @@ class RunCursor:
     pending: dict[tuple[str, int], Mapping[str, Any]] = field(default_factory=dict)
     asked: list[Asked] = field(default_factory=list)
     resumes: dict[tuple[str, int], tuple[Any, ...]] = field(default_factory=dict)
+    #: The run stops here on purpose (questions, a breakpoint): saved as ``paused``.
+    paused: bool = False
 
     def todo(self) -> list[Task]:
         """The step's tasks that have not written yet."""
@@ -103,6 +105,9 @@ class RunSaver:
         #: The id of the checkpoint the current step runs from, once saved or loaded
         #: (what an interrupt's id is made from); None without a checkpointer.
         self.checkpoint_id: str | None = None
+        #: The nodes whose writes made the current step's checkpoint, once saved or loaded:
+        #: a step saved again (stopped, failed) keeps them for update_state's ``as_node``.
+        self.writers: list[str] | None = None
         self._codec: RunCodec | None = None
 
     def __repr__(self) -> str:
@@ -149,8 +154,10 @@ class RunSaver:
             return
         kept = dict(cursor.pending)
         kept.update(writes)
+        # The answers interrupted calls were given are kept too: they are not asked again.
+        stopped = cursor.with_pending(kept, resumes=cursor.resumes)
         try:
-            await finish(self._put(cursor.with_pending(kept), status, None))
+            await finish(self._put(stopped, status, None))
         except Exception:
             log.exception("checkpoint_on_stop_failed", step=cursor.step, status=status)
 
@@ -164,6 +171,7 @@ class RunSaver:
         assert self.checkpointer is not None
         stored = await self.checkpointer.put(self.checkpoint_of(cursor, status, written, errors))
         self.checkpoint_id = stored.checkpoint_id
+        self.writers = list(stored.writers)
 
     def checkpoint_of(
         self,
@@ -187,12 +195,15 @@ class RunSaver:
             errors={order: _shown(exc) for order, exc in (errors or {}).items()},
             asked=cursor.asked,
             resumes=cursor.resumes,
+            paused=cursor.paused,
+            writers=self.writers if written is None else None,
         )
 
     def cursor_of(self, cp: Checkpoint) -> RunCursor:
         """The cursor a checkpoint describes; validated, never executes stored code."""
         restored = self.codec.load(cp)
         self.checkpoint_id = cp.checkpoint_id
+        self.writers = list(cp.writers)
         return RunCursor(
             state=restored.state,
             step=restored.step,

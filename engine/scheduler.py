@@ -35,8 +35,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .attempts import StepAttempts
@@ -44,7 +44,7 @@ from .context import current as current_context
 from .context import enter, leave, with_resumes
 from .errors import GraphRecursionError
 from .events import RunStatus
-from .interrupts import Asked, Interrupt, Paused, interrupt_id
+from .interrupts import Asked, Breakpoints, Interrupt, Paused, interrupt_id, stops_at
 from .routing import next_tasks, start_tasks
 from .saving import RunCursor, RunSaver
 from .state import Write
@@ -78,17 +78,7 @@ class RunResult(Generic[S]):
     interrupted: bool = False
 
 
-#: Breakpoint nodes: a set of names, or every node ("*").
-Breakpoint = frozenset[str] | str
-
-
-def _hits(points: Breakpoint, nodes: Iterable[str]) -> bool:
-    if points == "*":
-        return any(True for _ in nodes)
-    return any(n in points for n in nodes)
-
-
-@dataclass
+@dataclass(frozen=True)
 class _Stop:
     """Why a run stopped before its end: the questions asked (none for a breakpoint)."""
 
@@ -113,8 +103,8 @@ class Scheduler:
         *,
         clock: Clock,
         recursion_limit: int = 100,
-        interrupt_before: Breakpoint = frozenset(),
-        interrupt_after: Breakpoint = frozenset(),
+        interrupt_before: Breakpoints = frozenset(),
+        interrupt_after: Breakpoints = frozenset(),
         checkpoint_ns: str = "",
     ) -> None:
         self.plan = plan
@@ -126,8 +116,6 @@ class Scheduler:
         self.interrupt_before = interrupt_before
         self.interrupt_after = interrupt_after
         self.checkpoint_ns = checkpoint_ns
-        #: The writes of the last step this run finished (what made the current cursor).
-        self._written: Mapping[tuple[str, int], Mapping[str, Any]] | None = None
 
     def __repr__(self) -> str:
         return f"<Scheduler run={self.recorder.run_id} calls={len(self.recorder.calls)}>"
@@ -159,7 +147,7 @@ class Scheduler:
                         "missing exit, or raise recursion_limit"
                     )
                 # A resumed run goes past the breakpoint it stopped at.
-                if (cursor.step > first or not resumed) and _hits(
+                if (cursor.step > first or not resumed) and stops_at(
                     self.interrupt_before, (t.node for t in cursor.todo())
                 ):
                     stop = await self._pause(cursor)
@@ -168,7 +156,7 @@ class Scheduler:
                 cursor, stop = await self._step(cursor)
                 if stop is not None:
                     break
-                if cursor.tasks and _hits(self.interrupt_after, ran):
+                if cursor.tasks and stops_at(self.interrupt_after, ran):
                     stop = await self._pause(cursor)
                     break
             status = RunStatus.DONE if stop is None else RunStatus.INTERRUPTED
@@ -209,8 +197,7 @@ class Scheduler:
 
     async def _pause(self, cursor: RunCursor) -> _Stop:
         """Stop at a breakpoint, before ``cursor``'s step: saved as interrupted."""
-        # Saved again with the writes that made it: update_state() still knows their node.
-        await self.saver.save(cursor, "interrupted", self._written)
+        await self.saver.save(replace(cursor, paused=True), "interrupted")
         if self.recorder.chunks is not None:
             self.recorder.chunks("updates", {"__interrupt__": ()})
         return _Stop([])
@@ -283,7 +270,7 @@ class Scheduler:
             asked = self._asked(cursor, attempts)
             kept = {o: v for o, v in cursor.resumes.items() if o in attempts.interrupted}
             stopped = cursor.with_pending(writes, asked, kept)
-            await self.saver.save(stopped, "interrupted")
+            await self.saver.save(replace(stopped, paused=True), "interrupted")
             if self.recorder.chunks is not None:
                 self._tell_asked(stopped, attempts, asked)
             return stopped, _Stop(asked)
@@ -307,7 +294,6 @@ class Scheduler:
         # save
         nxt = RunCursor(state=state, step=step + 1, tasks=tasks, fanin=fanin)
         await self.saver.save(nxt, "running" if tasks else "done", writes)
-        self._written = writes
         return nxt, None
 
 

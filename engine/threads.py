@@ -209,7 +209,7 @@ async def input_cursor(saver: RunSaver, latest: Checkpoint | None, input: object
     schema = saver.plan.schema
     updates = dict(schema.input_updates(input))
     before = values_of(saver.codec, latest) if latest is not None else schema.initial()
-    if latest is not None and latest.status == "interrupted" and latest.pending_writes:
+    if latest is not None and latest.paused and latest.pending_writes:
         # A new input on a thread stopped on questions: the questions are dropped, the
         # writes of the calls that finished are kept (LangGraph's).
         done = saver.codec.load_writes(latest)
@@ -257,7 +257,8 @@ async def resumed_cursor(saver: RunSaver, cp: Checkpoint) -> RunCursor:
 
 async def _put_for(saver: RunSaver, cp: Checkpoint) -> None:
     assert saver.checkpointer is not None
-    saver.checkpoint_id = (await saver.checkpointer.put(cp)).checkpoint_id
+    stored = await saver.checkpointer.put(cp)
+    saver.checkpoint_id, saver.writers = stored.checkpoint_id, list(stored.writers)
 
 
 class _NoResume:

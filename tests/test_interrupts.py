@@ -243,6 +243,22 @@ class TestResume:
         }
         assert a not in others and len(others) == 5 and len(a) == 32
 
+    async def test_an_edit_while_a_question_is_open_keeps_it_open(self) -> None:
+        """update_state on a thread stopped on a question: the edit is continued (its node
+        is the one that made the checkpoint), and the answer still reaches the node."""
+        g: Graph[State] = Graph(State)
+        g.add_node("first", step("first"), lane="thread")
+        g.add_node("ask", ask_here, lane="thread")
+        g.add_edge(START, "first")
+        g.add_edge("first", "ask")
+        app = g.compile(MemoryCheckpointer())
+        await app.arun({"log": []}, thread_id="t")
+        await app.aupdate_state("t", {"log": ["edit"]})  # as "first", which wrote the step
+        assert (await app.aget_state("t")).next == ("ask",)
+        done = await app.arun(Command(resume="A"), thread_id="t")
+        assert [x.split("@")[0] for x in done.state["log"]] == ["first", "edit", "A"]
+        assert dict(CALLS) == {"first": 1, "ask": 2}
+
     async def test_a_new_input_drops_the_questions_and_keeps_finished_writes(self) -> None:
         """An interrupted thread given a new input starts over from its values, the
         finished calls' writes included (as LangGraph does)."""

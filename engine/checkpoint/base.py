@@ -163,6 +163,9 @@ class Checkpoint(BaseModel, frozen=True):
     interrupts: list[TaskInterrupt] = []
     #: Answers given so far to interrupted tasks of this checkpoint's step.
     resumes: list[TaskResume] = []
+    #: The run stopped here on purpose (questions, or a breakpoint), not by a failure or a
+    #: cancellation: a new input may start over from it.
+    paused: bool = False
     status: Literal["running", "done", "failed", "interrupted"]
     #: ``time.time()`` when the checkpoint was made, i.e. saved (the step's end).
     created_at: float

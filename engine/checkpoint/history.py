@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from ..errors import InvalidUpdateError
+from ..interrupts import Asked
 from ..spec import START
 from ..state import Values, Write
 from .base import Checkpoint
@@ -189,6 +190,9 @@ def fork(picked: Checkpoint, *, run_id: str) -> Checkpoint:
             "pending_writes": [],
             "parent_writes": [],
             "errors": [],
+            "interrupts": [],
+            "resumes": [],
+            "paused": False,
             "status": "running" if picked.next_tasks else "done",
             "created_at": time.time(),
         }
@@ -229,15 +233,20 @@ def update(
     (InvalidUpdateError). The new checkpoint's tasks are ``base``'s (the
     ones still to run) and what routing after ``as_node`` triggers; its step
     is ``base``'s plus one (0 on a thread with none), its parent ``base``.
+    Questions ``base``'s tasks asked stay open on it, with their ids.
     """
     who = _as_node(base, as_node, nodes)
     schema = run_codec.schema
     before: Values
     old_tasks: list[TaskLike]
+    asked: list[Asked] = []
+    resumes: dict[tuple[str, int], tuple[Any, ...]] = {}
     if base is None:
         before, step, old_tasks, fanin = schema.initial(), -1, [], {}
     else:
         restored = run_codec.load(base)
+        # Open questions stay open across an edit: Command(resume=...) still answers them.
+        asked, resumes = restored.asked, restored.resumes
         before = restored.state if run_codec.held == "values" else schema.values_of(restored.state)
         step = base.step
         old_tasks = list(restored.tasks)
@@ -261,6 +270,9 @@ def update(
         parent_id=base.checkpoint_id if base is not None else None,
         metadata=metadata,
         writers=[who],
+        asked=asked,
+        resumes=resumes,
+        paused=bool(asked),
     )
 
 

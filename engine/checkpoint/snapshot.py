@@ -142,6 +142,7 @@ class RunCodec:
         writers: Iterable[str] | None = None,
         asked: Iterable[Asked] = (),
         resumes: Mapping[tuple[str, int], Iterable[Any]] | None = None,
+        paused: bool = False,
     ) -> Checkpoint:
         """The checkpoint of ``state`` before step ``step``, or a CheckpointError.
 
@@ -221,6 +222,7 @@ class RunCodec:
                 for (node, index), values in sorted((resumes or {}).items())
             ],
             status=status,  # type: ignore[arg-type]
+            paused=paused,
             created_at=time.time(),
             run_started_at=started_at,
             metadata=meta,
