@@ -46,6 +46,9 @@ from .graph import END as END
 from .graph import START as START
 from .graph import Graph as Graph
 from .graph import Send as Send
+from .interrupts import GraphInterrupt as GraphInterrupt
+from .interrupts import Interrupt as Interrupt
+from .interrupts import interrupt as interrupt
 from .lanes.pool import default_executor as default_executor
 from .options import RunKwargs as RunKwargs
 from .options import RunOptions as RunOptions
@@ -78,8 +81,10 @@ __all__ = [
     "FakeClock",
     "Graph",
     "GraphError",
+    "GraphInterrupt",
     "GraphRecursionError",
     "InMemoryCache",
+    "Interrupt",
     "InvalidUpdateError",
     "LaneDecision",
     "LoopBlocked",
@@ -113,6 +118,7 @@ __all__ = [
     "get_config",
     "get_runtime",
     "inline",
+    "interrupt",
     "io",
     "node_error_of",
     "run_sync",

@@ -27,6 +27,8 @@ from .drawing import Drawing
 from .errors import CheckpointError, GraphError, NodeError, own_error
 from .events import Event
 from .explain import ExplainRow, Explanation
+from .interrupts import breakpoints as _breakpoints
+from .interrupts import joined, shown_values
 from .lanes import Lanes, Mode
 from .lanes.measure import Resources
 from .lanes.pool import default_workers, executor_workers, measure_dispatch
@@ -42,13 +44,16 @@ from .saving import RunCursor, RunSaver
 from .scheduler import RunResult, Scheduler
 from .streaming import ChunkSink, chunks_of, iterate_sync, parse_modes, shape_debug
 from .threads import (
+    NO_RESUME,
     StateSnapshot,
     Target,
+    answered,
     checkpoint_named,
     get_state,
     get_state_history,
     input_cursor,
     picked_for_run,
+    resume_of,
     resumed_cursor,
     update_state,
     writes_input,
@@ -105,9 +110,14 @@ class CompiledGraph(Generic[S]):
         profile: Profile | None = None,
         profile_path: str | os.PathLike[str] | None = None,
         cache: NodeCache | None = None,
+        interrupt_before: Sequence[str] | str | None = None,
+        interrupt_after: Sequence[str] | str | None = None,
     ) -> None:
         self.plan = plan
         self.checkpointer = checkpointer
+        #: Breakpoints (``compile(interrupt_before=..., interrupt_after=...)``).
+        self.interrupt_before = _breakpoints(plan.nodes, interrupt_before, "interrupt_before")
+        self.interrupt_after = _breakpoints(plan.nodes, interrupt_after, "interrupt_after")
         #: Where results of nodes with a ``cache_policy`` are kept (``compile(cache=...)``).
         self.cache = cache
         self.profile = profile if profile is not None else Profile()
@@ -325,6 +335,8 @@ class CompiledGraph(Generic[S]):
         available now can hold), ``clock``.
         """
         opts = merged_options(options, kwargs)
+        resume = resume_of(input)
+        input = None if resume is not NO_RESUME else input
         thread_id = opts.thread_id
         if thread_id is not None and self.checkpointer is None and opts.thread_from_config:
             # As in LangGraph: without a checkpointer a config's thread_id is only a name
@@ -396,7 +408,20 @@ class CompiledGraph(Generic[S]):
         )
         saver = RunSaver(plan, self.checkpointer, thread_id=thread_id, run_id=run_id)
         scheduler = Scheduler(
-            plan, dispatcher, recorder, saver, clock=clock, recursion_limit=opts.recursion_limit
+            plan,
+            dispatcher,
+            recorder,
+            saver,
+            clock=clock,
+            recursion_limit=opts.recursion_limit,
+            interrupt_before=joined(
+                self.interrupt_before,
+                _breakpoints(plan.nodes, opts.interrupt_before, "interrupt_before"),
+            ),
+            interrupt_after=joined(
+                self.interrupt_after,
+                _breakpoints(plan.nodes, opts.interrupt_after, "interrupt_after"),
+            ),
         )
         entered = enter(run_context)
         cp = self.checkpointer
@@ -407,6 +432,8 @@ class CompiledGraph(Generic[S]):
                 cursor = await self._cursor(
                     scheduler, saver, state, thread_id, opts.checkpoint_id, input
                 )
+                if resume is not NO_RESUME:
+                    cursor = answered(cursor, resume, thread_id or "")
                 if watchdog is None:
                     result = await scheduler.run(cursor, resumed=state is None)
                 else:
@@ -477,7 +504,7 @@ class CompiledGraph(Generic[S]):
                     f"thread {thread_id!r} has no checkpoint to resume; start it with an input"
                 )
             return await resumed_cursor(saver, latest)
-        if latest is not None and latest.status != "done":
+        if latest is not None and latest.status != "done" and not latest.paused:
             raise CheckpointError(
                 f"thread {thread_id!r} has an unfinished run (step {latest.step}, "
                 f"{latest.status}); resume it with arun(None, thread_id={thread_id!r}), "
@@ -590,7 +617,7 @@ class CompiledGraph(Generic[S]):
         def run(sink: ChunkSink) -> Coroutine[Any, Any, RunResult[S]]:
             def shaped(mode: str, chunk: Any) -> None:
                 if mode == "values":
-                    chunk = final(chunk)
+                    chunk = shown_values(chunk, final)
                 elif mode == "debug":
                     chunk = shape_debug(chunk, final)
                 sink(mode, chunk)

@@ -29,7 +29,16 @@ from typing import TYPE_CHECKING, Any
 
 from .dispatch import exit_detail
 from .errors import InvalidUpdateError, NodeError, NodeTimeoutError, WorkerCrashedError
-from .lanes.calls import Cancelled, Failure, NodeRaised, Outcome, Refused, TimedOut, WorkerLost
+from .lanes.calls import (
+    Cancelled,
+    Failure,
+    Interrupted,
+    NodeRaised,
+    Outcome,
+    Refused,
+    TimedOut,
+    WorkerLost,
+)
 from .policy import NO_RETRY
 
 if TYPE_CHECKING:
@@ -56,6 +65,8 @@ class StepAttempts:
         self.recorder = recorder
         self.writes: dict[Order, Mapping[str, Any]] = {}
         self.failed: dict[Order, NodeError | InvalidUpdateError] = {}
+        #: Tasks whose node asked a person (``interrupt()``): no write, never retried.
+        self.interrupted: dict[Order, Interrupted] = {}
         self._tries: dict[Order, list[int]] = {}
 
     def __repr__(self) -> str:
@@ -65,6 +76,10 @@ class StepAttempts:
         """Take one attempt's outcome; the seconds after which its call runs again, or None."""
         call = out.call
         task = call.task
+        if isinstance(out.failure, Interrupted):
+            self.recorder.call_finished(out)
+            self.interrupted[task.order] = out.failure
+            return None
         if out.failure is None:
             try:
                 updates = self.plan.schema.check_update(task.node, self.step, out.value)

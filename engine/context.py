@@ -46,17 +46,30 @@ class Runtime(Generic[C]):
 
 @dataclasses.dataclass(frozen=True)
 class RunContext:
-    """One run's ``config`` (a plain dict) and ``context``; the same for every call of the run."""
+    """One run's ``config`` (a plain dict) and ``context``; the same for every call of the run.
+
+    A call of an interrupted task that resumes gets a context of its own
+    (``for_call``): ``answers`` are its answers so far, in the order its
+    ``interrupt()`` calls asked; ``asked`` counts the calls it made (fresh
+    for every call: a worker rebuilds it from the wire for each request).
+    """
 
     config: Mapping[str, Any]
     context: Any = None
     _wire: list[bytes] = dataclasses.field(default_factory=list, compare=False, repr=False)
+    #: The step's answers per interrupted task ((node, Send index) -> answers), set by the
+    #: scheduler for a resumed step; ``for_call`` hands a call its own.
+    resumes: Mapping[tuple[str, int], tuple[Any, ...]] = dataclasses.field(
+        default_factory=dict, compare=False, repr=False
+    )
+    answers: tuple[Any, ...] = ()
+    asked: list[int] = dataclasses.field(default_factory=lambda: [0], compare=False, repr=False)
 
     def wire(self) -> bytes:
         """The context pickled for a worker, once per run; TypeError saying what to fix."""
         if not self._wire:
             try:
-                self._wire.append(_dumps((dict(self.config), self.context)))
+                self._wire.append(_dumps((dict(self.config), self.context, self.answers)))
             except Exception as exc:
                 raise TypeError(
                     "the run's config or context cannot be pickled for a cpu-lane worker "
@@ -81,12 +94,46 @@ def _dumps(obj: Any) -> bytes:
     return out
 
 
-@functools.lru_cache(maxsize=8)
 def from_wire(data: bytes) -> RunContext:
     """The ``RunContext`` a worker gets from ``wire()``'s bytes (unpickled once per run
-    and worker: a run's calls all carry the same bytes)."""
-    config, context = pickle.loads(data)
-    return RunContext(config, context)
+    and worker: a run's calls all carry the same bytes); a resumed call's own, with a
+    fresh count of its questions."""
+    ctx = _from_wire(data)
+    if ctx.answers:
+        return dataclasses.replace(ctx, _wire=[], asked=[0])
+    return ctx
+
+
+@functools.lru_cache(maxsize=8)
+def _from_wire(data: bytes) -> RunContext:
+    config, context, answers = pickle.loads(data)
+    return RunContext(config, context, answers=answers)
+
+
+def with_resumes(ctx: RunContext, resumes: Mapping[tuple[str, int], tuple[Any, ...]]) -> RunContext:
+    """``ctx`` for a resumed step: its interrupted tasks' answers (the scheduler's)."""
+    return dataclasses.replace(ctx, _wire=[], resumes=dict(resumes))
+
+
+def resumed(task: Any) -> bool:
+    """Whether ``task`` (a ``spec.Task``) resumes with answers in the current run's step."""
+    ctx = _current.get()
+    return ctx is not None and bool(ctx.resumes) and (task.node, task.index) in ctx.resumes
+
+
+def for_call(node: str, index: int) -> contextvars.Token[RunContext | None] | None:
+    """Around one call of a resumed step (the dispatcher): make its answers current.
+
+    None (nothing set) for every call of a run that resumes nothing: a
+    context variable read and one check.
+    """
+    ctx = _current.get()
+    if ctx is None or not ctx.resumes:
+        return None
+    given = ctx.resumes.get((node, index))
+    if not given:
+        return None
+    return _current.set(dataclasses.replace(ctx, _wire=[], resumes={}, answers=given, asked=[0]))
 
 
 _current: contextvars.ContextVar[RunContext | None] = contextvars.ContextVar(
@@ -177,9 +224,12 @@ __all__ = [
     "adapt",
     "current",
     "enter",
+    "for_call",
     "from_wire",
     "get_config",
     "get_runtime",
     "leave",
+    "resumed",
     "wants",
+    "with_resumes",
 ]

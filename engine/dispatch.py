@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .cache import cache_key, dump_value, load_value
 from .callwriter import reset_writer, set_writer
-from .context import adapt
+from .context import adapt, for_call, leave, resumed
 from .lanes import Lanes, Mode
 from .lanes.batching import ChunkPlan, chunk_plan
 from .lanes.calls import (
@@ -297,14 +297,20 @@ class Dispatcher:
         return state
 
     async def _on_lane(self, call: Call, route: Route, arg: Any) -> Outcome:
-        if self._writer is None or route.placement is Placement.PROCESS:
-            return await self._placed(call, route, arg)
-        # get_stream_writer() in the node finds it
-        token = set_writer(self._writer, call.task.node, call.step, call.task.index, arg)
+        # A resumed call's answers to its interrupt() (engine.interrupts): None otherwise.
+        resumed = for_call(call.task.node, call.task.index)
         try:
-            return await self._placed(call, route, arg)
+            if self._writer is None or route.placement is Placement.PROCESS:
+                return await self._placed(call, route, arg)
+            # get_stream_writer() in the node finds it
+            token = set_writer(self._writer, call.task.node, call.step, call.task.index, arg)
+            try:
+                return await self._placed(call, route, arg)
+            finally:
+                reset_writer(token)
         finally:
-            reset_writer(token)
+            if resumed is not None:
+                leave(resumed)
 
     async def _placed(self, call: Call, route: Route, arg: Any) -> Outcome:
         started = time.time()
@@ -355,7 +361,8 @@ class Dispatcher:
         groups: dict[str, list[Task]] = {}
         singles: list[Task] = []
         for task in tasks:
-            if task.has_payload and self._routes[task.node].batchable:
+            # A resumed call goes alone: its answers travel in its own run context.
+            if task.has_payload and self._routes[task.node].batchable and not resumed(task):
                 groups.setdefault(task.node, []).append(task)
             else:
                 singles.append(task)

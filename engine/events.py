@@ -21,6 +21,8 @@ class RunStatus(enum.StrEnum):
     DONE = "done"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    #: Stopped to ask a person (``interrupt()``, or a breakpoint): resumed later.
+    INTERRUPTED = "interrupted"
 
 
 class _Event(BaseModel):

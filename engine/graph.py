@@ -280,6 +280,8 @@ class Graph(Generic[S]):
         *,
         profile: str | os.PathLike[str] | Profile | None = None,
         cache: NodeCache | None = None,
+        interrupt_before: Sequence[str] | str | None = None,
+        interrupt_after: Sequence[str] | str | None = None,
     ) -> CompiledGraph[S]:
         """Validate the graph and freeze it into a runnable ``CompiledGraph``.
 
@@ -288,7 +290,10 @@ class Graph(Generic[S]):
         nodes are decided from its measurements, and a cpu node whose
         measured payload costs more to send than to compute is logged.
         ``cache`` (``InMemoryCache()``, ``SqliteCache(path)``) keeps the
-        results of nodes added with a ``cache_policy``.
+        results of nodes added with a ``cache_policy``. ``interrupt_before`` /
+        ``interrupt_after``: breakpoints, node names or ``"*"`` (every node): a
+        run with a thread stops before a step that runs one of them, or after
+        a step that ran one; ``arun(None, thread_id=...)`` goes on.
         """
         from .app import CompiledGraph
         from .lean import payload_warnings
@@ -306,7 +311,13 @@ class Graph(Generic[S]):
         plan = build_plan(self.freeze(), prof.policy())
         payload_warnings([n for n, pn in plan.nodes.items() if pn.lane == "cpu"], prof)
         return CompiledGraph(
-            plan, checkpointer=checkpointer, profile=prof, profile_path=path, cache=cache
+            plan,
+            checkpointer=checkpointer,
+            profile=prof,
+            profile_path=path,
+            cache=cache,
+            interrupt_before=interrupt_before,
+            interrupt_after=interrupt_after,
         )
 
 

@@ -27,8 +27,13 @@ own. What differs from ``engine.Graph``:
   ``context`` is ``invoke(..., context=...)``. Nodes on the driver's lanes
   only: a cpu-lane node gets neither (see docs/migrating.md).
 
-Names whose feature the engine does not have yet (``interrupt``,
-``Command``) raise ``NotImplementedError`` saying so when used.
+- **Interrupts**: ``interrupt(value)`` in a node (every lane) stops the run
+  with ``"__interrupt__"`` in its output; ``invoke(Command(resume=...),
+  config)`` resumes it; ``interrupt_before``/``interrupt_after`` at compile
+  time or per call, resumed with ``invoke(None, config)``.
+
+Names whose feature the engine does not have yet raise
+``NotImplementedError`` saying so when used.
 """
 
 from __future__ import annotations
@@ -63,6 +68,8 @@ from .classify import is_coroutine_function
 from .drawing import Drawing
 from .errors import InvalidUpdateError, NodeError, NodeTimeoutError, RecursionLimitError
 from .graph import Graph, node_input_schema
+from .interrupts import interrupt as _interrupt
+from .interrupts import shown_values
 from .lcmessages import run_config
 from .lgtypes import (
     All,
@@ -151,18 +158,7 @@ def get_runtime() -> Runtime[Any]:
     return runtime
 
 
-def _not_yet(name: str, what: str) -> Callable[..., Any]:
-    def missing(*args: Any, **kwargs: Any) -> Any:
-        raise NotImplementedError(
-            f"{name} is not supported by engine.langgraph yet: {what}. "
-            "See docs/migrating.md for what works."
-        )
-
-    missing.__name__ = name
-    return missing
-
-
-interrupt = _not_yet("interrupt", "human-in-the-loop interrupts are not built yet")
+interrupt = _interrupt
 
 
 # -- calling nodes the way their signatures ask ------------------------------------------
@@ -336,18 +332,27 @@ class StateGraph(Generic[S]):
     ) -> CompiledStateGraph[S]:
         """The runnable graph. ``lanes="auto"`` lets the engine move CPU-bound sync nodes
         to worker processes once a run has measured them."""
-        if interrupt_before or interrupt_after:
-            raise NotImplementedError(
-                "interrupt_before/interrupt_after are not supported by engine.langgraph yet"
-            )
         if lanes not in (None, "auto"):
             raise ValueError(f"lanes must be None or 'auto', got {lanes!r}")
         graph = self._graph
         graph.schema = self._schema()  # with the node input schemas added meanwhile
         if lanes == "auto":
             graph = _auto(graph)
-        app = graph.compile(checkpointer, cache=cache)
+        app = graph.compile(
+            checkpointer,
+            cache=cache,
+            interrupt_before=interrupt_before,
+            interrupt_after=interrupt_after,
+        )
         return CompiledStateGraph(app, self, name or "LangGraph")
+
+
+def _with_breakpoints(opts: RunOptions, kwargs: Mapping[str, Any]) -> RunOptions:
+    """``opts`` with a call's own ``interrupt_before``/``interrupt_after``, if it gave any."""
+    before, after = kwargs.get("interrupt_before"), kwargs.get("interrupt_after")
+    if before is None and after is None:
+        return opts
+    return dataclasses.replace(opts, interrupt_before=before, interrupt_after=after)
 
 
 def _auto(graph: Graph[S]) -> Graph[S]:
@@ -434,9 +439,11 @@ class CompiledStateGraph(Generic[S]):
         **kwargs: Any,
     ) -> Any:
         if stream_mode != "values":  # LangGraph's invoke: the list of that mode's chunks
-            chunks = [c async for c in self._astream(input, config, context, stream_mode, "v1")]
+            chunks = [
+                c async for c in self._astream(input, config, context, stream_mode, "v1", kwargs)
+            ]
             return GraphOutput(chunks) if version == "v2" else chunks
-        opts = self._options(config, context)
+        opts = _with_breakpoints(self._options(config, context), kwargs)
         _config.set(self._run_config(config))
         run_config.set(_config.get())  # tags and metadata for chat models' messages
         _runtime.set(Runtime(context=self._context(context)))
@@ -445,7 +452,11 @@ class CompiledStateGraph(Generic[S]):
         except (NodeError, RecursionLimitError) as exc:
             raise _own(exc) from None
         output = self._output(result.values, output_keys)
-        return GraphOutput(output) if version == "v2" else output
+        if version == "v2":
+            return GraphOutput(output, result.interrupts)
+        if result.interrupts and isinstance(output, dict):
+            output["__interrupt__"] = list(result.interrupts)
+        return output
 
     def invoke(
         self,
@@ -489,10 +500,11 @@ class CompiledStateGraph(Generic[S]):
         context: Any,
         stream_mode: str | Sequence[str] | None,
         version: str = "v1",
+        kwargs: Mapping[str, Any] | None = None,
     ) -> AsyncIterator[Any]:
         if version not in ("v1", "v2"):
             raise ValueError(f"unknown version {version!r}: use 'v1' or 'v2'")
-        opts = self._options(config, context)
+        opts = _with_breakpoints(self._options(config, context), kwargs or {})
         _config.set(self._run_config(config))
         run_config.set(_config.get())  # tags and metadata for chat models' messages
         _runtime.set(Runtime(context=self._context(context)))
@@ -502,10 +514,10 @@ class CompiledStateGraph(Generic[S]):
         def run(sink: ChunkSink) -> Awaitable[Any]:
             def shaped(mode: str, chunk: Any) -> None:
                 if mode == "values":
-                    chunk = schema.all_values(chunk)
+                    chunk = shown_values(chunk, schema.all_values)
                 elif mode == "debug":
                     chunk = shape_debug(chunk, schema.all_values)
-                elif mode == "updates":
+                elif mode == "updates" and "__interrupt__" not in chunk:
                     chunk = {
                         node: (dict(upd) if upd and node != "__metadata__" else upd or None)
                         for node, upd in chunk.items()
@@ -536,7 +548,7 @@ class CompiledStateGraph(Generic[S]):
     ) -> AsyncIterator[Any]:
         if stream_mode is not None:
             parse_modes(stream_mode)
-        return self._astream(input, config, context, stream_mode, version)
+        return self._astream(input, config, context, stream_mode, version, kwargs)
 
     def stream(
         self,
@@ -550,7 +562,9 @@ class CompiledStateGraph(Generic[S]):
     ) -> Iterator[Any]:
         if stream_mode is not None:
             parse_modes(stream_mode)
-        return iterate_sync(lambda: self._astream(input, config, context, stream_mode, version))
+        return iterate_sync(
+            lambda: self._astream(input, config, context, stream_mode, version, kwargs)
+        )
 
     def get_graph(self) -> Drawing:
         return self.app.get_graph()

@@ -6,12 +6,13 @@ Apps import these from ``langgraph.types``, ``langgraph.config`` and
 - **types** (``StreamWriter``, ``StreamMode``, ``All``, ``Durability``,
   ``RunnableConfig``): the same shapes, so annotations keep meaning what they
   meant;
+- **interrupts** (``Interrupt``, ``GraphInterrupt``, ``NodeInterrupt``): the
+  engine's own (``engine.interrupts``);
 - **error classes** of features the engine does not have yet
-  (``GraphInterrupt``, ``NodeInterrupt``, ``ParentCommand``...): they exist so
-  that ``except`` clauses and ``isinstance`` checks keep working; the engine
-  never raises them;
-- **not-yet features** (``Interrupt``, ``Overwrite``, ``get_store``): using one
-  raises ``NotImplementedError`` naming what is missing.
+  (``ParentCommand``...): they exist so that ``except`` clauses and
+  ``isinstance`` checks keep working; the engine never raises them;
+- **not-yet features** (``Overwrite``, ``get_store``): using one raises
+  ``NotImplementedError`` naming what is missing.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from typing import Any, Literal
+
+from .interrupts import GraphBubbleUp, GraphInterrupt, Interrupt, NodeInterrupt
 
 #: What ``get_stream_writer()`` returns.
 StreamWriter = Callable[[Any], None]
@@ -45,10 +48,15 @@ class GraphOutput:
 
 
 def stream_part(mode: str, chunk: Any) -> dict[str, Any]:
-    """A ``version="v2"`` stream part: ``{"type", "ns", "data"}`` (values add ``interrupts``)."""
+    """A ``version="v2"`` stream part: ``{"type", "ns", "data"}`` (values add ``interrupts``:
+    the questions a step stopped on, taken out of the chunk's ``"__interrupt__"``)."""
+    interrupts: tuple[Any, ...] = ()
+    if mode == "values" and isinstance(chunk, dict) and "__interrupt__" in chunk:
+        chunk = dict(chunk)
+        interrupts = tuple(chunk.pop("__interrupt__"))
     part: dict[str, Any] = {"type": mode, "ns": (), "data": chunk}
     if mode == "values":
-        part["interrupts"] = ()
+        part["interrupts"] = interrupts
     return part
 
 
@@ -57,13 +65,6 @@ def _missing(name: str, what: str) -> NotImplementedError:
         f"{name} is not supported by engine.langgraph yet: {what}. "
         "See docs/migrating.md for what works."
     )
-
-
-class Interrupt:
-    """LangGraph's ``Interrupt`` record: not supported yet (creating one says so)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        raise _missing("Interrupt", "human-in-the-loop interrupts are not built yet")
 
 
 class Overwrite:
@@ -76,18 +77,6 @@ class Overwrite:
 def get_store() -> Any:
     """LangGraph's long-term memory store: not supported yet."""
     raise _missing("get_store", "stores (long-term memory across threads) are not built yet")
-
-
-class GraphBubbleUp(Exception):
-    """LangGraph's base of exceptions that travel up through a graph (never raised here)."""
-
-
-class GraphInterrupt(GraphBubbleUp):
-    """A run interrupted (interrupts are not built yet: the engine never raises it)."""
-
-
-class NodeInterrupt(GraphInterrupt):
-    """A node asking to interrupt (not built yet: raising it fails the node like any error)."""
 
 
 class ParentCommand(GraphBubbleUp):

@@ -4,7 +4,7 @@ as one typed, validated object, and ``RunKwargs``, the same as keywords."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, TypedDict
@@ -68,6 +68,11 @@ class RunOptions:
     #: What nodes taking ``runtime`` read as ``runtime.context`` (a dict is made the
     #: graph's ``context_schema``). Config and context must pickle for cpu-lane nodes.
     context: Any = None
+    #: Breakpoints for this run (added to the compiled graph's): stop before a step that
+    #: runs one of these nodes, or after a step that ran one ("*": every node). Resume
+    #: with ``arun(None, thread_id=...)``.
+    interrupt_before: Sequence[str] | str | None = None
+    interrupt_after: Sequence[str] | str | None = None
 
     def __post_init__(self) -> None:
         if self.config is not None:
@@ -141,6 +146,8 @@ class RunKwargs(TypedDict, total=False):
     on_chunk: ChunkSink | None
     config: Mapping[str, Any] | None
     context: Any
+    interrupt_before: Sequence[str] | str | None
+    interrupt_after: Sequence[str] | str | None
 
 
 def merged_options(options: RunOptions | None, kwargs: RunKwargs) -> RunOptions:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .errors import NodeError
+from .interrupts import Asked
 from .logs import get_logger
 from .spec import Task
 
@@ -41,7 +42,9 @@ class RunCursor:
 
     Invariant: ``tasks`` are the tasks of step ``step``, sorted by order;
     ``pending`` holds writes already made in step ``step`` by a previous,
-    failed (or stopped) attempt at it.
+    failed (or stopped, or interrupted) attempt at it; ``asked`` the
+    questions its tasks asked and nobody answered yet, ``resumes`` the
+    answers its interrupted tasks were given so far (``engine.interrupts``).
     """
 
     state: Any
@@ -49,6 +52,10 @@ class RunCursor:
     tasks: list[Task]
     fanin: dict[str, set[str]] = field(default_factory=dict)
     pending: dict[tuple[str, int], Mapping[str, Any]] = field(default_factory=dict)
+    asked: list[Asked] = field(default_factory=list)
+    resumes: dict[tuple[str, int], tuple[Any, ...]] = field(default_factory=dict)
+    #: The run stops here on purpose (questions, a breakpoint): saved as ``paused``.
+    paused: bool = False
 
     def todo(self) -> list[Task]:
         """The step's tasks that have not written yet."""
@@ -56,9 +63,23 @@ class RunCursor:
             return self.tasks
         return [t for t in self.tasks if (t.node, t.index) not in self.pending]
 
-    def with_pending(self, writes: Writes) -> RunCursor:
-        """This step again, with ``writes`` kept for the resume."""
-        return RunCursor(self.state, self.step, self.tasks, self.fanin, dict(writes))
+    def with_pending(
+        self,
+        writes: Writes,
+        asked: list[Asked] | None = None,
+        resumes: Mapping[tuple[str, int], tuple[Any, ...]] | None = None,
+    ) -> RunCursor:
+        """This step again, with ``writes`` kept for the resume (and its open questions,
+        and the answers given so far, when it was interrupted)."""
+        return RunCursor(
+            self.state,
+            self.step,
+            self.tasks,
+            self.fanin,
+            dict(writes),
+            list(asked or ()),
+            dict(resumes or {}),
+        )
 
 
 class RunSaver:
@@ -81,6 +102,12 @@ class RunSaver:
         self.thread_id = thread_id
         self.run_id = run_id
         self.started_at: float | None = None  # time.time() when the run began
+        #: The id of the checkpoint the current step runs from, once saved or loaded
+        #: (what an interrupt's id is made from); None without a checkpointer.
+        self.checkpoint_id: str | None = None
+        #: The nodes whose writes made the current step's checkpoint, once saved or loaded:
+        #: a step saved again (stopped, failed) keeps them for update_state's ``as_node``.
+        self.writers: list[str] | None = None
         self._codec: RunCodec | None = None
 
     def __repr__(self) -> str:
@@ -127,8 +154,10 @@ class RunSaver:
             return
         kept = dict(cursor.pending)
         kept.update(writes)
+        # The answers interrupted calls were given are kept too: they are not asked again.
+        stopped = cursor.with_pending(kept, resumes=cursor.resumes)
         try:
-            await finish(self._put(cursor.with_pending(kept), status, None))
+            await finish(self._put(stopped, status, None))
         except Exception:
             log.exception("checkpoint_on_stop_failed", step=cursor.step, status=status)
 
@@ -140,7 +169,9 @@ class RunSaver:
         errors: Mapping[tuple[str, int], BaseException] | None = None,
     ) -> None:
         assert self.checkpointer is not None
-        await self.checkpointer.put(self.checkpoint_of(cursor, status, written, errors))
+        stored = await self.checkpointer.put(self.checkpoint_of(cursor, status, written, errors))
+        self.checkpoint_id = stored.checkpoint_id
+        self.writers = list(stored.writers)
 
     def checkpoint_of(
         self,
@@ -162,17 +193,25 @@ class RunSaver:
             started_at=self.started_at,
             written=written,
             errors={order: _shown(exc) for order, exc in (errors or {}).items()},
+            asked=cursor.asked,
+            resumes=cursor.resumes,
+            paused=cursor.paused,
+            writers=self.writers if written is None else None,
         )
 
     def cursor_of(self, cp: Checkpoint) -> RunCursor:
         """The cursor a checkpoint describes; validated, never executes stored code."""
         restored = self.codec.load(cp)
+        self.checkpoint_id = cp.checkpoint_id
+        self.writers = list(cp.writers)
         return RunCursor(
             state=restored.state,
             step=restored.step,
             tasks=[Task(t.node, t.index, t.payload, t.has_payload) for t in restored.tasks],
             fanin=restored.fanin,
             pending=restored.pending,
+            asked=restored.asked,
+            resumes=restored.resumes,
         )
 
 

@@ -19,6 +19,13 @@
         |
     no task triggered -> the run ends; what it said: engine.recorder
 
+A node that asks a person (``interrupt()``) stops the run at the barrier:
+the step's finished writes are saved as pending, with the questions, and
+the run ends interrupted (``RunResult.interrupts``); a resume runs only the
+interrupted tasks again, with their answers (``engine.interrupts``). A
+breakpoint (``interrupt_before``/``interrupt_after``) stops it the same way
+before a step runs those nodes, or after a step ran them.
+
 A cancelled step saves the writes of the calls that finished the same way
 (status "interrupted"), so a resume re-runs only the rest. Only this module
 changes a run's state; the dispatcher runs calls, the recorder tells.
@@ -29,12 +36,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .attempts import StepAttempts
+from .context import current as current_context
+from .context import enter, leave, with_resumes
 from .errors import GraphRecursionError
 from .events import RunStatus
+from .interrupts import Asked, Breakpoints, Interrupt, Paused, interrupt_id, stops_at
 from .routing import next_tasks, start_tasks
 from .saving import RunCursor, RunSaver
 from .state import Write
@@ -61,6 +71,18 @@ class RunResult(Generic[S]):
     mode: str
     #: The final channel values, for a state the run holds as values (None otherwise).
     values: Mapping[str, Any] | None = None
+    #: The questions the run stopped on (``interrupt()``), in (node, Send index) order.
+    interrupts: tuple[Interrupt[Any], ...] = ()
+    #: Whether the run stopped before its end: a question, or a breakpoint. Resume it
+    #: with ``arun(Command(resume=...))`` or ``arun(None)`` on its thread.
+    interrupted: bool = False
+
+
+@dataclass(frozen=True)
+class _Stop:
+    """Why a run stopped before its end: the questions asked (none for a breakpoint)."""
+
+    asked: list[Asked]
 
 
 class Scheduler:
@@ -81,6 +103,9 @@ class Scheduler:
         *,
         clock: Clock,
         recursion_limit: int = 100,
+        interrupt_before: Breakpoints = frozenset(),
+        interrupt_after: Breakpoints = frozenset(),
+        checkpoint_ns: str = "",
     ) -> None:
         self.plan = plan
         self.dispatcher = dispatcher
@@ -88,6 +113,9 @@ class Scheduler:
         self.saver = saver
         self.clock = clock
         self.recursion_limit = recursion_limit
+        self.interrupt_before = interrupt_before
+        self.interrupt_after = interrupt_after
+        self.checkpoint_ns = checkpoint_ns
 
     def __repr__(self) -> str:
         return f"<Scheduler run={self.recorder.run_id} calls={len(self.recorder.calls)}>"
@@ -105,6 +133,8 @@ class Scheduler:
         if self.recorder.chunks is not None:
             self.recorder.values(cursor.state)
         status, error = RunStatus.FAILED, None
+        stop: _Stop | None = None
+        state = cursor.state
         try:
             if not resumed:
                 await self.saver.save(cursor, "running")
@@ -116,8 +146,21 @@ class Scheduler:
                         f"{[t.node for t in cursor.tasks]}); check the graph's cycles for a "
                         "missing exit, or raise recursion_limit"
                     )
-                cursor = await self._step(cursor)
-            status = RunStatus.DONE
+                # A resumed run goes past the breakpoint it stopped at.
+                if (cursor.step > first or not resumed) and stops_at(
+                    self.interrupt_before, (t.node for t in cursor.todo())
+                ):
+                    stop = await self._pause(cursor)
+                    break
+                ran = [t.node for t in cursor.tasks]
+                cursor, stop = await self._step(cursor)
+                if stop is not None:
+                    break
+                if cursor.tasks and stops_at(self.interrupt_after, ran):
+                    stop = await self._pause(cursor)
+                    break
+            status = RunStatus.DONE if stop is None else RunStatus.INTERRUPTED
+            state = cursor.state if stop is None else self._with_pending(cursor)
         except asyncio.CancelledError:
             status = RunStatus.CANCELLED
             raise
@@ -128,7 +171,7 @@ class Scheduler:
             wall = self.clock.monotonic() - t0
             self.recorder.run_finished(status, cursor.step - first, wall, error)
         return RunResult(
-            state=self.plan.schema.final(cursor.state),
+            state=self.plan.schema.final(state),
             trace=self.recorder.trace(),
             metrics=compute_metrics(
                 self.recorder.calls, wall, cursor.step - first, self.dispatcher.lanes.cpu_workers
@@ -136,16 +179,66 @@ class Scheduler:
             run_id=self.recorder.run_id,
             thread_id=self.saver.thread_id,
             mode=self.dispatcher.mode,
-            values=cursor.state if self.plan.schema.held == "values" else None,
+            values=state if self.plan.schema.held == "values" else None,
+            interrupts=tuple(a.interrupt for a in stop.asked) if stop is not None else (),
+            interrupted=stop is not None,
         )
 
-    async def _step(self, cursor: RunCursor) -> RunCursor:
+    def _with_pending(self, cursor: RunCursor) -> Any:
+        """The state of a stopped step with the writes of its finished calls (what the caller
+        of an interrupted run sees, as a snapshot of the thread shows it)."""
+        if not cursor.pending:
+            return cursor.state
+        merged = [Write(node, index, upd) for (node, index), upd in cursor.pending.items()]
+        try:
+            return self.plan.schema.merge(cursor.state, merged, cursor.step)
+        except Exception:  # the writes conflict: the resume raises it, when it merges them
+            return cursor.state
+
+    async def _pause(self, cursor: RunCursor) -> _Stop:
+        """Stop at a breakpoint, before ``cursor``'s step: saved as interrupted."""
+        await self.saver.save(replace(cursor, paused=True), "interrupted")
+        if self.recorder.chunks is not None:
+            self.recorder.chunks("updates", {"__interrupt__": ()})
+        return _Stop([])
+
+    def _asked(self, cursor: RunCursor, attempts: StepAttempts) -> list[Asked]:
+        """The questions the step's calls asked, each with its id."""
+        saver = self.saver
+        thread = saver.thread_id or saver.run_id
+        where = saver.checkpoint_id or f"{saver.run_id}:{cursor.step}"
+        out = []
+        for order in sorted(attempts.interrupted):
+            q = attempts.interrupted[order]
+            ident = interrupt_id(thread, self.checkpoint_ns, where, order, q.index)
+            out.append(Asked(order[0], order[1], q.index, Interrupt(value=q.value, id=ident)))
+        return out
+
+    def _tell_asked(self, stopped: RunCursor, attempts: StepAttempts, asked: list[Asked]) -> None:
+        """Stream a step that stopped on questions: the questions (``updates`` and
+        ``values`` chunks), then the finished calls' updates and the state with them."""
+        chunks = self.recorder.chunks
+        assert chunks is not None
+        shown = tuple(a.interrupt for a in asked)
+        chunks("updates", {"__interrupt__": shown})
+        chunks("values", Paused(stopped.state, shown))
+        done = sorted((Write(n, i, u) for (n, i), u in attempts.writes.items()), key=_order)
+        if done:
+            self.recorder.updates(stopped.step, ((w.node, w.index, w.updates) for w in done))
+            self.recorder.values(self._with_pending(stopped))
+
+    async def _step(self, cursor: RunCursor) -> tuple[RunCursor, _Stop | None]:
         step = cursor.step
         t0 = time.perf_counter()
         todo = cursor.todo()
         self.recorder.step_started(step, [t.node for t in todo])
         # dispatch: every call, until each is settled
         attempts = StepAttempts(self.plan, step, self.recorder)
+        resuming = None
+        if cursor.resumes:  # the interrupted calls find their answers (context.for_call)
+            ctx = current_context()
+            if ctx is not None:
+                resuming = enter(with_resumes(ctx, cursor.resumes))
         try:
             await self.dispatcher.run_step(step, cursor.state, todo, attempts.settle)
         except asyncio.CancelledError:
@@ -157,14 +250,30 @@ class Scheduler:
             # The step's other calls were stopped; keep what finished.
             await self.saver.save_stopped(cursor, attempts.writes, "failed")
             raise
+        finally:
+            if resuming is not None:
+                leave(resuming)
         # barrier
         writes: dict[tuple[str, int], Mapping[str, Any]] = dict(attempts.writes)
         writes.update(cursor.pending)
         error = attempts.first_error()
         self.recorder.step_finished(step, time.perf_counter() - t0, ok=error is None)
         if error is not None:
-            await self.saver.save(cursor.with_pending(writes), "failed", errors=attempts.failed)
+            await self.saver.save(
+                cursor.with_pending(writes, resumes=cursor.resumes),
+                "failed",
+                errors=attempts.failed,
+            )
             raise error
+        if attempts.interrupted:
+            # Questions: the run stops here; a resume runs only the interrupted calls.
+            asked = self._asked(cursor, attempts)
+            kept = {o: v for o, v in cursor.resumes.items() if o in attempts.interrupted}
+            stopped = cursor.with_pending(writes, asked, kept)
+            await self.saver.save(replace(stopped, paused=True), "interrupted")
+            if self.recorder.chunks is not None:
+                self._tell_asked(stopped, attempts, asked)
+            return stopped, _Stop(asked)
         try:
             # merge, route
             merged = [Write(node, index, upd) for (node, index), upd in writes.items()]
@@ -185,7 +294,7 @@ class Scheduler:
         # save
         nxt = RunCursor(state=state, step=step + 1, tasks=tasks, fanin=fanin)
         await self.saver.save(nxt, "running" if tasks else "done", writes)
-        return nxt
+        return nxt, None
 
 
 def _order(write: Write) -> tuple[str, int]:

@@ -37,9 +37,10 @@ from .checkpoint.history import (
     values_of,
 )
 from .errors import CheckpointError
+from .interrupts import answers
 from .routing import next_tasks, start_tasks
 from .saving import RunCursor, RunSaver, finish
-from .spec import START, Task
+from .spec import START, Command, Task
 from .state import Write
 
 if TYPE_CHECKING:
@@ -202,11 +203,17 @@ async def input_cursor(saver: RunSaver, latest: Checkpoint | None, input: object
     thread, one step after ``latest`` otherwise, its child. The run's first
     step then starts from those values with the input written through the
     reducers (a message list keeps its history); ``latest``'s own tasks are
-    dropped.
+    dropped (its questions too, when it stopped on some: the writes of its
+    calls that finished are kept).
     """
     schema = saver.plan.schema
     updates = dict(schema.input_updates(input))
     before = values_of(saver.codec, latest) if latest is not None else schema.initial()
+    if latest is not None and latest.paused and latest.pending_writes:
+        # A new input on a thread stopped on questions: the questions are dropped, the
+        # writes of the calls that finished are kept (LangGraph's).
+        done = saver.codec.load_writes(latest)
+        before = schema.apply(before, [Write(n, i, u) for (n, i), u in done.items()], latest.step)
     step = latest.step + 1 if latest is not None else -1
     assert saver.checkpointer is not None
     cp = saver.codec.save(
@@ -244,19 +251,58 @@ async def resumed_cursor(saver: RunSaver, cp: Checkpoint) -> RunCursor:
     cursor = _first_step(saver, values_of(saver.codec, cp), writes.get((START, -1), {}), cp.step)
     assert saver.checkpointer is not None
     first = saver.checkpoint_of(cursor, "running" if cursor.tasks else "done")
-    await finish(_put(saver.checkpointer, first.model_copy(update={"parent_id": cp.checkpoint_id})))
+    await finish(_put_for(saver, first.model_copy(update={"parent_id": cp.checkpoint_id})))
+    return cursor
+
+
+async def _put_for(saver: RunSaver, cp: Checkpoint) -> None:
+    assert saver.checkpointer is not None
+    stored = await saver.checkpointer.put(cp)
+    saver.checkpoint_id, saver.writers = stored.checkpoint_id, list(stored.writers)
+
+
+class _NoResume:
+    def __repr__(self) -> str:
+        return "NO_RESUME"
+
+
+#: What ``resume_of`` gives for a run that answers nothing.
+NO_RESUME: Any = _NoResume()
+
+
+def resume_of(input: object) -> Any:
+    """The answers a run's input resumes its thread with: ``Command(resume=...)``'s
+    (the run then has no input of its own); NO_RESUME for any other input."""
+    if not isinstance(input, Command) or input.resume is None:
+        return NO_RESUME
+    if input.update is not None or input.goto != () or input.graph is not None:
+        raise ValueError(
+            f"{input!r} as a run's input: only Command(resume=...) is supported there; "
+            "write updates with update_state(...) before resuming"
+        )
+    return input.resume
+
+
+def answered(cursor: RunCursor, resume: Any, thread_id: str) -> RunCursor:
+    """``cursor`` with ``resume``'s answers given to its interrupted tasks (RuntimeError
+    when they do not fit its open questions): the questions are no longer open."""
+    cursor.resumes = answers(cursor.asked, cursor.resumes, resume, thread=thread_id)
+    cursor.asked = []
     return cursor
 
 
 __all__ = [
+    "NO_RESUME",
     "StateSnapshot",
     "Target",
+    "answered",
     "checkpoint_named",
     "get_state",
     "get_state_history",
     "input_cursor",
     "named",
     "picked_for_run",
+    "resume_of",
     "resumed_cursor",
     "update_state",
     "writes_input",

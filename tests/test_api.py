@@ -20,6 +20,7 @@ EXPECTED = {
     "WorkerCrashedError", "WorkerLoaded", "cpu", "default_executor", "inline", "io",
     "run_sync", "thread", "CachePolicy", "InMemoryCache", "NodeCache", "SqliteCache",
     "GraphRecursionError", "Runtime", "get_config", "get_runtime", "node_error_of", "Command",
+    "GraphInterrupt", "Interrupt", "interrupt",
 }  # fmt: skip
 
 

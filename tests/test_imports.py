@@ -179,8 +179,15 @@ WORKER_SIDE = {
     "engine.context",  # the run's config and context, set around a worker's calls
     "engine.lanes.channel",  # a worker's stream chunks, sent to the driver as they are written
 }
-#: Stdlib-only modules a worker may reach: a node's stream writer (``runtime.stream_writer``).
-WORKER_LIGHT = {"engine.procs", "engine.streaming", "engine.running", "engine.lcmessages"}
+#: Stdlib-only modules a worker may reach: a node's stream writer (``runtime.stream_writer``),
+#: a node's questions (``interrupt()``).
+WORKER_LIGHT = {
+    "engine.procs",
+    "engine.streaming",
+    "engine.running",
+    "engine.lcmessages",
+    "engine.interrupts",
+}
 
 
 def test_the_worker_side_stays_light() -> None:

@@ -18,7 +18,6 @@ from engine.langgraph import (
     START,
     GraphRecursionError,
     StateGraph,
-    interrupt,
 )
 from engine.langgraph import Runtime as LGRuntime
 
@@ -121,10 +120,6 @@ def test_lanes_auto_leaves_undeclared_sync_nodes_to_the_measured_policy() -> Non
 
 
 def test_what_is_not_built_yet_says_so() -> None:
-    with pytest.raises(NotImplementedError, match="interrupt"):
-        interrupt("approve?")
-    with pytest.raises(NotImplementedError, match="interrupt_before"):
-        two_nodes().compile(interrupt_before=["a"])
     with pytest.raises(NotImplementedError, match="defer"):
         StateGraph(S).add_node("d", where, defer=True)
 

@@ -100,6 +100,27 @@ class TaskError(BaseModel, frozen=True):
     error: str
 
 
+class TaskInterrupt(BaseModel, frozen=True):
+    """A question a task of the checkpoint's step asked (``interrupt(value)``), still open."""
+
+    node: str
+    index: int = -1
+    #: Its position among the task's questions (0: the call's first ``interrupt()``).
+    n: int = 0
+    id: str
+    #: The question, JSON data (the codec's).
+    value: Any = None
+
+
+class TaskResume(BaseModel, frozen=True):
+    """The answers an interrupted task of the checkpoint's step was given so far."""
+
+    node: str
+    index: int = -1
+    #: JSON data (the codec's), one per answered ``interrupt()``, in order.
+    values: list[Any] = []
+
+
 class Checkpoint(BaseModel, frozen=True):
     """Where a thread stands between two steps; JSON data only.
 
@@ -138,6 +159,13 @@ class Checkpoint(BaseModel, frozen=True):
     writers: list[str] = []
     #: Tasks of this checkpoint's step that failed.
     errors: list[TaskError] = []
+    #: Questions tasks of this checkpoint's step asked, unanswered (status "interrupted").
+    interrupts: list[TaskInterrupt] = []
+    #: Answers given so far to interrupted tasks of this checkpoint's step.
+    resumes: list[TaskResume] = []
+    #: The run stopped here on purpose (questions, or a breakpoint), not by a failure or a
+    #: cancellation: a new input may start over from it.
+    paused: bool = False
     status: Literal["running", "done", "failed", "interrupted"]
     #: ``time.time()`` when the checkpoint was made, i.e. saved (the step's end).
     created_at: float

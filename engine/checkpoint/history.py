@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from ..errors import InvalidUpdateError
+from ..interrupts import Asked
 from ..spec import START
 from ..state import Values, Write
 from .base import Checkpoint
@@ -108,7 +109,9 @@ def snapshot(run_codec: RunCodec, cp: Checkpoint, *, latest: bool = False) -> St
     """The snapshot of a stored checkpoint.
 
     Its tasks are the tasks of its step, each with its writes once it ran
-    (``result``) or the ``repr`` of its failure (``error``). ``latest``: the
+    (``result``), the ``repr`` of its failure (``error``), or the questions
+    it asked and nobody answered yet (``interrupts``; the snapshot's
+    ``interrupts`` are all of them). ``latest``: the
     caller asked for the thread's current state (no ``checkpoint_id``): the
     writes of the tasks that finished in a step that stopped are applied to
     the values, and ``next`` keeps only the tasks still to run, as LangGraph
@@ -120,6 +123,9 @@ def snapshot(run_codec: RunCodec, cp: Checkpoint, *, latest: bool = False) -> St
     values = values_of(run_codec, cp)
     writes = run_codec.load_writes(cp) if cp.pending_writes else {}
     errors = {(e.node, e.index): e.error for e in cp.errors}
+    asked: dict[tuple[str, int], list[Any]] = {}
+    for a in run_codec.load_asked(cp):
+        asked.setdefault(a.order, []).append(a.interrupt)
     tasks = tuple(
         PregelTask(
             id=task_id(cp.checkpoint_id, ref.node, ref.index),
@@ -128,6 +134,7 @@ def snapshot(run_codec: RunCodec, cp: Checkpoint, *, latest: bool = False) -> St
             if ref.index >= 0
             else ("__pregel_pull", ref.node),
             error=errors.get((ref.node, ref.index)),
+            interrupts=tuple(asked.get((ref.node, ref.index), ())),
             result=writes.get((ref.node, ref.index)),
         )
         for ref in cp.next_tasks
@@ -146,6 +153,7 @@ def snapshot(run_codec: RunCodec, cp: Checkpoint, *, latest: bool = False) -> St
         created_at=dt.datetime.fromtimestamp(cp.created_at, dt.UTC).isoformat(),
         parent_config=parent,
         tasks=tasks,
+        interrupts=tuple(i for t in tasks for i in t.interrupts),
     )
 
 
@@ -182,6 +190,9 @@ def fork(picked: Checkpoint, *, run_id: str) -> Checkpoint:
             "pending_writes": [],
             "parent_writes": [],
             "errors": [],
+            "interrupts": [],
+            "resumes": [],
+            "paused": False,
             "status": "running" if picked.next_tasks else "done",
             "created_at": time.time(),
         }
@@ -222,15 +233,20 @@ def update(
     (InvalidUpdateError). The new checkpoint's tasks are ``base``'s (the
     ones still to run) and what routing after ``as_node`` triggers; its step
     is ``base``'s plus one (0 on a thread with none), its parent ``base``.
+    Questions ``base``'s tasks asked stay open on it, with their ids.
     """
     who = _as_node(base, as_node, nodes)
     schema = run_codec.schema
     before: Values
     old_tasks: list[TaskLike]
+    asked: list[Asked] = []
+    resumes: dict[tuple[str, int], tuple[Any, ...]] = {}
     if base is None:
         before, step, old_tasks, fanin = schema.initial(), -1, [], {}
     else:
         restored = run_codec.load(base)
+        # Open questions stay open across an edit: Command(resume=...) still answers them.
+        asked, resumes = restored.asked, restored.resumes
         before = restored.state if run_codec.held == "values" else schema.values_of(restored.state)
         step = base.step
         old_tasks = list(restored.tasks)
@@ -254,6 +270,9 @@ def update(
         parent_id=base.checkpoint_id if base is not None else None,
         metadata=metadata,
         writers=[who],
+        asked=asked,
+        resumes=resumes,
+        paused=bool(asked),
     )
 
 

@@ -35,9 +35,10 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel, ValidationError
 
 from ..errors import CheckpointError
+from ..interrupts import Asked, Interrupt
 from ..spec import START
 from ..state import StateSchema, Values
-from .base import Checkpoint, PendingWrite, Source, TaskError, TaskRef
+from .base import Checkpoint, PendingWrite, Source, TaskError, TaskInterrupt, TaskRef, TaskResume
 from .codec import CodecError, difference
 from .codec import decode as decode_value
 from .codec import encode as encode_value
@@ -96,6 +97,9 @@ class Restored:
     tasks: list[SavedTask]
     fanin: dict[str, set[str]]
     pending: dict[tuple[str, int], Mapping[str, Any]]
+    #: Questions the step's tasks asked, still open; answers they were given so far.
+    asked: list[Asked] = dataclasses.field(default_factory=list)
+    resumes: dict[tuple[str, int], tuple[Any, ...]] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -136,6 +140,9 @@ class RunCodec:
         metadata: Mapping[str, Any] | None = None,
         errors: Mapping[tuple[str, int], BaseException | str] | None = None,
         writers: Iterable[str] | None = None,
+        asked: Iterable[Asked] = (),
+        resumes: Mapping[tuple[str, int], Iterable[Any]] | None = None,
+        paused: bool = False,
     ) -> Checkpoint:
         """The checkpoint of ``state`` before step ``step``, or a CheckpointError.
 
@@ -191,7 +198,31 @@ class RunCodec:
                 TaskError(node=node, index=index, error=e if isinstance(e, str) else repr(e))
                 for (node, index), e in sorted((errors or {}).items())
             ],
+            interrupts=[
+                TaskInterrupt(
+                    node=a.node,
+                    index=a.index,
+                    n=a.n,
+                    id=a.interrupt.id,
+                    value=self._exact(
+                        a.interrupt.value, where, f"the interrupt() value of node {a.node!r}"
+                    ),
+                )
+                for a in asked
+            ],
+            resumes=[
+                TaskResume(
+                    node=node,
+                    index=index,
+                    values=[
+                        self._exact(v, where, f"an answer to node {node!r}'s interrupt()")
+                        for v in values
+                    ],
+                )
+                for (node, index), values in sorted((resumes or {}).items())
+            ],
             status=status,  # type: ignore[arg-type]
+            paused=paused,
             created_at=time.time(),
             run_started_at=started_at,
             metadata=meta,
@@ -407,6 +438,8 @@ class RunCodec:
             pending: dict[tuple[str, int], Mapping[str, Any]] = {}
             if cp.status in ("failed", "interrupted"):
                 pending = self.load_writes(cp)
+            asked = self.load_asked(cp)
+            resumes = {(r.node, r.index): tuple(self._reader(cp)(r.values)) for r in cp.resumes}
         except Exception as exc:
             raise CheckpointError(
                 f"{where} does not fit this graph: {type(exc).__name__}: {exc}; resume it with "
@@ -419,7 +452,17 @@ class RunCodec:
             tasks=sorted(tasks, key=lambda t: (t.node, t.index)),
             fanin={k: set(v) for k, v in cp.fanin.items()},
             pending=pending,
+            asked=asked,
+            resumes=resumes,
         )
+
+    def load_asked(self, cp: Checkpoint) -> list[Asked]:
+        """The open questions of ``cp``'s step, as the scheduler keeps them."""
+        read = self._reader(cp)
+        return [
+            Asked(i.node, i.index, i.n, Interrupt(value=read(i.value), id=i.id))
+            for i in cp.interrupts
+        ]
 
     @staticmethod
     def _reader(cp: Checkpoint) -> Callable[[Any], Any]:
@@ -512,6 +555,10 @@ class RunCodec:
             stray = sorted(set(sources) - edge)
             if stray:
                 return f"counts {stray} as sources of fan-in edge {key!r}, which they are not"
+        asked = [(q.node, q.index) for q in cp.interrupts]
+        for node, index in asked + [(r.node, r.index) for r in cp.resumes]:
+            if (node, index) not in orders:
+                return f"holds a question or answer of node {node!r}, which is no task of its step"
         for w in cp.pending_writes:
             if w.node not in nodes and w.node != START:
                 return (

@@ -24,6 +24,11 @@ failure            what happened
                    memory limit): charged to this call only
 ``Cancelled``      the node's own code was cancelled (a ``CancelledError`` the
                    run did not send); a cancelled run propagates instead
+``Interrupted``    not a failure: the node asked a person (``interrupt()``);
+                   never retried, never a write (``engine.interrupts``). A
+                   ``Failure`` subclass so that whatever does not know of
+                   questions treats it as "no update" (the node cache keeps
+                   nothing, the trace shows no result)
 =================  ==========================================================
 
 The messages say what happened and what to do; ``engine.attempts`` adds the
@@ -43,7 +48,7 @@ from ..procs import hostname
 from ..spec import Task
 from ..trace import NodeCall, call_record
 from .frames import Decoded
-from .measure import OK, PAYLOAD, Load, Measured
+from .measure import INTERRUPTED, OK, PAYLOAD, Load, Measured
 
 
 class Call(NamedTuple):
@@ -125,6 +130,18 @@ class Cancelled(Failure):
         return "cancelled"
 
 
+@dataclass(frozen=True)
+class Interrupted(Failure):
+    """The node asked a person: ``value`` is its question, ``index`` its position among
+    the call's questions (``interrupts.GraphInterrupt``)."""
+
+    value: Any = None
+    index: int = 0
+
+    def label(self) -> str:
+        return "interrupted"
+
+
 # -- outcomes -------------------------------------------------------------------------
 
 
@@ -154,7 +171,20 @@ def outcome(call: Call, lane: str, m: Measured, bytes_in: int = 0, bytes_out: in
     if ok:
         return Outcome(call, record, m.value, None, m.load)
     failure: Failure
-    if m.kind == PAYLOAD:
+    if m.kind == INTERRUPTED and m.error is not None:
+        asked = m.error
+        failure = Interrupted(
+            m.error_message, asked, getattr(asked, "value", None), getattr(asked, "index", 0)
+        )
+    elif m.kind == INTERRUPTED:  # its question could not be pickled in the worker
+        failure = Refused(
+            f"its interrupt() value cannot be pickled to return from the worker "
+            f"({m.error_message}); ask with plain data (dicts, lists, str, numbers)",
+            None,
+            "payload",
+            m.error_type,
+        )
+    elif m.kind == PAYLOAD:
         failure = Refused(m.error_message, m.error, "payload", m.error_type)
     else:
         failure = NodeRaised(m.error_message, m.error, m.error_type, m.traceback_text)
@@ -217,6 +247,7 @@ __all__ = [
     "Call",
     "Cancelled",
     "Failure",
+    "Interrupted",
     "NodeRaised",
     "Outcome",
     "Refused",

@@ -1,11 +1,12 @@
 """One node call, made and measured where it runs: the driver's thread or loop, or a worker.
 
 Imported inside worker processes: it stays small and imports nothing of the
-engine but ``engine.procs``. What a call leaves is a ``Measured``: how it
-ended (``kind``), where and when it ran (this process's clocks), the
-``worker_init`` build it paid for, and its value or its exception. The
-driver turns it into the run's records in one place (``lanes.calls``);
-from a worker it travels in a frame (``lanes.frames``).
+engine but ``engine.procs`` and ``engine.interrupts`` (standard library
+only). What a call leaves is a ``Measured``: how it ended (``kind``),
+where and when it ran (this process's clocks), the ``worker_init`` build
+it paid for, and its value or its exception. The driver turns it into the
+run's records in one place (``lanes.calls``); from a worker it travels in a
+frame (``lanes.frames``).
 """
 
 from __future__ import annotations
@@ -23,12 +24,19 @@ from typing import Any, NamedTuple
 
 import cloudpickle
 
+from ..interrupts import is_interrupt
 from ..procs import hostname
 
 #: How a call ended. ``raised``: the node's own code raised (``SystemExit``
 #: included); ``payload``: what it was given or what it returned cannot cross
-#: the process boundary (never worth running again).
-OK, RAISED, PAYLOAD = "ok", "raised", "payload"
+#: the process boundary (never worth running again); ``interrupted``: the node
+#: asked a person (``engine.interrupts``): its exception carries the question.
+OK, RAISED, PAYLOAD, INTERRUPTED = "ok", "raised", "payload", "interrupted"
+
+
+def raised_kind(exc: BaseException) -> str:
+    """How a call that raised ``exc`` ended: ``interrupted`` for a question, else ``raised``."""
+    return INTERRUPTED if is_interrupt(exc) else RAISED
 
 
 class Load(NamedTuple):
@@ -112,7 +120,7 @@ def timed_call(
         cpu = time.thread_time() - cpu0
         end = time.time()
         return Measured(
-            RAISED,
+            raised_kind(exc),
             pid,
             tid,
             host,
@@ -134,9 +142,10 @@ def timed_call(
 
 
 def failed(exc: BaseException, start: float, message: str, kind: str = RAISED) -> Measured:
-    """A failed measurement for ``exc`` raised here outside the node (unpickling, a build)."""
+    """A failed measurement for ``exc`` raised here outside the node (unpickling, a build),
+    or by an ``async def`` node on the loop (a question it asked is ``interrupted``)."""
     return Measured(
-        kind,
+        raised_kind(exc) if kind == RAISED else kind,
         os.getpid(),
         threading.get_native_id(),
         hostname(),
@@ -284,6 +293,7 @@ def with_resource(fn: Callable[..., Any], resource: Any, arg: Any) -> Any:
 
 __all__ = [
     "HEAD",
+    "INTERRUPTED",
     "OK",
     "PAYLOAD",
     "RAISED",
@@ -294,6 +304,7 @@ __all__ = [
     "failed",
     "load_fn",
     "queued_s",
+    "raised_kind",
     "timed_call",
     "with_resource",
     "worker_resources",

@@ -39,14 +39,12 @@ PENDING: dict[str, str] = {
     "langgraph_step/langgraph_node metadata, callbacks)",
     "stream_modes": "needs the checkpoints stream mode and debug's checkpoint chunks, "
     "which start with LangGraph's input checkpoint (step -1); every other entry matches",
-    "human_review": "needs interrupt() and Command(resume=...)",
-    "parallel_interrupts": "needs interrupt() and Command(resume=...)",
+    "human_review": "needs Command(goto=...) returned by nodes (its interrupts and resumes work)",
     "supervisor_handoff": "needs Command(goto=...) returned by nodes",
     "parent_command": "needs subgraphs and Command.PARENT",
     "subgraphs": "needs subgraphs as nodes and subgraphs=True streaming",
     "subgraph_interrupt_process": "needs subgraphs, interrupts and SqliteSaver",
     "defer_node": "needs defer=True",
-    "breakpoints": "needs interrupt_before/interrupt_after",
     "durability": "needs durability=",
     "retry_timeout": "needs error_handler= and timeout=",
 }
