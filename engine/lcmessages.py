@@ -29,12 +29,14 @@ import uuid
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from .context import current
 from .streaming import CallStream, RunStream, streaming_modes
 
-#: The run's own config (tags, metadata) for nodes: set by engine.langgraph's runs.
-run_config: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar(
-    "engine_run_config", default=None
-)
+
+def run_config() -> Mapping[str, Any]:
+    """The config of the run in this context (its tags and metadata): ``engine.context``'s."""
+    ctx = current()
+    return {} if ctx is None else ctx.config
 
 
 def loaded() -> bool:
@@ -65,7 +67,7 @@ def _messages_in(value: Any) -> Iterator[Any]:
 
 
 def _node_metadata(stream: CallStream, ns: str) -> dict[str, Any]:
-    config = run_config.get() or {}
+    config = run_config()
     user = dict(config.get("metadata") or {})
     return {**user, **stream.metadata(), "langgraph_checkpoint_ns": ns}
 
@@ -82,7 +84,7 @@ def install(stream: CallStream, arg: Any) -> contextvars.Token[Any] | None:
         if message.id is not None:
             run.see(message.id)
     ns = f"{stream.node}:{uuid.uuid4()}"
-    config = run_config.get() or {}
+    config = run_config()
     metadata = {**_node_metadata(stream, ns), "checkpoint_ns": ns}
     tags = list(config.get("tags") or [])
     handler = _handler_class()(run, tags)

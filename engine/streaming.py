@@ -111,9 +111,12 @@ def _drop(chunk: Any) -> None:
     """The writer outside a streamed call: what it is given goes nowhere."""
 
 
-def _drop_chunk(mode: str, chunk: Any) -> None:
-    """Where the chunks of a call nobody streams go: nowhere."""
+def drop_chunk(mode: str, chunk: Any) -> None:
+    """Where the chunks of a call nobody streams go: nowhere (a call stream with this
+    ``emit`` only says which call runs)."""
 
+
+_drop_chunk = drop_chunk
 
 #: The stream of a call in a run nobody streams (a cpu-lane worker sets it: "in a run").
 UNSTREAMED = CallStream(_drop_chunk, "", -1)
@@ -358,6 +361,7 @@ __all__ = [
     "current_stream",
     "debug_result",
     "debug_task",
+    "drop_chunk",
     "get_message_writer",
     "get_stream_writer",
     "iterate_sync",

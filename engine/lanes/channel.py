@@ -46,6 +46,14 @@ class StreamInfo(NamedTuple):
     #: A chunk of Send calls in one submission: each call's Send index, in order.
     send_indexes: tuple[int, ...] = ()
 
+    @classmethod
+    def unstreamed(
+        cls, node: str, step: int, send_index: int = -1, send_indexes: tuple[int, ...] = ()
+    ) -> StreamInfo:
+        """Which call runs, for a run nobody streams: no channel (its writers drop what
+        they are given), only the task's identity, for a node that asks for its config."""
+        return cls("", b"", node, step, send_index, send_indexes)
+
 
 class ChunkChannel:
     """The driver's end of one run's chunk channel.
@@ -177,8 +185,20 @@ def worker_stream(info: StreamInfo | None) -> Iterator[Callable[[int], None]]:
     """In a worker: the stream of the calls run inside (``UNSTREAMED`` when nobody streams:
     its writers drop what they are given, and a node can tell it runs in a run). Yields
     ``at(i)``: the ``i``-th call of a chunk of Send calls is about to run."""
-    from ..streaming import UNSTREAMED, CallStream, reset_stream, set_stream
+    from ..streaming import UNSTREAMED, CallStream, drop_chunk, reset_stream, set_stream
 
+    if info is not None and not info.address:  # a task's identity, nothing to stream
+        token = set_stream(CallStream(drop_chunk, info.node, info.step, info.send_index))
+
+        def named(i: int) -> None:
+            if info.send_indexes:
+                set_stream(CallStream(drop_chunk, info.node, info.step, info.send_indexes[i]))
+
+        try:
+            yield named
+        finally:
+            reset_stream(token)
+        return
     if info is None:
         token = set_stream(UNSTREAMED)
         try:

@@ -35,8 +35,6 @@ if importlib.util.find_spec("engine.langgraph") is None:
 
 #: Program -> what engine.langgraph still lacks for it. Each is an xfail(strict=True).
 PENDING: dict[str, str] = {
-    "config_context": "a node's config lacks LangGraph's per-task keys (checkpoint_ns, "
-    "langgraph_step/langgraph_node metadata, callbacks)",
     "stream_modes": "needs the checkpoints stream mode and debug's checkpoint chunks, "
     "which start with LangGraph's input checkpoint (step -1); every other entry matches",
     "human_review": "needs interrupt() and Command(resume=...)",
