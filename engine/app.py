@@ -38,9 +38,17 @@ from .profile import MeasuredPolicy, Profile, redecide
 from .recorder import EventSink, Recorder
 from .resources import Budgets, SystemClock
 from .running import run_sync
+from .savedchunks import announcing
 from .saving import RunCursor, RunSaver
 from .scheduler import RunResult, Scheduler
-from .streaming import ChunkSink, chunks_of, iterate_sync, parse_modes, shape_debug
+from .streaming import (
+    ChunkSink,
+    chunks_of,
+    iterate_sync,
+    parse_modes,
+    shape_debug,
+    streaming_modes,
+)
 from .threads import (
     StateSnapshot,
     Target,
@@ -396,6 +404,7 @@ class CompiledGraph(Generic[S]):
             routes=self._routes_for(plan, mode, watchdog is not None) if budgets is None else None,
         )
         saver = RunSaver(plan, self.checkpointer, thread_id=thread_id, run_id=run_id)
+        saver.checkpointer = announcing(saver, opts.on_chunk, streaming_modes())
         scheduler = Scheduler(
             plan, dispatcher, recorder, saver, clock=clock, recursion_limit=opts.recursion_limit
         )

@@ -39,7 +39,7 @@ from typing import Any, Literal, TypeVar
 
 T = TypeVar("T")
 
-StreamMode = Literal["values", "updates", "custom", "messages", "debug", "tasks"]
+StreamMode = Literal["values", "updates", "custom", "messages", "debug", "tasks", "checkpoints"]
 STREAM_MODES: tuple[StreamMode, ...] = (
     "values",
     "updates",
@@ -47,6 +47,7 @@ STREAM_MODES: tuple[StreamMode, ...] = (
     "messages",
     "debug",
     "tasks",
+    "checkpoints",
 )
 
 #: Where a run's chunks go: ``(mode, chunk)``. Callable from any thread of the driver.
@@ -204,7 +205,8 @@ def task_id(run_id: str, step: int, node: str, index: int) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{run_id}/{step}/{node}/{index}"))
 
 
-def _now() -> str:
+def now() -> str:
+    """A chunk's timestamp: now, ISO 8601, UTC."""
     return datetime.datetime.now(datetime.UTC).isoformat()
 
 
@@ -220,7 +222,7 @@ def debug_task(step: int, ident: str, node: str, index: int, input: Any) -> dict
     triggers = ("__pregel_push",) if index >= 0 else (f"branch:to:{node}",)
     return {
         "step": step + 1,
-        "timestamp": _now(),
+        "timestamp": now(),
         "type": "task",
         "payload": {"id": ident, "name": node, "input": input, "triggers": triggers},
     }
@@ -238,7 +240,7 @@ def debug_result(
         writes = result
     return {
         "step": step + 1,
-        "timestamp": _now(),
+        "timestamp": now(),
         "type": "task_result",
         "payload": {"id": ident, "name": node, "error": error, "result": writes, "interrupts": []},
     }
@@ -280,8 +282,8 @@ async def chunks_of(
     def sink(mode: str, chunk: Any) -> None:
         if mode in wanted:
             queue.put_nowait((mode, chunk))
-        if tasks and mode == "debug":  # a "tasks" chunk is a debug chunk's payload
-            queue.put_nowait(("tasks", chunk["payload"]))
+        if tasks and mode == "debug" and chunk["type"] != "checkpoint":
+            queue.put_nowait(("tasks", chunk["payload"]))  # a task's debug chunk's payload
 
     token = _modes.set(wanted)  # the run's task is created in this context: it sees them
     try:
@@ -366,6 +368,7 @@ __all__ = [
     "get_stream_writer",
     "iterate_sync",
     "message_chunk",
+    "now",
     "parse_modes",
     "reset_stream",
     "set_stream",

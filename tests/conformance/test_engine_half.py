@@ -35,8 +35,6 @@ if importlib.util.find_spec("engine.langgraph") is None:
 
 #: Program -> what engine.langgraph still lacks for it. Each is an xfail(strict=True).
 PENDING: dict[str, str] = {
-    "stream_modes": "needs the checkpoints stream mode and debug's checkpoint chunks, "
-    "which start with LangGraph's input checkpoint (step -1); every other entry matches",
     "human_review": "needs interrupt() and Command(resume=...)",
     "parallel_interrupts": "needs interrupt() and Command(resume=...)",
     "supervisor_handoff": "needs Command(goto=...) returned by nodes",
