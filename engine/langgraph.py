@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
 from collections.abc import (
     AsyncIterator,
     Awaitable,
@@ -60,7 +61,8 @@ from .checkpoint.savers import (
 from .classify import is_coroutine_function
 from .context import Runtime, current, get_config, get_runtime
 from .drawing import Drawing
-from .errors import InvalidUpdateError, NodeError, NodeTimeoutError, RecursionLimitError
+from .errors import InvalidUpdateError, NodeError, RecursionLimitError
+from .errors import NodeTimeoutError as EngineTimeoutError
 from .graph import Graph, node_input_schema
 from .lgtypes import (
     All,
@@ -71,11 +73,13 @@ from .lgtypes import (
     GraphOutput,
     Interrupt,
     NodeInterrupt,
+    NodeTimeoutError,
     Overwrite,
     ParentCommand,
     RunnableConfig,
     StreamMode,
     StreamWriter,
+    TimeoutPolicy,
     get_store,
     stream_part,
 )
@@ -174,9 +178,16 @@ class StateGraph(Generic[S]):
         input_schema: type | None = None,
         destinations: Any = None,
         defer: bool = False,
+        timeout: float | datetime.timedelta | TimeoutPolicy | None = None,
+        error_handler: Callable[..., Any] | None = None,
         **engine_options: Any,
     ) -> StateGraph[S]:
-        """``add_node(name, fn)`` or ``add_node(fn)``; ``lane="cpu"`` runs it in a worker."""
+        """``add_node(name, fn)`` or ``add_node(fn)``; ``lane="cpu"`` runs it in a worker.
+
+        ``timeout=`` (seconds, a ``timedelta`` or a ``TimeoutPolicy``'s ``run_timeout``):
+        as LangGraph, for ``async def`` nodes (cancelled past it, ``NodeTimeoutError``);
+        the engine also stops a sync node given ``lane="cpu"`` (its worker is killed).
+        """
         if action is None:
             if not callable(node):
                 raise ValueError(f"add_node({node!r}) needs a function")
@@ -187,6 +198,20 @@ class StateGraph(Generic[S]):
             raise NotImplementedError(
                 f"add_node({name!r}, defer=True) is not supported by engine.langgraph yet"
             )
+        if error_handler is not None:
+            raise NotImplementedError(
+                f"add_node({name!r}, error_handler=...) is not supported by engine.langgraph "
+                "yet; catch the error in the node and return the fallback update instead"
+            )
+        seconds = _timeout_seconds(name, timeout)
+        if seconds is not None and lane != "cpu" and not is_coroutine_function(action):
+            raise ValueError(
+                f"add_node({name!r}, timeout=...): node {name!r} is sync, and a sync call "
+                "cannot be stopped in its thread; make it async def, or run it in a worker "
+                "process with lane='cpu' (killed past its timeout)"
+            )
+        if seconds is not None:
+            engine_options["timeout"] = seconds
         declared = input_schema if input_schema is not None else node_input_schema(action)
         if declared is not None and declared is not self.state_schema:
             self._node_inputs[name] = declared
@@ -288,6 +313,22 @@ def _auto(graph: Graph[S]) -> Graph[S]:
     return auto
 
 
+def _timeout_seconds(
+    name: str, timeout: float | datetime.timedelta | TimeoutPolicy | None
+) -> float | None:
+    """``add_node``'s ``timeout=`` as seconds (None: none)."""
+    if isinstance(timeout, TimeoutPolicy):
+        if timeout.idle_timeout is not None:
+            raise NotImplementedError(
+                f"add_node({name!r}, timeout=TimeoutPolicy(idle_timeout=...)) is not supported "
+                "by engine.langgraph; give run_timeout= (the call's whole time) instead"
+            )
+        timeout = timeout.run_timeout
+    if isinstance(timeout, datetime.timedelta):
+        return timeout.total_seconds()
+    return None if timeout is None else float(timeout)
+
+
 # -- the compiled graph -------------------------------------------------------------------
 
 
@@ -346,7 +387,7 @@ class CompiledStateGraph(Generic[S]):
         try:
             result = await self.app.arun(input, opts)
         except (NodeError, RecursionLimitError) as exc:
-            raise _own(exc) from None
+            raise _own(exc, self.app) from None
         output = self._output(result.values, output_keys)
         return GraphOutput(output) if version == "v2" else output
 
@@ -422,7 +463,7 @@ class CompiledStateGraph(Generic[S]):
                 async for item in chunks_of(run, modes, pairs):
                     yield item
         except (NodeError, RecursionLimitError) as exc:
-            raise _own(exc) from None
+            raise _own(exc, self.app) from None
 
     def astream(
         self,
@@ -520,11 +561,22 @@ class CompiledStateGraph(Generic[S]):
         await self.app.aclear_cache(nodes)
 
 
-def _own(exc: NodeError | RecursionLimitError) -> BaseException:
+def _own(exc: NodeError | RecursionLimitError, app: CompiledGraph[Any]) -> BaseException:
     """The node's own exception, with the engine's details as notes; the NodeError itself
     when the original could not be brought back. A recursion limit: GraphRecursionError."""
     if isinstance(exc, RecursionLimitError):
         return exc if isinstance(exc, GraphRecursionError) else GraphRecursionError(str(exc))
+    if isinstance(exc, EngineTimeoutError):  # LangGraph's class: no builtin TimeoutError
+        return NodeTimeoutError(
+            str(exc),
+            node=exc.node,
+            step=exc.step,
+            lane=exc.lane,
+            attempt=exc.attempt,
+            error_type=exc.error_type,
+            error_message=exc.error_message,
+            timeout=app.plan.nodes[exc.node].spec.timeout if exc.node in app.plan.nodes else None,
+        )
     cause = exc.__cause__
     if cause is None or isinstance(cause, NodeError):
         return exc
@@ -576,6 +628,7 @@ __all__ = [
     "StateGraph",
     "StreamMode",
     "StreamWriter",
+    "TimeoutPolicy",
     "add_messages",
     "get_config",
     "get_runtime",

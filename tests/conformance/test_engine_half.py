@@ -44,7 +44,8 @@ PENDING: dict[str, str] = {
     "defer_node": "needs defer=True",
     "breakpoints": "needs interrupt_before/interrupt_after",
     "durability": "needs durability=",
-    "retry_timeout": "needs error_handler= and timeout=",
+    "retry_timeout": "needs error_handler= (a handler task routed by the Command it "
+    "returns, to a node no edge reaches); retry_policy= and timeout= match",
 }
 
 
