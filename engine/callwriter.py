@@ -13,7 +13,7 @@ import contextvars
 import sys
 from typing import Any
 
-from .lcmessages import install, uninstall
+from .lcmessages import available, install, uninstall
 from .streaming import CallStream, ChunkSink, _modes, _stream, drop_chunk
 
 
@@ -36,7 +36,7 @@ def set_writer(
         return _Installed(_stream.set(CallStream(drop_chunk, node, step, index)), None)
     stream = CallStream(emit, node, step, index)
     langchain = None
-    if "messages" in _modes.get() and "langchain_core" in sys.modules:
+    if "messages" in _modes.get() and ("langchain_core" in sys.modules or available()):
         # A chat model in the node streams its tokens, as under LangGraph's messages mode.
         langchain = install(stream, arg)
     return _Installed(_stream.set(stream), langchain)

@@ -3,7 +3,9 @@
 ::
 
     dispatcher, around a node call of a run streaming "messages" (driver
-    lanes), when langchain-core is loaded already:
+    lanes), when langchain-core is installed (imported then, once):
+    cpu worker (lanes.channel.worker_stream), around the calls it runs, the same,
+    its handler sending through the run's chunk channel:
       install(stream, arg)   the node's input messages are "seen"; LangChain's
                              runnable config for the call gets a callback handler,
                              the run's tags and metadata, and the node's own keys
@@ -16,8 +18,8 @@
 
 The handler is a streaming handler to LangChain, so a chat model invoked
 inside the node streams its tokens, as under LangGraph's ``messages`` mode.
-Nothing here is imported unless langchain-core is (``sys.modules``): a run
-of an app that does not use it pays one dictionary lookup per call.
+Nothing here imports langchain-core unless a run streams ``messages``: any
+other run pays one dictionary lookup per call.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from .context import current
-from .streaming import CallStream, RunStream, streaming_modes
+from .streaming import CallStream, RunStream, streaming_modes, task_id
 
 
 def run_config() -> Mapping[str, Any]:
@@ -42,6 +44,20 @@ def run_config() -> Mapping[str, Any]:
 def loaded() -> bool:
     """Whether langchain-core is imported in this process (nothing to bridge if not)."""
     return "langchain_core" in sys.modules
+
+
+@functools.cache
+def available() -> bool:
+    """Whether langchain-core can be used here: imported now if it is installed. Asked only
+    for a call of a run streaming ``messages``: a node may import its chat model's package
+    inside its body, after the call's handler must be in place."""
+    if loaded():
+        return True
+    try:
+        import langchain_core.runnables.config  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def wanted() -> bool:
@@ -72,18 +88,30 @@ def _node_metadata(stream: CallStream, ns: str) -> dict[str, Any]:
     return {**user, **stream.metadata(), "langgraph_checkpoint_ns": ns}
 
 
-def install(stream: CallStream, arg: Any) -> contextvars.Token[Any] | None:
+def _task_ns(stream: CallStream) -> str:
+    """The call's ``checkpoint_ns``: the one its config shows (``engine.context``)."""
+    ctx = current()
+    if ctx is None or not ctx.run_id:
+        return f"{stream.node}:{uuid.uuid4()}"
+    return f"{stream.node}:{task_id(ctx.run_id, stream.step, stream.node, stream.index)}"
+
+
+def install(
+    stream: CallStream, arg: Any, run: RunStream | None = None
+) -> contextvars.Token[Any] | None:
     """LangChain's runnable config for one node call: the run's tags and metadata, the
-    node's keys and the messages handler. None when langchain-core is not loaded."""
-    if not loaded() or not isinstance(stream.emit, RunStream):
+    node's keys and the messages handler, which sends to ``run`` (the call stream's own
+    when it is the run's: in the driver). None when langchain-core is not loaded."""
+    if run is None and isinstance(stream.emit, RunStream):
+        run = stream.emit
+    if not loaded() or run is None:
         return None
     from langchain_core.runnables.config import var_child_runnable_config
 
-    run = stream.emit
     for message in _messages_in(arg):
         if message.id is not None:
             run.see(message.id)
-    ns = f"{stream.node}:{uuid.uuid4()}"
+    ns = _task_ns(stream)
     config = run_config()
     metadata = {**_node_metadata(stream, ns), "checkpoint_ns": ns}
     tags = list(config.get("tags") or [])
@@ -105,7 +133,7 @@ def node_output(run: RunStream, stream: CallStream, update: Any) -> None:
     fresh = [m for m in _messages_in(update) if m.id is None or run.see(m.id)]
     if not fresh:
         return
-    metadata = _node_metadata(stream, f"{stream.node}:{uuid.uuid4()}")
+    metadata = _node_metadata(stream, _task_ns(stream))
     metadata["ls_integration"] = "langgraph"
     for message in fresh:
         run("messages", (message, dict(metadata)))
@@ -175,4 +203,12 @@ def _handler_class() -> type:
     return MessagesHandler
 
 
-__all__ = ["install", "loaded", "node_output", "run_config", "uninstall", "wanted"]
+__all__ = [
+    "available",
+    "install",
+    "loaded",
+    "node_output",
+    "run_config",
+    "uninstall",
+    "wanted",
+]

@@ -276,6 +276,10 @@ async def chunks_of(
     error, if any. Closing the iterator early cancels the run."""
     queue: asyncio.Queue[tuple[str, Any] | None] = asyncio.Queue()
     wanted = frozenset(modes)
+    if "messages" in wanted:  # LangChain's chat models stream tokens: import it off the loop
+        from .lcmessages import available
+
+        await asyncio.to_thread(available)
 
     tasks = "tasks" in wanted
 
