@@ -33,6 +33,7 @@ from typing import Any
 
 from .context import current
 from .streaming import CallStream, RunStream, streaming_modes, task_id
+from .streaming import langchain_available as available
 
 
 def run_config() -> Mapping[str, Any]:
@@ -44,20 +45,6 @@ def run_config() -> Mapping[str, Any]:
 def loaded() -> bool:
     """Whether langchain-core is imported in this process (nothing to bridge if not)."""
     return "langchain_core" in sys.modules
-
-
-@functools.cache
-def available() -> bool:
-    """Whether langchain-core can be used here: imported now if it is installed. Asked only
-    for a call of a run streaming ``messages``: a node may import its chat model's package
-    inside its body, after the call's handler must be in place."""
-    if loaded():
-        return True
-    try:
-        import langchain_core.runnables.config  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def wanted() -> bool:

@@ -31,7 +31,9 @@ import contextlib
 import contextvars
 import dataclasses
 import datetime
+import functools
 import queue
+import sys
 import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
@@ -192,6 +194,20 @@ def reset_stream(token: contextvars.Token[Any]) -> None:
     _stream.reset(token)
 
 
+@functools.cache
+def langchain_available() -> bool:
+    """Whether langchain-core can be used here: imported now if it is installed. Asked only
+    by runs streaming ``messages`` (``engine.lcmessages``): a node may import its chat
+    model's package inside its body, after the call's handler must be in place."""
+    if "langchain_core" in sys.modules:
+        return True
+    try:
+        import langchain_core.runnables.config  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def streaming_modes() -> frozenset[str]:
     """The stream modes of the run in this context (empty when nobody streams it)."""
     return _modes.get()
@@ -277,9 +293,7 @@ async def chunks_of(
     queue: asyncio.Queue[tuple[str, Any] | None] = asyncio.Queue()
     wanted = frozenset(modes)
     if "messages" in wanted:  # LangChain's chat models stream tokens: import it off the loop
-        from .lcmessages import available
-
-        await asyncio.to_thread(available)
+        await asyncio.to_thread(langchain_available)
 
     tasks = "tasks" in wanted
 
@@ -371,6 +385,7 @@ __all__ = [
     "get_message_writer",
     "get_stream_writer",
     "iterate_sync",
+    "langchain_available",
     "message_chunk",
     "now",
     "parse_modes",
