@@ -5,11 +5,22 @@ from __future__ import annotations
 
 import itertools
 import operator
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
+import pytest
+
 from engine import END, START, Graph
-from engine.checkpoint import InMemorySaver
+from engine.checkpoint import (
+    InMemorySaver,
+    MemoryCheckpointer,
+    PostgresCheckpointer,
+    SqliteCheckpointer,
+)
 from engine.langgraph import StateGraph
+from tests.conftest import postgres_dsn
 
 
 class S(TypedDict):
@@ -69,12 +80,28 @@ def test_debug_shows_checkpoints_only_when_the_run_saves_them() -> None:
     assert {c["type"] for _, c in unsaved} == {"task", "task_result"}
 
 
-async def test_the_engines_own_graph_streams_checkpoints() -> None:
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def store(request: Any, tmp_path: Path) -> AsyncIterator[Any]:
+    if request.param == "memory":
+        yield MemoryCheckpointer()
+        return
+    if request.param == "sqlite":
+        cp: Any = SqliteCheckpointer(tmp_path / "cp.db")
+    else:
+        cp = PostgresCheckpointer(postgres_dsn(), pool_size=2)
+    yield cp
+    await cp.aclose()
+
+
+async def test_the_engines_own_graph_streams_checkpoints_from_every_store(store: Any) -> None:
     g = Graph(S)
     g.add_node("plan", plan)
     g.add_edge(START, "plan")
     g.add_edge("plan", END)
-    app = g.compile(InMemorySaver())
-    chunks = [c async for c in app.astream(INPUT, thread_id="t3", stream_mode="checkpoints")]
+    app = g.compile(store)
+    thread = f"t-{uuid.uuid4().hex[:8]}"
+    chunks = [c async for c in app.astream(INPUT, thread_id=thread, stream_mode="checkpoints")]
     assert [c["metadata"]["step"] for c in chunks] == [-1, 0, 1]
     assert chunks[-1]["values"]["steps"] == ["plan"]
+    history = await app.aget_state_history(thread)
+    assert [c["config"] for c in reversed(chunks)] == [h.config for h in history]
