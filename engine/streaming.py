@@ -92,7 +92,7 @@ class CallStream:
     def metadata(self) -> dict[str, Any]:
         """LangGraph's ``messages`` metadata for this call (its step counts from 1)."""
         pushed = self.index >= 0
-        path = ("__pregel_push", self.index) if pushed else ("__pregel_pull", self.node)
+        path = ("__pregel_push", self.index, False) if pushed else ("__pregel_pull", self.node)
         return {
             "langgraph_step": self.step + 1,
             "langgraph_node": self.node,

@@ -135,6 +135,7 @@ def work(state: F) -> dict[str, Any]:
                 "item": state["items"][0],
                 "ns": config["configurable"]["checkpoint_ns"],
                 "triggers": meta["langgraph_triggers"],
+                "path": meta["langgraph_path"],
                 "step": meta["langgraph_step"],
                 "pid": os.getpid(),
             }
@@ -152,6 +153,7 @@ def test_each_send_task_gets_its_own_checkpoint_ns_from_get_config(lane: str) ->
     seen = sorted(out["seen"], key=lambda s: s["item"])
     assert [s["item"] for s in seen] == [1, 2, 3]
     assert {s["triggers"] for s in seen} == {("__pregel_push",)}
+    assert sorted(s["path"] for s in seen) == [("__pregel_push", i, False) for i in range(3)]
     assert {s["step"] for s in seen} == {1}
     assert len({s["ns"] for s in seen}) == 3 and all(s["ns"].startswith("work:") for s in seen)
     assert ({s["pid"] for s in seen} != {os.getpid()}) == (lane == "cpu")
