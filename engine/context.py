@@ -256,6 +256,24 @@ def call_with(fn: Callable[..., Any], names: tuple[str, ...], *args: Any) -> Any
     return fn(*args, **_extras(names))
 
 
+def call_router(
+    fn: Callable[..., Any], names: tuple[str, ...], node: str, step: int, *args: Any
+) -> Any:
+    """A router of the edges out of ``node`` (which ran in ``step``), called as ``call_with``
+    does; in an ``engine.langgraph`` run, one that reads its config sees ``node``'s task's,
+    as LangGraph runs a router inside its node's task."""
+    ctx = _current.get()
+    if ctx is None or not ctx.langgraph or not asks_for_config(fn, names):
+        return fn(*args, **_extras(names))
+    from .streaming import CallStream, drop_chunk, reset_stream, set_stream
+
+    token = set_stream(CallStream(drop_chunk, node, step))
+    try:
+        return fn(*args, **_extras(names))
+    finally:
+        reset_stream(token)
+
+
 async def acall_with(fn: Callable[..., Any], names: tuple[str, ...], *args: Any) -> Any:
     return await fn(*args, **_extras(names))
 
@@ -276,6 +294,7 @@ __all__ = [
     "Runtime",
     "adapt",
     "asks_for_config",
+    "call_router",
     "current",
     "enter",
     "from_wire",

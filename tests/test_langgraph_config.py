@@ -193,3 +193,31 @@ def test_get_stream_writer_outside_a_run_raises_and_inside_an_unstreamed_run_dro
         b.add_edge(START, "writes")
         b.add_edge("writes", END)
         assert b.compile().invoke({"seen": []}) == {"seen": [{"wrote": True}]}
+
+
+class R(TypedDict):
+    ns: str
+
+
+def source(state: R, config: dict[str, Any]) -> dict[str, Any]:
+    return {"ns": config["configurable"]["checkpoint_ns"]}
+
+
+def test_a_router_reading_its_config_sees_its_nodes_task() -> None:
+    """As LangGraph runs a router inside the task of the node it follows."""
+    seen: list[dict[str, Any]] = []
+
+    def route(state: R, config: dict[str, Any]) -> str:
+        seen.append(config)
+        return END
+
+    b = StateGraph(R)
+    b.add_node("source", source)
+    b.add_edge(START, "source")
+    b.add_conditional_edges("source", route, [END])
+    out = b.compile().invoke({"ns": ""}, {"tags": ["x"]})
+    (config,) = seen
+    assert config["configurable"]["checkpoint_ns"] == out["ns"]
+    assert config["metadata"]["langgraph_node"] == "source"
+    assert config["metadata"]["langgraph_step"] == 1
+    assert config["tags"] == ["x"]
