@@ -40,9 +40,17 @@ from .profile import MeasuredPolicy, Profile, redecide
 from .recorder import EventSink, Recorder
 from .resources import Budgets, SystemClock
 from .running import run_sync
+from .savedchunks import announcing
 from .saving import RunCursor, RunSaver
 from .scheduler import RunResult, Scheduler
-from .streaming import ChunkSink, chunks_of, iterate_sync, parse_modes, shape_debug
+from .streaming import (
+    ChunkSink,
+    chunks_of,
+    iterate_sync,
+    parse_modes,
+    shape_debug,
+    streaming_modes,
+)
 from .threads import (
     NO_RESUME,
     StateSnapshot,
@@ -362,8 +370,9 @@ class CompiledGraph(Generic[S]):
             for name, node in self.plan.nodes.items():
                 budgets.check_node(name, node.spec.resources)
         plan, policy = self._plan_for_run()
-        run_context = self._run_context(plan, opts)  # TypeError here, before anything starts
         run_id = uuid.uuid4().hex[:12]
+        run_context = self._run_context(plan, opts, run_id)  # TypeError here, before anything
+
         mode = opts.mode
         sinks = _Sinks([opts.on_event] if opts.on_event else [])
         watchdog = None
@@ -407,6 +416,7 @@ class CompiledGraph(Generic[S]):
             routes=self._routes_for(plan, mode, watchdog is not None) if budgets is None else None,
         )
         saver = RunSaver(plan, self.checkpointer, thread_id=thread_id, run_id=run_id)
+        saver.checkpointer = announcing(saver, opts.on_chunk, streaming_modes())
         scheduler = Scheduler(
             plan,
             dispatcher,
@@ -458,13 +468,14 @@ class CompiledGraph(Generic[S]):
         # Raised outside the handler: the node's exception keeps its own chain.
         raise own
 
-    def _run_context(self, plan: Plan, opts: RunOptions) -> RunContext:
+    def _run_context(self, plan: Plan, opts: RunOptions, run_id: str) -> RunContext:
         """The run's config and context, checked to pickle when a worker may need them."""
         context = opts.context
         cls = plan.context_schema
         if isinstance(context, Mapping) and isinstance(cls, type) and not issubclass(cls, dict):
             context = cls(**context)
-        ctx = RunContext(opts.node_config(), context)
+        langgraph = plan.schema.conventions == "langgraph"
+        ctx = RunContext.of(opts, context, run_id=run_id, langgraph=langgraph)
         if opts.mode == "parallel" and any(n.lane == "cpu" for n in plan.nodes.values()):
             ctx.wire()  # TypeError, before anything runs, when it cannot reach a worker
         return ctx

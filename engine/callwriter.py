@@ -13,8 +13,8 @@ import contextvars
 import sys
 from typing import Any
 
-from .lcmessages import install, uninstall
-from .streaming import CallStream, ChunkSink, _modes, _stream
+from .lcmessages import available, install, uninstall
+from .streaming import CallStream, ChunkSink, _modes, _stream, drop_chunk
 
 
 class _Installed:
@@ -29,12 +29,14 @@ def set_writer(
     emit: ChunkSink | None, node: str = "", step: int = 0, index: int = -1, arg: Any = None
 ) -> _Installed:
     """Set the stream of a call in this process: the dispatcher, around one call (``arg``,
-    its input: the messages in it are not streamed again when the node returns them)."""
+    its input: the messages in it are not streamed again when the node returns them).
+    ``emit`` None: a run nobody streams; the stream only says which call runs (for a node
+    that asks for its config)."""
     if emit is None:
-        return _Installed(_stream.set(None), None)
+        return _Installed(_stream.set(CallStream(drop_chunk, node, step, index)), None)
     stream = CallStream(emit, node, step, index)
     langchain = None
-    if "messages" in _modes.get() and "langchain_core" in sys.modules:
+    if "messages" in _modes.get() and ("langchain_core" in sys.modules or available()):
         # A chat model in the node streams its tokens, as under LangGraph's messages mode.
         langchain = install(stream, arg)
     return _Installed(_stream.set(stream), langchain)

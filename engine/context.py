@@ -13,6 +13,15 @@ node through ``adapt``, which passes them from the run's ``RunContext``:
   ``lanes.worker.run_calls`` sets the variable around the calls.
 
 ``get_config()`` and ``get_runtime()`` read it from anywhere inside a call.
+
+A run of an app built by ``engine.langgraph`` (``RunContext.langgraph``)
+gives nodes LangGraph's config instead: the config as given (without
+``run_name``), and, per call, the task's own keys (``checkpoint_ns``,
+``langgraph_step``/``langgraph_node``/``langgraph_triggers``/
+``langgraph_path``/``langgraph_checkpoint_ns`` metadata, ``callbacks``).
+They are computed when a node asks (its signature takes ``config``, or it
+calls ``get_config()``), from the call stream the dispatcher (or the cpu
+worker) sets around the call of a node that may ask: nothing for the others.
 Imported by worker processes: it imports nothing of the engine at module level.
 """
 
@@ -52,10 +61,14 @@ class RunContext:
     (``for_call``): ``answers`` are its answers so far, in the order its
     ``interrupt()`` calls asked; ``asked`` counts the calls it made (fresh
     for every call: a worker rebuilds it from the wire for each request).
+    ``run_id`` names the run's tasks (``streaming.task_id``); ``langgraph``: the
+    config nodes see is LangGraph's, with each task's own keys added per call.
     """
 
     config: Mapping[str, Any]
     context: Any = None
+    run_id: str = ""
+    langgraph: bool = False
     _wire: list[bytes] = dataclasses.field(default_factory=list, compare=False, repr=False)
     #: The step's answers per interrupted task ((node, Send index) -> answers), set by the
     #: scheduler for a resumed step; ``for_call`` hands a call its own.
@@ -65,11 +78,22 @@ class RunContext:
     answers: tuple[Any, ...] = ()
     asked: list[int] = dataclasses.field(default_factory=lambda: [0], compare=False, repr=False)
 
+    @classmethod
+    def of(
+        cls, opts: Any, context: Any, *, run_id: str = "", langgraph: bool = False
+    ) -> RunContext:
+        """The context of a run of ``opts`` (a ``RunOptions``): the engine's node config,
+        or, for an ``engine.langgraph`` app, LangGraph's run-wide part of it."""
+        if not langgraph:
+            return cls(opts.node_config(), context, run_id)
+        return cls(langgraph_config(opts.config, opts.thread_id), context, run_id, True)
+
     def wire(self) -> bytes:
         """The context pickled for a worker, once per run; TypeError saying what to fix."""
         if not self._wire:
             try:
-                self._wire.append(_dumps((dict(self.config), self.context, self.answers)))
+                data = (dict(self.config), self.context, self.run_id, self.langgraph, self.answers)
+                self._wire.append(_dumps(data))
             except Exception as exc:
                 raise TypeError(
                     "the run's config or context cannot be pickled for a cpu-lane worker "
@@ -106,8 +130,8 @@ def from_wire(data: bytes) -> RunContext:
 
 @functools.lru_cache(maxsize=8)
 def _from_wire(data: bytes) -> RunContext:
-    config, context, answers = pickle.loads(data)
-    return RunContext(config, context, answers=answers)
+    config, context, run_id, langgraph, answers = pickle.loads(data)
+    return RunContext(config, context, run_id, langgraph, answers=answers)
 
 
 def with_resumes(ctx: RunContext, resumes: Mapping[tuple[str, int], tuple[Any, ...]]) -> RunContext:
@@ -160,7 +184,7 @@ def get_config() -> dict[str, Any]:
     ctx = _current.get()
     if ctx is None:
         raise RuntimeError("get_config() called outside of a run of a graph")
-    return dict(ctx.config)
+    return node_config(ctx)
 
 
 def get_runtime() -> Runtime[Any]:
@@ -175,6 +199,80 @@ def _runtime(ctx: RunContext | None) -> Runtime[Any]:
     from .streaming import get_stream_writer
 
     return Runtime(context=None if ctx is None else ctx.context, stream_writer=get_stream_writer())
+
+
+#: Keys of a given config LangGraph does not pass on to its nodes.
+_NOT_PASSED = ("run_name", "run_id")
+
+
+def langgraph_config(given: Mapping[str, Any] | None, thread_id: str | None) -> dict[str, Any]:
+    """The run-wide part of the config LangGraph gives a node: the config as given (no
+    defaults added; no ``run_name``), its ``configurable`` and ``metadata`` always there,
+    the run's thread in both."""
+    config = {k: v for k, v in (given or {}).items() if k not in _NOT_PASSED}
+    configurable = dict(config.get("configurable") or {})
+    metadata = dict(config.get("metadata") or {})
+    if thread_id is not None:
+        configurable["thread_id"] = thread_id
+        metadata.setdefault("thread_id", thread_id)
+    config["configurable"] = configurable
+    config["metadata"] = metadata
+    return config
+
+
+def node_config(ctx: RunContext) -> dict[str, Any]:
+    """The config the node call running now sees: the run's; for an ``engine.langgraph``
+    app in a call that knows its task (see the module's docstring), with the task's keys."""
+    if not ctx.langgraph:
+        return dict(ctx.config)
+    from .streaming import current_stream
+
+    stream = current_stream()
+    if stream is None or not stream.node:
+        return dict(ctx.config)
+    return task_config(ctx, stream.node, stream.step, stream.index, stream.metadata())
+
+
+def task_config(
+    ctx: RunContext, node: str, step: int, index: int, metadata: Mapping[str, Any]
+) -> dict[str, Any]:
+    """LangGraph's config of one task: the run's, its ``checkpoint_ns`` (``node:task id``,
+    the id its ``debug``/``tasks`` chunks carry) and its ``langgraph_*`` metadata
+    (``metadata``, the call stream's), and ``callbacks`` (LangChain's, None here: a chat
+    model given this config keeps the handlers the call installed)."""
+    from .streaming import task_id
+
+    ns = f"{node}:{task_id(ctx.run_id, step, node, index)}"
+    config = dict(ctx.config)
+    config["configurable"] = {**config["configurable"], "checkpoint_ns": ns, "checkpoint_id": None}
+    config["metadata"] = {**config["metadata"], **metadata, "langgraph_checkpoint_ns": ns}
+    config["callbacks"] = None
+    return config
+
+
+def asks_for_config(fn: Callable[..., Any], takes: tuple[str, ...]) -> bool:
+    """Whether a node may read its task's config: it takes ``config``, or its code calls
+    ``get_config`` (read once, when a run's routes are planned; a helper it calls that
+    does is not seen: that call gets the run-wide config)."""
+    return "config" in takes or _mentions(fn, "get_config")
+
+
+def _mentions(fn: Any, name: str) -> bool:
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    fn = getattr(fn, "__func__", fn)
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        code = getattr(vars(type(fn)).get("__call__"), "__code__", None)
+    return code is not None and _code_mentions(code, name)
+
+
+def _code_mentions(code: Any, name: str) -> bool:
+    if name in code.co_names:
+        return True
+    return any(
+        _code_mentions(const, name) for const in code.co_consts if hasattr(const, "co_names")
+    )
 
 
 def wants(fn: Callable[..., Any]) -> tuple[str, ...]:
@@ -192,7 +290,7 @@ def _extras(names: tuple[str, ...]) -> dict[str, Any]:
         return out
     ctx = _current.get()
     if "config" in names:
-        out["config"] = dict(ctx.config) if ctx is not None else {}
+        out["config"] = node_config(ctx) if ctx is not None else {}
     if "runtime" in names:
         out["runtime"] = _runtime(ctx)
     return out
@@ -201,6 +299,24 @@ def _extras(names: tuple[str, ...]) -> dict[str, Any]:
 def call_with(fn: Callable[..., Any], names: tuple[str, ...], *args: Any) -> Any:
     """``fn(*args, config=..., runtime=...)``: the extras ``names`` asks for, from the run."""
     return fn(*args, **_extras(names))
+
+
+def call_router(
+    fn: Callable[..., Any], names: tuple[str, ...], node: str, step: int, *args: Any
+) -> Any:
+    """A router of the edges out of ``node`` (which ran in ``step``), called as ``call_with``
+    does; in an ``engine.langgraph`` run, one that reads its config sees ``node``'s task's,
+    as LangGraph runs a router inside its node's task."""
+    ctx = _current.get()
+    if ctx is None or not ctx.langgraph or not asks_for_config(fn, names):
+        return fn(*args, **_extras(names))
+    from .streaming import CallStream, drop_chunk, reset_stream, set_stream
+
+    token = set_stream(CallStream(drop_chunk, node, step))
+    try:
+        return fn(*args, **_extras(names))
+    finally:
+        reset_stream(token)
 
 
 async def acall_with(fn: Callable[..., Any], names: tuple[str, ...], *args: Any) -> Any:
@@ -222,14 +338,19 @@ __all__ = [
     "RunContext",
     "Runtime",
     "adapt",
+    "asks_for_config",
+    "call_router",
     "current",
     "enter",
     "for_call",
     "from_wire",
     "get_config",
     "get_runtime",
+    "langgraph_config",
     "leave",
+    "node_config",
     "resumed",
+    "task_config",
     "wants",
     "with_resumes",
 ]

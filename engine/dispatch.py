@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .cache import cache_key, dump_value, load_value
 from .callwriter import reset_writer, set_writer
-from .context import adapt, for_call, leave, resumed
+from .context import adapt, asks_for_config, for_call, leave, resumed
 from .lanes import Lanes, Mode
 from .lanes.batching import ChunkPlan, chunk_plan
 from .lanes.calls import (
@@ -56,6 +56,7 @@ from .lanes.calls import (
     WorkerLost,
     lost,
 )
+from .lanes.channel import StreamInfo
 from .lanes.cpu import pickled
 from .lanes.failures import CallRefused, PayloadError, WorkerDied, describe_exit, is_worker_crash
 from .lanes.loop import run_coroutine, run_here, run_on_thread
@@ -118,6 +119,9 @@ class Route:
     batchable: bool
     #: Its results are kept by a key of its input (``engine.cache``), when the app has a cache.
     cache_policy: CachePolicy | None = None
+    #: Its calls say which task they are even when nobody streams the run: the node reads
+    #: LangGraph's per-task config (``engine.context.node_config``).
+    named: bool = False
 
 
 def plan_routes(
@@ -130,6 +134,7 @@ def plan_routes(
     without budgets (a budget makes them run-specific).
     """
     cpu_capped = budgets is not None and budgets.lane_limit("cpu") is not None
+    langgraph = plan.schema.conventions == "langgraph"
     routes = {}
     for name, node in plan.nodes.items():
         spec = node.spec
@@ -157,6 +162,7 @@ def plan_routes(
                 and spec.cache_policy is None
             ),
             cache_policy=spec.cache_policy,
+            named=langgraph and asks_for_config(spec.fn, spec.takes),
         )
     return routes
 
@@ -300,7 +306,7 @@ class Dispatcher:
         # A resumed call's answers to its interrupt() (engine.interrupts): None otherwise.
         resumed = for_call(call.task.node, call.task.index)
         try:
-            if self._writer is None or route.placement is Placement.PROCESS:
+            if route.placement is Placement.PROCESS or (self._writer is None and not route.named):
                 return await self._placed(call, route, arg)
             # get_stream_writer() in the node finds it
             token = set_writer(self._writer, call.task.node, call.step, call.task.index, arg)
@@ -311,6 +317,16 @@ class Dispatcher:
         finally:
             if resumed is not None:
                 leave(resumed)
+
+    def _stream_info(
+        self, route: Route, step: int, index: int = -1, indexes: tuple[int, ...] = ()
+    ) -> StreamInfo | None:
+        """What a cpu-lane call sends its worker to stream, or, nobody streaming, to say
+        which task it is (a node reading LangGraph's per-task config)."""
+        info = self.recorder.stream_info(route.node, step, index, indexes)
+        if info is None and route.named:
+            return StreamInfo.unstreamed(route.node, step, index, indexes)
+        return info
 
     async def _placed(self, call: Call, route: Route, arg: Any) -> Outcome:
         started = time.time()
@@ -331,7 +347,7 @@ class Dispatcher:
                 finally:
                     watchdog.leave(key)
             if where is Placement.PROCESS:
-                stream = self.recorder.stream_info(call.task.node, call.step, call.task.index)
+                stream = self._stream_info(route, call.step, call.task.index)
                 return await lanes.cpu.run(
                     call, route.fn, arg, timeout=route.timeout, init=route.init,
                     memory=route.memory, stream=stream,
@@ -439,8 +455,8 @@ class Dispatcher:
                     route.fn,
                     init=route.init,
                     memory=route.memory,
-                    stream=self.recorder.stream_info(
-                        route.node, step, indexes=tuple(c.task.index for c in calls)
+                    stream=self._stream_info(
+                        route, step, indexes=tuple(c.task.index for c in calls)
                     ),
                 )
                 if calls
@@ -479,7 +495,7 @@ class Dispatcher:
         try:
             (out,) = await self.lanes.cpu.run_chunk(
                 [call], [blob], route.fn, init=route.init, memory=route.memory,
-                stream=self.recorder.stream_info(route.node, call.step, call.task.index),
+                stream=self._stream_info(route, call.step, call.task.index),
             )  # fmt: skip
         except Exception as exc:
             failure = _failure(exc, route)

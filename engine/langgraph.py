@@ -21,11 +21,12 @@ own. What differs from ``engine.Graph``:
   engine's details (node, step, lane, attempt, the worker's traceback) as
   exception notes; the recursion limit is LangGraph's (``GraphRecursionError``
   past ``config["recursion_limit"]``, default 10,007).
-- **config and runtime**: a node taking ``config`` gets the run's config
-  (``configurable``, ``thread_id``, ``recursion_limit``, ``tags``,
-  ``metadata``, ``run_name``); one taking ``runtime`` a ``Runtime`` whose
-  ``context`` is ``invoke(..., context=...)``. Nodes on the driver's lanes
-  only: a cpu-lane node gets neither (see docs/migrating.md).
+- **config and runtime**: the engine's own (``engine.context``), on every
+  lane, cpu workers included: a node taking ``config`` (or calling
+  ``get_config()``) gets LangGraph's config, the one given with the task's
+  own keys (``checkpoint_ns``, ``langgraph_step``/``langgraph_node``...
+  metadata); one taking ``runtime`` (or calling ``get_runtime()``) a
+  ``Runtime`` whose ``context`` is ``invoke(..., context=...)``.
 
 - **Interrupts**: ``interrupt(value)`` in a node (every lane) stops the run
   with ``"__interrupt__"`` in its output; ``invoke(Command(resume=...),
@@ -39,10 +40,8 @@ Names whose feature the engine does not have yet raise
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import dataclasses
-import functools
-import inspect
+import datetime
 from collections.abc import (
     AsyncIterator,
     Awaitable,
@@ -65,12 +64,13 @@ from .checkpoint.savers import (
     SqliteSaver,
 )
 from .classify import is_coroutine_function
+from .context import Runtime, current, get_config, get_runtime
 from .drawing import Drawing
-from .errors import InvalidUpdateError, NodeError, NodeTimeoutError, RecursionLimitError
+from .errors import InvalidUpdateError, NodeError, RecursionLimitError
+from .errors import NodeTimeoutError as EngineTimeoutError
 from .graph import Graph, node_input_schema
 from .interrupts import interrupt as _interrupt
 from .interrupts import shown_values
-from .lcmessages import run_config
 from .lgtypes import (
     All,
     Durability,
@@ -80,11 +80,13 @@ from .lgtypes import (
     GraphOutput,
     Interrupt,
     NodeInterrupt,
+    NodeTimeoutError,
     Overwrite,
     ParentCommand,
     RunnableConfig,
     StreamMode,
     StreamWriter,
+    TimeoutPolicy,
     get_store,
     stream_part,
 )
@@ -101,7 +103,6 @@ from .streaming import (
     iterate_sync,
     parse_modes,
     shape_debug,
-    write_custom,
 )
 from .streaming import get_stream_writer as engine_stream_writer
 
@@ -115,87 +116,15 @@ class GraphRecursionError(RecursionLimitError):
     """The run took more steps than ``config["recursion_limit"]`` (a ``RecursionError``)."""
 
 
-# The config and runtime of the run a node call belongs to (driver lanes).
-_config: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
-    "engine_langgraph_config", default=None
-)
-_runtime: contextvars.ContextVar[Runtime[Any] | None] = contextvars.ContextVar(
-    "engine_langgraph_runtime", default=None
-)
-
-
-@dataclasses.dataclass(frozen=True)
-class Runtime(Generic[S]):
-    """What a node taking ``runtime`` gets: the run's ``context`` and its stream writer."""
-
-    context: Any = None
-    stream_writer: Callable[[Any], None] = write_custom
-    store: Any = None
-    previous: Any = None
-
-
 def get_stream_writer() -> Callable[[Any], None]:
-    """The running node's ``custom`` chunk writer (it drops what it is given when the run
-    is not streamed); ``RuntimeError`` outside a run, as LangGraph's."""
-    if current_stream() is None and _config.get() is None:
+    """The running node's ``custom`` chunk writer, on every lane (it drops what it is
+    given when the run is not streamed); ``RuntimeError`` outside a run, as LangGraph's."""
+    if current_stream() is None and current() is None:
         raise RuntimeError("get_stream_writer() called outside of a run of a graph")
     return engine_stream_writer()
 
 
-def get_config() -> dict[str, Any]:
-    """The config of the run the calling node belongs to."""
-    config = _config.get()
-    if config is None:
-        raise RuntimeError("get_config() called outside of a run of a graph")
-    return config
-
-
-def get_runtime() -> Runtime[Any]:
-    """The runtime of the run the calling node belongs to."""
-    runtime = _runtime.get()
-    if runtime is None:
-        raise RuntimeError("get_runtime() called outside of a run of a graph")
-    return runtime
-
-
 interrupt = _interrupt
-
-
-# -- calling nodes the way their signatures ask ------------------------------------------
-
-
-def _wants(fn: Callable[..., Any]) -> tuple[bool, bool]:
-    """Whether ``fn`` takes ``config`` and ``runtime`` (LangGraph's node signatures)."""
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False, False
-    return "config" in params, "runtime" in params
-
-
-def _extras(config: bool, runtime: bool) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if config:
-        out["config"] = _config.get() or {}
-    if runtime:
-        out["runtime"] = _runtime.get() or Runtime()
-    return out
-
-
-def _call(fn: Callable[..., Any], config: bool, runtime: bool, state: Any) -> Any:
-    return fn(state, **_extras(config, runtime))
-
-
-async def _acall(fn: Callable[..., Any], config: bool, runtime: bool, state: Any) -> Any:
-    return await fn(state, **_extras(config, runtime))
-
-
-def _adapt(fn: Callable[..., Any]) -> Callable[..., Any]:
-    config, runtime = _wants(fn)
-    if not (config or runtime):
-        return fn
-    call = _acall if is_coroutine_function(fn) else _call
-    return functools.partial(call, fn, config, runtime)
 
 
 # -- the builder --------------------------------------------------------------------------
@@ -217,7 +146,7 @@ class StateGraph(Generic[S]):
         self.input_schema = input_schema
         self.output_schema = output_schema
         self._node_inputs: dict[str, type] = {}
-        self._graph: Graph[S] = Graph(state_schema)
+        self._graph: Graph[S] = Graph(state_schema, context_schema=context_schema)
         self._graph.schema = self._schema()
 
     def _schema(self) -> StateSchema:
@@ -245,9 +174,16 @@ class StateGraph(Generic[S]):
         input_schema: type | None = None,
         destinations: Any = None,
         defer: bool = False,
+        timeout: float | datetime.timedelta | TimeoutPolicy | None = None,
+        error_handler: Callable[..., Any] | None = None,
         **engine_options: Any,
     ) -> StateGraph[S]:
-        """``add_node(name, fn)`` or ``add_node(fn)``; ``lane="cpu"`` runs it in a worker."""
+        """``add_node(name, fn)`` or ``add_node(fn)``; ``lane="cpu"`` runs it in a worker.
+
+        ``timeout=`` (seconds, a ``timedelta`` or a ``TimeoutPolicy``'s ``run_timeout``):
+        as LangGraph, for ``async def`` nodes (cancelled past it, ``NodeTimeoutError``);
+        the engine also stops a sync node given ``lane="cpu"`` (its worker is killed).
+        """
         if action is None:
             if not callable(node):
                 raise ValueError(f"add_node({node!r}) needs a function")
@@ -258,6 +194,20 @@ class StateGraph(Generic[S]):
             raise NotImplementedError(
                 f"add_node({name!r}, defer=True) is not supported by engine.langgraph yet"
             )
+        if error_handler is not None:
+            raise NotImplementedError(
+                f"add_node({name!r}, error_handler=...) is not supported by engine.langgraph "
+                "yet; catch the error in the node and return the fallback update instead"
+            )
+        seconds = _timeout_seconds(name, timeout)
+        if seconds is not None and lane != "cpu" and not is_coroutine_function(action):
+            raise ValueError(
+                f"add_node({name!r}, timeout=...): node {name!r} is sync, and a sync call "
+                "cannot be stopped in its thread; make it async def, or run it in a worker "
+                "process with lane='cpu' (killed past its timeout)"
+            )
+        if seconds is not None:
+            engine_options["timeout"] = seconds
         declared = input_schema if input_schema is not None else node_input_schema(action)
         if declared is not None and declared is not self.state_schema:
             self._node_inputs[name] = declared
@@ -266,7 +216,7 @@ class StateGraph(Generic[S]):
             lane = "io" if is_coroutine_function(action) else "thread"
         self._graph.add_node(
             name,
-            _adapt(action),
+            action,
             lane=lane,
             retry=retry_policy,
             cache_policy=cache_policy,
@@ -284,7 +234,7 @@ class StateGraph(Generic[S]):
         path: Callable[..., Any],
         path_map: Mapping[Hashable, str] | Sequence[str] | None = None,
     ) -> StateGraph[S]:
-        self._graph.add_conditional_edges(source, _adapt(path), path_map)
+        self._graph.add_conditional_edges(source, path, path_map)
         return self
 
     def add_sequence(
@@ -358,7 +308,7 @@ def _with_breakpoints(opts: RunOptions, kwargs: Mapping[str, Any]) -> RunOptions
 def _auto(graph: Graph[S]) -> Graph[S]:
     """A copy of ``graph`` whose sync nodes on the default thread lane are left to the
     engine's measured lane policy."""
-    auto: Graph[S] = Graph(graph.state)
+    auto: Graph[S] = Graph(graph.state, context_schema=graph.context_schema)
     auto.schema = graph.schema
     auto.edges = list(graph.edges)
     auto.branches = list(graph.branches)
@@ -366,6 +316,22 @@ def _auto(graph: Graph[S]) -> Graph[S]:
         lane = None if spec.lane == "thread" else spec.lane
         auto.nodes[name] = dataclasses.replace(spec, lane=lane)
     return auto
+
+
+def _timeout_seconds(
+    name: str, timeout: float | datetime.timedelta | TimeoutPolicy | None
+) -> float | None:
+    """``add_node``'s ``timeout=`` as seconds (None: none)."""
+    if isinstance(timeout, TimeoutPolicy):
+        if timeout.idle_timeout is not None:
+            raise NotImplementedError(
+                f"add_node({name!r}, timeout=TimeoutPolicy(idle_timeout=...)) is not supported "
+                "by engine.langgraph; give run_timeout= (the call's whole time) instead"
+            )
+        timeout = timeout.run_timeout
+    if isinstance(timeout, datetime.timedelta):
+        return timeout.total_seconds()
+    return None if timeout is None else float(timeout)
 
 
 # -- the compiled graph -------------------------------------------------------------------
@@ -392,34 +358,15 @@ class CompiledStateGraph(Generic[S]):
         return self.app.checkpointer
 
     def _options(self, config: Mapping[str, Any] | None, context: Any) -> RunOptions:
+        """The run's options: the config and context nodes see travel in them (the
+        engine's own mechanism, ``engine.context``: every lane, cpu workers included)."""
         config = dict(config or {})
         configurable = dict(config.get("configurable") or {})
-        limit = int(config.get("recursion_limit", DEFAULT_RECURSION_LIMIT))
         if self.app.checkpointer is not None and configurable.get("thread_id") is None:
             raise ValueError(
                 "this graph has a checkpointer: pass config={'configurable': {'thread_id': ...}}"
             )
-        return RunOptions(
-            mode="parallel",
-            thread_id=configurable.get("thread_id"),
-            checkpoint_id=configurable.get("checkpoint_id"),
-            recursion_limit=limit,
-        )
-
-    def _context(self, context: Any) -> Any:
-        """A dict given as the context becomes the ``context_schema`` it describes."""
-        cls = self.builder.context_schema
-        if isinstance(context, Mapping) and isinstance(cls, type) and cls is not dict:
-            return cls(**context)
-        return context
-
-    def _run_config(self, config: Mapping[str, Any] | None) -> dict[str, Any]:
-        run = dict(config or {})
-        run.setdefault("recursion_limit", DEFAULT_RECURSION_LIMIT)
-        run.setdefault("tags", [])
-        run.setdefault("metadata", {})
-        run["configurable"] = dict(run.get("configurable") or {})
-        return run
+        return RunOptions(mode="parallel", config=config, context=context)
 
     def _output(
         self, values: Mapping[str, Any] | None, output_keys: str | Sequence[str] | None = None
@@ -444,13 +391,10 @@ class CompiledStateGraph(Generic[S]):
             ]
             return GraphOutput(chunks) if version == "v2" else chunks
         opts = _with_breakpoints(self._options(config, context), kwargs)
-        _config.set(self._run_config(config))
-        run_config.set(_config.get())  # tags and metadata for chat models' messages
-        _runtime.set(Runtime(context=self._context(context)))
         try:
             result = await self.app.arun(input, opts)
         except (NodeError, RecursionLimitError) as exc:
-            raise _own(exc) from None
+            raise _own(exc, self.app) from None
         output = self._output(result.values, output_keys)
         if version == "v2":
             return GraphOutput(output, result.interrupts)
@@ -505,9 +449,6 @@ class CompiledStateGraph(Generic[S]):
         if version not in ("v1", "v2"):
             raise ValueError(f"unknown version {version!r}: use 'v1' or 'v2'")
         opts = _with_breakpoints(self._options(config, context), kwargs or {})
-        _config.set(self._run_config(config))
-        run_config.set(_config.get())  # tags and metadata for chat models' messages
-        _runtime.set(Runtime(context=self._context(context)))
         modes, pairs = parse_modes(self.stream_mode if stream_mode is None else stream_mode)
         schema = self.app.plan.schema
 
@@ -534,7 +475,7 @@ class CompiledStateGraph(Generic[S]):
                 async for item in chunks_of(run, modes, pairs):
                     yield item
         except (NodeError, RecursionLimitError) as exc:
-            raise _own(exc) from None
+            raise _own(exc, self.app) from None
 
     def astream(
         self,
@@ -634,11 +575,22 @@ class CompiledStateGraph(Generic[S]):
         await self.app.aclear_cache(nodes)
 
 
-def _own(exc: NodeError | RecursionLimitError) -> BaseException:
+def _own(exc: NodeError | RecursionLimitError, app: CompiledGraph[Any]) -> BaseException:
     """The node's own exception, with the engine's details as notes; the NodeError itself
     when the original could not be brought back. A recursion limit: GraphRecursionError."""
     if isinstance(exc, RecursionLimitError):
         return exc if isinstance(exc, GraphRecursionError) else GraphRecursionError(str(exc))
+    if isinstance(exc, EngineTimeoutError):  # LangGraph's class: no builtin TimeoutError
+        return NodeTimeoutError(
+            str(exc),
+            node=exc.node,
+            step=exc.step,
+            lane=exc.lane,
+            attempt=exc.attempt,
+            error_type=exc.error_type,
+            error_message=exc.error_message,
+            timeout=app.plan.nodes[exc.node].spec.timeout if exc.node in app.plan.nodes else None,
+        )
     cause = exc.__cause__
     if cause is None or isinstance(cause, NodeError):
         return exc
@@ -690,6 +642,7 @@ __all__ = [
     "StateGraph",
     "StreamMode",
     "StreamWriter",
+    "TimeoutPolicy",
     "add_messages",
     "get_config",
     "get_runtime",

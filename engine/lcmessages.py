@@ -3,7 +3,9 @@
 ::
 
     dispatcher, around a node call of a run streaming "messages" (driver
-    lanes), when langchain-core is loaded already:
+    lanes), when langchain-core is installed (imported then, once):
+    cpu worker (lanes.channel.worker_stream), around the calls it runs, the same,
+    its handler sending through the run's chunk channel:
       install(stream, arg)   the node's input messages are "seen"; LangChain's
                              runnable config for the call gets a callback handler,
                              the run's tags and metadata, and the node's own keys
@@ -16,8 +18,8 @@
 
 The handler is a streaming handler to LangChain, so a chat model invoked
 inside the node streams its tokens, as under LangGraph's ``messages`` mode.
-Nothing here is imported unless langchain-core is (``sys.modules``): a run
-of an app that does not use it pays one dictionary lookup per call.
+Nothing here imports langchain-core unless a run streams ``messages``: any
+other run pays one dictionary lookup per call.
 """
 
 from __future__ import annotations
@@ -29,12 +31,15 @@ import uuid
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from .streaming import CallStream, RunStream, streaming_modes
+from .context import current
+from .streaming import CallStream, RunStream, streaming_modes, task_id
+from .streaming import langchain_available as available
 
-#: The run's own config (tags, metadata) for nodes: set by engine.langgraph's runs.
-run_config: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar(
-    "engine_run_config", default=None
-)
+
+def run_config() -> Mapping[str, Any]:
+    """The config of the run in this context (its tags and metadata): ``engine.context``'s."""
+    ctx = current()
+    return {} if ctx is None else ctx.config
 
 
 def loaded() -> bool:
@@ -65,24 +70,36 @@ def _messages_in(value: Any) -> Iterator[Any]:
 
 
 def _node_metadata(stream: CallStream, ns: str) -> dict[str, Any]:
-    config = run_config.get() or {}
+    config = run_config()
     user = dict(config.get("metadata") or {})
     return {**user, **stream.metadata(), "langgraph_checkpoint_ns": ns}
 
 
-def install(stream: CallStream, arg: Any) -> contextvars.Token[Any] | None:
+def _task_ns(stream: CallStream) -> str:
+    """The call's ``checkpoint_ns``: the one its config shows (``engine.context``)."""
+    ctx = current()
+    if ctx is None or not ctx.run_id:
+        return f"{stream.node}:{uuid.uuid4()}"
+    return f"{stream.node}:{task_id(ctx.run_id, stream.step, stream.node, stream.index)}"
+
+
+def install(
+    stream: CallStream, arg: Any, run: RunStream | None = None
+) -> contextvars.Token[Any] | None:
     """LangChain's runnable config for one node call: the run's tags and metadata, the
-    node's keys and the messages handler. None when langchain-core is not loaded."""
-    if not loaded() or not isinstance(stream.emit, RunStream):
+    node's keys and the messages handler, which sends to ``run`` (the call stream's own
+    when it is the run's: in the driver). None when langchain-core is not loaded."""
+    if run is None and isinstance(stream.emit, RunStream):
+        run = stream.emit
+    if not loaded() or run is None:
         return None
     from langchain_core.runnables.config import var_child_runnable_config
 
-    run = stream.emit
     for message in _messages_in(arg):
         if message.id is not None:
             run.see(message.id)
-    ns = f"{stream.node}:{uuid.uuid4()}"
-    config = run_config.get() or {}
+    ns = _task_ns(stream)
+    config = run_config()
     metadata = {**_node_metadata(stream, ns), "checkpoint_ns": ns}
     tags = list(config.get("tags") or [])
     handler = _handler_class()(run, tags)
@@ -103,7 +120,7 @@ def node_output(run: RunStream, stream: CallStream, update: Any) -> None:
     fresh = [m for m in _messages_in(update) if m.id is None or run.see(m.id)]
     if not fresh:
         return
-    metadata = _node_metadata(stream, f"{stream.node}:{uuid.uuid4()}")
+    metadata = _node_metadata(stream, _task_ns(stream))
     metadata["ls_integration"] = "langgraph"
     for message in fresh:
         run("messages", (message, dict(metadata)))
@@ -173,4 +190,12 @@ def _handler_class() -> type:
     return MessagesHandler
 
 
-__all__ = ["install", "loaded", "node_output", "run_config", "uninstall", "wanted"]
+__all__ = [
+    "available",
+    "install",
+    "loaded",
+    "node_output",
+    "run_config",
+    "uninstall",
+    "wanted",
+]

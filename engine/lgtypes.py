@@ -11,6 +11,10 @@ Apps import these from ``langgraph.types``, ``langgraph.config`` and
 - **error classes** of features the engine does not have yet
   (``ParentCommand``...): they exist so that ``except`` clauses and
   ``isinstance`` checks keep working; the engine never raises them;
+- **timeouts**: ``TimeoutPolicy`` (its ``run_timeout``), and
+  ``NodeTimeoutError``, what a node past its timeout raises under
+  ``engine.langgraph`` (an engine ``NodeError``; like LangGraph's, not a
+  builtin ``TimeoutError``);
 - **not-yet features** (``Overwrite``, ``get_store``): using one raises
   ``NotImplementedError`` naming what is missing.
 """
@@ -18,9 +22,11 @@ Apps import these from ``langgraph.types``, ``langgraph.config`` and
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 from collections.abc import Callable
 from typing import Any, Literal
 
+from .errors import NodeError
 from .interrupts import GraphBubbleUp, GraphInterrupt, Interrupt, NodeInterrupt
 
 #: What ``get_stream_writer()`` returns.
@@ -87,6 +93,26 @@ class EmptyInputError(Exception):
     """A graph invoked with empty input (LangGraph's class; the engine never raises it)."""
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TimeoutPolicy:
+    """A node's timeout, as ``add_node(..., timeout=TimeoutPolicy(run_timeout=...))``:
+    seconds (or a ``timedelta``) a call may run. ``idle_timeout`` (a timeout reset by the
+    node's activity) is not supported by the engine."""
+
+    run_timeout: float | dt.timedelta | None = None
+    idle_timeout: float | dt.timedelta | None = None
+    refresh_on: Literal["auto", "heartbeat"] = "auto"
+
+
+class NodeTimeoutError(NodeError):
+    """A node call ran past its ``timeout`` (``node``, ``step``, ``lane``, ``attempt``,
+    ``timeout``: the seconds it was given)."""
+
+    def __init__(self, message: str, *, timeout: float | None = None, **where: Any) -> None:
+        super().__init__(message, **where)
+        self.timeout = timeout
+
+
 __all__ = [
     "All",
     "Durability",
@@ -96,11 +122,13 @@ __all__ = [
     "GraphOutput",
     "Interrupt",
     "NodeInterrupt",
+    "NodeTimeoutError",
     "Overwrite",
     "ParentCommand",
     "RunnableConfig",
     "StreamMode",
     "StreamWriter",
+    "TimeoutPolicy",
     "get_store",
     "stream_part",
 ]

@@ -17,7 +17,7 @@ import inspect
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from .context import call_with
+from .context import call_router
 from .errors import GraphError
 from .plan import Plan
 from .spec import END, START, Send, Task
@@ -45,7 +45,9 @@ def next_tasks(
             fanin.setdefault(fan.key, set()).add(name)
         for branch in plan.branches.get(name, ()):
             try:
-                result = call_with(branch.route, branch.takes, plan.schema.copy(state))
+                result = call_router(
+                    branch.route, branch.takes, name, step, plan.schema.copy(state)
+                )
             except Exception as exc:
                 raise GraphError(
                     f"the router of the conditional edge from {name!r} raised "

@@ -31,7 +31,9 @@ import contextlib
 import contextvars
 import dataclasses
 import datetime
+import functools
 import queue
+import sys
 import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
@@ -39,7 +41,7 @@ from typing import Any, Literal, TypeVar
 
 T = TypeVar("T")
 
-StreamMode = Literal["values", "updates", "custom", "messages", "debug", "tasks"]
+StreamMode = Literal["values", "updates", "custom", "messages", "debug", "tasks", "checkpoints"]
 STREAM_MODES: tuple[StreamMode, ...] = (
     "values",
     "updates",
@@ -47,6 +49,7 @@ STREAM_MODES: tuple[StreamMode, ...] = (
     "messages",
     "debug",
     "tasks",
+    "checkpoints",
 )
 
 #: Where a run's chunks go: ``(mode, chunk)``. Callable from any thread of the driver.
@@ -89,7 +92,7 @@ class CallStream:
     def metadata(self) -> dict[str, Any]:
         """LangGraph's ``messages`` metadata for this call (its step counts from 1)."""
         pushed = self.index >= 0
-        path = ("__pregel_push", self.index) if pushed else ("__pregel_pull", self.node)
+        path = ("__pregel_push", self.index, False) if pushed else ("__pregel_pull", self.node)
         return {
             "langgraph_step": self.step + 1,
             "langgraph_node": self.node,
@@ -111,9 +114,12 @@ def _drop(chunk: Any) -> None:
     """The writer outside a streamed call: what it is given goes nowhere."""
 
 
-def _drop_chunk(mode: str, chunk: Any) -> None:
-    """Where the chunks of a call nobody streams go: nowhere."""
+def drop_chunk(mode: str, chunk: Any) -> None:
+    """Where the chunks of a call nobody streams go: nowhere (a call stream with this
+    ``emit`` only says which call runs)."""
 
+
+_drop_chunk = drop_chunk
 
 #: The stream of a call in a run nobody streams (a cpu-lane worker sets it: "in a run").
 UNSTREAMED = CallStream(_drop_chunk, "", -1)
@@ -188,6 +194,20 @@ def reset_stream(token: contextvars.Token[Any]) -> None:
     _stream.reset(token)
 
 
+@functools.cache
+def langchain_available() -> bool:
+    """Whether langchain-core can be used here: imported now if it is installed. Asked only
+    by runs streaming ``messages`` (``engine.lcmessages``): a node may import its chat
+    model's package inside its body, after the call's handler must be in place."""
+    if "langchain_core" in sys.modules:
+        return True
+    try:
+        import langchain_core.runnables.config  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def streaming_modes() -> frozenset[str]:
     """The stream modes of the run in this context (empty when nobody streams it)."""
     return _modes.get()
@@ -201,7 +221,8 @@ def task_id(run_id: str, step: int, node: str, index: int) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{run_id}/{step}/{node}/{index}"))
 
 
-def _now() -> str:
+def now() -> str:
+    """A chunk's timestamp: now, ISO 8601, UTC."""
     return datetime.datetime.now(datetime.UTC).isoformat()
 
 
@@ -217,7 +238,7 @@ def debug_task(step: int, ident: str, node: str, index: int, input: Any) -> dict
     triggers = ("__pregel_push",) if index >= 0 else (f"branch:to:{node}",)
     return {
         "step": step + 1,
-        "timestamp": _now(),
+        "timestamp": now(),
         "type": "task",
         "payload": {"id": ident, "name": node, "input": input, "triggers": triggers},
     }
@@ -235,7 +256,7 @@ def debug_result(
         writes = result
     return {
         "step": step + 1,
-        "timestamp": _now(),
+        "timestamp": now(),
         "type": "task_result",
         "payload": {"id": ident, "name": node, "error": error, "result": writes, "interrupts": []},
     }
@@ -271,14 +292,16 @@ async def chunks_of(
     error, if any. Closing the iterator early cancels the run."""
     queue: asyncio.Queue[tuple[str, Any] | None] = asyncio.Queue()
     wanted = frozenset(modes)
+    if "messages" in wanted:  # LangChain's chat models stream tokens: import it off the loop
+        await asyncio.to_thread(langchain_available)
 
     tasks = "tasks" in wanted
 
     def sink(mode: str, chunk: Any) -> None:
         if mode in wanted:
             queue.put_nowait((mode, chunk))
-        if tasks and mode == "debug":  # a "tasks" chunk is a debug chunk's payload
-            queue.put_nowait(("tasks", chunk["payload"]))
+        if tasks and mode == "debug" and chunk["type"] != "checkpoint":
+            queue.put_nowait(("tasks", chunk["payload"]))  # a task's debug chunk's payload
 
     token = _modes.set(wanted)  # the run's task is created in this context: it sees them
     try:
@@ -358,10 +381,13 @@ __all__ = [
     "current_stream",
     "debug_result",
     "debug_task",
+    "drop_chunk",
     "get_message_writer",
     "get_stream_writer",
     "iterate_sync",
+    "langchain_available",
     "message_chunk",
+    "now",
     "parse_modes",
     "reset_stream",
     "set_stream",

@@ -102,7 +102,7 @@ async def test_chunks_of_a_cpu_fan_out_each_before_its_update() -> None:
         by_message[chunk.id] = by_message.get(chunk.id, "") + chunk.content
     assert sorted(by_message.values()) == ["token"] * 3
     assert {meta["langgraph_path"] for _, meta in messages} == {
-        ("__pregel_push", i) for i in range(3)
+        ("__pregel_push", i, False) for i in range(3)
     }
     assert {meta["langgraph_node"] for _, meta in messages} == {"work"}
     assert all(meta["langgraph_step"] == 1 for _, meta in messages)
@@ -238,5 +238,5 @@ async def test_each_call_of_a_batched_fan_out_is_named_in_its_tokens_metadata() 
     got = [c async for c in g.compile().astream({"path": "", "log": []}, stream_mode="messages")]
     assert len(got) == 64
     for chunk, meta in got:
-        assert meta["langgraph_path"] == ("__pregel_push", int(chunk.content))
+        assert meta["langgraph_path"] == ("__pregel_push", int(chunk.content), False)
         assert meta["langgraph_triggers"] == ("__pregel_push",)

@@ -45,6 +45,16 @@ class StreamInfo(NamedTuple):
     send_index: int = -1
     #: A chunk of Send calls in one submission: each call's Send index, in order.
     send_indexes: tuple[int, ...] = ()
+    #: The run streams ``messages``: a LangChain chat model in the node streams its tokens.
+    messages: bool = False
+
+    @classmethod
+    def unstreamed(
+        cls, node: str, step: int, send_index: int = -1, send_indexes: tuple[int, ...] = ()
+    ) -> StreamInfo:
+        """Which call runs, for a run nobody streams: no channel (its writers drop what
+        they are given), only the task's identity, for a node that asks for its config."""
+        return cls("", b"", node, step, send_index, send_indexes)
 
 
 class ChunkChannel:
@@ -78,7 +88,10 @@ class ChunkChannel:
     ) -> StreamInfo:
         """What a call of ``node`` in ``step`` (its Send index; a chunk's: each call's)
         sends to its worker."""
-        return StreamInfo(self.address, self._authkey, node, step, index, indexes)
+        from ..streaming import streaming_modes
+
+        messages = "messages" in streaming_modes()
+        return StreamInfo(self.address, self._authkey, node, step, index, indexes, messages)
 
     def _accept(self) -> None:
         while True:
@@ -102,12 +115,21 @@ class ChunkChannel:
         try:
             while True:
                 mode, chunk = conn.recv()
+                if mode == "messages":
+                    self._seen(chunk)
                 self._deliver(mode, chunk)
                 conn.send_bytes(b"")
         except Exception:
             pass  # the worker closed its end or died; or the run's sink is gone
         finally:
             conn.close()
+
+    def _seen(self, chunk: Any) -> None:
+        """A message streamed from a worker is not streamed again when its node returns it."""
+        see = getattr(self._deliver, "see", None)  # the run's ``RunStream``
+        message_id = getattr(chunk[0], "id", None)
+        if see is not None and message_id is not None:
+            see(message_id)
 
     def close(self) -> None:
         """Stop accepting; wait for the readers (their workers closed their ends already)."""
@@ -177,8 +199,20 @@ def worker_stream(info: StreamInfo | None) -> Iterator[Callable[[int], None]]:
     """In a worker: the stream of the calls run inside (``UNSTREAMED`` when nobody streams:
     its writers drop what they are given, and a node can tell it runs in a run). Yields
     ``at(i)``: the ``i``-th call of a chunk of Send calls is about to run."""
-    from ..streaming import UNSTREAMED, CallStream, reset_stream, set_stream
+    from ..streaming import UNSTREAMED, CallStream, drop_chunk, reset_stream, set_stream
 
+    if info is not None and not info.address:  # a task's identity, nothing to stream
+        token = set_stream(CallStream(drop_chunk, info.node, info.step, info.send_index))
+
+        def named(i: int) -> None:
+            if info.send_indexes:
+                set_stream(CallStream(drop_chunk, info.node, info.step, info.send_indexes[i]))
+
+        try:
+            yield named
+        finally:
+            reset_stream(token)
+        return
     if info is None:
         token = set_stream(UNSTREAMED)
         try:
@@ -188,17 +222,53 @@ def worker_stream(info: StreamInfo | None) -> Iterator[Callable[[int], None]]:
         return
 
     writer = WorkerWriter(info)
-    token = set_stream(CallStream(writer, info.node, info.step, info.send_index))
+    first = CallStream(writer, info.node, info.step, info.send_index)
+    token = set_stream(first)
+    models = _ChatModels(writer) if info.messages else None
+    if models is not None:
+        models.enter(first)
 
     def at(i: int) -> None:
         if info.send_indexes:
-            set_stream(CallStream(writer, info.node, info.step, info.send_indexes[i]))
+            stream = CallStream(writer, info.node, info.step, info.send_indexes[i])
+            set_stream(stream)
+            if models is not None:
+                models.enter(stream)
 
     try:
         yield at
     finally:
+        if models is not None:
+            models.leave()
         reset_stream(token)  # the value before the first set, whatever ``at`` set since
         writer.close()
+
+
+class _ChatModels:
+    """In a worker of a run streaming ``messages``: LangChain's handler for the call that
+    runs (``engine.lcmessages``), its tokens sent through the chunk channel."""
+
+    def __init__(self, writer: WorkerWriter) -> None:
+        from ..lcmessages import available
+        from ..streaming import RunStream
+
+        self._run = RunStream(writer) if available() else None
+        self._token: Any = None
+
+    def enter(self, stream: Any) -> None:
+        from ..lcmessages import install
+
+        if self._run is None:
+            return
+        self.leave()
+        self._token = install(stream, None, self._run)
+
+    def leave(self) -> None:
+        from ..lcmessages import uninstall
+
+        if self._token is not None:
+            uninstall(self._token)
+            self._token = None
 
 
 def _nowhere(i: int) -> None:

@@ -35,10 +35,6 @@ if importlib.util.find_spec("engine.langgraph") is None:
 
 #: Program -> what engine.langgraph still lacks for it. Each is an xfail(strict=True).
 PENDING: dict[str, str] = {
-    "config_context": "a node's config lacks LangGraph's per-task keys (checkpoint_ns, "
-    "langgraph_step/langgraph_node metadata, callbacks)",
-    "stream_modes": "needs the checkpoints stream mode and debug's checkpoint chunks, "
-    "which start with LangGraph's input checkpoint (step -1); every other entry matches",
     "human_review": "needs Command(goto=...) returned by nodes (its interrupts and resumes work)",
     "supervisor_handoff": "needs Command(goto=...) returned by nodes",
     "parent_command": "needs subgraphs and Command.PARENT",
@@ -46,7 +42,8 @@ PENDING: dict[str, str] = {
     "subgraph_interrupt_process": "needs subgraphs, interrupts and SqliteSaver",
     "defer_node": "needs defer=True",
     "durability": "needs durability=",
-    "retry_timeout": "needs error_handler= and timeout=",
+    "retry_timeout": "needs error_handler= (a handler task routed by the Command it "
+    "returns, to a node no edge reaches); retry_policy= and timeout= match",
 }
 
 
