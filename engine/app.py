@@ -14,7 +14,15 @@ import asyncio
 import dataclasses
 import os
 import uuid
-from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Iterator,
+    Mapping,
+    MutableMapping,
+    Sequence,
+)
 from concurrent.futures import Executor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -45,12 +53,16 @@ from .saving import RunCursor, RunSaver
 from .scheduler import RunResult, Scheduler
 from .streaming import (
     ChunkSink,
+    NestedChunk,
     chunks_of,
     iterate_sync,
     parse_modes,
     shape_debug,
     streaming_modes,
 )
+from .subgraphs import child, chunk_forwarder, parent_run, root
+from .subgraphs import enter as enter_parent
+from .subgraphs import leave as leave_parent
 from .threads import (
     NO_RESUME,
     StateSnapshot,
@@ -139,6 +151,17 @@ class CompiledGraph(Generic[S]):
         self._caps: dict[tuple[int, int], int] = {}
         # Routes of runs without budgets, per (mode, guarded), for the current plan.
         self._routes: tuple[Plan, dict[tuple[str, bool], dict[str, Route]]] = (plan, {})
+        #: How this app's chunks look to a stream (``values`` shown as the app returns its
+        #: state...): ``engine.langgraph`` puts LangGraph's shapes here. A subgraph's chunks
+        #: are shaped by its own app's.
+        self.shape_chunk: Callable[[str, Any], Any] = self._native_shape
+
+    def _native_shape(self, mode: str, chunk: Any) -> Any:
+        if mode == "values":
+            return shown_values(chunk, self.plan.schema.final)
+        if mode == "debug":
+            return shape_debug(chunk, self.plan.schema.final)
+        return chunk
 
     def __repr__(self) -> str:
         return f"<CompiledGraph nodes={list(self.plan.nodes)}>"
@@ -343,6 +366,20 @@ class CompiledGraph(Generic[S]):
         available now can hold), ``clock``.
         """
         opts = merged_options(options, kwargs)
+        parent = parent_run()
+        if parent is not None:
+            # Called inside a node of another run: a subgraph of it, in its mode, on its
+            # executor, its chunks to the root stream under its own namespace.
+            me = child(parent)
+            opts = dataclasses.replace(
+                opts,
+                mode=parent.mode,  # type: ignore[arg-type]
+                executor=parent.executor if parent.executor is not None else opts.executor,
+                context=opts.context if opts.context is not None else parent.context,
+                on_chunk=opts.on_chunk or chunk_forwarder(me, self.shape_chunk),
+            )
+        else:
+            me = root(opts.mode, opts.executor, opts.context)
         resume = resume_of(input)
         input = None if resume is not NO_RESUME else input
         thread_id = opts.thread_id
@@ -434,6 +471,7 @@ class CompiledGraph(Generic[S]):
             ),
         )
         entered = enter(run_context)
+        attached = enter_parent(me)
         cp = self.checkpointer
         try:
             if cp is not None and thread_id is not None:
@@ -463,6 +501,7 @@ class CompiledGraph(Generic[S]):
             if own is exc:
                 raise
         finally:
+            leave_parent(attached)
             leave(entered)
             await asyncio.shield(lanes.aclose())
         # Raised outside the handler: the node's exception keeps its own chain.
@@ -606,6 +645,7 @@ class CompiledGraph(Generic[S]):
         /,
         *,
         stream_mode: str | Sequence[str] | None = None,
+        subgraphs: bool = False,
         **kwargs: Unpack[RunKwargs],
     ) -> AsyncIterator[Any]:
         """Yield typed events as they happen; raises the run's error at the end.
@@ -616,26 +656,27 @@ class CompiledGraph(Generic[S]):
         node's update as ``{node: update}``, what nodes write with
         ``get_stream_writer()`` (from every lane, while they run), tokens as
         ``(message_chunk, metadata)``, each task and its result; a list
-        yields ``(mode, chunk)`` pairs. An ``on_event`` observer given too
+        yields ``(mode, chunk)`` pairs. ``subgraphs=True`` adds the chunks of the
+        subgraphs run inside nodes, each item prefixed by its namespace (``()`` for
+        this graph's own, ``("node:task_id", ...)`` for a subgraph's): ``(ns, chunk)``,
+        or ``(ns, mode, chunk)`` for a list of modes. An ``on_event`` observer given too
         hears the events; one that raises is dropped on its own.
         """
         opts = merged_options(options, kwargs)
         if stream_mode is None:
             return self._events(input, opts)
         modes, pairs = parse_modes(stream_mode)
-        final = self.plan.schema.final
+        shape = self.shape_chunk
 
         def run(sink: ChunkSink) -> Coroutine[Any, Any, RunResult[S]]:
             def shaped(mode: str, chunk: Any) -> None:
-                if mode == "values":
-                    chunk = shown_values(chunk, final)
-                elif mode == "debug":
-                    chunk = shape_debug(chunk, final)
-                sink(mode, chunk)
+                sink(mode, shape(mode, chunk))
 
             return self.arun(input, dataclasses.replace(opts, on_chunk=shaped))
 
-        return chunks_of(run, modes, pairs)
+        if not subgraphs:
+            return chunks_of(run, modes, pairs)
+        return _namespaced(chunks_of(run, modes, pairs, subgraphs=True), pairs)
 
     def stream(
         self,
@@ -644,13 +685,16 @@ class CompiledGraph(Generic[S]):
         /,
         *,
         stream_mode: str | Sequence[str] | None = None,
+        subgraphs: bool = False,
         **kwargs: Unpack[RunKwargs],
     ) -> Iterator[Any]:
         """``astream`` from synchronous code (inside a running event loop too)."""
         opts = merged_options(options, kwargs)
         if stream_mode is not None:
             parse_modes(stream_mode)  # a bad mode fails here, not at the first item
-        return iterate_sync(lambda: self.astream(input, opts, stream_mode=stream_mode))
+        return iterate_sync(
+            lambda: self.astream(input, opts, stream_mode=stream_mode, subgraphs=subgraphs)
+        )
 
     async def _events(
         self, input: S | Mapping[str, Any] | None, opts: RunOptions
@@ -675,6 +719,12 @@ class CompiledGraph(Generic[S]):
             if not task.done():
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+
+
+async def _namespaced(items: AsyncIterator[NestedChunk], pairs: bool) -> AsyncIterator[Any]:
+    """``(ns, chunk)`` or, for a list of modes, ``(ns, mode, chunk)``."""
+    async for ns, mode, chunk in items:
+        yield (ns, mode, chunk) if pairs else (ns, chunk)
 
 
 def _pool_cap(

@@ -53,14 +53,14 @@ class GraphOutput:
     interrupts: tuple[Any, ...] = ()
 
 
-def stream_part(mode: str, chunk: Any) -> dict[str, Any]:
+def stream_part(mode: str, chunk: Any, ns: tuple[str, ...] = ()) -> dict[str, Any]:
     """A ``version="v2"`` stream part: ``{"type", "ns", "data"}`` (values add ``interrupts``:
     the questions a step stopped on, taken out of the chunk's ``"__interrupt__"``)."""
     interrupts: tuple[Any, ...] = ()
     if mode == "values" and isinstance(chunk, dict) and "__interrupt__" in chunk:
         chunk = dict(chunk)
         interrupts = tuple(chunk.pop("__interrupt__"))
-    part: dict[str, Any] = {"type": mode, "ns": (), "data": chunk}
+    part: dict[str, Any] = {"type": mode, "ns": ns, "data": chunk}
     if mode == "values":
         part["interrupts"] = interrupts
     return part
