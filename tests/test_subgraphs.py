@@ -1,0 +1,170 @@
+"""Subgraphs on engine.Graph: a compiled graph as a node, a node invoking a subgraph, each
+attached to the parent run (its mode, its worker pool), and ``stream(subgraphs=True)``."""
+
+from __future__ import annotations
+
+import operator
+import os
+import sys
+from typing import Annotated, Any, TypedDict
+
+import cloudpickle
+import pytest
+
+from engine import END, START, Graph
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+MODES = ("sequential", "concurrent", "parallel")
+
+
+class Team(TypedDict):
+    topic: str
+    notes: Annotated[list[str], operator.add]
+    scratch: str  # the team's own key: the parent has none, so it is dropped
+
+
+class Parent(TypedDict):
+    topic: str
+    notes: Annotated[list[str], operator.add]
+    pid: int
+    verdict: str
+
+
+def gather(state: Team) -> dict[str, Any]:
+    return {"notes": [f"gathered {state['topic']}"], "scratch": "kept inside"}
+
+
+def condense(state: Team) -> dict[str, Any]:
+    return {"notes": [f"condensed {len(state['notes'])}"]}
+
+
+class Crunch(TypedDict):
+    topic: str
+    pid: int
+
+
+def crunch(state: Crunch) -> dict[str, Any]:
+    return {"topic": state["topic"].upper(), "pid": os.getpid()}
+
+
+def team_graph() -> Any:
+    g = Graph(Team)
+    g.add_node("gather", gather)
+    g.add_node("condense", condense)
+    g.add_edge(START, "gather")
+    g.add_edge("gather", "condense")
+    g.add_edge("condense", END)
+    return g.compile()
+
+
+def crunch_graph() -> Any:
+    g = Graph(Crunch)
+    g.add_node("crunch", crunch, lane="cpu")
+    g.add_edge(START, "crunch")
+    g.add_edge("crunch", END)
+    return g.compile()
+
+
+def parent_graph() -> Any:
+    g = Graph(Parent)
+    g.add_node("team", team_graph())
+    g.add_edge(START, "team")
+    g.add_edge("team", END)
+    return g.compile()
+
+
+INPUT = {"topic": "bees", "notes": ["seed"], "pid": 0, "verdict": ""}
+
+
+class TestCompiledGraphAsNode:
+    @pytest.mark.parametrize("mode", MODES)
+    def test_input_projected_output_through_the_parent_reducer(self, mode: str) -> None:
+        """The subgraph gets the parent's keys it has, and its whole list is added again
+        by the parent's reducer (LangGraph's behaviour); its own keys are dropped."""
+        out = parent_graph().invoke(INPUT, mode=mode)
+        assert out["notes"] == ["seed", "seed", "gathered bees", "condensed 2"]
+        assert "scratch" not in out
+        assert out["topic"] == "bees"
+
+    def test_same_final_state_in_every_mode(self) -> None:
+        """Sequential, concurrent and parallel runs of a graph with a subgraph agree."""
+        states = [parent_graph().invoke(INPUT, mode=m) for m in MODES]
+        assert states[0] == states[1] == states[2]
+
+    def test_subgraph_cpu_node_runs_in_the_parent_pool(self) -> None:
+        """In parallel mode a cpu node of a subgraph runs in a worker process, not the
+        driver; in sequential mode it runs in the driver, as the parent's mode says."""
+        g = Graph(Parent)
+        g.add_node("crunch", crunch_graph())
+        g.add_edge(START, "crunch")
+        g.add_edge("crunch", END)
+        app = g.compile()
+        parallel = app.invoke(INPUT, mode="parallel")
+        assert parallel["pid"] not in (0, os.getpid())
+        assert parallel["topic"] == "BEES"
+        sequential = app.invoke(INPUT, mode="sequential")
+        assert sequential["pid"] == os.getpid()
+
+
+class TestNodeInvokingSubgraph:
+    @pytest.mark.parametrize("mode", MODES)
+    def test_sync_node_invoking_a_subgraph_inherits_the_mode(self, mode: str) -> None:
+        """``sub.invoke(...)`` inside a sync node runs in the parent run's mode."""
+        sub = crunch_graph()
+
+        def judge(state: Parent) -> dict[str, Any]:
+            result = sub.invoke({"topic": "wasps", "pid": 0})
+            return {"verdict": result["topic"], "pid": result["pid"]}
+
+        g = Graph(Parent)
+        g.add_node("judge", judge, lane="thread")
+        g.add_edge(START, "judge")
+        g.add_edge("judge", END)
+        out = g.compile().invoke(INPUT, mode=mode)
+        assert out["verdict"] == "WASPS"
+        if mode == "parallel":
+            assert out["pid"] != os.getpid()
+        else:
+            assert out["pid"] == os.getpid()
+
+    def test_async_node_invoking_a_subgraph(self) -> None:
+        """``await sub.ainvoke(...)`` inside an async node is attached the same way."""
+        sub = team_graph()
+
+        async def judge(state: Parent) -> dict[str, Any]:
+            result = await sub.ainvoke({"topic": state["topic"], "notes": [], "scratch": ""})
+            return {"verdict": result["notes"][-1]}
+
+        g = Graph(Parent)
+        g.add_node("judge", judge)
+        g.add_edge(START, "judge")
+        g.add_edge("judge", END)
+        out = g.compile().invoke(INPUT, mode="concurrent")
+        assert out["verdict"] == "condensed 1"
+
+
+class TestStreamSubgraphs:
+    def test_updates_carry_the_subgraph_namespace(self) -> None:
+        """``subgraphs=True``: the subgraph's updates under ``("team:<task id>",)`` before
+        the parent's own update of ``team`` under ``()``."""
+        chunks = list(parent_graph().stream(INPUT, stream_mode="updates", subgraphs=True))
+        namespaces = [ns for ns, _ in chunks]
+        assert [list(c) for _, c in chunks] == [["gather"], ["condense"], ["team"]]
+        assert namespaces[0] == namespaces[1] and namespaces[2] == ()
+        (inner,) = namespaces[0]
+        assert inner.startswith("team:") and len(inner) > len("team:")
+
+    def test_modes_list_yields_triples(self) -> None:
+        """A list of modes yields ``(ns, mode, chunk)``; the subgraph's values are its own."""
+        items = list(
+            parent_graph().stream(INPUT, stream_mode=["values", "updates"], subgraphs=True)
+        )
+        assert all(len(item) == 3 for item in items)
+        inner_values = [c for ns, m, c in items if ns and m == "values"]
+        assert inner_values[0] == {"topic": "bees", "notes": ["seed"]}
+
+    def test_without_subgraphs_the_subgraph_chunks_are_not_shown(self) -> None:
+        """The default stream shows only the parent's own chunks."""
+        chunks = list(parent_graph().stream(INPUT, stream_mode="updates"))
+        assert [list(c) for c in chunks] == [["team"]]
