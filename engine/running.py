@@ -41,7 +41,7 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
             # In the caller's context: a graph invoked inside a node finds the run it
             # belongs to (engine.subgraphs), and the run's config.
             context = contextvars.copy_context()
-            done: concurrent.futures.Future[T] = one.submit(context.run, run_sync, coro)
+            done: concurrent.futures.Future[T] = one.submit(context.run, run_sync, coro)  # type: ignore[arg-type]
             return done.result()
     try:
         import uvloop
