@@ -286,6 +286,18 @@ def parse_modes(stream_mode: str | Sequence[str]) -> tuple[tuple[StreamMode, ...
 
 #: A chunk of a stream with ``subgraphs=True``: ``(namespace, mode, chunk)``.
 NestedChunk = tuple[tuple[str, ...], str, Any]
+#: Where a subgraph's chunks go: ``(namespace, mode, chunk)``.
+NamespacedSink = Callable[[tuple[str, ...], str, Any], None]
+#: The namespaced sink of a stream with ``subgraphs=True``, set by ``chunks_of`` for its
+#: run's task: runs nested in that run's nodes send their chunks to it.
+_nested_sink: contextvars.ContextVar[NamespacedSink | None] = contextvars.ContextVar(
+    "engine_nested_sink", default=None
+)
+
+
+def nested_sink() -> NamespacedSink | None:
+    """Where the chunks of runs nested in the streamed run go (None: nobody shows them)."""
+    return _nested_sink.get()
 
 
 async def chunks_of(
@@ -302,8 +314,6 @@ async def chunks_of(
     ``subgraphs``: the chunks of the runs nested in the run's nodes too (``engine.subgraphs``
     sends them here with their namespace), every item a ``NestedChunk`` (the run's own with
     the namespace ``()``)."""
-    from .subgraphs import reset_nested_sink, set_nested_sink
-
     queue: asyncio.Queue[NestedChunk | None] = asyncio.Queue()
     wanted = frozenset(modes)
     if "messages" in wanted:  # LangChain's chat models stream tokens: import it off the loop
@@ -321,11 +331,11 @@ async def chunks_of(
         nested((), mode, chunk)
 
     token = _modes.set(wanted)  # the run's task is created in this context: it sees them
-    inner = set_nested_sink(nested if subgraphs else None)
+    inner = _nested_sink.set(nested if subgraphs else None)
     try:
         task = asyncio.ensure_future(start(sink))
     finally:
-        reset_nested_sink(inner)
+        _nested_sink.reset(inner)
         _modes.reset(token)
     task.add_done_callback(lambda _: queue.put_nowait(None))
     try:
@@ -396,6 +406,7 @@ __all__ = [
     "CallStream",
     "ChunkSink",
     "MessageChunk",
+    "NamespacedSink",
     "NestedChunk",
     "RunStream",
     "StateInput",
@@ -410,6 +421,7 @@ __all__ = [
     "iterate_sync",
     "langchain_available",
     "message_chunk",
+    "nested_sink",
     "now",
     "parse_modes",
     "reset_stream",

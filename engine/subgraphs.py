@@ -25,11 +25,11 @@ from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any
 
+from .context import current
+from .streaming import NamespacedSink, current_stream, nested_sink, task_id
+
 if TYPE_CHECKING:
     from .app import CompiledGraph
-
-#: Where a subgraph's chunks go: ``(namespace, mode, chunk)``.
-NamespacedSink = Callable[[tuple[str, ...], str, Any], None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,11 +50,6 @@ class ParentRun:
 _parent: contextvars.ContextVar[ParentRun | None] = contextvars.ContextVar(
     "engine_parent_run", default=None
 )
-#: The namespaced sink of a stream with ``subgraphs=True`` (set by ``streaming.chunks_of``
-#: for its run's task).
-_nested_sink: contextvars.ContextVar[NamespacedSink | None] = contextvars.ContextVar(
-    "engine_nested_sink", default=None
-)
 
 
 def parent_run() -> ParentRun | None:
@@ -71,21 +66,10 @@ def leave(token: contextvars.Token[ParentRun | None]) -> None:
     _parent.reset(token)
 
 
-def set_nested_sink(sink: NamespacedSink | None) -> contextvars.Token[NamespacedSink | None]:
-    return _nested_sink.set(sink)
-
-
-def reset_nested_sink(token: contextvars.Token[NamespacedSink | None]) -> None:
-    _nested_sink.reset(token)
-
-
 def calling_task() -> str:
     """The namespace segment of the node call running now: ``node:task_id`` (the id its
     ``debug`` chunks and LangGraph's ``checkpoint_ns`` carry); the node's name alone when
     the call did not say which task it is."""
-    from .context import current
-    from .streaming import current_stream, task_id
-
     stream = current_stream()
     ctx = current()
     if stream is None or not stream.node:
@@ -97,7 +81,7 @@ def calling_task() -> str:
 def root(mode: str, executor: Executor | None, context: Any = None) -> ParentRun:
     """The ``ParentRun`` of a run that nothing encloses (its nested runs' chunks go to the
     stream's namespaced sink, if it asked for ``subgraphs=True``)."""
-    return ParentRun(mode, executor, (), _nested_sink.get(), context)
+    return ParentRun(mode, executor, (), nested_sink(), context)
 
 
 def child(parent: ParentRun) -> ParentRun:
@@ -162,7 +146,6 @@ def _values(state: Any) -> Mapping[str, Any]:
 
 
 __all__ = [
-    "NamespacedSink",
     "ParentRun",
     "SubgraphNode",
     "calling_task",
@@ -171,7 +154,5 @@ __all__ = [
     "enter",
     "leave",
     "parent_run",
-    "reset_nested_sink",
     "root",
-    "set_nested_sink",
 ]
