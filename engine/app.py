@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from typing_extensions import Unpack
 
 from .context import RunContext, enter, leave
+from .context import current as current_context
 from .dispatch import Dispatcher, Route, plan_routes
 from .drawing import Drawing
 from .errors import CheckpointError, GraphError, NodeError, own_error
@@ -60,7 +61,16 @@ from .streaming import (
     shape_debug,
     streaming_modes,
 )
-from .subgraphs import child, chunk_forwarder, parent_run, root
+from .subgraphs import (
+    SubgraphInterrupt,
+    child,
+    chunk_forwarder,
+    inherited_thread,
+    nested_cursor,
+    nested_saver,
+    parent_run,
+    root,
+)
 from .subgraphs import enter as enter_parent
 from .subgraphs import leave as leave_parent
 from .threads import (
@@ -367,6 +377,7 @@ class CompiledGraph(Generic[S]):
         """
         opts = merged_options(options, kwargs)
         parent = parent_run()
+        above = None  # the saver of the run this one is nested in, when it saves for both
         if parent is not None:
             # Called inside a node of another run: a subgraph of it, in its mode, on its
             # executor, its chunks to the root stream under its own namespace.
@@ -378,12 +389,17 @@ class CompiledGraph(Generic[S]):
                 context=opts.context if opts.context is not None else parent.context,
                 on_chunk=opts.on_chunk or chunk_forwarder(me, self.shape_chunk),
             )
+            above = inherited_thread(parent, self.checkpointer)
         else:
             me = root(opts.mode, opts.executor, opts.context)
+        calling = current_context()
+        answers = calling.answers if parent is not None and calling is not None else ()
         resume = resume_of(input)
         input = None if resume is not NO_RESUME else input
-        thread_id = opts.thread_id
-        if thread_id is not None and self.checkpointer is None and opts.thread_from_config:
+        thread_id = opts.thread_id if above is None else above.thread_id
+        if above is not None:
+            pass  # a subgraph's run saves to the thread of the run it is nested in
+        elif thread_id is not None and self.checkpointer is None and opts.thread_from_config:
             # As in LangGraph: without a checkpointer a config's thread_id is only a name
             # the nodes see; nothing is saved.
             thread_id = None
@@ -452,7 +468,15 @@ class CompiledGraph(Generic[S]):
             cache=self.cache,
             routes=self._routes_for(plan, mode, watchdog is not None) if budgets is None else None,
         )
-        saver = RunSaver(plan, self.checkpointer, thread_id=thread_id, run_id=run_id)
+        saver = RunSaver(
+            plan,
+            self.checkpointer if above is None else above.checkpointer,
+            thread_id=thread_id,
+            run_id=run_id,
+        )
+        if above is not None:
+            saver = nested_saver(saver, above, me)
+        me = dataclasses.replace(me, saver=saver)
         saver.checkpointer = announcing(saver, opts.on_chunk, streaming_modes())
         scheduler = Scheduler(
             plan,
@@ -469,24 +493,29 @@ class CompiledGraph(Generic[S]):
                 self.interrupt_after,
                 _breakpoints(plan.nodes, opts.interrupt_after, "interrupt_after"),
             ),
+            checkpoint_ns=saver.checkpoint_ns,
         )
         entered = enter(run_context)
         attached = enter_parent(me)
-        cp = self.checkpointer
+        cp = self.checkpointer if above is None else None  # the thread's lock: the root's
         try:
             if cp is not None and thread_id is not None:
                 await cp.acquire(thread_id, run_id)
             try:
-                cursor = await self._cursor(
-                    scheduler, saver, state, thread_id, opts.checkpoint_id, input
-                )
+                if above is not None:
+                    cursor, resumed = await nested_cursor(saver, state, input, answers)
+                else:
+                    resumed = state is None
+                    cursor = await self._cursor(
+                        scheduler, saver, state, thread_id, opts.checkpoint_id, input
+                    )
                 if resume is not NO_RESUME:
                     cursor = answered(cursor, resume, thread_id or "")
                 if watchdog is None:
-                    result = await scheduler.run(cursor, resumed=state is None)
+                    result = await scheduler.run(cursor, resumed=resumed)
                 else:
                     async with watchdog:
-                        result = await scheduler.run(cursor, resumed=state is None)
+                        result = await scheduler.run(cursor, resumed=resumed)
             finally:
                 # Learn from every run, failed ones too (between runs: the next
                 # run's plan reads it, this one's never does).
@@ -495,6 +524,9 @@ class CompiledGraph(Generic[S]):
                 if cp is not None and thread_id is not None:
                     await asyncio.shield(cp.release(thread_id, run_id))
             await self._measure_dispatch(lanes, recorder)
+            if parent is not None and result.interrupts:
+                # A subgraph's questions stop the node that runs it, and so the run above.
+                raise SubgraphInterrupt(result.interrupts)
             return result
         except NodeError as exc:
             own = own_error(exc)

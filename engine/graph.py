@@ -117,7 +117,7 @@ class Graph(Generic[S]):
                 raise GraphError(f"add_node({name!r}) needs a function: add_node(name, fn)")
             fn, name = name, getattr(name, "__name__", repr(name))
         if hasattr(fn, "plan") and hasattr(fn, "arun"):  # a compiled graph: a subgraph
-            from .subgraphs import SubgraphNode
+            from .subgraph_node import SubgraphNode
 
             fn, lane = SubgraphNode(fn, self.schema.channels), lane or "io"  # type: ignore[arg-type]
         if not isinstance(name, str) or not name:

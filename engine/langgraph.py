@@ -105,7 +105,7 @@ from .streaming import (
     shape_debug,
 )
 from .streaming import get_stream_writer as engine_stream_writer
-from .subgraphs import SubgraphNode
+from .subgraph_node import SubgraphNode
 
 S = TypeVar("S")
 

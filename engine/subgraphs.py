@@ -21,15 +21,17 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable
 from concurrent.futures import Executor
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from .checkpoint.history import task_id as checkpoint_task_id
 from .context import current
+from .interrupts import GraphInterrupt, Interrupt
+from .saving import RunCursor, RunSaver
 from .streaming import NamespacedSink, current_stream, nested_sink, task_id
-
-if TYPE_CHECKING:
-    from .app import CompiledGraph
+from .subgraph_node import SubgraphNode
+from .threads import answered, input_cursor, resumed_cursor
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +47,15 @@ class ParentRun:
     namespace: tuple[str, ...] = ()
     emit: NamespacedSink | None = None
     context: Any = None
+    #: The run's saver: a nested run saves its steps to the same thread, under its own
+    #: namespace, when the graph it runs has no checkpointer of its own.
+    saver: RunSaver | None = None
+
+    @property
+    def checkpoint_ns(self) -> str:
+        """The namespace this run's checkpoints are saved under (LangGraph's: the
+        segments joined by ``|``)."""
+        return "|".join(self.namespace)
 
 
 _parent: contextvars.ContextVar[ParentRun | None] = contextvars.ContextVar(
@@ -66,14 +77,18 @@ def leave(token: contextvars.Token[ParentRun | None]) -> None:
     _parent.reset(token)
 
 
-def calling_task() -> str:
-    """The namespace segment of the node call running now: ``node:task_id`` (the id its
-    ``debug`` chunks and LangGraph's ``checkpoint_ns`` carry); the node's name alone when
-    the call did not say which task it is."""
+def calling_task(saver: RunSaver | None = None) -> str:
+    """The namespace segment of the node call running now: ``node:task_id``. On a thread
+    (``saver`` active) the id is the task's in the state API (``get_state().tasks``): made
+    from the checkpoint the step runs from, the same when a resume runs the task again;
+    otherwise the id its ``debug`` chunks carry. ``subgraph`` when the call did not say
+    which task it is."""
     stream = current_stream()
-    ctx = current()
     if stream is None or not stream.node:
         return "subgraph"
+    if saver is not None and saver.active and saver.checkpoint_id:
+        return f"{stream.node}:{checkpoint_task_id(saver.checkpoint_id, stream.node, stream.index)}"
+    ctx = current()
     run_id = ctx.run_id if ctx is not None else ""
     return f"{stream.node}:{task_id(run_id, stream.step, stream.node, stream.index)}"
 
@@ -86,7 +101,55 @@ def root(mode: str, executor: Executor | None, context: Any = None) -> ParentRun
 
 def child(parent: ParentRun) -> ParentRun:
     """The ``ParentRun`` of a run attached to ``parent`` from the node call running now."""
-    return dataclasses.replace(parent, namespace=(*parent.namespace, calling_task()))
+    segment = calling_task(parent.saver)
+    return dataclasses.replace(parent, namespace=(*parent.namespace, segment), saver=None)
+
+
+def inherited_thread(run: ParentRun, own: Any) -> RunSaver | None:
+    """The saver of the run above ``run`` when ``run``'s graph (checkpointer ``own``) saves
+    to its thread: it has none of its own and the run above saves. None otherwise."""
+    return None if own is not None or run.saver is None or not run.saver.active else run.saver
+
+
+def nested_saver(saver: RunSaver, above: RunSaver, run: ParentRun) -> RunSaver:
+    """``saver`` (a nested run's) saving under ``run``'s namespace, its parents named."""
+    saver.checkpoint_ns = run.checkpoint_ns
+    above_ns = "|".join(run.namespace[:-1])
+    saver.parents = {**above.parents, above_ns: above.checkpoint_id or ""}
+    return saver
+
+
+async def nested_cursor(
+    saver: RunSaver, state: Any, input: object, answers: tuple[Any, ...]
+) -> tuple[RunCursor, bool]:
+    """Where a nested run on a thread starts, and whether it resumes: the checkpoint its
+    namespace stopped at (questions; ``answers``, the calling task's, answer them), else
+    its input, saved first as the namespace's input checkpoint."""
+    assert saver.checkpointer is not None and saver.thread_id is not None
+    latest = await saver.checkpointer.get(saver.thread_id, checkpoint_ns=saver.checkpoint_ns)
+    if latest is not None and latest.paused and latest.status != "done":
+        cursor = await resumed_cursor(saver, latest)
+        if answers and cursor.asked:
+            cursor = answered(cursor, answers[-1], saver.thread_id)
+        return cursor, True
+    if state is None:
+        raise ValueError(
+            f"a subgraph run under {saver.checkpoint_ns!r} has no input and nothing to resume"
+        )
+    return await input_cursor(saver, None, input), False
+
+
+class SubgraphInterrupt(GraphInterrupt):
+    """A nested run stopped on questions: its calling task stops on the first, with the
+    id the nested run gave it (the scheduler keeps ``interrupt_id``)."""
+
+    def __init__(self, asked: tuple[Interrupt[Any], ...]) -> None:
+        super().__init__(asked[0].value, 0)
+        self.interrupt_id = asked[0].id
+        self.asked = asked
+
+    def __reduce__(self) -> Any:
+        return (SubgraphInterrupt, (self.asked,))
 
 
 def chunk_forwarder(
@@ -105,54 +168,18 @@ def chunk_forwarder(
     return forward
 
 
-class SubgraphNode:
-    """A compiled graph as a node of another graph.
-
-    Its input: the parent's state projected onto the subgraph's input keys; its
-    update: the subgraph's output values for the keys the parent has.
-    """
-
-    def __init__(self, app: CompiledGraph[Any], parent_keys: Collection[str]) -> None:
-        self.app = app
-        self.parent_keys = frozenset(parent_keys)
-        self.__name__ = "subgraph"
-
-    def __repr__(self) -> str:
-        return f"<SubgraphNode {self.app!r}>"
-
-    async def __call__(self, state: Any) -> dict[str, Any]:
-        schema = self.app.plan.schema
-        values = _values(state)
-        wanted = set(schema.input_keys)
-        result = await self.app.arun({k: v for k, v in values.items() if k in wanted})
-        if result.interrupts:
-            from .interrupts import GraphInterrupt
-
-            raise GraphInterrupt(result.interrupts[0].value, 0)
-        out = result.values if result.values is not None else _values(result.state)
-        return {k: v for k, v in schema.output(dict(out)).items() if k in self.parent_keys}
-
-
-def _values(state: Any) -> Mapping[str, Any]:
-    """A state as a node sees it, as a mapping of its fields."""
-    if isinstance(state, Mapping):
-        return state
-    if dataclasses.is_dataclass(state) and not isinstance(state, type):
-        return {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
-    dump = getattr(state, "model_dump", None)
-    if dump is not None:
-        return dict(dump())
-    raise TypeError(f"a subgraph node got a state of type {type(state).__name__}")
-
-
 __all__ = [
     "ParentRun",
+    "SubgraphInterrupt",
     "SubgraphNode",
     "calling_task",
     "child",
     "chunk_forwarder",
     "enter",
+    "inherited_thread",
     "leave",
+    "nested_cursor",
+    "nested_saver",
     "parent_run",
     "root",
 ]
