@@ -119,7 +119,7 @@ class Graph(Generic[S]):
         if hasattr(fn, "plan") and hasattr(fn, "arun"):  # a compiled graph: a subgraph
             from .subgraph_node import SubgraphNode
 
-            fn, lane = SubgraphNode(fn, self.schema.channels), lane or "io"  # type: ignore[arg-type]
+            fn, lane = SubgraphNode(fn, self.schema.channels, name), lane or "io"  # type: ignore[arg-type]
         if not isinstance(name, str) or not name:
             raise GraphError(f"node name must be a non-empty string, got {name!r}")
         if name in RESERVED:

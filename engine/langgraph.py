@@ -192,7 +192,7 @@ class StateGraph(Generic[S]):
         else:
             name = str(node)
         if isinstance(action, CompiledStateGraph):  # a subgraph: the engine's own node for it
-            action = SubgraphNode(action.app, self._schema().channels)
+            action = SubgraphNode(action.app, self._schema().channels, str(node))
         if defer:
             raise NotImplementedError(
                 f"add_node({name!r}, defer=True) is not supported by engine.langgraph yet"

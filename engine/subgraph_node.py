@@ -10,12 +10,19 @@ makes one without reaching the running stages.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .app import CompiledGraph
+
+#: The name of the ``SubgraphNode`` calling now: the namespace's node when the call's own
+#: task is not known (an engine run nobody streams).
+calling_node: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "engine_subgraph_node", default=""
+)
 
 
 class SubgraphNode:
@@ -25,19 +32,26 @@ class SubgraphNode:
     update: the subgraph's output values for the keys the parent has.
     """
 
-    def __init__(self, app: CompiledGraph[Any], parent_keys: Collection[str]) -> None:
+    def __init__(self, app: CompiledGraph[Any], parent_keys: Collection[str], name: str) -> None:
         self.app = app
         self.parent_keys = frozenset(parent_keys)
-        self.__name__ = "subgraph"
+        self.name = name
+        self.__name__ = name
 
     def __repr__(self) -> str:
         return f"<SubgraphNode {self.app!r}>"
 
-    async def __call__(self, state: Any) -> dict[str, Any]:
+    async def __call__(self, state: Any, config: Any = None) -> dict[str, Any]:
+        # ``config`` is not used: taking it makes an engine.langgraph run tell the call
+        # which task it is (engine.context), the subgraph's namespace.
         schema = self.app.plan.schema
         values = _values(state)
         wanted = set(schema.input_keys)
-        result = await self.app.arun({k: v for k, v in values.items() if k in wanted})
+        token = calling_node.set(self.name)
+        try:
+            result = await self.app.arun({k: v for k, v in values.items() if k in wanted})
+        finally:
+            calling_node.reset(token)
         out = result.values if result.values is not None else _values(result.state)
         return {k: v for k, v in schema.output(dict(out)).items() if k in self.parent_keys}
 
@@ -48,10 +62,10 @@ def _values(state: Any) -> Mapping[str, Any]:
         return state
     if dataclasses.is_dataclass(state) and not isinstance(state, type):
         return {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
-    dump = getattr(state, "model_dump", None)
-    if dump is not None:
-        return dict(dump())
+    fields = getattr(type(state), "model_fields", None)
+    if fields is not None:  # a pydantic model: its fields as they are
+        return {name: getattr(state, name) for name in fields}
     raise TypeError(f"a subgraph node got a state of type {type(state).__name__}")
 
 
-__all__ = ["SubgraphNode"]
+__all__ = ["SubgraphNode", "calling_node"]

@@ -30,7 +30,7 @@ from .context import current
 from .interrupts import GraphInterrupt, Interrupt
 from .saving import RunCursor, RunSaver
 from .streaming import NamespacedSink, current_stream, nested_sink, task_id
-from .subgraph_node import SubgraphNode
+from .subgraph_node import SubgraphNode, calling_node
 from .threads import answered, input_cursor, resumed_cursor
 
 
@@ -81,16 +81,23 @@ def calling_task(saver: RunSaver | None = None) -> str:
     """The namespace segment of the node call running now: ``node:task_id``. On a thread
     (``saver`` active) the id is the task's in the state API (``get_state().tasks``): made
     from the checkpoint the step runs from, the same when a resume runs the task again;
-    otherwise the id its ``debug`` chunks carry. ``subgraph`` when the call did not say
-    which task it is."""
+    otherwise the id its ``debug`` chunks carry. When the call did not say which task it
+    is (an engine run nobody streams), the ``SubgraphNode``'s name stands for its node
+    (taken as edge-triggered); ``subgraph`` for a node that invokes a graph itself."""
     stream = current_stream()
-    if stream is None or not stream.node:
-        return "subgraph"
+    if stream is not None and stream.node:
+        node, index, step = stream.node, stream.index, stream.step
+    else:
+        node, index, step = calling_node.get(), -1, -1
+        if not node:
+            return "subgraph"
     if saver is not None and saver.active and saver.checkpoint_id:
-        return f"{stream.node}:{checkpoint_task_id(saver.checkpoint_id, stream.node, stream.index)}"
+        return f"{node}:{checkpoint_task_id(saver.checkpoint_id, node, index)}"
+    if step < 0:
+        return node
     ctx = current()
     run_id = ctx.run_id if ctx is not None else ""
-    return f"{stream.node}:{task_id(run_id, stream.step, stream.node, stream.index)}"
+    return f"{node}:{task_id(run_id, step, node, index)}"
 
 
 def root(mode: str, executor: Executor | None, context: Any = None) -> ParentRun:
