@@ -66,10 +66,13 @@ from .subgraphs import (
     child,
     chunk_forwarder,
     inherited_thread,
+    namespace_of,
     nested_cursor,
     nested_saver,
+    nested_state,
     parent_run,
     root,
+    task_states,
 )
 from .subgraphs import enter as enter_parent
 from .subgraphs import leave as leave_parent
@@ -180,13 +183,23 @@ class CompiledGraph(Generic[S]):
     # ``thread``: a thread id, or a LangGraph-style config naming the thread (and a
     # checkpoint: ``{"configurable": {"thread_id": ..., "checkpoint_id": ...}}``).
 
-    async def aget_state(self, thread: Target, checkpoint_id: str | None = None) -> StateSnapshot:
+    async def aget_state(
+        self, thread: Target, checkpoint_id: str | None = None, *, subgraphs: bool = False
+    ) -> StateSnapshot:
         """The thread's state at ``checkpoint_id`` (its latest when None): values, next
-        tasks, config, metadata, created_at, parent_config, tasks."""
-        return await get_state(self.plan, self.checkpointer, thread, checkpoint_id)
+        tasks, config, metadata, created_at, parent_config, tasks. A task that runs a
+        subgraph shows the config of the subgraph's namespace as its ``state``, or with
+        ``subgraphs=True`` the subgraph's own snapshot; a config naming a subgraph's
+        namespace (``checkpoint_ns``) gives that subgraph's state."""
+        if namespace_of(thread):
+            return await nested_state(self, thread, checkpoint_id, subgraphs=subgraphs)
+        snap = await get_state(self.plan, self.checkpointer, thread, checkpoint_id)
+        return await task_states(self, self.checkpointer, snap, subgraphs=subgraphs)
 
-    def get_state(self, thread: Target, checkpoint_id: str | None = None) -> StateSnapshot:
-        return run_sync(self.aget_state(thread, checkpoint_id))
+    def get_state(
+        self, thread: Target, checkpoint_id: str | None = None, *, subgraphs: bool = False
+    ) -> StateSnapshot:
+        return run_sync(self.aget_state(thread, checkpoint_id, subgraphs=subgraphs))
 
     async def aget_state_history(
         self,

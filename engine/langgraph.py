@@ -536,8 +536,8 @@ class CompiledStateGraph(Generic[S]):
         return str(configurable["thread_id"]), configurable.get("checkpoint_id") or None
 
     async def aget_state(self, config: Mapping[str, Any], *, subgraphs: bool = False) -> Any:
-        thread, checkpoint = self._thread(config, "get_state")
-        return await self.app.aget_state(thread, checkpoint)
+        self._thread(config, "get_state")
+        return await self.app.aget_state(config, subgraphs=subgraphs)
 
     def get_state(self, config: Mapping[str, Any], *, subgraphs: bool = False) -> Any:
         return run_sync(self.aget_state(config, subgraphs=subgraphs))

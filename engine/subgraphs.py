@@ -23,15 +23,19 @@ import contextvars
 import dataclasses
 from collections.abc import Callable
 from concurrent.futures import Executor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from .checkpoint.history import StateSnapshot, snapshot
 from .checkpoint.history import task_id as checkpoint_task_id
 from .context import current
 from .interrupts import GraphInterrupt, Interrupt
 from .saving import RunCursor, RunSaver
 from .streaming import NamespacedSink, current_stream, nested_sink, task_id
 from .subgraph_node import SubgraphNode, calling_node
-from .threads import answered, input_cursor, resumed_cursor
+from .threads import Target, answered, input_cursor, named, resumed_cursor
+
+if TYPE_CHECKING:
+    from .app import CompiledGraph
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,6 +179,98 @@ def chunk_forwarder(
     return forward
 
 
+# -- the state API --------------------------------------------------------------------
+
+
+def namespace_of(target: Target) -> str:
+    """The checkpoint namespace a config names ("" for a thread id, or the graph itself)."""
+    if isinstance(target, str):
+        return ""
+    configurable = target.get("configurable") or {}
+    return str(configurable.get("checkpoint_ns") or "")
+
+
+def subgraph_of(app: CompiledGraph[Any], node: str) -> CompiledGraph[Any] | None:
+    """The compiled graph node ``node`` of ``app`` runs (None: not a subgraph node)."""
+    spec = app.plan.nodes.get(node)
+    fn = spec.spec.fn if spec is not None else None
+    return fn.app if isinstance(fn, SubgraphNode) else None
+
+
+async def nested_state(
+    app: CompiledGraph[Any], target: Target, checkpoint_id: str | None, *, subgraphs: bool
+) -> StateSnapshot:
+    """The state of the subgraph run a config's ``checkpoint_ns`` names (``node:task_id``
+    segments joined by ``|``), at its ``checkpoint_id`` (its latest when None)."""
+    thread, checkpoint_id = named(target, checkpoint_id, "get_state")
+    ns = namespace_of(target)
+    inner: CompiledGraph[Any] | None = app
+    for segment in ns.split("|"):
+        inner = subgraph_of(inner, segment.split(":", 1)[0]) if inner is not None else None
+    if inner is None or app.checkpointer is None:
+        raise ValueError(
+            f"get_state: checkpoint_ns {ns!r} names no subgraph node of this graph; pass "
+            "the config of a subgraph's snapshot (get_state(config, subgraphs=True))"
+        )
+    cp = await app.checkpointer.get(thread, checkpoint_id, checkpoint_ns=ns)
+    if cp is None:
+        raise ValueError(f"thread {thread!r} has no checkpoint under namespace {ns!r}")
+    codec = RunSaver(inner.plan, app.checkpointer, thread_id=thread, run_id="").codec
+    snap = _named(snapshot(codec, cp, latest=checkpoint_id is None), cp)
+    return await task_states(inner, app.checkpointer, snap, subgraphs=subgraphs)
+
+
+def _named(snap: StateSnapshot, cp: Any) -> StateSnapshot:
+    """A subgraph's snapshot with LangGraph's configs: each names the checkpoints of the
+    graphs above it too (``checkpoint_map``)."""
+    ns = cp.checkpoint_ns
+
+    def config(checkpoint_id: str) -> dict[str, Any]:
+        return {
+            "configurable": {
+                "thread_id": cp.thread_id,
+                "checkpoint_ns": ns,
+                "checkpoint_id": checkpoint_id,
+                "checkpoint_map": {**cp.parents, ns: checkpoint_id},
+            }
+        }
+
+    parent = config(cp.parent_id) if cp.parent_id else None
+    return snap._replace(config=config(cp.checkpoint_id), parent_config=parent)
+
+
+async def task_states(
+    app: CompiledGraph[Any], checkpointer: Any, snap: StateSnapshot, *, subgraphs: bool
+) -> StateSnapshot:
+    """``snap`` with the state of each task that runs a subgraph: the config naming its
+    namespace, or with ``subgraphs=True`` the subgraph's own snapshot (its tasks' too)."""
+    if not snap.tasks or checkpointer is None:
+        return snap
+    configurable = snap.config.get("configurable") or {}
+    thread = configurable.get("thread_id")
+    above = configurable.get("checkpoint_ns") or ""
+    tasks = []
+    for task in snap.tasks:
+        inner = subgraph_of(app, task.name)
+        if inner is None:
+            tasks.append(task)
+            continue
+        ns = f"{above}|{task.name}:{task.id}" if above else f"{task.name}:{task.id}"
+        state: Any = {"configurable": {"thread_id": thread, "checkpoint_ns": ns}}
+        if subgraphs:
+            cp = await checkpointer.get(thread, checkpoint_ns=ns)
+            if cp is not None:
+                codec = RunSaver(inner.plan, checkpointer, thread_id=thread, run_id="").codec
+                state = await task_states(
+                    inner,
+                    checkpointer,
+                    _named(snapshot(codec, cp, latest=True), cp),
+                    subgraphs=True,
+                )
+        tasks.append(task._replace(state=state))
+    return snap._replace(tasks=tuple(tasks))
+
+
 __all__ = [
     "ParentRun",
     "SubgraphInterrupt",
@@ -185,8 +281,12 @@ __all__ = [
     "enter",
     "inherited_thread",
     "leave",
+    "namespace_of",
     "nested_cursor",
     "nested_saver",
+    "nested_state",
     "parent_run",
     "root",
+    "subgraph_of",
+    "task_states",
 ]

@@ -38,7 +38,6 @@ PENDING: dict[str, str] = {
     "human_review": "needs Command(goto=...) returned by nodes (its interrupts and resumes work)",
     "supervisor_handoff": "needs Command(goto=...) returned by nodes",
     "parent_command": "needs subgraphs and Command.PARENT",
-    "subgraph_interrupt_process": "needs subgraphs, interrupts and SqliteSaver",
     "defer_node": "needs defer=True",
     "durability": "needs durability=",
     "retry_timeout": "needs error_handler= (a handler task routed by the Command it "
