@@ -4,7 +4,8 @@
 
     dispatcher --Outcome--> StepAttempts.settle              --> None: settled
                               ok: the update checked (a bad one: InvalidUpdateError)
-                                  -> the step's write
+                                  -> the step's write; a Command: its update the
+                                  write, its goto kept for routing (``gotos``)
                               failed: the run's error for it (names node, step,
                                   lane, attempt; NodeTimeoutError, WorkerCrashedError)
                                   run it again?  -> a delay: the call runs again
@@ -31,6 +32,7 @@ from .dispatch import exit_detail
 from .errors import InvalidUpdateError, NodeError, NodeTimeoutError, WorkerCrashedError
 from .lanes.calls import Cancelled, Failure, NodeRaised, Outcome, Refused, TimedOut, WorkerLost
 from .policy import NO_RETRY
+from .spec import END, Command, Send
 
 if TYPE_CHECKING:
     from .plan import Plan
@@ -56,6 +58,8 @@ class StepAttempts:
         self.recorder = recorder
         self.writes: dict[Order, Mapping[str, Any]] = {}
         self.failed: dict[Order, NodeError | InvalidUpdateError] = {}
+        #: The ``goto`` of each task that returned a ``Command`` with one (routing's input).
+        self.gotos: dict[Order, tuple[str | Send, ...]] = {}
         self._tries: dict[Order, list[int]] = {}
 
     def __repr__(self) -> str:
@@ -67,7 +71,8 @@ class StepAttempts:
         task = call.task
         if out.failure is None:
             try:
-                updates = self.plan.schema.check_update(task.node, self.step, out.value)
+                value, goto = command_parts(task.node, self.step, out.value)
+                updates = self.plan.schema.check_update(task.node, self.step, value)
             except InvalidUpdateError as exc:
                 bad = unawaited(exc, out.value)
                 self.recorder.call_failed(out, bad, will_retry=False)
@@ -75,6 +80,8 @@ class StepAttempts:
                 return None
             self.recorder.call_finished(out)
             self.writes[task.order] = updates
+            if goto:
+                self.gotos[task.order] = goto
             return None
         node = self.plan.nodes[task.node]
         error = run_error(out, node.lane)
@@ -118,6 +125,35 @@ class StepAttempts:
             others = ", ".join(repr(node) for node, _ in orders[1:])
             first.add_note(f"in the same step {others} also failed")
         return first
+
+
+def command_parts(node: str, step: int, value: Any) -> tuple[Any, tuple[str | Send, ...]]:
+    """A node's return value as (its update, its goto targets): a ``Command`` unwrapped
+    (goto as a tuple of node names and ``Send``s, END left out), anything else as is."""
+    if not isinstance(value, Command):
+        return value, ()
+    if value.graph is not None:
+        raise InvalidUpdateError(
+            f"node {node!r} (step {step}) returned Command(graph={value.graph!r}), but this "
+            "graph runs on its own, not as a subgraph of another: drop graph= to route in "
+            "this graph",
+            node=node,
+            step=step,
+        )
+    goto = value.goto
+    items = list(goto) if isinstance(goto, list | tuple) else [goto]
+    targets: list[str | Send] = []
+    for item in items:
+        if not isinstance(item, str | Send):
+            raise InvalidUpdateError(
+                f"node {node!r} (step {step}) returned Command(goto={goto!r}): a goto is a "
+                f"node name, a Send, or a list of them, not {type(item).__name__}",
+                node=node,
+                step=step,
+            )
+        if item != END:
+            targets.append(item)
+    return value.update, tuple(targets)
 
 
 def unawaited(error: InvalidUpdateError, value: Any) -> InvalidUpdateError:
@@ -201,4 +237,4 @@ def run_error(out: Outcome, lane: str) -> NodeError:
     return err
 
 
-__all__ = ["POISON_AFTER_CRASHES", "StepAttempts", "run_error", "unawaited"]
+__all__ = ["POISON_AFTER_CRASHES", "StepAttempts", "command_parts", "run_error", "unawaited"]

@@ -27,8 +27,8 @@ own. What differs from ``engine.Graph``:
   ``context`` is ``invoke(..., context=...)``. Nodes on the driver's lanes
   only: a cpu-lane node gets neither (see docs/migrating.md).
 
-Names whose feature the engine does not have yet (``interrupt``,
-``Command``) raise ``NotImplementedError`` saying so when used.
+Names whose feature the engine does not have yet (``interrupt``)
+raise ``NotImplementedError`` saying so when used.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ from .checkpoint.savers import (
 from .classify import is_coroutine_function
 from .drawing import Drawing
 from .errors import InvalidUpdateError, NodeError, NodeTimeoutError, RecursionLimitError
-from .graph import Graph, node_input_schema
+from .graph import Graph, command_destinations, node_input_schema
 from .lcmessages import run_config
 from .lgtypes import (
     All,
@@ -258,10 +258,6 @@ class StateGraph(Generic[S]):
             action, name = node, getattr(node, "__name__", repr(node))
         else:
             name = str(node)
-        if defer:
-            raise NotImplementedError(
-                f"add_node({name!r}, defer=True) is not supported by engine.langgraph yet"
-            )
         declared = input_schema if input_schema is not None else node_input_schema(action)
         if declared is not None and declared is not self.state_schema:
             self._node_inputs[name] = declared
@@ -274,6 +270,11 @@ class StateGraph(Generic[S]):
             lane=lane,
             retry=retry_policy,
             cache_policy=cache_policy,
+            # Read off the function itself: _adapt may wrap it.
+            destinations=(
+                destinations if destinations is not None else command_destinations(action)
+            ),
+            defer=defer,
             **engine_options,
         )
         return self

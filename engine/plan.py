@@ -28,6 +28,12 @@ class FanIn:
     target: str
 
 
+def deferred_key(node: str) -> str:
+    """The fan-in bookkeeping key under which a deferred node's held trigger is kept (its
+    set holds the node's own name while it waits: saved in checkpoints like a fan-in's)."""
+    return f"defer:{node}"
+
+
 @dataclass(frozen=True)
 class PlanNode:
     """A node with its lane decided, and what it reads of the state (lean dispatch)."""
@@ -56,6 +62,11 @@ class Plan:
     fanins_by_source: Mapping[str, tuple[FanIn, ...]]
     branches: Mapping[str, tuple[Branch, ...]]  # source -> conditional edges
     context_schema: type | None = None  # the class of a run's context=, if declared
+
+    @property
+    def deferred(self) -> tuple[str, ...]:
+        """The nodes added with ``defer=True``."""
+        return tuple(name for name, node in self.nodes.items() if node.spec.defer)
 
     def with_decisions(self, decisions: Mapping[str, LaneDecision]) -> Plan:
         """A copy of this plan with some lane decisions replaced."""
@@ -88,6 +99,13 @@ def _check_names(graph: GraphSpec) -> None:
                 f"edge {list(sources)} -> {target!r} ends at unknown node {target!r}; "
                 f"add it with add_node first (known: {sorted(known)})"
             )
+    for name, spec in graph.nodes.items():
+        for target in spec.destinations or {}:
+            if target != END and target not in known:
+                raise GraphError(
+                    f"node {name!r}: destinations names unknown node {target!r}; add it with "
+                    f"add_node, or fix the name (known: {sorted(known)})"
+                )
     for branch in graph.branches:
         if branch.source != START and branch.source not in known:
             raise GraphError(
@@ -111,6 +129,8 @@ def _reachable(graph: GraphSpec) -> set[str]:
     for branch in graph.branches:
         targets = set(branch.path_map.values()) if branch.path_map is not None else set(graph.nodes)
         succ.setdefault(branch.source, set()).update(targets)
+    for name, spec in graph.nodes.items():
+        succ.setdefault(name, set()).update(spec.destinations or ())
     seen: set[str] = set()
     todo = [START]
     while todo:
@@ -138,7 +158,8 @@ def build_plan(graph: GraphSpec, policy: ProfilePolicy | None = None) -> Plan:
     if unreachable:
         raise GraphError(
             f"node(s) {unreachable} cannot be reached from START; add an edge to them "
-            "or remove them"
+            "or remove them (a node whose Command(goto=...) goes there declares it: "
+            "add_node(..., destinations=(...)) or a -> Command[Literal[...]] annotation)"
         )
 
     edges: dict[str, list[str]] = {}

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import NodeError
 from .logs import get_logger
+from .plan import deferred_key
 from .spec import Task
 
 if TYPE_CHECKING:
@@ -95,10 +96,10 @@ class RunSaver:
         if self._codec is None:
             from .checkpoint.snapshot import RunCodec, Topology
 
-            topology = Topology(
-                nodes=frozenset(self.plan.nodes),
-                fanins={f.key: f.sources for f in self.plan.fanins},
-            )
+            fanins = {f.key: f.sources for f in self.plan.fanins}
+            # A deferred node's held trigger is kept as a fan-in of itself.
+            fanins.update({deferred_key(n): frozenset({n}) for n in self.plan.deferred})
+            topology = Topology(nodes=frozenset(self.plan.nodes), fanins=fanins)
             self._codec = RunCodec(self.plan.schema, topology, held=self.plan.schema.held)
         return self._codec
 

@@ -171,7 +171,7 @@ class Scheduler:
             state = self.plan.schema.merge(cursor.state, merged, step)
             fanin = {k: set(v) for k, v in cursor.fanin.items()}
             ran = sorted({t.node for t in cursor.tasks})
-            tasks = next_tasks(self.plan, ran, state, step, fanin)
+            tasks = next_tasks(self.plan, ran, state, step, fanin, attempts.gotos)
         except Exception:
             # Every call of the step succeeded, but merging or routing their
             # writes failed (a conflict, a router's bug): keep the writes, so

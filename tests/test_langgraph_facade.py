@@ -125,8 +125,6 @@ def test_what_is_not_built_yet_says_so() -> None:
         interrupt("approve?")
     with pytest.raises(NotImplementedError, match="interrupt_before"):
         two_nodes().compile(interrupt_before=["a"])
-    with pytest.raises(NotImplementedError, match="defer"):
-        StateGraph(S).add_node("d", where, defer=True)
 
 
 def test_mermaid_of_a_native_graph() -> None:
