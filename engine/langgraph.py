@@ -351,6 +351,13 @@ class StateGraph(Generic[S]):
         return CompiledStateGraph(app, self, name or "LangGraph")
 
 
+def _durable(opts: RunOptions, durability: str | None) -> RunOptions:
+    """``opts`` with the run's ``durability=`` (LangGraph's keyword), when one is given."""
+    if durability is None:
+        return opts
+    return dataclasses.replace(opts, durability=durability)  # type: ignore[arg-type]
+
+
 def _auto(graph: Graph[S]) -> Graph[S]:
     """A copy of ``graph`` whose sync nodes on the default thread lane are left to the
     engine's measured lane policy."""
@@ -434,10 +441,16 @@ class CompiledStateGraph(Generic[S]):
         version: str = "v1",
         **kwargs: Any,
     ) -> Any:
+        durability = kwargs.get("durability")
         if stream_mode != "values":  # LangGraph's invoke: the list of that mode's chunks
-            chunks = [c async for c in self._astream(input, config, context, stream_mode, "v1")]
+            chunks = [
+                c
+                async for c in self._astream(
+                    input, config, context, stream_mode, "v1", durability=durability
+                )
+            ]
             return GraphOutput(chunks) if version == "v2" else chunks
-        opts = self._options(config, context)
+        opts = _durable(self._options(config, context), durability)
         _config.set(self._run_config(config))
         run_config.set(_config.get())  # tags and metadata for chat models' messages
         _runtime.set(Runtime(context=self._context(context)))
@@ -490,10 +503,12 @@ class CompiledStateGraph(Generic[S]):
         context: Any,
         stream_mode: str | Sequence[str] | None,
         version: str = "v1",
+        *,
+        durability: str | None = None,
     ) -> AsyncIterator[Any]:
         if version not in ("v1", "v2"):
             raise ValueError(f"unknown version {version!r}: use 'v1' or 'v2'")
-        opts = self._options(config, context)
+        opts = _durable(self._options(config, context), durability)
         _config.set(self._run_config(config))
         run_config.set(_config.get())  # tags and metadata for chat models' messages
         _runtime.set(Runtime(context=self._context(context)))
@@ -537,7 +552,9 @@ class CompiledStateGraph(Generic[S]):
     ) -> AsyncIterator[Any]:
         if stream_mode is not None:
             parse_modes(stream_mode)
-        return self._astream(input, config, context, stream_mode, version)
+        return self._astream(
+            input, config, context, stream_mode, version, durability=kwargs.get("durability")
+        )
 
     def stream(
         self,
@@ -551,7 +568,12 @@ class CompiledStateGraph(Generic[S]):
     ) -> Iterator[Any]:
         if stream_mode is not None:
             parse_modes(stream_mode)
-        return iterate_sync(lambda: self._astream(input, config, context, stream_mode, version))
+        durability = kwargs.get("durability")
+        return iterate_sync(
+            lambda: self._astream(
+                input, config, context, stream_mode, version, durability=durability
+            )
+        )
 
     def get_graph(self) -> Drawing:
         return self.app.get_graph()

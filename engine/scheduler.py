@@ -125,6 +125,8 @@ class Scheduler:
             error = exc
             raise
         finally:
+            # A checkpoint still being written (durability="async") ends before the run.
+            await self.saver.flush(quiet=error is not None or status != RunStatus.DONE)
             wall = self.clock.monotonic() - t0
             self.recorder.run_finished(status, cursor.step - first, wall, error)
         return RunResult(

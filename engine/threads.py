@@ -38,7 +38,7 @@ from .checkpoint.history import (
 )
 from .errors import CheckpointError
 from .routing import next_tasks, start_tasks
-from .saving import RunCursor, RunSaver, finish
+from .saving import RunCursor, RunSaver
 from .spec import START, Task
 from .state import Write
 
@@ -222,12 +222,8 @@ async def input_cursor(saver: RunSaver, latest: Checkpoint | None, input: object
         source="input",
         parent_id=latest.checkpoint_id if latest is not None else None,
     )
-    await finish(_put(saver.checkpointer, cp))
+    await saver.put(cp)  # as the run's durability says
     return _first_step(saver, before, updates, step)
-
-
-async def _put(checkpointer: Checkpointer, cp: Checkpoint) -> None:
-    await checkpointer.put(cp)
 
 
 def _first_step(saver: RunSaver, before: Any, updates: Mapping[str, Any], step: int) -> RunCursor:
@@ -244,7 +240,7 @@ async def resumed_cursor(saver: RunSaver, cp: Checkpoint) -> RunCursor:
     cursor = _first_step(saver, values_of(saver.codec, cp), writes.get((START, -1), {}), cp.step)
     assert saver.checkpointer is not None
     first = saver.checkpoint_of(cursor, "running" if cursor.tasks else "done")
-    await finish(_put(saver.checkpointer, first.model_copy(update={"parent_id": cp.checkpoint_id})))
+    await saver.put(first.model_copy(update={"parent_id": cp.checkpoint_id}))
     return cursor
 
 

@@ -45,7 +45,6 @@ PENDING: dict[str, str] = {
     "subgraphs": "needs subgraphs as nodes and subgraphs=True streaming",
     "subgraph_interrupt_process": "needs subgraphs, interrupts and SqliteSaver",
     "breakpoints": "needs interrupt_before/interrupt_after",
-    "durability": "needs durability=",
     "retry_timeout": "needs error_handler= and timeout=",
 }
 
