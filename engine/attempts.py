@@ -115,6 +115,12 @@ class StepAttempts:
         self.failed[task.order] = error
         return None
 
+    def kept_writes(self) -> dict[Order, Mapping[str, Any]]:
+        """The writes a failed or stopped step keeps for its resume: all but those of tasks
+        that returned a ``Command`` with a goto (checkpoints keep writes, not gotos: those
+        tasks run again on resume, so that their goto routes the step)."""
+        return {order: w for order, w in self.writes.items() if order not in self.gotos}
+
     def first_error(self) -> NodeError | InvalidUpdateError | None:
         """The step's error: its first failed call's, in (node, Send index) order."""
         if not self.failed:

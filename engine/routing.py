@@ -126,8 +126,8 @@ def _goto(
             raise GraphError(
                 f"node {source!r} returned Command(goto={what}) in step {step}, but "
                 f"{node!r} is not a node of the graph (known: {sorted(plan.nodes)}); add it "
-                "with add_node, or fix the name (END ends the run there); the step's writes "
-                "are kept: resume after fixing it",
+                "with add_node, or fix the name (END ends the run there), then resume: the "
+                "step's other writes are kept, and the node runs again",
                 node=source,
                 step=step,
             )

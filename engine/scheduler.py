@@ -152,20 +152,21 @@ class Scheduler:
             await self.dispatcher.run_step(step, cursor.state, todo, attempts.settle)
         except asyncio.CancelledError:
             # Keep what finished: a resume re-runs only the rest.
-            await self.saver.save_stopped(cursor, attempts.writes, "interrupted")
+            await self.saver.save_stopped(cursor, attempts.kept_writes(), "interrupted")
             raise
         except Exception:
             # Not a node's failure (those settle as outcomes): an engine error.
             # The step's other calls were stopped; keep what finished.
-            await self.saver.save_stopped(cursor, attempts.writes, "failed")
+            await self.saver.save_stopped(cursor, attempts.kept_writes(), "failed")
             raise
         # barrier
         writes: dict[tuple[str, int], Mapping[str, Any]] = dict(attempts.writes)
         writes.update(cursor.pending)
+        kept = {**cursor.pending, **attempts.kept_writes()}  # what a resume need not re-run
         error = attempts.first_error()
         self.recorder.step_finished(step, time.perf_counter() - t0, ok=error is None)
         if error is not None:
-            await self.saver.save(cursor.with_pending(writes), "failed", errors=attempts.failed)
+            await self.saver.save(cursor.with_pending(kept), "failed", errors=attempts.failed)
             raise error
         try:
             # merge, route
@@ -178,7 +179,7 @@ class Scheduler:
             # Every call of the step succeeded, but merging or routing their
             # writes failed (a conflict, a router's bug): keep the writes, so
             # a resume merges and routes again without re-running the calls.
-            await self.saver.save(cursor.with_pending(writes), "failed")
+            await self.saver.save(cursor.with_pending(kept), "failed")
             raise
         if self.recorder.chunks is not None:
             ordered = sorted(merged, key=_order)

@@ -266,3 +266,34 @@ def test_destinations_are_drawn_as_conditional_edges() -> None:
         "b --> __end__;",
         "c --> __end__;",
     ]
+
+
+FLAKY = {"fail": True}
+
+
+def flaky(state: S) -> dict[str, Any]:
+    if FLAKY["fail"]:
+        raise ConnectionError("flaky lost its connection")
+    return {"log": ["flaky"]}
+
+
+def test_a_goto_survives_a_failed_step_and_its_resume() -> None:
+    """Checkpoints keep writes, not gotos: the Command's node runs again on resume, so the
+    run still goes where it said (and its write is not doubled)."""
+    from engine.checkpoint import MemoryCheckpointer
+
+    g: Graph[S] = Graph(S)
+    g.add_node("a", hands_to_b, lane="thread")
+    g.add_node("flaky", flaky, lane="thread")  # FLAKY is this process's
+    for name in ("b", "c"):
+        g.add_node(name, plain(name))
+    g.add_edge(START, "a")
+    g.add_edge(START, "flaky")
+    app = g.compile(MemoryCheckpointer())
+    FLAKY["fail"] = True
+    with pytest.raises(ConnectionError):
+        app.invoke({"log": [], "n": 0}, thread_id="t")
+    FLAKY["fail"] = False
+    result = app.run(None, thread_id="t")
+    assert result.state["log"] == ["a", "flaky", "b"]
+    assert steps(result) == [(0, "a"), (0, "flaky"), (1, "b")]
