@@ -159,7 +159,24 @@ def command_parts(node: str, step: int, value: Any) -> tuple[Any, tuple[str | Se
             )
         if item != END:
             targets.append(item)
-    return value.update, tuple(targets)
+    return _pairs(node, step, value.update), tuple(targets)
+
+
+def _pairs(node: str, step: int, update: Any) -> Any:
+    """A Command's update given as (key, value) pairs, as a dict (each key once)."""
+    if not isinstance(update, list | tuple) or not all(
+        isinstance(p, tuple) and len(p) == 2 for p in update
+    ):
+        return update
+    keys = [k for k, _ in update]
+    if len(set(keys)) != len(keys):
+        raise InvalidUpdateError(
+            f"node {node!r} (step {step}) returned a Command whose update pairs name a key "
+            f"more than once ({keys}); give each key once (a list value for a reducer)",
+            node=node,
+            step=step,
+        )
+    return dict(update)
 
 
 def unawaited(error: InvalidUpdateError, value: Any) -> InvalidUpdateError:

@@ -155,7 +155,9 @@ def build_plan(graph: GraphSpec, policy: ProfilePolicy | None = None) -> Plan:
             "or add_conditional_edges(START, route)"
         )
     unreachable = sorted(set(graph.nodes) - _reachable(graph))
-    if unreachable:
+    # LangGraph's conventions (engine.langgraph) compile them as LangGraph does: a node
+    # reached only by an undeclared Command(goto=...) is common there.
+    if unreachable and graph.schema.conventions != "langgraph":
         raise GraphError(
             f"node(s) {unreachable} cannot be reached from START; add an edge to them "
             "or remove them (a node whose Command(goto=...) goes there declares it: "

@@ -26,9 +26,12 @@ from .spec import END, START, Send, Task
 Order = tuple[str, int]
 
 
-def start_tasks(plan: Plan, state: Any) -> list[Task]:
-    """The tasks of a fresh run's first step: START's edges and branches on the input."""
-    return next_tasks(plan, [START], state, step=-1, fanin={})
+def start_tasks(plan: Plan, state: Any, fanin: dict[str, set[str]] | None = None) -> list[Task]:
+    """The tasks of a fresh run's first step: START's edges and branches on the input.
+
+    ``fanin``: the new cursor's bookkeeping, filled in place (a deferred node START
+    triggers alongside others is held there)."""
+    return next_tasks(plan, [START], state, step=-1, fanin={} if fanin is None else fanin)
 
 
 def next_tasks(

@@ -94,7 +94,9 @@ class Scheduler:
 
     def start_cursor(self, state: Any, step: int = 0) -> RunCursor:
         """The cursor of a fresh run: START's edges and branches on the input."""
-        return RunCursor(state=state, step=step, tasks=start_tasks(self.plan, state))
+        fanin: dict[str, set[str]] = {}  # a deferred node START triggered is held there
+        tasks = start_tasks(self.plan, state, fanin)
+        return RunCursor(state=state, step=step, tasks=tasks, fanin=fanin)
 
     async def run(self, cursor: RunCursor, *, resumed: bool = False) -> RunResult[Any]:
         """Run from ``cursor`` until no task is triggered; the final state, trace, metrics."""

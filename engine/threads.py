@@ -147,7 +147,7 @@ async def update_state(
     ) -> Sequence[Any]:
         state = after if schema.held == "values" else schema.result(after)
         if START in ran:  # an update as the input: START's edges, as a run's first step
-            return start_tasks(plan, state)
+            return start_tasks(plan, state, fanin)
         return next_tasks(plan, [n for n in ran if n in plan.nodes], state, step, fanin)
 
     new = update(
@@ -228,7 +228,9 @@ async def input_cursor(saver: RunSaver, latest: Checkpoint | None, input: object
 
 def _first_step(saver: RunSaver, before: Any, updates: Mapping[str, Any], step: int) -> RunCursor:
     state = saver.plan.schema.apply(before, [Write(START, -1, updates)], step)
-    return RunCursor(state=state, step=step + 1, tasks=start_tasks(saver.plan, state))
+    fanin: dict[str, set[str]] = {}  # a deferred node START triggered is held there
+    tasks = start_tasks(saver.plan, state, fanin)
+    return RunCursor(state=state, step=step + 1, tasks=tasks, fanin=fanin)
 
 
 async def resumed_cursor(saver: RunSaver, cp: Checkpoint) -> RunCursor:

@@ -297,3 +297,35 @@ def test_a_goto_survives_a_failed_step_and_its_resume() -> None:
     result = app.run(None, thread_id="t")
     assert result.state["log"] == ["a", "flaky", "b"]
     assert steps(result) == [(0, "a"), (0, "flaky"), (1, "b")]
+
+
+def test_update_pairs_are_a_dict_each_key_once() -> None:
+    def a(state: S) -> Command[Any]:
+        return Command(update=[("log", ["x"]), ("n", 2)])
+
+    def twice(state: S) -> Command[Any]:
+        return Command(update=[("log", ["x"]), ("log", ["y"])])
+
+    for fn, ok in ((a, True), (twice, False)):
+        g: Graph[S] = Graph(S)
+        g.add_node("a", fn)
+        g.add_edge(START, "a")
+        if ok:
+            assert g.compile().invoke({"log": [], "n": 0}) == {"log": ["x"], "n": 2}
+        else:
+            with pytest.raises(InvalidUpdateError, match="more than once"):
+                g.compile().invoke({"log": [], "n": 0})
+
+
+def test_engine_langgraph_compiles_a_target_only_an_undeclared_goto_reaches() -> None:
+    """As LangGraph does: no annotation, no destinations=, and the run still goes there."""
+    from engine.langgraph import StateGraph
+
+    def a(state: S) -> Command[Any]:
+        return Command(goto="b", update={"log": ["a"]})
+
+    g = StateGraph(S)
+    g.add_node("a", a)
+    g.add_node("b", plain("b"))
+    g.add_edge(START, "a")
+    assert g.compile().invoke({"log": [], "n": 0}) == {"log": ["a", "b"], "n": 0}

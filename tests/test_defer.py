@@ -80,3 +80,27 @@ def test_a_held_trigger_survives_a_failure_and_its_resume() -> None:
     assert [(c.step, c.node) for c in result.trace.calls][-1] == (3, "aggregate")
     assert len(result.trace.for_node("aggregate")) == 1
     assert result.state["summary"] == "a,b1,b2,c"
+
+
+def test_a_deferred_node_start_triggers_waits_for_a_loop_to_end(mode: str) -> None:
+    """START triggers the loop and the deferred node at once: it is held (in the first
+    cursor's bookkeeping) until the loop stops, then runs once, as LangGraph runs it."""
+
+    def loop(state: S) -> dict[str, Any]:
+        return {"items": ["l"]}
+
+    def again(state: S) -> str:
+        return "loop" if len(state["items"]) < 3 else "__end__"
+
+    g: Graph[S] = Graph(S)
+    g.add_node("loop", loop)
+    g.add_node("aggregate", aggregate, defer=True)
+    g.add_edge(START, "loop")
+    g.add_edge(START, "aggregate")
+    g.add_conditional_edges("loop", again)
+    result = g.compile(MemoryCheckpointer()).run(
+        {"items": [], "summary": ""}, mode=mode, thread_id="t"
+    )
+    calls = sorted((c.step, c.node) for c in result.trace.calls)
+    assert calls == [(0, "loop"), (1, "loop"), (2, "loop"), (3, "aggregate")]
+    assert result.state["summary"] == "l,l,l"
