@@ -78,6 +78,8 @@ class StepAttempts:
                 self.recorder.call_failed(out, bad, will_retry=False)
                 self.failed[task.order] = bad
                 return None
+            if isinstance(out.value, Command):  # streams show its update, as LangGraph's
+                out = out._replace(value=value)
             self.recorder.call_finished(out)
             self.writes[task.order] = updates
             if goto:

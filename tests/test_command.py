@@ -329,3 +329,17 @@ def test_engine_langgraph_compiles_a_target_only_an_undeclared_goto_reaches() ->
     g.add_node("b", plain("b"))
     g.add_edge(START, "a")
     assert g.compile().invoke({"log": [], "n": 0}) == {"log": ["a", "b"], "n": 0}
+
+
+def test_streams_show_a_commands_update_as_its_result() -> None:
+    """LangGraph's tasks and debug chunks carry the Command's update, not the Command."""
+    from engine.langgraph import StateGraph
+
+    g = StateGraph(S)
+    g.add_node("a", hands_to_b)
+    g.add_node("b", plain("b"))
+    g.add_node("c", plain("c"))
+    g.add_edge(START, "a")
+    app = g.compile()
+    chunks = app.stream({"log": [], "n": 0}, stream_mode="tasks")
+    assert [c["result"] for c in chunks if "result" in c] == [{"log": ["a"]}, {"log": ["b"]}]
