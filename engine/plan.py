@@ -62,11 +62,7 @@ class Plan:
     fanins_by_source: Mapping[str, tuple[FanIn, ...]]
     branches: Mapping[str, tuple[Branch, ...]]  # source -> conditional edges
     context_schema: type | None = None  # the class of a run's context=, if declared
-
-    @property
-    def deferred(self) -> tuple[str, ...]:
-        """The nodes added with ``defer=True``."""
-        return tuple(name for name, node in self.nodes.items() if node.spec.defer)
+    deferred: tuple[str, ...] = ()  # the nodes added with defer=True
 
     def with_decisions(self, decisions: Mapping[str, LaneDecision]) -> Plan:
         """A copy of this plan with some lane decisions replaced."""
@@ -82,6 +78,7 @@ class Plan:
             fanins_by_source=self.fanins_by_source,
             branches=self.branches,
             context_schema=self.context_schema,
+            deferred=self.deferred,
         )
 
 
@@ -206,6 +203,7 @@ def build_plan(graph: GraphSpec, policy: ProfilePolicy | None = None) -> Plan:
         fanins_by_source=MappingProxyType({k: tuple(v) for k, v in by_source.items()}),
         branches=MappingProxyType({k: tuple(v) for k, v in branches.items()}),
         context_schema=graph.context_schema,
+        deferred=tuple(name for name, spec in graph.nodes.items() if spec.defer),
     )
 
 
