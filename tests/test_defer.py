@@ -104,3 +104,26 @@ def test_a_deferred_node_start_triggers_waits_for_a_loop_to_end(mode: str) -> No
     calls = sorted((c.step, c.node) for c in result.trace.calls)
     assert calls == [(0, "loop"), (1, "loop"), (2, "loop"), (3, "aggregate")]
     assert result.state["summary"] == "l,l,l"
+
+
+def test_a_send_to_a_deferred_node_is_not_held() -> None:
+    """As LangGraph: defer holds the edge's trigger; a Send to the node runs next step."""
+    from engine import Send
+
+    def fan(state: S) -> list[Send]:
+        return [Send("aggregate", {"items": ["s"], "summary": ""})]
+
+    g: Graph[S] = Graph(S)
+    for name in ("a", "b", "c"):
+        g.add_node(name, item(name))
+    g.add_node("aggregate", aggregate, defer=True)
+    g.add_edge(START, "a")
+    g.add_edge(START, "b")
+    g.add_conditional_edges("a", fan)
+    g.add_edge("b", "c")
+    g.add_edge("c", "aggregate")
+    result = g.compile().run({"items": [], "summary": ""})
+    calls = sorted((c.step, c.node, c.index) for c in result.trace.calls)
+    assert calls == [
+        (0, "a", -1), (0, "b", -1), (1, "aggregate", 0), (1, "c", -1), (2, "aggregate", -1),
+    ]  # fmt: skip
