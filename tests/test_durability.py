@@ -124,3 +124,24 @@ def test_an_async_write_that_fails_fails_the_run() -> None:
 def test_an_unknown_durability_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown durability 'always'"):
         RunOptions(durability="always")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("how", ["invoke", "stream"])
+def test_engine_langgraph_passes_durability_on(how: str) -> None:
+    from engine.langgraph import InMemorySaver, StateGraph
+
+    def a(state: S) -> dict[str, Any]:
+        return {"log": ["a"]}
+
+    g = StateGraph(S)
+    g.add_node("a", a)
+    g.add_node("b", a)
+    g.add_edge(START, "a")
+    g.add_edge("a", "b")
+    app = g.compile(checkpointer=InMemorySaver())
+    config = {"configurable": {"thread_id": how}}
+    if how == "invoke":
+        app.invoke({"log": []}, config, durability="exit")
+    else:
+        list(app.stream({"log": []}, config, durability="exit"))
+    assert [s.metadata["step"] for s in app.get_state_history(config)] == [2]
