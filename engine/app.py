@@ -415,7 +415,13 @@ class CompiledGraph(Generic[S]):
             cache=self.cache,
             routes=self._routes_for(plan, mode, watchdog is not None) if budgets is None else None,
         )
-        saver = RunSaver(plan, self.checkpointer, thread_id=thread_id, run_id=run_id)
+        saver = RunSaver(
+            plan,
+            self.checkpointer,
+            thread_id=thread_id,
+            run_id=run_id,
+            durability=opts.durability,
+        )
         saver.checkpointer = announcing(saver, opts.on_chunk, streaming_modes())
         scheduler = Scheduler(
             plan,
