@@ -145,3 +145,43 @@ def test_engine_langgraph_passes_durability_on(how: str) -> None:
     else:
         list(app.stream({"log": []}, config, durability="exit"))
     assert [s.metadata["step"] for s in app.get_state_history(config)] == [2]
+
+
+@pytest.mark.parametrize("durability", ["async", "exit"])
+def test_an_interrupted_run_resumes_by_id_whatever_its_durability(durability: str) -> None:
+    """A question asked two steps in: the interrupt's id is made from the checkpoint of
+    its step (written in the background, or not at all, before the question), and a
+    resume by that id answers it; the steps before it do not run again."""
+    from engine import Command, interrupt
+
+    class Q(TypedDict):
+        log: Annotated[list[str], operator.add]
+
+    ran: list[str] = []
+
+    def plain(name: str) -> Any:
+        def node(state: Q) -> dict[str, Any]:
+            ran.append(name)
+            return {"log": [name]}
+
+        return node
+
+    def ask(state: Q) -> dict[str, Any]:
+        ran.append("ask")
+        return {"log": [f"answer={interrupt('ok?')}"]}
+
+    g: Graph[Q] = Graph(Q)
+    g.add_node("a", plain("a"), lane="inline")
+    g.add_node("b", plain("b"), lane="inline")
+    g.add_node("ask", ask, lane="inline")
+    g.add_edge(START, "a")
+    g.add_edge("a", "b")
+    g.add_edge("b", "ask")
+    app = g.compile(checkpointer=MemoryCheckpointer())
+    opts = RunOptions(thread_id="t", durability=durability)  # type: ignore[arg-type]
+    first = app.run({"log": []}, opts)
+    (question,) = first.interrupts
+    assert app.get_state("t").interrupts[0].id == question.id
+    done = app.run(Command(resume={question.id: "yes"}), opts)
+    assert done.state["log"] == ["a", "b", "answer=yes"]
+    assert ran == ["a", "b", "ask", "ask"]
