@@ -486,6 +486,7 @@ class CompiledGraph(Generic[S]):
             self.checkpointer if above is None else above.checkpointer,
             thread_id=thread_id,
             run_id=run_id,
+            durability=opts.durability,
         )
         if above is not None:
             saver = nested_saver(saver, above, me)

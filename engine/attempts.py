@@ -4,7 +4,8 @@
 
     dispatcher --Outcome--> StepAttempts.settle              --> None: settled
                               ok: the update checked (a bad one: InvalidUpdateError)
-                                  -> the step's write
+                                  -> the step's write; a Command: its update the
+                                  write, its goto kept for routing (``gotos``)
                               failed: the run's error for it (names node, step,
                                   lane, attempt; NodeTimeoutError, WorkerCrashedError)
                                   run it again?  -> a delay: the call runs again
@@ -40,6 +41,7 @@ from .lanes.calls import (
     WorkerLost,
 )
 from .policy import NO_RETRY
+from .spec import END, Command, Send
 
 if TYPE_CHECKING:
     from .plan import Plan
@@ -67,6 +69,8 @@ class StepAttempts:
         self.failed: dict[Order, NodeError | InvalidUpdateError] = {}
         #: Tasks whose node asked a person (``interrupt()``): no write, never retried.
         self.interrupted: dict[Order, Interrupted] = {}
+        #: The ``goto`` of each task that returned a ``Command`` with one (routing's input).
+        self.gotos: dict[Order, tuple[str | Send, ...]] = {}
         self._tries: dict[Order, list[int]] = {}
 
     def __repr__(self) -> str:
@@ -82,14 +86,19 @@ class StepAttempts:
             return None
         if out.failure is None:
             try:
-                updates = self.plan.schema.check_update(task.node, self.step, out.value)
+                value, goto = command_parts(task.node, self.step, out.value)
+                updates = self.plan.schema.check_update(task.node, self.step, value)
             except InvalidUpdateError as exc:
                 bad = unawaited(exc, out.value)
                 self.recorder.call_failed(out, bad, will_retry=False)
                 self.failed[task.order] = bad
                 return None
+            if isinstance(out.value, Command):  # streams show its update, as LangGraph's
+                out = out._replace(value=value)
             self.recorder.call_finished(out)
             self.writes[task.order] = updates
+            if goto:
+                self.gotos[task.order] = goto
             return None
         node = self.plan.nodes[task.node]
         error = run_error(out, node.lane)
@@ -123,6 +132,12 @@ class StepAttempts:
         self.failed[task.order] = error
         return None
 
+    def kept_writes(self) -> dict[Order, Mapping[str, Any]]:
+        """The writes a failed or stopped step keeps for its resume: all but those of tasks
+        that returned a ``Command`` with a goto (checkpoints keep writes, not gotos: those
+        tasks run again on resume, so that their goto routes the step)."""
+        return {order: w for order, w in self.writes.items() if order not in self.gotos}
+
     def first_error(self) -> NodeError | InvalidUpdateError | None:
         """The step's error: its first failed call's, in (node, Send index) order."""
         if not self.failed:
@@ -133,6 +148,52 @@ class StepAttempts:
             others = ", ".join(repr(node) for node, _ in orders[1:])
             first.add_note(f"in the same step {others} also failed")
         return first
+
+
+def command_parts(node: str, step: int, value: Any) -> tuple[Any, tuple[str | Send, ...]]:
+    """A node's return value as (its update, its goto targets): a ``Command`` unwrapped
+    (goto as a tuple of node names and ``Send``s, END left out), anything else as is."""
+    if not isinstance(value, Command):
+        return value, ()
+    if value.graph is not None:
+        raise InvalidUpdateError(
+            f"node {node!r} (step {step}) returned Command(graph={value.graph!r}), but this "
+            "graph runs on its own, not as a subgraph of another: drop graph= to route in "
+            "this graph",
+            node=node,
+            step=step,
+        )
+    goto = value.goto
+    items = list(goto) if isinstance(goto, list | tuple) else [goto]
+    targets: list[str | Send] = []
+    for item in items:
+        if not isinstance(item, str | Send):
+            raise InvalidUpdateError(
+                f"node {node!r} (step {step}) returned Command(goto={goto!r}): a goto is a "
+                f"node name, a Send, or a list of them, not {type(item).__name__}",
+                node=node,
+                step=step,
+            )
+        if item != END:
+            targets.append(item)
+    return _pairs(node, step, value.update), tuple(targets)
+
+
+def _pairs(node: str, step: int, update: Any) -> Any:
+    """A Command's update given as (key, value) pairs, as a dict (each key once)."""
+    if not isinstance(update, list | tuple) or not all(
+        isinstance(p, tuple) and len(p) == 2 for p in update
+    ):
+        return update
+    keys = [k for k, _ in update]
+    if len(set(keys)) != len(keys):
+        raise InvalidUpdateError(
+            f"node {node!r} (step {step}) returned a Command whose update pairs name a key "
+            f"more than once ({keys}); give each key once (a list value for a reducer)",
+            node=node,
+            step=step,
+        )
+    return dict(update)
 
 
 def unawaited(error: InvalidUpdateError, value: Any) -> InvalidUpdateError:
@@ -216,4 +277,4 @@ def run_error(out: Outcome, lane: str) -> NodeError:
     return err
 
 
-__all__ = ["POISON_AFTER_CRASHES", "StepAttempts", "run_error", "unawaited"]
+__all__ = ["POISON_AFTER_CRASHES", "StepAttempts", "command_parts", "run_error", "unawaited"]

@@ -7,7 +7,10 @@ solid and conditional edges dotted (labelled with the router's return value
 where it differs from the target), edges sorted by source and target with
 the static edges into END last. A fan-in edge is drawn as one edge from each
 of its sources. A conditional edge without a path map is drawn to every node
-it could reach (any node, or END).
+it could reach (any node, or END). The destinations a node's
+``Command(goto=...)`` may take (``add_node(..., destinations=...)``, or its
+``-> Command[Literal[...]]`` annotation) are drawn as conditional edges,
+labelled where given a label; a node with no edge out is drawn into END.
 """
 
 from __future__ import annotations
@@ -61,6 +64,12 @@ class Drawing:
                 for key, target in branch.path_map.items():
                     label = None if str(key) == target else str(key)
                     edges.append(Edge(source, target, True, label))
+        for name, node in plan.nodes.items():
+            for target, label in (node.spec.destinations or {}).items():
+                edges.append(Edge(name, target, True, label))
+        leaving = {e.source for e in edges}
+        # A node with no way on ends the run: drawn with an edge to END.
+        edges += [Edge(n, END) for n in plan.nodes if n not in leaving]
         unique = list(dict.fromkeys(edges))
         return cls(nodes=tuple(plan.nodes), edges=tuple(unique))
 

@@ -18,7 +18,7 @@ from .classify import LANES, Lane, declared_lane, is_coroutine_function, pickle_
 from .context import wants
 from .errors import GraphError
 from .policy import RetryPolicy
-from .spec import END, RESERVED, START, Branch, GraphSpec, NodeSpec, Send
+from .spec import END, RESERVED, START, Branch, Command, GraphSpec, NodeSpec, Send
 from .state import StateSchema, kind_of
 
 if TYPE_CHECKING:
@@ -88,6 +88,8 @@ class Graph(Generic[S]):
         batch: bool = True,
         cache_policy: CachePolicy | None = None,
         input_schema: type | None = None,
+        destinations: Mapping[str, str] | Sequence[str] | None = None,
+        defer: bool = False,
     ) -> Graph[S]:
         """Add a node; ``add_node(fn)`` names it after the function.
 
@@ -111,6 +113,15 @@ class Graph(Generic[S]):
         (by default, many short cpu calls go to the pool in chunks).
         ``cache_policy=CachePolicy(...)`` keeps the node's results by a key
         of its input in the cache given to ``compile(cache=...)``.
+
+        A node may return ``Command(update=..., goto=...)``: ``update`` is its
+        update, ``goto`` (a node name, a ``Send``, a list of them, or END)
+        runs in the next step besides the node's edges. ``destinations=("a",
+        "b")`` (or ``{"a": "label"}``; inferred from a ``-> Command[Literal["a",
+        "b"]]`` annotation) names where it may go: compile checks the names
+        and counts them as edges, and the drawing shows them. ``defer=True``
+        holds the node's runs back until no other node has a task in the
+        next step (a fan-in after branches of unequal length runs once).
         """
         if fn is None:
             if not callable(name):
@@ -196,6 +207,8 @@ class Graph(Generic[S]):
             batch=bool(batch),
             cache_policy=_cache_policy(name, cache_policy),
             takes=wants(fn),
+            destinations=_destinations(name, destinations, fn),
+            defer=bool(defer),
         )
         return self
 
@@ -338,6 +351,51 @@ def node_input_schema(fn: Callable[..., Any]) -> type | None:
     return hint if isinstance(hint, type) and kind_of(hint) is not None else None
 
 
+def command_destinations(fn: Callable[..., Any]) -> tuple[str, ...] | None:
+    """The targets a ``-> Command[Literal["a", "b"]]`` return annotation names (None: it
+    names none)."""
+    try:
+        hint = typing.get_type_hints(fn).get("return")
+    except Exception:
+        return None
+    found: list[str] = []
+    todo = [hint]
+    while todo:
+        item = todo.pop(0)
+        origin = typing.get_origin(item)
+        if origin is Command:
+            for arg in typing.get_args(item):
+                if typing.get_origin(arg) is typing.Literal:
+                    found += [str(v) for v in typing.get_args(arg)]
+        elif origin is not None:
+            todo += list(typing.get_args(item))  # a Union, an Optional
+    return tuple(dict.fromkeys(found)) or None
+
+
+def _destinations(
+    name: str, destinations: Mapping[str, str] | Sequence[str] | None, fn: Callable[..., Any]
+) -> Mapping[str, str | None] | None:
+    """``destinations=`` as target -> label, or the annotation's targets."""
+    if destinations is None:
+        inferred = command_destinations(fn)
+        if inferred is None:
+            return None
+        return MappingProxyType(dict.fromkeys(inferred))
+    if isinstance(destinations, str) or not isinstance(destinations, Mapping | Sequence):
+        raise GraphError(
+            f"node {name!r}: destinations must be a tuple of node names or a dict of node "
+            f"name -> label, got {destinations!r}"
+        )
+    labels: dict[str, str | None] = (
+        {str(k): str(v) for k, v in destinations.items()}
+        if isinstance(destinations, Mapping)
+        else dict.fromkeys(map(str, destinations))
+    )
+    if START in labels:
+        raise GraphError(f"node {name!r}: destinations cannot include START")
+    return MappingProxyType(labels)
+
+
 def _cache_policy(name: str, policy: Any) -> CachePolicy | None:
     from .cache import CachePolicy
 
@@ -349,4 +407,4 @@ def _cache_policy(name: str, policy: Any) -> CachePolicy | None:
     return policy
 
 
-__all__ = ["END", "START", "Branch", "Graph", "NodeSpec", "Send"]
+__all__ = ["END", "START", "Branch", "Graph", "NodeSpec", "Send", "command_destinations"]

@@ -68,7 +68,7 @@ from .context import Runtime, current, get_config, get_runtime
 from .drawing import Drawing
 from .errors import InvalidUpdateError, NodeError, RecursionLimitError
 from .errors import NodeTimeoutError as EngineTimeoutError
-from .graph import Graph, node_input_schema
+from .graph import Graph, command_destinations, node_input_schema
 from .interrupts import interrupt as _interrupt
 from .interrupts import shown_values
 from .lgtypes import (
@@ -193,10 +193,6 @@ class StateGraph(Generic[S]):
             name = str(node)
         if isinstance(action, CompiledStateGraph):  # a subgraph: the engine's own node for it
             action = SubgraphNode(action.app, self._schema().channels, str(node))
-        if defer:
-            raise NotImplementedError(
-                f"add_node({name!r}, defer=True) is not supported by engine.langgraph yet"
-            )
         if error_handler is not None:
             raise NotImplementedError(
                 f"add_node({name!r}, error_handler=...) is not supported by engine.langgraph "
@@ -223,6 +219,11 @@ class StateGraph(Generic[S]):
             lane=lane,
             retry=retry_policy,
             cache_policy=cache_policy,
+            # Read off the function itself: _adapt may wrap it.
+            destinations=(
+                destinations if destinations is not None else command_destinations(action)
+            ),
+            defer=defer,
             **engine_options,
         )
         return self
@@ -300,12 +301,16 @@ class StateGraph(Generic[S]):
         return CompiledStateGraph(app, self, name or "LangGraph")
 
 
-def _with_breakpoints(opts: RunOptions, kwargs: Mapping[str, Any]) -> RunOptions:
-    """``opts`` with a call's own ``interrupt_before``/``interrupt_after``, if it gave any."""
+def _per_call(opts: RunOptions, kwargs: Mapping[str, Any]) -> RunOptions:
+    """``opts`` with a call's own ``interrupt_before``/``interrupt_after`` and
+    ``durability``, where it gave them."""
+    changes: dict[str, Any] = {}
     before, after = kwargs.get("interrupt_before"), kwargs.get("interrupt_after")
-    if before is None and after is None:
-        return opts
-    return dataclasses.replace(opts, interrupt_before=before, interrupt_after=after)
+    if before is not None or after is not None:
+        changes.update(interrupt_before=before, interrupt_after=after)
+    if kwargs.get("durability") is not None:
+        changes["durability"] = kwargs["durability"]
+    return dataclasses.replace(opts, **changes) if changes else opts
 
 
 def _auto(graph: Graph[S]) -> Graph[S]:
@@ -408,7 +413,7 @@ class CompiledStateGraph(Generic[S]):
                 c async for c in self._astream(input, config, context, stream_mode, "v1", kwargs)
             ]
             return GraphOutput(chunks) if version == "v2" else chunks
-        opts = _with_breakpoints(self._options(config, context), kwargs)
+        opts = _per_call(self._options(config, context), kwargs)
         try:
             result = await self.app.arun(input, opts)
         except (NodeError, RecursionLimitError) as exc:
@@ -466,7 +471,7 @@ class CompiledStateGraph(Generic[S]):
     ) -> AsyncIterator[Any]:
         if version not in ("v1", "v2"):
             raise ValueError(f"unknown version {version!r}: use 'v1' or 'v2'")
-        opts = _with_breakpoints(self._options(config, context), kwargs or {})
+        opts = _per_call(self._options(config, context), kwargs or {})
         modes, pairs = parse_modes(self.stream_mode if stream_mode is None else stream_mode)
         shape = self._shape
         subgraphs = bool((kwargs or {}).get("subgraphs"))

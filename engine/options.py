@@ -12,6 +12,7 @@ from typing import Any, TypedDict
 from .lanes import MODES, Mode
 from .recorder import EventSink
 from .resources import Clock, Rate
+from .saving import DURABILITIES, Durability
 from .streaming import ChunkSink
 from .watchdog import DEFAULT_THRESHOLD_S
 
@@ -73,6 +74,10 @@ class RunOptions:
     #: with ``arun(None, thread_id=...)``.
     interrupt_before: Sequence[str] | str | None = None
     interrupt_after: Sequence[str] | str | None = None
+    #: How often the run saves checkpoints: ``"sync"`` (each step's before the next
+    #: starts), ``"async"`` (each step's written while the next runs; all written before
+    #: the run returns), ``"exit"`` (only the last: done, failed or interrupted).
+    durability: Durability = "sync"
 
     def __post_init__(self) -> None:
         if self.config is not None:
@@ -81,6 +86,10 @@ class RunOptions:
             raise ValueError(f"unknown mode {self.mode!r}; use one of {', '.join(MODES)}")
         if self.recursion_limit < 1:
             raise ValueError(f"recursion_limit must be >= 1, got {self.recursion_limit}")
+        if self.durability not in DURABILITIES:
+            raise ValueError(
+                f"unknown durability {self.durability!r}; use one of {', '.join(DURABILITIES)}"
+            )
 
     def _take_config(self, config: Mapping[str, Any]) -> None:
         if not isinstance(config, Mapping):
@@ -148,6 +157,7 @@ class RunKwargs(TypedDict, total=False):
     context: Any
     interrupt_before: Sequence[str] | str | None
     interrupt_after: Sequence[str] | str | None
+    durability: Durability
 
 
 def merged_options(options: RunOptions | None, kwargs: RunKwargs) -> RunOptions:

@@ -28,6 +28,12 @@ class FanIn:
     target: str
 
 
+def deferred_key(node: str) -> str:
+    """The fan-in bookkeeping key under which a deferred node's held trigger is kept (its
+    set holds the node's own name while it waits: saved in checkpoints like a fan-in's)."""
+    return f"defer:{node}"
+
+
 @dataclass(frozen=True)
 class PlanNode:
     """A node with its lane decided, and what it reads of the state (lean dispatch)."""
@@ -56,6 +62,7 @@ class Plan:
     fanins_by_source: Mapping[str, tuple[FanIn, ...]]
     branches: Mapping[str, tuple[Branch, ...]]  # source -> conditional edges
     context_schema: type | None = None  # the class of a run's context=, if declared
+    deferred: tuple[str, ...] = ()  # the nodes added with defer=True
 
     def with_decisions(self, decisions: Mapping[str, LaneDecision]) -> Plan:
         """A copy of this plan with some lane decisions replaced."""
@@ -71,6 +78,7 @@ class Plan:
             fanins_by_source=self.fanins_by_source,
             branches=self.branches,
             context_schema=self.context_schema,
+            deferred=self.deferred,
         )
 
 
@@ -88,6 +96,13 @@ def _check_names(graph: GraphSpec) -> None:
                 f"edge {list(sources)} -> {target!r} ends at unknown node {target!r}; "
                 f"add it with add_node first (known: {sorted(known)})"
             )
+    for name, spec in graph.nodes.items():
+        for target in spec.destinations or {}:
+            if target != END and target not in known:
+                raise GraphError(
+                    f"node {name!r}: destinations names unknown node {target!r}; add it with "
+                    f"add_node, or fix the name (known: {sorted(known)})"
+                )
     for branch in graph.branches:
         if branch.source != START and branch.source not in known:
             raise GraphError(
@@ -111,6 +126,8 @@ def _reachable(graph: GraphSpec) -> set[str]:
     for branch in graph.branches:
         targets = set(branch.path_map.values()) if branch.path_map is not None else set(graph.nodes)
         succ.setdefault(branch.source, set()).update(targets)
+    for name, spec in graph.nodes.items():
+        succ.setdefault(name, set()).update(spec.destinations or ())
     seen: set[str] = set()
     todo = [START]
     while todo:
@@ -135,10 +152,13 @@ def build_plan(graph: GraphSpec, policy: ProfilePolicy | None = None) -> Plan:
             "or add_conditional_edges(START, route)"
         )
     unreachable = sorted(set(graph.nodes) - _reachable(graph))
-    if unreachable:
+    # LangGraph's conventions (engine.langgraph) compile them as LangGraph does: a node
+    # reached only by an undeclared Command(goto=...) is common there.
+    if unreachable and graph.schema.conventions != "langgraph":
         raise GraphError(
             f"node(s) {unreachable} cannot be reached from START; add an edge to them "
-            "or remove them"
+            "or remove them (a node whose Command(goto=...) goes there declares it: "
+            "add_node(..., destinations=(...)) or a -> Command[Literal[...]] annotation)"
         )
 
     edges: dict[str, list[str]] = {}
@@ -183,6 +203,7 @@ def build_plan(graph: GraphSpec, policy: ProfilePolicy | None = None) -> Plan:
         fanins_by_source=MappingProxyType({k: tuple(v) for k, v in by_source.items()}),
         branches=MappingProxyType({k: tuple(v) for k, v in branches.items()}),
         context_schema=graph.context_schema,
+        deferred=tuple(name for name, spec in graph.nodes.items() if spec.defer),
     )
 
 

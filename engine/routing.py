@@ -2,13 +2,13 @@
 
 A pure function of its inputs (it only updates the fan-in bookkeeping it is
 handed): static edges, fan-ins whose sources have all run since their target
-last ran, conditional edges evaluated on the merged state, and the ``Send``s
-routers return. The tasks come back sorted by (node, Send index): the order
-a step's writes are merged in.
-
-Where a node's ``Command(goto=...)`` will plug in: its targets join
-``triggered`` (names) and ``sends`` (``Send``s) exactly as a router's
-results do, through ``_interpret``.
+last ran, conditional edges evaluated on the merged state, the ``Send``s
+routers return, and the ``goto`` of the ``Command``s nodes returned (their
+names and ``Send``s join the step exactly as a router's results do, besides
+the node's own edges). A deferred node (``defer=True``) triggered while
+another node has a task is held (in the fan-in bookkeeping, under
+``plan.deferred_key``) until a step would run nothing else. The tasks come
+back sorted by (node, Send index): the order a step's writes are merged in.
 """
 
 from __future__ import annotations
@@ -19,27 +19,45 @@ from typing import Any
 
 from .context import call_router
 from .errors import GraphError
-from .plan import Plan
+from .plan import Plan, deferred_key
 from .spec import END, START, Send, Task
 
+#: A task's place in its step: (node, Send index).
+Order = tuple[str, int]
 
-def start_tasks(plan: Plan, state: Any) -> list[Task]:
-    """The tasks of a fresh run's first step: START's edges and branches on the input."""
-    return next_tasks(plan, [START], state, step=-1, fanin={})
+
+def start_tasks(plan: Plan, state: Any, fanin: dict[str, set[str]] | None = None) -> list[Task]:
+    """The tasks of a fresh run's first step: START's edges and branches on the input.
+
+    ``fanin``: the new cursor's bookkeeping, filled in place (a deferred node START
+    triggers alongside others is held there)."""
+    return next_tasks(plan, [START], state, step=-1, fanin={} if fanin is None else fanin)
 
 
 def next_tasks(
-    plan: Plan, ran: Sequence[str], state: Any, step: int, fanin: dict[str, set[str]]
+    plan: Plan,
+    ran: Sequence[str],
+    state: Any,
+    step: int,
+    fanin: dict[str, set[str]],
+    gotos: Mapping[Order, Sequence[str | Send]] | None = None,
 ) -> list[Task]:
     """The tasks of the step after ``step``, in which the nodes ``ran`` ran (sorted).
 
     ``fanin`` (fan-in key -> sources run since its target last ran) is
     updated in place; a router that raises or returns what is not a node is
-    a ``GraphError`` naming the edge and the step.
+    a ``GraphError`` naming the edge and the step. ``gotos``: the targets of
+    the ``Command``s the step's tasks returned, by task; one that is not a
+    node is a ``GraphError`` naming the node, the step and the fix.
     """
     triggered: set[str] = set()
     sends: list[Send] = []
+    by_node: dict[str, list[tuple[int, Sequence[str | Send]]]] = {}
+    for (node, index), targets in (gotos or {}).items():
+        by_node.setdefault(node, []).append((index, targets))
     for name in ran:
+        for _, targets in sorted(by_node.get(name, ()), key=lambda pair: pair[0]):
+            _goto(plan, name, targets, triggered, sends, step)
         triggered.update(t for t in plan.edges.get(name, ()) if t != END)
         for fan in plan.fanins_by_source.get(name, ()):
             fanin.setdefault(fan.key, set()).add(name)
@@ -73,10 +91,55 @@ def next_tasks(
         # A fan-in target that runs starts counting its sources afresh.
         if fan.target in triggered:
             fanin.pop(fan.key, None)
+    if plan.deferred:
+        _defer(plan, triggered, sends, fanin)
     tasks = [Task(n) for n in triggered]
     tasks += [Task(s.node, i, s.arg, True) for i, s in enumerate(sends)]
     tasks.sort(key=_order)
     return tasks
+
+
+def _defer(plan: Plan, triggered: set[str], sends: list[Send], fanin: dict[str, set[str]]) -> None:
+    """Hold the deferred nodes triggered (now or before) while another node has a task;
+    release them all into ``triggered`` once none has."""
+    held = {n for n in plan.deferred if n in triggered or deferred_key(n) in fanin}
+    if not held:
+        return
+    others = any(n not in held for n in triggered) or any(s.node not in held for s in sends)
+    for name in held:
+        if others:
+            triggered.discard(name)
+            fanin[deferred_key(name)] = {name}
+        else:
+            triggered.add(name)
+            fanin.pop(deferred_key(name), None)
+
+
+def _goto(
+    plan: Plan,
+    source: str,
+    targets: Sequence[str | Send],
+    triggered: set[str],
+    sends: list[Send],
+    step: int,
+) -> None:
+    """A node's ``Command(goto=...)`` targets into the next step (END already left out)."""
+    for target in targets:
+        node = target.node if isinstance(target, Send) else target
+        if node not in plan.nodes:
+            what = f"Send({node!r}, ...)" if isinstance(target, Send) else repr(node)
+            raise GraphError(
+                f"node {source!r} returned Command(goto={what}) in step {step}, but "
+                f"{node!r} is not a node of the graph (known: {sorted(plan.nodes)}); add it "
+                "with add_node, or fix the name (END ends the run there), then resume: the "
+                "step's other writes are kept, and the node runs again",
+                node=source,
+                step=step,
+            )
+        if isinstance(target, Send):
+            sends.append(target)
+        else:
+            triggered.add(target)
 
 
 def _order(task: Task) -> tuple[str, int]:

@@ -12,6 +12,13 @@ the fan-in bookkeeping, and the writes the step's calls already made (a
 step that failed or was stopped keeps those, so a resume runs only the
 rest). A save that the run's cancellation interrupts is finished first
 (``finish``): a checkpoint is never left half written behind a run.
+
+How often (``RunOptions(durability=...)``): ``"sync"`` writes each step's
+checkpoint before the next step starts; ``"async"`` serializes it at the
+barrier and writes it while the next step runs (the write before it is
+awaited first, so they land in order, and the run ends only once the last
+one has: ``flush``); ``"exit"`` writes only the run's last checkpoint (done,
+failed or interrupted), none of the running ones, nor the input's.
 """
 
 from __future__ import annotations
@@ -19,11 +26,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import NodeError
 from .interrupts import Asked
 from .logs import get_logger
+from .plan import deferred_key
 from .spec import Task
 
 if TYPE_CHECKING:
@@ -34,6 +42,10 @@ if TYPE_CHECKING:
 log = get_logger("engine")
 
 Writes = Mapping[tuple[str, int], Mapping[str, Any]]
+
+#: How often a run saves its checkpoints (``RunOptions.durability``).
+Durability = Literal["sync", "async", "exit"]
+DURABILITIES: tuple[Durability, ...] = ("sync", "async", "exit")
 
 
 @dataclass
@@ -86,7 +98,9 @@ class RunSaver:
     """Saves one run's cursors to its thread's checkpointer (or nowhere).
 
     Invariant: ``active`` exactly when there is a checkpointer and a
-    thread; the codec is built once, from the plan the run keeps.
+    thread; the codec is built once, from the plan the run keeps; at most
+    one write is in flight (``async`` durability), and every write starts
+    only once the one before it has ended.
     """
 
     def __init__(
@@ -96,7 +110,14 @@ class RunSaver:
         *,
         thread_id: str | None,
         run_id: str,
+        durability: Durability = "sync",
     ) -> None:
+        if durability not in DURABILITIES:
+            raise ValueError(
+                f"unknown durability {durability!r}; use one of {', '.join(DURABILITIES)}"
+            )
+        self.durability = durability
+        self._inflight: asyncio.Future[Any] | None = None
         self.plan = plan
         self.checkpointer = checkpointer
         self.thread_id = thread_id
@@ -126,10 +147,10 @@ class RunSaver:
         if self._codec is None:
             from .checkpoint.snapshot import RunCodec, Topology
 
-            topology = Topology(
-                nodes=frozenset(self.plan.nodes),
-                fanins={f.key: f.sources for f in self.plan.fanins},
-            )
+            fanins = {f.key: f.sources for f in self.plan.fanins}
+            # A deferred node's held trigger is kept as a fan-in of itself.
+            fanins.update({deferred_key(n): frozenset({n}) for n in self.plan.deferred})
+            topology = Topology(nodes=frozenset(self.plan.nodes), fanins=fanins)
             self._codec = RunCodec(self.plan.schema, topology, held=self.plan.schema.held)
         return self._codec
 
@@ -146,8 +167,37 @@ class RunSaver:
         name the node behind a value that cannot be saved. ``errors``: the
         step's failed tasks, kept on the checkpoint (``get_state`` shows them).
         """
-        if self.active:
-            await finish(self._put(cursor, status, written, errors))
+        if not self.active or (status == "running" and self.durability == "exit"):
+            return
+        await self.put(self.checkpoint_of(cursor, status, written, errors))
+
+    async def put(self, checkpoint: Checkpoint) -> None:
+        """Write a checkpoint made for this run, as its durability says: a running one
+        in the background (``async``) or not at all (``exit``); any other now, in order.
+        Once written, its id and writers are the current step's (``checkpoint_id``)."""
+        if not self.active:
+            return
+        running = checkpoint.status == "running"
+        if running and self.durability == "exit":
+            return
+        await self.flush()
+        if running and self.durability == "async":
+            self._inflight = asyncio.ensure_future(self._stored(checkpoint))
+            return
+        await finish(self._stored(checkpoint))
+
+    async def flush(self, *, quiet: bool = False) -> None:
+        """Wait for the write in flight (``async`` durability) to end; its error is raised
+        here (logged instead when ``quiet``: the run already fails with its own)."""
+        inflight, self._inflight = self._inflight, None
+        if inflight is None:
+            return
+        try:
+            await finish(_awaited(inflight))
+        except Exception:
+            if not quiet:
+                raise
+            log.exception("checkpoint_failed", thread_id=self.thread_id)
 
     async def save_stopped(self, cursor: RunCursor, writes: Writes, status: str) -> None:
         """Save a step that was stopped (cancelled, or an engine error) with what it wrote.
@@ -161,6 +211,7 @@ class RunSaver:
         # The answers interrupted calls were given are kept too: they are not asked again.
         stopped = cursor.with_pending(kept, resumes=cursor.resumes)
         try:
+            await self.flush()
             await finish(self._put(stopped, status, None))
         except Exception:
             log.exception("checkpoint_on_stop_failed", step=cursor.step, status=status)
@@ -172,8 +223,11 @@ class RunSaver:
         written: Writes | None,
         errors: Mapping[tuple[str, int], BaseException] | None = None,
     ) -> None:
+        await self._stored(self.checkpoint_of(cursor, status, written, errors))
+
+    async def _stored(self, checkpoint: Checkpoint) -> None:
         assert self.checkpointer is not None
-        stored = await self.checkpointer.put(self.checkpoint_of(cursor, status, written, errors))
+        stored = await self.checkpointer.put(checkpoint)
         self.checkpoint_id = stored.checkpoint_id
         self.writers = list(stored.writers)
 
@@ -227,6 +281,10 @@ class RunSaver:
         )
 
 
+async def _awaited(future: asyncio.Future[Any]) -> None:
+    await future
+
+
 def _shown(exc: BaseException) -> BaseException:
     """The error a checkpoint keeps for a failed task: the node's own exception where the
     engine's error wraps one (its ``__cause__``), as LangGraph shows it."""
@@ -254,4 +312,4 @@ async def finish(save: Coroutine[Any, Any, None]) -> None:
         raise
 
 
-__all__ = ["RunCursor", "RunSaver", "finish"]
+__all__ = ["DURABILITIES", "Durability", "RunCursor", "RunSaver", "finish"]

@@ -122,7 +122,9 @@ class Scheduler:
 
     def start_cursor(self, state: Any, step: int = 0) -> RunCursor:
         """The cursor of a fresh run: START's edges and branches on the input."""
-        return RunCursor(state=state, step=step, tasks=start_tasks(self.plan, state))
+        fanin: dict[str, set[str]] = {}  # a deferred node START triggered is held there
+        tasks = start_tasks(self.plan, state, fanin)
+        return RunCursor(state=state, step=step, tasks=tasks, fanin=fanin)
 
     async def run(self, cursor: RunCursor, *, resumed: bool = False) -> RunResult[Any]:
         """Run from ``cursor`` until no task is triggered; the final state, trace, metrics."""
@@ -168,6 +170,8 @@ class Scheduler:
             error = exc
             raise
         finally:
+            # A checkpoint still being written (durability="async") ends before the run.
+            await self.saver.flush(quiet=error is not None or status != RunStatus.DONE)
             wall = self.clock.monotonic() - t0
             self.recorder.run_finished(status, cursor.step - first, wall, error)
         return RunResult(
@@ -246,12 +250,12 @@ class Scheduler:
             await self.dispatcher.run_step(step, cursor.state, todo, attempts.settle)
         except asyncio.CancelledError:
             # Keep what finished: a resume re-runs only the rest.
-            await self.saver.save_stopped(cursor, attempts.writes, "interrupted")
+            await self.saver.save_stopped(cursor, attempts.kept_writes(), "interrupted")
             raise
         except Exception:
             # Not a node's failure (those settle as outcomes): an engine error.
             # The step's other calls were stopped; keep what finished.
-            await self.saver.save_stopped(cursor, attempts.writes, "failed")
+            await self.saver.save_stopped(cursor, attempts.kept_writes(), "failed")
             raise
         finally:
             if resuming is not None:
@@ -259,20 +263,23 @@ class Scheduler:
         # barrier
         writes: dict[tuple[str, int], Mapping[str, Any]] = dict(attempts.writes)
         writes.update(cursor.pending)
+        kept = {**cursor.pending, **attempts.kept_writes()}  # what a resume need not re-run
         error = attempts.first_error()
         self.recorder.step_finished(step, time.perf_counter() - t0, ok=error is None)
         if error is not None:
             await self.saver.save(
-                cursor.with_pending(writes, resumes=cursor.resumes),
+                cursor.with_pending(kept, resumes=cursor.resumes),
                 "failed",
                 errors=attempts.failed,
             )
             raise error
         if attempts.interrupted:
             # Questions: the run stops here; a resume runs only the interrupted calls.
+            await self.saver.flush()  # (async durability) the step's checkpoint id is known
             asked = self._asked(cursor, attempts)
-            kept = {o: v for o, v in cursor.resumes.items() if o in attempts.interrupted}
-            stopped = cursor.with_pending(writes, asked, kept)
+            # (a sibling that returned a goto runs again: checkpoints keep writes, not gotos)
+            answered = {o: v for o, v in cursor.resumes.items() if o in attempts.interrupted}
+            stopped = cursor.with_pending(kept, asked, answered)
             await self.saver.save(replace(stopped, paused=True), "interrupted")
             if self.recorder.chunks is not None:
                 self._tell_asked(stopped, attempts, asked)
@@ -283,12 +290,12 @@ class Scheduler:
             state = self.plan.schema.merge(cursor.state, merged, step)
             fanin = {k: set(v) for k, v in cursor.fanin.items()}
             ran = sorted({t.node for t in cursor.tasks})
-            tasks = next_tasks(self.plan, ran, state, step, fanin)
+            tasks = next_tasks(self.plan, ran, state, step, fanin, attempts.gotos)
         except Exception:
             # Every call of the step succeeded, but merging or routing their
             # writes failed (a conflict, a router's bug): keep the writes, so
             # a resume merges and routes again without re-running the calls.
-            await self.saver.save(cursor.with_pending(writes), "failed")
+            await self.saver.save(cursor.with_pending(kept), "failed")
             raise
         if self.recorder.chunks is not None:
             ordered = sorted(merged, key=_order)

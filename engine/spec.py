@@ -109,6 +109,12 @@ class NodeSpec:
     batch: bool = True  # a fan-out of its short cpu calls may go to the pool in chunks
     cache_policy: CachePolicy | None = None  # results kept by a key of the input (engine.cache)
     takes: tuple[str, ...] = ()  # what it asks for besides the state: "config", "runtime"
+    #: Where a ``Command(goto=...)`` it returns may go: target -> label (None: unlabelled).
+    #: Declared with ``destinations=`` or a ``-> Command[Literal[...]]`` annotation; None:
+    #: not declared (compile cannot check its targets, nor draw them).
+    destinations: Mapping[str, str | None] | None = None
+    #: Runs only once no other node has a task in the next step (``add_node(defer=True)``).
+    defer: bool = False
 
 
 @dataclass(frozen=True)

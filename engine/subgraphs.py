@@ -125,6 +125,7 @@ def inherited_thread(run: ParentRun, own: Any) -> RunSaver | None:
 def nested_saver(saver: RunSaver, above: RunSaver, run: ParentRun) -> RunSaver:
     """``saver`` (a nested run's) saving under ``run``'s namespace, its parents named."""
     saver.checkpoint_ns = run.checkpoint_ns
+    saver.durability = above.durability  # as often as the run above saves
     above_ns = "|".join(run.namespace[:-1])
     saver.parents = {**above.parents, above_ns: above.checkpoint_id or ""}
     return saver

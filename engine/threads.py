@@ -39,7 +39,7 @@ from .checkpoint.history import (
 from .errors import CheckpointError
 from .interrupts import answers
 from .routing import next_tasks, start_tasks
-from .saving import RunCursor, RunSaver, finish
+from .saving import RunCursor, RunSaver
 from .spec import START, Command, Task
 from .state import Write
 
@@ -148,7 +148,7 @@ async def update_state(
     ) -> Sequence[Any]:
         state = after if schema.held == "values" else schema.result(after)
         if START in ran:  # an update as the input: START's edges, as a run's first step
-            return start_tasks(plan, state)
+            return start_tasks(plan, state, fanin)
         return next_tasks(plan, [n for n in ran if n in plan.nodes], state, step, fanin)
 
     new = update(
@@ -230,17 +230,15 @@ async def input_cursor(saver: RunSaver, latest: Checkpoint | None, input: object
         parent_id=latest.checkpoint_id if latest is not None else None,
         checkpoint_ns=saver.checkpoint_ns,
     )
-    await finish(_put(saver.checkpointer, saver.placed(cp)))
+    await saver.put(saver.placed(cp))  # as the run's durability says
     return _first_step(saver, before, updates, step)
-
-
-async def _put(checkpointer: Checkpointer, cp: Checkpoint) -> None:
-    await checkpointer.put(cp)
 
 
 def _first_step(saver: RunSaver, before: Any, updates: Mapping[str, Any], step: int) -> RunCursor:
     state = saver.plan.schema.apply(before, [Write(START, -1, updates)], step)
-    return RunCursor(state=state, step=step + 1, tasks=start_tasks(saver.plan, state))
+    fanin: dict[str, set[str]] = {}  # a deferred node START triggered is held there
+    tasks = start_tasks(saver.plan, state, fanin)
+    return RunCursor(state=state, step=step + 1, tasks=tasks, fanin=fanin)
 
 
 async def resumed_cursor(saver: RunSaver, cp: Checkpoint) -> RunCursor:
@@ -252,14 +250,8 @@ async def resumed_cursor(saver: RunSaver, cp: Checkpoint) -> RunCursor:
     cursor = _first_step(saver, values_of(saver.codec, cp), writes.get((START, -1), {}), cp.step)
     assert saver.checkpointer is not None
     first = saver.checkpoint_of(cursor, "running" if cursor.tasks else "done")
-    await finish(_put_for(saver, first.model_copy(update={"parent_id": cp.checkpoint_id})))
+    await saver.put(first.model_copy(update={"parent_id": cp.checkpoint_id}))
     return cursor
-
-
-async def _put_for(saver: RunSaver, cp: Checkpoint) -> None:
-    assert saver.checkpointer is not None
-    stored = await saver.checkpointer.put(cp)
-    saver.checkpoint_id, saver.writers = stored.checkpoint_id, list(stored.writers)
 
 
 class _NoResume:

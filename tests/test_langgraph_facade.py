@@ -120,8 +120,8 @@ def test_lanes_auto_leaves_undeclared_sync_nodes_to_the_measured_policy() -> Non
 
 
 def test_what_is_not_built_yet_says_so() -> None:
-    with pytest.raises(NotImplementedError, match="defer"):
-        StateGraph(S).add_node("d", where, defer=True)
+    with pytest.raises(NotImplementedError, match="error_handler"):
+        StateGraph(S).add_node("d", where, error_handler=where)
 
 
 def test_mermaid_of_a_native_graph() -> None:

@@ -35,11 +35,7 @@ if importlib.util.find_spec("engine.langgraph") is None:
 
 #: Program -> what engine.langgraph still lacks for it. Each is an xfail(strict=True).
 PENDING: dict[str, str] = {
-    "human_review": "needs Command(goto=...) returned by nodes (its interrupts and resumes work)",
-    "supervisor_handoff": "needs Command(goto=...) returned by nodes",
     "parent_command": "needs subgraphs and Command.PARENT",
-    "defer_node": "needs defer=True",
-    "durability": "needs durability=",
     "retry_timeout": "needs error_handler= (a handler task routed by the Command it "
     "returns, to a node no edge reaches); retry_policy= and timeout= match",
 }
