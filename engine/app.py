@@ -65,6 +65,7 @@ from .subgraphs import (
     SubgraphInterrupt,
     child,
     chunk_forwarder,
+    handing_to_parent,
     inherited_thread,
     namespace_of,
     nested_cursor,
@@ -157,6 +158,10 @@ class CompiledGraph(Generic[S]):
         self._profile_path = profile_path
         # Pickled node functions, reused across runs (a node's function never changes).
         self._fn_cache: MutableMapping[str, bytes] = {}
+        # The same for this graph's runs as a subgraph (its nodes hand Command.PARENT up),
+        # and the plan they run: (plan it was made from, the plan as a subgraph).
+        self._nested_fn_cache: MutableMapping[str, bytes] = {}
+        self._nested_plan: tuple[Plan, Plan] | None = None
         # worker_init resources built in this process (in-driver lanes), kept across runs.
         self._resources = Resources()
         # Pool sizes decided from memory hints: (hint, size) -> workers. Decided once:
@@ -347,6 +352,12 @@ class CompiledGraph(Generic[S]):
         self.profile.apply_decisions({n: node.decision for n, node in self.plan.nodes.items()})
         return self.plan, policy
 
+    def _as_subgraph(self, plan: Plan) -> Plan:
+        """``plan`` for a run inside a node of another run (kept while ``plan`` is)."""
+        if self._nested_plan is None or self._nested_plan[0] is not plan:
+            self._nested_plan = (plan, handing_to_parent(plan))
+        return self._nested_plan[1]
+
     def _routes_for(self, plan: Plan, mode: Mode, guarded: bool) -> dict[str, Route]:
         """The routes of ``plan`` in ``mode``, decided once per plan (lanes change between runs)."""
         kept, by_mode = self._routes
@@ -436,6 +447,8 @@ class CompiledGraph(Generic[S]):
             for name, node in self.plan.nodes.items():
                 budgets.check_node(name, node.spec.resources)
         plan, policy = self._plan_for_run()
+        if parent is not None:
+            plan = self._as_subgraph(plan)
         run_id = uuid.uuid4().hex[:12]
         run_context = self._run_context(plan, opts, run_id)  # TypeError here, before anything
 
@@ -454,7 +467,7 @@ class CompiledGraph(Generic[S]):
         lanes = Lanes(
             mode,
             opts.executor,
-            fn_cache=self._fn_cache,
+            fn_cache=self._fn_cache if parent is None else self._nested_fn_cache,
             resources=self._resources,
             pool_size=_pool_cap(plan, mode, opts.executor, memory, run_id, self._caps),
             memory_limit=parse_size(memory) if memory is not None else None,

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Any
+
+from .interrupts import GraphBubbleUp
+from .spec import Command
 
 if TYPE_CHECKING:
     from .app import CompiledGraph
@@ -23,6 +26,50 @@ if TYPE_CHECKING:
 calling_node: contextvars.ContextVar[str] = contextvars.ContextVar(
     "engine_subgraph_node", default=""
 )
+
+
+class ParentCommand(GraphBubbleUp):
+    """A node of a subgraph returned ``Command(graph=Command.PARENT, ...)``: its run stops,
+    and the node of the parent that runs the subgraph returns ``command`` (without
+    ``graph``) in the parent: its update, its goto routed among the parent's nodes."""
+
+    def __init__(self, command: Command[Any]) -> None:
+        super().__init__(command)
+        self.command = command
+
+    def __reduce__(self) -> Any:
+        return (ParentCommand, (self.command,))
+
+
+@dataclasses.dataclass(frozen=True)
+class ToParent:
+    """A node of a graph run as a subgraph: a ``Command(graph=Command.PARENT)`` it returns
+    is raised as ``ParentCommand``, to reach the parent. Pickles with its function."""
+
+    fn: Callable[..., Any]
+
+    def __post_init__(self) -> None:
+        # What engine.context reads of a node's code (whether it calls get_config).
+        code = getattr(self.fn, "__code__", None)
+        if code is not None:
+            object.__setattr__(self, "__code__", code)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return _to_parent(self.fn(*args, **kwargs))
+
+
+@dataclasses.dataclass(frozen=True)
+class AsyncToParent(ToParent):
+    """``ToParent`` of an ``async def`` node."""
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return _to_parent(await self.fn(*args, **kwargs))
+
+
+def _to_parent(value: Any) -> Any:
+    if isinstance(value, Command) and value.graph == Command.PARENT:
+        raise ParentCommand(dataclasses.replace(value, graph=None))
+    return value
 
 
 class SubgraphNode:
@@ -41,7 +88,7 @@ class SubgraphNode:
     def __repr__(self) -> str:
         return f"<SubgraphNode {self.app!r}>"
 
-    async def __call__(self, state: Any, config: Any = None) -> dict[str, Any]:
+    async def __call__(self, state: Any, config: Any = None) -> dict[str, Any] | Command[Any]:
         # ``config`` is not used: taking it makes an engine.langgraph run tell the call
         # which task it is (engine.context), the subgraph's namespace.
         schema = self.app.plan.schema
@@ -50,6 +97,8 @@ class SubgraphNode:
         token = calling_node.set(self.name)
         try:
             result = await self.app.arun({k: v for k, v in values.items() if k in wanted})
+        except ParentCommand as handed:  # a node inside routed to this graph's nodes
+            return handed.command
         finally:
             calling_node.reset(token)
         out = result.values if result.values is not None else _values(result.state)
@@ -68,4 +117,4 @@ def _values(state: Any) -> Mapping[str, Any]:
     raise TypeError(f"a subgraph node got a state of type {type(state).__name__}")
 
 
-__all__ = ["SubgraphNode", "calling_node"]
+__all__ = ["AsyncToParent", "ParentCommand", "SubgraphNode", "ToParent", "calling_node"]

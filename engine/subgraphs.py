@@ -31,11 +31,12 @@ from .context import current
 from .interrupts import GraphInterrupt, Interrupt
 from .saving import RunCursor, RunSaver
 from .streaming import NamespacedSink, current_stream, nested_sink, task_id
-from .subgraph_node import SubgraphNode, calling_node
+from .subgraph_node import AsyncToParent, SubgraphNode, ToParent, calling_node
 from .threads import Target, answered, input_cursor, named, resumed_cursor
 
 if TYPE_CHECKING:
     from .app import CompiledGraph
+    from .plan import Plan
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,6 +181,17 @@ def chunk_forwarder(
     return forward
 
 
+def handing_to_parent(plan: Plan) -> Plan:
+    """``plan`` with every node's ``Command(graph=Command.PARENT)`` raised to reach the
+    parent (``ToParent``): the plan of a graph's runs as a subgraph."""
+    nodes = {}
+    for name, node in plan.nodes.items():
+        spec = node.spec
+        wrap = AsyncToParent if spec.is_coroutine else ToParent
+        nodes[name] = dataclasses.replace(node, spec=dataclasses.replace(spec, fn=wrap(spec.fn)))
+    return dataclasses.replace(plan, nodes=nodes)
+
+
 # -- the state API --------------------------------------------------------------------
 
 
@@ -280,6 +292,7 @@ __all__ = [
     "child",
     "chunk_forwarder",
     "enter",
+    "handing_to_parent",
     "inherited_thread",
     "leave",
     "namespace_of",
