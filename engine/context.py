@@ -250,11 +250,18 @@ def task_config(
     return config
 
 
+#: Methods a node calls to run a graph inside itself: the subgraph's run needs the task.
+_RUNS_GRAPH = ("invoke", "ainvoke", "stream", "astream")
+
+
 def asks_for_config(fn: Callable[..., Any], takes: tuple[str, ...]) -> bool:
     """Whether a node may read its task's config: it takes ``config``, or its code calls
-    ``get_config`` (read once, when a run's routes are planned; a helper it calls that
-    does is not seen: that call gets the run-wide config)."""
-    return "config" in takes or _mentions(fn, "get_config")
+    ``get_config``, or it may run a graph (``invoke``...: the subgraph's namespace is its
+    task's) (read once, when a run's routes are planned; a helper it calls that does is
+    not seen: that call gets the run-wide config)."""
+    if "config" in takes or _mentions(fn, "get_config"):
+        return True
+    return any(_mentions(fn, name) for name in _RUNS_GRAPH)
 
 
 def _mentions(fn: Any, name: str) -> bool:

@@ -192,6 +192,12 @@ def handing_to_parent(plan: Plan) -> Plan:
     return dataclasses.replace(plan, nodes=nodes)
 
 
+def _is_compiled(value: Any) -> bool:
+    """Whether ``value`` is an ``engine.app.CompiledGraph`` (told by what it has: the app
+    module imports this one)."""
+    return hasattr(value, "plan") and hasattr(value, "arun") and hasattr(value, "shape_chunk")
+
+
 # -- the state API --------------------------------------------------------------------
 
 
@@ -204,10 +210,35 @@ def namespace_of(target: Target) -> str:
 
 
 def subgraph_of(app: CompiledGraph[Any], node: str) -> CompiledGraph[Any] | None:
-    """The compiled graph node ``node`` of ``app`` runs (None: not a subgraph node)."""
+    """The compiled graph node ``node`` of ``app`` runs: a subgraph node's, or the one
+    graph a node's function refers to (a global or a closed-over name it uses, as
+    ``grader.invoke(...)``); None when there is none."""
     spec = app.plan.nodes.get(node)
     fn = spec.spec.fn if spec is not None else None
-    return fn.app if isinstance(fn, SubgraphNode) else None
+    if isinstance(fn, SubgraphNode):
+        return fn.app
+    found = {id(g): g for g in _graphs_used(fn)}
+    return next(iter(found.values())) if len(found) == 1 else None
+
+
+def _graphs_used(fn: Any) -> list[CompiledGraph[Any]]:
+    fn = getattr(fn, "__func__", fn)
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return []
+    scope = dict(getattr(fn, "__globals__", {}))
+    for name, cell in zip(code.co_freevars, getattr(fn, "__closure__", None) or (), strict=False):
+        try:
+            scope[name] = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+    out = []
+    for name in (*code.co_names, *code.co_freevars):
+        value = scope.get(name)
+        value = getattr(value, "app", value)  # engine.langgraph's compiled graph wraps one
+        if _is_compiled(value):
+            out.append(value)
+    return out
 
 
 async def nested_state(
