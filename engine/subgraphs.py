@@ -232,7 +232,7 @@ def _graphs_used(fn: Any) -> list[CompiledGraph[Any]]:
             scope[name] = cell.cell_contents
         except ValueError:  # an empty cell
             continue
-    out = []
+    out: list[CompiledGraph[Any]] = []
     for name in (*code.co_names, *code.co_freevars):
         value = scope.get(name)
         value = getattr(value, "app", value)  # engine.langgraph's compiled graph wraps one
