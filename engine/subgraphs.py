@@ -234,7 +234,7 @@ def _graphs_used(fn: Any) -> list[CompiledGraph[Any]]:
             continue
     out: list[CompiledGraph[Any]] = []
     for name in (*code.co_names, *code.co_freevars):
-        value = scope.get(name)
+        value: Any = scope.get(name)
         value = getattr(value, "app", value)  # engine.langgraph's compiled graph wraps one
         if _is_compiled(value):
             out.append(value)
