@@ -6,12 +6,15 @@ from __future__ import annotations
 import operator
 import os
 import sys
+from collections import Counter
 from typing import Annotated, Any, TypedDict
 
 import cloudpickle
 import pytest
 
-from engine import END, START, Graph
+from engine import END, START, Command, Graph, interrupt
+from engine.checkpoint import MemoryCheckpointer
+from engine.errors import InvalidUpdateError
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -168,3 +171,156 @@ class TestStreamSubgraphs:
         """The default stream shows only the parent's own chunks."""
         chunks = list(parent_graph().stream(INPUT, stream_mode="updates"))
         assert [list(c) for c in chunks] == [["team"]]
+
+
+# -- checkpoints and questions ------------------------------------------------------------
+
+CALLS: Counter[str] = Counter()
+
+
+class Claim(TypedDict):
+    claim: str
+    trail: Annotated[list[str], operator.add]
+
+
+def draft(state: Claim) -> dict[str, Any]:
+    CALLS["draft"] += 1
+    return {"trail": [f"drafted {state['claim']}"]}
+
+
+def sign_off(state: Claim) -> dict[str, Any]:
+    CALLS["sign_off"] += 1
+    answer = interrupt({"sign": state["claim"]})
+    return {"trail": [f"signed: {answer}"]}
+
+
+def intake(state: Claim) -> dict[str, Any]:
+    CALLS["intake"] += 1
+    return {"trail": ["intake"]}
+
+
+def approvals_graph() -> Any:
+    g = Graph(Claim)
+    g.add_node("draft", draft, lane="thread")
+    g.add_node("sign_off", sign_off, lane="thread")
+    g.add_edge(START, "draft")
+    g.add_edge("draft", "sign_off")
+    g.add_edge("sign_off", END)
+    return g.compile()
+
+
+def claims_app() -> Any:
+    g = Graph(Claim)
+    g.add_node("intake", intake, lane="thread")
+    g.add_node("approvals", approvals_graph())
+    g.add_edge(START, "intake")
+    g.add_edge("intake", "approvals")
+    g.add_edge("approvals", END)
+    return g.compile(MemoryCheckpointer())
+
+
+@pytest.fixture(autouse=True)
+def _fresh_counts() -> None:
+    CALLS.clear()
+
+
+class TestCheckpointsAndQuestions:
+    @pytest.mark.parametrize("mode", MODES)
+    async def test_a_question_inside_a_subgraph_stops_the_parent_and_resumes_there(
+        self, mode: str
+    ) -> None:
+        """interrupt() in a subgraph's node stops the parent run; the answer resumes the
+        subgraph from its own checkpoint: what finished inside it does not run again."""
+        app = claims_app()
+        first = await app.arun({"claim": "laptop", "trail": []}, thread_id="t", mode=mode)
+        assert first.interrupted
+        (asked,) = first.interrupts
+        assert asked.value == {"sign": "laptop"}
+        snap = await app.aget_state("t")
+        assert snap.next == ("approvals",) and snap.interrupts == (asked,)
+
+        done = await app.arun(Command(resume="yes"), thread_id="t", mode=mode)
+
+        assert not done.interrupted
+        assert done.state["trail"] == ["intake", "intake", "drafted laptop", "signed: yes"]
+        assert Counter({"intake": 1, "draft": 1, "sign_off": 2}) == CALLS
+
+    async def test_subgraph_steps_are_saved_under_their_own_namespace(self) -> None:
+        """The subgraph's checkpoints live under ``approvals:<task id>``: the parent's
+        history holds only its own steps, and get_state(subgraphs=True) shows the
+        subgraph's state in its task, the same id as the task's."""
+        app = claims_app()
+        await app.arun({"claim": "laptop", "trail": []}, thread_id="t")
+        history = await app.aget_state_history("t")
+        assert [(s.metadata["source"], s.metadata["step"]) for s in history] == [
+            ("loop", 1),
+            ("loop", 0),
+            ("input", -1),
+        ]
+        (task,) = (await app.aget_state("t")).tasks
+        assert task.state["configurable"]["checkpoint_ns"] == f"approvals:{task.id}"
+        (task,) = (await app.aget_state("t", subgraphs=True)).tasks
+        inner = task.state
+        assert inner.values == {"claim": "laptop", "trail": ["intake", "drafted laptop"]}
+        assert inner.next == ("sign_off",)
+        assert inner.config["configurable"]["checkpoint_ns"] == f"approvals:{task.id}"
+        again = await app.aget_state(inner.config)
+        assert again.values == inner.values and again.next == inner.next
+
+    async def test_without_a_checkpointer_the_subgraph_saves_nothing(self) -> None:
+        """A parent run without a thread runs its subgraph without checkpoints."""
+        g = Graph(Parent)
+        g.add_node("team", team_graph())
+        g.add_edge(START, "team")
+        app = g.compile()
+        out = await app.ainvoke(INPUT)
+        assert out["notes"][-1] == "condensed 2"
+
+
+# -- Command.PARENT -----------------------------------------------------------------------
+
+
+class Desk(TypedDict):
+    request: str
+    log: Annotated[list[str], operator.add]
+
+
+def triage(state: Desk) -> Any:
+    if "refund" in state["request"]:
+        return Command(graph=Command.PARENT, goto="billing", update={"log": ["to billing"]})
+    return {"log": ["answered"]}
+
+
+def billing(state: Desk) -> dict[str, Any]:
+    return {"log": ["billing"]}
+
+
+def desk_graph() -> Any:
+    g = Graph(Desk)
+    g.add_node("triage", triage, lane="thread")
+    g.add_edge(START, "triage")
+    g.add_edge("triage", END)
+    return g.compile()
+
+
+class TestParentCommand:
+    @pytest.mark.parametrize("mode", MODES)
+    def test_a_subgraph_node_routes_its_parent(self, mode: str) -> None:
+        """Command(graph=Command.PARENT, goto=..., update=...) from a node of a subgraph:
+        the parent's subgraph node returns it, so the parent goes to ``billing`` with the
+        update; the subgraph's own later steps do not run."""
+        g = Graph(Desk)
+        g.add_node("desk", desk_graph(), destinations=("billing",))
+        g.add_node("billing", billing, lane="thread")
+        g.add_edge(START, "desk")
+        g.add_edge("billing", END)
+        app = g.compile()
+        out = app.invoke({"request": "refund please", "log": []}, mode=mode)
+        assert out["log"] == ["to billing", "billing"]
+        stays = app.invoke({"request": "hours?", "log": []}, mode=mode)
+        assert stays["log"] == ["answered"]
+
+    def test_on_its_own_a_parent_command_is_an_error(self) -> None:
+        """The same graph run on its own has no parent to go to: an InvalidUpdateError."""
+        with pytest.raises(InvalidUpdateError, match="runs on its own"):
+            desk_graph().invoke({"request": "refund", "log": []})
