@@ -6,15 +6,19 @@ from __future__ import annotations
 import operator
 import os
 import sys
+import uuid
 from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
 import cloudpickle
 import pytest
 
 from engine import END, START, Command, Graph, interrupt
-from engine.checkpoint import MemoryCheckpointer
+from engine.checkpoint import MemoryCheckpointer, PostgresCheckpointer, SqliteCheckpointer
 from engine.errors import InvalidUpdateError
+from tests.conftest import postgres_dsn
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -209,14 +213,27 @@ def approvals_graph() -> Any:
     return g.compile()
 
 
-def claims_app() -> Any:
+def claims_app(store: Any = None) -> Any:
     g = Graph(Claim)
     g.add_node("intake", intake, lane="thread")
     g.add_node("approvals", approvals_graph())
     g.add_edge(START, "intake")
     g.add_edge("intake", "approvals")
     g.add_edge("approvals", END)
-    return g.compile(MemoryCheckpointer())
+    return g.compile(store if store is not None else MemoryCheckpointer())
+
+
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def store(request: Any, tmp_path: Path) -> AsyncIterator[Any]:
+    if request.param == "memory":
+        yield MemoryCheckpointer()
+        return
+    if request.param == "sqlite":
+        cp: Any = SqliteCheckpointer(tmp_path / "cp.db")
+    else:
+        cp = PostgresCheckpointer(postgres_dsn(), pool_size=2)
+    yield cp
+    await cp.aclose()
 
 
 @pytest.fixture(autouse=True)
@@ -245,27 +262,32 @@ class TestCheckpointsAndQuestions:
         assert done.state["trail"] == ["intake", "intake", "drafted laptop", "signed: yes"]
         assert Counter({"intake": 1, "draft": 1, "sign_off": 2}) == CALLS
 
-    async def test_subgraph_steps_are_saved_under_their_own_namespace(self) -> None:
-        """The subgraph's checkpoints live under ``approvals:<task id>``: the parent's
-        history holds only its own steps, and get_state(subgraphs=True) shows the
-        subgraph's state in its task, the same id as the task's."""
-        app = claims_app()
-        await app.arun({"claim": "laptop", "trail": []}, thread_id="t")
-        history = await app.aget_state_history("t")
+    async def test_subgraph_steps_are_saved_under_their_own_namespace(self, store: Any) -> None:
+        """The subgraph's checkpoints live under ``approvals:<task id>`` (every store): the
+        parent's history holds only its own steps, get_state(subgraphs=True) shows the
+        subgraph's state in its task (the same id as the task's), and the answer resumes
+        the subgraph where it stopped."""
+        app = claims_app(store)
+        thread = f"t-{uuid.uuid4().hex[:8]}"
+        await app.arun({"claim": "laptop", "trail": []}, thread_id=thread)
+        history = await app.aget_state_history(thread)
         assert [(s.metadata["source"], s.metadata["step"]) for s in history] == [
             ("loop", 1),
             ("loop", 0),
             ("input", -1),
         ]
-        (task,) = (await app.aget_state("t")).tasks
+        (task,) = (await app.aget_state(thread)).tasks
         assert task.state["configurable"]["checkpoint_ns"] == f"approvals:{task.id}"
-        (task,) = (await app.aget_state("t", subgraphs=True)).tasks
+        (task,) = (await app.aget_state(thread, subgraphs=True)).tasks
         inner = task.state
         assert inner.values == {"claim": "laptop", "trail": ["intake", "drafted laptop"]}
         assert inner.next == ("sign_off",)
         assert inner.config["configurable"]["checkpoint_ns"] == f"approvals:{task.id}"
         again = await app.aget_state(inner.config)
         assert again.values == inner.values and again.next == inner.next
+        done = await app.arun(Command(resume="ok"), thread_id=thread)
+        assert done.state["trail"][-1] == "signed: ok"
+        assert CALLS["draft"] == 1
 
     async def test_without_a_checkpointer_the_subgraph_saves_nothing(self) -> None:
         """A parent run without a thread runs its subgraph without checkpoints."""
