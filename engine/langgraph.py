@@ -33,6 +33,12 @@ own. What differs from ``engine.Graph``:
   config)`` resumes it; ``interrupt_before``/``interrupt_after`` at compile
   time or per call, resumed with ``invoke(None, config)``.
 
+- **Subgraphs**: a compiled graph as a node, or invoked inside a node, runs
+  attached to the parent run (its mode, its worker pool, its thread under
+  its own checkpoint namespace); ``stream(..., subgraphs=True)``,
+  ``get_state(config, subgraphs=True)``, interrupts inside a subgraph and
+  ``Command(graph=Command.PARENT)`` as LangGraph (``engine.subgraphs``).
+
 Names whose feature the engine does not have yet raise
 ``NotImplementedError`` saying so when used.
 """
