@@ -48,11 +48,11 @@ class ToParent:
 
     fn: Callable[..., Any]
 
-    def __post_init__(self) -> None:
-        # What engine.context reads of a node's code (whether it calls get_config).
-        code = getattr(self.fn, "__code__", None)
-        if code is not None:
-            object.__setattr__(self, "__code__", code)
+    @property
+    def __code__(self) -> Any:
+        """The node's own code: what engine.context reads of it (whether it calls
+        ``get_config``, or runs a graph)."""
+        return getattr(self.fn, "__code__", None)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return _to_parent(self.fn(*args, **kwargs))
