@@ -66,6 +66,7 @@ from .subgraphs import (
     child,
     chunk_forwarder,
     handing_to_parent,
+    inherited_config,
     inherited_thread,
     namespace_of,
     nested_cursor,
@@ -402,9 +403,11 @@ class CompiledGraph(Generic[S]):
         opts = merged_options(options, kwargs)
         parent = parent_run()
         above = None  # the saver of the run this one is nested in, when it saves for both
+        calling = current_context()
         if parent is not None:
             # Called inside a node of another run: a subgraph of it, in its mode, on its
-            # executor, its chunks to the root stream under its own namespace.
+            # executor, its chunks to the root stream under its own namespace, the calling
+            # task's config its own when it was given none (as LangGraph passes it down).
             me = child(parent)
             opts = dataclasses.replace(
                 opts,
@@ -412,11 +415,11 @@ class CompiledGraph(Generic[S]):
                 executor=parent.executor if parent.executor is not None else opts.executor,
                 context=opts.context if opts.context is not None else parent.context,
                 on_chunk=opts.on_chunk or chunk_forwarder(me, self.shape_chunk),
+                config=opts.config or inherited_config(calling),
             )
             above = inherited_thread(parent, self.checkpointer)
         else:
             me = root(opts.mode, opts.executor, opts.context)
-        calling = current_context()
         answers = calling.answers if parent is not None and calling is not None else ()
         resume = resume_of(input)
         input = None if resume is not NO_RESUME else input

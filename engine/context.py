@@ -243,6 +243,9 @@ def task_config(
     from .streaming import task_id
 
     ns = f"{node}:{task_id(ctx.run_id, step, node, index)}"
+    above = ctx.config["configurable"].get("checkpoint_ns")
+    if above:  # a subgraph's run: its calling task's namespace first (engine.subgraphs)
+        ns = f"{above}|{ns}"
     config = dict(ctx.config)
     config["configurable"] = {**config["configurable"], "checkpoint_ns": ns, "checkpoint_id": None}
     config["metadata"] = {**config["metadata"], **metadata, "langgraph_checkpoint_ns": ns}

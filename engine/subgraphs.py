@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from .checkpoint.history import StateSnapshot, snapshot
 from .checkpoint.history import task_id as checkpoint_task_id
-from .context import current
+from .context import RunContext, current, node_config
 from .interrupts import GraphInterrupt, Interrupt
 from .saving import RunCursor, RunSaver
 from .streaming import NamespacedSink, current_stream, nested_sink, task_id
@@ -115,6 +115,17 @@ def child(parent: ParentRun) -> ParentRun:
     """The ``ParentRun`` of a run attached to ``parent`` from the node call running now."""
     segment = calling_task(parent.saver)
     return dataclasses.replace(parent, namespace=(*parent.namespace, segment), saver=None)
+
+
+def inherited_config(calling: RunContext | None) -> dict[str, Any] | None:
+    """The config of a nested run given none: the calling task's (its ``checkpoint_ns``
+    the prefix of the nested run's tasks'); None outside a run."""
+    if calling is None:
+        return None
+    config = node_config(calling)
+    if not calling.langgraph:
+        config.pop("run_name", None)  # the nested run's own
+    return config
 
 
 def inherited_thread(run: ParentRun, own: Any) -> RunSaver | None:
@@ -324,6 +335,7 @@ __all__ = [
     "chunk_forwarder",
     "enter",
     "handing_to_parent",
+    "inherited_config",
     "inherited_thread",
     "leave",
     "namespace_of",

@@ -346,3 +346,46 @@ class TestParentCommand:
         """The same graph run on its own has no parent to go to: an InvalidUpdateError."""
         with pytest.raises(InvalidUpdateError, match="runs on its own"):
             desk_graph().invoke({"request": "refund", "log": []})
+
+
+# -- config -------------------------------------------------------------------------------
+
+
+class Seen(TypedDict):
+    seen: Annotated[list[Any], operator.add]
+
+
+def look(state: Seen, config: dict[str, Any]) -> dict[str, Any]:
+    configurable = config["configurable"]
+    return {"seen": [(configurable.get("user"), configurable.get("checkpoint_ns"))]}
+
+
+class TestConfig:
+    def test_native_subgraph_nodes_see_the_parent_config(self) -> None:
+        """A subgraph run given no config takes its calling task's: the caller's keys."""
+        inner = Graph(Seen)
+        inner.add_node("look", look)
+        inner.add_edge(START, "look")
+        outer = Graph(Seen)
+        outer.add_node("team", inner.compile())
+        outer.add_edge(START, "team")
+        out = outer.compile().invoke({"seen": []}, config={"configurable": {"user": "u1"}})
+        assert [user for user, _ in out["seen"]] == ["u1"]
+
+    def test_langgraph_subgraph_task_config_is_namespaced(self) -> None:
+        """Under engine.langgraph a subgraph node's ``checkpoint_ns`` is its calling
+        task's, then its own (``team:<id>|look:<id>``), with the parent's thread."""
+        from engine.langgraph import InMemorySaver, StateGraph
+
+        inner = StateGraph(Seen)
+        inner.add_node("look", look)
+        inner.add_edge(START, "look")
+        outer = StateGraph(Seen)
+        outer.add_node("team", inner.compile())
+        outer.add_edge(START, "team")
+        app = outer.compile(checkpointer=InMemorySaver())
+        config = {"configurable": {"thread_id": "t", "user": "u2"}}
+        ((user, ns),) = app.invoke({"seen": []}, config)["seen"]
+        assert user == "u2"
+        team, mine = ns.split("|")
+        assert team.startswith("team:") and mine.startswith("look:")
