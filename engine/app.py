@@ -417,7 +417,7 @@ class CompiledGraph(Generic[S]):
                 on_chunk=opts.on_chunk or chunk_forwarder(me, self.shape_chunk),
                 config=opts.config or inherited_config(calling),
             )
-            above = inherited_thread(parent, self.checkpointer)
+            above = inherited_thread(parent, me, self.checkpointer)
         else:
             me = root(opts.mode, opts.executor, opts.context)
         answers = calling.answers if parent is not None and calling is not None else ()

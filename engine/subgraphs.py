@@ -12,6 +12,12 @@
            when the root stream asked for ``subgraphs=True``; nowhere otherwise
       SubgraphNode's update: the child's output values for the parent's keys (the
       parent's reducers apply: a list the child returns whole is added again)
+    with a checkpointer above: the child saves to the same thread under its namespace
+      (``nested_saver``), starts from its namespace's stopped checkpoint when there is
+      one (``nested_cursor``), and its questions stop the calling task
+      (``SubgraphInterrupt``, with their ids); a resume answers them there
+    a child's node returning Command(graph=Command.PARENT): raised out of the child
+      (``handing_to_parent``), returned by the SubgraphNode as the parent's Command
 
 A subgraph invoked inside a cpu-lane worker process runs there on its own: the
 parent run's context variable does not cross the process boundary.
@@ -63,6 +69,9 @@ class ParentRun:
         return "|".join(self.namespace)
 
 
+#: The namespace segment of a call that did not say which task it is.
+UNKNOWN_TASK = "subgraph"
+
 _parent: contextvars.ContextVar[ParentRun | None] = contextvars.ContextVar(
     "engine_parent_run", default=None
 )
@@ -88,14 +97,15 @@ def calling_task(saver: RunSaver | None = None) -> str:
     from the checkpoint the step runs from, the same when a resume runs the task again;
     otherwise the id its ``debug`` chunks carry. When the call did not say which task it
     is (an engine run nobody streams), the ``SubgraphNode``'s name stands for its node
-    (taken as edge-triggered); ``subgraph`` for a node that invokes a graph itself."""
+    (taken as edge-triggered); ``UNKNOWN_TASK`` for a node that invokes a graph itself
+    (its run then saves nothing to the thread: two such calls could not be told apart)."""
     stream = current_stream()
     if stream is not None and stream.node:
         node, index, step = stream.node, stream.index, stream.step
     else:
         node, index, step = calling_node.get(), -1, -1
         if not node:
-            return "subgraph"
+            return UNKNOWN_TASK
     if saver is not None and saver.active and saver.checkpoint_id:
         return f"{node}:{checkpoint_task_id(saver.checkpoint_id, node, index)}"
     if step < 0:
@@ -128,10 +138,14 @@ def inherited_config(calling: RunContext | None) -> dict[str, Any] | None:
     return config
 
 
-def inherited_thread(run: ParentRun, own: Any) -> RunSaver | None:
-    """The saver of the run above ``run`` when ``run``'s graph (checkpointer ``own``) saves
-    to its thread: it has none of its own and the run above saves. None otherwise."""
-    return None if own is not None or run.saver is None or not run.saver.active else run.saver
+def inherited_thread(parent: ParentRun, run: ParentRun, own: Any) -> RunSaver | None:
+    """The saver of ``parent`` when ``run`` (nested in it; its graph's checkpointer
+    ``own``) saves to its thread: it has no checkpointer of its own, the run above saves,
+    and its calling task is known. None otherwise."""
+    saver = parent.saver
+    if own is not None or saver is None or not saver.active or run.namespace[-1] == UNKNOWN_TASK:
+        return None
+    return saver
 
 
 def nested_saver(saver: RunSaver, above: RunSaver, run: ParentRun) -> RunSaver:
@@ -327,6 +341,7 @@ async def task_states(
 
 
 __all__ = [
+    "UNKNOWN_TASK",
     "ParentRun",
     "SubgraphInterrupt",
     "SubgraphNode",

@@ -389,3 +389,56 @@ class TestConfig:
         assert user == "u2"
         team, mine = ns.split("|")
         assert team.startswith("team:") and mine.startswith("look:")
+
+
+class Grading(TypedDict):
+    text: str
+    grade: str
+
+
+class Verdict(TypedDict):
+    verdict: str
+
+
+def prep(state: Grading) -> dict[str, Any]:
+    CALLS["prep"] += 1
+    return {"text": state["text"] + "!"}
+
+
+def grade(state: Grading) -> dict[str, Any]:
+    CALLS["grade"] += 1
+    return {"grade": interrupt({"q": state["text"]})}
+
+
+class TestNodeInvokingAnInterruptingGraph:
+    def test_the_question_stops_the_parent_and_the_answer_resumes_the_inner_graph(
+        self,
+    ) -> None:
+        """Under engine.langgraph, a node calling ``grader.invoke(...)`` whose graph asks a
+        question: the parent stops on it, get_state(subgraphs=True) shows the grader's
+        state in the node's task, and the answer resumes the grader where it stopped."""
+        from engine.langgraph import InMemorySaver, StateGraph
+
+        inner = StateGraph(Grading)
+        inner.add_node("prep", prep)
+        inner.add_node("grade", grade)
+        inner.add_edge(START, "prep")
+        inner.add_edge("prep", "grade")
+        grader = inner.compile()
+
+        def judge(state: Verdict) -> dict[str, Any]:
+            return {"verdict": grader.invoke({"text": "x", "grade": ""})["grade"]}
+
+        outer = StateGraph(Verdict)
+        outer.add_node("judge", judge)
+        outer.add_edge(START, "judge")
+        app = outer.compile(checkpointer=InMemorySaver())
+        config = {"configurable": {"thread_id": "t"}}
+        asked = app.invoke({"verdict": ""}, config)["__interrupt__"]
+        assert [q.value for q in asked] == [{"q": "x!"}]
+        (task,) = app.get_state(config, subgraphs=True).tasks
+        assert task.state.values == {"text": "x!", "grade": ""}
+        items = list(app.stream(Command(resume="A"), config, stream_mode="updates", subgraphs=True))
+        assert [(len(ns), list(update)) for ns, update in items] == [(1, ["grade"]), (0, ["judge"])]
+        assert items[0][0] == (f"judge:{task.id}",)
+        assert Counter({"prep": 1, "grade": 2}) == CALLS
