@@ -14,7 +14,15 @@ import asyncio
 import dataclasses
 import os
 import uuid
-from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Iterator,
+    Mapping,
+    MutableMapping,
+    Sequence,
+)
 from concurrent.futures import Executor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -22,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from typing_extensions import Unpack
 
 from .context import RunContext, enter, leave
+from .context import current as current_context
 from .dispatch import Dispatcher, Route, plan_routes
 from .drawing import Drawing
 from .errors import CheckpointError, GraphError, NodeError, own_error
@@ -45,12 +54,30 @@ from .saving import RunCursor, RunSaver
 from .scheduler import RunResult, Scheduler
 from .streaming import (
     ChunkSink,
+    NestedChunk,
     chunks_of,
     iterate_sync,
     parse_modes,
     shape_debug,
     streaming_modes,
 )
+from .subgraphs import (
+    SubgraphInterrupt,
+    child,
+    chunk_forwarder,
+    handing_to_parent,
+    inherited_config,
+    inherited_thread,
+    namespace_of,
+    nested_cursor,
+    nested_saver,
+    nested_state,
+    parent_run,
+    root,
+    task_states,
+)
+from .subgraphs import enter as enter_parent
+from .subgraphs import leave as leave_parent
 from .threads import (
     NO_RESUME,
     StateSnapshot,
@@ -132,6 +159,10 @@ class CompiledGraph(Generic[S]):
         self._profile_path = profile_path
         # Pickled node functions, reused across runs (a node's function never changes).
         self._fn_cache: MutableMapping[str, bytes] = {}
+        # The same for this graph's runs as a subgraph (its nodes hand Command.PARENT up),
+        # and the plan they run: (plan it was made from, the plan as a subgraph).
+        self._nested_fn_cache: MutableMapping[str, bytes] = {}
+        self._nested_plan: tuple[Plan, Plan] | None = None
         # worker_init resources built in this process (in-driver lanes), kept across runs.
         self._resources = Resources()
         # Pool sizes decided from memory hints: (hint, size) -> workers. Decided once:
@@ -139,6 +170,17 @@ class CompiledGraph(Generic[S]):
         self._caps: dict[tuple[int, int], int] = {}
         # Routes of runs without budgets, per (mode, guarded), for the current plan.
         self._routes: tuple[Plan, dict[tuple[str, bool], dict[str, Route]]] = (plan, {})
+        #: How this app's chunks look to a stream (``values`` shown as the app returns its
+        #: state...): ``engine.langgraph`` puts LangGraph's shapes here. A subgraph's chunks
+        #: are shaped by its own app's.
+        self.shape_chunk: Callable[[str, Any], Any] = self._native_shape
+
+    def _native_shape(self, mode: str, chunk: Any) -> Any:
+        if mode == "values":
+            return shown_values(chunk, self.plan.schema.final)
+        if mode == "debug":
+            return shape_debug(chunk, self.plan.schema.final)
+        return chunk
 
     def __repr__(self) -> str:
         return f"<CompiledGraph nodes={list(self.plan.nodes)}>"
@@ -147,13 +189,23 @@ class CompiledGraph(Generic[S]):
     # ``thread``: a thread id, or a LangGraph-style config naming the thread (and a
     # checkpoint: ``{"configurable": {"thread_id": ..., "checkpoint_id": ...}}``).
 
-    async def aget_state(self, thread: Target, checkpoint_id: str | None = None) -> StateSnapshot:
+    async def aget_state(
+        self, thread: Target, checkpoint_id: str | None = None, *, subgraphs: bool = False
+    ) -> StateSnapshot:
         """The thread's state at ``checkpoint_id`` (its latest when None): values, next
-        tasks, config, metadata, created_at, parent_config, tasks."""
-        return await get_state(self.plan, self.checkpointer, thread, checkpoint_id)
+        tasks, config, metadata, created_at, parent_config, tasks. A task that runs a
+        subgraph shows the config of the subgraph's namespace as its ``state``, or with
+        ``subgraphs=True`` the subgraph's own snapshot; a config naming a subgraph's
+        namespace (``checkpoint_ns``) gives that subgraph's state."""
+        if namespace_of(thread):
+            return await nested_state(self, thread, checkpoint_id, subgraphs=subgraphs)
+        snap = await get_state(self.plan, self.checkpointer, thread, checkpoint_id)
+        return await task_states(self, self.checkpointer, snap, subgraphs=subgraphs)
 
-    def get_state(self, thread: Target, checkpoint_id: str | None = None) -> StateSnapshot:
-        return run_sync(self.aget_state(thread, checkpoint_id))
+    def get_state(
+        self, thread: Target, checkpoint_id: str | None = None, *, subgraphs: bool = False
+    ) -> StateSnapshot:
+        return run_sync(self.aget_state(thread, checkpoint_id, subgraphs=subgraphs))
 
     async def aget_state_history(
         self,
@@ -301,6 +353,12 @@ class CompiledGraph(Generic[S]):
         self.profile.apply_decisions({n: node.decision for n, node in self.plan.nodes.items()})
         return self.plan, policy
 
+    def _as_subgraph(self, plan: Plan) -> Plan:
+        """``plan`` for a run inside a node of another run (kept while ``plan`` is)."""
+        if self._nested_plan is None or self._nested_plan[0] is not plan:
+            self._nested_plan = (plan, handing_to_parent(plan))
+        return self._nested_plan[1]
+
     def _routes_for(self, plan: Plan, mode: Mode, guarded: bool) -> dict[str, Route]:
         """The routes of ``plan`` in ``mode``, decided once per plan (lanes change between runs)."""
         kept, by_mode = self._routes
@@ -343,10 +401,32 @@ class CompiledGraph(Generic[S]):
         available now can hold), ``clock``.
         """
         opts = merged_options(options, kwargs)
+        parent = parent_run()
+        above = None  # the saver of the run this one is nested in, when it saves for both
+        calling = current_context()
+        if parent is not None:
+            # Called inside a node of another run: a subgraph of it, in its mode, on its
+            # executor, its chunks to the root stream under its own namespace, the calling
+            # task's config its own when it was given none (as LangGraph passes it down).
+            me = child(parent)
+            opts = dataclasses.replace(
+                opts,
+                mode=parent.mode,  # type: ignore[arg-type]
+                executor=parent.executor if parent.executor is not None else opts.executor,
+                context=opts.context if opts.context is not None else parent.context,
+                on_chunk=opts.on_chunk or chunk_forwarder(me, self.shape_chunk),
+                config=opts.config or inherited_config(calling),
+            )
+            above = inherited_thread(parent, me, self.checkpointer)
+        else:
+            me = root(opts.mode, opts.executor, opts.context)
+        answers = calling.answers if parent is not None and calling is not None else ()
         resume = resume_of(input)
         input = None if resume is not NO_RESUME else input
-        thread_id = opts.thread_id
-        if thread_id is not None and self.checkpointer is None and opts.thread_from_config:
+        thread_id = opts.thread_id if above is None else above.thread_id
+        if above is not None:
+            pass  # a subgraph's run saves to the thread of the run it is nested in
+        elif thread_id is not None and self.checkpointer is None and opts.thread_from_config:
             # As in LangGraph: without a checkpointer a config's thread_id is only a name
             # the nodes see; nothing is saved.
             thread_id = None
@@ -370,6 +450,8 @@ class CompiledGraph(Generic[S]):
             for name, node in self.plan.nodes.items():
                 budgets.check_node(name, node.spec.resources)
         plan, policy = self._plan_for_run()
+        if parent is not None:
+            plan = self._as_subgraph(plan)
         run_id = uuid.uuid4().hex[:12]
         run_context = self._run_context(plan, opts, run_id)  # TypeError here, before anything
 
@@ -388,7 +470,7 @@ class CompiledGraph(Generic[S]):
         lanes = Lanes(
             mode,
             opts.executor,
-            fn_cache=self._fn_cache,
+            fn_cache=self._fn_cache if parent is None else self._nested_fn_cache,
             resources=self._resources,
             pool_size=_pool_cap(plan, mode, opts.executor, memory, run_id, self._caps),
             memory_limit=parse_size(memory) if memory is not None else None,
@@ -417,11 +499,14 @@ class CompiledGraph(Generic[S]):
         )
         saver = RunSaver(
             plan,
-            self.checkpointer,
+            self.checkpointer if above is None else above.checkpointer,
             thread_id=thread_id,
             run_id=run_id,
             durability=opts.durability,
         )
+        if above is not None:
+            saver = nested_saver(saver, above, me)
+        me = dataclasses.replace(me, saver=saver)
         saver.checkpointer = announcing(saver, opts.on_chunk, streaming_modes())
         scheduler = Scheduler(
             plan,
@@ -438,23 +523,29 @@ class CompiledGraph(Generic[S]):
                 self.interrupt_after,
                 _breakpoints(plan.nodes, opts.interrupt_after, "interrupt_after"),
             ),
+            checkpoint_ns=saver.checkpoint_ns,
         )
         entered = enter(run_context)
-        cp = self.checkpointer
+        attached = enter_parent(me)
+        cp = self.checkpointer if above is None else None  # the thread's lock: the root's
         try:
             if cp is not None and thread_id is not None:
                 await cp.acquire(thread_id, run_id)
             try:
-                cursor = await self._cursor(
-                    scheduler, saver, state, thread_id, opts.checkpoint_id, input
-                )
+                if above is not None:
+                    cursor, resumed = await nested_cursor(saver, state, input, answers)
+                else:
+                    resumed = state is None
+                    cursor = await self._cursor(
+                        scheduler, saver, state, thread_id, opts.checkpoint_id, input
+                    )
                 if resume is not NO_RESUME:
                     cursor = answered(cursor, resume, thread_id or "")
                 if watchdog is None:
-                    result = await scheduler.run(cursor, resumed=state is None)
+                    result = await scheduler.run(cursor, resumed=resumed)
                 else:
                     async with watchdog:
-                        result = await scheduler.run(cursor, resumed=state is None)
+                        result = await scheduler.run(cursor, resumed=resumed)
             finally:
                 # Learn from every run, failed ones too (between runs: the next
                 # run's plan reads it, this one's never does).
@@ -463,12 +554,16 @@ class CompiledGraph(Generic[S]):
                 if cp is not None and thread_id is not None:
                     await asyncio.shield(cp.release(thread_id, run_id))
             await self._measure_dispatch(lanes, recorder)
+            if parent is not None and result.interrupts:
+                # A subgraph's questions stop the node that runs it, and so the run above.
+                raise SubgraphInterrupt(result.interrupts)
             return result
         except NodeError as exc:
             own = own_error(exc)
             if own is exc:
                 raise
         finally:
+            leave_parent(attached)
             leave(entered)
             await asyncio.shield(lanes.aclose())
         # Raised outside the handler: the node's exception keeps its own chain.
@@ -612,6 +707,7 @@ class CompiledGraph(Generic[S]):
         /,
         *,
         stream_mode: str | Sequence[str] | None = None,
+        subgraphs: bool = False,
         **kwargs: Unpack[RunKwargs],
     ) -> AsyncIterator[Any]:
         """Yield typed events as they happen; raises the run's error at the end.
@@ -622,26 +718,27 @@ class CompiledGraph(Generic[S]):
         node's update as ``{node: update}``, what nodes write with
         ``get_stream_writer()`` (from every lane, while they run), tokens as
         ``(message_chunk, metadata)``, each task and its result; a list
-        yields ``(mode, chunk)`` pairs. An ``on_event`` observer given too
+        yields ``(mode, chunk)`` pairs. ``subgraphs=True`` adds the chunks of the
+        subgraphs run inside nodes, each item prefixed by its namespace (``()`` for
+        this graph's own, ``("node:task_id", ...)`` for a subgraph's): ``(ns, chunk)``,
+        or ``(ns, mode, chunk)`` for a list of modes. An ``on_event`` observer given too
         hears the events; one that raises is dropped on its own.
         """
         opts = merged_options(options, kwargs)
         if stream_mode is None:
             return self._events(input, opts)
         modes, pairs = parse_modes(stream_mode)
-        final = self.plan.schema.final
+        shape = self.shape_chunk
 
         def run(sink: ChunkSink) -> Coroutine[Any, Any, RunResult[S]]:
             def shaped(mode: str, chunk: Any) -> None:
-                if mode == "values":
-                    chunk = shown_values(chunk, final)
-                elif mode == "debug":
-                    chunk = shape_debug(chunk, final)
-                sink(mode, chunk)
+                sink(mode, shape(mode, chunk))
 
             return self.arun(input, dataclasses.replace(opts, on_chunk=shaped))
 
-        return chunks_of(run, modes, pairs)
+        if not subgraphs:
+            return chunks_of(run, modes, pairs)
+        return _namespaced(chunks_of(run, modes, pairs, subgraphs=True), pairs)
 
     def stream(
         self,
@@ -650,13 +747,16 @@ class CompiledGraph(Generic[S]):
         /,
         *,
         stream_mode: str | Sequence[str] | None = None,
+        subgraphs: bool = False,
         **kwargs: Unpack[RunKwargs],
     ) -> Iterator[Any]:
         """``astream`` from synchronous code (inside a running event loop too)."""
         opts = merged_options(options, kwargs)
         if stream_mode is not None:
             parse_modes(stream_mode)  # a bad mode fails here, not at the first item
-        return iterate_sync(lambda: self.astream(input, opts, stream_mode=stream_mode))
+        return iterate_sync(
+            lambda: self.astream(input, opts, stream_mode=stream_mode, subgraphs=subgraphs)
+        )
 
     async def _events(
         self, input: S | Mapping[str, Any] | None, opts: RunOptions
@@ -681,6 +781,12 @@ class CompiledGraph(Generic[S]):
             if not task.done():
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+
+
+async def _namespaced(items: AsyncIterator[NestedChunk], pairs: bool) -> AsyncIterator[Any]:
+    """``(ns, chunk)`` or, for a list of modes, ``(ns, mode, chunk)``."""
+    async for ns, mode, chunk in items:
+        yield (ns, mode, chunk) if pairs else (ns, chunk)
 
 
 def _pool_cap(

@@ -243,6 +243,9 @@ def task_config(
     from .streaming import task_id
 
     ns = f"{node}:{task_id(ctx.run_id, step, node, index)}"
+    above = ctx.config["configurable"].get("checkpoint_ns")
+    if above:  # a subgraph's run: its calling task's namespace first (engine.subgraphs)
+        ns = f"{above}|{ns}"
     config = dict(ctx.config)
     config["configurable"] = {**config["configurable"], "checkpoint_ns": ns, "checkpoint_id": None}
     config["metadata"] = {**config["metadata"], **metadata, "langgraph_checkpoint_ns": ns}
@@ -250,11 +253,18 @@ def task_config(
     return config
 
 
+#: Methods a node calls to run a graph inside itself: the subgraph's run needs the task.
+_RUNS_GRAPH = ("invoke", "ainvoke", "stream", "astream")
+
+
 def asks_for_config(fn: Callable[..., Any], takes: tuple[str, ...]) -> bool:
     """Whether a node may read its task's config: it takes ``config``, or its code calls
-    ``get_config`` (read once, when a run's routes are planned; a helper it calls that
-    does is not seen: that call gets the run-wide config)."""
-    return "config" in takes or _mentions(fn, "get_config")
+    ``get_config``, or it may run a graph (``invoke``...: the subgraph's namespace is its
+    task's) (read once, when a run's routes are planned; a helper it calls that does is
+    not seen: that call gets the run-wide config)."""
+    if "config" in takes or _mentions(fn, "get_config"):
+        return True
+    return any(_mentions(fn, name) for name in _RUNS_GRAPH)
 
 
 def _mentions(fn: Any, name: str) -> bool:

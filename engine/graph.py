@@ -127,6 +127,10 @@ class Graph(Generic[S]):
             if not callable(name):
                 raise GraphError(f"add_node({name!r}) needs a function: add_node(name, fn)")
             fn, name = name, getattr(name, "__name__", repr(name))
+        if hasattr(fn, "plan") and hasattr(fn, "arun"):  # a compiled graph: a subgraph
+            from .subgraph_node import SubgraphNode
+
+            fn, lane = SubgraphNode(fn, self.schema.channels, name), lane or "io"  # type: ignore[arg-type]
         if not isinstance(name, str) or not name:
             raise GraphError(f"node name must be a non-empty string, got {name!r}")
         if name in RESERVED:

@@ -33,6 +33,12 @@ own. What differs from ``engine.Graph``:
   config)`` resumes it; ``interrupt_before``/``interrupt_after`` at compile
   time or per call, resumed with ``invoke(None, config)``.
 
+- **Subgraphs**: a compiled graph as a node, or invoked inside a node, runs
+  attached to the parent run (its mode, its worker pool, its thread under
+  its own checkpoint namespace); ``stream(..., subgraphs=True)``,
+  ``get_state(config, subgraphs=True)``, interrupts inside a subgraph and
+  ``Command(graph=Command.PARENT)`` as LangGraph (``engine.subgraphs``).
+
 Names whose feature the engine does not have yet raise
 ``NotImplementedError`` saying so when used.
 """
@@ -105,6 +111,7 @@ from .streaming import (
     shape_debug,
 )
 from .streaming import get_stream_writer as engine_stream_writer
+from .subgraph_node import SubgraphNode
 
 S = TypeVar("S")
 
@@ -190,6 +197,8 @@ class StateGraph(Generic[S]):
             action, name = node, getattr(node, "__name__", repr(node))
         else:
             name = str(node)
+        if isinstance(action, CompiledStateGraph):  # a subgraph: the engine's own node for it
+            action = SubgraphNode(action.app, self._schema().channels, str(node))
         if error_handler is not None:
             raise NotImplementedError(
                 f"add_node({name!r}, error_handler=...) is not supported by engine.langgraph "
@@ -350,6 +359,21 @@ class CompiledStateGraph(Generic[S]):
         self.builder = builder
         self.name = name
         self.stream_mode = "updates"
+        app.shape_chunk = self._shape
+
+    def _shape(self, mode: str, chunk: Any) -> Any:
+        """A chunk as LangGraph streams it: every channel in ``values``; updates as dicts."""
+        schema = self.app.plan.schema
+        if mode == "values":
+            return shown_values(chunk, schema.all_values)
+        if mode == "debug":
+            return shape_debug(chunk, schema.all_values)
+        if mode == "updates" and "__interrupt__" not in chunk:
+            return {
+                node: (dict(upd) if upd and node != "__metadata__" else upd or None)
+                for node, upd in chunk.items()
+            }
+        return chunk
 
     def __repr__(self) -> str:
         return f"<CompiledStateGraph {self.name} nodes={list(self.app.plan.nodes)}>"
@@ -455,25 +479,23 @@ class CompiledStateGraph(Generic[S]):
             raise ValueError(f"unknown version {version!r}: use 'v1' or 'v2'")
         opts = _per_call(self._options(config, context), kwargs or {})
         modes, pairs = parse_modes(self.stream_mode if stream_mode is None else stream_mode)
-        schema = self.app.plan.schema
+        shape = self._shape
+        subgraphs = bool((kwargs or {}).get("subgraphs"))
 
         def run(sink: ChunkSink) -> Awaitable[Any]:
             def shaped(mode: str, chunk: Any) -> None:
-                if mode == "values":
-                    chunk = shown_values(chunk, schema.all_values)
-                elif mode == "debug":
-                    chunk = shape_debug(chunk, schema.all_values)
-                elif mode == "updates" and "__interrupt__" not in chunk:
-                    chunk = {
-                        node: (dict(upd) if upd and node != "__metadata__" else upd or None)
-                        for node, upd in chunk.items()
-                    }
-                sink(mode, chunk)
+                sink(mode, shape(mode, chunk))
 
             return self.app.arun(input, dataclasses.replace(opts, on_chunk=shaped))
 
         try:
-            if version == "v2":
+            if subgraphs:
+                async for ns, mode, chunk in chunks_of(run, modes, pairs, subgraphs=True):
+                    if version == "v2":
+                        yield stream_part(mode, chunk, ns)
+                    else:
+                        yield (ns, mode, chunk) if pairs else (ns, chunk)
+            elif version == "v2":
                 async for mode, chunk in chunks_of(run, modes, True):
                     yield stream_part(mode, chunk)
             else:
@@ -525,8 +547,8 @@ class CompiledStateGraph(Generic[S]):
         return str(configurable["thread_id"]), configurable.get("checkpoint_id") or None
 
     async def aget_state(self, config: Mapping[str, Any], *, subgraphs: bool = False) -> Any:
-        thread, checkpoint = self._thread(config, "get_state")
-        return await self.app.aget_state(thread, checkpoint)
+        self._thread(config, "get_state")
+        return await self.app.aget_state(config, subgraphs=subgraphs)
 
     def get_state(self, config: Mapping[str, Any], *, subgraphs: bool = False) -> Any:
         return run_sync(self.aget_state(config, subgraphs=subgraphs))

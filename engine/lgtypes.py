@@ -8,9 +8,9 @@ Apps import these from ``langgraph.types``, ``langgraph.config`` and
   meant;
 - **interrupts** (``Interrupt``, ``GraphInterrupt``, ``NodeInterrupt``): the
   engine's own (``engine.interrupts``);
-- **error classes** of features the engine does not have yet
-  (``ParentCommand``...): they exist so that ``except`` clauses and
-  ``isinstance`` checks keep working; the engine never raises them;
+- **subgraphs**: ``ParentCommand``, what a subgraph's node returning
+  ``Command(graph=Command.PARENT, ...)`` raises to reach the parent
+  (``engine.subgraph_node``);
 - **timeouts**: ``TimeoutPolicy`` (its ``run_timeout``), and
   ``NodeTimeoutError``, what a node past its timeout raises under
   ``engine.langgraph`` (an engine ``NodeError``; like LangGraph's, not a
@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 from .errors import NodeError
 from .interrupts import GraphBubbleUp, GraphInterrupt, Interrupt, NodeInterrupt
+from .subgraph_node import ParentCommand
 
 #: What ``get_stream_writer()`` returns.
 StreamWriter = Callable[[Any], None]
@@ -53,14 +54,14 @@ class GraphOutput:
     interrupts: tuple[Any, ...] = ()
 
 
-def stream_part(mode: str, chunk: Any) -> dict[str, Any]:
+def stream_part(mode: str, chunk: Any, ns: tuple[str, ...] = ()) -> dict[str, Any]:
     """A ``version="v2"`` stream part: ``{"type", "ns", "data"}`` (values add ``interrupts``:
     the questions a step stopped on, taken out of the chunk's ``"__interrupt__"``)."""
     interrupts: tuple[Any, ...] = ()
     if mode == "values" and isinstance(chunk, dict) and "__interrupt__" in chunk:
         chunk = dict(chunk)
         interrupts = tuple(chunk.pop("__interrupt__"))
-    part: dict[str, Any] = {"type": mode, "ns": (), "data": chunk}
+    part: dict[str, Any] = {"type": mode, "ns": ns, "data": chunk}
     if mode == "values":
         part["interrupts"] = interrupts
     return part
@@ -83,10 +84,6 @@ class Overwrite:
 def get_store() -> Any:
     """LangGraph's long-term memory store: not supported yet."""
     raise _missing("get_store", "stores (long-term memory across threads) are not built yet")
-
-
-class ParentCommand(GraphBubbleUp):
-    """A ``Command`` for the parent graph (subgraphs are not built yet: never raised)."""
 
 
 class EmptyInputError(Exception):

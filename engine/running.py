@@ -9,6 +9,7 @@ from an async handler) the loop runs in a helper thread instead.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -37,7 +38,10 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
         import concurrent.futures
 
         with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="engine-sync") as one:
-            done: concurrent.futures.Future[T] = one.submit(run_sync, coro)
+            # In the caller's context: a graph invoked inside a node finds the run it
+            # belongs to (engine.subgraphs), and the run's config.
+            context = contextvars.copy_context()
+            done: concurrent.futures.Future[T] = one.submit(context.run, run_sync, coro)  # type: ignore[arg-type]
             return done.result()
     try:
         import uvloop

@@ -129,6 +129,10 @@ class RunSaver:
         #: The nodes whose writes made the current step's checkpoint, once saved or loaded:
         #: a step saved again (stopped, failed) keeps them for update_state's ``as_node``.
         self.writers: list[str] | None = None
+        #: A subgraph's run: the namespace its checkpoints are saved under ("" for a graph
+        #: run on its own), and the checkpoint ids of the runs above it per namespace.
+        self.checkpoint_ns = ""
+        self.parents: dict[str, str] = {}
         self._codec: RunCodec | None = None
 
     def __repr__(self) -> str:
@@ -235,7 +239,7 @@ class RunSaver:
         errors: Mapping[tuple[str, int], BaseException] | None = None,
     ) -> Checkpoint:
         """The checkpoint of ``cursor`` (``engine.checkpoint.snapshot``), or CheckpointError."""
-        return self.codec.save(
+        cp = self.codec.save(
             thread_id=self.thread_id or "",
             run_id=self.run_id,
             step=cursor.step,
@@ -251,7 +255,15 @@ class RunSaver:
             resumes=cursor.resumes,
             paused=cursor.paused,
             writers=self.writers if written is None else None,
+            checkpoint_ns=self.checkpoint_ns,
         )
+        return self.placed(cp)
+
+    def placed(self, cp: Checkpoint) -> Checkpoint:
+        """``cp`` with the parents of this run's namespace (a subgraph's run)."""
+        if not self.parents:
+            return cp
+        return cp.model_copy(update={"parents": dict(self.parents)})
 
     def cursor_of(self, cp: Checkpoint) -> RunCursor:
         """The cursor a checkpoint describes; validated, never executes stored code."""

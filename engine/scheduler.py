@@ -214,7 +214,10 @@ class Scheduler:
         out = []
         for order in sorted(attempts.interrupted):
             q = attempts.interrupted[order]
-            ident = interrupt_id(thread, self.checkpoint_ns, where, order, q.index)
+            # A subgraph's question keeps the id its own run gave it (engine.subgraphs).
+            ident = getattr(q.error, "interrupt_id", "") or interrupt_id(
+                thread, self.checkpoint_ns, where, order, q.index
+            )
             out.append(Asked(order[0], order[1], q.index, Interrupt(value=q.value, id=ident)))
         return out
 

@@ -284,29 +284,58 @@ def parse_modes(stream_mode: str | Sequence[str]) -> tuple[tuple[StreamMode, ...
     return tuple(dict.fromkeys(modes)), not single  # type: ignore[arg-type]
 
 
+#: A chunk of a stream with ``subgraphs=True``: ``(namespace, mode, chunk)``.
+NestedChunk = tuple[tuple[str, ...], str, Any]
+#: Where a subgraph's chunks go: ``(namespace, mode, chunk)``.
+NamespacedSink = Callable[[tuple[str, ...], str, Any], None]
+#: The namespaced sink of a stream with ``subgraphs=True``, set by ``chunks_of`` for its
+#: run's task: runs nested in that run's nodes send their chunks to it.
+_nested_sink: contextvars.ContextVar[NamespacedSink | None] = contextvars.ContextVar(
+    "engine_nested_sink", default=None
+)
+
+
+def nested_sink() -> NamespacedSink | None:
+    """Where the chunks of runs nested in the streamed run go (None: nobody shows them)."""
+    return _nested_sink.get()
+
+
 async def chunks_of(
-    start: Callable[[ChunkSink], Awaitable[Any]], modes: tuple[StreamMode, ...], pairs: bool
+    start: Callable[[ChunkSink], Awaitable[Any]],
+    modes: tuple[StreamMode, ...],
+    pairs: bool,
+    *,
+    subgraphs: bool = False,
 ) -> AsyncIterator[Any]:
     """Run ``start(sink)`` (a run with ``on_chunk=sink``) and yield its chunks of ``modes`` as
     they come: the chunk itself, or ``(mode, chunk)`` when ``pairs``; then raise the run's
-    error, if any. Closing the iterator early cancels the run."""
-    queue: asyncio.Queue[tuple[str, Any] | None] = asyncio.Queue()
+    error, if any. Closing the iterator early cancels the run.
+
+    ``subgraphs``: the chunks of the runs nested in the run's nodes too (``engine.subgraphs``
+    sends them here with their namespace), every item a ``NestedChunk`` (the run's own with
+    the namespace ``()``)."""
+    queue: asyncio.Queue[NestedChunk | None] = asyncio.Queue()
     wanted = frozenset(modes)
     if "messages" in wanted:  # LangChain's chat models stream tokens: import it off the loop
         await asyncio.to_thread(langchain_available)
 
     tasks = "tasks" in wanted
 
-    def sink(mode: str, chunk: Any) -> None:
+    def nested(ns: tuple[str, ...], mode: str, chunk: Any) -> None:
         if mode in wanted:
-            queue.put_nowait((mode, chunk))
+            queue.put_nowait((ns, mode, chunk))
         if tasks and mode == "debug" and chunk["type"] != "checkpoint":
-            queue.put_nowait(("tasks", chunk["payload"]))  # a task's debug chunk's payload
+            queue.put_nowait((ns, "tasks", chunk["payload"]))  # a task's debug chunk's payload
+
+    def sink(mode: str, chunk: Any) -> None:
+        nested((), mode, chunk)
 
     token = _modes.set(wanted)  # the run's task is created in this context: it sees them
+    inner = _nested_sink.set(nested if subgraphs else None)
     try:
         task = asyncio.ensure_future(start(sink))
     finally:
+        _nested_sink.reset(inner)
         _modes.reset(token)
     task.add_done_callback(lambda _: queue.put_nowait(None))
     try:
@@ -314,7 +343,10 @@ async def chunks_of(
             item = await queue.get()
             if item is None:
                 break
-            yield item if pairs else item[1]
+            if subgraphs:
+                yield item
+            else:
+                yield item[1:] if pairs else item[2]
         task.result()  # the run's error, if any
     finally:
         if not task.done():
@@ -374,6 +406,8 @@ __all__ = [
     "CallStream",
     "ChunkSink",
     "MessageChunk",
+    "NamespacedSink",
+    "NestedChunk",
     "RunStream",
     "StateInput",
     "StreamMode",
@@ -387,6 +421,7 @@ __all__ = [
     "iterate_sync",
     "langchain_available",
     "message_chunk",
+    "nested_sink",
     "now",
     "parse_modes",
     "reset_stream",

@@ -228,8 +228,9 @@ async def input_cursor(saver: RunSaver, latest: Checkpoint | None, input: object
         started_at=saver.started_at,
         source="input",
         parent_id=latest.checkpoint_id if latest is not None else None,
+        checkpoint_ns=saver.checkpoint_ns,
     )
-    await saver.put(cp)  # as the run's durability says
+    await saver.put(saver.placed(cp))  # as the run's durability says
     return _first_step(saver, before, updates, step)
 
 

@@ -35,9 +35,6 @@ if importlib.util.find_spec("engine.langgraph") is None:
 
 #: Program -> what engine.langgraph still lacks for it. Each is an xfail(strict=True).
 PENDING: dict[str, str] = {
-    "parent_command": "needs subgraphs and Command.PARENT",
-    "subgraphs": "needs subgraphs as nodes and subgraphs=True streaming",
-    "subgraph_interrupt_process": "needs subgraphs, interrupts and SqliteSaver",
     "retry_timeout": "needs error_handler= (a handler task routed by the Command it "
     "returns, to a node no edge reaches); retry_policy= and timeout= match",
 }
