@@ -33,7 +33,7 @@ from .context import RunContext, enter, leave
 from .context import current as current_context
 from .dispatch import Dispatcher, Route, plan_routes
 from .drawing import Drawing
-from .errors import CheckpointError, GraphError, NodeError, own_error
+from .errors import GraphError, NodeError, own_error
 from .events import Event
 from .explain import ExplainRow, Explanation
 from .interrupts import breakpoints as _breakpoints
@@ -50,7 +50,7 @@ from .recorder import EventSink, Recorder
 from .resources import Budgets, SystemClock
 from .running import run_sync
 from .savedchunks import announcing
-from .saving import RunCursor, RunSaver
+from .saving import RunSaver
 from .scheduler import RunResult, Scheduler
 from .streaming import (
     ChunkSink,
@@ -83,15 +83,11 @@ from .threads import (
     StateSnapshot,
     Target,
     answered,
-    checkpoint_named,
     get_state,
     get_state_history,
-    input_cursor,
-    picked_for_run,
     resume_of,
-    resumed_cursor,
+    run_cursor,
     update_state,
-    writes_input,
 )
 from .warm import parse_size, workers_for_memory
 from .watchdog import LoopWatchdog
@@ -536,8 +532,14 @@ class CompiledGraph(Generic[S]):
                     cursor, resumed = await nested_cursor(saver, state, input, answers)
                 else:
                     resumed = state is None
-                    cursor = await self._cursor(
-                        scheduler, saver, state, thread_id, opts.checkpoint_id, input
+                    cursor = await run_cursor(
+                        self.checkpointer,
+                        saver,
+                        state,
+                        thread_id,
+                        opts.checkpoint_id,
+                        input,
+                        start=scheduler.start_cursor,
                     )
                 if resume is not NO_RESUME:
                     cursor = answered(cursor, resume, thread_id or "")
@@ -580,54 +582,6 @@ class CompiledGraph(Generic[S]):
         if opts.mode == "parallel" and any(n.lane == "cpu" for n in plan.nodes.values()):
             ctx.wire()  # TypeError, before anything runs, when it cannot reach a worker
         return ctx
-
-    async def _cursor(
-        self,
-        scheduler: Scheduler,
-        saver: RunSaver,
-        state: Any,
-        thread_id: str | None,
-        checkpoint_id: str | None = None,
-        input: object = None,
-    ) -> RunCursor:
-        if checkpoint_id is not None:
-            with_input = state is not None
-            if (
-                self.checkpointer is None
-                or thread_id is None
-                or (with_input and not writes_input(saver))
-            ):
-                raise CheckpointError(
-                    "a run from checkpoint_id needs a checkpointer and a thread_id, and for "
-                    f"a pydantic state input=None (got input {type(state).__name__}); pass "
-                    "the input with update_state first"
-                )
-            if with_input:  # a new input on a past checkpoint: a branch from it
-                base = await checkpoint_named(self.checkpointer, thread_id, checkpoint_id)
-                return await input_cursor(saver, base, input)
-            picked = await picked_for_run(self.checkpointer, thread_id, checkpoint_id, saver.run_id)
-            return await resumed_cursor(saver, picked)
-        latest = None
-        if self.checkpointer is not None and thread_id is not None:
-            latest = await self.checkpointer.get_latest(thread_id)
-        if state is None:
-            if latest is None:
-                raise CheckpointError(
-                    f"thread {thread_id!r} has no checkpoint to resume; start it with an input"
-                )
-            return await resumed_cursor(saver, latest)
-        if latest is not None and latest.status != "done" and not latest.paused:
-            raise CheckpointError(
-                f"thread {thread_id!r} has an unfinished run (step {latest.step}, "
-                f"{latest.status}); resume it with arun(None, thread_id={thread_id!r}), "
-                f"abandon it with `await checkpointer.delete_thread({thread_id!r})`, "
-                "or use a new thread_id"
-            )
-        if writes_input(saver):
-            # The input checkpoint first; the run continues the thread's values.
-            return await input_cursor(saver, latest, input)
-        # A new input on a finished thread continues its step numbering.
-        return scheduler.start_cursor(state, step=latest.step + 1 if latest else 0)
 
     async def ainvoke(
         self,

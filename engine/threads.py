@@ -22,7 +22,7 @@ reads and writes the store for a compiled graph. Values are channel values
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .checkpoint.base import Checkpoint
@@ -284,6 +284,55 @@ def answered(cursor: RunCursor, resume: Any, thread_id: str) -> RunCursor:
     return cursor
 
 
+async def run_cursor(
+    checkpointer: Checkpointer | None,
+    saver: RunSaver,
+    state: Any,
+    thread_id: str | None,
+    checkpoint_id: str | None = None,
+    input: object = None,
+    *,
+    start: Callable[..., RunCursor],
+) -> RunCursor:
+    """The cursor a run starts from: a fresh start (``start(state, step=...)``), the
+    thread's input checkpoint, a resume of its latest checkpoint, or a run from a past
+    ``checkpoint_id`` (a resume of it, or with an input, a branch from it)."""
+    if checkpoint_id is not None:
+        with_input = state is not None
+        if checkpointer is None or thread_id is None or (with_input and not writes_input(saver)):
+            raise CheckpointError(
+                "a run from checkpoint_id needs a checkpointer and a thread_id, and for "
+                f"a pydantic state input=None (got input {type(state).__name__}); pass "
+                "the input with update_state first"
+            )
+        if with_input:  # a new input on a past checkpoint: a branch from it
+            base = await checkpoint_named(checkpointer, thread_id, checkpoint_id)
+            return await input_cursor(saver, base, input)
+        picked = await picked_for_run(checkpointer, thread_id, checkpoint_id, saver.run_id)
+        return await resumed_cursor(saver, picked)
+    latest = None
+    if checkpointer is not None and thread_id is not None:
+        latest = await checkpointer.get_latest(thread_id)
+    if state is None:
+        if latest is None:
+            raise CheckpointError(
+                f"thread {thread_id!r} has no checkpoint to resume; start it with an input"
+            )
+        return await resumed_cursor(saver, latest)
+    if latest is not None and latest.status != "done" and not latest.paused:
+        raise CheckpointError(
+            f"thread {thread_id!r} has an unfinished run (step {latest.step}, "
+            f"{latest.status}); resume it with arun(None, thread_id={thread_id!r}), "
+            f"abandon it with `await checkpointer.delete_thread({thread_id!r})`, "
+            "or use a new thread_id"
+        )
+    if writes_input(saver):
+        # The input checkpoint first; the run continues the thread's values.
+        return await input_cursor(saver, latest, input)
+    # A new input on a finished thread continues its step numbering.
+    return start(state, step=latest.step + 1 if latest else 0)
+
+
 __all__ = [
     "NO_RESUME",
     "StateSnapshot",
@@ -297,6 +346,7 @@ __all__ = [
     "picked_for_run",
     "resume_of",
     "resumed_cursor",
+    "run_cursor",
     "update_state",
     "writes_input",
 ]
