@@ -231,7 +231,8 @@ class Scheduler:
         chunks("values", Paused(stopped.state, shown))
         done = sorted((Write(n, i, u) for (n, i), u in attempts.writes.items()), key=_order)
         if done:
-            self.recorder.updates(stopped.step, ((w.node, w.index, w.updates) for w in done))
+            named = ((attempts.shown(w.node, w.index), w.index, w.updates) for w in done)
+            self.recorder.updates(stopped.step, named)
             self.recorder.values(self._with_pending(stopped))
 
     async def _step(self, cursor: RunCursor) -> tuple[RunCursor, _Stop | None]:
@@ -248,6 +249,7 @@ class Scheduler:
                 resuming = enter(with_resumes(ctx, cursor.resumes))
         try:
             await self.dispatcher.run_step(step, cursor.state, todo, attempts.settle)
+            await attempts.handle(cursor.state)  # error handlers of calls that failed for good
         except asyncio.CancelledError:
             # Keep what finished: a resume re-runs only the rest.
             await self.saver.save_stopped(cursor, attempts.kept_writes(), "interrupted")
@@ -290,7 +292,10 @@ class Scheduler:
             state = self.plan.schema.merge(cursor.state, merged, step)
             fanin = {k: set(v) for k, v in cursor.fanin.items()}
             ran = sorted({t.node for t in cursor.tasks})
-            tasks = next_tasks(self.plan, ran, state, step, fanin, attempts.gotos)
+            # a node whose every task its error handler answered routes by the handler's goto
+            routed = {t.node for t in cursor.tasks if t.order not in attempts.handled}
+            handled = set(ran) - routed
+            tasks = next_tasks(self.plan, ran, state, step, fanin, attempts.gotos, handled)
         except Exception:
             # Every call of the step succeeded, but merging or routing their
             # writes failed (a conflict, a router's bug): keep the writes, so
@@ -299,7 +304,9 @@ class Scheduler:
             raise
         if self.recorder.chunks is not None:
             ordered = sorted(merged, key=_order)
-            self.recorder.updates(step, ((w.node, w.index, w.updates) for w in ordered))
+            self.recorder.updates(
+                step, ((attempts.shown(w.node, w.index), w.index, w.updates) for w in ordered)
+            )
             self.recorder.values(state)
         # save
         nxt = RunCursor(state=state, step=step + 1, tasks=tasks, fanin=fanin)
