@@ -76,7 +76,8 @@ class StepAttempts:
 
     Invariant: a task's order is in at most one of ``writes``, ``failed`` and
     ``_unhandled``, and only once its last attempt settled; ``handle`` moves each
-    of ``_unhandled`` to ``writes`` (and ``handled``) or ``failed``. ``_tries``
+    of ``_unhandled`` to ``writes`` (and ``handled``) or ``failed``, or, in a step
+    that fails anyway, drops it (it runs again on resume). ``_tries``
     holds (failures, crashes) so far for the tasks that failed at least once.
     """
 
@@ -162,8 +163,7 @@ class StepAttempts:
         order, in the driver, each with its call's input (``state``, or its Send payload)
         and error; none when a call failed with no handler (the step fails anyway)."""
         todo, self._unhandled = self._unhandled, {}
-        if self.failed:
-            self.failed.update((order, error) for order, (_, error) in todo.items())
+        if self.failed:  # the step fails with its unhandled error; these run again on resume
             return
         for order in sorted(todo):
             task, error = todo[order]
@@ -248,7 +248,10 @@ def handler_error(
         error_message=str(exc),
         raised=True,
     )
-    err.add_note(f"it was handling: {handling.error_type}: {handling.error_message}")
+    err.add_note(
+        f"raised by the error_handler {name!r} of node {node!r}, handling "
+        f"{handling.error_type}: {handling.error_message}"
+    )
     err.__cause__ = exc
     return err
 
