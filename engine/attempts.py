@@ -48,6 +48,8 @@ from typing import TYPE_CHECKING, Any
 from .context import adapt
 from .dispatch import exit_detail
 from .errors import InvalidUpdateError, NodeError, NodeTimeoutError, WorkerCrashedError
+from .interrupts import GraphBubbleUp
+from .lgtypes import langgraphs_error
 from .lanes.calls import (
     Cancelled,
     Failure,
@@ -171,6 +173,8 @@ class StepAttempts:
             assert handler is not None
             # its own copy of what the node was given, as a node's
             arg = copy.deepcopy(task.payload) if task.has_payload else self.plan.schema.copy(state)
+            if self.plan.schema.conventions == "langgraph":  # LangGraph's timeout class
+                error = langgraphs_error(error, self.plan.nodes[task.node].spec.timeout)
             try:
                 result = await call_handler(handler, arg, error)
             except Exception as exc:
@@ -236,17 +240,23 @@ def handler_error(
 ) -> NodeError:
     """The run's error for an error handler that raised (``exc``, its ``__cause__``)."""
     name = getattr(handler.fn, "__qualname__", repr(handler.fn))
+    fix = (
+        "interrupt() cannot ask a person from an error handler: ask in the node, or in "
+        "a node the handler's Command(goto=...) goes to"
+        if isinstance(exc, GraphBubbleUp)
+        else "a handler that raises fails the run: fix the handler, then resume (the "
+        "node runs again)"
+    )
     err = NodeError(
         f"the error_handler {name!r} of node {node!r} (step {step}) raised "
-        f"{type(exc).__name__}: {exc}; a handler that raises fails the run: fix the "
-        "handler, then resume (the node runs again)",
+        f"{type(exc).__name__}: {exc}; {fix}",
         node=node,
         step=step,
         lane="io" if handler.is_coroutine else "thread",
         attempt=handling.attempt,
         error_type=type(exc).__name__,
         error_message=str(exc),
-        raised=True,
+        raised=not isinstance(exc, GraphBubbleUp),
     )
     err.add_note(
         f"raised by the error_handler {name!r} of node {node!r}, handling "

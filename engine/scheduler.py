@@ -292,9 +292,11 @@ class Scheduler:
             state = self.plan.schema.merge(cursor.state, merged, step)
             fanin = {k: set(v) for k, v in cursor.fanin.items()}
             ran = sorted({t.node for t in cursor.tasks})
-            # a node whose every task its error handler answered routes by the handler's goto
-            routed = {t.node for t in cursor.tasks if t.order not in attempts.handled}
-            handled = set(ran) - routed
+            handled: set[str] = set()
+            if attempts.handled:  # a node all of whose tasks were handled: its goto routes
+                handled = set(ran) - {
+                    t.node for t in cursor.tasks if t.order not in attempts.handled
+                }
             tasks = next_tasks(self.plan, ran, state, step, fanin, attempts.gotos, handled)
         except Exception:
             # Every call of the step succeeded, but merging or routing their

@@ -310,3 +310,36 @@ def test_node_error_error_is_what_the_node_raised() -> None:
     assert raised.error is cause
     timed_out = NodeTimeoutError("t", node="n", step=0, lane="io", attempt=1)
     assert timed_out.error is timed_out
+
+
+def asks(state: S, error: NodeError) -> dict[str, Any]:
+    from engine import interrupt
+
+    return {"log": [interrupt("what now?")]}
+
+
+def test_a_handler_cannot_ask_a_person() -> None:
+    """interrupt() in a handler fails the run saying where to ask instead."""
+    from engine.checkpoint import MemoryCheckpointer
+
+    app = graph(handler=asks).compile(MemoryCheckpointer())
+    with pytest.raises(NodeError, match=r"interrupt\(\) cannot ask a person from an error"):
+        app.run(INPUT, thread_id="t")
+
+
+def test_under_engine_langgraph_a_timeout_is_langgraphs_class() -> None:
+    """As under LangGraph: ``isinstance(error.error, NodeTimeoutError)`` with the class
+    ``langgraph.errors`` (here ``engine.langgraph``) exports."""
+    from engine import langgraph as lg
+
+    seen: list[bool] = []
+
+    def handler(state: S, error: lg.NodeError) -> dict[str, Any]:
+        seen.append(isinstance(error.error, lg.NodeTimeoutError))
+        return {"log": ["timed out"]}
+
+    b = lg.StateGraph(S)
+    b.add_node("node", sleeps, timeout=0.05, error_handler=handler)
+    b.add_edge(START, "node")
+    assert b.compile().invoke(INPUT)["log"] == ["timed out"]
+    assert seen == [True]
