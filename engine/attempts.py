@@ -49,7 +49,6 @@ from .context import adapt
 from .dispatch import exit_detail
 from .errors import InvalidUpdateError, NodeError, NodeTimeoutError, WorkerCrashedError
 from .interrupts import GraphBubbleUp
-from .lgtypes import langgraphs_error
 from .lanes.calls import (
     Cancelled,
     Failure,
@@ -60,6 +59,7 @@ from .lanes.calls import (
     TimedOut,
     WorkerLost,
 )
+from .lgtypes import langgraphs_error
 from .policy import NO_RETRY
 from .spec import END, Command, ErrorHandler, Send, Task, handler_name
 
