@@ -77,8 +77,8 @@ class StepAttempts:
     """The attempts of one step's calls, settled one outcome at a time.
 
     Invariant: a task's order is in at most one of ``writes``, ``failed`` and
-    ``_unhandled``, and only once its last attempt settled; ``handle`` moves each
-    of ``_unhandled`` to ``writes`` (and ``handled``) or ``failed``, or, in a step
+    ``unhandled``, and only once its last attempt settled; ``handle`` moves each
+    of ``unhandled`` to ``writes`` (and ``handled``) or ``failed``, or, in a step
     that fails anyway, drops it (it runs again on resume). ``_tries``
     holds (failures, crashes) so far for the tasks that failed at least once.
     """
@@ -95,7 +95,8 @@ class StepAttempts:
         self.gotos: dict[Order, tuple[str | Send, ...]] = {}
         #: Tasks whose write is their node's error handler's (routing skips their edges).
         self.handled: set[Order] = set()
-        self._unhandled: dict[Order, tuple[Task, NodeError]] = {}
+        #: Calls that failed for good whose node has an error handler (``handle`` runs it).
+        self.unhandled: dict[Order, tuple[Task, NodeError]] = {}
         self._tries: dict[Order, list[int]] = {}
 
     def __repr__(self) -> str:
@@ -155,7 +156,7 @@ class StepAttempts:
         if retry:
             return delay
         if node.spec.error_handler is not None:
-            self._unhandled[task.order] = (task, error)
+            self.unhandled[task.order] = (task, error)
             return None
         self.failed[task.order] = error
         return None
@@ -164,7 +165,7 @@ class StepAttempts:
         """Run the error handlers of the calls that failed for good, in (node, Send index)
         order, in the driver, each with its call's input (``state``, or its Send payload)
         and error; none when a call failed with no handler (the step fails anyway)."""
-        todo, self._unhandled = self._unhandled, {}
+        todo, self.unhandled = self.unhandled, {}
         if self.failed:  # the step fails with its unhandled error; these run again on resume
             return
         for order in sorted(todo):

@@ -249,7 +249,8 @@ class Scheduler:
                 resuming = enter(with_resumes(ctx, cursor.resumes))
         try:
             await self.dispatcher.run_step(step, cursor.state, todo, attempts.settle)
-            await attempts.handle(cursor.state)  # error handlers of calls that failed for good
+            if attempts.unhandled:  # error handlers of calls that failed for good
+                await attempts.handle(cursor.state)
         except asyncio.CancelledError:
             # Keep what finished: a resume re-runs only the rest.
             await self.saver.save_stopped(cursor, attempts.kept_writes(), "interrupted")
