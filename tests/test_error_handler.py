@@ -343,3 +343,26 @@ def test_under_engine_langgraph_a_timeout_is_langgraphs_class() -> None:
     b.add_edge(START, "node")
     assert b.compile().invoke(INPUT)["log"] == ["timed out"]
     assert seen == [True]
+
+
+def asks_sibling(state: S) -> dict[str, Any]:
+    from engine import interrupt
+
+    return {"log": [f"answer: {interrupt('go on?')}"]}
+
+
+def test_a_step_stopped_by_a_question_runs_the_handled_node_again_on_resume() -> None:
+    """A sibling's interrupt() stops the step after the handler ran; the checkpoint keeps
+    no handled write, so the resume runs the node (and its handler) again."""
+    from engine.checkpoint import MemoryCheckpointer
+
+    g = graph(handler=counting_handler, lane="thread")
+    g.add_node("z_asks", asks_sibling, lane="thread")
+    g.add_edge(START, "z_asks")
+    app = g.compile(MemoryCheckpointer())
+    CALLED[:] = []
+    first = app.run(INPUT, thread_id="t")
+    assert first.interrupted and CALLED == ["node"]
+    result = app.run(Command(resume="yes"), thread_id="t")
+    assert CALLED == ["node", "node"]
+    assert result.state["log"] == ["handled", "answer: yes", "fallback"]
