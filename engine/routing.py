@@ -61,7 +61,7 @@ def next_tasks(
         by_node.setdefault(node, []).append((index, targets))
     for name in ran:
         for _, targets in sorted(by_node.get(name, ()), key=lambda pair: pair[0]):
-            _goto(plan, name, targets, triggered, sends, step)
+            _goto(plan, name, targets, triggered, sends, step, name in handled)
         if name in handled:
             continue
         triggered.update(t for t in plan.edges.get(name, ()) if t != END)
@@ -128,14 +128,17 @@ def _goto(
     triggered: set[str],
     sends: list[Send],
     step: int,
+    handled: bool = False,
 ) -> None:
-    """A node's ``Command(goto=...)`` targets into the next step (END already left out)."""
+    """A node's ``Command(goto=...)`` targets into the next step (END already left out);
+    ``handled``: they are its error handler's."""
     for target in targets:
         node = target.node if isinstance(target, Send) else target
         if node not in plan.nodes:
             what = f"Send({node!r}, ...)" if isinstance(target, Send) else repr(node)
+            who = f"the error_handler of node {source!r}" if handled else f"node {source!r}"
             raise GraphError(
-                f"node {source!r} returned Command(goto={what}) in step {step}, but "
+                f"{who} returned Command(goto={what}) in step {step}, but "
                 f"{node!r} is not a node of the graph (known: {sorted(plan.nodes)}); add it "
                 "with add_node, or fix the name (END ends the run there), then resume: the "
                 "step's other writes are kept, and the node runs again",

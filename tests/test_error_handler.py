@@ -366,3 +366,9 @@ def test_a_step_stopped_by_a_question_runs_the_handled_node_again_on_resume() ->
     result = app.run(Command(resume="yes"), thread_id="t")
     assert CALLED == ["node", "node"]
     assert result.state["log"] == ["handled", "answer: yes", "fallback"]
+
+
+def test_a_handlers_goto_to_no_node_is_a_graph_error_naming_it() -> None:
+    handler = lambda state, error: Command(goto="nowhere")  # noqa: E731
+    with pytest.raises(GraphError, match=r"the error_handler of node 'node' returned.*nowhere"):
+        graph(handler=handler).compile().run(INPUT)
