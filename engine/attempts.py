@@ -172,11 +172,14 @@ class StepAttempts:
             task, error = todo[order]
             handler = self.plan.nodes[task.node].spec.error_handler
             assert handler is not None
-            # its own copy of what the node was given, as a node's
-            arg = copy.deepcopy(task.payload) if task.has_payload else self.plan.schema.copy(state)
             if self.plan.schema.conventions == "langgraph":  # LangGraph's timeout class
                 error = langgraphs_error(error, self.plan.nodes[task.node].spec.timeout)
             try:
+                # its own copy of what the node was given, as a node's
+                if task.has_payload:
+                    arg = copy.deepcopy(task.payload)
+                else:
+                    arg = self.plan.schema.copy(state)
                 result = await call_handler(handler, arg, error)
             except Exception as exc:
                 self.failed[order] = handler_error(task.node, self.step, handler, exc, error)

@@ -372,3 +372,17 @@ def test_a_handlers_goto_to_no_node_is_a_graph_error_naming_it() -> None:
     handler = lambda state, error: Command(goto="nowhere")  # noqa: E731
     with pytest.raises(GraphError, match=r"the error_handler of node 'node' returned.*nowhere"):
         graph(handler=handler).compile().run(INPUT)
+
+
+def crash_handler(state: S, error: NodeError) -> Command[Any]:
+    return Command(goto="fallback", update={"log": [f"{type(error.error).__name__}"]})
+
+
+def test_a_worker_that_keeps_crashing_is_handled_once_it_is_poison() -> None:
+    """The engine runs a crashed call again (its own budget) before the call fails as
+    poison; only then does the handler run, with the WorkerCrashedError."""
+    from tests import crashers
+
+    result = graph(crashers.hard_exit, crash_handler, lane="cpu").compile().run(INPUT)
+    assert result.state["log"] == ["WorkerCrashedError", "fallback"]
+    assert [c.attempt for c in result.trace.calls if c.node == "node"] == [1, 2, 3]
