@@ -386,3 +386,21 @@ def test_a_worker_that_keeps_crashing_is_handled_once_it_is_poison() -> None:
     result = graph(crashers.hard_exit, crash_handler, lane="cpu").compile().run(INPUT)
     assert result.state["log"] == ["WorkerCrashedError", "fallback"]
     assert [c.attempt for c in result.trace.calls if c.node == "node"] == [1, 2, 3]
+
+
+def test_a_subgraph_node_failing_inside_is_handled_by_the_parents_handler() -> None:
+    """As LangGraph: the subgraph's node raised; the parent's handler of the subgraph's
+    node gets that error, and streams name the handler in the parent's namespace."""
+    from engine import langgraph as lg
+
+    def handler(state: S, error: lg.NodeError) -> dict[str, Any]:
+        return {"log": [f"{error.node}: {error.error!r}"]}
+
+    inner = lg.StateGraph(S)
+    inner.add_node("inner", fails)
+    inner.add_edge(START, "inner")
+    outer = lg.StateGraph(S)
+    outer.add_node("sub", inner.compile(), error_handler=handler)
+    outer.add_edge(START, "sub")
+    chunks = list(outer.compile().stream(INPUT, stream_mode="updates", subgraphs=True))
+    assert chunks == [((), {"__error_handler__sub": {"log": ["sub: ValueError('bad input n=0')"]}})]
