@@ -9,7 +9,14 @@
                               failed: the run's error for it (names node, step,
                                   lane, attempt; NodeTimeoutError, WorkerCrashedError)
                                   run it again?  -> a delay: the call runs again
+                                  failed for good, the node has an error_handler:
+                                  kept for ``handle``
                               the recorder hears every attempt (NodeFinished / NodeFailed)
+
+    scheduler, after the barrier --> StepAttempts.handle(state)
+                              each error handler run in the driver, in (node, Send
+                              index) order: its return is the task's write (its goto
+                              kept), its error the task's failure
 
 Two budgets per task. ``failures`` (the node's own errors, its timeouts, and
 crashes an executor attributed itself, such as Dask's ``KilledWorker``) go
@@ -20,16 +27,28 @@ it as poison. A crash is often not the call's doing (a neighbour's memory,
 a worker dying just after it returned a result), so one must not fail a
 run with no policy. What cannot cross the process boundary (``Refused``)
 and updates the schema rejects fail the same way again: never retried.
+
+A call that failed for good whose node has an ``error_handler`` is not a
+failure yet: ``handle`` runs the handler once the step's calls all settled
+(no handler runs in a step that fails anyway). The handler's return stands
+in for the call's, and the task is ``handled``: routing follows its goto,
+not the node's edges, and checkpoints keep no write of it (as a goto's
+task, it runs again on resume).
 """
 
 from __future__ import annotations
 
+import asyncio
+import copy
+import functools
 import inspect
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from .context import adapt
 from .dispatch import exit_detail
 from .errors import InvalidUpdateError, NodeError, NodeTimeoutError, WorkerCrashedError
+from .interrupts import GraphBubbleUp
 from .lanes.calls import (
     Cancelled,
     Failure,
@@ -40,8 +59,9 @@ from .lanes.calls import (
     TimedOut,
     WorkerLost,
 )
+from .lgtypes import langgraphs_error
 from .policy import NO_RETRY
-from .spec import END, Command, Send
+from .spec import END, Command, ErrorHandler, Send, Task, handler_name
 
 if TYPE_CHECKING:
     from .plan import Plan
@@ -56,9 +76,11 @@ Order = tuple[str, int]
 class StepAttempts:
     """The attempts of one step's calls, settled one outcome at a time.
 
-    Invariant: a task's order is in at most one of ``writes`` and ``failed``,
-    and only once its last attempt settled; ``_tries`` holds (failures,
-    crashes) so far for the tasks that failed at least once.
+    Invariant: a task's order is in at most one of ``writes``, ``failed`` and
+    ``unhandled``, and only once its last attempt settled; ``handle`` moves each
+    of ``unhandled`` to ``writes`` (and ``handled``) or ``failed``, or, in a step
+    that fails anyway, drops it (it runs again on resume). ``_tries``
+    holds (failures, crashes) so far for the tasks that failed at least once.
     """
 
     def __init__(self, plan: Plan, step: int, recorder: Recorder) -> None:
@@ -71,6 +93,10 @@ class StepAttempts:
         self.interrupted: dict[Order, Interrupted] = {}
         #: The ``goto`` of each task that returned a ``Command`` with one (routing's input).
         self.gotos: dict[Order, tuple[str | Send, ...]] = {}
+        #: Tasks whose write is their node's error handler's (routing skips their edges).
+        self.handled: set[Order] = set()
+        #: Calls that failed for good whose node has an error handler (``handle`` runs it).
+        self.unhandled: dict[Order, tuple[Task, NodeError]] = {}
         self._tries: dict[Order, list[int]] = {}
 
     def __repr__(self) -> str:
@@ -129,14 +155,63 @@ class StepAttempts:
         self.recorder.call_failed(out, error, will_retry=retry)
         if retry:
             return delay
+        if node.spec.error_handler is not None:
+            self.unhandled[task.order] = (task, error)
+            return None
         self.failed[task.order] = error
         return None
+
+    async def handle(self, state: Any) -> None:
+        """Run the error handlers of the calls that failed for good, in (node, Send index)
+        order, in the driver, each with its call's input (``state``, or its Send payload)
+        and error; none when a call failed with no handler (the step fails anyway)."""
+        todo, self.unhandled = self.unhandled, {}
+        if self.failed:  # the step fails with its unhandled error; these run again on resume
+            return
+        for order in sorted(todo):
+            task, error = todo[order]
+            handler = self.plan.nodes[task.node].spec.error_handler
+            assert handler is not None
+            if self.plan.schema.conventions == "langgraph":  # LangGraph's timeout class
+                error = langgraphs_error(error, self.plan.nodes[task.node].spec.timeout)
+            try:
+                # its own copy of what the node was given, as a node's
+                if task.has_payload:
+                    arg = copy.deepcopy(task.payload)
+                else:
+                    arg = self.plan.schema.copy(state)
+                result = await call_handler(handler, arg, error)
+            except Exception as exc:
+                self.failed[order] = handler_error(task.node, self.step, handler, exc, error)
+                continue
+            name = handler_name(task.node)
+            try:
+                value, goto = command_parts(name, self.step, result)
+                updates = self.plan.schema.check_update(name, self.step, value)
+            except InvalidUpdateError as exc:
+                bad = unawaited(exc, result)
+                bad.add_note(f"returned by the error_handler of node {task.node!r}")
+                self.failed[order] = bad
+                continue
+            self.writes[order] = updates
+            self.handled.add(order)
+            if goto:
+                self.gotos[order] = goto
+
+    def shown(self, node: str, index: int) -> str:
+        """The name a task's write streams under: its node's, or its error handler's."""
+        return handler_name(node) if (node, index) in self.handled else node
 
     def kept_writes(self) -> dict[Order, Mapping[str, Any]]:
         """The writes a failed or stopped step keeps for its resume: all but those of tasks
         that returned a ``Command`` with a goto (checkpoints keep writes, not gotos: those
-        tasks run again on resume, so that their goto routes the step)."""
-        return {order: w for order, w in self.writes.items() if order not in self.gotos}
+        tasks run again on resume, so that their goto routes the step), nor of handled
+        tasks (their node runs again, and its handler if it fails again)."""
+        return {
+            order: w
+            for order, w in self.writes.items()
+            if order not in self.gotos and order not in self.handled
+        }
 
     def first_error(self) -> NodeError | InvalidUpdateError | None:
         """The step's error: its first failed call's, in (node, Send index) order."""
@@ -148,6 +223,51 @@ class StepAttempts:
             others = ", ".join(repr(node) for node, _ in orders[1:])
             first.add_note(f"in the same step {others} also failed")
         return first
+
+
+async def call_handler(handler: ErrorHandler, arg: Any, error: NodeError) -> Any:
+    """An error handler called as its signature asks (``error``, ``config``, ``runtime``
+    by name): awaited on the loop when async, else in a thread (the run's context goes
+    with it, so ``get_config()`` works there too)."""
+    fn = handler.fn
+    if "error" in handler.takes:
+        fn = functools.partial(fn, error=error)
+    extras = tuple(name for name in handler.takes if name != "error")
+    call = adapt(fn, extras, is_coroutine=handler.is_coroutine)
+    if handler.is_coroutine:
+        return await call(arg)
+    return await asyncio.to_thread(call, arg)
+
+
+def handler_error(
+    node: str, step: int, handler: ErrorHandler, exc: Exception, handling: NodeError
+) -> NodeError:
+    """The run's error for an error handler that raised (``exc``, its ``__cause__``)."""
+    name = getattr(handler.fn, "__qualname__", repr(handler.fn))
+    fix = (
+        "interrupt() cannot ask a person from an error handler: ask in the node, or in "
+        "a node the handler's Command(goto=...) goes to"
+        if isinstance(exc, GraphBubbleUp)
+        else "a handler that raises fails the run: fix the handler, then resume (the "
+        "node runs again)"
+    )
+    err = NodeError(
+        f"the error_handler {name!r} of node {node!r} (step {step}) raised "
+        f"{type(exc).__name__}: {exc}; {fix}",
+        node=node,
+        step=step,
+        lane="io" if handler.is_coroutine else "thread",
+        attempt=handling.attempt,
+        error_type=type(exc).__name__,
+        error_message=str(exc),
+        raised=not isinstance(exc, GraphBubbleUp),
+    )
+    err.add_note(
+        f"raised by the error_handler {name!r} of node {node!r}, handling "
+        f"{handling.error_type}: {handling.error_message}"
+    )
+    err.__cause__ = exc
+    return err
 
 
 def command_parts(node: str, step: int, value: Any) -> tuple[Any, tuple[str | Send, ...]]:
@@ -277,4 +397,12 @@ def run_error(out: Outcome, lane: str) -> NodeError:
     return err
 
 
-__all__ = ["POISON_AFTER_CRASHES", "StepAttempts", "command_parts", "run_error", "unawaited"]
+__all__ = [
+    "POISON_AFTER_CRASHES",
+    "StepAttempts",
+    "call_handler",
+    "command_parts",
+    "handler_error",
+    "run_error",
+    "unawaited",
+]

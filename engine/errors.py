@@ -84,6 +84,14 @@ class NodeError(EngineError):
         self.error_message = error_message
         self.traceback_text = traceback_text
 
+    @property
+    def error(self) -> BaseException:
+        """What the node raised (``__cause__``), as an error handler reads it (LangGraph's
+        ``NodeError.error``); this error itself for a timeout, a crash, or an exception
+        that could not be brought back from a worker."""
+        cause = self.__cause__
+        return cause if self.raised and cause is not None else self
+
     def __str__(self) -> str:
         text = super().__str__()
         if self.traceback_text:

@@ -18,7 +18,17 @@ from .classify import LANES, Lane, declared_lane, is_coroutine_function, pickle_
 from .context import wants
 from .errors import GraphError
 from .policy import RetryPolicy
-from .spec import END, RESERVED, START, Branch, Command, GraphSpec, NodeSpec, Send
+from .spec import (
+    END,
+    RESERVED,
+    START,
+    Branch,
+    Command,
+    ErrorHandler,
+    GraphSpec,
+    NodeSpec,
+    Send,
+)
 from .state import StateSchema, kind_of
 
 if TYPE_CHECKING:
@@ -90,6 +100,7 @@ class Graph(Generic[S]):
         input_schema: type | None = None,
         destinations: Mapping[str, str] | Sequence[str] | None = None,
         defer: bool = False,
+        error_handler: Callable[..., Any] | None = None,
     ) -> Graph[S]:
         """Add a node; ``add_node(fn)`` names it after the function.
 
@@ -122,6 +133,17 @@ class Graph(Generic[S]):
         and counts them as edges, and the drawing shows them. ``defer=True``
         holds the node's runs back until no other node has a task in the
         next step (a fan-in after branches of unequal length runs once).
+
+        ``error_handler=handler``: when a call of the node fails for good (its
+        retries spent; a timeout, a crashed worker included), ``handler(state,
+        error)`` runs in the driver, in the same step, with the call's input and
+        its ``NodeError`` (``error.node``, ``error.error``: what the node raised).
+        What it returns is the task's write instead: an update, or a
+        ``Command(update=..., goto=...)`` whose ``goto`` routes the run (the
+        node's own edges are not followed). A handler that raises fails the run.
+        It may take ``config``/``runtime`` as a node does; ``error`` is passed by
+        name. A handler may go to any node, so compile counts every node
+        reachable from a node that has one.
         """
         if fn is None:
             if not callable(name):
@@ -209,6 +231,7 @@ class Graph(Generic[S]):
             takes=wants(fn),
             destinations=_destinations(name, destinations, fn),
             defer=bool(defer),
+            error_handler=_error_handler(name, error_handler),
         )
         return self
 
@@ -405,6 +428,33 @@ def _cache_policy(name: str, policy: Any) -> CachePolicy | None:
             f"got {policy!r}"
         )
     return policy
+
+
+def _error_handler(node: str, fn: Callable[..., Any] | None) -> ErrorHandler | None:
+    """A node's ``error_handler=``, its signature read once: ``fn(state)`` or
+    ``fn(state, error)``, with ``config``/``runtime`` as a node takes them."""
+    if fn is None:
+        return None
+    if not callable(fn):
+        raise GraphError(f"node {node!r}: error_handler {fn!r} is not callable")
+    takes = wants(fn)
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        params = None
+    if params is not None:
+        if "error" in params:
+            takes = ("error", *takes)
+        try:
+            inspect.signature(fn).bind(None, **dict.fromkeys(takes))
+        except TypeError as exc:
+            raise GraphError(
+                f"node {node!r}: its error_handler {getattr(fn, '__qualname__', fn)!r} "
+                f"cannot be called as handler(state, error=...) ({exc}); write "
+                "def handler(state, error) (the failure comes by the name 'error'), or "
+                "def handler(state)"
+            ) from exc
+    return ErrorHandler(fn=fn, takes=takes, is_coroutine=is_coroutine_function(fn))
 
 
 __all__ = ["END", "START", "Branch", "Graph", "NodeSpec", "Send", "command_destinations"]

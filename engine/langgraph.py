@@ -199,11 +199,6 @@ class StateGraph(Generic[S]):
             name = str(node)
         if isinstance(action, CompiledStateGraph):  # a subgraph: the engine's own node for it
             action = SubgraphNode(action.app, self._schema().channels, str(node))
-        if error_handler is not None:
-            raise NotImplementedError(
-                f"add_node({name!r}, error_handler=...) is not supported by engine.langgraph "
-                "yet; catch the error in the node and return the fallback update instead"
-            )
         seconds = _timeout_seconds(name, timeout)
         if seconds is not None and lane != "cpu" and not is_coroutine_function(action):
             raise ValueError(
@@ -230,6 +225,7 @@ class StateGraph(Generic[S]):
                 destinations if destinations is not None else command_destinations(action)
             ),
             defer=defer,
+            error_handler=error_handler,
             **engine_options,
         )
         return self

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from .errors import NodeError
+from .errors import NodeTimeoutError as EngineTimeoutError
 from .interrupts import GraphBubbleUp, GraphInterrupt, Interrupt, NodeInterrupt
 from .subgraph_node import ParentCommand
 
@@ -110,6 +111,26 @@ class NodeTimeoutError(NodeError):
         self.timeout = timeout
 
 
+def langgraphs_error(err: NodeError, timeout: float | None) -> NodeError:
+    """A failed call's error as an ``engine.langgraph`` error handler sees it: a timeout is
+    LangGraph's ``NodeTimeoutError`` class (so ``isinstance(error.error, NodeTimeoutError)``
+    holds, as under LangGraph), anything else ``err`` itself."""
+    if not isinstance(err, EngineTimeoutError):
+        return err
+    shown = NodeTimeoutError(
+        err.args[0] if err.args else "",
+        node=err.node,
+        step=err.step,
+        lane=err.lane,
+        attempt=err.attempt,
+        error_type=err.error_type,
+        error_message=err.error_message,
+        timeout=timeout,
+    )
+    shown.__cause__ = err.__cause__
+    return shown
+
+
 __all__ = [
     "All",
     "Durability",
@@ -127,5 +148,6 @@ __all__ = [
     "StreamWriter",
     "TimeoutPolicy",
     "get_store",
+    "langgraphs_error",
     "stream_part",
 ]

@@ -118,7 +118,8 @@ def _check_names(graph: GraphSpec) -> None:
 
 
 def _reachable(graph: GraphSpec) -> set[str]:
-    """Nodes some path from START reaches. A branch without a path_map may reach any node."""
+    """Nodes some path from START reaches. A branch without a path_map, and a node with an
+    error handler (its ``Command(goto=...)`` may go anywhere), may reach any node."""
     succ: dict[str, set[str]] = {}
     for sources, target in graph.edges:
         for s in sources:
@@ -128,6 +129,8 @@ def _reachable(graph: GraphSpec) -> set[str]:
         succ.setdefault(branch.source, set()).update(targets)
     for name, spec in graph.nodes.items():
         succ.setdefault(name, set()).update(spec.destinations or ())
+        if spec.error_handler is not None:
+            succ[name].update(graph.nodes)
     seen: set[str] = set()
     todo = [START]
     while todo:

@@ -5,7 +5,8 @@ handed): static edges, fan-ins whose sources have all run since their target
 last ran, conditional edges evaluated on the merged state, the ``Send``s
 routers return, and the ``goto`` of the ``Command``s nodes returned (their
 names and ``Send``s join the step exactly as a router's results do, besides
-the node's own edges). A deferred node (``defer=True``) triggered while
+the node's own edges). A node whose calls failed and were all handled by its
+error handler routes by the handler's goto alone. A deferred node (``defer=True``) triggered while
 another node has a task is held (in the fan-in bookkeeping, under
 ``plan.deferred_key``) until a step would run nothing else. The tasks come
 back sorted by (node, Send index): the order a step's writes are merged in.
@@ -14,7 +15,7 @@ back sorted by (node, Send index): the order a step's writes are merged in.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from .context import call_router
@@ -41,6 +42,7 @@ def next_tasks(
     step: int,
     fanin: dict[str, set[str]],
     gotos: Mapping[Order, Sequence[str | Send]] | None = None,
+    handled: Collection[str] = (),
 ) -> list[Task]:
     """The tasks of the step after ``step``, in which the nodes ``ran`` ran (sorted).
 
@@ -48,7 +50,9 @@ def next_tasks(
     updated in place; a router that raises or returns what is not a node is
     a ``GraphError`` naming the edge and the step. ``gotos``: the targets of
     the ``Command``s the step's tasks returned, by task; one that is not a
-    node is a ``GraphError`` naming the node, the step and the fix.
+    node is a ``GraphError`` naming the node, the step and the fix. ``handled``: the
+    nodes of ``ran`` whose every task's write was its error handler's; only their
+    gotos route, not their edges, fan-ins or branches (nor the handler's return).
     """
     triggered: set[str] = set()
     sends: list[Send] = []
@@ -57,7 +61,9 @@ def next_tasks(
         by_node.setdefault(node, []).append((index, targets))
     for name in ran:
         for _, targets in sorted(by_node.get(name, ()), key=lambda pair: pair[0]):
-            _goto(plan, name, targets, triggered, sends, step)
+            _goto(plan, name, targets, triggered, sends, step, name in handled)
+        if name in handled:
+            continue
         triggered.update(t for t in plan.edges.get(name, ()) if t != END)
         for fan in plan.fanins_by_source.get(name, ()):
             fanin.setdefault(fan.key, set()).add(name)
@@ -122,14 +128,17 @@ def _goto(
     triggered: set[str],
     sends: list[Send],
     step: int,
+    handled: bool = False,
 ) -> None:
-    """A node's ``Command(goto=...)`` targets into the next step (END already left out)."""
+    """A node's ``Command(goto=...)`` targets into the next step (END already left out);
+    ``handled``: they are its error handler's."""
     for target in targets:
         node = target.node if isinstance(target, Send) else target
         if node not in plan.nodes:
             what = f"Send({node!r}, ...)" if isinstance(target, Send) else repr(node)
+            who = f"the error_handler of node {source!r}" if handled else f"node {source!r}"
             raise GraphError(
-                f"node {source!r} returned Command(goto={what}) in step {step}, but "
+                f"{who} returned Command(goto={what}) in step {step}, but "
                 f"{node!r} is not a node of the graph (known: {sorted(plan.nodes)}); add it "
                 "with add_node, or fix the name (END ends the run there), then resume: the "
                 "step's other writes are kept, and the node runs again",

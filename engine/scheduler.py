@@ -231,7 +231,8 @@ class Scheduler:
         chunks("values", Paused(stopped.state, shown))
         done = sorted((Write(n, i, u) for (n, i), u in attempts.writes.items()), key=_order)
         if done:
-            self.recorder.updates(stopped.step, ((w.node, w.index, w.updates) for w in done))
+            named = ((attempts.shown(w.node, w.index), w.index, w.updates) for w in done)
+            self.recorder.updates(stopped.step, named)
             self.recorder.values(self._with_pending(stopped))
 
     async def _step(self, cursor: RunCursor) -> tuple[RunCursor, _Stop | None]:
@@ -248,6 +249,8 @@ class Scheduler:
                 resuming = enter(with_resumes(ctx, cursor.resumes))
         try:
             await self.dispatcher.run_step(step, cursor.state, todo, attempts.settle)
+            if attempts.unhandled:  # error handlers of calls that failed for good
+                await attempts.handle(cursor.state)
         except asyncio.CancelledError:
             # Keep what finished: a resume re-runs only the rest.
             await self.saver.save_stopped(cursor, attempts.kept_writes(), "interrupted")
@@ -290,7 +293,12 @@ class Scheduler:
             state = self.plan.schema.merge(cursor.state, merged, step)
             fanin = {k: set(v) for k, v in cursor.fanin.items()}
             ran = sorted({t.node for t in cursor.tasks})
-            tasks = next_tasks(self.plan, ran, state, step, fanin, attempts.gotos)
+            handled: set[str] = set()
+            if attempts.handled:  # a node all of whose tasks were handled: its goto routes
+                handled = set(ran) - {
+                    t.node for t in cursor.tasks if t.order not in attempts.handled
+                }
+            tasks = next_tasks(self.plan, ran, state, step, fanin, attempts.gotos, handled)
         except Exception:
             # Every call of the step succeeded, but merging or routing their
             # writes failed (a conflict, a router's bug): keep the writes, so
@@ -299,7 +307,9 @@ class Scheduler:
             raise
         if self.recorder.chunks is not None:
             ordered = sorted(merged, key=_order)
-            self.recorder.updates(step, ((w.node, w.index, w.updates) for w in ordered))
+            self.recorder.updates(
+                step, ((attempts.shown(w.node, w.index), w.index, w.updates) for w in ordered)
+            )
             self.recorder.values(state)
         # save
         nxt = RunCursor(state=state, step=step + 1, tasks=tasks, fanin=fanin)

@@ -115,6 +115,28 @@ class NodeSpec:
     destinations: Mapping[str, str | None] | None = None
     #: Runs only once no other node has a task in the next step (``add_node(defer=True)``).
     defer: bool = False
+    #: Called in the driver when a call of the node failed for good (its retries spent):
+    #: its return (an update, or a ``Command``) stands in for the call's (``error_handler=``).
+    error_handler: ErrorHandler | None = None
+
+
+@dataclass(frozen=True)
+class ErrorHandler:
+    """A node's ``error_handler=``: ``fn(state)``, ``fn(state, error)``, and ``config`` or
+    ``runtime`` by name as a node takes them; ``error`` is the ``NodeError`` of the call.
+
+    It runs in the driver, in the step of the call it handles, once the call's last
+    attempt failed; what it returns is the task's write in the failed call's place (a
+    ``Command``'s ``goto`` routes the step instead of the node's edges)."""
+
+    fn: Callable[..., Any]
+    takes: tuple[str, ...] = ()  # of "error", "config", "runtime": passed by keyword
+    is_coroutine: bool = False
+
+
+def handler_name(node: str) -> str:
+    """The name a node's error handler shows under in streams (LangGraph's)."""
+    return f"__error_handler__{node}"
 
 
 @dataclass(frozen=True)
@@ -154,8 +176,10 @@ __all__ = [
     "Branch",
     "Command",
     "Edge",
+    "ErrorHandler",
     "GraphSpec",
     "NodeSpec",
     "Send",
     "Task",
+    "handler_name",
 ]

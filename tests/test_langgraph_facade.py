@@ -119,9 +119,27 @@ def test_lanes_auto_leaves_undeclared_sync_nodes_to_the_measured_policy() -> Non
     assert {n.spec.lane for n in app.app.plan.nodes.values()} == {None}
 
 
-def test_what_is_not_built_yet_says_so() -> None:
-    with pytest.raises(NotImplementedError, match="error_handler"):
-        StateGraph(S).add_node("d", where, error_handler=where)
+def test_an_error_handler_gets_langgraphs_node_error() -> None:
+    """``error_handler=`` as LangGraph's: ``error: NodeError`` (the class the facade
+    exports) with ``.node`` and ``.error``, what the node raised."""
+    from engine.langgraph import NodeError
+
+    seen: list[Any] = []
+
+    def fails(state: S) -> dict[str, Any]:
+        raise KeyError("missing")
+
+    def handler(state: S, error: NodeError) -> dict[str, Any]:
+        seen.append((isinstance(error, NodeError), error.node, error.error))
+        return {"n": 7}
+
+    b = StateGraph(S)
+    b.add_node("d", fails, error_handler=handler)
+    b.add_edge(START, "d")
+    assert b.compile().invoke({"n": 0})["n"] == 7
+    ((is_node_error, node, raised),) = seen
+    assert is_node_error and node == "d"
+    assert isinstance(raised, KeyError) and raised.args == ("missing",)
 
 
 def test_mermaid_of_a_native_graph() -> None:

@@ -61,5 +61,3 @@ def test_a_sync_node_takes_a_timeout_only_in_a_worker_process() -> None:
 def test_what_the_engine_cannot_do_says_so() -> None:
     with pytest.raises(NotImplementedError, match="idle_timeout"):
         StateGraph(S).add_node("n", slow, timeout=TimeoutPolicy(idle_timeout=1.0))
-    with pytest.raises(NotImplementedError, match="error_handler"):
-        StateGraph(S).add_node("n", sync, error_handler=lambda state, error: None)

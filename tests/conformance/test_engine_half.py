@@ -34,10 +34,7 @@ if importlib.util.find_spec("engine.langgraph") is None:
     )
 
 #: Program -> what engine.langgraph still lacks for it. Each is an xfail(strict=True).
-PENDING: dict[str, str] = {
-    "retry_timeout": "needs error_handler= (a handler task routed by the Command it "
-    "returns, to a node no edge reaches); retry_policy= and timeout= match",
-}
+PENDING: dict[str, str] = {}
 
 
 def _expected(name: str, langgraph_record: Callable[[str], list[Encoded]]) -> list[Encoded]:
