@@ -87,8 +87,11 @@ def _run_calls(
         except BaseException as exc:
             measured = failed(exc, time.time(), f"could not unpickle its input: {exc}", PAYLOAD)
         else:
-            with worker_span(headers):  # (OpenTelemetry's, when installed: engine.otel)
+            if headers is None:  # no span to nest under: no span of its own either
                 measured = call_with_init(fn, arg, init, where=where)
+            else:
+                with worker_span(headers):  # (OpenTelemetry's, when installed: engine.otel)
+                    measured = call_with_init(fn, arg, init, where=where)
         results.append((measured, len(blob)))
     return encode(results, queued=max(0.0, queued_s() - queued0))
 
