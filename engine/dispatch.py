@@ -216,7 +216,7 @@ class Dispatcher:
             return
         singles: Iterable[Task] = tasks
         jobs: list[Coroutine[Any, Any, None]] = []
-        if self._batching:
+        if self._batching and len(tasks) > 1:  # (one call is never a batch)
             singles, batches = self._batches(tasks)
             jobs += [self._run_batch(route, step, group, plan, state, settle)
                      for route, group, plan in batches]  # fmt: skip

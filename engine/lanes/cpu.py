@@ -115,7 +115,8 @@ class CpuLane:
             payload, timeout=timeout, what=call.task.node, memory_limit=self.limit(memory)
         )
         (one,) = await self._decode(data, call.task.node, call.task.index, fn)
-        return decoded(call, "cpu", one._replace(bytes_in=len(payload)))
+        head, obj, _, bytes_out, queued, unloadable = one  # (its bytes in: the whole request)
+        return decoded(call, "cpu", Decoded(head, obj, len(payload), bytes_out, queued, unloadable))
 
     async def run_chunk(
         self,
