@@ -66,6 +66,36 @@ class TestFrames:
         frame = encode([(measured({}, 0.0, 1.0), 0), (measured({}, 1.0, 4.0), 0)], queued=0.4)
         assert [round(d.queued_s, 6) for d in decode(frame)] == [0.1, 0.3]
 
+    def test_plain_values_travel_together_and_come_back_in_order_among_the_others(
+        self,
+    ) -> None:
+        """Plain updates (str, numbers, None, dicts of them) share one blob; a set, a value
+        the driver cannot rebuild and a failed call in between keep their own, in order."""
+        frame = encode(
+            [
+                (measured({"a": 1, "b": "x"}), 1),
+                (measured({"s": {1, 2}}), 2),
+                (measured(None), 3),
+                (measured({"far": [NotHere()]}), 4),
+                (Measured(RAISED, 7, 8, "h", 0.0, 1.0, 0.5, error=ValueError("no")), 5),
+                (measured(2.5), 6),
+            ]
+        )
+        size = int.from_bytes(frame[3:11], "little")
+        _, metas, together = pickle.loads(frame[11 : 11 + size])
+        assert [layout is None for _, layout, _ in metas] == [1, 0, 1, 0, 0, 1]
+        assert pickle.loads(frame[11 + size : 11 + size + together]) == [
+            {"a": 1, "b": "x"},
+            None,
+            2.5,
+        ]
+        back = decode(frame)
+        assert [d.obj for d in back[:3]] == [{"a": 1, "b": "x"}, {"s": {1, 2}}, None]
+        assert back[3].unloadable is not None and "field 'far'" in back[3].unloadable[0]
+        assert isinstance(back[4].obj, ValueError) and back[5].obj == 2.5
+        assert [d.bytes_in for d in back] == [1, 2, 3, 4, 5, 6]
+        assert sum(d.bytes_out for d in back) == pytest.approx(len(frame), abs=6)
+
 
 class TestWorkerEntry:
     def test_a_chunk_whose_input_cannot_be_unpickled_fails_that_call_alone(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import os
 import re
 import threading
@@ -176,10 +177,8 @@ class Submission:
         loop = waiting.get_loop()
         if loop.is_closed():
             return
-        try:
+        with contextlib.suppress(RuntimeError):  # closed between the look and the call
             loop.call_soon_threadsafe(_resolve, waiting, fut)
-        except RuntimeError:  # closed between the look and the call
-            pass
 
     def judge(self, fut: Future[bytes]) -> None:
         """Done-callback, in the pool's thread: blame this call, or not, for a break.

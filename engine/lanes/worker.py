@@ -1,8 +1,9 @@
 """What a worker process of the cpu lane runs: its entry point, its marker, its guard.
 
 Imported inside worker processes, so it stays small and imports nothing of
-the engine but ``engine.procs`` and its light siblings (``measure``,
-``frames``, ``channel``: the stream writer of a streamed run's calls).
+the engine but ``engine.procs``, ``engine.streaming`` (standard library only)
+and its light siblings (``measure``, ``frames``, ``channel``: the stream
+writer of a streamed run's calls).
 Data flow of a cpu-lane call (``process.py`` has the driver's side)::
 
     driver: frames.request(fn, init, [arg blob, ...])  --bytes-->  worker:
@@ -35,6 +36,7 @@ from typing import Any
 from ..context import enter, from_wire, leave
 from ..otel import worker_span
 from ..procs import become_group_leader, hostname, kill_group, kill_own_tree
+from ..streaming import UNSTREAMED, reset_stream, set_stream
 from .channel import worker_stream
 from .frames import SPILLED, encode
 from .measure import PAYLOAD, Measured, call_with_init, failed, load_fn, queued_s
@@ -57,11 +59,24 @@ def run_calls(payload: bytes) -> bytes:
     fn_bytes, init, blobs, stream, wire, headers = pickle.loads(payload)
     token = enter(from_wire(wire)) if wire is not None else None
     try:
-        with worker_stream(stream) as at:  # get_stream_writer() sends to the driver, if streamed
+        if stream is None:
+            # Nobody streams (``worker_stream(None)``'s case, without its context
+            # manager: every lone cpu call pays for this): the node's writer drops
+            # what it is given, and a node can tell it runs in a run.
+            unstreamed = set_stream(UNSTREAMED)
+            try:
+                return _run_calls(fn_bytes, init, blobs, _no_stream, headers)
+            finally:
+                reset_stream(unstreamed)
+        with worker_stream(stream) as at:  # get_stream_writer() sends to the driver
             return _run_calls(fn_bytes, init, blobs, at, headers)
     finally:
         if token is not None:
             leave(token)
+
+
+def _no_stream(i: int) -> None:
+    """``at`` of a run nobody streams: nothing to say which call of a chunk runs."""
 
 
 def _run_calls(
