@@ -108,6 +108,20 @@ class TestWorkerEntry:
         assert "could not unpickle its input" in back[1].measured.error_message
         assert [d.bytes_in for d in back] == [len(b) for b in blobs]
 
+    def test_plain_arguments_travel_in_one_pickle_and_each_call_gets_its_own(self) -> None:
+        """A chunk of plain arguments is one pickle (``pickled_together``): each call runs on
+        its own argument, with its share of the input's bytes; anything else is refused."""
+        from engine.lanes.cpu import pickled_together
+
+        args = [{"n": 1}, {"n": 2, "s": "x"}, 3, None]
+        together = pickled_together(args)
+        assert together is not None and pickle.loads(together) == args
+        assert pickled_together([{"n": 1}, {"n": {1, 2}}]) is None
+        assert pickled_together([NotHere()]) is None
+        back = decode(run_calls(request(cloudpickle.dumps(repr), None, together)))
+        assert [d.obj for d in back] == [repr(a) for a in args]
+        assert [d.bytes_in for d in back] == [len(together) // 4] * 4
+
     def test_a_raising_node_fails_its_call_with_its_exception(self) -> None:
         """The node's exception comes back whole, as the failure of its call only."""
         back = decode(run_calls(request(cloudpickle.dumps(int), None, [pickle.dumps("x")])))

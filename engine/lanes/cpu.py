@@ -34,7 +34,7 @@ import cloudpickle
 from .calls import Call, Outcome, decoded
 from .channel import StreamInfo
 from .failures import PayloadError
-from .frames import Decoded, decode, dumps_by_value, dumps_for_worker, request
+from .frames import Decoded, decode, dumps_by_value, dumps_for_worker, is_plain, request
 from .process import ProcessLane
 from .results import is_large, opened
 
@@ -121,15 +121,16 @@ class CpuLane:
     async def run_chunk(
         self,
         calls: list[Call],
-        blobs: list[bytes],
+        blobs: list[bytes] | bytes,
         fn: Callable[..., Any],
         *,
         init: WorkerInit | None = None,
         memory: int | None = None,
         stream: StreamInfo | None = None,
     ) -> list[Outcome]:
-        """Calls of one node sent as one submission (``pickled`` arguments), run one after
-        another in one worker; each comes back with its own outcome."""
+        """Calls of one node sent as one submission, run one after another in one worker;
+        each comes back with its own outcome. ``blobs``: each call's argument ``pickled``,
+        or all of them in one pickle (``pickled_together``)."""
         node = calls[0].task.node
         payload = request(self.fn_bytes(node, fn), init, blobs, stream)
         what = f"{node} (a chunk of {len(calls)} calls)"
@@ -177,6 +178,16 @@ def pickled(arg: Any) -> bytes:
         raise error from exc
 
 
+def pickled_together(args: list[Any]) -> bytes | None:
+    """The arguments of a chunk's calls in one pickle, when every one is plain data (a str,
+    a number, None, or a dict of those by str keys: nothing that can fail to cross, in
+    either direction); else None (each is ``pickled`` on its own)."""
+    for arg in args:
+        if not is_plain(arg):
+            return None
+    return pickle.dumps(args, protocol=pickle.HIGHEST_PROTOCOL)
+
+
 def _decode_large(data: bytes) -> list[Decoded]:
     with opened(data) as buf:
         return decode(buf)
@@ -199,4 +210,4 @@ def _unpicklable_part(arg: Any) -> str:
     return f"(type {type(arg).__name__})"
 
 
-__all__ = ["CpuLane", "Guard", "pickled"]
+__all__ = ["CpuLane", "Guard", "pickled", "pickled_together"]

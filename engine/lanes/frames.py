@@ -123,8 +123,11 @@ class _KeepFileNames(cloudpickle.Pickler):  # type: ignore[misc]
     )
 
 
-def request(fn_bytes: bytes, init: Any, blobs: list[bytes], stream: Any = None) -> bytes:
+def request(fn_bytes: bytes, init: Any, blobs: list[bytes] | bytes, stream: Any = None) -> bytes:
     """What ``worker.run_calls`` takes: parts pickled already, so this cannot fail.
+
+    ``blobs``: each call's argument pickled on its own, or the list of every
+    call's argument in one pickle (plain data only: ``cpu.pickled_together``).
 
     ``init`` is None or a ``WorkerInit`` (``engine.warm``) whose resource the
     node receives as its second argument; ``stream`` None or the run's chunk
@@ -149,7 +152,7 @@ def encode(results: list[tuple[Measured, int]], *, queued: float = 0.0) -> bytes
 
     ``queued``: seconds the calls' thread waited on a run queue while they
     ran, all together (``decode`` shares it out by wall time; a call's own
-    ``queued_s`` is added to its share). Plain values (``_plain``) go into
+    ``queued_s`` is added to its share). Plain values (``is_plain``) go into
     the frame's one plain blob. A value that cannot be pickled turns its
     call into a ``payload`` failure whose message names the field and its
     type; an exception that cannot be pickled travels as its text (the
@@ -159,7 +162,7 @@ def encode(results: list[tuple[Measured, int]], *, queued: float = 0.0) -> bytes
     blobs: list[bytes] = []
     plain: list[Any] = []
     for m, bytes_in in results:
-        if m.kind == OK and _plain(m.value):
+        if m.kind == OK and is_plain(m.value):
             plain.append(m.value)
             metas.append((m[:HEAD], None, bytes_in))
             continue
@@ -185,7 +188,7 @@ def encode(results: list[tuple[Measured, int]], *, queued: float = 0.0) -> bytes
     return b"".join([FRAME, len(meta).to_bytes(8, "little"), meta, together, *blobs])
 
 
-def _plain(value: Any) -> bool:
+def is_plain(value: Any) -> bool:
     """True for a value that pickles and unpickles anywhere: a str, bytes, a number, a bool,
     None, or a dict of those by str keys (a typical update)."""
     cls = type(value)
@@ -415,5 +418,6 @@ __all__ = [
     "decode",
     "dumps_for_worker",
     "encode",
+    "is_plain",
     "request",
 ]

@@ -30,7 +30,7 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..context import enter, from_wire, leave
@@ -82,7 +82,7 @@ def _no_stream(i: int) -> None:
 def _run_calls(
     fn_bytes: bytes,
     init: Any,
-    blobs: list[bytes],
+    blobs: list[bytes] | bytes,
     at: Callable[[int], None],
     headers: dict[str, str] | None,
 ) -> bytes:
@@ -91,24 +91,40 @@ def _run_calls(
         fn = load_fn(fn_bytes)
     except BaseException as exc:
         bad = failed(exc, start, f"could not unpickle the node's function: {exc}", PAYLOAD)
-        return encode([(bad, len(blob)) for blob in blobs])
+        return encode([(bad, size) for _, size, _ in _arguments(blobs)])
     where = (os.getpid(), threading.get_native_id(), hostname())
     queued0 = queued_s()
     results: list[tuple[Measured, int]] = []
-    for i, blob in enumerate(blobs):
+    for i, (arg, size, problem) in enumerate(_arguments(blobs)):
         at(i)  # the stream knows which call of a chunk runs
-        try:
-            arg = pickle.loads(blob)
-        except BaseException as exc:
-            measured = failed(exc, time.time(), f"could not unpickle its input: {exc}", PAYLOAD)
+        if problem is not None:
+            measured = failed(
+                problem, time.time(), f"could not unpickle its input: {problem}", PAYLOAD
+            )
         else:
             if headers is None:  # no span to nest under: no span of its own either
                 measured = call_with_init(fn, arg, init, where=where)
             else:
                 with worker_span(headers):  # (OpenTelemetry's, when installed: engine.otel)
                     measured = call_with_init(fn, arg, init, where=where)
-        results.append((measured, len(blob)))
+        results.append((measured, size))
     return encode(results, queued=max(0.0, queued_s() - queued0))
+
+
+def _arguments(blobs: list[bytes] | bytes) -> Iterator[tuple[Any, int, BaseException | None]]:
+    """Each call's argument, its share of the input's bytes, and why it could not be
+    unpickled (None: it was). ``blobs``: one pickle per call, or one of them all."""
+    if isinstance(blobs, bytes):  # plain data (cpu.pickled_together): it loads
+        args = pickle.loads(blobs)
+        size = len(blobs) // max(1, len(args))
+        for arg in args:
+            yield arg, size, None
+        return
+    for blob in blobs:
+        try:
+            yield pickle.loads(blob), len(blob), None
+        except BaseException as exc:
+            yield None, len(blob), exc
 
 
 def run_marked(entry: Callable[[bytes], bytes] | str, payload: bytes, marker: str | None) -> bytes:
