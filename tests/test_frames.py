@@ -91,6 +91,9 @@ class TestFrames:
         ]
         back = decode(frame)
         assert [d.obj for d in back[:3]] == [{"a": 1, "b": "x"}, {"s": {1, 2}}, None]
+        same = {"n": 1}  # returned by two calls: two objects in the driver, as unbatched
+        one, two = decode(encode([(measured(same), 0), (measured(same), 0)]))
+        assert one.obj == two.obj == same and one.obj is not two.obj
         assert back[3].unloadable is not None and "field 'far'" in back[3].unloadable[0]
         assert isinstance(back[4].obj, ValueError) and back[5].obj == 2.5
         assert [d.bytes_in for d in back] == [1, 2, 3, 4, 5, 6]
@@ -118,6 +121,8 @@ class TestWorkerEntry:
         assert together is not None and pickle.loads(together) == args
         assert pickled_together([{"n": 1}, {"n": {1, 2}}]) is None
         assert pickled_together([NotHere()]) is None
+        same = {"n": 1}
+        assert pickled_together([same, same]) is None  # each call its own copy
         back = decode(run_calls(request(cloudpickle.dumps(repr), None, together)))
         assert [d.obj for d in back] == [repr(a) for a in args]
         assert [d.bytes_in for d in back] == [len(together) // 4] * 4

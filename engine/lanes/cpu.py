@@ -181,10 +181,16 @@ def pickled(arg: Any) -> bytes:
 def pickled_together(args: list[Any]) -> bytes | None:
     """The arguments of a chunk's calls in one pickle, when every one is plain data (a str,
     a number, None, or a dict of those by str keys: nothing that can fail to cross, in
-    either direction); else None (each is ``pickled`` on its own)."""
+    either direction), each dict a distinct object (a pickle shares what it holds twice, and
+    every call gets its own copy); else None (each is ``pickled`` on its own)."""
+    dicts: set[int] = set()
     for arg in args:
         if not is_plain(arg):
             return None
+        if type(arg) is dict:
+            if id(arg) in dicts:  # one payload sent twice: each call must get its own copy
+                return None
+            dicts.add(id(arg))
     return pickle.dumps(args, protocol=pickle.HIGHEST_PROTOCOL)
 
 

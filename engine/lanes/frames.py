@@ -161,9 +161,13 @@ def encode(results: list[tuple[Measured, int]], *, queued: float = 0.0) -> bytes
     metas: list[tuple[tuple[Any, ...], Layout, int]] = []
     blobs: list[bytes] = []
     plain: list[Any] = []
+    seen: set[int] = set()  # dicts in ``plain``: one returned twice comes back twice, unshared
     for m, bytes_in in results:
-        if m.kind == OK and is_plain(m.value):
-            plain.append(m.value)
+        value = m.value
+        if m.kind == OK and is_plain(value) and id(value) not in seen:
+            if type(value) is dict:
+                seen.add(id(value))
+            plain.append(value)
             metas.append((m[:HEAD], None, bytes_in))
             continue
         obj = m.value if m.kind == OK else m.error
