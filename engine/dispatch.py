@@ -57,7 +57,7 @@ from .lanes.calls import (
     lost,
 )
 from .lanes.channel import StreamInfo
-from .lanes.cpu import pickled
+from .lanes.cpu import pickled, pickled_together
 from .lanes.failures import CallRefused, PayloadError, WorkerDied, describe_exit, is_worker_crash
 from .lanes.loop import run_coroutine, run_here, run_on_thread
 from .lanes.placement import Placement, place
@@ -222,7 +222,7 @@ class Dispatcher:
             return
         singles: Iterable[Task] = tasks
         jobs: list[Coroutine[Any, Any, None]] = []
-        if self._batching:
+        if self._batching and len(tasks) > 1:  # (one call is never a batch)
             singles, batches = self._batches(tasks)
             jobs += [self._run_batch(route, step, group, plan, state, settle)
                      for route, group, plan in batches]  # fmt: skip
@@ -431,27 +431,39 @@ class Dispatcher:
         self, route: Route, step: int, tasks: list[Task], state: Any, settle: Settle
     ) -> None:
         calls: list[Call] = []
-        blobs: list[bytes] = []
         retries: list[Coroutine[Any, Any, None]] = []
-        for task in tasks:
-            call = Call(task, step)
-            self.recorder.call_started(call, route.lane)
-            try:
-                blobs.append(pickled(task.payload))
-            except PayloadError as exc:  # fails alone, before anything is sent
-                retry = self._settle(
-                    lost(call, route.lane, time.time(), _refused(exc)), state, settle
-                )
-                if retry is not None:
-                    retries.append(retry)
-                continue
-            calls.append(call)
+        tell = self.recorder.call_started if self.recorder.tells_calls else None
+        # Plain payloads (the usual Send argument) cannot fail to cross: one pickle
+        # for the chunk. Anything else is pickled call by call, a bad one failing alone.
+        args: list[bytes] | bytes | None = pickled_together([t.payload for t in tasks])
+        if args is not None:
+            calls = [Call(task, step) for task in tasks]
+            if tell is not None:
+                for call in calls:
+                    tell(call, route.lane)
+        else:
+            blobs: list[bytes] = []
+            for task in tasks:
+                call = Call(task, step)
+                if tell is not None:
+                    tell(call, route.lane)
+                try:
+                    blobs.append(pickled(task.payload))
+                except PayloadError as exc:  # fails alone, before anything is sent
+                    retry = self._settle(
+                        lost(call, route.lane, time.time(), _refused(exc)), state, settle
+                    )
+                    if retry is not None:
+                        retries.append(retry)
+                    continue
+                calls.append(call)
+            args = blobs
         started = time.time()
         try:
             outcomes = (
                 await self.lanes.cpu.run_chunk(
                     calls,
-                    blobs,
+                    args,
                     route.fn,
                     init=route.init,
                     memory=route.memory,
@@ -468,6 +480,7 @@ class Dispatcher:
             log.warning(
                 "cpu_chunk_lost_rerun_singly", node=route.node, calls=len(calls), error=str(exc)
             )
+            blobs = args if isinstance(args, list) else [pickled(c.task.payload) for c in calls]
             reruns = [
                 self._rerun(route, c, b, state, settle) for c, b in zip(calls, blobs, strict=True)
             ]
@@ -479,9 +492,9 @@ class Dispatcher:
                 raise
             outcomes = [lost(c, route.lane, started, failure) for c in calls]
         for i, out in enumerate(outcomes):
-            retry = self._settle(out, state, settle)
-            if retry is not None:
-                retries.append(retry)
+            again = settle(out)
+            if again is not None:
+                retries.append(self._run(out.call.again(), state, settle, again))
             if i % SETTLE_SLICE == SETTLE_SLICE - 1:
                 await asyncio.sleep(0)  # hundreds of outcomes at once: let the loop breathe
         if retries:

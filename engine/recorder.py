@@ -125,6 +125,9 @@ class Recorder:
         self._wrote = True  # whether the last step wrote anything (a values chunk after it)
         # OpenTelemetry spans (engine.otel): None unless the extra is installed and configured.
         self._spans = spans_for(run_id, thread_id=thread_id, mode=mode)
+        #: Whether ``call_started`` does anything (an event, a debug chunk, a span): a
+        #: fan-out of thousands of calls skips it when nothing would come of it.
+        self.tells_calls = self._chatty or chunks is not None or self._spans is not None
 
     def __repr__(self) -> str:
         return f"<Recorder run={self.run_id} calls={len(self.calls)}>"

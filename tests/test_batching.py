@@ -182,6 +182,7 @@ class TestFanOut:
         assert sorted(c.index for c in calls) == list(range(400))
         assert all(c.pid != os.getpid() and c.bytes_in > 0 and c.bytes_out > 0 for c in calls)
         assert sum(isinstance(e, engine.NodeFinished) and e.node == "work" for e in events) == 400
+        assert sum(isinstance(e, engine.NodeStarted) and e.node == "work" for e in events) == 400
         # The reducer saw every call's write in Send order, as unbatched.
         assert r.state.out == [i * i for i in range(400)]
 

@@ -66,6 +66,39 @@ class TestFrames:
         frame = encode([(measured({}, 0.0, 1.0), 0), (measured({}, 1.0, 4.0), 0)], queued=0.4)
         assert [round(d.queued_s, 6) for d in decode(frame)] == [0.1, 0.3]
 
+    def test_plain_values_travel_together_and_come_back_in_order_among_the_others(
+        self,
+    ) -> None:
+        """Plain updates (str, numbers, None, dicts of them) share one blob; a set, a value
+        the driver cannot rebuild and a failed call in between keep their own, in order."""
+        frame = encode(
+            [
+                (measured({"a": 1, "b": "x"}), 1),
+                (measured({"s": {1, 2}}), 2),
+                (measured(None), 3),
+                (measured({"far": [NotHere()]}), 4),
+                (Measured(RAISED, 7, 8, "h", 0.0, 1.0, 0.5, error=ValueError("no")), 5),
+                (measured(2.5), 6),
+            ]
+        )
+        size = int.from_bytes(frame[3:11], "little")
+        _, metas, together = pickle.loads(frame[11 : 11 + size])
+        assert [layout is None for _, layout, _ in metas] == [1, 0, 1, 0, 0, 1]
+        assert pickle.loads(frame[11 + size : 11 + size + together]) == [
+            {"a": 1, "b": "x"},
+            None,
+            2.5,
+        ]
+        back = decode(frame)
+        assert [d.obj for d in back[:3]] == [{"a": 1, "b": "x"}, {"s": {1, 2}}, None]
+        same = {"n": 1}  # returned by two calls: two objects in the driver, as unbatched
+        one, two = decode(encode([(measured(same), 0), (measured(same), 0)]))
+        assert one.obj == two.obj == same and one.obj is not two.obj
+        assert back[3].unloadable is not None and "field 'far'" in back[3].unloadable[0]
+        assert isinstance(back[4].obj, ValueError) and back[5].obj == 2.5
+        assert [d.bytes_in for d in back] == [1, 2, 3, 4, 5, 6]
+        assert sum(d.bytes_out for d in back) == pytest.approx(len(frame), abs=6)
+
 
 class TestWorkerEntry:
     def test_a_chunk_whose_input_cannot_be_unpickled_fails_that_call_alone(self) -> None:
@@ -77,6 +110,22 @@ class TestWorkerEntry:
         assert [d.obj for d in back if d.measured.kind == OK] == [1, 1]
         assert "could not unpickle its input" in back[1].measured.error_message
         assert [d.bytes_in for d in back] == [len(b) for b in blobs]
+
+    def test_plain_arguments_travel_in_one_pickle_and_each_call_gets_its_own(self) -> None:
+        """A chunk of plain arguments is one pickle (``pickled_together``): each call runs on
+        its own argument, with its share of the input's bytes; anything else is refused."""
+        from engine.lanes.cpu import pickled_together
+
+        args = [{"n": 1}, {"n": 2, "s": "x"}, 3, None]
+        together = pickled_together(args)
+        assert together is not None and pickle.loads(together) == args
+        assert pickled_together([{"n": 1}, {"n": {1, 2}}]) is None
+        assert pickled_together([NotHere()]) is None
+        same = {"n": 1}
+        assert pickled_together([same, same]) is None  # each call its own copy
+        back = decode(run_calls(request(cloudpickle.dumps(repr), None, together)))
+        assert [d.obj for d in back] == [repr(a) for a in args]
+        assert [d.bytes_in for d in back] == [len(together) // 4] * 4
 
     def test_a_raising_node_fails_its_call_with_its_exception(self) -> None:
         """The node's exception comes back whole, as the failure of its call only."""

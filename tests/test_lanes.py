@@ -390,3 +390,41 @@ def test_main_module_code_reaches_workers(tmp_path: Path) -> None:
     driver, workers = int(lines["DRIVER"][0]), [int(w) for w in lines["DRIVER"][2:]]
     assert len(workers) == 2 and driver not in workers
     assert lines["OVERLAP"] == ["True"]
+
+
+class TestSubmissionHandOver:
+    """A submission's one done-callback: the verdict first, then the loop's future."""
+
+    async def test_the_loop_hears_the_pools_result_error_or_cancellation(self) -> None:
+        from engine.lanes.breaks import Submission
+
+        loop = asyncio.get_running_loop()
+        outcomes: list[Any] = []
+        for how in ("result", "error", "cancel"):
+            fut: Future[bytes] = Future()
+            sub = Submission(ProcessPoolExecutor(1), None, None, loop.create_future())
+            fut.add_done_callback(sub.settled)
+            if how == "result":
+                threading.Thread(target=fut.set_result, args=(b"frame",)).start()
+            elif how == "error":
+                threading.Thread(target=fut.set_exception, args=(ValueError("bad"),)).start()
+            else:
+                fut.cancel()
+            assert sub.waiting is not None
+            try:
+                outcomes.append(await asyncio.wait_for(sub.waiting, 5))
+            except BaseException as exc:  # CancelledError included
+                outcomes.append(type(exc).__name__)
+        assert outcomes == [b"frame", "ValueError", "CancelledError"]
+
+    def test_a_result_for_a_closed_loop_is_dropped_quietly(self) -> None:
+        from engine.lanes.breaks import Submission
+
+        loop = asyncio.new_event_loop()
+        waiting = loop.create_future()
+        loop.close()
+        fut: Future[bytes] = Future()
+        sub = Submission(ProcessPoolExecutor(1), None, None, waiting)
+        fut.add_done_callback(sub.settled)
+        fut.set_result(b"late")  # nobody left to tell: no error in the pool's thread
+        assert not waiting.done()

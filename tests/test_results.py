@@ -178,7 +178,7 @@ class TestSlicedLists:
         """More than SLICE_ITEMS plain items: several parts, rebuilt into the same list."""
         value = {"items": [f"s{i}" for i in range(2 * SLICE_ITEMS + 7)] + [1, 2.5, None, b"x"]}
         frame = encode([(measured(value), 0)])
-        _, metas = pickle.loads(frame[11 : 11 + int.from_bytes(frame[3:11], "little")])
+        _, metas, _ = pickle.loads(frame[11 : 11 + int.from_bytes(frame[3:11], "little")])
         (_, type_name, sizes) = metas[0][1][0]
         assert type_name == "list" and len(sizes) == 3
         (back,) = decode(frame)
@@ -190,7 +190,7 @@ class TestSlicedLists:
         shared = {"k": 1}
         value = {"items": [shared] * (SLICE_ITEMS + 1)}
         frame = encode([(measured(value), 0)])
-        _, metas = pickle.loads(frame[11 : 11 + int.from_bytes(frame[3:11], "little")])
+        _, metas, _ = pickle.loads(frame[11 : 11 + int.from_bytes(frame[3:11], "little")])
         assert len(metas[0][1][0][2]) == 1
         back = decode(frame)[0].measured.value["items"]
         assert back[0] is back[-1]

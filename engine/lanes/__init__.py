@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import functools
 from collections.abc import MutableMapping
 from concurrent.futures import Executor
 from typing import Literal
@@ -105,6 +104,7 @@ class Lanes:
         # The run's memory_per_worker (bytes): the least any cpu call may use.
         self._memory_limit = memory_limit
         self._guard = guard
+        self._cpu_workers: int | None = None
         self._state = _State.OPEN
 
     def __repr__(self) -> str:
@@ -136,19 +136,23 @@ class Lanes:
         """The executor of the cpu lane in ``parallel`` mode (created on first use)."""
         return self.cpu.process.executor
 
-    @functools.cached_property
+    @property
     def cpu_workers(self) -> int:
         """Workers the parallel cpu lane can use: the bound the metrics divide by.
 
         Asked without creating the default pool, so sequential runs start no
-        process.
+        process; counted once per run (a plain attribute: ``cached_property``
+        takes a lock on every first read, and every run reads it).
         """
-        if self._user_executor is not None:
-            n = executor_workers(self._user_executor)
-        else:
-            n = default_workers()
-        # A memory cap binds a user's pool too: fewer calls in flight than workers.
-        return min(n, self._pool_size) if self._pool_size else n
+        n = self._cpu_workers
+        if n is None:
+            if self._user_executor is not None:
+                n = executor_workers(self._user_executor)
+            else:
+                n = default_workers()
+            # A memory cap binds a user's pool too: fewer calls in flight than workers.
+            n = self._cpu_workers = min(n, self._pool_size) if self._pool_size else n
+        return n
 
     def threads(self) -> LoopThreads:
         """The running loop's shared thread pool, held by this run until ``aclose``."""

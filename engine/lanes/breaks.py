@@ -8,7 +8,9 @@ seen, recorded here once per pool for the whole driver (``BREAKS``).
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import contextlib
 import os
 import re
 import threading
@@ -138,25 +140,45 @@ class Submission:
     """One submission of one call to the pool.
 
     Invariant: ``verdict`` is written at most once, by the pool's thread, in
-    a done-callback registered before the loop wraps ``future``, so the loop
-    reads it only after it was written. ``watch`` is the call's entry in the
-    memory watch while it runs under a limit (else None).
+    ``settled`` (the one done-callback of ``future``) before it hands the
+    outcome to ``waiting`` on the loop, so the loop reads it only after it
+    was written. ``watch`` is the call's entry in the memory watch while it
+    runs under a limit (else None).
     """
 
-    __slots__ = ("executor", "future", "marker", "procs", "verdict", "watch")
+    __slots__ = ("executor", "future", "marker", "procs", "verdict", "waiting", "watch")
 
     def __init__(
         self,
         executor: Executor,
         marker: str | None,
         procs: dict[int, Any] | None,
+        waiting: asyncio.Future[bytes] | None = None,
     ) -> None:
         self.executor = executor
         self.marker = marker
         self.procs = procs
         self.future: Future[bytes] | None = None
+        #: The loop's side of ``future`` (made on the loop's thread), what the lane awaits.
+        self.waiting = waiting
         self.verdict: Verdict | None = None
         self.watch: Watched | None = None
+
+    def settled(self, fut: Future[bytes]) -> None:
+        """Done-callback, in the pool's thread: the verdict, then the outcome to the loop.
+
+        One callback in place of ``judge`` and ``asyncio.wrap_future``'s own,
+        in that order; a loop that has closed meanwhile hears nothing.
+        """
+        self.judge(fut)
+        waiting = self.waiting
+        if waiting is None:
+            return
+        loop = waiting.get_loop()
+        if loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # closed between the look and the call
+            loop.call_soon_threadsafe(_resolve, waiting, fut)
 
     def judge(self, fut: Future[bytes]) -> None:
         """Done-callback, in the pool's thread: blame this call, or not, for a break.
@@ -184,6 +206,20 @@ class Submission:
         if code is None:
             code = exitcode_from_message(str(exc))
         self.verdict = Verdict(culprit=True, pid=pid, exitcode=code, attributed=True)
+
+
+def _resolve(waiting: asyncio.Future[bytes], fut: Future[bytes]) -> None:
+    """On the loop: ``waiting`` takes ``fut``'s outcome (unless it was cancelled first)."""
+    if waiting.done():
+        return
+    if fut.cancelled():
+        waiting.cancel()
+        return
+    exc = fut.exception()
+    if exc is not None:
+        waiting.set_exception(exc)
+    else:
+        waiting.set_result(fut.result())
 
 
 def exitcode_of(procs: Mapping[int, Any] | None, pid: int) -> int | None:

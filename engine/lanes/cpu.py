@@ -34,7 +34,7 @@ import cloudpickle
 from .calls import Call, Outcome, decoded
 from .channel import StreamInfo
 from .failures import PayloadError
-from .frames import Decoded, decode, dumps_by_value, dumps_for_worker, request
+from .frames import Decoded, decode, dumps_by_value, dumps_for_worker, is_plain, request
 from .process import ProcessLane
 from .results import is_large, opened
 
@@ -115,20 +115,22 @@ class CpuLane:
             payload, timeout=timeout, what=call.task.node, memory_limit=self.limit(memory)
         )
         (one,) = await self._decode(data, call.task.node, call.task.index, fn)
-        return decoded(call, "cpu", one._replace(bytes_in=len(payload)))
+        head, obj, _, bytes_out, queued, unloadable = one  # (its bytes in: the whole request)
+        return decoded(call, "cpu", Decoded(head, obj, len(payload), bytes_out, queued, unloadable))
 
     async def run_chunk(
         self,
         calls: list[Call],
-        blobs: list[bytes],
+        blobs: list[bytes] | bytes,
         fn: Callable[..., Any],
         *,
         init: WorkerInit | None = None,
         memory: int | None = None,
         stream: StreamInfo | None = None,
     ) -> list[Outcome]:
-        """Calls of one node sent as one submission (``pickled`` arguments), run one after
-        another in one worker; each comes back with its own outcome."""
+        """Calls of one node sent as one submission, run one after another in one worker;
+        each comes back with its own outcome. ``blobs``: each call's argument ``pickled``,
+        or all of them in one pickle (``pickled_together``)."""
         node = calls[0].task.node
         payload = request(self.fn_bytes(node, fn), init, blobs, stream)
         what = f"{node} (a chunk of {len(calls)} calls)"
@@ -176,6 +178,22 @@ def pickled(arg: Any) -> bytes:
         raise error from exc
 
 
+def pickled_together(args: list[Any]) -> bytes | None:
+    """The arguments of a chunk's calls in one pickle, when every one is plain data (a str,
+    a number, None, or a dict of those by str keys: nothing that can fail to cross, in
+    either direction), each dict a distinct object (a pickle shares what it holds twice, and
+    every call gets its own copy); else None (each is ``pickled`` on its own)."""
+    dicts: set[int] = set()
+    for arg in args:
+        if not is_plain(arg):
+            return None
+        if type(arg) is dict:
+            if id(arg) in dicts:  # one payload sent twice: each call must get its own copy
+                return None
+            dicts.add(id(arg))
+    return pickle.dumps(args, protocol=pickle.HIGHEST_PROTOCOL)
+
+
 def _decode_large(data: bytes) -> list[Decoded]:
     with opened(data) as buf:
         return decode(buf)
@@ -198,4 +216,4 @@ def _unpicklable_part(arg: Any) -> str:
     return f"(type {type(arg).__name__})"
 
 
-__all__ = ["CpuLane", "Guard", "pickled"]
+__all__ = ["CpuLane", "Guard", "pickled", "pickled_together"]

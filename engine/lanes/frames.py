@@ -7,17 +7,21 @@ Imported inside worker processes: standard library, cloudpickle and ``engine.ote
     driver: dumps_for_worker(arg) -> blob           (one per call: a bad one fails alone)
             request(fn_bytes, init, [blob, ...])    --bytes-->  worker (worker.run_calls)
     worker: one Measured per call -> encode(...)    --frame-->  driver: decode(frame)
-              FRAME | len(meta) | meta | blobs                    -> one Decoded per call
+              FRAME | len(meta) | meta | plain | blobs            -> one Decoded per call
 
 A frame carries the results of any number of calls (one for a lone call, a
 chunk's worth for a batch). Its meta, pickled once, holds each call's head
-(``Measured`` but the value and the exception) and the layout of its blobs;
-the blobs are each call's value (or exception) pickled on its own, one per
-field when it is a dict of updates, each with its type's name. So whatever
-fails to cross, in either direction, fails only its own call and is named
-down to the field; the driver unpickles each blob straight out of the frame
-(a view, never a copy), so a 200 MB result costs it the frame and the
-value, not a third copy in between.
+(``Measured`` but the value and the exception) and the layout of its blobs.
+The values that are plain data (a str, a number, None, or a dict of those
+by str keys: what most cpu nodes return) travel together in one blob
+(``plain``): such a value cannot fail to pickle or to unpickle, so nothing
+is lost by not isolating it, and a chunk of thousands of calls costs one
+pickle instead of one per field. Every other value (or exception) is a blob
+of its own, one per field when it is a dict of updates, each with its
+type's name. So whatever fails to cross, in either direction, fails only its
+own call and is named down to the field; the driver unpickles each blob
+straight out of the frame (a view, never a copy), so a 200 MB result costs
+it the frame and the value, not a third copy in between.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import pickle
 import traceback
 import types
 from collections import ChainMap
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import cloudpickle
@@ -37,7 +42,7 @@ from ..otel import carrier
 from .measure import HEAD, OK, PAYLOAD, Measured
 
 #: What every frame starts with (a version: the driver refuses another).
-FRAME = b"EF2"
+FRAME = b"EF3"
 #: What a result moved to a file starts with; the file's path follows (``worker.run_marked``).
 SPILLED = b"ES1"
 
@@ -45,8 +50,9 @@ SPILLED = b"ES1"
 SLICE_ITEMS = 50_000
 _PLAIN = frozenset({str, bytes, int, float, bool, type(None)})
 
-#: Where a frame's blobs are: (type name, part lengths), or one (field, ...) per field.
-Layout = tuple[str, tuple[int, ...]] | list[tuple[str, str, tuple[int, ...]]]
+#: Where a frame's blobs are: (type name, part lengths), one (field, ...) per field, or
+#: None: the value is the next one of the frame's plain blob.
+Layout = tuple[str, tuple[int, ...]] | list[tuple[str, str, tuple[int, ...]]] | None
 
 
 def dumps_for_worker(obj: Any) -> bytes:
@@ -117,8 +123,11 @@ class _KeepFileNames(cloudpickle.Pickler):  # type: ignore[misc]
     )
 
 
-def request(fn_bytes: bytes, init: Any, blobs: list[bytes], stream: Any = None) -> bytes:
+def request(fn_bytes: bytes, init: Any, blobs: list[bytes] | bytes, stream: Any = None) -> bytes:
     """What ``worker.run_calls`` takes: parts pickled already, so this cannot fail.
+
+    ``blobs``: each call's argument pickled on its own, or the list of every
+    call's argument in one pickle (plain data only: ``cpu.pickled_together``).
 
     ``init`` is None or a ``WorkerInit`` (``engine.warm``) whose resource the
     node receives as its second argument; ``stream`` None or the run's chunk
@@ -143,14 +152,24 @@ def encode(results: list[tuple[Measured, int]], *, queued: float = 0.0) -> bytes
 
     ``queued``: seconds the calls' thread waited on a run queue while they
     ran, all together (``decode`` shares it out by wall time; a call's own
-    ``queued_s`` is added to its share). A value that cannot be pickled
-    turns its call into a ``payload`` failure whose message names the field
-    and its type; an exception that cannot be pickled travels as its text
-    (the head) alone.
+    ``queued_s`` is added to its share). Plain values (``is_plain``) go into
+    the frame's one plain blob. A value that cannot be pickled turns its
+    call into a ``payload`` failure whose message names the field and its
+    type; an exception that cannot be pickled travels as its text (the
+    head) alone.
     """
     metas: list[tuple[tuple[Any, ...], Layout, int]] = []
     blobs: list[bytes] = []
+    plain: list[Any] = []
+    seen: set[int] = set()  # dicts in ``plain``: one returned twice comes back twice, unshared
     for m, bytes_in in results:
+        value = m.value
+        if m.kind == OK and is_plain(value) and id(value) not in seen:
+            if type(value) is dict:
+                seen.add(id(value))
+            plain.append(value)
+            metas.append((m[:HEAD], None, bytes_in))
+            continue
         obj = m.value if m.kind == OK else m.error
         try:
             layout = _dump(obj, blobs)
@@ -168,8 +187,23 @@ def encode(results: list[tuple[Measured, int]], *, queued: float = 0.0) -> bytes
                 )
             layout = _dump(None, blobs)
         metas.append((m[:HEAD], layout, bytes_in))
-    meta = pickle.dumps((queued, metas), protocol=pickle.HIGHEST_PROTOCOL)
-    return b"".join([FRAME, len(meta).to_bytes(8, "little"), meta, *blobs])
+    together = pickle.dumps(plain, protocol=pickle.HIGHEST_PROTOCOL) if plain else b""
+    meta = pickle.dumps((queued, metas, len(together)), protocol=pickle.HIGHEST_PROTOCOL)
+    return b"".join([FRAME, len(meta).to_bytes(8, "little"), meta, together, *blobs])
+
+
+def is_plain(value: Any) -> bool:
+    """True for a value that pickles and unpickles anywhere: a str, bytes, a number, a bool,
+    None, or a dict of those by str keys (a typical update)."""
+    cls = type(value)
+    if cls in _PLAIN:
+        return True
+    if cls is not dict:
+        return False
+    for key, item in value.items():
+        if type(key) is not str or type(item) not in _PLAIN:
+            return False
+    return True
 
 
 def _dump(obj: Any, blobs: list[bytes]) -> Layout:
@@ -299,7 +333,7 @@ def decode(data: bytes | memoryview | mmap.mmap) -> list[Decoded]:
             raise ValueError(f"not a cpu-lane result frame (starts {bytes(view[:8])!r})")
         at = len(FRAME) + 8
         size = int.from_bytes(view[len(FRAME) : at], "little")
-        queued, metas = pickle.loads(view[at : at + size])
+        queued, metas, together = pickle.loads(view[at : at + size])
         at += size
         count = len(metas)
         overhead = at / count  # the frame's header and meta, shared; the rest is blobs
@@ -307,14 +341,24 @@ def decode(data: bytes | memoryview | mmap.mmap) -> list[Decoded]:
         total = sum(max(0.0, head[5] - head[4]) for head, _, _ in metas)
         share = queued / total if total > 0 else 0.0
         even = 0.0 if total > 0 else queued / count
+        plain, plain_error, plain_share = _load_plain(view, at, together)
+        at += together
         loads = pickle.loads
         out: list[Decoded] = []
         for head, layout, bytes_in in metas:
+            wall = head[5] - head[4]
+            waited = head[7] + (wall * share if wall > 0 else 0.0) + even
+            if layout is None:  # the next value of the plain blob
+                obj = next(plain, None)
+                out.append(
+                    Decoded(head, obj, bytes_in, int(plain_share + overhead), waited, plain_error)
+                )
+                continue
             start = at
             key: str | None = None
             type_name = ""
             problem: tuple[str, BaseException] | None = None
-            obj: Any = None
+            obj = None
             try:
                 if type(layout) is list:
                     obj = {}
@@ -333,13 +377,27 @@ def decode(data: bytes | memoryview | mmap.mmap) -> list[Decoded]:
                 problem = (what, exc)
                 at = start + _blob_bytes(layout)
                 obj = None
-            wall = head[5] - head[4]
-            waited = head[7] + (wall * share if wall > 0 else 0.0) + even
             out.append(Decoded(head, obj, bytes_in, int(at - start + overhead), waited, problem))
         return out
 
 
+def _load_plain(
+    view: memoryview, at: int, size: int
+) -> tuple[Iterator[Any], tuple[str, BaseException] | None, float]:
+    """The values of a frame's plain blob, in order; why they cannot be had (plain data
+    always unpickles, short of memory); each value's share of the blob's bytes."""
+    if not size:
+        return iter(()), None, 0.0
+    try:
+        values: list[Any] = pickle.loads(view[at : at + size])
+    except Exception as exc:
+        return iter(()), (_value_what("dict"), exc), 0.0
+    return iter(values), None, size / max(1, len(values))
+
+
 def _blob_bytes(layout: Layout) -> int:
+    if layout is None:
+        return 0
     if isinstance(layout, list):
         return sum(sum(sizes) for _, _, sizes in layout)
     return sum(layout[1])
@@ -364,5 +422,6 @@ __all__ = [
     "decode",
     "dumps_for_worker",
     "encode",
+    "is_plain",
     "request",
 ]

@@ -225,7 +225,8 @@ class ProcessLane:
                 assert sub.future is not None
                 if memory_limit is not None and sub.marker is not None and sub.procs is not None:
                     sub.watch = WATCH.watch(sub.marker, sub.procs, memory_limit)
-                waiting = asyncio.wrap_future(sub.future)
+                waiting = sub.waiting
+                assert waiting is not None
                 try:
                     if timeout is None:
                         data = await waiting
@@ -383,7 +384,8 @@ class ProcessLane:
         create the lane's marker directory, and one would be left behind.
         """
         procs, _ = self._local(executor)
-        return Submission(executor, new_marker() if procs is not None else None, procs)
+        marker = new_marker() if procs is not None else None
+        return Submission(executor, marker, procs, asyncio.get_running_loop().create_future())
 
     def _submit(self, sub: Submission, payload: bytes) -> Submission | None:
         """Hand ``sub`` to its executor; None if the pool broke first. Any thread."""
@@ -409,7 +411,7 @@ class ProcessLane:
                 spawn_failed_message(executor, exc, default=self._default), exc, sticky=False
             ) from exc
         sub.future = fut
-        fut.add_done_callback(sub.judge)  # before wrap_future's: see Submission
+        fut.add_done_callback(sub.settled)  # the verdict, then the loop: see Submission
         return sub
 
     async def _submit_off_loop(self, sub: Submission, payload: bytes) -> Submission | None:

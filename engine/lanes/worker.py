@@ -1,8 +1,9 @@
 """What a worker process of the cpu lane runs: its entry point, its marker, its guard.
 
 Imported inside worker processes, so it stays small and imports nothing of
-the engine but ``engine.procs`` and its light siblings (``measure``,
-``frames``, ``channel``: the stream writer of a streamed run's calls).
+the engine but ``engine.procs``, ``engine.streaming`` (standard library only)
+and its light siblings (``measure``, ``frames``, ``channel``: the stream
+writer of a streamed run's calls).
 Data flow of a cpu-lane call (``process.py`` has the driver's side)::
 
     driver: frames.request(fn, init, [arg blob, ...])  --bytes-->  worker:
@@ -29,12 +30,13 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..context import enter, from_wire, leave
 from ..otel import worker_span
 from ..procs import become_group_leader, hostname, kill_group, kill_own_tree
+from ..streaming import UNSTREAMED, reset_stream, set_stream
 from .channel import worker_stream
 from .frames import SPILLED, encode
 from .measure import PAYLOAD, Measured, call_with_init, failed, load_fn, queued_s
@@ -57,17 +59,30 @@ def run_calls(payload: bytes) -> bytes:
     fn_bytes, init, blobs, stream, wire, headers = pickle.loads(payload)
     token = enter(from_wire(wire)) if wire is not None else None
     try:
-        with worker_stream(stream) as at:  # get_stream_writer() sends to the driver, if streamed
+        if stream is None:
+            # Nobody streams (``worker_stream(None)``'s case, without its context
+            # manager: every lone cpu call pays for this): the node's writer drops
+            # what it is given, and a node can tell it runs in a run.
+            unstreamed = set_stream(UNSTREAMED)
+            try:
+                return _run_calls(fn_bytes, init, blobs, _no_stream, headers)
+            finally:
+                reset_stream(unstreamed)
+        with worker_stream(stream) as at:  # get_stream_writer() sends to the driver
             return _run_calls(fn_bytes, init, blobs, at, headers)
     finally:
         if token is not None:
             leave(token)
 
 
+def _no_stream(i: int) -> None:
+    """``at`` of a run nobody streams: nothing to say which call of a chunk runs."""
+
+
 def _run_calls(
     fn_bytes: bytes,
     init: Any,
-    blobs: list[bytes],
+    blobs: list[bytes] | bytes,
     at: Callable[[int], None],
     headers: dict[str, str] | None,
 ) -> bytes:
@@ -76,21 +91,40 @@ def _run_calls(
         fn = load_fn(fn_bytes)
     except BaseException as exc:
         bad = failed(exc, start, f"could not unpickle the node's function: {exc}", PAYLOAD)
-        return encode([(bad, len(blob)) for blob in blobs])
+        return encode([(bad, size) for _, size, _ in _arguments(blobs)])
     where = (os.getpid(), threading.get_native_id(), hostname())
     queued0 = queued_s()
     results: list[tuple[Measured, int]] = []
-    for i, blob in enumerate(blobs):
+    for i, (arg, size, problem) in enumerate(_arguments(blobs)):
         at(i)  # the stream knows which call of a chunk runs
-        try:
-            arg = pickle.loads(blob)
-        except BaseException as exc:
-            measured = failed(exc, time.time(), f"could not unpickle its input: {exc}", PAYLOAD)
+        if problem is not None:
+            measured = failed(
+                problem, time.time(), f"could not unpickle its input: {problem}", PAYLOAD
+            )
         else:
-            with worker_span(headers):  # (OpenTelemetry's, when installed: engine.otel)
+            if headers is None:  # no span to nest under: no span of its own either
                 measured = call_with_init(fn, arg, init, where=where)
-        results.append((measured, len(blob)))
+            else:
+                with worker_span(headers):  # (OpenTelemetry's, when installed: engine.otel)
+                    measured = call_with_init(fn, arg, init, where=where)
+        results.append((measured, size))
     return encode(results, queued=max(0.0, queued_s() - queued0))
+
+
+def _arguments(blobs: list[bytes] | bytes) -> Iterator[tuple[Any, int, BaseException | None]]:
+    """Each call's argument, its share of the input's bytes, and why it could not be
+    unpickled (None: it was). ``blobs``: one pickle per call, or one of them all."""
+    if isinstance(blobs, bytes):  # plain data (cpu.pickled_together): it loads
+        args = pickle.loads(blobs)
+        size = len(blobs) // max(1, len(args))
+        for arg in args:
+            yield arg, size, None
+        return
+    for blob in blobs:
+        try:
+            yield pickle.loads(blob), len(blob), None
+        except BaseException as exc:
+            yield None, len(blob), exc
 
 
 def run_marked(entry: Callable[[bytes], bytes] | str, payload: bytes, marker: str | None) -> bytes:
