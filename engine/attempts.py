@@ -32,8 +32,9 @@ A call that failed for good whose node has an ``error_handler`` is not a
 failure yet: ``handle`` runs the handler once the step's calls all settled
 (no handler runs in a step that fails anyway). The handler's return stands
 in for the call's, and the task is ``handled``: routing follows its goto,
-not the node's edges, and checkpoints keep no write of it (as a goto's
-task, it runs again on resume).
+not the node's edges, and checkpoints keep no write of it (it runs again on
+resume). A ``Command``'s goto is kept with its task's write when the step
+fails or stops, so that task does not run again.
 """
 
 from __future__ import annotations
@@ -203,15 +204,15 @@ class StepAttempts:
         return handler_name(node) if (node, index) in self.handled else node
 
     def kept_writes(self) -> dict[Order, Mapping[str, Any]]:
-        """The writes a failed or stopped step keeps for its resume: all but those of tasks
-        that returned a ``Command`` with a goto (checkpoints keep writes, not gotos: those
-        tasks run again on resume, so that their goto routes the step), nor of handled
-        tasks (their node runs again, and its handler if it fails again)."""
-        return {
-            order: w
-            for order, w in self.writes.items()
-            if order not in self.gotos and order not in self.handled
-        }
+        """The writes a failed or stopped step keeps for its resume: every finished call's
+        (a ``Command``'s goto is kept with its write: ``kept_gotos``), but not those of
+        handled tasks (their node runs again, and its handler if it fails again)."""
+        return {order: w for order, w in self.writes.items() if order not in self.handled}
+
+    def kept_gotos(self) -> dict[Order, tuple[str | Send, ...]]:
+        """The gotos kept with ``kept_writes``: the resume routes the step by them, as if
+        their tasks had run again."""
+        return {order: g for order, g in self.gotos.items() if order not in self.handled}
 
     def first_error(self) -> NodeError | InvalidUpdateError | None:
         """The step's error: its first failed call's, in (node, Send index) order."""

@@ -253,12 +253,16 @@ class Scheduler:
                 await attempts.handle(cursor.state)
         except asyncio.CancelledError:
             # Keep what finished: a resume re-runs only the rest.
-            await self.saver.save_stopped(cursor, attempts.kept_writes(), "interrupted")
+            await self.saver.save_stopped(
+                cursor, attempts.kept_writes(), "interrupted", attempts.kept_gotos()
+            )
             raise
         except Exception:
             # Not a node's failure (those settle as outcomes): an engine error.
             # The step's other calls were stopped; keep what finished.
-            await self.saver.save_stopped(cursor, attempts.kept_writes(), "failed")
+            await self.saver.save_stopped(
+                cursor, attempts.kept_writes(), "failed", attempts.kept_gotos()
+            )
             raise
         finally:
             if resuming is not None:
@@ -267,11 +271,14 @@ class Scheduler:
         writes: dict[tuple[str, int], Mapping[str, Any]] = dict(attempts.writes)
         writes.update(cursor.pending)
         kept = {**cursor.pending, **attempts.kept_writes()}  # what a resume need not re-run
+        # The gotos of the writes kept (those of an earlier attempt at the step too) route it.
+        gotos = {**cursor.gotos, **attempts.gotos}
+        kept_gotos = {**cursor.gotos, **attempts.kept_gotos()}
         error = attempts.first_error()
         self.recorder.step_finished(step, time.perf_counter() - t0, ok=error is None)
         if error is not None:
             await self.saver.save(
-                cursor.with_pending(kept, resumes=cursor.resumes),
+                cursor.with_pending(kept, resumes=cursor.resumes, gotos=kept_gotos),
                 "failed",
                 errors=attempts.failed,
             )
@@ -280,9 +287,8 @@ class Scheduler:
             # Questions: the run stops here; a resume runs only the interrupted calls.
             await self.saver.flush()  # (async durability) the step's checkpoint id is known
             asked = self._asked(cursor, attempts)
-            # (a sibling that returned a goto runs again: checkpoints keep writes, not gotos)
             answered = {o: v for o, v in cursor.resumes.items() if o in attempts.interrupted}
-            stopped = cursor.with_pending(kept, asked, answered)
+            stopped = cursor.with_pending(kept, asked, answered, kept_gotos)
             await self.saver.save(replace(stopped, paused=True), "interrupted")
             if self.recorder.chunks is not None:
                 self._tell_asked(stopped, attempts, asked)
@@ -298,12 +304,12 @@ class Scheduler:
                 handled = set(ran) - {
                     t.node for t in cursor.tasks if t.order not in attempts.handled
                 }
-            tasks = next_tasks(self.plan, ran, state, step, fanin, attempts.gotos, handled)
+            tasks = next_tasks(self.plan, ran, state, step, fanin, gotos, handled)
         except Exception:
             # Every call of the step succeeded, but merging or routing their
             # writes failed (a conflict, a router's bug): keep the writes, so
             # a resume merges and routes again without re-running the calls.
-            await self.saver.save(cursor.with_pending(kept), "failed")
+            await self.saver.save(cursor.with_pending(kept, gotos=kept_gotos), "failed")
             raise
         if self.recorder.chunks is not None:
             ordered = sorted(merged, key=_order)
