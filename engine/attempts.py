@@ -63,6 +63,7 @@ from .lanes.calls import (
 from .lgtypes import langgraphs_error
 from .policy import NO_RETRY
 from .spec import END, Command, ErrorHandler, Send, Task, handler_name
+from .subgraph_node import ParentCommand
 
 if TYPE_CHECKING:
     from .plan import Plan
@@ -78,7 +79,8 @@ class StepAttempts:
     """The attempts of one step's calls, settled one outcome at a time.
 
     Invariant: a task's order is in at most one of ``writes``, ``failed`` and
-    ``unhandled``, and only once its last attempt settled; ``handle`` moves each
+    ``unhandled`` (or ``interrupted``, ``to_parent``), and only once its last attempt
+    settled; ``handle`` moves each
     of ``unhandled`` to ``writes`` (and ``handled``) or ``failed``, or, in a step
     that fails anyway, drops it (it runs again on resume). ``_tries``
     holds (failures, crashes) so far for the tasks that failed at least once.
@@ -92,6 +94,9 @@ class StepAttempts:
         self.failed: dict[Order, NodeError | InvalidUpdateError] = {}
         #: Tasks whose node asked a person (``interrupt()``): no write, never retried.
         self.interrupted: dict[Order, Interrupted] = {}
+        #: Tasks of a subgraph's node that returned ``Command(graph=Command.PARENT)``:
+        #: no write, no failure; the scheduler hands the first to the parent.
+        self.to_parent: dict[Order, ParentCommand] = {}
         #: The ``goto`` of each task that returned a ``Command`` with one (routing's input).
         self.gotos: dict[Order, tuple[str | Send, ...]] = {}
         #: Tasks whose write is their node's error handler's (routing skips their edges).
@@ -110,6 +115,12 @@ class StepAttempts:
         if isinstance(out.failure, Interrupted):
             self.recorder.call_finished(out)
             self.interrupted[task.order] = out.failure
+            return None
+        if isinstance(out.failure, NodeRaised) and isinstance(out.failure.error, ParentCommand):
+            # Routing the parent graph (engine.subgraph_node), not a failure: never retried,
+            # never an error handler's, no NodeFailed.
+            self.recorder.call_finished(out)
+            self.to_parent[task.order] = out.failure.error
             return None
         if out.failure is None:
             try:

@@ -48,6 +48,7 @@ from .interrupts import Asked, Breakpoints, Interrupt, Paused, interrupt_id, sto
 from .routing import next_tasks, start_tasks
 from .saving import RunCursor, RunSaver
 from .state import Write
+from .subgraph_node import ParentCommand
 from .trace import Metrics, Trace, compute_metrics
 
 if TYPE_CHECKING:
@@ -166,6 +167,10 @@ class Scheduler:
         except asyncio.CancelledError:
             status = RunStatus.CANCELLED
             raise
+        except ParentCommand:
+            # A subgraph's run that hands its parent a Command ends there, as it should.
+            status = RunStatus.DONE
+            raise
         except BaseException as exc:
             error = exc
             raise
@@ -283,6 +288,10 @@ class Scheduler:
                 errors=attempts.failed,
             )
             raise error
+        if attempts.to_parent:
+            # A node of this subgraph routes its parent: the run ends here, saving nothing
+            # more (as LangGraph); the parent's node returns the first such Command.
+            raise attempts.to_parent[min(attempts.to_parent)]
         if attempts.interrupted:
             # Questions: the run stops here; a resume runs only the interrupted calls.
             await self.saver.flush()  # (async durability) the step's checkpoint id is known
