@@ -43,13 +43,13 @@ import asyncio
 import copy
 import functools
 import inspect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .context import adapt
 from .dispatch import exit_detail
 from .errors import InvalidUpdateError, NodeError, NodeTimeoutError, WorkerCrashedError
-from .interrupts import GraphBubbleUp
+from .interrupts import GraphBubbleUp, Interrupt
 from .lanes.calls import (
     Cancelled,
     Failure,
@@ -63,6 +63,7 @@ from .lanes.calls import (
 from .lgtypes import langgraphs_error
 from .policy import NO_RETRY
 from .spec import END, Command, ErrorHandler, Send, Task, handler_name
+from .streaming import Asking
 from .subgraph_node import ParentCommand
 
 if TYPE_CHECKING:
@@ -86,10 +87,19 @@ class StepAttempts:
     holds (failures, crashes) so far for the tasks that failed at least once.
     """
 
-    def __init__(self, plan: Plan, step: int, recorder: Recorder) -> None:
+    def __init__(
+        self,
+        plan: Plan,
+        step: int,
+        recorder: Recorder,
+        ask_id: Callable[[Order, int], str | None] | None = None,
+    ) -> None:
         self.plan = plan
         self.step = step
         self.recorder = recorder
+        #: The id of a task's n-th question (the scheduler's), None while it is not known
+        #: yet: a streamed ``task_result`` lists the questions with their ids.
+        self.ask_id = ask_id
         self.writes: dict[Order, Mapping[str, Any]] = {}
         self.failed: dict[Order, NodeError | InvalidUpdateError] = {}
         #: Tasks whose node asked a person (``interrupt()``): no write, never retried.
@@ -113,8 +123,14 @@ class StepAttempts:
         call = out.call
         task = call.task
         if isinstance(out.failure, Interrupted):
+            q = out.failure
+            if self.ask_id is not None and self.recorder.chunks is not None:
+                # A subgraph's question keeps the id its own run gave it (engine.subgraphs).
+                ident = getattr(q.error, "interrupt_id", "") or self.ask_id(task.order, q.index)
+                if ident is not None:
+                    out = out._replace(value=Asking((Interrupt(value=q.value, id=ident),)))
             self.recorder.call_finished(out)
-            self.interrupted[task.order] = out.failure
+            self.interrupted[task.order] = q
             return None
         if isinstance(out.failure, NodeRaised) and isinstance(out.failure.error, ParentCommand):
             # Routing the parent graph (engine.subgraph_node), not a failure: never retried,

@@ -149,6 +149,12 @@ class RunSaver:
         return self.checkpointer is not None and self.thread_id is not None
 
     @property
+    def writing(self) -> bool:
+        """Whether a checkpoint write is in flight (``async``): until it ends, the id of
+        the checkpoint the current step runs from is not known."""
+        return self._inflight is not None and not self._inflight.done()
+
+    @property
     def codec(self) -> RunCodec:
         if self._codec is None:
             from .checkpoint.snapshot import RunCodec, Topology

@@ -211,18 +211,27 @@ class Scheduler:
             self.recorder.chunks("updates", {"__interrupt__": ()})
         return _Stop([])
 
-    def _asked(self, cursor: RunCursor, attempts: StepAttempts) -> list[Asked]:
-        """The questions the step's calls asked, each with its id."""
+    def _ask_id(self, step: int, order: tuple[str, int], n: int) -> str | None:
+        """The id of question ``n`` of task ``order`` in ``step``; None while the step's
+        checkpoint is still being written (``async`` durability: its id is not known)."""
         saver = self.saver
+        if saver.writing:
+            return None
         thread = saver.thread_id or saver.run_id
-        where = saver.checkpoint_id or f"{saver.run_id}:{cursor.step}"
+        where = saver.checkpoint_id or f"{saver.run_id}:{step}"
+        return interrupt_id(thread, self.checkpoint_ns, where, order, n)
+
+    def _asked(self, cursor: RunCursor, attempts: StepAttempts) -> list[Asked]:
+        """The questions the step's calls asked, each with its id (the step's checkpoint
+        is written: ``flush``)."""
         out = []
         for order in sorted(attempts.interrupted):
             q = attempts.interrupted[order]
             # A subgraph's question keeps the id its own run gave it (engine.subgraphs).
-            ident = getattr(q.error, "interrupt_id", "") or interrupt_id(
-                thread, self.checkpoint_ns, where, order, q.index
+            ident = getattr(q.error, "interrupt_id", "") or self._ask_id(
+                cursor.step, order, q.index
             )
+            assert ident is not None
             out.append(Asked(order[0], order[1], q.index, Interrupt(value=q.value, id=ident)))
         return out
 
@@ -246,7 +255,9 @@ class Scheduler:
         todo = cursor.todo()
         self.recorder.step_started(step, [t.node for t in todo])
         # dispatch: every call, until each is settled
-        attempts = StepAttempts(self.plan, step, self.recorder)
+        attempts = StepAttempts(
+            self.plan, step, self.recorder, lambda order, n: self._ask_id(step, order, n)
+        )
         resuming = None
         if cursor.resumes:  # the interrupted calls find their answers (context.for_call)
             ctx = current_context()

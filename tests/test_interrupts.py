@@ -532,3 +532,33 @@ def test_a_resume_with_nothing_open_as_langgraph() -> None:
     theirs = _resume_with_nothing_open("langgraph")
     assert _resume_with_nothing_open("engine") == theirs
     assert theirs[1] == {"log": ["note", "review:yes"]}
+
+
+@pytest.mark.parametrize("durability", ["sync", "async", "exit"])
+def test_a_task_result_lists_the_questions_its_task_asked(durability: str) -> None:
+    """In the ``tasks`` and ``debug`` streams, the task_result of a task that asked lists
+    its question with the id the run stops on (LangGraph's shape); a task that wrote, none.
+    With durability="async" the id may not be known yet: then the list is empty."""
+    from engine.langgraph import InMemorySaver, StateGraph
+
+    g = StateGraph(State)
+    g.add_node("compute", compute)
+    g.add_node("ask", ask_budget)
+    g.add_edge(START, "compute")
+    g.add_edge(START, "ask")
+    app = g.compile(checkpointer=InMemorySaver())
+    cfg: Any = {"configurable": {"thread_id": "t"}}
+    chunks = list(
+        app.stream(
+            {"log": []}, cfg, stream_mode=["tasks", "debug", "updates"], durability=durability
+        )
+    )
+    (stopped,) = [c["__interrupt__"] for m, c in chunks if m == "updates" and "__interrupt__" in c]
+    results = [c for m, c in chunks if m == "tasks" and "result" in c]
+    results += [c["payload"] for m, c in chunks if m == "debug" and c["type"] == "task_result"]
+    asked = [r["interrupts"] for r in results if r["name"] == "ask"]
+    wanted = [{"value": "budget?", "id": stopped[0].id, "response_schema": None}]
+    assert len(asked) == 2 and all(
+        a in (wanted, [] if durability == "async" else wanted) for a in asked
+    )
+    assert [r["interrupts"] for r in results if r["name"] == "compute"] == [[], []]
