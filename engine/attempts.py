@@ -64,7 +64,7 @@ from .lgtypes import langgraphs_error
 from .policy import NO_RETRY
 from .spec import END, Command, ErrorHandler, Send, Task, handler_name
 from .streaming import Asking
-from .subgraph_node import ParentCommand
+from .subgraph_node import ParentCommand, ToParent
 
 if TYPE_CHECKING:
     from .plan import Plan
@@ -132,10 +132,11 @@ class StepAttempts:
             self.recorder.call_finished(out)
             self.interrupted[task.order] = q
             return None
-        if isinstance(out.failure, NodeRaised) and isinstance(out.failure.error, ParentCommand):
+        if self._to_parent(out):
             # Routing the parent graph (engine.subgraph_node), not a failure: never retried,
             # never an error handler's, no NodeFailed.
             self.recorder.call_finished(out)
+            assert out.failure is not None and isinstance(out.failure.error, ParentCommand)
             self.to_parent[task.order] = out.failure.error
             return None
         if out.failure is None:
@@ -188,6 +189,16 @@ class StepAttempts:
             return None
         self.failed[task.order] = error
         return None
+
+    def _to_parent(self, out: Outcome) -> bool:
+        """Whether ``out`` is a ``Command.PARENT`` of a node of a graph run as a subgraph
+        (its nodes are ``ToParent``); raised out of a graph run on its own, it fails."""
+        failure = out.failure
+        return (
+            isinstance(failure, NodeRaised)
+            and isinstance(failure.error, ParentCommand)
+            and isinstance(self.plan.nodes[out.call.task.node].spec.fn, ToParent)
+        )
 
     async def handle(self, state: Any) -> None:
         """Run the error handlers of the calls that failed for good, in (node, Send index)

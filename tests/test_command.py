@@ -467,7 +467,7 @@ def _goto_then_resume(framework: str, stop: str) -> dict[str, Any]:
         "next": stopped.next,
         "values": stopped.values["log"],
         "last": last["log"],
-        "calls": calls,
+        "calls": sorted(calls),  # (a step's calls run at once: their order varies)
     }
 
 
