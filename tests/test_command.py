@@ -313,10 +313,10 @@ def asks(state: S) -> dict[str, Any]:
     return {"log": [f"asked:{interrupt('go on?')}"]}
 
 
-def goto_and_sibling(sibling: Any) -> Graph[S]:
+def goto_and_sibling(sibling: Any, lane: str = "thread") -> Graph[S]:
     g: Graph[S] = Graph(S)
     g.add_node("a", hands_off, lane="thread", destinations=("b", "worker"))
-    g.add_node("sibling", sibling, lane="thread")
+    g.add_node("sibling", sibling, lane=lane)
     g.add_node("b", plain("b"))
     g.add_node("worker", worker)
     g.add_edge(START, "a")
@@ -479,3 +479,38 @@ def test_a_gotos_task_on_resume_as_langgraph(stop: str) -> None:
     theirs = _goto_then_resume("langgraph", stop)
     assert _goto_then_resume("engine", stop) == theirs
     assert theirs["calls"] == ["a", "b", "b", "x"]
+
+
+async def test_a_cancelled_step_keeps_a_gotos_write() -> None:
+    """A run cancelled while a sibling still runs keeps the finished Command's write and
+    goto: the resume runs only the sibling, then the goto's targets."""
+    import asyncio
+
+    from engine.checkpoint import MemoryCheckpointer
+    from engine.events import NodeFinished
+
+    hang = {"on": True}
+
+    async def sibling(state: S) -> dict[str, Any]:
+        if hang["on"]:
+            await asyncio.Event().wait()
+        return {"log": ["sibling"]}
+
+    RAN.clear()
+    app = goto_and_sibling(sibling, lane="io").compile(MemoryCheckpointer())
+    finished = asyncio.Event()
+
+    def seen(event: Any) -> None:
+        if isinstance(event, NodeFinished) and event.node == "a":
+            finished.set()
+
+    run = asyncio.ensure_future(app.arun({"log": [], "n": 0}, thread_id="t", on_event=seen))
+    await asyncio.wait_for(finished.wait(), 10)
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    hang["on"] = False
+    result = await app.arun(None, thread_id="t")
+    assert RAN["hands_off"] == 1
+    assert result.state["log"] == ["a", "sibling", "b", "w7"]
+    assert steps(result) == [(0, "sibling"), (1, "b"), (1, "worker")]
