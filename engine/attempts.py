@@ -32,8 +32,9 @@ A call that failed for good whose node has an ``error_handler`` is not a
 failure yet: ``handle`` runs the handler once the step's calls all settled
 (no handler runs in a step that fails anyway). The handler's return stands
 in for the call's, and the task is ``handled``: routing follows its goto,
-not the node's edges, and checkpoints keep no write of it (as a goto's
-task, it runs again on resume).
+not the node's edges, and checkpoints keep no write of it (it runs again on
+resume). A ``Command``'s goto is kept with its task's write when the step
+fails or stops, so that task does not run again.
 """
 
 from __future__ import annotations
@@ -42,13 +43,13 @@ import asyncio
 import copy
 import functools
 import inspect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .context import adapt
 from .dispatch import exit_detail
 from .errors import InvalidUpdateError, NodeError, NodeTimeoutError, WorkerCrashedError
-from .interrupts import GraphBubbleUp
+from .interrupts import GraphBubbleUp, Interrupt
 from .lanes.calls import (
     Cancelled,
     Failure,
@@ -62,6 +63,8 @@ from .lanes.calls import (
 from .lgtypes import langgraphs_error
 from .policy import NO_RETRY
 from .spec import END, Command, ErrorHandler, Send, Task, handler_name
+from .streaming import Asking
+from .subgraph_node import ParentCommand, ToParent
 
 if TYPE_CHECKING:
     from .plan import Plan
@@ -77,20 +80,33 @@ class StepAttempts:
     """The attempts of one step's calls, settled one outcome at a time.
 
     Invariant: a task's order is in at most one of ``writes``, ``failed`` and
-    ``unhandled``, and only once its last attempt settled; ``handle`` moves each
+    ``unhandled`` (or ``interrupted``, ``to_parent``), and only once its last attempt
+    settled; ``handle`` moves each
     of ``unhandled`` to ``writes`` (and ``handled``) or ``failed``, or, in a step
     that fails anyway, drops it (it runs again on resume). ``_tries``
     holds (failures, crashes) so far for the tasks that failed at least once.
     """
 
-    def __init__(self, plan: Plan, step: int, recorder: Recorder) -> None:
+    def __init__(
+        self,
+        plan: Plan,
+        step: int,
+        recorder: Recorder,
+        ask_id: Callable[[Order, int], str | None] | None = None,
+    ) -> None:
         self.plan = plan
         self.step = step
         self.recorder = recorder
+        #: The id of a task's n-th question (the scheduler's), None while it is not known
+        #: yet: a streamed ``task_result`` lists the questions with their ids.
+        self.ask_id = ask_id
         self.writes: dict[Order, Mapping[str, Any]] = {}
         self.failed: dict[Order, NodeError | InvalidUpdateError] = {}
         #: Tasks whose node asked a person (``interrupt()``): no write, never retried.
         self.interrupted: dict[Order, Interrupted] = {}
+        #: Tasks of a subgraph's node that returned ``Command(graph=Command.PARENT)``:
+        #: no write, no failure; the scheduler hands the first to the parent.
+        self.to_parent: dict[Order, ParentCommand] = {}
         #: The ``goto`` of each task that returned a ``Command`` with one (routing's input).
         self.gotos: dict[Order, tuple[str | Send, ...]] = {}
         #: Tasks whose write is their node's error handler's (routing skips their edges).
@@ -107,8 +123,21 @@ class StepAttempts:
         call = out.call
         task = call.task
         if isinstance(out.failure, Interrupted):
+            q = out.failure
+            if self.ask_id is not None and self.recorder.chunks is not None:
+                # A subgraph's question keeps the id its own run gave it (engine.subgraphs).
+                ident = getattr(q.error, "interrupt_id", "") or self.ask_id(task.order, q.index)
+                if ident is not None:
+                    out = out._replace(value=Asking((Interrupt(value=q.value, id=ident),)))
             self.recorder.call_finished(out)
-            self.interrupted[task.order] = out.failure
+            self.interrupted[task.order] = q
+            return None
+        if self._to_parent(out):
+            # Routing the parent graph (engine.subgraph_node), not a failure: never retried,
+            # never an error handler's, no NodeFailed.
+            self.recorder.call_finished(out)
+            assert out.failure is not None and isinstance(out.failure.error, ParentCommand)
+            self.to_parent[task.order] = out.failure.error
             return None
         if out.failure is None:
             try:
@@ -161,6 +190,16 @@ class StepAttempts:
         self.failed[task.order] = error
         return None
 
+    def _to_parent(self, out: Outcome) -> bool:
+        """Whether ``out`` is a ``Command.PARENT`` of a node of a graph run as a subgraph
+        (its nodes are ``ToParent``); raised out of a graph run on its own, it fails."""
+        failure = out.failure
+        return (
+            isinstance(failure, NodeRaised)
+            and isinstance(failure.error, ParentCommand)
+            and isinstance(self.plan.nodes[out.call.task.node].spec.fn, ToParent)
+        )
+
     async def handle(self, state: Any) -> None:
         """Run the error handlers of the calls that failed for good, in (node, Send index)
         order, in the driver, each with its call's input (``state``, or its Send payload)
@@ -203,15 +242,15 @@ class StepAttempts:
         return handler_name(node) if (node, index) in self.handled else node
 
     def kept_writes(self) -> dict[Order, Mapping[str, Any]]:
-        """The writes a failed or stopped step keeps for its resume: all but those of tasks
-        that returned a ``Command`` with a goto (checkpoints keep writes, not gotos: those
-        tasks run again on resume, so that their goto routes the step), nor of handled
-        tasks (their node runs again, and its handler if it fails again)."""
-        return {
-            order: w
-            for order, w in self.writes.items()
-            if order not in self.gotos and order not in self.handled
-        }
+        """The writes a failed or stopped step keeps for its resume: every finished call's
+        (a ``Command``'s goto is kept with its write: ``kept_gotos``), but not those of
+        handled tasks (their node runs again, and its handler if it fails again)."""
+        return {order: w for order, w in self.writes.items() if order not in self.handled}
+
+    def kept_gotos(self) -> dict[Order, tuple[str | Send, ...]]:
+        """The gotos kept with ``kept_writes``: the resume routes the step by them, as if
+        their tasks had run again."""
+        return {order: g for order, g in self.gotos.items() if order not in self.handled}
 
     def first_error(self) -> NodeError | InvalidUpdateError | None:
         """The step's error: its first failed call's, in (node, Send index) order."""

@@ -32,7 +32,7 @@ from .errors import NodeError
 from .interrupts import Asked
 from .logs import get_logger
 from .plan import deferred_key
-from .spec import Task
+from .spec import Send, Task
 
 if TYPE_CHECKING:
     from .checkpoint import Checkpoint, Checkpointer
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 log = get_logger("engine")
 
 Writes = Mapping[tuple[str, int], Mapping[str, Any]]
+Gotos = Mapping[tuple[str, int], tuple[str | Send, ...]]
 
 #: How often a run saves its checkpoints (``RunOptions.durability``).
 Durability = Literal["sync", "async", "exit"]
@@ -54,7 +55,8 @@ class RunCursor:
 
     Invariant: ``tasks`` are the tasks of step ``step``, sorted by order;
     ``pending`` holds writes already made in step ``step`` by a previous,
-    failed (or stopped, or interrupted) attempt at it; ``asked`` the
+    failed (or stopped, or interrupted) attempt at it, ``gotos`` the
+    ``Command(goto=...)`` targets of those of them that returned one; ``asked`` the
     questions its tasks asked and nobody answered yet, ``resumes`` the
     answers its interrupted tasks were given so far (``engine.interrupts``).
     """
@@ -66,6 +68,7 @@ class RunCursor:
     pending: dict[tuple[str, int], Mapping[str, Any]] = field(default_factory=dict)
     asked: list[Asked] = field(default_factory=list)
     resumes: dict[tuple[str, int], tuple[Any, ...]] = field(default_factory=dict)
+    gotos: dict[tuple[str, int], tuple[str | Send, ...]] = field(default_factory=dict)
     #: The run stops here on purpose (questions, a breakpoint): saved as ``paused``.
     paused: bool = False
 
@@ -80,9 +83,11 @@ class RunCursor:
         writes: Writes,
         asked: list[Asked] | None = None,
         resumes: Mapping[tuple[str, int], tuple[Any, ...]] | None = None,
+        gotos: Gotos | None = None,
     ) -> RunCursor:
-        """This step again, with ``writes`` kept for the resume (and its open questions,
-        and the answers given so far, when it was interrupted)."""
+        """This step again, with ``writes`` kept for the resume, and the gotos of those
+        that returned one (and its open questions, and the answers given so far, when it
+        was interrupted). A goto without its write is not kept."""
         return RunCursor(
             self.state,
             self.step,
@@ -91,6 +96,7 @@ class RunCursor:
             dict(writes),
             list(asked or ()),
             dict(resumes or {}),
+            {order: g for order, g in (gotos or {}).items() if order in writes},
         )
 
 
@@ -141,6 +147,12 @@ class RunSaver:
     @property
     def active(self) -> bool:
         return self.checkpointer is not None and self.thread_id is not None
+
+    @property
+    def writing(self) -> bool:
+        """Whether a checkpoint write is in flight (``async``): until it ends, the id of
+        the checkpoint the current step runs from is not known."""
+        return self._inflight is not None and not self._inflight.done()
 
     @property
     def codec(self) -> RunCodec:
@@ -199,8 +211,11 @@ class RunSaver:
                 raise
             log.exception("checkpoint_failed", thread_id=self.thread_id)
 
-    async def save_stopped(self, cursor: RunCursor, writes: Writes, status: str) -> None:
-        """Save a step that was stopped (cancelled, or an engine error) with what it wrote.
+    async def save_stopped(
+        self, cursor: RunCursor, writes: Writes, status: str, gotos: Gotos | None = None
+    ) -> None:
+        """Save a step that was stopped (cancelled, or an engine error) with what it wrote
+        (and the gotos of those writes).
 
         Never raises: the run is already on its way out with its own error.
         """
@@ -209,7 +224,9 @@ class RunSaver:
         kept = dict(cursor.pending)
         kept.update(writes)
         # The answers interrupted calls were given are kept too: they are not asked again.
-        stopped = cursor.with_pending(kept, resumes=cursor.resumes)
+        stopped = cursor.with_pending(
+            kept, resumes=cursor.resumes, gotos={**cursor.gotos, **(gotos or {})}
+        )
         try:
             await self.flush()
             await finish(self._put(stopped, status, None))
@@ -256,6 +273,7 @@ class RunSaver:
             paused=cursor.paused,
             writers=self.writers if written is None else None,
             checkpoint_ns=self.checkpoint_ns,
+            gotos=cursor.gotos,
         )
         return self.placed(cp)
 
@@ -278,6 +296,7 @@ class RunSaver:
             pending=restored.pending,
             asked=restored.asked,
             resumes=restored.resumes,
+            gotos=restored.gotos,
         )
 
 

@@ -48,6 +48,7 @@ from .interrupts import Asked, Breakpoints, Interrupt, Paused, interrupt_id, sto
 from .routing import next_tasks, start_tasks
 from .saving import RunCursor, RunSaver
 from .state import Write
+from .subgraph_node import ParentCommand
 from .trace import Metrics, Trace, compute_metrics
 
 if TYPE_CHECKING:
@@ -166,6 +167,10 @@ class Scheduler:
         except asyncio.CancelledError:
             status = RunStatus.CANCELLED
             raise
+        except ParentCommand:
+            # A subgraph's run that hands its parent a Command ends there, as it should.
+            status = RunStatus.DONE
+            raise
         except BaseException as exc:
             error = exc
             raise
@@ -206,18 +211,27 @@ class Scheduler:
             self.recorder.chunks("updates", {"__interrupt__": ()})
         return _Stop([])
 
-    def _asked(self, cursor: RunCursor, attempts: StepAttempts) -> list[Asked]:
-        """The questions the step's calls asked, each with its id."""
+    def _ask_id(self, step: int, order: tuple[str, int], n: int) -> str | None:
+        """The id of question ``n`` of task ``order`` in ``step``; None while the step's
+        checkpoint is still being written (``async`` durability: its id is not known)."""
         saver = self.saver
+        if saver.writing:
+            return None
         thread = saver.thread_id or saver.run_id
-        where = saver.checkpoint_id or f"{saver.run_id}:{cursor.step}"
+        where = saver.checkpoint_id or f"{saver.run_id}:{step}"
+        return interrupt_id(thread, self.checkpoint_ns, where, order, n)
+
+    def _asked(self, cursor: RunCursor, attempts: StepAttempts) -> list[Asked]:
+        """The questions the step's calls asked, each with its id (the step's checkpoint
+        is written: ``flush``)."""
         out = []
         for order in sorted(attempts.interrupted):
             q = attempts.interrupted[order]
             # A subgraph's question keeps the id its own run gave it (engine.subgraphs).
-            ident = getattr(q.error, "interrupt_id", "") or interrupt_id(
-                thread, self.checkpoint_ns, where, order, q.index
+            ident = getattr(q.error, "interrupt_id", "") or self._ask_id(
+                cursor.step, order, q.index
             )
+            assert ident is not None
             out.append(Asked(order[0], order[1], q.index, Interrupt(value=q.value, id=ident)))
         return out
 
@@ -241,7 +255,9 @@ class Scheduler:
         todo = cursor.todo()
         self.recorder.step_started(step, [t.node for t in todo])
         # dispatch: every call, until each is settled
-        attempts = StepAttempts(self.plan, step, self.recorder)
+        attempts = StepAttempts(
+            self.plan, step, self.recorder, lambda order, n: self._ask_id(step, order, n)
+        )
         resuming = None
         if cursor.resumes:  # the interrupted calls find their answers (context.for_call)
             ctx = current_context()
@@ -253,12 +269,16 @@ class Scheduler:
                 await attempts.handle(cursor.state)
         except asyncio.CancelledError:
             # Keep what finished: a resume re-runs only the rest.
-            await self.saver.save_stopped(cursor, attempts.kept_writes(), "interrupted")
+            await self.saver.save_stopped(
+                cursor, attempts.kept_writes(), "interrupted", attempts.kept_gotos()
+            )
             raise
         except Exception:
             # Not a node's failure (those settle as outcomes): an engine error.
             # The step's other calls were stopped; keep what finished.
-            await self.saver.save_stopped(cursor, attempts.kept_writes(), "failed")
+            await self.saver.save_stopped(
+                cursor, attempts.kept_writes(), "failed", attempts.kept_gotos()
+            )
             raise
         finally:
             if resuming is not None:
@@ -267,22 +287,28 @@ class Scheduler:
         writes: dict[tuple[str, int], Mapping[str, Any]] = dict(attempts.writes)
         writes.update(cursor.pending)
         kept = {**cursor.pending, **attempts.kept_writes()}  # what a resume need not re-run
+        # The gotos of the writes kept (those of an earlier attempt at the step too) route it.
+        gotos = {**cursor.gotos, **attempts.gotos}
+        kept_gotos = {**cursor.gotos, **attempts.kept_gotos()}
         error = attempts.first_error()
         self.recorder.step_finished(step, time.perf_counter() - t0, ok=error is None)
         if error is not None:
             await self.saver.save(
-                cursor.with_pending(kept, resumes=cursor.resumes),
+                cursor.with_pending(kept, resumes=cursor.resumes, gotos=kept_gotos),
                 "failed",
                 errors=attempts.failed,
             )
             raise error
+        if attempts.to_parent:
+            # A node of this subgraph routes its parent: the run ends here, saving nothing
+            # more (as LangGraph); the parent's node returns the first such Command.
+            raise attempts.to_parent[min(attempts.to_parent)]
         if attempts.interrupted:
             # Questions: the run stops here; a resume runs only the interrupted calls.
             await self.saver.flush()  # (async durability) the step's checkpoint id is known
             asked = self._asked(cursor, attempts)
-            # (a sibling that returned a goto runs again: checkpoints keep writes, not gotos)
             answered = {o: v for o, v in cursor.resumes.items() if o in attempts.interrupted}
-            stopped = cursor.with_pending(kept, asked, answered)
+            stopped = cursor.with_pending(kept, asked, answered, kept_gotos)
             await self.saver.save(replace(stopped, paused=True), "interrupted")
             if self.recorder.chunks is not None:
                 self._tell_asked(stopped, attempts, asked)
@@ -298,12 +324,12 @@ class Scheduler:
                 handled = set(ran) - {
                     t.node for t in cursor.tasks if t.order not in attempts.handled
                 }
-            tasks = next_tasks(self.plan, ran, state, step, fanin, attempts.gotos, handled)
+            tasks = next_tasks(self.plan, ran, state, step, fanin, gotos, handled)
         except Exception:
             # Every call of the step succeeded, but merging or routing their
             # writes failed (a conflict, a router's bug): keep the writes, so
             # a resume merges and routes again without re-running the calls.
-            await self.saver.save(cursor.with_pending(kept), "failed")
+            await self.saver.save(cursor.with_pending(kept, gotos=kept_gotos), "failed")
             raise
         if self.recorder.chunks is not None:
             ordered = sorted(merged, key=_order)

@@ -244,10 +244,26 @@ def debug_task(step: int, ident: str, node: str, index: int, input: Any) -> dict
     }
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Asking:
+    """The value a ``task_result`` chunk shows for a task that asked a person: no writes,
+    its questions (``interrupts.Interrupt``, each with its id) listed as LangGraph lists them."""
+
+    interrupts: tuple[Any, ...]
+
+
 def debug_result(
     step: int, ident: str, node: str, result: Any, error: BaseException | None
 ) -> dict[str, Any]:
-    """LangGraph's ``debug`` chunk for a task that ended: its writes, or its error."""
+    """LangGraph's ``debug`` chunk for a task that ended: its writes, or its error, or
+    the questions it asked (``Asking``)."""
+    asked: list[dict[str, Any]] = []
+    if isinstance(result, Asking):
+        asked = [
+            {"value": q.value, "id": q.id, "response_schema": q.response_schema}
+            for q in result.interrupts
+        ]
+        result = None
     if result is None:
         writes: Any = {}
     elif isinstance(result, Mapping):
@@ -258,7 +274,13 @@ def debug_result(
         "step": step + 1,
         "timestamp": now(),
         "type": "task_result",
-        "payload": {"id": ident, "name": node, "error": error, "result": writes, "interrupts": []},
+        "payload": {
+            "id": ident,
+            "name": node,
+            "error": error,
+            "result": writes,
+            "interrupts": asked,
+        },
     }
 
 
@@ -403,6 +425,7 @@ def iterate_sync(make: Callable[[], AsyncIterator[T]]) -> Iterator[T]:
 __all__ = [
     "STREAM_MODES",
     "UNSTREAMED",
+    "Asking",
     "CallStream",
     "ChunkSink",
     "MessageChunk",

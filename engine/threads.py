@@ -278,7 +278,18 @@ def resume_of(input: object) -> Any:
 
 def answered(cursor: RunCursor, resume: Any, thread_id: str) -> RunCursor:
     """``cursor`` with ``resume``'s answers given to its interrupted tasks (RuntimeError
-    when they do not fit its open questions): the questions are no longer open."""
+    when they do not fit its open questions): the questions are no longer open.
+
+    With no question open (a run stopped at a breakpoint, or failed), ``resume`` as
+    it is (a mapping too) answers the first ``interrupt()`` of each task of the step
+    the run resumes with that has no answer yet, as LangGraph gives it to the first
+    ``interrupt()`` of that step; a task that does not ask drops it, and so does the
+    run's next step. A thread that finished has no step to resume: nothing runs.
+    """
+    if not cursor.asked:
+        spare = {t.order: (resume,) for t in cursor.todo() if t.order not in cursor.resumes}
+        cursor.resumes = {**cursor.resumes, **spare}
+        return cursor
     cursor.resumes = answers(cursor.asked, cursor.resumes, resume, thread=thread_id)
     cursor.asked = []
     return cursor

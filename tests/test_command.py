@@ -278,8 +278,8 @@ def flaky(state: S) -> dict[str, Any]:
 
 
 def test_a_goto_survives_a_failed_step_and_its_resume() -> None:
-    """Checkpoints keep writes, not gotos: the Command's node runs again on resume, so the
-    run still goes where it said (and its write is not doubled)."""
+    """The checkpoint keeps the Command's goto with its write: the Command's node does not
+    run again on resume, and the run still goes where it said (its write once)."""
     from engine.checkpoint import MemoryCheckpointer
 
     g: Graph[S] = Graph(S)
@@ -296,7 +296,78 @@ def test_a_goto_survives_a_failed_step_and_its_resume() -> None:
     FLAKY["fail"] = False
     result = app.run(None, thread_id="t")
     assert result.state["log"] == ["a", "flaky", "b"]
-    assert steps(result) == [(0, "a"), (0, "flaky"), (1, "b")]
+    assert steps(result) == [(0, "flaky"), (1, "b")]
+
+
+RAN: dict[str, int] = {}
+
+
+def hands_off(state: S) -> Command[Any]:
+    RAN["hands_off"] = RAN.get("hands_off", 0) + 1
+    return Command(goto=["b", Send("worker", {"log": [], "n": 7})], update={"log": ["a"]})
+
+
+def asks(state: S) -> dict[str, Any]:
+    from engine import interrupt
+
+    return {"log": [f"asked:{interrupt('go on?')}"]}
+
+
+def goto_and_sibling(sibling: Any, lane: str = "thread") -> Graph[S]:
+    g: Graph[S] = Graph(S)
+    g.add_node("a", hands_off, lane="thread", destinations=("b", "worker"))
+    g.add_node("sibling", sibling, lane=lane)
+    g.add_node("b", plain("b"))
+    g.add_node("worker", worker)
+    g.add_edge(START, "a")
+    g.add_edge(START, "sibling")
+    return g
+
+
+@pytest.mark.parametrize(
+    "backend", ["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+@pytest.mark.parametrize("stop", ["fails", "asks"])
+async def test_a_gotos_task_does_not_run_again_on_resume(
+    backend: str, stop: str, tmp_path: Any
+) -> None:
+    """A step where one task returned Command(goto=[name, Send]) and its sibling failed (or
+    asked a person): the checkpoint keeps the goto (and the Send's payload) with the
+    write, on every store; the resume runs only the sibling, then the goto's targets."""
+    import uuid
+
+    from engine.checkpoint import Checkpointer, MemoryCheckpointer
+
+    from .test_resume import make_checkpointer
+
+    cp: Checkpointer = (
+        MemoryCheckpointer() if backend == "memory" else make_checkpointer(backend, tmp_path)
+    )
+    thread = f"goto-kept-{uuid.uuid4().hex}"
+    RAN.clear()
+    FLAKY["fail"] = True
+    app = goto_and_sibling(flaky if stop == "fails" else asks).compile(cp)
+    try:
+        if stop == "fails":
+            with pytest.raises(ConnectionError):
+                await app.arun({"log": [], "n": 0}, thread_id=thread)
+            FLAKY["fail"] = False
+            again: Any = None
+        else:
+            first = await app.arun({"log": [], "n": 0}, thread_id=thread)
+            assert first.interrupted and first.state["log"] == ["a"]
+            again = Command(resume="yes")
+        saved = await cp.get_latest(thread)
+        assert saved is not None and [
+            (w.node, [r.node for r in w.goto]) for w in saved.pending_writes
+        ] == [("a", ["b", "worker"])]
+        result = await app.arun(again, thread_id=thread)
+    finally:
+        await cp.aclose()
+    said = "flaky" if stop == "fails" else "asked:yes"
+    assert RAN["hands_off"] == 1
+    assert result.state["log"] == ["a", said, "b", "w7"]
+    assert steps(result) == [(0, "sibling"), (1, "b"), (1, "worker")]
 
 
 def test_update_pairs_are_a_dict_each_key_once() -> None:
@@ -343,3 +414,103 @@ def test_streams_show_a_commands_update_as_its_result() -> None:
     app = g.compile()
     chunks = app.stream({"log": [], "n": 0}, stream_mode="tasks")
     assert [c["result"] for c in chunks if "result" in c] == [{"log": ["a"]}, {"log": ["b"]}]
+
+
+def _goto_then_resume(framework: str, stop: str) -> dict[str, Any]:
+    """One program under ``langgraph`` or ``engine.langgraph``: A returns Command(goto="x"),
+    its sibling B fails (or asks); what ran, the thread's ``next`` while stopped, the end."""
+    if framework == "langgraph":
+        from langgraph.checkpoint.memory import InMemorySaver
+        from langgraph.graph import StateGraph
+        from langgraph.types import Command as Cmd
+        from langgraph.types import interrupt
+    else:
+        from engine.langgraph import Command as Cmd  # type: ignore[assignment]
+        from engine.langgraph import InMemorySaver, StateGraph, interrupt  # type: ignore[assignment]
+
+    calls: list[str] = []
+    fail = {"on": True}
+
+    def a(state: S) -> Any:
+        calls.append("a")
+        return Cmd(update={"log": ["a"]}, goto="x")
+
+    def b(state: S) -> dict[str, Any]:
+        calls.append("b")
+        if stop == "asks":
+            return {"log": [f"b:{interrupt('go on?')}"]}
+        if fail["on"]:
+            raise RuntimeError("b failed")
+        return {"log": ["b"]}
+
+    def x(state: S) -> dict[str, Any]:
+        calls.append("x")
+        return {"log": ["x"]}
+
+    g = StateGraph(S)
+    g.add_node("a", a, destinations=("x",))
+    g.add_node("b", b)
+    g.add_node("x", x)
+    g.add_edge(START, "a")
+    g.add_edge(START, "b")
+    app = g.compile(checkpointer=InMemorySaver())
+    cfg: Any = {"configurable": {"thread_id": "t"}}
+    try:
+        first = app.invoke({"log": [], "n": 0}, cfg)["log"]
+    except RuntimeError:
+        first = None
+    stopped = app.get_state(cfg)
+    fail["on"] = False
+    last = app.invoke(Cmd(resume="yes") if stop == "asks" else None, cfg)
+    return {
+        "first": first,
+        "next": stopped.next,
+        "values": stopped.values["log"],
+        "last": last["log"],
+        "calls": sorted(calls),  # (a step's calls run at once: their order varies)
+    }
+
+
+@pytest.mark.parametrize("stop", ["fails", "asks"])
+def test_a_gotos_task_on_resume_as_langgraph(stop: str) -> None:
+    """Side by side: the task that returned a goto in a step that stopped is not run again
+    on resume, its goto routes the step, and the stopped thread shows its write."""
+    pytest.importorskip("langgraph")
+    theirs = _goto_then_resume("langgraph", stop)
+    assert _goto_then_resume("engine", stop) == theirs
+    assert theirs["calls"] == ["a", "b", "b", "x"]
+
+
+async def test_a_cancelled_step_keeps_a_gotos_write() -> None:
+    """A run cancelled while a sibling still runs keeps the finished Command's write and
+    goto: the resume runs only the sibling, then the goto's targets."""
+    import asyncio
+
+    from engine.checkpoint import MemoryCheckpointer
+    from engine.events import NodeFinished
+
+    hang = {"on": True}
+
+    async def sibling(state: S) -> dict[str, Any]:
+        if hang["on"]:
+            await asyncio.Event().wait()
+        return {"log": ["sibling"]}
+
+    RAN.clear()
+    app = goto_and_sibling(sibling, lane="io").compile(MemoryCheckpointer())
+    finished = asyncio.Event()
+
+    def seen(event: Any) -> None:
+        if isinstance(event, NodeFinished) and event.node == "a":
+            finished.set()
+
+    run = asyncio.ensure_future(app.arun({"log": [], "n": 0}, thread_id="t", on_event=seen))
+    await asyncio.wait_for(finished.wait(), 10)
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    hang["on"] = False
+    result = await app.arun(None, thread_id="t")
+    assert RAN["hands_off"] == 1
+    assert result.state["log"] == ["a", "sibling", "b", "w7"]
+    assert steps(result) == [(0, "sibling"), (1, "b"), (1, "worker")]

@@ -450,3 +450,115 @@ class TestDurable:
         second = run(first["ids"][0])
         assert second == {"log": ["ask=yes", "work", "after"], "ids": []}
         assert sorted(calls.read_text().split()) == ["after", "ask", "ask", "work"]
+
+
+# -- a resume with no question open -----------------------------------------------------
+
+
+class TestResumeWithNoQuestionOpen:
+    @pytest.mark.parametrize("lane", ["thread", "cpu"])
+    async def test_the_value_answers_the_first_interrupt_of_the_resumed_step(
+        self, lane: str
+    ) -> None:
+        """Stopped at a breakpoint (no question open), Command(resume=value) answers the
+        first interrupt() of the step the run resumes with, on every lane; a sibling that
+        does not ask drops it, and a second question is asked."""
+        g = Graph(State)
+        g.add_node("compute", compute)
+        g.add_node("name", ask_name, lane=lane)
+        g.add_edge(START, "compute")
+        g.add_edge(START, "name")
+        app = g.compile(MemoryCheckpointer(), interrupt_before=["name"])
+        await app.arun({"log": []}, thread_id="t")
+        asked = await app.arun(Command(resume="Ada"), thread_id="t")
+        assert [i.value for i in asked.interrupts] == ["last name?"]
+        done = await app.arun(Command(resume="Lovelace"), thread_id="t")
+        assert [e.split("@")[0] for e in done.state["log"]] == ["computed", "name=Ada Lovelace"]
+
+    async def test_a_finished_thread_runs_nothing_and_the_next_run_is_asked(self) -> None:
+        """On a thread whose run finished, the value is dropped: nothing runs, and the
+        next run's interrupt() asks (LangGraph's)."""
+        g = Graph(State)
+        g.add_node("ask", ask_budget)
+        g.add_edge(START, "ask")
+        app = g.compile(MemoryCheckpointer())
+        await app.arun({"log": []}, thread_id="t")
+        first = await app.arun(Command(resume="10"), thread_id="t")
+        assert first.state == {"log": ["budget=10"]}
+        again = await app.arun(Command(resume="20"), thread_id="t")
+        assert again.state == {"log": ["budget=10"]} and not again.interrupted
+        nxt = await app.arun({"log": []}, thread_id="t")
+        assert [i.value for i in nxt.interrupts] == ["budget?"]
+
+
+def _resume_with_nothing_open(framework: str) -> list[Any]:
+    """One program under ``langgraph`` or ``engine.langgraph``: a breakpoint before a step
+    of a node that asks and one that does not; resumes with a value, then a mapping."""
+    if framework == "langgraph":
+        from langgraph.checkpoint.memory import InMemorySaver
+        from langgraph.graph import StateGraph
+        from langgraph.types import Command as Cmd
+        from langgraph.types import interrupt as ask
+    else:
+        from engine.langgraph import Command as Cmd  # type: ignore[assignment]
+        from engine.langgraph import InMemorySaver, StateGraph  # type: ignore[assignment]
+        from engine.langgraph import interrupt as ask
+
+    def a_note(state: State) -> dict[str, Any]:
+        return {"log": ["note"]}
+
+    def review(state: State) -> dict[str, Any]:
+        return {"log": [f"review:{ask('ok?')}"]}
+
+    g = StateGraph(State)
+    g.add_node("a_note", a_note)
+    g.add_node("review", review)
+    g.add_edge(START, "a_note")
+    g.add_edge(START, "review")
+    app = g.compile(checkpointer=InMemorySaver(), interrupt_before=["review"])
+    seen: list[Any] = []
+    for thread, value in (("t1", "yes"), ("t2", {"not-an-id": "yes"})):
+        cfg: Any = {"configurable": {"thread_id": thread}}
+        seen.append(app.invoke({"log": []}, cfg))
+        seen.append(app.invoke(Cmd(resume=value), cfg))
+        seen.append(app.invoke(Cmd(resume="late"), cfg))  # finished: nothing runs
+    return seen
+
+
+def test_a_resume_with_nothing_open_as_langgraph() -> None:
+    """Side by side: the value (a mapping too) answers the resumed step's interrupt(),
+    past a sibling that does not ask; on a finished thread it changes nothing."""
+    pytest.importorskip("langgraph")
+    theirs = _resume_with_nothing_open("langgraph")
+    assert _resume_with_nothing_open("engine") == theirs
+    assert theirs[1] == {"log": ["note", "review:yes"]}
+
+
+@pytest.mark.parametrize("durability", ["sync", "async", "exit"])
+def test_a_task_result_lists_the_questions_its_task_asked(durability: str) -> None:
+    """In the ``tasks`` and ``debug`` streams, the task_result of a task that asked lists
+    its question with the id the run stops on (LangGraph's shape); a task that wrote, none.
+    With durability="async" the id may not be known yet: then the list is empty."""
+    from engine.langgraph import InMemorySaver, StateGraph
+
+    g = StateGraph(State)
+    g.add_node("compute", compute)
+    g.add_node("ask", ask_budget)
+    g.add_edge(START, "compute")
+    g.add_edge(START, "ask")
+    app = g.compile(checkpointer=InMemorySaver())
+    cfg: Any = {"configurable": {"thread_id": "t"}}
+    chunks = list(
+        app.stream(
+            {"log": []}, cfg, stream_mode=["tasks", "debug", "updates"], durability=durability
+        )
+    )
+    (stopped,) = [c["__interrupt__"] for m, c in chunks if m == "updates" and "__interrupt__" in c]
+    results = [c for m, c in chunks if m == "tasks" and "result" in c]
+    results += [c["payload"] for m, c in chunks if m == "debug" and c["type"] == "task_result"]
+    asked = [r["interrupts"] for r in results if r["name"] == "ask"]
+    wanted = [{"value": "budget?", "id": stopped[0].id, "response_schema": None}]
+    assert len(asked) == 2 and all(
+        a in (wanted, [] if durability == "async" else wanted) for a in asked
+    )
+    assert [r["interrupts"] for r in results if r["name"] == "compute"] == [[], []]

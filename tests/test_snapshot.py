@@ -423,6 +423,31 @@ class TestRefusedAtLoad:
         assert back.pending == {("join", -1): {"score": 3.0}}
         assert math.isnan(run_codec().load(stored(state={"score": {"$float": "nan"}})).state.score)
 
+    def test_a_write_kept_without_a_goto_loads_with_none(self) -> None:
+        """A stored write row of an older engine ({"updates", "typed"} only, no ``goto``):
+        it loads, its task with no goto; a row with one gives its names and Sends back."""
+        from engine.checkpoint.base import decode, encode
+        from engine.spec import Send
+
+        old = decode("t", 1, encode(stored()).data, [("join", -1, '{"updates": {"score": 3.0}}')])
+        back = run_codec().load(old)
+        assert back.pending == {("join", -1): {"score": 3.0}} and back.gotos == {}
+        cp = run_codec().save(
+            thread_id="t",
+            run_id="r",
+            step=1,
+            state=State(),
+            tasks=[_Task("join", -1, None, False)],
+            fanin={},
+            pending={("join", -1): {"score": 3.0}},
+            status="failed",
+            started_at=None,
+            gotos={("join", -1): ("a", Send("b", {"n": (1, 2)}))},
+        )
+        enc = encode(cp)
+        again = decode("t", 1, enc.data, enc.writes)
+        assert run_codec().load(again).gotos == {("join", -1): ("a", Send("b", {"n": (1, 2)}))}
+
 
 # -- channel values (every kind of state) -------------------------------------------------
 

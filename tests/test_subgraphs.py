@@ -342,6 +342,42 @@ class TestParentCommand:
         stays = app.invoke({"request": "hours?", "log": []}, mode=mode)
         assert stays["log"] == ["answered"]
 
+    @pytest.mark.parametrize("lane", ["thread", "cpu"])
+    def test_handing_to_the_parent_is_no_failure(self, lane: str) -> None:
+        """The subgraph's node that returns Command.PARENT is not a failed node: no
+        ``node_failed`` line, no NodeFailed event, no error handler, no retry; the
+        parent routes on it, natively and under engine.langgraph."""
+        from structlog.testing import capture_logs
+
+        from engine import RetryPolicy
+        from engine import langgraph as lg
+        from engine.events import NodeFailed
+
+        handled: list[Any] = []
+        retry = RetryPolicy(max_attempts=3, retry_on=Exception)
+        for builder, retry_kw in ((Graph, "retry"), (lg.StateGraph, "retry_policy")):
+            inner = builder(Desk)
+            inner.add_node(
+                "triage",
+                triage,
+                lane=lane,
+                error_handler=lambda state, error: handled.append(error) or {},
+                **{retry_kw: retry},
+            )
+            inner.add_edge(START, "triage")
+            g = builder(Desk)
+            g.add_node("desk", inner.compile(), destinations=("billing",))
+            g.add_node("billing", billing)
+            g.add_edge(START, "desk")
+            app = g.compile()
+            seen: list[Any] = []
+            with capture_logs() as logs:
+                out = app.invoke({"request": "refund please", "log": []}, on_event=seen.append)
+            assert out["log"] == ["to billing", "billing"]
+            assert [e for e in logs if "fail" in e["event"] or e["log_level"] == "error"] == []
+            assert not [e for e in seen if isinstance(e, NodeFailed)]
+            assert handled == []
+
     def test_on_its_own_a_parent_command_is_an_error(self) -> None:
         """The same graph run on its own has no parent to go to: an InvalidUpdateError."""
         with pytest.raises(InvalidUpdateError, match="runs on its own"):

@@ -90,6 +90,9 @@ class PendingWrite(BaseModel, frozen=True):
     #: Fields whose value is plain data that validation into the field's type
     #: turns back into what the node returned (an enum member, a model...).
     typed: list[str] = []
+    #: Where the task's ``Command(goto=...)`` sends the run: node names (``index`` -1)
+    #: and Sends (their payload as a task's); empty without one, and in older checkpoints.
+    goto: list[TaskRef] = []
 
 
 class TaskError(BaseModel, frozen=True):
@@ -322,8 +325,15 @@ class Encoded:
 
 def _write_rows(writes: Iterable[PendingWrite]) -> builtins.list[tuple[str, int, str]]:
     # Last write wins per (node, index): that is the key in storage.
-    rows = {(w.node, w.index): dumps({"updates": w.updates, "typed": w.typed}) for w in writes}
+    rows = {(w.node, w.index): dumps(_write_row(w)) for w in writes}
     return [(node, index, text) for (node, index), text in sorted(rows.items())]
+
+
+def _write_row(w: PendingWrite) -> dict[str, Any]:
+    row: dict[str, Any] = {"updates": w.updates, "typed": w.typed}
+    if w.goto:  # (a row without one reads as before)
+        row["goto"] = [ref.model_dump(mode="json") for ref in w.goto]
+    return row
 
 
 def encode(checkpoint: Checkpoint) -> Encoded:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -36,7 +36,7 @@ from pydantic import BaseModel, ValidationError
 
 from ..errors import CheckpointError
 from ..interrupts import Asked, Interrupt
-from ..spec import START
+from ..spec import START, Send
 from ..state import StateSchema, Values
 from .base import Checkpoint, PendingWrite, Source, TaskError, TaskInterrupt, TaskRef, TaskResume
 from .codec import CodecError, difference
@@ -45,6 +45,8 @@ from .codec import encode as encode_value
 
 #: One step's writes: (node, Send index) -> the updates that node call returned.
 Writes = Mapping[tuple[str, int], Mapping[str, Any]]
+#: The gotos of a step's tasks that returned ``Command(goto=...)``: node names and Sends.
+Gotos = Mapping[tuple[str, int], Sequence[str | Send]]
 
 #: What a checkpoint can hold, said once for every refusal.
 _KEEPABLE = (
@@ -100,6 +102,8 @@ class Restored:
     #: Questions the step's tasks asked, still open; answers they were given so far.
     asked: list[Asked] = dataclasses.field(default_factory=list)
     resumes: dict[tuple[str, int], tuple[Any, ...]] = dataclasses.field(default_factory=dict)
+    #: The gotos of the tasks whose writes are ``pending`` (routing's input with the step's).
+    gotos: dict[tuple[str, int], tuple[str | Send, ...]] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -143,6 +147,7 @@ class RunCodec:
         asked: Iterable[Asked] = (),
         resumes: Mapping[tuple[str, int], Iterable[Any]] | None = None,
         paused: bool = False,
+        gotos: Gotos | None = None,
     ) -> Checkpoint:
         """The checkpoint of ``state`` before step ``step``, or a CheckpointError.
 
@@ -151,7 +156,8 @@ class RunCodec:
         blamed on the node(s) that wrote it, and a ``loop`` checkpoint hands
         them to its store as its parent's task writes. ``errors`` are the
         step's failed tasks (their ``repr`` is kept); ``writers`` default to
-        the nodes of ``written``. ``checkpoint_id``/``parent_id``: see
+        the nodes of ``written``. ``gotos``: the ``Command(goto=...)`` targets of
+        tasks with a pending write, kept with it. ``checkpoint_id``/``parent_id``: see
         ``Checkpointer.put``.
         """
         where = f"cannot save step {step} of thread {thread_id!r}"
@@ -167,7 +173,7 @@ class RunCodec:
             data, typed = enc.data, enc.typed
         refs = [self._task(t, where) for t in tasks]
         writes = [
-            self._write(node, index, updates, step, where)
+            self._write(node, index, updates, step, where, (gotos or {}).get((node, index), ()))
             for (node, index), updates in sorted(pending.items())
         ]
         made_by: list[PendingWrite] = []
@@ -404,13 +410,25 @@ class RunCodec:
         return enc.data
 
     def _write(
-        self, node: str, index: int, updates: Mapping[str, Any], step: int, where: str
+        self,
+        node: str,
+        index: int,
+        updates: Mapping[str, Any],
+        step: int,
+        where: str,
+        goto: Sequence[str | Send] = (),
     ) -> PendingWrite:
         who = f"node {node!r}" + (f" (Send {index})" if index >= 0 else "")
         enc = self._fields(
             updates, where, lambda key: f"the write of {who} in step {step} to field {key!r}"
         )
-        return PendingWrite(node=node, index=index, updates=enc.data, typed=enc.typed)
+        refs = [
+            TaskRef(node=target)
+            if isinstance(target, str)
+            else self._task(SavedTask(target.node, n, target.arg, True), where)
+            for n, target in enumerate(goto)
+        ]
+        return PendingWrite(node=node, index=index, updates=enc.data, typed=enc.typed, goto=refs)
 
     @staticmethod
     def _refusal(where: str, what: str, why: str, fix: str = "") -> CheckpointError:
@@ -436,8 +454,10 @@ class RunCodec:
             state = self.load_state(cp)
             tasks = [self._saved_task(cp, ref) for ref in cp.next_tasks]
             pending: dict[tuple[str, int], Mapping[str, Any]] = {}
+            gotos: dict[tuple[str, int], tuple[str | Send, ...]] = {}
             if cp.status in ("failed", "interrupted"):
                 pending = self.load_writes(cp)
+                gotos = self.load_gotos(cp)
             asked = self.load_asked(cp)
             resumes = {(r.node, r.index): tuple(self._reader(cp)(r.values)) for r in cp.resumes}
         except Exception as exc:
@@ -454,7 +474,22 @@ class RunCodec:
             pending=pending,
             asked=asked,
             resumes=resumes,
+            gotos=gotos,
         )
+
+    def load_gotos(self, cp: Checkpoint) -> dict[tuple[str, int], tuple[str | Send, ...]]:
+        """The ``Command(goto=...)`` targets kept with ``cp``'s pending writes, by task
+        (a goto to a node the graph lacks is routing's error on resume, as it would have been)"""
+        out: dict[tuple[str, int], tuple[str | Send, ...]] = {}
+        for w in cp.pending_writes:
+            if w.goto:
+                out[(w.node, w.index)] = tuple(self._goto(cp, ref) for ref in w.goto)
+        return out
+
+    def _goto(self, cp: Checkpoint, ref: TaskRef) -> str | Send:
+        if ref.payload_kind == "none":
+            return ref.node
+        return Send(ref.node, self._saved_task(cp, ref).payload)
 
     def load_asked(self, cp: Checkpoint) -> list[Asked]:
         """The open questions of ``cp``'s step, as the scheduler keeps them."""
