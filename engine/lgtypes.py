@@ -34,13 +34,13 @@ from .subgraph_node import ParentCommand
 #: What ``get_stream_writer()`` returns.
 StreamWriter = Callable[[Any], None]
 
-#: LangGraph's stream modes (``checkpoints`` and ``tasks`` are not streamed by the engine yet).
+#: LangGraph's stream modes (every one streams under the engine).
 StreamMode = Literal["values", "updates", "checkpoints", "tasks", "debug", "messages", "custom"]
 
 #: ``interrupt_before="*"``: every node.
 All = Literal["*"]
 
-#: When a run's checkpoints are written (``durability=`` is not supported yet).
+#: When a run's checkpoints are written (``durability=`` on invoke and stream).
 Durability = Literal["sync", "async", "exit"]
 
 #: A node's ``config`` parameter: a dict (LangChain's ``RunnableConfig`` is a TypedDict of it).
