@@ -483,10 +483,11 @@ class TestNodeInvokingAnInterruptingGraph:
 # -- several questions inside one subgraph ---------------------------------------------
 
 
-def _several_questions_in_one_subgraph(framework: str) -> list[Any]:
+def _several_questions_in_one_subgraph(framework: str, depth: int) -> list[Any]:
     """One program under ``langgraph`` or ``engine.langgraph``: a subgraph (added as a
-    node) whose two nodes ask in the same step beside one that finishes; answered by one
-    id, then the other; on a second thread, both in one resume."""
+    node; ``depth`` 2: inside another subgraph) whose two nodes ask in the same step beside
+    one that finishes; answered by one id, then the other; on a second thread, both in
+    one resume."""
     if framework == "langgraph":
         from langgraph.checkpoint.memory import InMemorySaver
         from langgraph.graph import StateGraph
@@ -514,8 +515,14 @@ def _several_questions_in_one_subgraph(framework: str) -> list[Any]:
     for name, fn in (("budget", asking("budget")), ("legal", asking("legal")), ("quiet", quiet)):
         inner.add_node(name, fn)
         inner.add_edge(START, name)
+    team = inner.compile()
+    if depth == 2:
+        middle = StateGraph(Claim)
+        middle.add_node("inner", team)
+        middle.add_edge(START, "inner")
+        team = middle.compile()
     outer = StateGraph(Claim)
-    outer.add_node("team", inner.compile())
+    outer.add_node("team", team)
     outer.add_edge(START, "team")
     app = outer.compile(checkpointer=InMemorySaver())
     seen: list[Any] = []
@@ -542,13 +549,14 @@ def _several_questions_in_one_subgraph(framework: str) -> list[Any]:
     return seen
 
 
-def test_several_questions_in_one_subgraph_as_langgraph() -> None:
-    """Side by side: the parent shows every question asked inside its subgraph, with their
-    own ids; an answer by id reaches its node; the other question stays open with its id;
-    the subgraph's node that finished does not run again."""
+@pytest.mark.parametrize("depth", [1, 2])
+def test_several_questions_in_one_subgraph_as_langgraph(depth: int) -> None:
+    """Side by side: the parent shows every question asked inside its subgraph (one
+    nested in another too), with their own ids; an answer by id reaches its node; the
+    other question stays open with its id; the node that finished does not run again."""
     pytest.importorskip("langgraph")
-    theirs = _several_questions_in_one_subgraph("langgraph")
-    assert _several_questions_in_one_subgraph("engine") == theirs
+    theirs = _several_questions_in_one_subgraph("langgraph", depth)
+    assert _several_questions_in_one_subgraph("engine", depth) == theirs
     assert theirs[0] == ["budget?", "legal?"]
     assert theirs[2] == [("team", ["budget?", "legal?"])]
     assert theirs[4] == [("legal?", True)]
