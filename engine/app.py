@@ -542,7 +542,7 @@ class CompiledGraph(Generic[S]):
                         start=scheduler.start_cursor,
                     )
                 if resume is not NO_RESUME:
-                    cursor = answered(cursor, resume, thread_id or "")
+                    cursor = answered(cursor, resume, thread_id or "", plan)
                 if watchdog is None:
                     result = await scheduler.run(cursor, resumed=resumed)
                 else:

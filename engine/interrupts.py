@@ -139,15 +139,25 @@ def answers(
     ``resume`` is one answer (there must be exactly one open question), or a
     mapping of interrupt ids to answers (any subset of the open questions:
     the others are asked again). RuntimeError otherwise (LangGraph's), naming the open ids.
+    A task with several open questions runs a subgraph (its nodes' questions, carried
+    up with their ids): its answer is the mapping of its ids answered now, which the
+    subgraph's run matches to its own tasks.
     """
     out = {order: tuple(values) for order, values in kept.items()}
     if not asked:
         return out
     by_id = {a.interrupt.id: a for a in asked}
     if isinstance(resume, Mapping) and resume and all(k in by_id for k in resume):
+        per_task: dict[Order, dict[str, Any]] = {}
         for key, value in resume.items():
-            a = by_id[key]
-            out[a.order] = (*out.get(a.order, ()), value)
+            per_task.setdefault(by_id[key].order, {})[key] = value
+        for order, given in per_task.items():
+            if sum(a.order == order for a in asked) > 1:
+                # A subgraph's task: its run matches the answers to its questions by id.
+                value = given
+            else:
+                (value,) = given.values()
+            out[order] = (*out.get(order, ()), value)
         return out
     if len(asked) > 1:
         shown = ", ".join(f"{a.interrupt.id} ({a.node}: {a.interrupt.value!r:.40})" for a in asked)

@@ -224,13 +224,14 @@ class Scheduler:
     def _asked(self, cursor: RunCursor, attempts: StepAttempts) -> list[Asked]:
         """The questions the step's calls asked, each with its id (the step's checkpoint
         is written: ``flush``)."""
-        out = []
+        out: list[Asked] = []
         for order in sorted(attempts.interrupted):
             q = attempts.interrupted[order]
-            # A subgraph's question keeps the id its own run gave it (engine.subgraphs).
-            ident = getattr(q.error, "interrupt_id", "") or self._ask_id(
-                cursor.step, order, q.index
-            )
+            nested = getattr(q.error, "asked", None)
+            if nested:  # a subgraph's questions, all of them, with their own ids
+                out.extend(Asked(order[0], order[1], n, i) for n, i in enumerate(nested))
+                continue
+            ident = self._ask_id(cursor.step, order, q.index)
             assert ident is not None
             out.append(Asked(order[0], order[1], q.index, Interrupt(value=q.value, id=ident)))
         return out

@@ -178,8 +178,8 @@ async def nested_cursor(
 
 
 class SubgraphInterrupt(GraphInterrupt):
-    """A nested run stopped on questions: its calling task stops on the first, with the
-    id the nested run gave it (the scheduler keeps ``interrupt_id``)."""
+    """A nested run stopped on questions: its calling task stops on all of them, each
+    with the id the nested run gave it (the scheduler shows ``asked`` as the task's)."""
 
     def __init__(self, asked: tuple[Interrupt[Any], ...]) -> None:
         super().__init__(asked[0].value, 0)

@@ -36,6 +36,7 @@ from .checkpoint.history import (
     update,
     values_of,
 )
+from .context import may_ask
 from .errors import CheckpointError
 from .interrupts import answers
 from .routing import next_tasks, start_tasks
@@ -276,19 +277,25 @@ def resume_of(input: object) -> Any:
     return input.resume
 
 
-def answered(cursor: RunCursor, resume: Any, thread_id: str) -> RunCursor:
+def answered(cursor: RunCursor, resume: Any, thread_id: str, plan: Plan | None = None) -> RunCursor:
     """``cursor`` with ``resume``'s answers given to its interrupted tasks (RuntimeError
     when they do not fit its open questions): the questions are no longer open.
 
     With no question open (a run stopped at a breakpoint, or failed), ``resume`` as
-    it is (a mapping too) answers the first ``interrupt()`` of each task of the step
-    the run resumes with that has no answer yet, as LangGraph gives it to the first
-    ``interrupt()`` of that step; a task that does not ask drops it, and so does the
-    run's next step. A thread that finished has no step to resume: nothing runs.
+    it is (a mapping too) answers the first ``interrupt()`` of one task of the step
+    the run resumes with, as LangGraph gives it to the first ``interrupt()`` of that
+    step to ask: decided here, before the step runs (its calls may be in other
+    processes), as the first task in (node, Send index) order with no answer yet
+    whose node's code may ask (``context.may_ask``, read in ``plan``); when no node's
+    code shows it, each such task gets it. A task that does not ask drops it, and so
+    does the run's next step. A thread that finished has no step to resume.
     """
     if not cursor.asked:
-        spare = {t.order: (resume,) for t in cursor.todo() if t.order not in cursor.resumes}
-        cursor.resumes = {**cursor.resumes, **spare}
+        free = sorted(t.order for t in cursor.todo() if t.order not in cursor.resumes)
+        if plan is not None:
+            asking = [o for o in free if o[0] in plan.nodes and may_ask(plan.nodes[o[0]].spec.fn)]
+            free = asking[:1] or free
+        cursor.resumes = {**cursor.resumes, **{order: (resume,) for order in free}}
         return cursor
     cursor.resumes = answers(cursor.asked, cursor.resumes, resume, thread=thread_id)
     cursor.asked = []

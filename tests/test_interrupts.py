@@ -562,3 +562,115 @@ def test_a_task_result_lists_the_questions_its_task_asked(durability: str) -> No
         a in (wanted, [] if durability == "async" else wanted) for a in asked
     )
     assert [r["interrupts"] for r in results if r["name"] == "compute"] == [[], []]
+
+
+def _bare_answer_to_several_askers(framework: str) -> list[Any]:
+    """One program under ``langgraph`` or ``engine.langgraph``: a breakpoint before a step
+    of a node that does not ask and two that do; a bare value resumes it, then the
+    question still open is answered by its id."""
+    if framework == "langgraph":
+        from langgraph.checkpoint.memory import InMemorySaver
+        from langgraph.graph import StateGraph
+        from langgraph.types import Command as Cmd
+        from langgraph.types import interrupt as ask
+    else:
+        from engine.langgraph import Command as Cmd  # type: ignore[assignment]
+        from engine.langgraph import InMemorySaver, StateGraph  # type: ignore[assignment]
+        from engine.langgraph import interrupt as ask
+
+    calls: Counter[str] = Counter()
+
+    def a_note(state: State) -> dict[str, Any]:
+        calls["a_note"] += 1
+        return {"log": ["note"]}
+
+    def budget(state: State) -> dict[str, Any]:
+        calls["budget"] += 1
+        return {"log": [f"budget={ask('budget?')}"]}
+
+    def deadline(state: State) -> dict[str, Any]:
+        calls["deadline"] += 1
+        return {"log": [f"deadline={ask('deadline?')}"]}
+
+    g = StateGraph(State)
+    for name, fn in (("deadline", deadline), ("budget", budget), ("a_note", a_note)):
+        g.add_node(name, fn)
+        g.add_edge(START, name)
+    app = g.compile(checkpointer=InMemorySaver(), interrupt_before=["budget", "deadline"])
+    cfg: Any = {"configurable": {"thread_id": "t"}}
+    seen: list[Any] = [app.invoke({"log": []}, cfg)]
+    out = app.invoke(Cmd(resume="10k"), cfg)
+    (open_q,) = out["__interrupt__"]
+    seen.append((out["log"], open_q.value))
+    out = app.invoke(Cmd(resume={open_q.id: "friday"}), cfg)
+    seen.append(out)
+    seen.append(sorted(calls.items()))
+    return seen
+
+
+def test_a_bare_answer_goes_to_one_of_the_askers_as_langgraph() -> None:
+    """Side by side: with no question open, a bare value answers one task of the resumed
+    step (past a sibling that does not ask); the other asker asks again, and its answer
+    by id resumes it; each asker runs again only to get its own answer."""
+    pytest.importorskip("langgraph")
+    theirs = _bare_answer_to_several_askers("langgraph")
+    assert _bare_answer_to_several_askers("engine") == theirs
+    assert theirs[1] == (["note", "budget=10k"], "deadline?")
+    assert theirs[2] == {"log": ["note", "budget=10k", "deadline=friday"]}
+
+
+def fan_out_to_askers(state: Fan) -> list[Send]:
+    return [Send("work", {"i": i, "log": []}) for i in state["items"]]
+
+
+def ask_each(arg: dict[str, Any]) -> dict[str, Any]:
+    i = arg["i"]
+    return {"log": [f"{i}={interrupt(f'item {i}?')}@{os.getpid()}"]}
+
+
+class TestBareAnswerToSeveralAskers:
+    @pytest.mark.parametrize("mode", ["sequential", "concurrent", "parallel"])
+    async def test_the_first_send_gets_it_on_the_cpu_lane(self, mode: str) -> None:
+        """Sends to a cpu-lane node that asks (worker processes in parallel mode): a bare
+        value after a breakpoint answers the first Send only (decided in the driver, as
+        LangGraph gives it to the first); the others ask again, answered later by id."""
+        g: Graph[Fan] = Graph(Fan)
+        g.add_node("work", ask_each, lane="cpu")
+        g.add_conditional_edges(START, fan_out_to_askers, ["work"])
+        app = g.compile(MemoryCheckpointer(), interrupt_before=["work"])
+        await app.arun({"items": [0, 1, 2], "log": []}, thread_id="t", mode=mode)
+
+        second = await app.arun(Command(resume="yes"), thread_id="t", mode=mode)
+
+        assert [q.value for q in second.interrupts] == ["item 1?", "item 2?"]
+        assert [entry.split("@")[0] for entry in second.state["log"]] == ["0=yes"]
+        answers = {q.id: f"no{q.value[5]}" for q in second.interrupts}
+        done = await app.arun(Command(resume=answers), thread_id="t", mode=mode)
+        assert [entry.split("@")[0] for entry in done.state["log"]] == ["0=yes", "1=no1", "2=no2"]
+        if mode == "parallel":
+            assert all(entry.split("@")[1] != str(os.getpid()) for entry in done.state["log"])
+
+    async def test_when_no_node_shows_it_asks_each_task_gets_it(self) -> None:
+        """A node asking through a helper is not seen to ask: the bare value then goes to
+        every task of the resumed step (the engine's rule; see docs/hitl.md)."""
+        g: Graph[State] = Graph(State)
+        g.add_node("a", step_asking("a"))
+        g.add_node("b", step_asking("b"))
+        g.add_edge(START, "a")
+        g.add_edge(START, "b")
+        app = g.compile(MemoryCheckpointer(), interrupt_before=["a", "b"])
+        await app.arun({"log": []}, thread_id="t")
+        done = await app.arun(Command(resume="go"), thread_id="t")
+        assert not done.interrupted
+        assert done.state["log"] == ["a=go", "b=go"]
+
+
+def _ask_for(name: str) -> Any:
+    return interrupt(f"{name}?")
+
+
+def step_asking(name: str) -> Any:
+    def run(state: State) -> dict[str, Any]:
+        return {"log": [f"{name}={_ask_for(name)}"]}
+
+    return run

@@ -478,3 +478,154 @@ class TestNodeInvokingAnInterruptingGraph:
         assert [(len(ns), list(update)) for ns, update in items] == [(1, ["grade"]), (0, ["judge"])]
         assert items[0][0] == (f"judge:{task.id}",)
         assert Counter({"prep": 1, "grade": 2}) == CALLS
+
+
+# -- several questions inside one subgraph ---------------------------------------------
+
+
+def _several_questions_in_one_subgraph(framework: str, depth: int) -> list[Any]:
+    """One program under ``langgraph`` or ``engine.langgraph``: a subgraph (added as a
+    node; ``depth`` 2: inside another subgraph) whose two nodes ask in the same step beside
+    one that finishes; answered by one id, then the other; on a second thread, both in
+    one resume."""
+    if framework == "langgraph":
+        from langgraph.checkpoint.memory import InMemorySaver
+        from langgraph.graph import StateGraph
+        from langgraph.types import Command as Cmd
+        from langgraph.types import interrupt as ask
+    else:
+        from engine.langgraph import Command as Cmd  # type: ignore[assignment]
+        from engine.langgraph import InMemorySaver, StateGraph  # type: ignore[assignment]
+        from engine.langgraph import interrupt as ask
+
+    calls: Counter[str] = Counter()
+
+    def asking(name: str) -> Any:
+        def node(state: Claim) -> dict[str, Any]:
+            calls[name] += 1
+            return {"trail": [f"{name}={ask(f'{name}?')}"]}
+
+        return node
+
+    def quiet(state: Claim) -> dict[str, Any]:
+        calls["quiet"] += 1
+        return {"trail": ["quiet"]}
+
+    inner = StateGraph(Claim)
+    for name, fn in (("budget", asking("budget")), ("legal", asking("legal")), ("quiet", quiet)):
+        inner.add_node(name, fn)
+        inner.add_edge(START, name)
+    team = inner.compile()
+    if depth == 2:
+        middle = StateGraph(Claim)
+        middle.add_node("inner", team)
+        middle.add_edge(START, "inner")
+        team = middle.compile()
+    outer = StateGraph(Claim)
+    outer.add_node("team", team)
+    outer.add_edge(START, "team")
+    app = outer.compile(checkpointer=InMemorySaver())
+    seen: list[Any] = []
+    cfg: Any = {"configurable": {"thread_id": "one-by-one"}}
+    out = app.invoke({"claim": "x", "trail": []}, cfg)
+    ids = {q.value: q.id for q in out["__interrupt__"]}
+    snap = app.get_state(cfg)
+    seen.append(sorted(ids))
+    seen.append(sorted((q.value, q.id == ids[q.value]) for q in snap.interrupts))
+    seen.append([(t.name, sorted(q.value for q in t.interrupts)) for t in snap.tasks])
+    out = app.invoke(Cmd(resume={ids["budget?"]: "10k"}), cfg)
+    seen.append(out["trail"])
+    seen.append([(q.value, q.id == ids[q.value]) for q in out["__interrupt__"]])
+    out = app.invoke(Cmd(resume={ids["legal?"]: "fine"}), cfg)
+    seen.append((sorted(out["trail"]), "__interrupt__" in out))
+    seen.append(sorted(calls.items()))
+    calls.clear()
+    cfg = {"configurable": {"thread_id": "together"}}
+    out = app.invoke({"claim": "y", "trail": []}, cfg)
+    ids = {q.value: q.id for q in out["__interrupt__"]}
+    out = app.invoke(Cmd(resume={ids["budget?"]: "5k", ids["legal?"]: "ok"}), cfg)
+    seen.append((sorted(out["trail"]), "__interrupt__" in out))
+    seen.append(sorted(calls.items()))
+    return seen
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_several_questions_in_one_subgraph_as_langgraph(depth: int) -> None:
+    """Side by side: the parent shows every question asked inside its subgraph (one
+    nested in another too), with their own ids; an answer by id reaches its node; the
+    other question stays open with its id; the node that finished does not run again."""
+    pytest.importorskip("langgraph")
+    theirs = _several_questions_in_one_subgraph("langgraph", depth)
+    assert _several_questions_in_one_subgraph("engine", depth) == theirs
+    assert theirs[0] == ["budget?", "legal?"]
+    assert theirs[2] == [("team", ["budget?", "legal?"])]
+    assert theirs[4] == [("legal?", True)]
+    assert theirs[5] == (["budget=10k", "legal=fine", "quiet"], False)
+    assert theirs[6] == [("budget", 2), ("legal", 3), ("quiet", 1)]
+    assert theirs[7] == (["budget=5k", "legal=ok", "quiet"], False)
+    assert theirs[8] == [("budget", 2), ("legal", 2), ("quiet", 1)]
+
+
+def ask_in_worker(state: Claim) -> dict[str, Any]:
+    return {"trail": [f"cpu={interrupt('cpu?')}@{'worker' if os.getpid() != DRIVER else 'driver'}"]}
+
+
+def ask_in_thread(state: Claim) -> dict[str, Any]:
+    CALLS["thread"] += 1
+    return {"trail": [f"thread={interrupt('thread?')}"]}
+
+
+#: The pid of the process that runs the tests (a cpu-lane worker has another).
+DRIVER = os.getpid()
+
+
+def two_askers_app(store: Any) -> Any:
+    inner = Graph(Claim)
+    inner.add_node("cpu", ask_in_worker, lane="cpu")
+    inner.add_node("thread", ask_in_thread, lane="thread")
+    inner.add_node("intake", intake, lane="thread")
+    for name in ("cpu", "thread", "intake"):
+        inner.add_edge(START, name)
+    outer = Graph(Claim)
+    outer.add_node("team", inner.compile())
+    outer.add_edge(START, "team")
+    return outer.compile(store)
+
+
+class TestSeveralQuestionsInOneSubgraph:
+    async def test_a_cpu_node_and_a_thread_node_asking_in_parallel_mode(self, store: Any) -> None:
+        """A cpu-lane node (in a worker process) and a thread-lane node of one subgraph ask
+        in the same step: the parent stops on both, with their ids (every store); each
+        answer by id reaches its node, the unanswered one stays open with its id, and the
+        node that finished inside the subgraph never runs again."""
+        app = two_askers_app(store)
+        thread = f"t-{uuid.uuid4().hex[:8]}"
+        first = await app.arun({"claim": "c", "trail": []}, thread_id=thread, mode="parallel")
+        ids = {q.value: q.id for q in first.interrupts}
+        assert sorted(ids) == ["cpu?", "thread?"]
+        snap = await app.aget_state(thread)
+        assert {q.value: q.id for q in snap.interrupts} == ids
+        (task,) = snap.tasks
+        assert {q.value: q.id for q in task.interrupts} == ids
+
+        second = await app.arun(
+            Command(resume={ids["cpu?"]: "fast"}), thread_id=thread, mode="parallel"
+        )
+        assert [(q.value, q.id) for q in second.interrupts] == [("thread?", ids["thread?"])]
+        done = await app.arun(
+            Command(resume={ids["thread?"]: "slow"}), thread_id=thread, mode="parallel"
+        )
+
+        assert not done.interrupted
+        assert sorted(done.state["trail"]) == ["cpu=fast@worker", "intake", "thread=slow"]
+        assert Counter({"intake": 1, "thread": 3}) == CALLS
+
+    @pytest.mark.parametrize("mode", MODES)
+    async def test_a_bare_answer_with_two_questions_open_is_refused(self, mode: str) -> None:
+        """With both of the subgraph's questions open, a bare answer cannot say which it
+        answers: a RuntimeError naming both ids (as LangGraph refuses it)."""
+        app = two_askers_app(MemoryCheckpointer())
+        first = await app.arun({"claim": "c", "trail": []}, thread_id="t", mode=mode)
+        with pytest.raises(RuntimeError, match="2 open interrupts") as caught:
+            await app.arun(Command(resume="both?"), thread_id="t", mode=mode)
+        assert all(q.id in str(caught.value) for q in first.interrupts)
