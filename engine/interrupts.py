@@ -25,6 +25,7 @@ Imported by worker processes (through ``engine.context``): standard library only
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
@@ -228,6 +229,53 @@ def joined(a: Breakpoints, b: Breakpoints) -> Breakpoints:
     return a | b
 
 
+def may_ask(fn: Any) -> bool:
+    """Whether a node's own code may call ``interrupt()``: a name its code (or a function
+    defined in it) uses is bound to ``interrupt`` (under any alias), or it runs a graph
+    (a subgraph node, or a compiled graph it names). What a helper it calls does is not
+    seen. Read when a resume decides which task a bare answer goes to (``threads``)."""
+    while True:
+        if isinstance(fn, functools.partial):
+            fn = fn.func
+        elif hasattr(fn, "app") and hasattr(fn, "parent_keys"):  # a SubgraphNode
+            return True
+        elif callable(getattr(fn, "fn", None)):  # a subgraph's node (subgraph_node.ToParent)
+            fn = fn.fn
+        else:
+            break
+    fn = getattr(fn, "__func__", fn)
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        call = vars(type(fn)).get("__call__")
+        fn, code = call, getattr(call, "__code__", None)
+    if code is None:
+        return False
+    scope = dict(getattr(fn, "__globals__", {}))
+    for name, cell in zip(code.co_freevars, getattr(fn, "__closure__", None) or (), strict=False):
+        try:
+            scope[name] = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+    for name in _names(code):
+        value = scope.get(name)
+        value = getattr(value, "app", value)  # engine.langgraph's compiled graph wraps one
+        if name == "interrupt" or value is interrupt or _runs_graph(value):
+            return True
+    return False
+
+
+def _names(code: Any) -> set[str]:
+    out = {*code.co_names, *code.co_freevars}
+    for const in code.co_consts:
+        if hasattr(const, "co_names"):
+            out |= _names(const)
+    return out
+
+
+def _runs_graph(value: Any) -> bool:
+    return hasattr(value, "plan") and hasattr(value, "arun") and hasattr(value, "shape_chunk")
+
+
 __all__ = [
     "Asked",
     "Breakpoints",
@@ -242,6 +290,7 @@ __all__ = [
     "interrupt_id",
     "is_interrupt",
     "joined",
+    "may_ask",
     "shown_values",
     "stops_at",
 ]

@@ -36,9 +36,8 @@ from .checkpoint.history import (
     update,
     values_of,
 )
-from .context import may_ask
 from .errors import CheckpointError
-from .interrupts import answers
+from .interrupts import answers, may_ask
 from .routing import next_tasks, start_tasks
 from .saving import RunCursor, RunSaver
 from .spec import START, Command, Task
@@ -286,7 +285,7 @@ def answered(cursor: RunCursor, resume: Any, thread_id: str, plan: Plan | None =
     the run resumes with, as LangGraph gives it to the first ``interrupt()`` of that
     step to ask: decided here, before the step runs (its calls may be in other
     processes), as the first task in (node, Send index) order with no answer yet
-    whose node's code may ask (``context.may_ask``, read in ``plan``); when no node's
+    whose node's code may ask (``interrupts.may_ask``, read in ``plan``); when no node's
     code shows it, each such task gets it. A task that does not ask drops it, and so
     does the run's next step. A thread that finished has no step to resume.
     """
