@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -78,3 +80,21 @@ def llm_url() -> Iterator[str]:
         yield server.base_url
     finally:
         server.stop()
+
+
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
+    """A checkpointer of each kind (memory, SQLite, PostgreSQL), closed after the test.
+    Test files that need another set of stores define their own ``store``."""
+    from engine.checkpoint import MemoryCheckpointer, PostgresCheckpointer, SqliteCheckpointer
+
+    if request.param == "memory":
+        yield MemoryCheckpointer()
+        return
+    cp: Any
+    if request.param == "sqlite":
+        cp = SqliteCheckpointer(tmp_path / "cp.db")
+    else:
+        cp = PostgresCheckpointer(postgres_dsn(), pool_size=2)
+    yield cp
+    await cp.aclose()

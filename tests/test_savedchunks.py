@@ -6,21 +6,13 @@ from __future__ import annotations
 import itertools
 import operator
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Annotated, Any, TypedDict
-
-import pytest
 
 from engine import END, START, Graph
 from engine.checkpoint import (
     InMemorySaver,
-    MemoryCheckpointer,
-    PostgresCheckpointer,
-    SqliteCheckpointer,
 )
 from engine.langgraph import StateGraph
-from tests.conftest import postgres_dsn
 
 
 class S(TypedDict):
@@ -78,19 +70,6 @@ def test_debug_shows_checkpoints_only_when_the_run_saves_them() -> None:
     assert [c["step"] for c in saved if c["type"] == "checkpoint"] == [-1, 0, 1, 2]
     unsaved = list(facade(None).stream(INPUT, stream_mode=["debug", "checkpoints"]))
     assert {c["type"] for _, c in unsaved} == {"task", "task_result"}
-
-
-@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def store(request: Any, tmp_path: Path) -> AsyncIterator[Any]:
-    if request.param == "memory":
-        yield MemoryCheckpointer()
-        return
-    if request.param == "sqlite":
-        cp: Any = SqliteCheckpointer(tmp_path / "cp.db")
-    else:
-        cp = PostgresCheckpointer(postgres_dsn(), pool_size=2)
-    yield cp
-    await cp.aclose()
 
 
 async def test_the_engines_own_graph_streams_checkpoints_from_every_store(store: Any) -> None:

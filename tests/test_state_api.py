@@ -8,7 +8,6 @@ import operator
 import sqlite3
 import threading
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
@@ -22,7 +21,6 @@ from engine.checkpoint import (
     InMemorySaver,
     MemoryCheckpointer,
     MemorySaver,
-    PostgresCheckpointer,
     PostgresSaver,
     SqliteCheckpointer,
     SqliteSaver,
@@ -57,20 +55,6 @@ def build(cp: Any) -> Any:
     g.add_edge("write", "review")
     g.add_edge("review", END)
     return g.compile(checkpointer=cp)
-
-
-@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def store(request: Any, tmp_path: Path) -> AsyncIterator[Any]:
-    if request.param == "memory":
-        yield MemoryCheckpointer()
-    elif request.param == "sqlite":
-        cp = SqliteCheckpointer(tmp_path / "cp.db")
-        yield cp
-        await cp.aclose()
-    else:
-        cp = PostgresCheckpointer(postgres_dsn(), pool_size=2)
-        yield cp
-        await cp.aclose()
 
 
 def tid() -> str:

@@ -8,17 +8,14 @@ import os
 import sys
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
 import cloudpickle
 import pytest
 
 from engine import END, START, Command, Graph, interrupt
-from engine.checkpoint import MemoryCheckpointer, PostgresCheckpointer, SqliteCheckpointer
+from engine.checkpoint import MemoryCheckpointer
 from engine.errors import InvalidUpdateError
-from tests.conftest import postgres_dsn
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -221,19 +218,6 @@ def claims_app(store: Any = None) -> Any:
     g.add_edge("intake", "approvals")
     g.add_edge("approvals", END)
     return g.compile(store if store is not None else MemoryCheckpointer())
-
-
-@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def store(request: Any, tmp_path: Path) -> AsyncIterator[Any]:
-    if request.param == "memory":
-        yield MemoryCheckpointer()
-        return
-    if request.param == "sqlite":
-        cp: Any = SqliteCheckpointer(tmp_path / "cp.db")
-    else:
-        cp = PostgresCheckpointer(postgres_dsn(), pool_size=2)
-    yield cp
-    await cp.aclose()
 
 
 @pytest.fixture(autouse=True)
