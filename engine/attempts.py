@@ -122,6 +122,22 @@ class StepAttempts:
         """Take one attempt's outcome; the seconds after which its call runs again, or None."""
         call = out.call
         task = call.task
+        if out.failure is None:
+            try:
+                value, goto = command_parts(task.node, self.step, out.value)
+                updates = self.plan.schema.check_update(task.node, self.step, value)
+            except InvalidUpdateError as exc:
+                bad = unawaited(exc, out.value)
+                self.recorder.call_failed(out, bad, will_retry=False)
+                self.failed[task.order] = bad
+                return None
+            if value is not out.value:  # a Command: streams show its update, as LangGraph's
+                out = out._replace(value=value)
+            self.recorder.call_finished(out)
+            self.writes[task.order] = updates
+            if goto:
+                self.gotos[task.order] = goto
+            return None
         if isinstance(out.failure, Interrupted):
             q = out.failure
             if self.ask_id is not None and self.recorder.chunks is not None:
@@ -138,22 +154,6 @@ class StepAttempts:
             self.recorder.call_finished(out)
             assert out.failure is not None and isinstance(out.failure.error, ParentCommand)
             self.to_parent[task.order] = out.failure.error
-            return None
-        if out.failure is None:
-            try:
-                value, goto = command_parts(task.node, self.step, out.value)
-                updates = self.plan.schema.check_update(task.node, self.step, value)
-            except InvalidUpdateError as exc:
-                bad = unawaited(exc, out.value)
-                self.recorder.call_failed(out, bad, will_retry=False)
-                self.failed[task.order] = bad
-                return None
-            if isinstance(out.value, Command):  # streams show its update, as LangGraph's
-                out = out._replace(value=value)
-            self.recorder.call_finished(out)
-            self.writes[task.order] = updates
-            if goto:
-                self.gotos[task.order] = goto
             return None
         node = self.plan.nodes[task.node]
         error = run_error(out, node.lane)
