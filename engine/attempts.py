@@ -43,7 +43,7 @@ import asyncio
 import copy
 import functools
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .context import adapt
@@ -69,6 +69,7 @@ from .subgraph_node import ParentCommand, ToParent
 if TYPE_CHECKING:
     from .plan import Plan
     from .recorder import Recorder
+    from .trace import NodeCall
 
 #: A call whose worker died this many times is poison: no retry policy runs it again.
 POISON_AFTER_CRASHES = 3
@@ -189,6 +190,30 @@ class StepAttempts:
             return None
         self.failed[task.order] = error
         return None
+
+    def settle_many(self, outs: Sequence[Outcome]) -> list[tuple[Outcome, float]]:
+        """``settle`` for a chunk's outcomes; the (outcome, delay) of each to run again.
+
+        The usual outcome (a success returning a plain dict of known fields, in a
+        run nobody watches call by call) is taken in one tight loop: a chunk brings
+        back hundreds. Any other goes through ``settle``.
+        """
+        retries: list[tuple[Outcome, float]] = []
+        quiet = not self.recorder.tells_calls
+        plain = self.plan.schema.plain_update
+        writes = self.writes
+        kept: list[NodeCall] = []
+        for out in outs:
+            value = out.value
+            if quiet and out.failure is None and out.load is None and plain(value):
+                kept.append(out.record)
+                writes[out.call.task.order] = value
+                continue
+            again = self.settle(out)
+            if again is not None:
+                retries.append((out, again))
+        self.recorder.kept(kept)
+        return retries
 
     def _to_parent(self, out: Outcome) -> bool:
         """Whether ``out`` is a ``Command.PARENT`` of a node of a graph run as a subgraph
@@ -312,7 +337,7 @@ def handler_error(
 def command_parts(node: str, step: int, value: Any) -> tuple[Any, tuple[str | Send, ...]]:
     """A node's return value as (its update, its goto targets): a ``Command`` unwrapped
     (goto as a tuple of node names and ``Send``s, END left out), anything else as is."""
-    if not isinstance(value, Command):
+    if type(value) is dict or not isinstance(value, Command):
         return value, ()
     if value.graph is not None:
         raise InvalidUpdateError(

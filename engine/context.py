@@ -139,10 +139,10 @@ def with_resumes(ctx: RunContext, resumes: Mapping[tuple[str, int], tuple[Any, .
     return dataclasses.replace(ctx, _wire=[], resumes=dict(resumes))
 
 
-def resumed(task: Any) -> bool:
-    """Whether ``task`` (a ``spec.Task``) resumes with answers in the current run's step."""
+def resumes() -> Mapping[tuple[str, int], Any]:
+    """The answers the current run's step resumes its tasks with, by (node, Send index)."""
     ctx = _current.get()
-    return ctx is not None and bool(ctx.resumes) and (task.node, task.index) in ctx.resumes
+    return ctx.resumes if ctx is not None and ctx.resumes else {}
 
 
 def for_call(node: str, index: int) -> contextvars.Token[RunContext | None] | None:
@@ -359,7 +359,7 @@ __all__ = [
     "langgraph_config",
     "leave",
     "node_config",
-    "resumed",
+    "resumes",
     "task_config",
     "wants",
     "with_resumes",

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .cache import cache_key, dump_value, load_value
 from .callwriter import reset_writer, set_writer
-from .context import adapt, asks_for_config, for_call, leave, resumed
+from .context import adapt, asks_for_config, for_call, leave, resumes
 from .lanes import Lanes, Mode
 from .lanes.batching import ChunkPlan, chunk_plan
 from .lanes.calls import (
@@ -79,6 +79,8 @@ log = get_logger("engine")
 
 #: How an outcome is settled: None, or the seconds after which the same call runs again.
 Settle = Callable[[Outcome], "float | None"]
+#: ``Settle`` for many outcomes at once (a chunk's): the (outcome, delay) of each to run again.
+SettleMany = Callable[[Sequence[Outcome]], "list[tuple[Outcome, float]]"]
 
 #: Calls of a step started per turn of the event loop.
 START_SLICE = 128
@@ -210,8 +212,16 @@ class Dispatcher:
 
     # -- a step ------------------------------------------------------------------
 
-    async def run_step(self, step: int, state: Any, tasks: Sequence[Task], settle: Settle) -> None:
-        """Run ``tasks`` (a step's, sorted) until each is settled; ``settle`` hears every attempt.
+    async def run_step(
+        self,
+        step: int,
+        state: Any,
+        tasks: Sequence[Task],
+        settle: Settle,
+        settle_many: SettleMany | None = None,
+    ) -> None:
+        """Run ``tasks`` (a step's, sorted) until each is settled; ``settle`` hears every attempt
+        (``settle_many``, when given, a chunk's outcomes together).
 
         Raises only what is not a call's failure: cancellation, or an engine
         error (the step's other calls are stopped and awaited first).
@@ -224,7 +234,7 @@ class Dispatcher:
         jobs: list[Coroutine[Any, Any, None]] = []
         if self._batching and len(tasks) > 1:  # (one call is never a batch)
             singles, batches = self._batches(tasks)
-            jobs += [self._run_batch(route, step, group, plan, state, settle)
+            jobs += [self._run_batch(route, step, group, plan, state, settle, settle_many)
                      for route, group, plan in batches]  # fmt: skip
         jobs += [self._run(Call(task, step), state, settle) for task in singles]
         await all_or_none(jobs)
@@ -376,9 +386,9 @@ class Dispatcher:
         """The tasks that go alone, and the Send fan-outs that go to the pool in chunks."""
         groups: dict[str, list[Task]] = {}
         singles: list[Task] = []
+        answers = resumes()  # a resumed call goes alone: its answers travel in its own context
         for task in tasks:
-            # A resumed call goes alone: its answers travel in its own run context.
-            if task.has_payload and self._routes[task.node].batchable and not resumed(task):
+            if task.has_payload and self._routes[task.node].batchable and task.order not in answers:
                 groups.setdefault(task.node, []).append(task)
             else:
                 singles.append(task)
@@ -415,6 +425,7 @@ class Dispatcher:
         plan: ChunkPlan,
         state: Any,
         settle: Settle,
+        settle_many: SettleMany | None,
     ) -> None:
         """Send ``tasks`` to the pool in the planned chunks.
 
@@ -423,12 +434,19 @@ class Dispatcher:
         the next is even pickled.
         """
         chunks = [
-            self._run_chunk(route, step, tasks[part], state, settle) for part in plan.slices()
+            self._run_chunk(route, step, tasks[part], state, settle, settle_many)
+            for part in plan.slices()
         ]
         await all_or_none(chunks, per_turn=1)
 
     async def _run_chunk(
-        self, route: Route, step: int, tasks: list[Task], state: Any, settle: Settle
+        self,
+        route: Route,
+        step: int,
+        tasks: list[Task],
+        state: Any,
+        settle: Settle,
+        many: SettleMany | None,
     ) -> None:
         calls: list[Call] = []
         retries: list[Coroutine[Any, Any, None]] = []
@@ -468,7 +486,7 @@ class Dispatcher:
                     init=route.init,
                     memory=route.memory,
                     stream=self._stream_info(
-                        route, step, indexes=tuple(c.task.index for c in calls)
+                        route, step, indexes=tuple([c.task.index for c in calls])
                     ),
                 )
                 if calls
@@ -491,12 +509,15 @@ class Dispatcher:
             if failure is None:
                 raise
             outcomes = [lost(c, route.lane, started, failure) for c in calls]
-        for i, out in enumerate(outcomes):
-            again = settle(out)
-            if again is not None:
-                retries.append(self._run(out.call.again(), state, settle, again))
-            if i % SETTLE_SLICE == SETTLE_SLICE - 1:
-                await asyncio.sleep(0)  # hundreds of outcomes at once: let the loop breathe
+        for at in range(0, len(outcomes), SETTLE_SLICE):
+            if at:
+                await asyncio.sleep(0)  # thousands of outcomes at once: let the loop breathe
+            part = outcomes[at : at + SETTLE_SLICE]
+            if many is None:
+                again = [(out, delay) for out in part if (delay := settle(out)) is not None]
+            else:
+                again = many(part)
+            retries += [self._run(out.call.again(), state, settle, delay) for out, delay in again]
         if retries:
             await all_or_none(retries)
 
@@ -640,6 +661,7 @@ __all__ = [
     "Dispatcher",
     "Route",
     "Settle",
+    "SettleMany",
     "all_or_none",
     "exit_detail",
     "plan_routes",

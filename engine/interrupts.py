@@ -216,6 +216,8 @@ def breakpoints(
 
 def stops_at(points: Breakpoints, nodes: Iterable[str]) -> bool:
     """Whether a step running (or having run) ``nodes`` hits one of the breakpoints."""
+    if not points:
+        return False
     if points == "*":
         return any(True for _ in nodes)
     return any(n in points for n in nodes)

@@ -382,6 +382,11 @@ class Recorder:
                 )
             )
 
+    def kept(self, records: list[NodeCall]) -> None:
+        """Successful calls' records, in a run nobody watches call by call (not
+        ``tells_calls``) and without a worker_init build: ``call_finished`` for each."""
+        self.calls.extend(records)
+
     def _keep(self, out: Outcome) -> NodeCall:
         """Keep an attempt's record (and its worker_init build, if it paid for one)."""
         self.calls.append(out.record)

@@ -47,7 +47,7 @@ from .events import RunStatus
 from .interrupts import Asked, Breakpoints, Interrupt, Paused, interrupt_id, stops_at
 from .routing import next_tasks, start_tasks
 from .saving import RunCursor, RunSaver
-from .state import Write
+from .state import Write, writes_of
 from .subgraph_node import ParentCommand
 from .trace import Metrics, Trace, compute_metrics
 
@@ -265,7 +265,9 @@ class Scheduler:
             if ctx is not None:
                 resuming = enter(with_resumes(ctx, cursor.resumes))
         try:
-            await self.dispatcher.run_step(step, cursor.state, todo, attempts.settle)
+            await self.dispatcher.run_step(
+                step, cursor.state, todo, attempts.settle, attempts.settle_many
+            )
             if attempts.unhandled:  # error handlers of calls that failed for good
                 await attempts.handle(cursor.state)
         except asyncio.CancelledError:
@@ -316,7 +318,7 @@ class Scheduler:
             return stopped, _Stop(asked)
         try:
             # merge, route
-            merged = [Write(node, index, upd) for (node, index), upd in writes.items()]
+            merged = writes_of(writes)
             state = self.plan.schema.merge(cursor.state, merged, step)
             fanin = {k: set(v) for k, v in cursor.fanin.items()}
             ran = sorted({t.node for t in cursor.tasks})

@@ -12,6 +12,7 @@ from .channels import input_type_of as input_type_of
 from .channels import kind_of as kind_of
 from .merge import ABSENT as ABSENT
 from .merge import Write as Write
+from .merge import writes_of as writes_of
 from .roundtrip import RoundTrip as RoundTrip
 from .roundtrip import round_trip as round_trip
 from .schema import Conventions as Conventions
@@ -34,4 +35,5 @@ __all__ = [
     "input_type_of",
     "kind_of",
     "round_trip",
+    "writes_of",
 ]

@@ -148,6 +148,11 @@ class StateSchema:
         return {n: c.reducer for n, c in self.channels.items()}
 
     @cached_property
+    def _channel_keys(self) -> frozenset[str]:
+        """Every channel's name (``check_update``'s fast path compares a dict's keys to it)."""
+        return frozenset(self.channels)
+
+    @cached_property
     def _instance_types(self) -> frozenset[type]:
         """Classes whose instances a node may return as its update (their fields)."""
         return frozenset(self.classes.values())
@@ -268,6 +273,15 @@ class StateSchema:
         updates = self.input_updates(value)
         return self.apply(self.initial(), [Write(START, -1, updates)], -1)
 
+    def plain_update(self, updates: object) -> bool:
+        """Whether ``updates`` is the usual update: a plain dict of known fields holding
+        no coroutine (``check_update`` returns it as it is). Set operations in C."""
+        return (
+            type(updates) is dict
+            and updates.keys() <= self._channel_keys
+            and CoroutineType not in set(map(type, updates.values()))
+        )
+
     def check_update(self, node: str, step: int, updates: object) -> Mapping[str, Any]:
         """A node's return value as a mapping of channel -> value, or an error naming it.
 
@@ -279,6 +293,8 @@ class StateSchema:
         """
         if updates is None:
             return {}
+        if self.plain_update(updates):
+            return updates  # type: ignore[return-value]
         if not isinstance(updates, Mapping) and type(updates) in self._instance_types:
             found = instance_updates(updates, self.conventions)
             assert found is not None
