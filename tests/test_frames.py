@@ -10,7 +10,7 @@ from typing import Any
 import cloudpickle
 import pytest
 
-from engine.lanes.frames import decode, dumps_by_value, encode, request
+from engine.lanes.frames import FRAME, decode, dumps_by_value, encode, request
 from engine.lanes.measure import OK, PAYLOAD, RAISED, Measured
 from engine.lanes.worker import run_calls
 
@@ -24,6 +24,32 @@ class NotHere:
 
     def __reduce__(self) -> Any:
         return (_refuse, ())
+
+
+def _double(arg: dict[str, int]) -> dict[str, int]:
+    return {"n": 2 * arg["n"]}
+
+
+_LAST: dict[str, Any] = {}
+
+
+async def _awaited() -> dict[str, str]:
+    return {"i": "awaited"}
+
+
+def _odd_third(arg: tuple[str, int]) -> Any:
+    """``{"i": i}``, but the third call (i == 2) does what ``odd`` says."""
+    odd, i = arg
+    if i != 2:
+        _LAST["value"] = {"i": i}
+        return _LAST["value"]
+    if odd == "raises":
+        raise KeyError("third")
+    if odd == "not_plain":
+        return {"i": {2}}
+    if odd == "same_dict":
+        return _LAST["value"]
+    return _awaited()
 
 
 def _refuse() -> None:
@@ -126,6 +152,49 @@ class TestWorkerEntry:
         back = decode(run_calls(request(cloudpickle.dumps(repr), None, together)))
         assert [d.obj for d in back] == [repr(a) for a in args]
         assert [d.bytes_in for d in back] == [len(together) // 4] * 4
+
+    def test_a_chunk_of_plain_results_comes_back_as_columns_with_each_calls_timing(
+        self,
+    ) -> None:
+        """Every call returned plain data: the frame holds its heads as columns, and each
+        call comes back with its own value, times, CPU and input size, in order."""
+        args = [{"n": i} for i in range(5)]
+        from engine.lanes.cpu import pickled_together
+
+        together = pickled_together(args)
+        assert together is not None
+        frame = run_calls(request(cloudpickle.dumps(_double), None, together))
+        meta_size = int.from_bytes(frame[len(FRAME) : len(FRAME) + 8], "little")
+        _, columns, _ = pickle.loads(frame[len(FRAME) + 8 : len(FRAME) + 8 + meta_size])
+        assert isinstance(columns, tuple)  # the columns form, not a row per call
+        back = decode(frame)
+        assert [d.obj for d in back] == [{"n": 2 * i} for i in range(5)]
+        assert all(d.measured.kind == OK and d.measured.cpu_s >= 0 for d in back)
+        starts = [d.head[4] for d in back]
+        assert starts == sorted(starts) and all(d.head[5] >= d.head[4] for d in back)
+        assert [d.bytes_in for d in back] == [len(together) // 5] * 5
+
+    @pytest.mark.parametrize("odd", ["raises", "not_plain", "same_dict", "awaitable"])
+    def test_a_call_off_the_lean_path_keeps_the_calls_before_and_after_it(self, odd: str) -> None:
+        """The third call of five raises, returns something that is not plain data, returns
+        the dict an earlier call returned, or returns a coroutine: the chunk goes on the
+        general way from there, and every call comes back with its own outcome, in order."""
+        blobs = [pickle.dumps((odd, i)) for i in range(5)]
+        back = decode(run_calls(request(cloudpickle.dumps(_odd_third), None, blobs)))
+        kinds = [d.measured.kind for d in back]
+        values = [d.obj for d in back]
+        assert [values[i] for i in (0, 1, 3, 4)] == [{"i": i} for i in (0, 1, 3, 4)]
+        if odd == "raises":
+            assert kinds == [OK, OK, RAISED, OK, OK]
+            assert isinstance(back[2].measured.error, KeyError)
+        elif odd == "not_plain":
+            assert kinds == [OK] * 5 and values[2] == {"i": {2}}
+        elif odd == "same_dict":
+            assert kinds == [OK] * 5 and values[2] == {"i": 1}
+            assert values[2] is not values[1]  # each call its own copy, as before
+        else:
+            assert kinds == [OK] * 5 and values[2] == {"i": "awaited"}
+        assert [d.bytes_in for d in back] == [len(b) for b in blobs]
 
     def test_a_raising_node_fails_its_call_with_its_exception(self) -> None:
         """The node's exception comes back whole, as the failure of its call only."""

@@ -42,7 +42,7 @@ from ..otel import carrier
 from .measure import HEAD, OK, PAYLOAD, Measured
 
 #: What every frame starts with (a version: the driver refuses another).
-FRAME = b"EF3"
+FRAME = b"EF4"
 #: What a result moved to a file starts with; the file's path follows (``worker.run_marked``).
 SPILLED = b"ES1"
 
@@ -192,6 +192,26 @@ def encode(results: list[tuple[Measured, int]], *, queued: float = 0.0) -> bytes
     return b"".join([FRAME, len(meta).to_bytes(8, "little"), meta, together, *blobs])
 
 
+def encode_columns(
+    where: tuple[int, int, str],
+    starts: list[float],
+    ends: list[float],
+    cpus: list[float],
+    values: list[Any],
+    sizes: list[int],
+    *,
+    queued: float = 0.0,
+) -> bytes:
+    """Calls that all returned plain data (``is_plain``, each dict a distinct object), run
+    one after another in one thread (``where``), as one frame: what ``encode`` makes of
+    them, but their heads as columns (a list per field), a few pickles for a whole chunk
+    where ``encode`` builds and pickles a row per call. ``decode`` reads either."""
+    together = pickle.dumps(values, protocol=pickle.HIGHEST_PROTOCOL)
+    columns = (where, starts, ends, cpus, sizes)
+    meta = pickle.dumps((queued, columns, len(together)), protocol=pickle.HIGHEST_PROTOCOL)
+    return b"".join([FRAME, len(meta).to_bytes(8, "little"), meta, together])
+
+
 def is_plain(value: Any) -> bool:
     """True for a value that pickles and unpickles anywhere: a str, bytes, a number, a bool,
     None, or a dict of those by str keys (a typical update)."""
@@ -335,6 +355,8 @@ def decode(data: bytes | memoryview | mmap.mmap) -> list[Decoded]:
         size = int.from_bytes(view[len(FRAME) : at], "little")
         queued, metas, together = pickle.loads(view[at : at + size])
         at += size
+        if type(metas) is tuple:
+            return _decode_columns(view, at, metas, queued, together)
         count = len(metas)
         overhead = at / count  # the frame's header and meta, shared; the rest is blobs
         # The chunk's run-queue wait, shared out by the calls' wall times.
@@ -381,6 +403,28 @@ def decode(data: bytes | memoryview | mmap.mmap) -> list[Decoded]:
         return out
 
 
+def _decode_columns(
+    view: memoryview, at: int, columns: Any, queued: float, together: int
+) -> list[Decoded]:
+    """The calls of a frame ``encode_columns`` made (``decode``'s part for them)."""
+    (pid, tid, host), starts, ends, cpus, sizes = columns
+    count = len(starts)
+    if not count:
+        return []
+    walls = [max(0.0, e - s) for s, e in zip(starts, ends, strict=True)]
+    total = sum(walls)
+    share = queued / total if total > 0 else 0.0
+    even = 0.0 if total > 0 else queued / count
+    plain, problem, plain_share = _load_plain(view, at, together)
+    values = list(plain) if problem is None else [None] * count
+    out_bytes = int(plain_share + at / count)
+    return [
+        Decoded((OK, pid, tid, host, s, e, c, 0.0, None, "", "", ""), v, n, out_bytes,
+                w * share + even, problem)
+        for s, e, c, w, v, n in zip(starts, ends, cpus, walls, values, sizes, strict=True)
+    ]  # fmt: skip
+
+
 def _load_plain(
     view: memoryview, at: int, size: int
 ) -> tuple[Iterator[Any], tuple[str, BaseException] | None, float]:
@@ -422,6 +466,7 @@ __all__ = [
     "decode",
     "dumps_for_worker",
     "encode",
+    "encode_columns",
     "is_plain",
     "request",
 ]

@@ -102,43 +102,75 @@ def timed_call(
     not per call (two reads of /proc per call cost more than a short call).
     """
     if where is None:
-        pid, tid, host = os.getpid(), threading.get_native_id(), hostname()
+        where = (os.getpid(), threading.get_native_id(), hostname())
         queued0: float | None = queued_s()
     else:
-        (pid, tid, host), queued0 = where, None
+        queued0 = None
     start = time.time()
     cpu0 = time.thread_time()
     try:
         value = fn(arg)
-        # An awaitable returned to a thread that runs a loop is a missing await (attempts).
-        awaits = type(value) is not dict and value is not None and inspect.isawaitable(value)
-        if awaits and not (in_driver and _loop_here()):
-            value = asyncio.run(_await(value))
     except BaseException as exc:
         if in_driver and isinstance(exc, KeyboardInterrupt):
             raise
-        cpu = time.thread_time() - cpu0
-        end = time.time()
-        return Measured(
-            raised_kind(exc),
-            pid,
-            tid,
-            host,
-            start,
-            end,
-            cpu,
-            0.0 if queued0 is None else max(0.0, queued_s() - queued0),
-            None,
-            type(exc).__qualname__,
-            str(exc),
-            "".join(traceback.format_exception(exc)),
-            None,
-            exc,
-        )
+        return raised(exc, where, start, cpu0, queued0)
+    return returned(value, where, start, cpu0, queued0, in_driver=in_driver)
+
+
+def returned(
+    value: Any,
+    where: tuple[int, int, str],
+    start: float,
+    cpu0: float,
+    queued0: float | None = None,
+    *,
+    in_driver: bool = False,
+) -> Measured:
+    """The measurement of a call started at ``start`` (``cpu0`` its thread's CPU clock then)
+    that returned ``value``: an awaitable returned to a thread that runs no loop is a
+    missing await (``attempts``), run to completion here first."""
+    awaits = type(value) is not dict and value is not None and inspect.isawaitable(value)
+    if awaits and not (in_driver and _loop_here()):
+        try:
+            value = asyncio.run(_await(value))
+        except BaseException as exc:
+            if in_driver and isinstance(exc, KeyboardInterrupt):
+                raise
+            return raised(exc, where, start, cpu0, queued0)
     cpu = time.thread_time() - cpu0
     end = time.time()
     queued = 0.0 if queued0 is None else max(0.0, queued_s() - queued0)
+    pid, tid, host = where
     return Measured(OK, pid, tid, host, start, end, cpu, queued, None, "", "", "", value)
+
+
+def raised(
+    exc: BaseException,
+    where: tuple[int, int, str],
+    start: float,
+    cpu0: float,
+    queued0: float | None = None,
+) -> Measured:
+    """The measurement of a call started at ``start`` that raised ``exc``."""
+    cpu = time.thread_time() - cpu0
+    end = time.time()
+    pid, tid, host = where
+    return Measured(
+        raised_kind(exc),
+        pid,
+        tid,
+        host,
+        start,
+        end,
+        cpu,
+        0.0 if queued0 is None else max(0.0, queued_s() - queued0),
+        None,
+        type(exc).__qualname__,
+        str(exc),
+        "".join(traceback.format_exception(exc)),
+        None,
+        exc,
+    )
 
 
 def failed(exc: BaseException, start: float, message: str, kind: str = RAISED) -> Measured:
@@ -202,7 +234,10 @@ async def _await(awaitable: Any) -> Any:
 # A per-process cache of unpickled node functions, keyed by their pickled
 # bytes: a node's function is unpickled once per worker, not once per call.
 @functools.lru_cache(maxsize=128)
+@functools.lru_cache(maxsize=32)
 def load_fn(fn_bytes: bytes) -> Callable[..., Any]:
+    """A node's (or a build's) function from its pickle, unpickled once per worker process:
+    every call of a node carries the same bytes. One that fails to unpickle is not kept."""
     fn: Callable[..., Any] = cloudpickle.loads(fn_bytes)
     return fn
 
@@ -304,7 +339,9 @@ __all__ = [
     "failed",
     "load_fn",
     "queued_s",
+    "raised",
     "raised_kind",
+    "returned",
     "timed_call",
     "with_resource",
     "worker_resources",
