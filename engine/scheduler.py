@@ -36,7 +36,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .attempts import StepAttempts
@@ -62,11 +63,11 @@ S = TypeVar("S")
 
 @dataclass(frozen=True)
 class RunResult(Generic[S]):
-    """What ``arun`` returns: the final state, the trace, and the metrics."""
+    """What ``arun`` returns: the final state, the trace, and the metrics (computed from
+    the trace when first read: a fan-out of thousands of calls does not wait for them)."""
 
     state: S
     trace: Trace
-    metrics: Metrics
     run_id: str
     thread_id: str | None
     mode: str
@@ -77,6 +78,14 @@ class RunResult(Generic[S]):
     #: Whether the run stopped before its end: a question, or a breakpoint. Resume it
     #: with ``arun(Command(resume=...))`` or ``arun(None)`` on its thread.
     interrupted: bool = False
+    #: What ``metrics`` is computed from besides the trace: wall seconds, steps, cpu workers.
+    measured: tuple[float, int, int] = field(default=(0.0, 0, 1), repr=False, compare=False)
+
+    @cached_property
+    def metrics(self) -> Metrics:
+        """The run's metrics (``Metrics``), from its trace, wall time, steps and workers."""
+        wall, steps, workers = self.measured
+        return compute_metrics(self.trace.calls, wall, steps, workers)
 
 
 @dataclass(frozen=True)
@@ -182,15 +191,13 @@ class Scheduler:
         return RunResult(
             state=self.plan.schema.final(state),
             trace=self.recorder.trace(),
-            metrics=compute_metrics(
-                self.recorder.calls, wall, cursor.step - first, self.dispatcher.lanes.cpu_workers
-            ),
             run_id=self.recorder.run_id,
             thread_id=self.saver.thread_id,
             mode=self.dispatcher.mode,
             values=state if self.plan.schema.held == "values" else None,
             interrupts=tuple(a.interrupt for a in stop.asked) if stop is not None else (),
             interrupted=stop is not None,
+            measured=(wall, cursor.step - first, self.dispatcher.lanes.cpu_workers),
         )
 
     def _with_pending(self, cursor: RunCursor) -> Any:

@@ -31,10 +31,18 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import cloudpickle
 
-from .calls import Call, Outcome, decoded
+from .calls import Call, Outcome, decoded, decoded_columns
 from .channel import StreamInfo
 from .failures import PayloadError
-from .frames import Decoded, decode, dumps_by_value, dumps_for_worker, is_plain, request
+from .frames import (
+    Decoded,
+    decode,
+    decode_columns,
+    dumps_by_value,
+    dumps_for_worker,
+    is_plain,
+    request,
+)
 from .process import ProcessLane
 from .results import is_large, opened
 
@@ -135,6 +143,14 @@ class CpuLane:
         payload = request(self.fn_bytes(node, fn), init, blobs, stream)
         what = f"{node} (a chunk of {len(calls)} calls)"
         data = await self.process.run(payload, what=what, memory_limit=self.limit(memory))
+        if not is_large(data):
+            columns = decode_columns(data)  # every call returned plain data: the short way
+            if (
+                columns is not None
+                and columns.problem is None
+                and len(columns.starts) == len(calls)
+            ):
+                return decoded_columns(calls, "cpu", columns)
         results = await self._decode(data, node, -1, fn)
         if len(results) != len(calls):
             raise RuntimeError(

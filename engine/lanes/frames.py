@@ -403,25 +403,64 @@ def decode(data: bytes | memoryview | mmap.mmap) -> list[Decoded]:
         return out
 
 
-def _decode_columns(
-    view: memoryview, at: int, columns: Any, queued: float, together: int
-) -> list[Decoded]:
-    """The calls of a frame ``encode_columns`` made (``decode``'s part for them)."""
-    (pid, tid, host), starts, ends, cpus, sizes = columns
-    count = len(starts)
-    if not count:
-        return []
+class Columns(NamedTuple):
+    """The calls of a frame ``encode_columns`` made, as the driver reads them: where they
+    ran, each one's times, run-queue wait (``queued_s``), input and output bytes, value;
+    ``problem``: why the values could not be had (plain data always unpickles, short of
+    memory), else None."""
+
+    where: tuple[int, int, str]
+    starts: list[float]
+    ends: list[float]
+    cpus: list[float]
+    waits: list[float]
+    sizes: list[int]
+    bytes_out: int
+    values: list[Any]
+    problem: tuple[str, BaseException] | None
+
+
+def decode_columns(data: bytes) -> Columns | None:
+    """The calls of a frame ``encode_columns`` made; None for a frame of another kind
+    (``decode`` reads every kind)."""
+    with memoryview(data) as view:
+        if view[: len(FRAME)] != FRAME:
+            raise ValueError(f"not a cpu-lane result frame (starts {bytes(view[:8])!r})")
+        at = len(FRAME) + 8
+        size = int.from_bytes(view[len(FRAME) : at], "little")
+        queued, metas, together = pickle.loads(view[at : at + size])
+        if type(metas) is not tuple:
+            return None
+        return _columns(view, at + size, metas, queued, together)
+
+
+def _columns(view: memoryview, at: int, columns: Any, queued: float, together: int) -> Columns:
+    where, starts, ends, cpus, sizes = columns
+    count = max(1, len(starts))
     walls = [max(0.0, e - s) for s, e in zip(starts, ends, strict=True)]
     total = sum(walls)
+    # The chunk's run-queue wait, shared out by the calls' wall times.
     share = queued / total if total > 0 else 0.0
     even = 0.0 if total > 0 else queued / count
     plain, problem, plain_share = _load_plain(view, at, together)
-    values = list(plain) if problem is None else [None] * count
-    out_bytes = int(plain_share + at / count)
+    values = list(plain) if problem is None else [None] * len(starts)
+    waits = [w * share + even for w in walls]
+    return Columns(
+        where, starts, ends, cpus, waits, sizes, int(plain_share + at / count), values, problem
+    )
+
+
+def _decode_columns(
+    view: memoryview, at: int, columns: Any, queued: float, together: int
+) -> list[Decoded]:
+    """``decode``'s part for a frame ``encode_columns`` made."""
+    c = _columns(view, at, columns, queued, together)
+    pid, tid, host = c.where
     return [
-        Decoded((OK, pid, tid, host, s, e, c, 0.0, None, "", "", ""), v, n, out_bytes,
-                w * share + even, problem)
-        for s, e, c, w, v, n in zip(starts, ends, cpus, walls, values, sizes, strict=True)
+        Decoded((OK, pid, tid, host, s, e, cpu, 0.0, None, "", "", ""), v, n, c.bytes_out, w,
+                c.problem)
+        for s, e, cpu, w, v, n in zip(c.starts, c.ends, c.cpus, c.waits, c.values, c.sizes,
+                                      strict=True)
     ]  # fmt: skip
 
 
@@ -462,8 +501,10 @@ __all__ = [
     "FRAME",
     "SLICE_ITEMS",
     "SPILLED",
+    "Columns",
     "Decoded",
     "decode",
+    "decode_columns",
     "dumps_for_worker",
     "encode",
     "encode_columns",
