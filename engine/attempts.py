@@ -270,6 +270,8 @@ class StepAttempts:
         """The writes a failed or stopped step keeps for its resume: every finished call's
         (a ``Command``'s goto is kept with its write: ``kept_gotos``), but not those of
         handled tasks (their node runs again, and its handler if it fails again)."""
+        if not self.handled:
+            return dict(self.writes)
         return {order: w for order, w in self.writes.items() if order not in self.handled}
 
     def kept_gotos(self) -> dict[Order, tuple[str | Send, ...]]:

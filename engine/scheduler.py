@@ -296,7 +296,6 @@ class Scheduler:
         # barrier
         writes: dict[tuple[str, int], Mapping[str, Any]] = dict(attempts.writes)
         writes.update(cursor.pending)
-        kept = {**cursor.pending, **attempts.kept_writes()}  # what a resume need not re-run
         # The gotos of the writes kept (those of an earlier attempt at the step too) route it.
         gotos = {**cursor.gotos, **attempts.gotos}
         kept_gotos = {**cursor.gotos, **attempts.kept_gotos()}
@@ -304,7 +303,9 @@ class Scheduler:
         self.recorder.step_finished(step, time.perf_counter() - t0, ok=error is None)
         if error is not None:
             await self.saver.save(
-                cursor.with_pending(kept, resumes=cursor.resumes, gotos=kept_gotos),
+                cursor.with_pending(
+                    _kept(cursor, attempts), resumes=cursor.resumes, gotos=kept_gotos
+                ),
                 "failed",
                 errors=attempts.failed,
             )
@@ -318,7 +319,7 @@ class Scheduler:
             await self.saver.flush()  # (async durability) the step's checkpoint id is known
             asked = self._asked(cursor, attempts)
             answered = {o: v for o, v in cursor.resumes.items() if o in attempts.interrupted}
-            stopped = cursor.with_pending(kept, asked, answered, kept_gotos)
+            stopped = cursor.with_pending(_kept(cursor, attempts), asked, answered, kept_gotos)
             await self.saver.save(replace(stopped, paused=True), "interrupted")
             if self.recorder.chunks is not None:
                 self._tell_asked(stopped, attempts, asked)
@@ -339,7 +340,9 @@ class Scheduler:
             # Every call of the step succeeded, but merging or routing their
             # writes failed (a conflict, a router's bug): keep the writes, so
             # a resume merges and routes again without re-running the calls.
-            await self.saver.save(cursor.with_pending(kept, gotos=kept_gotos), "failed")
+            await self.saver.save(
+                cursor.with_pending(_kept(cursor, attempts), gotos=kept_gotos), "failed"
+            )
             raise
         if self.recorder.chunks is not None:
             ordered = sorted(merged, key=_order)
@@ -351,6 +354,12 @@ class Scheduler:
         nxt = RunCursor(state=state, step=step + 1, tasks=tasks, fanin=fanin)
         await self.saver.save(nxt, "running" if tasks else "done", writes)
         return nxt, None
+
+
+def _kept(cursor: RunCursor, attempts: StepAttempts) -> dict[tuple[str, int], Mapping[str, Any]]:
+    """The writes a stopped step keeps, so that a resume need not re-run their calls: those
+    kept from an earlier attempt at the step, and this attempt's (``kept_writes``)."""
+    return {**cursor.pending, **attempts.kept_writes()}
 
 
 def _order(write: Write) -> tuple[str, int]:

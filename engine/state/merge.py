@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from operator import itemgetter
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ValidationError
 
@@ -22,12 +23,14 @@ from .channels import Reducer
 ABSENT: Any = type("Absent", (), {"__repr__": lambda self: "ABSENT"})()
 
 
-@dataclass(frozen=True)
-class Write:
-    """The updates one node call returned, with where they came from."""
+class Write(NamedTuple):
+    """The updates one node call returned, with where they came from (a step's fan-out
+    writes thousands: a named tuple is built twice as fast as a frozen dataclass)."""
 
     node: str
-    index: int  # Send index within the step; -1 for an edge-triggered call
+    #: Send index within the step; -1 for an edge-triggered call. (It shadows
+    #: ``tuple.index``, which nothing calls on a write.)
+    index: int  # type: ignore[assignment]
     updates: Mapping[str, Any]
 
     @property
@@ -40,20 +43,12 @@ class Write:
 
 
 def writes_of(updates: Mapping[tuple[str, int], Mapping[str, Any]]) -> list[Write]:
-    """A step's updates by (node, Send index) as ``Write``s, built 3x faster than by
-    ``Write(...)``: a frozen dataclass sets each field through ``object.__setattr__``,
-    and a fan-out of thousands writes thousands. The instances are the same."""
-    out: list[Write] = []
-    new = object.__new__
-    for (node, index), upd in updates.items():
-        write = new(Write)
-        write.__dict__.update(node=node, index=index, updates=upd)
-        out.append(write)
-    return out
+    """A step's updates by (node, Send index) as ``Write``s."""
+    return [Write(node, index, upd) for (node, index), upd in updates.items()]
 
 
-def _order(write: Write) -> tuple[str, int]:
-    return (write.node, write.index)
+#: A write's place in the merge: node name, then Send index.
+_order = itemgetter(0, 1)
 
 
 @dataclass(frozen=True)
@@ -81,9 +76,9 @@ def combine(
     for write in sorted(writes, key=_order):
         for key, value in write.updates.items():
             reducer = reducers[key]
-            who = writers.setdefault(key, [])
+            who = writers.get(key)
             if reducer is None:
-                if who:
+                if who is not None:
                     raise InvalidUpdateError(
                         f"nodes {who[0].describe()} and {write.describe()} both wrote field "
                         f"{key!r} in step {step}, which has no reducer; give the field one "
@@ -94,23 +89,28 @@ def combine(
                         field=key,
                         nodes=(who[0].node, write.node),
                     )
+                writers[key] = [write]
                 values[key] = value
-            else:
-                before = values[key] if key in values else current(key)
+                continue
+            if who is None:  # the step's first write of this channel
+                writers[key] = [write]
+                before = current(key)
                 if before is ABSENT:
                     values[key] = value
-                else:
-                    try:
-                        values[key] = reducer(before, value)
-                    except Exception as exc:
-                        raise InvalidUpdateError(
-                            f"reducer of field {key!r} failed on the write of node "
-                            f"{write.describe()} in step {step}: {type(exc).__name__}: {exc}",
-                            node=write.node,
-                            step=step,
-                            field=key,
-                        ) from exc
-            who.append(write)
+                    continue
+            else:
+                who.append(write)
+                before = values[key]
+            try:
+                values[key] = reducer(before, value)
+            except Exception as exc:
+                raise InvalidUpdateError(
+                    f"reducer of field {key!r} failed on the write of node "
+                    f"{write.describe()} in step {step}: {type(exc).__name__}: {exc}",
+                    node=write.node,
+                    step=step,
+                    field=key,
+                ) from exc
     return Combined(values, writers)
 
 
