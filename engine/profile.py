@@ -435,10 +435,16 @@ class _Fold:
     def profile(self) -> NodeProfile:
         """The node's profile after this run (one more run of it)."""
         b = self.before
-        return NodeProfile(
-            b.node, self.calls, b.runs + 1, self.failures, self.wall_s, self.cpu_ratio,
-            self.bytes_in, self.bytes_out, b.blocked_s, b.blocked_cpu, b.blocks, self.last_lane,
+        # ``NodeProfile(...)`` with every field given, 2x faster (as ``trace.call_record``):
+        # a run of a long chain of nodes folds one per node.
+        p = object.__new__(NodeProfile)
+        p.__dict__.update(
+            node=b.node, calls=self.calls, runs=b.runs + 1, failures=self.failures,
+            wall_s=self.wall_s, cpu_ratio=self.cpu_ratio, bytes_in=self.bytes_in,
+            bytes_out=self.bytes_out, blocked_s=b.blocked_s, blocked_cpu=b.blocked_cpu,
+            blocks=b.blocks, last_lane=self.last_lane,
         )  # fmt: skip
+        return p
 
 
 def _blamed(prof: NodeProfile, blame: Blame, calls: int, alpha: float) -> NodeProfile:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .events import (
@@ -64,6 +64,7 @@ from .warm import load_mark
 if TYPE_CHECKING:
     from .errors import InvalidUpdateError, NodeError
     from .resources import Budgets, BudgetWait, Clock
+    from .spec import Task
     from .watchdog import LoopWatchdog
 
 log = get_logger("engine")
@@ -259,7 +260,11 @@ class Recorder:
 
     # -- steps ---------------------------------------------------------------------
 
-    def step_started(self, step: int, nodes: list[str]) -> None:
+    def step_started(self, step: int, tasks: Sequence[Task]) -> None:
+        """A step starts running ``tasks`` (its span, StepStarted with their nodes)."""
+        if self._spans is None and not self._chatty:
+            return
+        nodes = [t.node for t in tasks]
         if self._spans is not None:
             self._spans.step_started(step, nodes)
         if self._chatty:

@@ -261,7 +261,7 @@ class Scheduler:
         step = cursor.step
         t0 = time.perf_counter()
         todo = cursor.todo()
-        self.recorder.step_started(step, [t.node for t in todo])
+        self.recorder.step_started(step, todo)
         # dispatch: every call, until each is settled
         attempts = StepAttempts(
             self.plan, step, self.recorder, lambda order, n: self._ask_id(step, order, n)
@@ -297,8 +297,11 @@ class Scheduler:
         writes: dict[tuple[str, int], Mapping[str, Any]] = dict(attempts.writes)
         writes.update(cursor.pending)
         # The gotos of the writes kept (those of an earlier attempt at the step too) route it.
-        gotos = {**cursor.gotos, **attempts.gotos}
-        kept_gotos = {**cursor.gotos, **attempts.kept_gotos()}
+        if cursor.gotos or attempts.gotos:
+            gotos = {**cursor.gotos, **attempts.gotos}
+            kept_gotos = {**cursor.gotos, **attempts.kept_gotos()}
+        else:
+            gotos = kept_gotos = {}
         error = attempts.first_error()
         self.recorder.step_finished(step, time.perf_counter() - t0, ok=error is None)
         if error is not None:

@@ -133,9 +133,9 @@ class StateSchema:
 
     # -- what the schema declares ---------------------------------------------
 
-    @property
+    @cached_property
     def reducers(self) -> dict[str, Reducer | None]:
-        """Public channel -> its reducer (None: one write per step)."""
+        """Public channel -> its reducer (None: one write per step). Read at every merge."""
         return {n: c.reducer for n, c in self.channels.items() if c.public}
 
     @property
