@@ -113,6 +113,47 @@ class TestCopy:
         c.n = 4
         assert one == [1] and s.more == [7] and s.n == 3  # type: ignore[attr-defined]
 
+    def test_shallow_copy_is_pydantics_own_and_defers_to_a_models_copy(self) -> None:
+        """``shallow_copy`` gives what ``model_copy()`` gives (fields, extras, which fields
+        were set, each the copy's own); a model with private attributes or its own
+        ``__copy__`` gets pydantic's copy, or its own."""
+        from pydantic import PrivateAttr
+
+        from engine.state.schema import shallow_copy
+
+        class Open(BaseModel, extra="allow"):
+            a: list[int] = []
+            n: int = 0
+
+        s = Open(a=[1], more=2)
+        c = shallow_copy(s)
+        assert type(c) is Open and c == s.model_copy()
+        assert c.model_fields_set == {"a", "more"} and c.a is s.a  # shallow, as model_copy
+        c.n = 5
+        c.model_extra["more"] = 3  # type: ignore[index]
+        c.model_fields_set.add("n")
+        assert s.n == 0 and s.model_extra == {"more": 2} and s.model_fields_set == {"a", "more"}
+
+        class Secret(BaseModel):
+            n: int = 0
+            _seen: list[int] = PrivateAttr(default_factory=list)
+
+        p = Secret(n=1)
+        p._seen.append(1)
+        q = shallow_copy(p)
+        assert q._seen == [1] and q.__pydantic_private__ is not p.__pydantic_private__
+
+        copied: list[str] = []
+
+        class Own(BaseModel):
+            n: int = 0
+
+            def __copy__(self) -> Own:
+                copied.append("own")
+                return Own(n=self.n)
+
+        assert shallow_copy(Own(n=4)) == Own(n=4) and copied == ["own"]
+
 
 class TestCheckUpdate:
     def test_unknown_key(self) -> None:
