@@ -164,11 +164,11 @@ class Scheduler:
                 ):
                     stop = await self._pause(cursor)
                     break
-                ran = [t.node for t in cursor.tasks]
+                ran = cursor.tasks
                 cursor, stop = await self._step(cursor)
                 if stop is not None:
                     break
-                if cursor.tasks and stops_at(self.interrupt_after, ran):
+                if cursor.tasks and stops_at(self.interrupt_after, (t.node for t in ran)):
                     stop = await self._pause(cursor)
                     break
             status = RunStatus.DONE if stop is None else RunStatus.INTERRUPTED
@@ -331,8 +331,9 @@ class Scheduler:
             # merge, route
             merged = writes_of(writes)
             state = self.plan.schema.merge(cursor.state, merged, step)
-            fanin = {k: set(v) for k, v in cursor.fanin.items()}
-            ran = sorted({t.node for t in cursor.tasks})
+            fanin = {k: set(v) for k, v in cursor.fanin.items()} if cursor.fanin else {}
+            tasks = cursor.tasks
+            ran = [tasks[0].node] if len(tasks) == 1 else sorted({t.node for t in tasks})
             handled: set[str] = set()
             if attempts.handled:  # a node all of whose tasks were handled: its goto routes
                 handled = set(ran) - {
@@ -355,7 +356,8 @@ class Scheduler:
             self.recorder.values(state)
         # save
         nxt = RunCursor(state=state, step=step + 1, tasks=tasks, fanin=fanin)
-        await self.saver.save(nxt, "running" if tasks else "done", writes)
+        if self.saver.active:
+            await self.saver.save(nxt, "running" if tasks else "done", writes)
         return nxt, None
 
 
