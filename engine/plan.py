@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from types import MappingProxyType
 
 from .classify import LaneDecision, ProfilePolicy, classify
 from .errors import GraphError
 from .lean import Reads, infer_reads
-from .spec import END, START, Branch, GraphSpec, NodeSpec
+from .spec import END, START, Branch, GraphSpec, NodeSpec, Task
 from .state import StateSchema
 
 
@@ -63,6 +64,12 @@ class Plan:
     branches: Mapping[str, tuple[Branch, ...]]  # source -> conditional edges
     context_schema: type | None = None  # the class of a run's context=, if declared
     deferred: tuple[str, ...] = ()  # the nodes added with defer=True
+
+    @cached_property
+    def fixed_next(self) -> dict[str, tuple[Task, ...] | None]:
+        """Per node, filled by ``routing`` as steps run: the tasks after a step in which
+        only that node ran, when its plain edges alone decide them (else None)."""
+        return {}
 
     def with_decisions(self, decisions: Mapping[str, LaneDecision]) -> Plan:
         """A copy of this plan with some lane decisions replaced."""

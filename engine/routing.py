@@ -54,6 +54,10 @@ def next_tasks(
     nodes of ``ran`` whose every task's write was its error handler's; only their
     gotos route, not their edges, fan-ins or branches (nor the handler's return).
     """
+    if len(ran) == 1 and not gotos and not handled and not plan.fanins and not plan.deferred:
+        fixed = _fixed_next(plan, ran[0])
+        if fixed is not None:
+            return list(fixed)
     triggered: set[str] = set()
     sends: list[Send] = []
     by_node: dict[str, list[tuple[int, Sequence[str | Send]]]] = {}
@@ -103,6 +107,21 @@ def next_tasks(
     tasks += [Task(s.node, i, s.arg, True) for i, s in enumerate(sends)]
     tasks.sort(key=_order)
     return tasks
+
+
+def _fixed_next(plan: Plan, node: str) -> tuple[Task, ...] | None:
+    """The tasks after a step in which only ``node`` ran, when its plain edges alone decide
+    them (no conditional edge, no fan-in, no deferred node in the graph: checked by the
+    caller and here); None otherwise. Worked out once per node and plan (a chain's step)."""
+    known = plan.fixed_next
+    if node in known:
+        return known[node]
+    fixed = None
+    if node not in plan.branches and node not in plan.fanins_by_source:
+        targets = sorted({t for t in plan.edges.get(node, ()) if t != END})
+        fixed = tuple(Task(t) for t in targets)
+    known[node] = fixed
+    return fixed
 
 
 def _defer(plan: Plan, triggered: set[str], sends: list[Send], fanin: dict[str, set[str]]) -> None:
