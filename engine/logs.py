@@ -53,17 +53,20 @@ class EngineLogger:
 
     __slots__ = ("_context", "_name", "_std")
 
-    def __init__(self, name: str, context: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self, name: str, context: Mapping[str, Any] | None = None, std: logging.Logger | None = None
+    ) -> None:
         self._name = name
         self._context: dict[str, Any] = dict(context or {})
-        # Getting a stdlib logger takes logging's module lock: once, not per line.
-        self._std = logging.getLogger(name)
+        # Getting a stdlib logger takes logging's module lock: once, not per line (nor per
+        # bound logger: a run binds one).
+        self._std = std if std is not None else logging.getLogger(name)
 
     def __repr__(self) -> str:
         return f"<EngineLogger {self._name!r} context={self._context!r}>"
 
     def bind(self, **values: Any) -> EngineLogger:
-        return EngineLogger(self._name, {**self._context, **values})
+        return EngineLogger(self._name, {**self._context, **values}, self._std)
 
     def enabled(self, method: str) -> bool:
         """Whether a line at this level goes anywhere (always, once structlog is configured).

@@ -166,6 +166,11 @@ class LoopGuard:
         self._loop_ref = weakref.ref(loop)
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._lock = threading.Lock()
+        #: Node function -> the code objects its call runs first (``blocks.codes_of``), for
+        #: every run on this loop (the watchdogs' cache; a function that goes, goes).
+        self.codes: weakref.WeakKeyDictionary[Any, frozenset[CodeType]] = (
+            weakref.WeakKeyDictionary()
+        )
         self._state = _State.CREATED
         self._watchers: dict[int, Watcher] = {}
         self._entries: dict[int, _Entry] = {}

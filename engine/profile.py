@@ -131,8 +131,10 @@ class NodeDelta:
 class Profile:
     """Per-node measurements of one compiled graph, across runs.
 
-    Invariant: ``_nodes[n].calls`` never decreases; ``_before`` is the
-    snapshot taken at the start of the latest ``observe_run``; ``_decisions``
+    Invariant: ``_nodes[n].calls`` never decreases; ``_before`` holds, for
+    each node the latest ``observe_run`` changed, its profile before (None:
+    it had none), so a run of a few nodes of a big graph copies no more than
+    those; ``_decisions``
     holds the lane each node ran on in the latest run whose decisions were
     applied. All access goes through ``_lock`` (runs may finish on different
     threads when ``invoke`` is used from several).
@@ -145,7 +147,7 @@ class Profile:
         self.thresholds = thresholds or Thresholds()
         self._lock = threading.Lock()
         self._nodes: dict[str, NodeProfile] = {}
-        self._before: dict[str, NodeProfile] = {}
+        self._before: dict[str, NodeProfile | None] = {}
         self._decisions: dict[str, LaneDecision] = {}
         self._changes: tuple[LaneChange, ...] = ()
         self._dispatch: DispatchCost | None = None
@@ -219,7 +221,8 @@ class Profile:
         pid = os.getpid() if driver_pid is None else driver_pid
         shared = _gil_shared(calls, pid)
         with self._lock:
-            self._before = dict(self._nodes)
+            before: dict[str, NodeProfile | None] = {}
+            self._before = before
             by_node: dict[str, list[int]] = {}
             for i, c in enumerate(calls):
                 at = by_node.get(c.node)
@@ -240,6 +243,7 @@ class Profile:
             blamed = blamed or {}
             for node, blame in blamed.items():
                 if node not in folds:  # blamed, but no call of it recorded: evidence all the same
+                    before[node] = self._nodes.get(node)
                     self._nodes[node] = _blamed(
                         self._nodes.get(node) or NodeProfile(node), blame, 1, self.alpha
                     )
@@ -252,6 +256,7 @@ class Profile:
                     # Ran on the loop again without blocking it: the evidence fades.
                     # (Off the loop there is no evidence either way, so it stays.)
                     p = replace(p, blocked_s=_ewma(p.blocked_s, 0.0, self.alpha))
+                before[node] = self._nodes.get(node)
                 self._nodes[node] = p
 
     # -- deciding -------------------------------------------------------
@@ -291,7 +296,8 @@ class Profile:
     def diff(self) -> tuple[NodeDelta, ...]:
         """The nodes whose numbers moved in the latest observed run (``NodeDelta.moved``)."""
         with self._lock:
-            deltas = (NodeDelta(n, self._before.get(n), p) for n, p in sorted(self._nodes.items()))
+            was = self._before
+            deltas = (NodeDelta(n, was.get(n, p), p) for n, p in sorted(self._nodes.items()))
             return tuple(d for d in deltas if d.moved)
 
     def summary(self, node: str) -> str:

@@ -117,6 +117,8 @@ class Recorder:
         self.log = log.bind(run_id=run_id, thread_id=thread_id, mode=mode)
         self._listening = bool(sink)
         self._chatty = self._listening or self.log.enabled("debug")
+        # Whether RunStarted/RunFinished go anywhere (a listener, an info log line).
+        self._tells_runs = self._chatty or self.log.enabled("info")
         self.calls: list[NodeCall] = []
         self._loads: list[Mark] = []
         self._failures_logged: dict[int, int] = {}  # step -> node_failed lines so far
@@ -225,6 +227,8 @@ class Recorder:
     def run_started(self, step: int, *, resumed: bool) -> None:
         if self._spans is not None:
             self._spans.run_started(step, resumed=resumed)
+        if not self._tells_runs:
+            return
         self._tell(
             RunStarted(
                 run_id=self.run_id,
@@ -243,17 +247,18 @@ class Recorder:
         self.close_channel()
         if self._watchdog is not None:
             self._watchdog.flush()  # a block in the last step, before RunFinished
-        self._tell(
-            RunFinished(
-                run_id=self.run_id,
-                time=self._clock.time(),
-                status=status,
-                steps=steps,
-                wall_s=wall_s,
-                error=f"{type(error).__name__}: {error}" if error is not None else None,
-            ),
-            "info",
-        )
+        if self._tells_runs:
+            self._tell(
+                RunFinished(
+                    run_id=self.run_id,
+                    time=self._clock.time(),
+                    status=status,
+                    steps=steps,
+                    wall_s=wall_s,
+                    error=f"{type(error).__name__}: {error}" if error is not None else None,
+                ),
+                "info",
+            )
         if self._spans is not None:
             marks = self._watchdog.marks() if self._watchdog is not None else []
             self._spans.run_finished(status, steps, error, marks)

@@ -68,7 +68,8 @@ class LoopWatchdog:
 
     Invariant: attached to ``_guard`` under ``_key`` exactly while RUNNING;
     ``reports`` and ``samples`` only grow and are only appended on the loop
-    thread; ``_codes`` caches each node function's code objects for the run.
+    thread; ``_codes`` caches each node function's code objects for the run (from
+    the guard's cache for the loop's runs, ``LoopGuard.codes``).
     """
 
     def __init__(
@@ -184,10 +185,23 @@ class LoopWatchdog:
         try:
             codes = self._codes[fn]
         except KeyError:
-            codes = self._codes[fn] = codes_of(fn)
+            codes = self._codes[fn] = self._shared_codes(fn)
         except TypeError:  # an unhashable callable: not cached
             codes = codes_of(fn)
         return codes
+
+    def _shared_codes(self, fn: Callable[..., Any] | None) -> frozenset[CodeType]:
+        """``codes_of(fn)``, kept by the loop's guard for the runs after this one."""
+        shared = self._guard.codes if self._guard is not None else None
+        if shared is None:
+            return codes_of(fn)
+        try:
+            return shared[fn]
+        except KeyError:
+            codes = shared[fn] = codes_of(fn)
+            return codes
+        except TypeError:  # not weakly referenceable (None, some callables): not kept
+            return codes_of(fn)
 
     def on_loop(self) -> list[str]:
         """Names of this run's node calls registered as running on the loop now."""

@@ -471,7 +471,7 @@ class StateSchema:
             return self.start(value)
         model = self.model
         if isinstance(value, model):
-            return value.model_copy(deep=True)
+            return self.copy(value)  # a deep copy, immutable values shared (``copy``)
         if isinstance(value, BaseModel):
             value = value.model_dump()
         return model.model_validate(value)
