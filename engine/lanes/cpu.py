@@ -35,9 +35,10 @@ from .calls import Call, Outcome, decoded, decoded_columns
 from .channel import StreamInfo
 from .failures import PayloadError
 from .frames import (
+    Columns,
     Decoded,
     decode,
-    decode_columns,
+    decode_chunk,
     dumps_by_value,
     dumps_for_worker,
     is_plain,
@@ -143,15 +144,16 @@ class CpuLane:
         payload = request(self.fn_bytes(node, fn), init, blobs, stream)
         what = f"{node} (a chunk of {len(calls)} calls)"
         data = await self.process.run(payload, what=what, memory_limit=self.limit(memory))
-        if not is_large(data):
-            columns = decode_columns(data)  # every call returned plain data: the short way
-            if (
-                columns is not None
-                and columns.problem is None
-                and len(columns.starts) == len(calls)
-            ):
-                return decoded_columns(calls, "cpu", columns)
-        results = await self._decode(data, node, -1, fn)
+        if is_large(data):
+            results = await self._decode(data, node, -1, fn)
+        else:
+            chunk = decode_chunk(data)
+            if not isinstance(chunk, Columns):
+                results = chunk
+            elif chunk.problem is None and len(chunk.starts) == len(calls):
+                return decoded_columns(calls, "cpu", chunk)  # all plain data: the short way
+            else:
+                results = decode(data)
         if len(results) != len(calls):
             raise RuntimeError(
                 f"a chunk of {len(calls)} calls of {node!r} came back with {len(results)} results"

@@ -349,58 +349,81 @@ def decode(data: bytes | memoryview | mmap.mmap) -> list[Decoded]:
     bytes came back whole, only this driver cannot rebuild the object.
     """
     with memoryview(data) as view:
-        if view[: len(FRAME)] != FRAME:
-            raise ValueError(f"not a cpu-lane result frame (starts {bytes(view[:8])!r})")
-        at = len(FRAME) + 8
-        size = int.from_bytes(view[len(FRAME) : at], "little")
-        queued, metas, together = pickle.loads(view[at : at + size])
-        at += size
+        at, queued, metas, together = _meta(view)
         if type(metas) is tuple:
             return _decode_columns(view, at, metas, queued, together)
-        count = len(metas)
-        overhead = at / count  # the frame's header and meta, shared; the rest is blobs
-        # The chunk's run-queue wait, shared out by the calls' wall times.
-        total = sum(max(0.0, head[5] - head[4]) for head, _, _ in metas)
-        share = queued / total if total > 0 else 0.0
-        even = 0.0 if total > 0 else queued / count
-        plain, plain_error, plain_share = _load_plain(view, at, together)
-        at += together
-        loads = pickle.loads
-        out: list[Decoded] = []
-        for head, layout, bytes_in in metas:
-            wall = head[5] - head[4]
-            waited = head[7] + (wall * share if wall > 0 else 0.0) + even
-            if layout is None:  # the next value of the plain blob
-                obj = next(plain, None)
-                out.append(
-                    Decoded(head, obj, bytes_in, int(plain_share + overhead), waited, plain_error)
-                )
-                continue
-            start = at
-            key: str | None = None
-            type_name = ""
-            problem: tuple[str, BaseException] | None = None
+        return _decode_rows(view, at, metas, queued, together)
+
+
+def decode_chunk(data: bytes) -> Columns | list[Decoded]:
+    """``decode``, but the calls of a frame ``encode_columns`` made come back as its
+    ``Columns`` (the driver builds their outcomes in one loop: ``calls.decoded_columns``)."""
+    with memoryview(data) as view:
+        at, queued, metas, together = _meta(view)
+        if type(metas) is tuple:
+            return _columns(view, at, metas, queued, together)
+        return _decode_rows(view, at, metas, queued, together)
+
+
+def _meta(view: memoryview) -> tuple[int, float, Any, int]:
+    """Where a frame's blobs start, and its meta: the run-queue wait of its calls, their
+    heads (rows, or ``encode_columns``' columns), the size of its plain blob."""
+    if view[: len(FRAME)] != FRAME:
+        raise ValueError(f"not a cpu-lane result frame (starts {bytes(view[:8])!r})")
+    at = len(FRAME) + 8
+    size = int.from_bytes(view[len(FRAME) : at], "little")
+    queued, metas, together = pickle.loads(view[at : at + size])
+    return at + size, queued, metas, together
+
+
+def _decode_rows(
+    view: memoryview, at: int, metas: Any, queued: float, together: int
+) -> list[Decoded]:
+    """``decode``'s part for a frame of rows (``encode``)."""
+    count = len(metas)
+    overhead = at / count  # the frame's header and meta, shared; the rest is blobs
+    # The chunk's run-queue wait, shared out by the calls' wall times.
+    total = sum(max(0.0, head[5] - head[4]) for head, _, _ in metas)
+    share = queued / total if total > 0 else 0.0
+    even = 0.0 if total > 0 else queued / count
+    plain, plain_error, plain_share = _load_plain(view, at, together)
+    at += together
+    loads = pickle.loads
+    out: list[Decoded] = []
+    for head, layout, bytes_in in metas:
+        wall = head[5] - head[4]
+        waited = head[7] + (wall * share if wall > 0 else 0.0) + even
+        if layout is None:  # the next value of the plain blob
+            obj = next(plain, None)
+            out.append(
+                Decoded(head, obj, bytes_in, int(plain_share + overhead), waited, plain_error)
+            )
+            continue
+        start = at
+        key: str | None = None
+        type_name = ""
+        problem: tuple[str, BaseException] | None = None
+        obj = None
+        try:
+            if type(layout) is list:
+                obj = {}
+                for key, type_name, sizes in layout:  # noqa: B007 (named if loads() fails)
+                    if len(sizes) == 1:
+                        end = at + sizes[0]
+                        obj[key] = loads(view[at:end])
+                        at = end
+                    else:
+                        obj[key], at = _load_parts(view, at, sizes)
+            else:
+                type_name, sizes = layout
+                obj, at = _load_parts(view, at, sizes)
+        except Exception as exc:
+            what = _field_what(key, type_name) if key is not None else _value_what(type_name)
+            problem = (what, exc)
+            at = start + _blob_bytes(layout)
             obj = None
-            try:
-                if type(layout) is list:
-                    obj = {}
-                    for key, type_name, sizes in layout:  # noqa: B007 (named if loads() fails)
-                        if len(sizes) == 1:
-                            end = at + sizes[0]
-                            obj[key] = loads(view[at:end])
-                            at = end
-                        else:
-                            obj[key], at = _load_parts(view, at, sizes)
-                else:
-                    type_name, sizes = layout
-                    obj, at = _load_parts(view, at, sizes)
-            except Exception as exc:
-                what = _field_what(key, type_name) if key is not None else _value_what(type_name)
-                problem = (what, exc)
-                at = start + _blob_bytes(layout)
-                obj = None
-            out.append(Decoded(head, obj, bytes_in, int(at - start + overhead), waited, problem))
-        return out
+        out.append(Decoded(head, obj, bytes_in, int(at - start + overhead), waited, problem))
+    return out
 
 
 class Columns(NamedTuple):
@@ -418,20 +441,6 @@ class Columns(NamedTuple):
     bytes_out: int
     values: list[Any]
     problem: tuple[str, BaseException] | None
-
-
-def decode_columns(data: bytes) -> Columns | None:
-    """The calls of a frame ``encode_columns`` made; None for a frame of another kind
-    (``decode`` reads every kind)."""
-    with memoryview(data) as view:
-        if view[: len(FRAME)] != FRAME:
-            raise ValueError(f"not a cpu-lane result frame (starts {bytes(view[:8])!r})")
-        at = len(FRAME) + 8
-        size = int.from_bytes(view[len(FRAME) : at], "little")
-        queued, metas, together = pickle.loads(view[at : at + size])
-        if type(metas) is not tuple:
-            return None
-        return _columns(view, at + size, metas, queued, together)
 
 
 def _columns(view: memoryview, at: int, columns: Any, queued: float, together: int) -> Columns:
@@ -504,7 +513,7 @@ __all__ = [
     "Columns",
     "Decoded",
     "decode",
-    "decode_columns",
+    "decode_chunk",
     "dumps_for_worker",
     "encode",
     "encode_columns",
