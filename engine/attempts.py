@@ -209,6 +209,9 @@ class StepAttempts:
                 kept.append(out.record)
                 writes[out.call.task.order] = value
                 continue
+            if kept:  # the trace keeps calls in the order they settled
+                self.recorder.kept(kept)
+                kept = []
             again = self.settle(out)
             if again is not None:
                 retries.append((out, again))

@@ -148,6 +148,7 @@ class Profile:
         self._lock = threading.Lock()
         self._nodes: dict[str, NodeProfile] = {}
         self._before: dict[str, NodeProfile | None] = {}
+        self._observed = False  # whether a run was observed (``diff`` before one: all new)
         self._decisions: dict[str, LaneDecision] = {}
         self._changes: tuple[LaneChange, ...] = ()
         self._dispatch: DispatchCost | None = None
@@ -223,6 +224,7 @@ class Profile:
         with self._lock:
             before: dict[str, NodeProfile | None] = {}
             self._before = before
+            self._observed = True
             by_node: dict[str, list[int]] = {}
             for i, c in enumerate(calls):
                 at = by_node.get(c.node)
@@ -297,7 +299,10 @@ class Profile:
         """The nodes whose numbers moved in the latest observed run (``NodeDelta.moved``)."""
         with self._lock:
             was = self._before
-            deltas = (NodeDelta(n, was.get(n, p), p) for n, p in sorted(self._nodes.items()))
+            deltas = (
+                NodeDelta(n, was.get(n, p) if self._observed else None, p)
+                for n, p in sorted(self._nodes.items())
+            )
             return tuple(d for d in deltas if d.moved)
 
     def summary(self, node: str) -> str:

@@ -93,3 +93,49 @@ def test_a_coroutine_written_to_a_field_names_the_missing_await(mode: str) -> No
     assert "missing 'await'" in message and "await fetch(...)" in message
     assert (info.value.node, info.value.step, info.value.field) == ("lookup", 0, "x")
     assert not [w for w in seen if "never awaited" in str(w.message)]
+
+
+def test_a_chunks_outcomes_settled_together_keep_the_order_they_came_in() -> None:
+    """``settle_many``: successes taken the short way and a failure among them are kept
+    in the trace in the order they came back, as one by one ``settle`` keeps them, and
+    the successes' writes are the step's."""
+    from engine.attempts import StepAttempts
+    from engine.lanes.calls import Call, NodeRaised, Outcome
+    from engine.recorder import Nobody, Recorder
+    from engine.resources import SystemClock
+    from engine.spec import Task
+    from engine.trace import call_record
+
+    class X(BaseModel):
+        x: int = 0
+
+    g = Graph(X)
+    g.add_node("w", lambda s: {"x": 1})
+    g.add_edge(START, "w")
+    plan = g.compile().plan
+
+    def outcome(i: int) -> Outcome:
+        call = Call(Task("w", i, None, True), 0)
+        ok = i != 1
+        record = call_record(
+            "w", 0, "cpu", 1, i, 1, 1, "h", 0.0, 1.0, 0.0, 0, 0, ok,
+            None if ok else "ValueError", 0.0, 0.0,
+        )  # fmt: skip
+        if ok:
+            return Outcome(call, record, {"x": i})
+        return Outcome(call, record, None, NodeRaised("boom", ValueError("boom"), "ValueError"))
+
+    outs = [outcome(i) for i in range(4)]
+    orders = []
+    for many in (True, False):
+        rec = Recorder("r", thread_id=None, mode="parallel", sink=Nobody(), clock=SystemClock())
+        attempts = StepAttempts(plan, 0, rec)
+        assert not rec.tells_calls  # the short way is taken
+        if many:
+            assert attempts.settle_many(outs) == []
+        else:
+            assert [attempts.settle(o) for o in outs] == [None] * 4
+        orders.append([c.index for c in rec.calls])
+        assert set(attempts.writes) == {("w", 0), ("w", 2), ("w", 3)}
+        assert set(attempts.failed) == {("w", 1)}
+    assert orders[0] == orders[1] == [0, 1, 2, 3]

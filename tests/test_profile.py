@@ -309,6 +309,17 @@ class TestChanges:
         (delta,) = p.diff()
         assert delta.describe() == "a: +1 calls, wall 100 ms -> 200 ms"
 
+    def test_diff_shows_only_the_nodes_the_last_run_changed(self) -> None:
+        """A run of one node of a bigger graph moves that node only; a profile loaded from
+        its dict, before any run, shows every node as first measured."""
+        p = Profile(alpha=0.5)
+        p.observe_run([rec("a", 0.1, 0.1), rec("b", 0.1, 0.1)], driver_pid=DRIVER)
+        assert [d.node for d in p.diff()] == ["a", "b"]
+        p.observe_run([rec("b", 0.3, 0.3)], driver_pid=DRIVER)
+        assert [d.node for d in p.diff()] == ["b"]
+        loaded = Profile.from_dict(p.to_dict())
+        assert [(d.node, d.before) for d in loaded.diff()] == [("a", None), ("b", None)]
+
     def test_redecide_asks_only_undeclared_nodes(self) -> None:
         """Between runs, only auto nodes are decided again; declared ones keep their lane."""
         g = Graph(State)

@@ -154,6 +154,41 @@ class TestCopy:
 
         assert shallow_copy(Own(n=4)) == Own(n=4) and copied == ["own"]
 
+        class OwnModelCopy(BaseModel):
+            n: int = 0
+
+            def model_copy(self, *args: Any, **kwargs: Any) -> OwnModelCopy:
+                copied.append("model_copy")
+                return super().model_copy(*args, **kwargs)
+
+        assert shallow_copy(OwnModelCopy(n=2)).n == 2 and copied[-1] == "model_copy"
+
+    def test_a_model_input_is_copied_deeply_by_its_own_deepcopy_if_it_has_one(self) -> None:
+        """The input a run starts from is a deep copy (the caller's object is never changed
+        by the run); a model's own ``__deepcopy__`` makes it; a field that holds the state
+        itself holds the copy."""
+
+        class Plain(BaseModel):
+            items: list[int] = []
+            me: Any = None
+
+        given = Plain(items=[1])
+        given.me = given
+        got = StateSchema.of(Plain).validate_input(given)
+        assert got.items == [1] and got.items is not given.items and got.me is got
+
+        seen: list[str] = []
+
+        class Own(BaseModel):
+            items: list[int] = []
+
+            def __deepcopy__(self, memo: dict[int, Any] | None = None) -> Own:
+                seen.append("deep")
+                return Own(items=list(self.items))
+
+        assert StateSchema.of(Own).validate_input(Own(items=[2])).items == [2]
+        assert seen == ["deep"]
+
 
 class TestCheckUpdate:
     def test_unknown_key(self) -> None:

@@ -234,7 +234,6 @@ async def _await(awaitable: Any) -> Any:
 # A per-process cache of unpickled node functions, keyed by their pickled
 # bytes: a node's function is unpickled once per worker, not once per call.
 @functools.lru_cache(maxsize=128)
-@functools.lru_cache(maxsize=32)
 def load_fn(fn_bytes: bytes) -> Callable[..., Any]:
     """A node's (or a build's) function from its pickle, unpickled once per worker process:
     every call of a node carries the same bytes. One that fails to unpickle is not kept."""

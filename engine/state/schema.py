@@ -471,6 +471,8 @@ class StateSchema:
             return self.start(value)
         model = self.model
         if isinstance(value, model):
+            if type(value).__deepcopy__ is not _BASE_DEEPCOPY:
+                return value.model_copy(deep=True)  # the model's own deep copy
             return self.copy(value)  # a deep copy, immutable values shared (``copy``)
         if isinstance(value, BaseModel):
             value = value.model_dump()
@@ -493,7 +495,7 @@ class StateSchema:
             return self.state_view(state, copy_values=True)
         new = shallow_copy(state)
         values = new.__dict__
-        memo: dict[int, Any] = {}
+        memo: dict[int, Any] = {id(state): new}  # a field holding the state: the copy
         for key, value in values.items():
             if type(value) not in _ATOMS:
                 values[key] = copy.deepcopy(value, memo)
@@ -525,6 +527,8 @@ class StateSchema:
 
 
 _BASE_COPY = BaseModel.__copy__
+_BASE_MODEL_COPY = BaseModel.model_copy
+_BASE_DEEPCOPY = BaseModel.__deepcopy__
 _set = object.__setattr__
 
 
@@ -534,11 +538,15 @@ def shallow_copy(state: BaseModel) -> BaseModel:
     pydantic's own shallow copy calls the generic ``copy.copy`` on each of its
     attributes; a step copies the state twice (the node's view, the merged
     state). The same attributes are copied here by their types' own copies.
-    A model that defines its own ``__copy__``, or holds private attributes,
-    gets pydantic's.
+    A model that defines its own ``model_copy`` or ``__copy__``, or holds
+    private attributes, gets pydantic's (or its own).
     """
     cls = type(state)
-    if cls.__copy__ is not _BASE_COPY or state.__pydantic_private__ is not None:
+    if (
+        cls.__copy__ is not _BASE_COPY
+        or cls.model_copy is not _BASE_MODEL_COPY
+        or state.__pydantic_private__ is not None
+    ):
         return state.model_copy()
     new = cls.__new__(cls)
     _set(new, "__dict__", state.__dict__.copy())
