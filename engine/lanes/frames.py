@@ -8,6 +8,8 @@ Imported inside worker processes: standard library, cloudpickle and ``engine.ote
             request(fn_bytes, init, [blob, ...])    --bytes-->  worker (worker.run_calls)
     worker: one Measured per call -> encode(...)    --frame-->  driver: decode(frame)
               FRAME | len(meta) | meta | plain | blobs            -> one Decoded per call
+            or, every call plain data: encode_columns(...)        decode_chunk(frame)
+              FRAME | len(meta) | meta (columns) | plain          -> Columns
 
 A frame carries the results of any number of calls (one for a lone call, a
 chunk's worth for a batch). Its meta, pickled once, holds each call's head

@@ -10,6 +10,8 @@ Data flow of a cpu-lane call (``process.py`` has the driver's side)::
                 run_marked("calls", payload, marker)    marker <- its pid (O_EXCL)
                   run_calls: load fn once, each arg -> measure.call_with_init
                   -> frames.encode([Measured, ...])
+                  (no worker_init, no span: _run_lean times the calls in one loop,
+                  and while each returns plain data -> frames.encode_columns)
             frames.decode(frame) -> a Decoded per call  <--bytes--  marker removed
 
 Pickling happens in our code, not the executor's, so (a) any
