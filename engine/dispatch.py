@@ -40,6 +40,7 @@ import threading
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Literal
 
 from .cache import cache_key, dump_value, load_value
@@ -86,6 +87,9 @@ SettleMany = Callable[[Sequence[Outcome]], "list[tuple[Outcome, float]]"]
 START_SLICE = 128
 #: Outcomes of a finished chunk settled per turn of the event loop.
 SETTLE_SLICE = 256
+
+#: A task's place in its step: node name, then Send index.
+_task_order = attrgetter("node", "index")
 
 #: Values no node can change in place: a Send payload of these is passed as it is.
 _IMMUTABLE = frozenset({int, float, complex, str, bytes, bool, type(None)})
@@ -387,9 +391,15 @@ class Dispatcher:
         groups: dict[str, list[Task]] = {}
         singles: list[Task] = []
         answers = resumes()  # a resumed call goes alone: its answers travel in its own context
+        batchable = {name for name, route in self._routes.items() if route.batchable}
         for task in tasks:
-            if task.has_payload and self._routes[task.node].batchable and task.order not in answers:
-                groups.setdefault(task.node, []).append(task)
+            node = task.node
+            if task.has_payload and node in batchable and (node, task.index) not in answers:
+                group = groups.get(node)
+                if group is None:
+                    groups[node] = [task]
+                else:
+                    group.append(task)
             else:
                 singles.append(task)
         batches = []
@@ -414,7 +424,7 @@ class Dispatcher:
                 chunks=len(plan.sizes),
                 reason=plan.reason,
             )
-        singles.sort(key=lambda t: t.order)
+        singles.sort(key=_task_order)
         return singles, batches
 
     async def _run_batch(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Collection, Iterable, Mapping, Sequence
+from operator import attrgetter
 from typing import Any
 
 from .context import call_router
@@ -170,8 +171,9 @@ def _goto(
             triggered.add(target)
 
 
-def _order(task: Task) -> tuple[str, int]:
-    return (task.node, task.index)
+#: A task's place in its step: node name, then Send index (a C-level key: a fan-out
+#: sorts thousands).
+_order = attrgetter("node", "index")
 
 
 def _interpret(
