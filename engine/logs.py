@@ -10,8 +10,11 @@ decided when it is written, not at import:
   as ``key=value`` text. An application that set nothing up then sees only
   warnings and errors, on stderr (Python's last-resort handler), instead of
   every run's chatter on stdout; one that configured ``logging`` gets the
-  engine's events at the levels it chose. Debug events (one per node call)
-  cost a level check when debug is off.
+  engine's events at the levels it chose.
+
+Debug events (one per node call) cost a level check when debug is off
+(``enabled``): the stdlib logger's level, or the level of the structlog
+configuration's bound logger class where it has one.
 
 Events carry the run id, and the step and node where there is one, bound
 with ``bind``.
@@ -69,13 +72,29 @@ class EngineLogger:
         return EngineLogger(self._name, {**self._context, **values}, self._std)
 
     def enabled(self, method: str) -> bool:
-        """Whether a line at this level goes anywhere (always, once structlog is configured).
+        """Whether a line at this level goes anywhere.
 
         Lets a caller skip building a line's values (one per node call) when
         its level is off; the answer can change when the application
-        reconfigures logging, so ask it per run, not per process.
+        reconfigures logging, so ask it per run, not per process. Once
+        structlog is configured, its bound logger class answers: a filtering
+        one (``make_filtering_bound_logger``, structlog's default) by its
+        level, structlog's stdlib one by the stdlib logger's; any other is
+        assumed to let the line through (it may filter later, in a processor).
         """
-        return structlog.is_configured() or self._std.isEnabledFor(_LEVELS[method])
+        level = _LEVELS[method]
+        if not structlog.is_configured():
+            return self._std.isEnabledFor(level)
+        wrapper = structlog.get_config().get("wrapper_class")
+        if isinstance(wrapper, type) and issubclass(wrapper, structlog.stdlib.BoundLogger):
+            return self._std.isEnabledFor(level)
+        is_enabled_for = getattr(wrapper, "is_enabled_for", None)
+        if is_enabled_for is not None:
+            try:
+                return bool(is_enabled_for(None, level))  # a filtering class: its level only
+            except Exception:
+                return True
+        return True
 
     def _emit(self, method: str, event: str, values: Mapping[str, Any]) -> None:
         if structlog.is_configured():

@@ -111,6 +111,59 @@ class TestUnconfigured:
         assert calls == []
 
 
+@pytest.fixture
+def restored() -> Iterator[None]:
+    """Whatever structlog and the 'engine' logger were configured to, restored afterwards."""
+    saved = structlog.get_config()
+    was = structlog.is_configured()
+    level = logging.getLogger("engine").level
+    try:
+        yield
+    finally:
+        logging.getLogger("engine").setLevel(level)
+        if was:
+            structlog.configure(**saved)
+        else:
+            structlog.reset_defaults()
+
+
+class TestConfiguredLevels:
+    def test_a_configured_structlog_level_turns_the_per_call_events_off(
+        self, restored: None
+    ) -> None:
+        """structlog filtering at INFO (``make_filtering_bound_logger``): a run builds no
+        per-call events (nobody would see them); at DEBUG it does. structlog's stdlib
+        bound logger follows the stdlib logger's level; a class that cannot say, always."""
+        from engine.recorder import Nobody, Recorder
+        from engine.resources import SystemClock
+
+        def tells() -> bool:
+            rec = Recorder("r", thread_id=None, mode="parallel", sink=Nobody(), clock=SystemClock())
+            return rec.tells_calls
+
+        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))
+        assert not get_logger().enabled("debug") and get_logger().enabled("info")
+        assert not tells()
+        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
+        assert get_logger().enabled("debug") and tells()
+        structlog.configure(wrapper_class=structlog.stdlib.BoundLogger)
+        logging.getLogger("engine").setLevel(logging.WARNING)
+        assert not get_logger().enabled("info") and get_logger().enabled("warning")
+        logging.getLogger("engine").setLevel(logging.DEBUG)
+        assert get_logger().enabled("debug")
+        structlog.configure(wrapper_class=structlog.BoundLogger)
+        assert get_logger().enabled("debug")
+
+    async def test_events_at_an_enabled_level_still_arrive(self, restored: None) -> None:
+        """Filtering at INFO, the run's info events reach structlog; its debug ones do not."""
+        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))
+        with capture_logs() as logs:
+            await two_steps().arun({}, mode="concurrent")
+        events = {e["event"] for e in logs}
+        assert {"run_started", "run_finished"} <= events
+        assert "node_started" not in events and "node_finished" not in events
+
+
 class TestNeverConfigures:
     async def test_the_library_never_configures_logging(
         self, mode: str, monkeypatch: pytest.MonkeyPatch
