@@ -252,18 +252,25 @@ def may_ask(fn: Any) -> bool:
         fn, code = call, getattr(call, "__code__", None)
     if code is None:
         return False
-    scope = dict(getattr(fn, "__globals__", {}))
-    for name, cell in zip(code.co_freevars, getattr(fn, "__closure__", None) or (), strict=False):
-        try:
-            scope[name] = cell.cell_contents
-        except ValueError:  # an empty cell
-            continue
+    scope = scope_of(fn, code)
     for name in _names(code):
         value = scope.get(name)
         value = getattr(value, "app", value)  # engine.langgraph's compiled graph wraps one
         if name == "interrupt" or value is interrupt or _runs_graph(value):
             return True
     return False
+
+
+def scope_of(fn: Any, code: Any) -> dict[str, Any]:
+    """What the names ``fn``'s code (``code``) uses are bound to: its module's globals and
+    the cells of its closure (an empty cell left out)."""
+    scope = dict(getattr(fn, "__globals__", {}))
+    for name, cell in zip(code.co_freevars, getattr(fn, "__closure__", None) or (), strict=False):
+        try:
+            scope[name] = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+    return scope
 
 
 def _names(code: Any) -> set[str]:
@@ -293,6 +300,7 @@ __all__ = [
     "is_interrupt",
     "joined",
     "may_ask",
+    "scope_of",
     "shown_values",
     "stops_at",
 ]

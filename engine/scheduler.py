@@ -205,7 +205,7 @@ class Scheduler:
         of an interrupted run sees, as a snapshot of the thread shows it)."""
         if not cursor.pending:
             return cursor.state
-        merged = [Write(node, index, upd) for (node, index), upd in cursor.pending.items()]
+        merged = writes_of(cursor.pending)
         try:
             return self.plan.schema.merge(cursor.state, merged, cursor.step)
         except Exception:  # the writes conflict: the resume raises it, when it merges them

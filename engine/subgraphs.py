@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from .checkpoint.history import StateSnapshot, snapshot
 from .checkpoint.history import task_id as checkpoint_task_id
 from .context import RunContext, current, node_config
-from .interrupts import GraphInterrupt, Interrupt
+from .interrupts import GraphInterrupt, Interrupt, scope_of
 from .saving import RunCursor, RunSaver
 from .streaming import NamespacedSink, current_stream, nested_sink, task_id
 from .subgraph_node import AsyncToParent, SubgraphNode, ToParent, calling_node
@@ -251,12 +251,7 @@ def _graphs_used(fn: Any) -> list[CompiledGraph[Any]]:
     code = getattr(fn, "__code__", None)
     if code is None:
         return []
-    scope = dict(getattr(fn, "__globals__", {}))
-    for name, cell in zip(code.co_freevars, getattr(fn, "__closure__", None) or (), strict=False):
-        try:
-            scope[name] = cell.cell_contents
-        except ValueError:  # an empty cell
-            continue
+    scope = scope_of(fn, code)
     out: list[CompiledGraph[Any]] = []
     for name in (*code.co_names, *code.co_freevars):
         value: Any = scope.get(name)

@@ -41,7 +41,7 @@ from .interrupts import answers, may_ask
 from .routing import next_tasks, start_tasks
 from .saving import RunCursor, RunSaver
 from .spec import START, Command, Task
-from .state import Write
+from .state import Write, writes_of
 
 if TYPE_CHECKING:
     from .checkpoint import Checkpointer
@@ -213,7 +213,7 @@ async def input_cursor(saver: RunSaver, latest: Checkpoint | None, input: object
         # A new input on a thread stopped on questions: the questions are dropped, the
         # writes of the calls that finished are kept (LangGraph's).
         done = saver.codec.load_writes(latest)
-        before = schema.apply(before, [Write(n, i, u) for (n, i), u in done.items()], latest.step)
+        before = schema.apply(before, writes_of(done), latest.step)
     step = latest.step + 1 if latest is not None else -1
     assert saver.checkpointer is not None
     cp = saver.codec.save(
