@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, NamedTuple, TypeVar
 
 from .classify import Lane
 from .policy import RetryPolicy
@@ -73,16 +73,19 @@ class Command(Generic[N]):
         return f"Command({', '.join(shown)})"
 
 
-@dataclass(frozen=True, slots=True)
-class Task:
+class Task(NamedTuple):
     """One call to make in a step: a node, and its Send payload if it has one.
 
     Routing makes them; the dispatcher runs them (as ``Call``s: a task at a
-    step and an attempt); checkpoints save the next step's.
+    step and an attempt); checkpoints save the next step's. A named tuple: a
+    ``Send`` fan-out makes thousands, and one is built twice as fast as a
+    frozen dataclass.
     """
 
     node: str
-    index: int = -1  # Send index within the step; -1 when triggered by an edge
+    #: Send index within the step; -1 when triggered by an edge. (It shadows
+    #: ``tuple.index``, which nothing calls on a task.)
+    index: int = -1  # type: ignore[assignment]
     payload: Any = None
     has_payload: bool = False
 
