@@ -440,16 +440,33 @@ class Dispatcher:
         """Send ``tasks`` to the pool in the planned chunks.
 
         One chunk is started per turn of the loop, and each pickles its own
-        arguments: the first is submitted (and its worker computing) before
-        the next is even pickled.
+        arguments once the lane has room for it (``gate``: as many as the
+        lane keeps submitted): the first is submitted (and its worker
+        computing) before the next is even pickled, and the loop's thread
+        goes idle, letting the pool's threads hand the first chunks to the
+        workers, before it prepares the chunks that would only wait.
         """
+        gate = asyncio.Semaphore(self.lanes.cpu.process.window)
         chunks = [
-            self._run_chunk(route, step, tasks[part], state, settle, settle_many)
+            self._run_chunk(route, step, tasks[part], state, settle, settle_many, gate)
             for part in plan.slices()
         ]
         await all_or_none(chunks, per_turn=1)
 
     async def _run_chunk(
+        self,
+        route: Route,
+        step: int,
+        tasks: list[Task],
+        state: Any,
+        settle: Settle,
+        many: SettleMany | None,
+        gate: asyncio.Semaphore,
+    ) -> None:
+        async with gate:
+            await self._chunk(route, step, tasks, state, settle, many)
+
+    async def _chunk(
         self,
         route: Route,
         step: int,

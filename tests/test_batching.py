@@ -186,6 +186,42 @@ class TestFanOut:
         # The reducer saw every call's write in Send order, as unbatched.
         assert r.state.out == [i * i for i in range(400)]
 
+    async def test_a_chunk_is_prepared_only_once_the_lane_has_room_for_it(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The chunks beyond the lane's window are not pickled up front (the loop's thread
+        would hold the GIL while the first chunks wait to reach their workers): at any time
+        at most ``window`` chunks are prepared and not yet back."""
+        import engine.dispatch as dispatch_module
+
+        prepared, back, most = 0, 0, 0
+        windows: list[int] = []
+        real_pickle = dispatch_module.pickled_together
+        real_run_chunk = engine.lanes.cpu.CpuLane.run_chunk
+
+        def counting_pickle(args: list[Any]) -> bytes | None:
+            nonlocal prepared, most
+            prepared += 1
+            most = max(most, prepared - back)
+            return real_pickle(args)
+
+        async def counting_run_chunk(lane: Any, *args: Any, **kwargs: Any) -> Any:
+            nonlocal back
+            windows.append(lane.process.window)
+            try:
+                return await real_run_chunk(lane, *args, **kwargs)
+            finally:
+                back += 1
+
+        monkeypatch.setattr(dispatch_module, "pickled_together", counting_pickle)
+        monkeypatch.setattr(engine.lanes.cpu.CpuLane, "run_chunk", counting_run_chunk)
+        warm(default_executor())
+        r = await fan_graph().arun({"n": 400, "spin_s": 0.0005}, mode="parallel")
+        assert r.state.out == [i * i for i in range(400)]
+        window = windows[0]
+        assert len(windows) > window  # more chunks than the lane keeps submitted
+        assert prepared == len(windows) and 1 <= most <= window
+
     async def test_same_final_state_as_sequential(self) -> None:
         """Batched parallel calls merge to exactly the sequential run's state."""
         app = fan_graph()

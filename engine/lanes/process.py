@@ -171,6 +171,11 @@ class ProcessLane:
         )
 
     @property
+    def window(self) -> int:
+        """Calls submitted and unfinished at once, at most (a local pool's queue is kept fed)."""
+        return self._window
+
+    @property
     def executor(self) -> Executor:
         """The pool calls go to now (the default pool is created on first use)."""
         if self._executor is None:
