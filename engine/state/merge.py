@@ -43,8 +43,12 @@ class Write(NamedTuple):
 
 
 def writes_of(updates: Mapping[tuple[str, int], Mapping[str, Any]]) -> list[Write]:
-    """A step's updates by (node, Send index) as ``Write``s."""
-    return [Write(node, index, upd) for (node, index), upd in updates.items()]
+    """A step's updates by (node, Send index) as ``Write``s (built by ``tuple.__new__``,
+    without the Python-level ``__new__`` of a named tuple: a fan-out's step has thousands)."""
+    return [_new(Write, (node, index, upd)) for (node, index), upd in updates.items()]
+
+
+_new = tuple.__new__
 
 
 #: A write's place in the merge: node name, then Send index.
