@@ -4,7 +4,7 @@
 
     loop thread                                   sampler thread (one per loop)
     -----------                                   ---------------------------
-    monitor task (one per loop):                  every interval: is the beat stale?
+    monitor task (one per loop):                  when the beat would turn stale: is it?
       beat; sleep(interval); wake                   stale > interval + threshold/2:
       lag = late wake-up - interval                   the loop is blocked *now*; note
       lag >= a run's threshold:                       who runs (current task -> registry
@@ -413,13 +413,16 @@ class LoopGuard:
     # -- the sampler thread ----------------------------------------------
 
     def _sample_forever(self) -> None:
-        while not self._stop.wait(self._interval):
+        # Wakes when the beat would turn stale, not every interval: a wake-up costs
+        # ~0.1 ms of CPU on a VM, and a calm loop's beat is renewed every interval.
+        wait = self._interval
+        while not self._stop.wait(wait):
             loop = self._loop_ref()
             if loop is None or loop.is_closed():
                 self._loop_closed(loop)
                 return
             del loop  # never keep the loop alive from here
-            self.sample()
+            wait = self.sample()
 
     def _loop_closed(self, loop: asyncio.AbstractEventLoop | None) -> None:
         """The loop closed under attached runs: nothing will wake the monitor again."""
@@ -428,19 +431,28 @@ class LoopGuard:
         if loop is not None:
             GUARDS.discard(loop, self)
 
-    def sample(self) -> None:
-        """One look at the loop: calm, or blocked (then note who runs on it).
+    def sample(self) -> float:
+        """One look at the loop: calm, or blocked (then note who runs on it); the
+        seconds until the next look is worth taking.
 
-        The sampler thread calls it every interval; a test can call it on the
-        loop's own thread, with its clock advanced, to stand for a sample
-        taken while the loop was stuck.
+        Calm: until the current beat would turn stale (its wake-up ``threshold/2``
+        late), which is the earliest a block can be seen (at most 4 intervals,
+        so a run that attaches with a smaller threshold is heard soon). Blocked:
+        one interval, to keep sharing the block out among what runs. The
+        sampler thread calls it; a test can call it on the loop's own thread,
+        with its clock advanced, to stand for a sample taken while the loop was
+        stuck.
         """
         beat = self._beat
         now = self._clock.monotonic()
-        if beat is None or now - beat.t < beat.interval + self._threshold / 2:
+        if beat is None:
+            return self._interval
+        stale_at = beat.t + beat.interval + self._threshold / 2
+        if now < stale_at:
             self._calm = (now, self._loop_cpu(), self._loop_queued())
-            return
-        self._sample(beat.t)
+            return min(max(stale_at - now, 0.001), 4 * self._interval)
+        self._sample(beat)
+        return self._interval
 
     def _loop_queued(self) -> float:
         """Seconds the loop thread has waited on a run queue (Linux schedstat), else 0."""
@@ -458,7 +470,7 @@ class LoopGuard:
         except OSError:  # the loop thread is gone
             return None
 
-    def _sample(self, beat: float) -> None:
+    def _sample(self, beat: Beat) -> None:
         """Note who is running on the loop right now (called while it is blocked)."""
         with self._lock:
             entries = [e for e in list(self._entries.values()) if e.owner in self._watchers]
@@ -483,9 +495,11 @@ class LoopGuard:
         now, cpu, queued = self._clock.monotonic(), self._loop_cpu(), self._loop_queued()
         with self._lock:
             episode = self._episode
-            if episode is None or episode.beat != beat:
+            if episode is None or episode.beat != beat.t:
                 calm_t, calm_cpu, calm_queued = self._calm
-                episode = Episode(beat, max(calm_t, beat), calm_cpu, calm_queued)
+                if calm_t < beat.t:  # the beat's own CPU reading is the later baseline
+                    calm_t, calm_cpu = beat.t, beat.cpu if calm_cpu is not None else None
+                episode = Episode(beat.t, calm_t, calm_cpu, calm_queued)
                 self._episode = episode
             episode.add(who, how, place, now, cpu, queued)
 

@@ -244,6 +244,37 @@ class TestSharing:
         assert all("polite" not in e.nodes for e in ev_b)
         assert {r.culprit for r in a.reports if "hog" in r.nodes} == {"task"}
 
+    async def test_a_calm_loops_sampler_wakes_when_a_beat_could_turn_stale(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Real time, real sampler: while the loop is calm the sampler looks when the
+        current beat would turn stale, not every interval (each wake-up of a thread
+        costs CPU), and a block is still caught and named."""
+        looks: list[float] = []
+        real_sample = LoopGuard.sample
+
+        def counted(guard: LoopGuard) -> float:
+            looks.append(guard.clock.monotonic())
+            return real_sample(guard)
+
+        monkeypatch.setattr(LoopGuard, "sample", counted)
+        events: list[Any] = []
+
+        async def hog(state: Any) -> None:
+            burn(0.25)
+
+        wd = LoopWatchdog(run_id="calm", threshold_s=0.1, interval_s=0.01, emit=events.append)
+        async with wd:
+            await asyncio.sleep(0.6)  # calm: beats every 10 ms
+            calm = len(looks)
+            with wd.running("hog", fn=hog):
+                await hog(None)
+            wd.flush()  # what the recorder does as a run ends
+        # Every 10 ms would be ~60 looks; a beat turns stale 60 ms after it (at most
+        # 4 intervals between looks): ~15.
+        assert 3 <= calm <= 30, calm
+        assert ["hog"] in [e.nodes for e in events]
+
     def test_the_guard_of_a_closed_loop_is_dropped(self) -> None:
         """A loop closed while a run was still attached: the sampler sees it and leaves,
         and the registry forgets the guard."""
