@@ -207,7 +207,7 @@ class StepAttempts:
             value = out.value
             if quiet and out.failure is None and out.load is None and plain(value):
                 kept.append(out.record)
-                writes[out.call.task.order] = value
+                writes[out.call.task[:2]] = value  # (its order, by a C-level slice)
                 continue
             if kept:  # the trace keeps calls in the order they settled
                 self.recorder.kept(kept)

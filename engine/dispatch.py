@@ -482,7 +482,8 @@ class Dispatcher:
         # for the chunk. Anything else is pickled call by call, a bad one failing alone.
         args: list[bytes] | bytes | None = pickled_together([t.payload for t in tasks])
         if args is not None:
-            calls = [Call(task, step) for task in tasks]
+            new = tuple.__new__  # (a named tuple's own __new__ is a Python call per call)
+            calls = [new(Call, (task, step, 1)) for task in tasks]
             if tell is not None:
                 for call in calls:
                     tell(call, route.lane)

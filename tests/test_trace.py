@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from engine import START, Graph, Metrics, NodeCall, Send, Trace
-from engine.trace import compute_metrics
+from engine.trace import call_record, chunk_records, compute_metrics
 from tests.nodes import sync_send_worker
 from tests.support import State, cpu_probe, io_probe
 
@@ -65,6 +65,25 @@ class TestNodeCall:
         assert (i.lane, i.pid, i.thread) == ("io", os.getpid(), threading.get_native_id())
         assert i.start <= r.state.probes["i"]["start"] and (i.bytes_in, i.bytes_out) == (0, 0)
         assert r.trace.pids() == {c.pid, os.getpid()} and r.trace.pids("io") == {os.getpid()}
+
+    def test_a_chunks_records_are_each_calls_own(self) -> None:
+        """``chunk_records`` (a chunk's records from its columns) makes what ``call_record``
+        makes for each call: equal records, field by field, none shared."""
+        where = (11, 12, "h")
+        cols = {
+            "attempts": [1, 2, 1], "indexes": [4, 5, 6], "starts": [1.0, 2.0, 3.0],
+            "ends": [1.5, 2.5, 3.5], "cpus": [0.4, 0.3, 0.2], "sizes": [10, 20, 30],
+            "waits": [0.01, 0.0, 0.02],
+        }  # fmt: skip
+        got = chunk_records("w", 3, "cpu", where, 99, *cols.values())
+        want = [
+            call_record("w", 3, "cpu", a, i, 11, 12, "h", s, e, c, n, 99, True, None, q, 0.0)
+            for a, i, s, e, c, n, q in zip(*cols.values(), strict=True)
+        ]
+        assert got == want and [vars(g) for g in got] == [vars(w) for w in want]
+        assert len({id(vars(g)) for g in got}) == 3
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            got[0].end = 2.0  # type: ignore[misc]
 
     async def test_send_calls_carry_their_index(self) -> None:
         """A Send's call records its index; others record -1."""

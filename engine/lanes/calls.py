@@ -46,7 +46,7 @@ from typing import Any, Literal, NamedTuple
 
 from ..procs import hostname
 from ..spec import Task
-from ..trace import NodeCall, call_record
+from ..trace import NodeCall, call_record, chunk_records
 from .frames import Columns, Decoded
 from .measure import INTERRUPTED, OK, PAYLOAD, Load, Measured
 
@@ -236,17 +236,19 @@ def decoded(call: Call, lane: str, d: Decoded) -> Outcome:
 
 def decoded_columns(calls: list[Call], lane: str, c: Columns) -> list[Outcome]:
     """The outcomes of a chunk's calls that all returned plain data (``frames.Columns``,
-    its values loaded): ``decoded`` for each, in one loop (a chunk brings back hundreds)."""
-    pid, tid, host = c.where
-    out = c.bytes_out
+    its values loaded): ``decoded`` for each, their records made together
+    (``trace.chunk_records``; a chunk brings back hundreds)."""
+    task = calls[0].task
+    records = chunk_records(
+        task.node, calls[0].step, lane, c.where, c.bytes_out,
+        [call.attempt for call in calls], [call.task.index for call in calls],
+        c.starts, c.ends, c.cpus, c.sizes, c.waits,
+    )  # fmt: skip
+    new = tuple.__new__  # (a named tuple's own __new__ is a Python call per outcome)
     return [
-        Outcome(call, call_record(
-            call.task.node, call.step, lane, call.attempt, call.task.index,
-            pid, tid, host, s, e, cpu, n, out, True, None, w, 0.0,
-        ), v)
-        for call, s, e, cpu, w, n, v in zip(calls, c.starts, c.ends, c.cpus, c.waits, c.sizes,
-                                            c.values, strict=True)
-    ]  # fmt: skip
+        new(Outcome, (call, record, value, None, None))
+        for call, record, value in zip(calls, records, c.values, strict=True)
+    ]
 
 
 def lost(call: Call, lane: str, started: float, failure: Failure) -> Outcome:
