@@ -5,6 +5,8 @@ from __future__ import annotations
 import pickle
 import subprocess
 import sys
+import time
+from types import SimpleNamespace
 from typing import Any
 
 import cloudpickle
@@ -13,6 +15,7 @@ import pytest
 from engine.lanes.frames import FRAME, decode, dumps_by_value, encode, request
 from engine.lanes.measure import OK, PAYLOAD, RAISED, Measured
 from engine.lanes.worker import run_calls
+from tests.support import burn
 
 
 def measured(value: Any, start: float = 0.0, end: float = 1.0, **more: Any) -> Measured:
@@ -50,6 +53,16 @@ def _odd_third(arg: tuple[str, int]) -> Any:
     if odd == "same_dict":
         return _LAST["value"]
     return _awaited()
+
+
+def _work(arg: dict[str, Any]) -> dict[str, float]:
+    """Burn CPU (``how="burn"``) or sleep (``"sleep"``) for ``s`` seconds."""
+    how, seconds = arg["how"], arg["s"]
+    if how == "burn":
+        burn(seconds)
+    else:
+        time.sleep(seconds)
+    return {"s": seconds}
 
 
 def _refuse() -> None:
@@ -174,6 +187,45 @@ class TestWorkerEntry:
         assert starts == sorted(starts) and all(d.head[5] >= d.head[4] for d in back)
         assert [d.bytes_in for d in back] == [len(together) // 5] * 5
 
+    def test_short_calls_share_cpu_readings_and_a_long_call_is_read_alone(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The worker reads its CPU clock once per millisecond of back-to-back calls, not
+        twice per call: 300 calls of ~0.1 ms take a few dozen readings, share them by wall
+        time (each at most its wall time) and add up to their CPU; a call of a millisecond
+        or more is read alone, so a sleeping call next to burning ones is charged no CPU."""
+        import engine.lanes.worker as worker
+
+        reads = 0
+
+        def thread_time() -> float:
+            nonlocal reads
+            reads += 1
+            return time.thread_time()
+
+        monkeypatch.setattr(
+            worker, "time", SimpleNamespace(time=time.time, thread_time=thread_time)
+        )
+        from engine.lanes.cpu import pickled_together
+
+        def chunk(args: list[Any]) -> list[Any]:
+            together = pickled_together(args)
+            assert together is not None
+            return decode(run_calls(request(cloudpickle.dumps(_work), None, together)))
+
+        short = chunk([{"how": "burn", "s": 0.0001} for _ in range(300)])
+        assert reads <= 300 // 3, reads  # twice per call would be 600
+        walls = [d.head[5] - d.head[4] for d in short]
+        cpus = [d.measured.cpu_s for d in short]
+        assert all(0 <= c <= w for c, w in zip(cpus, walls, strict=True))
+        assert sum(cpus) >= 0.5 * sum(walls)  # pure CPU work: its share of each window
+        mixed = chunk([{"how": h, "s": 0.003} for h in ("burn", "sleep", "burn", "sleep")])
+        burned, slept = (
+            [d.measured.cpu_s for d in mixed[::2]],
+            [d.measured.cpu_s for d in mixed[1::2]],
+        )
+        assert min(burned) >= 0.002 and max(slept) <= 0.001, (burned, slept)
+
     @pytest.mark.parametrize("odd", ["raises", "not_plain", "same_dict", "awaitable"])
     def test_a_call_off_the_lean_path_keeps_the_calls_before_and_after_it(self, odd: str) -> None:
         """The third call of five raises, returns something that is not plain data, returns
@@ -195,6 +247,8 @@ class TestWorkerEntry:
         else:
             assert kinds == [OK] * 5 and values[2] == {"i": "awaited"}
         assert [d.bytes_in for d in back] == [len(b) for b in blobs]
+        # The CPU of the calls before it, and its own, shared out of one reading.
+        assert all(d.measured.cpu_s >= 0 for d in back)
 
     def test_a_raising_node_fails_its_call_with_its_exception(self) -> None:
         """The node's exception comes back whole, as the failure of its call only."""

@@ -4,9 +4,10 @@
 
     dispatcher, at the start of a step with n Sends of cpu node X (parallel mode):
       chunk_plan(n, workers, measured dispatch, measured call) -> sizes, or None
-      every argument pickled on its own (a bad one fails its own call, now)
-      one CpuLane.run_chunk per chunk, one started per turn of the loop: each comes back as
-        one Outcome per call, settled as they arrive (no task per call)
+      one CpuLane.run_chunk per chunk, one started per turn of the loop, each prepared
+        once the lane has room for it (plain payloads in one pickle per chunk; others
+        each on its own: a bad one fails its own call, before anything is sent): each
+        comes back as one Outcome per call, settled as they arrive (no task per call)
 
 One submission per chunk instead of per call: the dispatch cost is paid once
 per chunk, while every call keeps its own result, error, timing, bytes and
