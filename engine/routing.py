@@ -105,7 +105,8 @@ def next_tasks(
     if plan.deferred:
         _defer(plan, triggered, sends, fanin)
     tasks = [Task(n) for n in triggered]
-    tasks += [Task(s.node, i, s.arg, True) for i, s in enumerate(sends)]
+    new = tuple.__new__  # (a named tuple's own __new__ is a Python call per task)
+    tasks += [new(Task, (s.node, i, s.arg, True)) for i, s in enumerate(sends)]
     tasks.sort(key=_order)
     return tasks
 
