@@ -463,68 +463,41 @@ class Dispatcher:
         many: SettleMany | None,
         gate: asyncio.Semaphore,
     ) -> None:
-        async with gate:
-            await self._chunk(route, step, tasks, state, settle, many)
-
-    async def _chunk(
-        self,
-        route: Route,
-        step: int,
-        tasks: list[Task],
-        state: Any,
-        settle: Settle,
-        many: SettleMany | None,
-    ) -> None:
-        calls: list[Call] = []
+        """One chunk: prepared and sent while it holds a place in ``gate`` (as many as the
+        lane keeps submitted), settled, and its retries or lone re-runs awaited, after it
+        gave the place back (a retry's back-off must not hold back the chunks behind it)."""
         retries: list[Coroutine[Any, Any, None]] = []
-        tell = self.recorder.call_started if self.recorder.tells_calls else None
-        # Plain payloads (the usual Send argument) cannot fail to cross: one pickle
-        # for the chunk. Anything else is pickled call by call, a bad one failing alone.
-        args: list[bytes] | bytes | None = pickled_together([t.payload for t in tasks])
-        if args is not None:
-            new = tuple.__new__  # (a named tuple's own __new__ is a Python call per call)
-            calls = [new(Call, (task, step, 1)) for task in tasks]
-            if tell is not None:
-                for call in calls:
-                    tell(call, route.lane)
-        else:
-            blobs: list[bytes] = []
-            for task in tasks:
-                call = Call(task, step)
-                if tell is not None:
-                    tell(call, route.lane)
-                try:
-                    blobs.append(pickled(task.payload))
-                except PayloadError as exc:  # fails alone, before anything is sent
-                    retry = self._settle(
-                        lost(call, route.lane, time.time(), _refused(exc)), state, settle
+        died: WorkerDied | None = None
+        async with gate:
+            calls, args = self._chunk_calls(route, step, tasks, state, settle, retries)
+            started = time.time()
+            try:
+                outcomes = (
+                    await self.lanes.cpu.run_chunk(
+                        calls,
+                        args,
+                        route.fn,
+                        init=route.init,
+                        memory=route.memory,
+                        stream=self._stream_info(
+                            route, step, indexes=tuple([c.task.index for c in calls])
+                        ),
                     )
-                    if retry is not None:
-                        retries.append(retry)
-                    continue
-                calls.append(call)
-            args = blobs
-        started = time.time()
-        try:
-            outcomes = (
-                await self.lanes.cpu.run_chunk(
-                    calls,
-                    args,
-                    route.fn,
-                    init=route.init,
-                    memory=route.memory,
-                    stream=self._stream_info(
-                        route, step, indexes=tuple([c.task.index for c in calls])
-                    ),
+                    if calls
+                    else []
                 )
-                if calls
-                else []
-            )
-        except WorkerDied as exc:
+            except WorkerDied as exc:
+                died, outcomes = exc, []
+            except Exception as exc:
+                failure = _failure(exc, route)
+                if failure is None:
+                    raise
+                outcomes = [lost(c, route.lane, started, failure) for c in calls]
+        if died is not None:
             # One of these calls killed its worker, or none did (it was killed
             # from outside): each runs again alone, so only a culprit is charged.
             log.warning(
-                "cpu_chunk_lost_rerun_singly", node=route.node, calls=len(calls), error=str(exc)
+                "cpu_chunk_lost_rerun_singly", node=route.node, calls=len(calls), error=str(died)
             )
             blobs = args if isinstance(args, list) else [pickled(c.task.payload) for c in calls]
             reruns = [
@@ -532,11 +505,6 @@ class Dispatcher:
             ]
             await all_or_none(reruns + retries)
             return
-        except Exception as exc:
-            failure = _failure(exc, route)
-            if failure is None:
-                raise
-            outcomes = [lost(c, route.lane, started, failure) for c in calls]
         for at in range(0, len(outcomes), SETTLE_SLICE):
             if at:
                 await asyncio.sleep(0)  # thousands of outcomes at once: let the loop breathe
@@ -548,6 +516,45 @@ class Dispatcher:
             retries += [self._run(out.call.again(), state, settle, delay) for out, delay in again]
         if retries:
             await all_or_none(retries)
+
+    def _chunk_calls(
+        self,
+        route: Route,
+        step: int,
+        tasks: list[Task],
+        state: Any,
+        settle: Settle,
+        retries: list[Coroutine[Any, Any, None]],
+    ) -> tuple[list[Call], list[bytes] | bytes]:
+        """A chunk's calls and their arguments pickled: plain payloads (the usual Send
+        argument) cannot fail to cross, one pickle for them all; any other is pickled
+        call by call, a bad one failing alone (settled now, its retry added to
+        ``retries``)."""
+        tell = self.recorder.call_started if self.recorder.tells_calls else None
+        together = pickled_together([t.payload for t in tasks])
+        if together is not None:
+            new = tuple.__new__  # (a named tuple's own __new__ is a Python call per call)
+            calls: list[Call] = [new(Call, (task, step, 1)) for task in tasks]
+            if tell is not None:
+                for call in calls:
+                    tell(call, route.lane)
+            return calls, together
+        calls, blobs = [], []
+        for task in tasks:
+            call = Call(task, step)
+            if tell is not None:
+                tell(call, route.lane)
+            try:
+                blobs.append(pickled(task.payload))
+            except PayloadError as exc:  # fails alone, before anything is sent
+                retry = self._settle(
+                    lost(call, route.lane, time.time(), _refused(exc)), state, settle
+                )
+                if retry is not None:
+                    retries.append(retry)
+                continue
+            calls.append(call)
+        return calls, blobs
 
     async def _rerun(
         self, route: Route, call: Call, blob: bytes, state: Any, settle: Settle

@@ -67,6 +67,21 @@ def work(p: dict[str, Any]) -> dict[str, Any]:
     return {"out": [p["i"] * p["i"]], "pids": [os.getpid()]}
 
 
+def flaky(p: dict[str, Any]) -> dict[str, Any]:
+    """A Send target whose every tenth call fails its first attempt (a file per index,
+    in ``p["dir"]``, says it already failed: attempts run in different processes)."""
+    burn(0.0002)
+    if p["i"] % 10 == 0:
+        try:
+            with open(os.path.join(p["dir"], str(p["i"])), "x"):
+                pass
+        except FileExistsError:
+            pass
+        else:
+            raise ValueError(f"first attempt of {p['i']}")
+    return {"out": [p["i"]]}
+
+
 def fan_out(state: Fan) -> list[Send]:
     payload = {"bad": state.bad, "kind": state.kind, "spin_s": state.spin_s}
     sends = [Send("work", {"i": i, **payload}) for i in range(state.n)]
@@ -221,6 +236,32 @@ class TestFanOut:
         window = windows[0]
         assert len(windows) > window  # more chunks than the lane keeps submitted
         assert prepared == len(windows) and 1 <= most <= window
+
+    async def test_a_chunk_waiting_to_retry_a_call_holds_back_no_other_chunk(
+        self, tmp_path: Any
+    ) -> None:
+        """Every chunk has a call that fails its first attempt and retries after 0.5 s:
+        every chunk is sent (and its other calls run) before the first retry, instead of
+        the first chunks keeping the lane's places through their back-off."""
+        g = Graph(Fan)
+        g.add_node("start", lambda s: None, lane="inline")
+        retry = RetryPolicy(
+            max_attempts=2, initial_interval=0.5, jitter=False, retry_on=(ValueError,)
+        )
+        g.add_node("work", flaky, lane="cpu", retry=retry)
+        g.add_edge(START, "start")
+        g.add_conditional_edges(
+            "start", lambda s: [Send("work", {"i": i, "dir": str(tmp_path)}) for i in range(400)]
+        )
+        g.add_edge("work", END)
+        warm(default_executor())
+        r = await g.compile().arun({}, mode="parallel")
+        assert sorted(r.state.out) == list(range(400))
+        calls = r.trace.for_node("work")
+        first = [c for c in calls if c.attempt == 1]
+        again = [c for c in calls if c.attempt == 2]
+        assert len(first) == 400 and len(again) == 40
+        assert max(c.start for c in first) < min(c.start for c in again)
 
     async def test_same_final_state_as_sequential(self) -> None:
         """Batched parallel calls merge to exactly the sequential run's state."""
