@@ -50,6 +50,7 @@ import contextlib
 import contextvars
 import enum
 import itertools
+import os
 import sys
 import threading
 import time
@@ -95,6 +96,7 @@ class Beat:
     cpu: float  # the loop thread's CPU time (time.thread_time on the loop)
     wall: float  # the guard's clock.time()
     interval: float  # the sleep that follows; late past t + interval is lag
+    queued: float = 0.0  # the loop thread's run-queue wait so far (Linux schedstat)
 
     def lag(self, now: float) -> float:
         return now - self.t - self.interval
@@ -181,7 +183,6 @@ class LoopGuard:
         self._next_key = 0
         self._episode: Episode | None = None
         self._beat: Beat | None = None
-        self._calm: tuple[float, float | None, float] = (0.0, None, 0.0)  # last calm reading
         self._interval = 0.0
         self._threshold = 0.0
         # How many attached runs ask for each sampling interval and threshold.
@@ -190,6 +191,7 @@ class LoopGuard:
         self._loop_thread: int | None = None
         self._loop_clock: int | None = None  # CPU clock of the loop thread (Linux)
         self._loop_schedstat = ""  # its /proc schedstat: run-queue delay (Linux)
+        self._own_schedstat: Any = None  # that file, open for the beats (read on the loop)
         self._monitor: asyncio.Task[None] | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -271,6 +273,10 @@ class LoopGuard:
         except (AttributeError, OSError):  # not on this platform: shares carry no CPU
             self._loop_clock = None
         self._loop_schedstat = f"/proc/self/task/{threading.get_native_id()}/schedstat"
+        try:
+            self._own_schedstat = open(self._loop_schedstat, "rb", buffering=0)  # noqa: SIM115
+        except OSError:
+            self._own_schedstat = None
         self._state = _State.RUNNING
         self._beat = self._new_beat()
         # A task of the loop, not of the run that happened to start it: it
@@ -287,6 +293,8 @@ class LoopGuard:
             return
         self._state = _State.CLOSED
         self._stop_sampler()
+        if self._own_schedstat is not None:
+            self._own_schedstat.close()
         task, self._monitor = self._monitor, None
         if task is not None:
             task.cancel()
@@ -344,7 +352,19 @@ class LoopGuard:
 
     def _new_beat(self) -> Beat:
         clock = self._clock
-        return Beat(clock.monotonic(), time.thread_time(), clock.time(), self._interval)
+        return Beat(
+            clock.monotonic(), time.thread_time(), clock.time(), self._interval, self._queued()
+        )
+
+    def _queued(self) -> float:
+        """The loop thread's run-queue wait so far, read on the loop (one ``pread``)."""
+        f = self._own_schedstat
+        if f is None or f.closed:
+            return 0.0
+        try:
+            return int(os.pread(f.fileno(), 64, 0).split()[1]) / 1e9
+        except (OSError, ValueError, IndexError):
+            return 0.0
 
     async def _watch(self) -> None:
         while True:
@@ -449,7 +469,6 @@ class LoopGuard:
             return self._interval
         stale_at = beat.t + beat.interval + self._threshold / 2
         if now < stale_at:
-            self._calm = (now, self._loop_cpu(), self._loop_queued())
             return min(max(stale_at - now, 0.001), 4 * self._interval)
         self._sample(beat)
         return self._interval
@@ -496,10 +515,10 @@ class LoopGuard:
         with self._lock:
             episode = self._episode
             if episode is None or episode.beat != beat.t:
-                calm_t, calm_cpu, calm_queued = self._calm
-                if calm_t < beat.t:  # the beat's own CPU reading is the later baseline
-                    calm_t, calm_cpu = beat.t, beat.cpu if calm_cpu is not None else None
-                episode = Episode(beat.t, calm_t, calm_cpu, calm_queued)
+                # From the beat: the last moment the loop was seen free, its clocks then.
+                episode = Episode(
+                    beat.t, beat.t, beat.cpu if cpu is not None else None, beat.queued
+                )
                 self._episode = episode
             episode.add(who, how, place, now, cpu, queued)
 
