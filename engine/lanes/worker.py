@@ -142,12 +142,15 @@ def _run_lean(
     """The calls of a chunk with nothing around them (no ``worker_init``, no span), timed
     in one tight loop, kept as columns while each returns plain data (``encode_columns``).
 
-    The thread's CPU clock is read once per window of ``CPU_WINDOW_S`` of calls, not
-    twice per call (a system call of ~0.7 us each on a VM; a fan-out of 0.1 ms calls
-    lost 2-3% of its throughput to them): the calls of a window share its CPU by
-    their wall times, each at most its own wall time. A window closes after the call
-    that ends ``CPU_WINDOW_S`` or more after it opened: a long call that opens one has
-    its CPU to itself; one that follows short calls shares with them.
+    The thread's CPU clock is read as a window's first call starts and after the call
+    that ends ``CPU_WINDOW_S`` or more after that, not twice per call (a system call of
+    ~0.7 us each on a VM; a fan-out of 0.1 ms calls lost 2-3% of its throughput to
+    them): the calls of a window share its CPU by their wall times, each at most its
+    own wall time. A long call that opens a window has its CPU to itself; one that
+    follows short calls shares with them. The window's CPU includes the loop's own
+    handling between its calls (about a microsecond a call, and unpickling the next
+    call's argument when arguments travel one pickle each), never unpickling a chunk
+    of plain arguments (one pickle, loaded as the first is fetched).
 
     At the first call that does not return plain data (it raised, its input did not
     unpickle, it returned anything else, or a dict it returned before), the calls so
@@ -161,14 +164,17 @@ def _run_lean(
     sizes: list[int] = []
     seen: set[int] = set()  # the dicts returned (alive in ``values``, so ids are unique)
     clock, cpu_clock = time.time, time.thread_time
-    window = 0  # the first call of the open window (its CPU not read yet)
-    read = cpu_clock()  # the CPU clock when the window opened
+    window = 0  # the first call of the open window
+    read: float | None = None  # the CPU clock as the window's first call started
     for i, (arg, size, problem) in items:
         at(i)
         if problem is not None:
-            _share(cpus, starts, ends, window, cpu_clock() - read)
+            if read is not None:
+                _share(cpus, starts, ends, window, cpu_clock() - read)
             last = failed(problem, clock(), f"could not unpickle its input: {problem}", PAYLOAD)
             break
+        if read is None:  # a window opens with its first call (the chunk's unpickling,
+            read = cpu_clock()  # and the worker's work between windows, are not its)
         start = clock()
         try:
             value = fn(arg)
@@ -189,11 +195,11 @@ def _run_lean(
         values.append(value)
         sizes.append(size)
         if end - starts[window] >= CPU_WINDOW_S:
-            now = cpu_clock()
-            _share(cpus, starts, ends, window, now - read)
-            window, read = len(starts), now
+            _share(cpus, starts, ends, window, cpu_clock() - read)
+            window, read = len(starts), None
     else:
-        _share(cpus, starts, ends, window, cpu_clock() - read)
+        if read is not None:
+            _share(cpus, starts, ends, window, cpu_clock() - read)
         return starts, ends, cpus, values, sizes
     pid, tid, host = where
     rows = [
