@@ -104,6 +104,23 @@ class TestRunEnd:
             await until(lambda: guard._episode is None)  # the monitor woke, reported
         assert len(a.reports) == 1 and b.reports == []  # pinned on a's node only
 
+    async def test_a_blocks_cpu_counts_from_its_beat(
+        self, clock: FakeClock, guard: LoopGuard
+    ) -> None:
+        """The node burns 50 ms of CPU, the sampler looks while the beat is not stale yet,
+        the node burns 100 ms more and the sampler finds the beat stale: the block's CPU
+        counts from the beat (the last reading of a free loop), not from that look."""
+        async with run_watch(guard, "r1") as wd:
+            with wd.running("hog", fn=node_fn):
+                burn(0.05)
+                hold_loop(guard, clock, 0.02)  # not stale yet: nothing to note
+                burn(0.1)
+                hold_loop(guard, clock, 0.28)
+            wd.flush()
+        (report,) = wd.reports
+        (share,) = report.shares
+        assert share.node == "hog" and share.cpu_s is not None and share.cpu_s >= 0.14
+
     async def test_a_calm_end_reports_nothing(self, clock: FakeClock, guard: LoopGuard) -> None:
         """A run ending on a loop that was never held past the threshold reports nothing."""
         async with run_watch(guard, "r1") as wd:
