@@ -50,7 +50,6 @@ import contextlib
 import contextvars
 import enum
 import itertools
-import os
 import sys
 import threading
 import time
@@ -191,7 +190,6 @@ class LoopGuard:
         self._loop_thread: int | None = None
         self._loop_clock: int | None = None  # CPU clock of the loop thread (Linux)
         self._loop_schedstat = ""  # its /proc schedstat: run-queue delay (Linux)
-        self._own_schedstat: Any = None  # that file, open for the beats (read on the loop)
         self._monitor: asyncio.Task[None] | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -273,10 +271,6 @@ class LoopGuard:
         except (AttributeError, OSError):  # not on this platform: shares carry no CPU
             self._loop_clock = None
         self._loop_schedstat = f"/proc/self/task/{threading.get_native_id()}/schedstat"
-        try:
-            self._own_schedstat = open(self._loop_schedstat, "rb", buffering=0)  # noqa: SIM115
-        except OSError:
-            self._own_schedstat = None
         self._state = _State.RUNNING
         self._beat = self._new_beat()
         # A task of the loop, not of the run that happened to start it: it
@@ -293,8 +287,6 @@ class LoopGuard:
             return
         self._state = _State.CLOSED
         self._stop_sampler()
-        if self._own_schedstat is not None:
-            self._own_schedstat.close()
         task, self._monitor = self._monitor, None
         if task is not None:
             task.cancel()
@@ -353,18 +345,8 @@ class LoopGuard:
     def _new_beat(self) -> Beat:
         clock = self._clock
         return Beat(
-            clock.monotonic(), time.thread_time(), clock.time(), self._interval, self._queued()
+            clock.monotonic(), time.thread_time(), clock.time(), self._interval, self._loop_queued()
         )
-
-    def _queued(self) -> float:
-        """The loop thread's run-queue wait so far, read on the loop (one ``pread``)."""
-        f = self._own_schedstat
-        if f is None or f.closed:
-            return 0.0
-        try:
-            return int(os.pread(f.fileno(), 64, 0).split()[1]) / 1e9
-        except (OSError, ValueError, IndexError):
-            return 0.0
 
     async def _watch(self) -> None:
         while True:
