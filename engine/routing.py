@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from operator import attrgetter
+from operator import itemgetter
 from typing import Any
 
 from .context import call_router
@@ -107,7 +107,7 @@ def next_tasks(
     tasks = [Task(n) for n in triggered]
     new = tuple.__new__  # (a named tuple's own __new__ is a Python call per task)
     tasks += [new(Task, (s.node, i, s.arg, True)) for i, s in enumerate(sends)]
-    tasks.sort(key=_order)
+    tasks.sort(key=_order)  # stable: see _order
     return tasks
 
 
@@ -172,9 +172,12 @@ def _goto(
             triggered.add(target)
 
 
-#: A task's place in its step: node name, then Send index (a C-level key: a fan-out
-#: sorts thousands).
-_order = attrgetter("node", "index")
+#: A task's place in its step is its node's name, then its Send index. The tasks are
+#: made with a node's edge-triggered task (index -1, one at most) ahead of its Sends,
+#: and the Sends in index order, so a stable sort by name alone puts them in that
+#: order: a str key where a pair would be a tuple made and compared per task (a
+#: fan-out sorts thousands).
+_order = itemgetter(0)
 
 
 def _interpret(
