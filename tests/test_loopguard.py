@@ -10,6 +10,8 @@ something happen.
 from __future__ import annotations
 
 import asyncio
+import builtins
+import os
 import threading
 from collections.abc import AsyncIterator
 from typing import Any
@@ -311,6 +313,7 @@ class TestSharing:
             assert guard is not None
             sampler = guard._thread
             assert sampler is not None and sampler.is_alive()
+            fd = guard._loop_schedstat
             # What asyncio.run does on its way out: cancel what is left, then close.
             left = asyncio.all_tasks(loop)
             for task in left:
@@ -320,6 +323,48 @@ class TestSharing:
             loop.close()
         sampler.join(10)
         assert not sampler.is_alive() and GUARDS.peek(loop) is None
+        if fd is not None:  # the loop's schedstat file, closed with the guard
+            with pytest.raises(OSError):
+                os.fstat(fd)
+
+
+@pytest.mark.skipif(
+    not os.path.exists("/proc/thread-self/schedstat"), reason="run-queue readings are Linux's"
+)
+class TestReadings:
+    async def test_beats_read_the_loops_run_queue_wait_from_a_file_opened_once(
+        self, clock: FakeClock, guard: LoopGuard, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The guard opens the loop thread's schedstat as it starts; its beats read it
+        without opening it again (an open costs ~10 us, a read ~1), and aclose closes it."""
+        opened: list[str] = []
+        real_open, real_os_open = builtins.open, os.open
+
+        def counted_open(file: Any, *args: Any, **kwargs: Any) -> Any:
+            opened.append(str(file))
+            return real_open(file, *args, **kwargs)
+
+        def counted_os_open(path: Any, *args: Any, **kwargs: Any) -> int:
+            opened.append(str(path))
+            return real_os_open(path, *args, **kwargs)
+
+        monkeypatch.setattr(builtins, "open", counted_open)
+        monkeypatch.setattr(os, "open", counted_os_open)
+        async with run_watch(guard, "r1"):
+            first = guard._beat
+            assert first is not None and first.queued > 0  # the loop thread's wait so far
+            for _ in range(5):
+                beat = guard._beat
+                clock.advance(0.05)
+                await until(lambda beat=beat: guard._beat is not beat)  # the monitor beat
+            fd = guard._loop_schedstat
+            assert fd is not None
+        assert [p for p in opened if p.endswith("/schedstat")] == [
+            f"/proc/self/task/{threading.get_native_id()}/schedstat"
+        ]
+        await guard.aclose()
+        with pytest.raises(OSError):
+            os.fstat(fd)
 
 
 class TestAnnouncing:
