@@ -468,11 +468,14 @@ class LoopGuard:
 
     def _open_schedstat(self, path: str) -> None:
         try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            fd = os.open(path, os.O_RDONLY)  # (not inherited by a child: PEP 446)
         except OSError:  # not Linux: no run-queue readings
             return
         self._loop_schedstat = fd
         self._schedstat_closer = weakref.finalize(self, os.close, fd)
+        # Not at interpreter exit, where a daemon thread may still read it: the
+        # process's end closes it.
+        self._schedstat_closer.atexit = False
 
     def _close_schedstat(self) -> None:
         closer, self._schedstat_closer = self._schedstat_closer, None
