@@ -51,17 +51,8 @@ def writes_of(updates: Mapping[tuple[str, int], Mapping[str, Any]]) -> list[Writ
 _new = tuple.__new__
 
 
-#: A write's place in the merge is its node's name, then its Send index: sorted by the
-#: index, then (a stable sort) by the name. Two sorts by an int and by a str cost half
-#: one sort by a pair, which makes and compares a tuple per write.
-_by_index, _by_node = itemgetter(1), itemgetter(0)
-
-
-def _in_order(writes: Iterable[Write]) -> list[Write]:
-    """``writes`` sorted by node name, then Send index."""
-    ordered = sorted(writes, key=_by_index)
-    ordered.sort(key=_by_node)
-    return ordered
+#: A write's place in the merge: node name, then Send index.
+_order = itemgetter(0, 1)
 
 
 @dataclass(frozen=True)
@@ -86,7 +77,7 @@ def combine(
     """
     values: dict[str, Any] = {}
     writers: dict[str, list[Write]] = {}
-    for write in _in_order(writes):
+    for write in sorted(writes, key=_order):
         for key, value in write.updates.items():
             reducer = reducers[key]
             who = writers.get(key)
